@@ -1,0 +1,157 @@
+"""Shared artifact types for every stage: errors, manifests and atomic output folders.
+
+Each stage (compress -> export -> serve -> benchmarks) writes a folder holding its
+artifacts plus a ``manifest.json`` that says what was made, from what, with which
+settings. The next stage reads the manifest and never guesses paths.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+VERSION = "0.1.0"
+
+
+class OfaserveError(Exception):
+    """An error the user can fix; CLIs print it as one line and exit non-zero."""
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[str, Any]:
+    """Read ``folder/manifest.json``; check it was written by ``stage`` when given."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise OfaserveError(f"{folder} does not exist or is not a folder")
+    if not path.is_file():
+        raise OfaserveError(
+            f"{path} is missing: {folder} is not the output of an ofaserve stage"
+            + (f" (expected the output of `ofaserve {stage}`)" if stage else ""))
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OfaserveError(f"{path} is unreadable or corrupted ({e}); re-run the stage that made it") from e
+    if stage is not None and manifest.get("stage") != stage:
+        raise OfaserveError(
+            f"{folder} was written by stage {manifest.get('stage')!r}, expected {stage!r}: "
+            f"pass the output folder of `ofaserve {stage}`")
+    return manifest
+
+
+def write_manifest(folder: str | os.PathLike, stage: str, **fields: Any) -> dict[str, Any]:
+    manifest = {"stage": stage, "ofaserve_version": VERSION, "created": now_iso(), **fields}
+    write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def check_output_dir(path: str | os.PathLike, *, stage: str, overwrite: bool = False) -> Path:
+    """Refuse to clobber a folder that is not a previous output of the same stage."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OfaserveError(f"output {path} exists and is not a folder")
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        if entries and not (path / MANIFEST).is_file() and not overwrite:
+            raise OfaserveError(
+                f"output dir {path} exists and holds other content ({len(entries)} entries) that is "
+                f"not an ofaserve {stage} output; choose an empty or new folder")
+        if (path / MANIFEST).is_file():
+            try:
+                prev = json.loads((path / MANIFEST).read_text()).get("stage")
+            except ValueError:
+                prev = None
+            if prev != stage and not overwrite:
+                raise OfaserveError(f"output dir {path} holds the output of stage {prev!r}, not {stage!r}")
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise OfaserveError(f"cannot write to {parent}: permission denied")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder next to ``final``; on success swap it into place.
+
+    On any error (or Ctrl-C) the temp folder is removed and a previous ``final`` is
+    left exactly as it was: nothing is ever half-written at the final path.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
