@@ -1,0 +1,43 @@
+"""`ofaserve`: one command, one subcommand per pipeline stage.
+
+Each stage keeps its own thin CLI (``python -m compress``, ``python -m export``,
+``python benchmarks/run.py`` ...); this only dispatches to them.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "compress": ("compress.cli", "main", "fine-tune the teacher, then train the OFA supernet over widths"),
+    "export": ("export.cli", "main", "slice one width into sub model + Paddle static + ONNX, parity-checked"),
+    "repo": ("serve.cli", "repo_main", "generate a Triton model repository (cpu | xeon | gpu)"),
+    "serve": ("serve.cli", "serve_main", "start the bundled Triton server on a model repository"),
+    "classify": ("serve.cli", "classify_main", "classify text over gRPC"),
+    "bench": ("benchmarks.run", "main", "batch-16 latency report over gRPC, full width vs compressed"),
+    "demo": ("serve.demo", "main", "the whole pipeline end to end on the embedded CPU default"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: ofaserve <command> [--help] [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `ofaserve <command> --help` for the flags of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ofaserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
