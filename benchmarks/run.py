@@ -1,0 +1,531 @@
+"""`ofaserve bench`: batch-16 latency over Triton gRPC, full width vs compressed, one run.
+
+Measures closed-loop latency of each model over gRPC at several concurrency levels,
+Triton's own queue/compute statistics (deltas over the run), and an in-process baseline
+(same model file and runtime, no server) so the serving overhead is a ratio. Models are
+measured interleaved in rounds (ABBA order) so machine noise hits every model alike and
+the full-vs-compressed ratios are trustworthy. Writes report.json, report.md and a PNG.
+
+    python benchmarks/run.py --start_server --model_repository runs/demo/model_repository
+    python benchmarks/run.py --url 127.0.0.1:8001 --models bert_w100,bert_w67 --real_text
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import shlex
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from benchmarks import inprocess, stats
+from benchmarks.loadgen import Target, run_closed_loop
+from benchmarks.workloads import Workload, fixed_workload, real_text_workload
+from compress.artifacts import OfaserveError, machine_info, now_iso, write_json
+
+PROG = "ofaserve bench"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------- CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sorted(dict.fromkeys(vals))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Batch latency of Triton models over gRPC (closed loop), full width vs compressed "
+                    "side by side, with Triton's server-side statistics and an in-process baseline. "
+                    "Writes report.json, report.md and latency.png to --output_dir.")
+    g = p.add_argument_group("target")
+    g.add_argument("--url", default="127.0.0.1:8001",
+                   help="gRPC address of a running Triton server (ignored with --start_server)")
+    g.add_argument("--start_server", action="store_true",
+                   help="start the bundled Triton server on --model_repository for this run and stop it after")
+    g.add_argument("--model_repository", default=None,
+                   help="the server's model repository folder: needed by --start_server; also enables the "
+                        "in-process baselines (they load each {m}_encoder/1/ model file) and vocab detection")
+    g.add_argument("--grpc_port", type=int, default=8001, help="gRPC port for --start_server")
+    g.add_argument("--http_port", type=int, default=8000, help="HTTP port for --start_server")
+    g.add_argument("--metrics_port", type=int, default=8002, help="metrics port for --start_server")
+    g.add_argument("--models", default=None,
+                   help="comma-separated export names (bert_w100,bert_w67): each has a {m}_encoder and an {m} "
+                        "ensemble; default: every {m} with an {m}_encoder in the server's repository index")
+    w = p.add_argument_group("workload")
+    w.add_argument("--batch_size", type=int, default=16, help="sentences per request")
+    w.add_argument("--seq_len", type=int, default=128,
+                   help="token length of the fixed workload (seeded random ids sent to {m}_encoder)")
+    w.add_argument("--real_text", action="store_true",
+                   help="also send real dev sentences as text to the {m} ensemble (tokenized server-side, "
+                        "padded to the batch's longest); gives the real-text vs fixed-length ratio")
+    w.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
+    w.add_argument("--task", default="rt-polarity", help="task whose dev split supplies --real_text sentences")
+    w.add_argument("--vocab_size", type=int, default=None,
+                   help="upper bound of the random token ids (default: detected from the repository's "
+                        "tokenizer, else 100, which is valid for every BERT vocab; ids do not change cost)")
+    l = p.add_argument_group("load")
+    l.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8],
+                   help="comma-separated concurrency levels (requests kept in flight), e.g. 1,2,4,8")
+    l.add_argument("--requests", type=int, default=None,
+                   help="measured requests per model/workload/concurrency (default 60 unless --duration)")
+    l.add_argument("--duration", type=float, default=None,
+                   help="seconds of measured load per model/workload/concurrency instead of --requests")
+    l.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
+    l.add_argument("--rounds", type=int, default=3,
+                   help="split each measurement into this many chunks, interleaving models (ABBA) so drift "
+                        "on a noisy machine affects all models alike")
+    l.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout in seconds")
+    l.add_argument("--seed", type=int, default=0, help="seed for the random token ids and the sentence order")
+    b = p.add_argument_group("in-process baseline")
+    b.add_argument("--baseline_requests", type=int, default=None,
+                   help="sequential in-process calls per model/workload/runtime (default: like --requests, "
+                        "at most 60; 0 disables the baseline)")
+    b.add_argument("--runtimes", default="",
+                   help="extra in-process runtime[:precision[:threads]] variants of the same model files to "
+                        "compare, e.g. 'openvino:bf16,onnxruntime'; the served runtime is always included")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
+    o.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
+    return p
+
+
+def fail(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# --------------------------------------------------------------------------- server side
+def _short(e: BaseException) -> str:
+    msg = getattr(e, "message", None)
+    msg = msg() if callable(msg) else (msg or str(e))
+    return " ".join(str(msg).split())[:200]
+
+
+def connect(url: str, timeout: float = 10.0):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    try:
+        client = grpcclient.InferenceServerClient(url)
+        live = client.is_server_live(client_timeout=timeout)
+    except (InferenceServerException, ValueError, OSError) as e:
+        raise OfaserveError(f"Triton server not reachable at {url} over gRPC ({_short(e)}); start one "
+                            "(`ofaserve serve`) or pass --start_server --model_repository DIR") from e
+    if not live:
+        raise OfaserveError(f"Triton server at {url} answers but is not live")
+    return client
+
+
+def repository_index(client) -> dict[str, str]:
+    idx = client.get_model_repository_index(as_json=True).get("models", []) or []
+    out: dict[str, str] = {}
+    for m in idx:
+        out[m["name"]] = m.get("state", "") or out.get(m["name"], "")
+    return out
+
+
+def discover_models(index: dict[str, str]) -> list[str]:
+    return sorted(n[: -len("_encoder")] for n in index if n.endswith("_encoder") and n != "_encoder")
+
+
+def check_models(client, index: dict[str, str], models: list[str], workloads: list[str]) -> None:
+    need = []
+    for m in models:
+        if "fixed" in workloads:
+            need.append(f"{m}_encoder")
+        if "real" in workloads:
+            need.append(m)
+    for name in need:
+        if name not in index:
+            avail = ", ".join(sorted(index)) or "none"
+            raise OfaserveError(f"model {name!r} not found in the server's repository (available: {avail})")
+        if not client.is_model_ready(name):
+            raise OfaserveError(f"model {name!r} is not ready on the server (state {index.get(name) or 'unknown'}); "
+                                "check the server log")
+
+
+def model_info(client, m: str, repo: Path | None) -> dict[str, Any]:
+    info: dict[str, Any] = {"encoder": f"{m}_encoder", "ensemble": m}
+    enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
+    params = inprocess.config_params_from_json(enc_cfg)
+    spec = inprocess.spec_from_params(params)
+    info.update(encoder_parameters=params, runtime=spec.runtime, precision=spec.precision,
+                threads=spec.threads, runtime_label=spec.label,
+                max_batch_size=int(enc_cfg.get("max_batch_size", 0) or 0),
+                instances=[{"count": int(g.get("count", 1) or 1), "kind": g.get("kind")}
+                           for g in enc_cfg.get("instance_group", []) or []],
+                dynamic_batching=bool(enc_cfg.get("dynamic_batching") is not None))
+    width = None
+    for key in ("width", "width_mult"):
+        try:
+            width = float(params[key])
+            break
+        except (KeyError, ValueError):
+            pass
+    info["width"] = width if width is not None else stats.width_from_name(m)
+    try:
+        ens = client.get_model_config(m, as_json=True).get("config", {})
+        steps = (ens.get("ensemble_scheduling") or {}).get("step", []) or []
+        info["composing"] = [s.get("model_name") for s in steps]
+    except Exception:
+        info["composing"] = []
+    info["vocab_size"] = detect_vocab_size(m, params, repo)
+    return info
+
+
+def detect_vocab_size(m: str, params: dict[str, str], repo: Path | None) -> int | None:
+    if str(params.get("vocab_size", "")).isdigit():
+        return int(params["vocab_size"])
+    if repo is not None:
+        for vocab in sorted((repo / f"{m}_tokenizer").rglob("vocab.txt")):
+            return sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
+    return None
+
+
+def tokenizer_for(m: str, repo: Path | None):
+    """The model's WordPiece tokenizer from ``{m}_tokenizer/`` (for the in-process real-text baseline)."""
+    if repo is None:
+        return None
+    tok_dir = repo / f"{m}_tokenizer"
+    vocabs = sorted(tok_dir.rglob("vocab.txt"))
+    if not vocabs:
+        return None
+    params = {}
+    if (tok_dir / "config.pbtxt").is_file():
+        params = inprocess.read_config_parameters(tok_dir / "config.pbtxt")
+    lower = str(params.get("do_lower_case", params.get("lowercase", "true"))).lower() not in ("false", "0", "no")
+    max_len = int(params.get("max_seq_length", params.get("max_seq_len", 128)) or 128)
+    from compress.tasks import make_tokenizer
+    return make_tokenizer(vocabs[0], lowercase=lower, max_seq_length=max_len), {"max_seq_length": max_len,
+                                                                              "lowercase": lower}
+
+
+def snapshot(client) -> dict[str, dict[str, int]]:
+    return stats.flatten_model_stats(client.get_inference_statistics(as_json=True))
+
+
+def versions(server_version: str | None) -> dict[str, str]:
+    from importlib import metadata
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("tritonclient", "numpy", "onnxruntime", "openvino", "paddlepaddle", "nvidia-pytriton"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    if server_version:
+        out["triton_server"] = server_version
+    return out
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return sorted(have & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+    except OSError:
+        pass
+    return []
+
+
+# --------------------------------------------------------------------------- plan
+def split_counts(total: int, parts: int) -> list[int]:
+    """``total`` items over ``parts`` chunks as evenly as possible (earlier chunks first)."""
+    base, rem = divmod(total, parts)
+    return [base + (1 if i < rem else 0) for i in range(parts)]
+
+
+def round_order(models: list[str], r: int) -> list[str]:
+    """ABBA: forward on even rounds, reversed on odd rounds."""
+    return list(models) if r % 2 == 0 else list(reversed(models))
+
+
+# --------------------------------------------------------------------------- main
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    workloads = ([] if args.no_fixed else ["fixed"]) + (["real"] if args.real_text else [])
+    if not workloads:
+        raise OfaserveError("--no_fixed without --real_text leaves nothing to measure")
+    if args.batch_size < 1 or args.seq_len < 1:
+        raise OfaserveError("--batch_size and --seq_len must be >= 1")
+    if args.requests is not None and args.duration is not None:
+        raise OfaserveError("give --requests or --duration, not both")
+    if args.requests is not None and args.requests < 1:
+        raise OfaserveError("--requests must be >= 1")
+    if args.duration is not None and args.duration <= 0:
+        raise OfaserveError("--duration must be > 0")
+    if args.warmup < 0 or args.rounds < 1:
+        raise OfaserveError("--warmup must be >= 0 and --rounds >= 1")
+    requests = args.requests if args.requests is not None else (None if args.duration else 60)
+    rounds = min(args.rounds, requests) if requests else args.rounds
+    repo = Path(args.model_repository).resolve() if args.model_repository else None
+    if args.start_server and repo is None:
+        raise OfaserveError("--start_server needs --model_repository DIR")
+    if repo is not None and not repo.is_dir():
+        raise OfaserveError(f"model repository {repo} does not exist or is not a folder")
+    extra_specs = inprocess.parse_runtime_specs(args.runtimes)
+    out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OfaserveError(f"--output_dir {out_dir} exists and is not a folder")
+
+    with ExitStack() as stack:
+        url = args.url
+        if args.start_server:
+            from serve.server import TritonServer
+            server = TritonServer(str(repo), grpc_port=args.grpc_port, http_port=args.http_port,
+                                  metrics_port=args.metrics_port)
+            print(f"{PROG}: starting Triton on {repo} ...", file=sys.stderr)
+            server.start(timeout=300)
+            stack.callback(server.stop)
+            url = server.grpc_url
+        client = connect(url)
+        stack.callback(client.close)
+        index = repository_index(client)
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else discover_models(index)
+        if not models:
+            raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "
+                                f"(models: {', '.join(sorted(index)) or 'none'})")
+        check_models(client, index, models, workloads)
+        infos = {m: model_info(client, m, repo) for m in models}
+        # full width first in tables and ABBA order
+        models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))
+        widths = {m: infos[m]["width"] for m in models}
+        try:
+            meta = client.get_server_metadata(as_json=True)
+        except Exception:
+            meta = {}
+
+        # ---- workloads (identical inputs for every model)
+        wl: dict[str, Workload] = {}
+        if "fixed" in workloads:
+            vocab = args.vocab_size or min((v for v in (i["vocab_size"] for i in infos.values()) if v), default=100)
+            wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
+        if "real" in workloads:
+            from compress.tasks import load_task
+            texts, _ = load_task(args.task).split("dev")
+            wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
+
+        # ---- in-process baselines
+        n_base = args.baseline_requests if args.baseline_requests is not None else min(requests or 60, 60)
+        baselines_fns: dict[tuple[str, str, str], dict[str, Any]] = {}
+        baseline_notes: list[str] = []
+        if n_base > 0 and repo is None:
+            baseline_notes.append("no --model_repository: in-process baselines skipped")
+        elif n_base > 0:
+            for m in models:
+                served = inprocess.spec_from_params(infos[m]["encoder_parameters"])
+                specs = [served] + [s if s.threads else inprocess.RuntimeSpec(s.runtime, s.precision, served.threads)
+                                    for s in extra_specs]
+                toks = tokenizer_for(m, repo) if "real" in wl else None
+                for spec in dict.fromkeys(specs):
+                    try:
+                        runner, how = inprocess.load_baseline_runner(repo / f"{m}_encoder", spec,
+                                                                     infos[m]["encoder_parameters"])
+                    except Exception as e:  # a variant that cannot load is reported, not fatal
+                        baseline_notes.append(f"{m} {spec.label}: not loadable in-process ({_short(e)})")
+                        continue
+                    for wname in wl:
+                        if wname == "fixed":
+                            fn = (lambda b, runner=runner: runner(b[0], b[1]))
+                        elif toks is not None:
+                            tok = toks[0]
+
+                            def fn(b, runner=runner, tok=tok):
+                                from compress.tasks import encode_batch
+                                ids, tt = encode_batch(tok, b)
+                                logits = runner(ids, tt)
+                                e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+                                return e / e.sum(axis=-1, keepdims=True)
+                        else:
+                            baseline_notes.append(f"{m}: no tokenizer vocab in the repository, real-text baseline skipped")
+                            continue
+                        baselines_fns[(m, wname, spec.label)] = {"fn": fn, "served": spec == served,
+                                                                  "loader": how, "res": []}
+
+        # ---- plan and progress
+        concs = args.concurrency
+        per_round = split_counts(requests, rounds) if requests else None
+        dur_round = args.duration / rounds if args.duration else None
+        base_round = split_counts(n_base, rounds) if n_base > 0 else [0] * rounds
+        total_units = (len(models) * len(wl) * len(concs) * ((requests or 0) + rounds * args.warmup)
+                       + sum(base_round) * len(baselines_fns))
+        bar = None
+        if not args.no_progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total_units if requests else None, unit="req", desc="bench", file=sys.stderr,
+                       dynamic_ncols=True)
+            stack.callback(bar.close)
+        tick = (lambda: bar.update(1)) if bar is not None else None
+
+        cells: dict[tuple[str, str, int], dict[str, Any]] = {}
+        warm_acc = stats.Accounting()
+        t_run = time.perf_counter()
+        for r in range(rounds):
+            for m in round_order(models, r):
+                for wname, w in wl.items():
+                    target = Target(m, w, f"{m}_encoder" if wname == "fixed" else m)
+                    # in-process chunk first (server idle), then the served chunks
+                    for (bm, bw, label), b in baselines_fns.items():
+                        if bm == m and bw == wname and base_round[r]:
+                            b["fn"](w.batch(0))  # warm this runner after other models ran
+                            if bar is not None:
+                                bar.set_postfix_str(f"{m} {wname} in-process {label}")
+                            res = inprocess.time_runner(b["fn"], w.batches, base_round[r],
+                                                        start_index=sum(base_round[:r]))
+                            b["res"].append(res)
+                            if bar is not None:
+                                bar.update(base_round[r])
+                    for c in concs:
+                        if bar is not None:
+                            bar.set_postfix_str(f"{m} {wname} c={c} round {r + 1}/{rounds}")
+                        if args.warmup:
+                            wres = run_closed_loop(url, target, c, n_requests=args.warmup,
+                                                   timeout_s=args.timeout, on_done=tick)
+                            warm_acc = warm_acc.merge(wres.accounting)
+                        before = snapshot(client)
+                        res = run_closed_loop(url, target, c,
+                                              n_requests=per_round[r] if per_round else None,
+                                              duration_s=dur_round, timeout_s=args.timeout,
+                                              start_index=sum(per_round[:r]) if per_round else 0, on_done=tick)
+                        after = snapshot(client)
+                        cell = cells.setdefault((m, wname, c), {"chunks": [], "server": {}})
+                        cell["chunks"].append(res)
+                        stats.add_deltas(cell["server"], stats.stats_delta(before, after))
+        run_wall = time.perf_counter() - t_run
+        if bar is not None:
+            bar.close()
+
+        # ---- assemble
+        results = []
+        for (m, wname, c), cell in cells.items():
+            chunks = cell["chunks"]
+            acc = stats.Accounting()
+            for ch in chunks:
+                acc = acc.merge(ch.accounting)
+            lat = [x for ch in chunks for x in ch.latencies_ms]
+            wall = sum(ch.wall_s for ch in chunks)
+            sentences = sum(ch.sentences_ok for ch in chunks)
+            relevant = [infos[m]["encoder"]] if wname == "fixed" else [m] + [x for x in infos[m]["composing"] if x]
+            results.append({
+                "model": m, "workload": wname, "concurrency": c,
+                "infer_model": f"{m}_encoder" if wname == "fixed" else m,
+                "runtime": infos[m]["runtime_label"],
+                "latency_ms": stats.summarize_latencies(lat),
+                "wall_s": wall, "chunk_wall_s": [ch.wall_s for ch in chunks],
+                "sentences_ok": sentences,
+                "throughput_sps": stats.throughput(sentences, wall),
+                "requests_per_s": stats.throughput(acc.ok, wall),
+                "accounting": acc.to_dict(),
+                "wall_consistent": stats.check_wall_consistency(lat, wall, c),
+                "server_side": {name: stats.server_side_summary(cell["server"].get(name, {})) for name in relevant},
+                "server_counters": {name: cell["server"].get(name, {}) for name in relevant},
+                "latencies_ms": lat,
+            })
+        results.sort(key=lambda r: (list(wl).index(r["workload"]), r["concurrency"], models.index(r["model"])))
+        baselines = []
+        for (m, wname, label), b in baselines_fns.items():
+            lat = [x for res in b["res"] for x in res.latencies_ms]
+            wall = sum(res.wall_s for res in b["res"])
+            baselines.append({"model": m, "workload": wname, "runtime": label, "served_runtime": b["served"],
+                              "loader": b["loader"].get("loader"), "latency_ms": stats.summarize_latencies(lat),
+                              "wall_s": wall, "throughput_sps": stats.throughput(len(lat) * args.batch_size, wall),
+                              "latencies_ms": lat})
+        comparisons = stats.compare(results, baselines, widths)
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "date": now_iso(),
+            "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
+            "argv": list(argv),
+            "machine": {**machine_info(), "cpu_flags": cpu_flags()},
+            "versions": versions(meta.get("version")),
+            "server": {"url": url, "started_by_bench": bool(args.start_server), "version": meta.get("version"),
+                       "model_repository": str(repo) if repo else None},
+            "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "concurrency": concs,
+                         "requests": requests, "duration_s": args.duration, "warmup": args.warmup,
+                         "rounds": rounds, "seed": args.seed, "timeout_s": args.timeout,
+                         "baseline_requests": n_base, "workloads": list(wl), "runtimes": args.runtimes},
+            "workloads": {k: v.info for k, v in wl.items()},
+            "models": infos,
+            "results": results,
+            "baselines": baselines,
+            "baseline_notes": baseline_notes,
+            "comparisons": comparisons,
+            "warmup_accounting": warm_acc.to_dict(),
+            "totals": _totals(results, warm_acc),
+            "run_wall_s": run_wall,
+            "plot": "latency.png",
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from benchmarks.report import render_markdown, render_plot
+        render_plot(report, out_dir / "latency.png")
+        write_json(out_dir / "report.json", report)
+        (out_dir / "report.md").write_text(render_markdown(report))
+
+    print(f"{PROG}: wrote {out_dir}/report.md, report.json, latency.png", file=sys.stderr)
+    _print_summary(report)
+    tot = report["totals"]
+    if not tot["balanced"]:
+        print(f"{PROG}: error: request ledger does not balance: {tot}", file=sys.stderr)
+        return 1
+    if tot["errors"]:
+        print(f"{PROG}: {tot['errors']} of {tot['sent']} measured requests failed: {tot['errors_by_kind']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _totals(results: list[dict[str, Any]], warm: stats.Accounting) -> dict[str, Any]:
+    sent = sum(r["accounting"]["sent"] for r in results)
+    ok = sum(r["accounting"]["ok"] for r in results)
+    errors = sum(r["accounting"]["errors"] for r in results)
+    kinds: dict[str, int] = {}
+    for r in results:
+        for k, v in r["accounting"]["errors_by_kind"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    return {"sent": sent, "ok": ok, "errors": errors, "errors_by_kind": kinds,
+            "balanced": sent == ok + errors and all(r["accounting"]["balanced"] for r in results) and warm.balanced,
+            "warmup_sent": warm.sent}
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    for s in report["comparisons"]["speedup"]:
+        if s["model"] != s["full_model"] and s.get("concurrency") in (1, None):
+            where = f"in-process {s['runtime']}" if s.get("in_process") else f"triton c={s['concurrency']}"
+            print(f"  {s['model']} vs {s['full_model']} [{s['workload']}, {where}]: p50 {s['model_ms']:.1f} vs "
+                  f"{s['full_ms']:.1f} ms, speedup {s['speedup']:.2f}x")
+    for o in report["comparisons"]["serving_overhead"]:
+        print(f"  serving overhead {o['model']} [{o['workload']}]: {o['triton_ms']:.1f} / {o['in_process_ms']:.1f} ms"
+              f" = {o['ratio']:.3f}x")
+    for x in report["comparisons"]["real_vs_fixed"]:
+        if x["concurrency"] == 1:
+            print(f"  real text vs fixed {x['model']}: {x['real_ms']:.1f} / {x['fixed_ms']:.1f} ms = {x['ratio']:.3f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, argv)
+    except OfaserveError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Pure statistics for the latency benchmark: no I/O, no server, easy to unit-test.
+
+Every function takes measured values (latencies in nanoseconds, counters from Triton's
+statistics API) and derives figures from them; nothing here invents a number.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+# --------------------------------------------------------------------------- latency
+def summarize_latencies(latencies_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """p50/p90/p95/p99/mean/std/min/max of a list of latencies in ms (numpy percentiles,
+    linear interpolation). An empty list gives ``n == 0`` and ``None`` everywhere else."""
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    keys = [f"p{p}" for p in PERCENTILES] + ["mean", "std", "min", "max"]
+    if arr.size == 0:
+        return {"n": 0, **{k: None for k in keys}}
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError("latencies must be finite and non-negative")
+    pct = np.percentile(arr, PERCENTILES)
+    out: dict[str, float | int | None] = {"n": int(arr.size)}
+    out.update({f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)})
+    out.update(mean=float(arr.mean()), std=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+               min=float(arr.min()), max=float(arr.max()))
+    return out
+
+
+def throughput(n_items: int, wall_s: float) -> float | None:
+    """Items (sentences) per second over a measured wall-clock window."""
+    if wall_s is None or wall_s <= 0:
+        return None
+    return n_items / wall_s
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return float(num) / float(den)
+
+
+# --------------------------------------------------------------------------- accounting
+@dataclass
+class Accounting:
+    """Thread-safe request ledger: every request sent ends as ok or as one error kind."""
+    sent: int = 0
+    ok: int = 0
+    errors: Counter = field(default_factory=Counter)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def on_send(self) -> None:
+        with self._lock:
+            self.sent += 1
+
+    def on_ok(self) -> None:
+        with self._lock:
+            self.ok += 1
+
+    def on_error(self, kind: str, message: str = "") -> None:
+        with self._lock:
+            self.errors[kind] += 1
+            self.error_examples.setdefault(kind, message[:300])
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.sent == self.ok + self.n_errors
+
+    def merge(self, other: "Accounting") -> "Accounting":
+        out = Accounting(self.sent + other.sent, self.ok + other.ok, self.errors + other.errors,
+                         {**other.error_examples, **self.error_examples})
+        # Counter addition drops zero counts; that is what we want.
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sent": self.sent, "ok": self.ok, "errors": self.n_errors,
+                "errors_by_kind": dict(sorted(self.errors.items())),
+                "error_examples": dict(sorted(self.error_examples.items())),
+                "balanced": self.balanced}
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short stable label for an exception: the gRPC status when there is one."""
+    status = None
+    st = getattr(exc, "status", None)
+    if callable(st):
+        try:
+            status = st()
+        except Exception:  # pragma: no cover - defensive
+            status = None
+    if status:
+        return str(status).replace("StatusCode.", "grpc_").lower()
+    return type(exc).__name__
+
+
+# --------------------------------------------------------------------------- Triton statistics
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def flatten_model_stats(stats_json: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """``get_inference_statistics(as_json=True)`` -> {model: {counter: int}}.
+
+    Protobuf JSON writes 64-bit integers as strings; missing counters read as 0.
+    Several versions of one model are summed.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for ms in stats_json.get("model_stats", []) or []:
+        name = ms.get("name", "")
+        flat = out.setdefault(name, {})
+        flat["inference_count"] = flat.get("inference_count", 0) + _int(ms.get("inference_count"))
+        flat["execution_count"] = flat.get("execution_count", 0) + _int(ms.get("execution_count"))
+        inf = ms.get("inference_stats", {}) or {}
+        for key in _DURATIONS:
+            d = inf.get(key, {}) or {}
+            flat[f"{key}_count"] = flat.get(f"{key}_count", 0) + _int(d.get("count"))
+            flat[f"{key}_ns"] = flat.get(f"{key}_ns", 0) + _int(d.get("ns"))
+    return out
+
+
+def stats_delta(before: Mapping[str, Mapping[str, int]],
+                after: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Counter differences ``after - before`` per model (a model new in ``after`` counts from 0)."""
+    out = {}
+    for model, a in after.items():
+        b = before.get(model, {})
+        out[model] = {k: int(v) - int(b.get(k, 0)) for k, v in a.items()}
+    return out
+
+
+def add_deltas(acc: dict[str, dict[str, int]], delta: Mapping[str, Mapping[str, int]]) -> dict:
+    for model, d in delta.items():
+        slot = acc.setdefault(model, {})
+        for k, v in d.items():
+            slot[k] = slot.get(k, 0) + int(v)
+    return acc
+
+
+def server_side_summary(delta: Mapping[str, int]) -> dict[str, Any]:
+    """Per-request server-side times in ms from one model's counter deltas.
+
+    ``queue_ms``: time a request waited in the scheduler queue; ``compute_ms``: input
+    copy + model execution + output copy; ``server_ms``: end-to-end inside the server
+    (Triton's ``success`` duration). ``batches`` / ``avg_batch`` show dynamic batching.
+    """
+    n = delta.get("success_count", 0)
+    execs = delta.get("execution_count", 0)
+
+    def per_req(key: str) -> float | None:
+        return delta.get(f"{key}_ns", 0) / n / 1e6 if n else None
+
+    compute = None
+    if n:
+        compute = sum(delta.get(f"{k}_ns", 0) for k in ("compute_input", "compute_infer", "compute_output")) / n / 1e6
+    return {
+        "requests": n,
+        "failed": delta.get("fail_count", 0),
+        "inferences": delta.get("inference_count", 0),
+        "executions": execs,
+        "avg_batch": (delta.get("inference_count", 0) / execs) if execs else None,
+        "queue_ms": per_req("queue"),
+        "compute_input_ms": per_req("compute_input"),
+        "compute_infer_ms": per_req("compute_infer"),
+        "compute_output_ms": per_req("compute_output"),
+        "compute_ms": compute,
+        "server_ms": per_req("success"),
+    }
+
+
+# --------------------------------------------------------------------------- model naming
+_WIDTH_RE = re.compile(r"_w(\d+)(?=_|$)")
+
+
+def width_from_name(name: str) -> float | None:
+    """``bert_w100`` -> 1.0, ``bert_w67`` -> 0.67, ``bert_w6667`` -> 0.6667; else None."""
+    m = _WIDTH_RE.search(name)
+    if not m:
+        return None
+    digits = m.group(1)
+    if len(digits) <= 3:
+        return int(digits) / 100.0
+    if digits.startswith("1") and set(digits[1:]) == {"0"}:
+        return 1.0
+    return int(digits) / 10 ** len(digits)
+
+
+def pick_full(widths: Mapping[str, float | None]) -> str | None:
+    """The full-width model of a set: the largest known width (ties: first name)."""
+    known = [(w, n) for n, w in widths.items() if w is not None]
+    if not known:
+        return None
+    best = max(w for w, _ in known)
+    return next(n for w, n in known if w == best)
+
+
+# --------------------------------------------------------------------------- comparisons
+def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[str, Any]],
+            widths: Mapping[str, float | None], stat: str = "p50") -> dict[str, list[dict[str, Any]]]:
+    """Derive the ratios the report asks for from measured rows.
+
+    * ``speedup``: full-width latency / model latency, same workload and concurrency.
+    * ``serving_overhead``: Triton gRPC latency / in-process latency, same model,
+      workload and runtime, at concurrency 1.
+    * ``real_vs_fixed``: real-text (ensemble) latency / fixed-length encoder latency.
+    """
+    results = list(results)
+    baselines = list(baselines)
+    full = pick_full(widths)
+    by_key = {(r["model"], r["workload"], r["concurrency"]): r for r in results}
+
+    def lat(row: Mapping[str, Any] | None) -> float | None:
+        if not row:
+            return None
+        return (row.get("latency_ms") or {}).get(stat)
+
+    speedup = []
+    if full is not None:
+        for r in results:
+            ref = by_key.get((full, r["workload"], r["concurrency"]))
+            if ref is None:
+                continue
+            speedup.append({"model": r["model"], "full_model": full, "width": widths.get(r["model"]),
+                            "workload": r["workload"], "concurrency": r["concurrency"], "stat": stat,
+                            "model_ms": lat(r), "full_ms": lat(ref),
+                            "speedup": ratio(lat(ref), lat(r)),
+                            "throughput_ratio": ratio(r.get("throughput_sps"), ref.get("throughput_sps"))})
+        # the same for in-process baselines: the compression gain without any serving
+        base_by = {(b["model"], b["workload"], b["runtime"]): b for b in baselines}
+        for b in baselines:
+            ref = base_by.get((full, b["workload"], b["runtime"]))
+            if ref is None:
+                continue
+            speedup.append({"model": b["model"], "full_model": full, "width": widths.get(b["model"]),
+                            "workload": b["workload"], "concurrency": None, "runtime": b["runtime"],
+                            "in_process": True, "stat": stat, "model_ms": lat(b), "full_ms": lat(ref),
+                            "speedup": ratio(lat(ref), lat(b))})
+
+    overhead = []
+    for b in baselines:
+        if not b.get("served_runtime"):
+            continue
+        r = by_key.get((b["model"], b["workload"], 1))
+        if r is None:
+            continue
+        overhead.append({"model": b["model"], "workload": b["workload"], "runtime": b["runtime"],
+                         "stat": stat, "triton_ms": lat(r), "in_process_ms": lat(b),
+                         "ratio": ratio(lat(r), lat(b)),
+                         "added_ms": (lat(r) - lat(b)) if lat(r) is not None and lat(b) is not None else None})
+
+    real_vs_fixed = []
+    for r in results:
+        if r["workload"] != "real":
+            continue
+        f = by_key.get((r["model"], "fixed", r["concurrency"]))
+        if f is None:
+            continue
+        real_vs_fixed.append({"model": r["model"], "concurrency": r["concurrency"], "stat": stat,
+                              "real_ms": lat(r), "fixed_ms": lat(f), "ratio": ratio(lat(r), lat(f))})
+    return {"speedup": speedup, "serving_overhead": overhead, "real_vs_fixed": real_vs_fixed}
+
+
+def check_wall_consistency(latencies_ms: Sequence[float], wall_s: float, concurrency: int,
+                           slack: float = 1.05) -> bool:
+    """Measured latencies must fit in the measured window: sum(lat) <= concurrency * wall
+    (closed loop, each worker has at most one request in flight) and max(lat) <= wall."""
+    if not latencies_ms:
+        return True
+    total_s = float(np.sum(latencies_ms)) / 1e3
+    return total_s <= concurrency * wall_s * slack and max(latencies_ms) / 1e3 <= wall_s * slack
