@@ -1,0 +1,149 @@
+"""`ofaserve repo | serve | classify`: each takes an argv list and returns an exit code."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from compress.artifacts import OfaserveError
+
+
+def _fail(e: OfaserveError) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------- repo
+def repo_parser() -> argparse.ArgumentParser:
+    from .repository import PRECISIONS, RUNTIMES
+    p = argparse.ArgumentParser(
+        prog="ofaserve repo", description="Generate a Triton model repository from `ofaserve export` folders: "
+        "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%}.")
+    p.add_argument("--export_dir", nargs="+", required=True, type=Path, metavar="DIR",
+                   help="one or more export folders (e.g. full width and compressed, served side by side)")
+    p.add_argument("--output", required=True, type=Path,
+                   help="repository folder to write (replaced atomically if it is a previous repository)")
+    p.add_argument("--target", choices=("cpu", "xeon", "gpu"), default="cpu",
+                   help="cpu: python-backend encoder, runs on the bundled pip server (default); "
+                        "xeon: Triton's openvino backend (NVIDIA Triton images); "
+                        "gpu: onnxruntime backend + TensorRT FP16 (or --runtime onnxruntime-trt for the pip server)")
+    p.add_argument("--name", default="bert", help="model name prefix (default: bert)")
+    p.add_argument("--max_batch_size", type=int, default=64, help="max batch size of every model (default: 64)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="encoder instances (default: 1; each gets cores/instances threads)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads per encoder instance (default: cores / instances)")
+    runtimes = sorted({r for rs in RUNTIMES.values() for r in rs})
+    p.add_argument("--runtime", choices=runtimes, default=None,
+                   help="encoder runtime; cpu: openvino (default) | paddle | onnxruntime; xeon: openvino; "
+                        "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
+    precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
+    p.add_argument("--precision", choices=precisions, default=None,
+                   help="cpu/xeon: fp32 (default) | bf16 (faster, check accuracy); gpu: fp16 (default) | fp32")
+    return p
+
+
+def repo_main(argv: list[str]) -> int:
+    args = repo_parser().parse_args(argv)
+    from .repository import build_repository
+    try:
+        manifest = build_repository(args.export_dir, args.output, target=args.target, name=args.name,
+                                    max_batch_size=args.max_batch_size, instances=args.instances,
+                                    runtime=args.runtime, precision=args.precision, threads=args.threads)
+    except OfaserveError as e:
+        return _fail(e)
+    print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
+          f"precision {manifest['precision']}); ensembles: {', '.join(manifest['models'])}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- serve
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ofaserve serve", description="Start the Triton server bundled with nvidia-pytriton on a model "
+        "repository, wait until every model is ready, then watch it until Ctrl-C / SIGTERM.")
+    p.add_argument("--model_repository", required=True, type=Path, help="folder written by `ofaserve repo`")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, loopback only; 0.0.0.0 exposes it)")
+    p.add_argument("--grpc_port", type=int, default=8001, help="gRPC port (default: 8001)")
+    p.add_argument("--http_port", type=int, default=8000, help="HTTP/REST port (default: 8000)")
+    p.add_argument("--metrics_port", type=int, default=8002, help="Prometheus metrics port (default: 8002)")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for readiness (default: 120)")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between health checks (default: 2)")
+    p.add_argument("--log_verbose", type=int, default=0, help="Triton verbose log level (default: 0)")
+    return p
+
+
+def serve_main(argv: list[str]) -> int:
+    args = serve_parser().parse_args(argv)
+    from .server import TritonServer
+    server = TritonServer(args.model_repository, host=args.host, grpc_port=args.grpc_port,
+                          http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start(timeout=args.timeout)
+        models = server.models_ready()
+        print(f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
+        print(f"models: {', '.join(models)}")
+        print(f"server log: {server.log_path}", flush=True)
+        # The server's health endpoint stays 200 when a python stub dies: watch each model.
+        while stop["signal"] is None:
+            time.sleep(args.poll)
+            if stop["signal"] is not None:
+                break
+            if not server.is_running():
+                raise OfaserveError(server._failure(f"tritonserver exited with code {server.process.returncode}"))
+            down = [m for m, ok in server.models_ready().items() if not ok]
+            if down and stop["signal"] is None:
+                raise OfaserveError(server._failure(f"model(s) no longer ready: {', '.join(down)}"))
+        print(f"received {signal.Signals(stop['signal']).name}; stopping Triton", flush=True)
+        code = server.stop()
+        print(f"Triton stopped (exit code {code})")
+        return 0
+    except OfaserveError as e:
+        return _fail(e)
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------- classify
+def classify_parser() -> argparse.ArgumentParser:
+    from .client import DEFAULT_MODEL, DEFAULT_URL
+    p = argparse.ArgumentParser(prog="ofaserve classify",
+                                description="Classify sentences over gRPC with a served ensemble.")
+    p.add_argument("texts", nargs="*", help="sentences to classify")
+    p.add_argument("--file", type=Path, help="also classify every non-empty line of this UTF-8 file")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC endpoint (default: {DEFAULT_URL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default: {DEFAULT_MODEL})")
+    p.add_argument("--batch_size", type=int, default=16, help="sentences per request (default: 16)")
+    return p
+
+
+def classify_main(argv: list[str]) -> int:
+    args = classify_parser().parse_args(argv)
+    from .client import _connect, classify, model_labels, read_lines
+    try:
+        texts = list(args.texts) + (read_lines(args.file) if args.file else [])
+        if not texts:
+            raise OfaserveError("nothing to classify: pass sentences or --file")
+        client = _connect(args.url)
+        try:
+            results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size,
+                               labels=model_labels(client, args.model), client=client)
+        finally:
+            client.close()
+    except OfaserveError as e:
+        return _fail(e)
+    for text, r in zip(texts, results):
+        probs = "  ".join(f"{k}={v:.4f}" for k, v in r["probs"].items())
+        print(f"{r['label']}\t{probs}\t{text}")
+    return 0

@@ -1,0 +1,281 @@
+"""Generate a Triton model repository from one or more `ofaserve export` folders.
+
+Per export (width w), four models named from ``{name}_w{round(w*100)}``:
+  {m}_tokenizer   python: TEXT -> input_ids, token_type_ids (fast WordPiece)
+  {m}_encoder     input_ids, token_type_ids -> logits (backend chosen by the target)
+  {m}_postprocess python: logits -> LABEL, PROBS
+  {m}             ensemble: TEXT -> LABEL, PROBS
+
+Targets:
+  cpu   encoder in the python backend on OpenVINO / Paddle Inference / ONNX Runtime:
+        runs on the Triton server bundled with nvidia-pytriton (python backend only).
+  xeon  encoder on Triton's native `openvino` backend (NVIDIA Triton images).
+  gpu   encoder on Triton's native onnxruntime backend with the TensorRT accelerator
+        (FP16), or with --runtime onnxruntime-trt in the python backend on
+        onnxruntime-gpu's TensorRT EP (runs on the pip server on any GPU machine).
+
+Every config.pbtxt is a ``ModelConfig`` protobuf written with ``text_format``. The
+repository is self-contained (model files copied in, only relative paths) and is built
+in a temp folder next to the output, then renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compress.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
+                                write_manifest)
+
+SOURCES = Path(__file__).resolve().parent / "triton_models"
+TARGETS = ("cpu", "xeon", "gpu")
+RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
+            "xeon": ("openvino",),
+            "gpu": ("onnxruntime", "onnxruntime-trt")}
+PRECISIONS = {"cpu": ("fp32", "bf16"), "xeon": ("fp32", "bf16"), "gpu": ("fp16", "fp32")}
+PREFERRED_BATCH = 16
+MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
+# A python-backend runtime parallelises inside one request; the native xeon/gpu backends
+# batch requests of equal shape only, so pad tokens to a multiple there to let them merge.
+PAD_MULTIPLE = {"cpu": 0, "xeon": 16, "gpu": 16}
+# Where Triton's onnxruntime backend caches TensorRT engines inside the serving
+# container (a runtime location there, not a path on the machine that built this).
+TRT_CACHE_ROOT = "/tmp/ofaserve_trt_cache"
+REPO_STAGE = "repo"
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def _param(config: mc.ModelConfig, key: str, value: Any) -> None:
+    config.parameters[key].string_value = str(value)
+
+
+def _tensor(kind, name: str, dtype: str, dims: list[int], **extra):
+    return kind(name=name, data_type=mc.DataType.Value(dtype), dims=dims, **extra)
+
+
+def _base(name: str, max_batch_size: int, *, backend: str = "", platform: str = "") -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, backend=backend, platform=platform, max_batch_size=max_batch_size)
+    config.version_policy.latest.num_versions = 1
+    return config
+
+
+def _batching(config: mc.ModelConfig, max_batch_size: int) -> None:
+    db = config.dynamic_batching
+    db.preferred_batch_size.append(min(PREFERRED_BATCH, max_batch_size))
+    db.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+
+
+def _instances(config: mc.ModelConfig, count: int, kind: str = "KIND_CPU") -> None:
+    config.instance_group.add(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind))
+
+
+def _write(model_dir: Path, config: mc.ModelConfig) -> None:
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def _read_export(export_dir: Path) -> dict[str, Any]:
+    manifest = read_manifest(export_dir, stage="export")
+    missing = [k for k in ("width_mult", "labels", "max_seq_length", "vocab_size", "artifacts") if k not in manifest]
+    if missing:
+        raise OfaserveError(f"{export_dir}/manifest.json lacks {', '.join(missing)}: re-run `ofaserve export`")
+    for key in ("onnx", "tokenizer"):
+        rel = manifest["artifacts"].get(key)
+        if not rel or not (export_dir / rel).is_file():
+            raise OfaserveError(f"{export_dir} lacks its {key} artifact ({rel}): re-run `ofaserve export`")
+    return manifest
+
+
+def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
+    config = _base(name, max_batch_size, backend="python")
+    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
+    config.output.extend([_tensor(mc.ModelOutput, "input_ids", "TYPE_INT64", [-1]),
+                          _tensor(mc.ModelOutput, "token_type_ids", "TYPE_INT64", [-1])])
+    _batching(config, max_batch_size)
+    _instances(config, 1)
+    _param(config, "tokenizer_file", "tokenizer.json")
+    _param(config, "max_seq_length", manifest["max_seq_length"])
+    _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
+    _param(config, "pad_to_multiple_of", pad_multiple)
+    return config
+
+
+def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
+    n = len(manifest["labels"])
+    config = _base(name, max_batch_size, backend="python")
+    config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [n]))
+    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
+                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    _batching(config, max_batch_size)
+    _instances(config, 1)
+    _param(config, "labels", json.dumps(manifest["labels"]))
+    return config
+
+
+def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: str, runtime: str,
+                   precision: str, instances: int, threads: int) -> mc.ModelConfig:
+    n = len(manifest["labels"])
+    python = target == "cpu" or runtime == "onnxruntime-trt"
+    if python:
+        config = _base(name, max_batch_size, backend="python")
+    elif target == "xeon":
+        config = _base(name, max_batch_size, backend="openvino")
+        config.default_model_filename = "model.onnx"
+    else:
+        config = _base(name, max_batch_size, platform="onnxruntime_onnx")
+        config.default_model_filename = "model.onnx"
+    # Ragged only where our own model.py pads the formed batch; native backends need equal shapes.
+    for input_name in ("input_ids", "token_type_ids"):
+        config.input.append(_tensor(mc.ModelInput, input_name, "TYPE_INT64", [-1], allow_ragged_batch=python))
+    config.output.append(_tensor(mc.ModelOutput, "logits", "TYPE_FP32", [n]))
+    _batching(config, max_batch_size)
+    _instances(config, instances, "KIND_GPU" if target == "gpu" else "KIND_CPU")
+
+    for batch in sorted({1, min(PREFERRED_BATCH, max_batch_size)}):
+        warmup = config.model_warmup.add(name=f"batch{batch}_seq{manifest['max_seq_length']}", batch_size=batch)
+        for input_name in ("input_ids", "token_type_ids"):  # all-pad ids: valid for any vocabulary
+            warmup.inputs[input_name].data_type = mc.TYPE_INT64
+            warmup.inputs[input_name].dims.append(int(manifest["max_seq_length"]))
+            warmup.inputs[input_name].zero_data = True
+
+    if python:
+        _param(config, "runtime", runtime)
+        _param(config, "precision", precision)
+        _param(config, "threads", threads)
+        _param(config, "model_file", "static/model" if runtime == "paddle" else "model.onnx")
+        _param(config, "vocab_size", manifest["vocab_size"])
+        _param(config, "max_seq_length", manifest["max_seq_length"])
+        _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
+        _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
+        if runtime == "onnxruntime-trt":
+            _param(config, "trt_cache_dir", "trt_cache")
+    elif target == "xeon":
+        _param(config, "PERFORMANCE_HINT", "LATENCY")
+        _param(config, "NUM_STREAMS", 1)
+        _param(config, "INFERENCE_NUM_THREADS", threads)
+        _param(config, "RESHAPE_IO_LAYERS", "YES")     # keep the sequence axis dynamic
+        _param(config, "ENABLE_BATCH_PADDING", "YES")  # the backend fixes batch = max_batch_size
+        if precision == "bf16":
+            _param(config, "HINT_BF16", "YES")
+    else:
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16" if precision == "fp16" else "FP32"
+        trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        trt.parameters["trt_engine_cache_enable"] = "1"
+        trt.parameters["trt_engine_cache_path"] = f"{TRT_CACHE_ROOT}/{name}"
+    return config
+
+
+def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
+    n = len(manifest["labels"])
+    config = _base(name, max_batch_size, platform="ensemble")
+    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
+    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
+                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    steps = config.ensemble_scheduling.step
+    steps.add(model_name=f"{name}_tokenizer", model_version=-1,
+              input_map={"TEXT": "TEXT"},
+              output_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"})
+    steps.add(model_name=f"{name}_encoder", model_version=-1,
+              input_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"},
+              output_map={"logits": "logits"})
+    steps.add(model_name=f"{name}_postprocess", model_version=-1,
+              input_map={"logits": "logits"}, output_map={"LABEL": "LABEL", "PROBS": "PROBS"})
+    return config
+
+
+def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, runtime: str, python: bool) -> None:
+    artifacts = manifest["artifacts"]
+    if runtime == "paddle":
+        prefix = export_dir / artifacts.get("paddle_static", "static/model")
+        files = [p for p in (prefix.with_name(prefix.name + ext) for ext in (".json", ".pdmodel", ".pdiparams"))
+                 if p.is_file()]
+        if not any(p.suffix == ".pdiparams" for p in files) or len(files) < 2:
+            raise OfaserveError(f"{export_dir} lacks a Paddle static model at {prefix}: re-run `ofaserve export`")
+        (dest / "static").mkdir()
+        for f in files:
+            shutil.copy2(f, dest / "static" / f"model{f.suffix}")
+    else:
+        shutil.copy2(export_dir / artifacts["onnx"], dest / "model.onnx")
+    if python:
+        for src in ("model.py", "runtimes.py"):
+            shutil.copy2(SOURCES / "encoder" / src, dest / src)
+
+
+def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
+                     max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
+                     precision: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
+
+    ``runtime``/``precision`` default per target (cpu: openvino/fp32, xeon: openvino/fp32,
+    gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
+    using every core this process may run on.
+    """
+    if target not in TARGETS:
+        raise OfaserveError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    runtime = runtime or RUNTIMES[target][0]
+    precision = precision or PRECISIONS[target][0]
+    if runtime not in RUNTIMES[target]:
+        raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
+    if precision not in PRECISIONS[target]:
+        raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
+    if runtime == "onnxruntime" and target == "cpu" and precision != "fp32":
+        raise OfaserveError("runtime onnxruntime on cpu supports only fp32; use openvino or paddle for bf16")
+    if not 1 <= max_batch_size <= 4096:
+        raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
+    if not export_dirs:
+        raise OfaserveError("pass at least one export folder")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise OfaserveError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    instances = instances or 1
+    if instances < 1:
+        raise OfaserveError(f"instances must be >= 1, got {instances}")
+    threads = threads or max(1, _cores() // instances)
+
+    exports: dict[str, tuple[Path, dict]] = {}
+    for export_dir in map(Path, export_dirs):
+        manifest = _read_export(export_dir)
+        model = f"{name}_w{round(float(manifest['width_mult']) * 100)}"
+        if model in exports:
+            raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
+                                f"{manifest['width_mult']}: one repository serves each width once")
+        exports[model] = (export_dir, manifest)
+
+    output = check_output_dir(output, stage=REPO_STAGE)
+    python_encoder = target == "cpu" or runtime == "onnxruntime-trt"
+    with atomic_output_dir(output) as tmp:
+        for model, (export_dir, manifest) in exports.items():
+            tok = tmp / f"{model}_tokenizer"
+            _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, PAD_MULTIPLE[target]))
+            shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
+            shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], tok / "1" / "tokenizer.json")
+
+            enc = tmp / f"{model}_encoder"
+            _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
+                                       precision=precision, instances=instances, threads=threads))
+            _copy_model_files(export_dir, manifest, enc / "1", runtime, python_encoder)
+
+            post = tmp / f"{model}_postprocess"
+            _write(post, postprocess_config(post.name, manifest, max_batch_size))
+            shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
+
+            _write(tmp / model, ensemble_config(model, manifest, max_batch_size))
+        # Triton only treats folders as models; this file is for people and the benchmarks.
+        return write_manifest(
+            tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision,
+            max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
+            models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
+                            "max_seq_length": m["max_seq_length"],
+                            "source_export": os.path.basename(os.path.normpath(d))}
+                    for model, (d, m) in exports.items()})

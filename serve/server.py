@@ -1,0 +1,279 @@
+"""Run the Triton Inference Server bundled in the nvidia-pytriton wheel.
+
+The wheel ships a real `tritonserver` (2.51, python backend only) but no launcher we
+can use directly, so this does what pytriton does (DESIGN.md section 4): copy bin/,
+backends/ and caches/ into a work dir, drop the python backend stub for this Python
+into backends/python/, and start the binary with libtritonserver.so (renamed, in
+nvidia_pytriton.libs) and this venv's libpython on LD_LIBRARY_PATH and the venv's bin
+first on PATH (the stub finds its Python home, and so numpy, through `python3`).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from compress.artifacts import OfaserveError
+
+# Printed by every start on a machine without a CUDA driver; not an error for us.
+_HARMLESS = ("CudaDriverHelper", "cuda driver", "CUDA driver")
+
+
+def _site_packages_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise OfaserveError(f"{package} is not installed: pip install nvidia-pytriton==0.7.0")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def find_triton() -> tuple[Path, Path]:
+    """(pytriton's tritonserver folder, the folder holding libtritonserver.so and friends)."""
+    root = _site_packages_dir("pytriton") / "tritonserver"
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    if not (root / "bin" / "tritonserver").is_file() or not libs.is_dir():
+        raise OfaserveError(f"no bundled tritonserver under {root}: reinstall nvidia-pytriton==0.7.0")
+    return root, libs
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _error_lines(log: str, limit: int = 8) -> list[str]:
+    """The server's own error lines (glog `E...` lines and `error:` messages)."""
+    lines = [l.strip() for l in log.splitlines()
+             if (l[:1] == "E" and l[1:5].isdigit()) or "error:" in l.lower() or "failed to load" in l.lower()
+             or "UNAVAILABLE" in l]
+    return [l for l in lines if not any(h in l for h in _HARMLESS)][-limit:]
+
+
+class TritonServer:
+    """The bundled Triton server on one model repository, as a managed child process."""
+
+    def __init__(self, model_repository: str | os.PathLike, *, host: str = "127.0.0.1",
+                 grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+                 log_verbose: int = 0) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self.ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+        self.log_path: Path | None = None
+        self._client = None
+        self._shm: set[str] = set()
+        self._children: set[int] = set()
+
+    # -- endpoints -------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._connect_host}:{self.ports['grpc']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._connect_host}:{self.ports['http']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._connect_host}:{self.ports['metrics']}/metrics"
+
+    @property
+    def _connect_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _prepare_workdir(self) -> list[str]:
+        root, libs = find_triton()
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / py / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise OfaserveError(f"nvidia-pytriton ships no python backend stub for Python {py}")
+        self.workdir = Path(tempfile.mkdtemp(prefix="ofaserve-triton-"))
+        for sub in ("bin", "backends", "caches"):
+            shutil.copytree(root / sub, self.workdir / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, self.workdir / "backends" / "python" / stub.name)
+        self._env_libs = [sysconfig.get_config_var("LIBDIR") or "", str(libs)]
+        args = [str(self.workdir / "bin" / "tritonserver"),
+                f"--model-repository={self.model_repository}",
+                f"--backend-directory={self.workdir / 'backends'}",
+                f"--cache-directory={self.workdir / 'caches'}",
+                "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
+                "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
+                f"--log-verbose={int(self.log_verbose)}"]
+        for proto, port in self.ports.items():
+            args += [f"--{proto}-address={self.host}" if proto != "http" else f"--http-address={self.host}",
+                     f"--{proto}-port={port}"]
+        return args
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [p for p in self._env_libs + [env.get("LD_LIBRARY_PATH", "")] if p])
+        env.pop("PYTHONHOME", None)
+        return env
+
+    def start(self, timeout: float = 120) -> "TritonServer":
+        if self.process is not None:
+            raise OfaserveError("server already started")
+        if not self.model_repository.is_dir():
+            raise OfaserveError(f"model repository {self.model_repository} does not exist")
+        if not any(p.is_dir() and (p / "config.pbtxt").is_file() for p in self.model_repository.iterdir()):
+            raise OfaserveError(f"{self.model_repository} holds no models (no */config.pbtxt): run `ofaserve repo`")
+        for proto, port in self.ports.items():
+            if port_in_use(self.host, port):
+                raise OfaserveError(f"{proto} port {port} on {self.host} is already in use: "
+                                    f"stop what holds it or pass --{proto}_port")
+        args = self._prepare_workdir()
+        self.log_path = self.workdir / "tritonserver.log"
+        log = open(self.log_path, "wb")
+        try:
+            # Own session: stop() can signal the server and every stub it spawned at once.
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=self._environment(), cwd=self.workdir, start_new_session=True)
+        finally:
+            log.close()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._remember_resources()
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise OfaserveError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
+            if self.is_ready() and all(self.models_ready().values()):
+                return
+            time.sleep(0.2)
+        raise OfaserveError(self._failure(f"tritonserver not ready after {timeout:.0f} s"))
+
+    def _failure(self, what: str) -> str:
+        log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+        errors = _error_lines(log)
+        if not errors:
+            errors = [l for l in log.strip().splitlines()[-5:] if not any(h in l for h in _HARMLESS)]
+        return f"{what}: " + (" | ".join(errors) if errors else "no output")
+
+    def _remember_resources(self) -> None:
+        """Note our stub processes and shared-memory segments so stop() can clean up
+        anything a crash would leave, without touching other servers' segments."""
+        with contextlib.suppress(Exception):
+            import psutil
+            proc = psutil.Process(self.process.pid)
+            procs = [proc] + proc.children(recursive=True)
+            self._children = {p.pid for p in procs[1:]}
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    self._shm |= {m.path for m in p.memory_maps() if m.path.startswith("/dev/shm/")}
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; removes stubs, segments and the work dir."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        code = None
+        if self.process is not None:
+            self._remember_resources()
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait(5)
+            code = self.process.returncode
+            self._reap_children()
+            self.process = None
+        for path in self._shm:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._shm.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return code
+
+    def _reap_children(self) -> None:
+        """Stubs left behind (server killed hard) get SIGKILL; they live in our session."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, 0)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                os.killpg(self.process.pid, 0)  # raises once the group is empty
+                time.sleep(0.1)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in self._children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    # -- health ----------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            import tritonclient.grpc as grpcclient
+            self._client = grpcclient.InferenceServerClient(self.grpc_url)
+        return self._client
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_ready(self) -> bool:
+        if not self.is_running():
+            return False
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception:
+            return False
+
+    def models_ready(self) -> dict[str, bool]:
+        """Readiness of every model in the repository, asked one by one: the server's own
+        health stays 200 when a python stub dies, a model's readiness does not."""
+        names = sorted(p.name for p in self.model_repository.iterdir()
+                       if p.is_dir() and (p / "config.pbtxt").is_file())
+        ready = {}
+        for name in names:
+            try:
+                ready[name] = self.is_running() and bool(self.client.is_model_ready(name))
+            except Exception:
+                ready[name] = False
+        return ready
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):  # last resort: never leave a server behind an exception
+        with contextlib.suppress(Exception):
+            if self.process is not None and self.process.poll() is None:
+                self.stop(timeout=5)

@@ -1,0 +1,1 @@
+"""Triton python-backend model sources, copied verbatim into generated repositories."""

@@ -1,0 +1,1 @@
+"""Encoder model; ``runtimes`` is also importable in-process (benchmark baselines)."""

@@ -1,0 +1,97 @@
+"""Triton python model: input_ids, token_type_ids -> logits, on a selectable runtime.
+
+The inputs are declared ragged (allow_ragged_batch), so the dynamic batcher merges
+requests of different sequence lengths; execute() pads the formed batch once to its
+longest row (pad id 0: the exported graph masks pad positions, so the padding does not
+change any row's logits) and runs the runtime once for all requests.
+Invalid requests (bad rank, ids outside the vocabulary, too long) get a per-request
+error and are left out of the batch; the others still run.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runtimes import check_inputs, runner_from_parameters  # noqa: E402  (sits next to this file)
+
+
+def _param(config, key, default=None):
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    if value is None:
+        if default is None:
+            raise pb_utils.TritonModelException(f"config.pbtxt lacks parameter {key!r}")
+        return default
+    return value
+
+
+def _error(message, code_name="INVALID_ARG"):
+    code = getattr(pb_utils.TritonError, code_name, None)
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        here = Path(args["model_repository"]) / args["model_version"]
+        self.limits = dict(vocab_size=int(_param(config, "vocab_size")),
+                           max_seq_length=int(_param(config, "max_seq_length")),
+                           type_vocab_size=int(_param(config, "type_vocab_size", "2")))
+        self.pad_id = int(_param(config, "pad_token_id", "0"))
+        kind = _param(config, "runtime")
+        options = {}
+        if kind == "onnxruntime-trt":
+            options = {"device_id": int(args.get("model_instance_device_id", 0) or 0),
+                       "cache_dir": str(here / _param(config, "trt_cache_dir", "trt_cache"))}
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        try:
+            self.run = runner_from_parameters(here, parameters, **options)
+        except Exception as e:  # surface the reason in the server log and load error
+            raise pb_utils.TritonModelException(f"cannot load the {kind} runtime: {e}") from e
+
+    def _inputs(self, request):
+        """(input_ids, token_type_ids) of one request, or an error message."""
+        arrays = []
+        for name in ("input_ids", "token_type_ids"):
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                return f"missing input {name}"
+            arrays.append(tensor.as_numpy())
+        problem = check_inputs(*arrays, **self.limits)
+        return problem or tuple(arrays)
+
+    def execute(self, requests):
+        parsed = [self._inputs(r) for r in requests]
+        good = [p for p in parsed if not isinstance(p, str)]
+        logits = None
+        if good:
+            seq = max(ids.shape[1] for ids, _ in good)
+            rows = sum(ids.shape[0] for ids, _ in good)
+            ids_all = np.full((rows, seq), self.pad_id, dtype=np.int64)
+            types_all = np.zeros((rows, seq), dtype=np.int64)
+            row = 0
+            for ids, types in good:
+                ids_all[row:row + ids.shape[0], :ids.shape[1]] = ids
+                types_all[row:row + ids.shape[0], :ids.shape[1]] = types
+                row += ids.shape[0]
+            try:
+                logits = self.run(ids_all, types_all)
+            except Exception as e:  # a runtime failure fails this batch, not the server
+                message = f"encoder runtime failed: {e}"
+                return [pb_utils.InferenceResponse(error=_error(p if isinstance(p, str) else message,
+                                                                "INTERNAL")) for p in parsed]
+        responses, row = [], 0
+        for p in parsed:
+            if isinstance(p, str):
+                responses.append(pb_utils.InferenceResponse(error=_error(p)))
+                continue
+            n = p[0].shape[0]
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("logits", logits[row:row + n])]))
+            row += n
+        return responses
+
+    def finalize(self):
+        self.run = None

@@ -1,0 +1,211 @@
+"""Encoder runners: one callable per inference runtime, same contract for all.
+
+``load_runner(kind, model_path, precision, threads)`` returns
+``runner(input_ids, token_type_ids) -> logits`` (int64 [batch, seq] in, float32
+[batch, num_labels] out). The Triton encoder model (model.py next to this file) uses it,
+and benchmarks import it as ``serve.triton_models.encoder.runtimes`` to run the very same
+runtime without a server. This file is copied into model repositories as-is, so it
+imports nothing from the ofaserve packages.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+# runtime kind -> (precisions it supports, the model artifact it reads)
+KINDS = {
+    "openvino": (("fp32", "bf16"), "onnx"),
+    "paddle": (("fp32", "bf16"), "paddle_static"),
+    "onnxruntime": (("fp32",), "onnx"),
+    "onnxruntime-trt": (("fp16", "fp32"), "onnx"),  # onnxruntime-gpu + TensorRT EP
+}
+
+
+class RuntimeConfigError(ValueError):
+    """A runner was asked for a kind/precision/model it cannot provide."""
+
+
+def default_threads() -> int:
+    """Cores this process may use (respects taskset/cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def load_runner(kind, model_path, precision: str = "fp32", threads: int | None = None,
+                **options) -> Runner:
+    """Build a runner.
+
+    ``load_runner(kind, model_path, precision, threads)``: ``model_path`` is an .onnx
+    file, or the Paddle static prefix (``.../model`` for model.json/.pdmodel +
+    model.pdiparams) for ``paddle``.
+    ``load_runner(version_dir, parameters)``: the same from an encoder's version folder
+    and its config.pbtxt parameters (runtime, model_file, precision, threads), i.e.
+    exactly what the Triton model runs.
+    """
+    if isinstance(model_path, Mapping):
+        return runner_from_parameters(kind, model_path, **options)
+    precision = _PRECISION_ALIASES.get(precision, precision)
+    if kind not in KINDS:
+        raise RuntimeConfigError(f"unknown runtime {kind!r}; choose one of {', '.join(KINDS)}")
+    precisions, _ = KINDS[kind]
+    if precision not in precisions:
+        raise RuntimeConfigError(
+            f"runtime {kind!r} supports precision {'/'.join(precisions)}, not {precision!r}")
+    threads = int(threads) if threads else default_threads()
+    loader = {"openvino": _openvino, "paddle": _paddle, "onnxruntime": _onnxruntime,
+              "onnxruntime-trt": _onnxruntime_trt}[kind]
+    return loader(Path(model_path), precision, threads, **options)
+
+
+def runner_from_parameters(version_dir, parameters: Mapping[str, str], **options) -> Runner:
+    """The runner an encoder's config.pbtxt ``parameters`` describe, files from ``version_dir``."""
+    missing = [k for k in ("runtime", "model_file") if not parameters.get(k)]
+    if missing:
+        raise RuntimeConfigError(f"encoder parameters lack {', '.join(missing)}")
+    return load_runner(parameters["runtime"], Path(version_dir) / parameters["model_file"],
+                       precision=parameters.get("precision") or "fp32",
+                       threads=int(parameters.get("threads") or 0) or None, **options)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise RuntimeConfigError(f"model file {path} does not exist")
+
+
+def _openvino(path: Path, precision: str, threads: int) -> Runner:
+    import openvino as ov
+
+    _require_file(path)
+    core = ov.Core()
+    # Pin the precision: on CPUs with avx512_bf16/AMX OpenVINO silently runs bf16 otherwise.
+    compiled = core.compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    })
+    request = compiled.create_infer_request()
+    output = compiled.output("logits")
+
+    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
+        return np.array(result[output], dtype=np.float32, copy=True)
+
+    return run
+
+
+def _paddle(prefix: Path, precision: str, threads: int) -> Runner:
+    import paddle.inference as pi
+
+    # paddle 3.x saves model.json (PIR); 2.6 saves model.pdmodel.
+    graph = next((prefix.with_name(prefix.name + ext) for ext in (".json", ".pdmodel")
+                  if prefix.with_name(prefix.name + ext).is_file()), None)
+    params = prefix.with_name(prefix.name + ".pdiparams")
+    if graph is None or not params.is_file():
+        raise RuntimeConfigError(f"no Paddle static model at {prefix} (.json/.pdmodel + .pdiparams)")
+    config = pi.Config(str(graph), str(params))
+    config.disable_gpu()
+    config.enable_mkldnn()
+    # oneDNN caches one primitive set per input shape; bound it, since every
+    # batch/sequence length is a new shape under dynamic padding.
+    config.set_mkldnn_cache_capacity(32)
+    if precision == "bf16":
+        config.enable_mkldnn_bfloat16()
+    config.set_cpu_math_library_num_threads(threads)
+    config.switch_ir_optim(True)
+    config.disable_glog_info()
+    predictor = pi.create_predictor(config)
+    names = predictor.get_input_names()
+    if sorted(names) != ["input_ids", "token_type_ids"]:
+        raise RuntimeConfigError(f"{graph} has inputs {names}, expected input_ids and token_type_ids")
+    handles = {n: predictor.get_input_handle(n) for n in names}
+    out = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        handles["input_ids"].reshape(input_ids.shape)
+        handles["input_ids"].copy_from_cpu(np.ascontiguousarray(input_ids))
+        handles["token_type_ids"].reshape(token_type_ids.shape)
+        handles["token_type_ids"].copy_from_cpu(np.ascontiguousarray(token_type_ids))
+        predictor.run()
+        return out.copy_to_cpu().astype(np.float32, copy=False)
+
+    return run
+
+
+def _ort_run(session) -> Runner:
+    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        (logits,) = session.run(["logits"], {"input_ids": input_ids, "token_type_ids": token_type_ids})
+        return logits.astype(np.float32, copy=False)
+    return run
+
+
+def _onnxruntime(path: Path, precision: str, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    _require_file(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return _ort_run(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+
+
+def _onnxruntime_trt(path: Path, precision: str, threads: int, device_id: int = 0,
+                     cache_dir: str | None = None, max_workspace_size: int = 1 << 30) -> Runner:
+    """onnxruntime-gpu with TensorRT (FP16 by default), CUDA EP as the fallback for
+    nodes TensorRT cannot take. Engines are cached so only the first load builds them."""
+    import onnxruntime as ort
+
+    _require_file(path)
+    available = ort.get_available_providers()
+    if "TensorrtExecutionProvider" not in available:
+        raise RuntimeConfigError(
+            "runtime 'onnxruntime-trt' needs onnxruntime-gpu with TensorRT (pip install "
+            f"onnxruntime-gpu tensorrt); this onnxruntime offers only {available}")
+    cache_dir = cache_dir or str(path.parent / "trt_cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    trt = {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
+           "trt_max_workspace_size": max_workspace_size,
+           "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
+           "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(path), opts, providers=[("TensorrtExecutionProvider", trt),
+                                    ("CUDAExecutionProvider", {"device_id": device_id}),
+                                    "CPUExecutionProvider"])
+    return _ort_run(session)
+
+
+def check_inputs(input_ids: np.ndarray, token_type_ids: np.ndarray, *, vocab_size: int,
+                 max_seq_length: int, type_vocab_size: int = 2) -> str | None:
+    """Why a batch cannot be run (one line), or None when it is valid.
+
+    Out-of-range ids would index past the embedding tables: some runtimes then read
+    garbage or crash the process instead of raising, so reject them up front."""
+    if input_ids.dtype != np.int64 or token_type_ids.dtype != np.int64:
+        return f"input_ids and token_type_ids must be INT64, got {input_ids.dtype} and {token_type_ids.dtype}"
+    if input_ids.ndim != 2 or token_type_ids.ndim != 2:
+        return f"expected [batch, seq] inputs, got shapes {list(input_ids.shape)} and {list(token_type_ids.shape)}"
+    if input_ids.shape != token_type_ids.shape:
+        return f"input_ids {list(input_ids.shape)} and token_type_ids {list(token_type_ids.shape)} differ in shape"
+    if input_ids.shape[1] == 0:
+        return "empty sequence: input_ids needs at least one token per row"
+    if input_ids.shape[1] > max_seq_length:
+        return f"sequence length {input_ids.shape[1]} exceeds the model's max_seq_length {max_seq_length}"
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        return (f"token id out of range: ids must be in [0, {vocab_size}), "
+                f"got min {int(input_ids.min())} max {int(input_ids.max())}")
+    if token_type_ids.size and (token_type_ids.min() < 0 or token_type_ids.max() >= type_vocab_size):
+        return f"token_type_ids must be in [0, {type_vocab_size})"
+    return None
