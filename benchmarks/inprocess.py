@@ -1,11 +1,10 @@
 """In-process baseline: the served encoder's own model file and runtime, no server.
 
-The encoder's ``config.pbtxt`` parameters say which runtime, precision and thread count
-Triton's python backend uses; the model file sits in ``{m}_encoder/1/``. The baseline
-loads the same file with the same settings through the serve package's
-``serve.triton_models.encoder.runtimes.load_runner`` when that exists, else through a
-small built-in loader for onnxruntime / openvino / paddle. ``--runtimes`` adds other
-runtime/precision variants of the same file (e.g. openvino bf16 next to f32).
+The encoder's config says which runtime, precision and thread count Triton runs; the
+model file sits in ``{m}_encoder/1/``. The baseline loads the same file with the same
+settings through the very ``runtimes.py`` the server runs (copied into the repository;
+else ``serve.triton_models.encoder.runtimes``). ``--runtimes`` adds other
+runtime/precision variants of the same model (e.g. openvino bf16 next to fp32).
 """
 from __future__ import annotations
 
@@ -48,8 +47,8 @@ def config_params_from_json(config_json: dict[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------- runtime spec
 @dataclass(frozen=True)
 class RuntimeSpec:
-    runtime: str                 # onnxruntime | openvino | paddle
-    precision: str = "f32"       # f32 | bf16 | int8 ...
+    runtime: str                 # openvino | paddle | onnxruntime | onnxruntime-trt
+    precision: str = "fp32"      # fp32 | bf16 | fp16
     threads: int | None = None
 
     @property
@@ -59,29 +58,46 @@ class RuntimeSpec:
 
 _RUNTIME_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "onnxruntime": "onnxruntime",
                     "ov": "openvino", "openvino": "openvino", "paddle": "paddle",
-                    "paddle_inference": "paddle", "pd": "paddle"}
-_PARAM_KEYS = {"runtime": ("runtime", "backend_runtime", "engine"),
-               "precision": ("precision", "inference_precision", "precision_hint"),
-               "threads": ("threads", "num_threads", "intra_op_threads", "cpu_threads")}
+                    "paddle_inference": "paddle", "pd": "paddle", "onnxruntime-trt": "onnxruntime-trt",
+                    "trt": "onnxruntime-trt"}
+_PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+                      "f16": "fp16", "fp16": "fp16", "float16": "fp16"}
 
 
-def _first(params: dict[str, str], keys: tuple[str, ...]) -> str | None:
-    for k in keys:
-        if params.get(k):
-            return params[k]
-    return None
+def _threads(v: Any) -> int | None:
+    try:
+        t = int(v)
+    except (TypeError, ValueError):
+        return None
+    return t if t > 0 else None
 
 
-def spec_from_params(params: dict[str, str]) -> RuntimeSpec:
-    rt = (_first(params, _PARAM_KEYS["runtime"]) or "onnxruntime").lower()
-    prec = (_first(params, _PARAM_KEYS["precision"]) or "f32").lower()
-    prec = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16", "fp16": "f16"}.get(prec, prec)
-    th = _first(params, _PARAM_KEYS["threads"])
-    return RuntimeSpec(_RUNTIME_ALIASES.get(rt, rt), prec, int(th) if th and th.isdigit() and int(th) > 0 else None)
+def spec_from_config(config: dict[str, Any]) -> RuntimeSpec:
+    """The runtime an encoder's config runs: the python backend's ``runtime``/``precision``/
+    ``threads`` parameters (ofaserve ``cpu`` target), or Triton's native openvino /
+    onnxruntime backends (``xeon`` / ``gpu`` targets)."""
+    params = config_params_from_json(config)
+    backend = (config.get("backend") or "").lower()
+    platform = (config.get("platform") or "").lower()
+    if params.get("runtime"):
+        rt = _RUNTIME_ALIASES.get(params["runtime"].lower(), params["runtime"].lower())
+        prec = _PRECISION_ALIASES.get(params.get("precision", "fp32").lower(), params.get("precision", "fp32"))
+        return RuntimeSpec(rt, prec, _threads(params.get("threads")))
+    if backend == "openvino":
+        prec = "bf16" if params.get("HINT_BF16", "").upper() == "YES" else "fp32"
+        return RuntimeSpec("openvino", prec, _threads(params.get("INFERENCE_NUM_THREADS")))
+    if backend == "onnxruntime" or platform == "onnxruntime_onnx":
+        accel = ((config.get("optimization") or {}).get("execution_accelerators") or {})
+        gpu = accel.get("gpu_execution_accelerator") or []
+        if gpu:
+            mode = ((gpu[0].get("parameters") or {}).get("precision_mode") or "FP32").lower()
+            return RuntimeSpec("onnxruntime-trt", _PRECISION_ALIASES.get(mode, mode), None)
+        return RuntimeSpec("onnxruntime", "fp32", None)
+    return RuntimeSpec(backend or platform or "unknown", "fp32", None)
 
 
 def parse_runtime_specs(text: str | None, default_threads: int | None = None) -> list[RuntimeSpec]:
-    """``"openvino:bf16,onnxruntime"`` -> specs (precision defaults to f32)."""
+    """``"openvino:bf16,onnxruntime"`` -> specs (precision defaults to fp32)."""
     out = []
     for item in (text or "").split(","):
         item = item.strip()
@@ -90,107 +106,60 @@ def parse_runtime_specs(text: str | None, default_threads: int | None = None) ->
         parts = item.split(":")
         rt = _RUNTIME_ALIASES.get(parts[0].lower())
         if rt is None:
-            raise OfaserveError(f"unknown runtime {parts[0]!r} in --runtimes (known: onnxruntime, openvino, paddle)")
-        prec = parts[1].lower() if len(parts) > 1 and parts[1] else "f32"
-        th = int(parts[2]) if len(parts) > 2 and parts[2] else default_threads
+            raise OfaserveError(f"unknown runtime {parts[0]!r} in --runtimes "
+                                "(known: openvino, paddle, onnxruntime, onnxruntime-trt)")
+        prec_in = parts[1].lower() if len(parts) > 1 and parts[1] else "fp32"
+        prec = _PRECISION_ALIASES.get(prec_in)
+        if prec is None:
+            raise OfaserveError(f"unknown precision {prec_in!r} in --runtimes (known: fp32, bf16, fp16)")
+        th = _threads(parts[2]) if len(parts) > 2 and parts[2] else default_threads
+        if len(parts) > 3 or (len(parts) > 2 and parts[2] and th is None):
+            raise OfaserveError(f"bad --runtimes item {item!r}: expected runtime[:precision[:threads]]")
         out.append(RuntimeSpec(rt, prec, th))
     return out
 
 
 # --------------------------------------------------------------------------- loading
-def find_model_file(version_dir: Path, runtime: str) -> Path:
-    cands = {"onnxruntime": ["*.onnx"], "openvino": ["*.xml", "*.onnx"],
-             "paddle": ["*.json", "*.pdmodel"]}[runtime]
-    for pat in cands:
-        for p in sorted(version_dir.rglob(pat)):
-            if runtime == "paddle" and not p.with_suffix(".pdiparams").exists():
-                continue
-            return p
-    raise OfaserveError(f"no model file for runtime {runtime} in {version_dir}")
-
-
-def _builtin_runner(model_file: Path, spec: RuntimeSpec) -> Runner:
-    threads = spec.threads or os.cpu_count() or 1
-    if spec.runtime == "onnxruntime":
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-
-        def run(ids: np.ndarray, tt: np.ndarray) -> np.ndarray:
-            feed = {"input_ids": ids, "token_type_ids": tt}
-            return sess.run(None, {n: feed[n] for n in names})[0]
-        return run
-    if spec.runtime == "openvino":
-        import openvino as ov
-        core = ov.Core()
-        hint = {"f32": "f32", "bf16": "bf16", "f16": "f16"}.get(spec.precision, spec.precision)
-        compiled = core.compile_model(str(model_file), "CPU", {
-            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY"})
-        req = compiled.create_infer_request()
-        names = [i.get_any_name() for i in compiled.inputs]
-
-        def run(ids: np.ndarray, tt: np.ndarray) -> np.ndarray:
-            feed = {"input_ids": ids, "token_type_ids": tt}
-            req.infer({n: feed[n] for n in names})
-            return np.asarray(req.get_output_tensor(0).data).copy()
-        return run
+def model_path_for(version_dir: Path, spec: RuntimeSpec, params: dict[str, str], served: bool) -> Path:
+    """The model file a runtime reads in ``{m}_encoder/1/`` (the served one for the served runtime)."""
+    if served and params.get("model_file"):
+        return version_dir / params["model_file"]
     if spec.runtime == "paddle":
-        import paddle.inference as pi
-        cfg = pi.Config(str(model_file), str(model_file.with_suffix(".pdiparams")))
-        cfg.disable_gpu()
-        cfg.enable_mkldnn()
-        cfg.set_cpu_math_library_num_threads(threads)
-        cfg.disable_glog_info()
-        pred = pi.create_predictor(cfg)
-        names = pred.get_input_names()
-
-        def run(ids: np.ndarray, tt: np.ndarray) -> np.ndarray:
-            feed = {"input_ids": ids, "token_type_ids": tt}
-            for n in names:
-                pred.get_input_handle(n).copy_from_cpu(feed[n])
-            pred.run()
-            return pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
-        return run
-    raise OfaserveError(f"no built-in in-process loader for runtime {spec.runtime!r}")
+        prefix = version_dir / "static" / "model"
+        if not prefix.with_name("model.pdiparams").is_file():
+            raise OfaserveError(f"no Paddle static model in {version_dir} (the repository was not built "
+                                "with --runtime paddle)")
+        return prefix
+    path = version_dir / "model.onnx"
+    if not path.is_file():
+        raise OfaserveError(f"no model.onnx in {version_dir} (the repository was built with --runtime paddle)")
+    return path
 
 
-def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec,
-                         params: dict[str, str]) -> tuple[Runner, dict[str, Any]]:
-    """A callable ``(input_ids, token_type_ids) -> logits`` for the encoder in ``encoder_dir``."""
-    encoder_dir = Path(encoder_dir)
-    version_dir = encoder_dir / "1"
+def _runtimes_module(version_dir: Path):
+    """The ``runtimes.py`` the server itself runs (copied into the repository), else the
+    serve package's copy."""
+    import importlib.util
+    local = version_dir / "runtimes.py"
+    if local.is_file():
+        spec = importlib.util.spec_from_file_location(f"_ofaserve_bench_runtimes_{abs(hash(str(local)))}", local)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return mod, str(local)
+    from serve.triton_models.encoder import runtimes
+    return runtimes, "serve.triton_models.encoder.runtimes"
+
+
+def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, params: dict[str, str],
+                         served: bool) -> tuple[Runner, dict[str, Any]]:
+    """``(input_ids, token_type_ids) -> logits`` for the encoder in ``encoder_dir``, in this process."""
+    version_dir = Path(encoder_dir) / "1"
     if not version_dir.is_dir():
         raise OfaserveError(f"{version_dir} is missing: not a Triton encoder model folder")
-    try:
-        from serve.triton_models.encoder import runtimes as serve_runtimes  # type: ignore
-        load_runner = getattr(serve_runtimes, "load_runner", None)
-    except Exception:
-        load_runner = None
-    if load_runner is not None:
-        runner = _call_serve_loader(load_runner, version_dir, spec, params)
-        if runner is not None:
-            return runner, {"loader": "serve.triton_models.encoder.runtimes.load_runner"}
-    model_file = find_model_file(version_dir, spec.runtime)
-    return _builtin_runner(model_file, spec), {"loader": "benchmarks.inprocess", "model_file": str(model_file)}
-
-
-def _call_serve_loader(load_runner: Callable, version_dir: Path, spec: RuntimeSpec,
-                       params: dict[str, str]) -> Runner | None:
-    """Adapter for the serve package's loader (its signature may evolve)."""
-    p = dict(params)
-    p.update({"runtime": spec.runtime, "precision": spec.precision})
-    if spec.threads:
-        p["threads"] = str(spec.threads)
-    obj = load_runner(version_dir, p)
-    if callable(obj):
-        return obj
-    if hasattr(obj, "run"):
-        return obj.run
-    return None
+    path = model_path_for(version_dir, spec, params, served)
+    mod, where = _runtimes_module(version_dir)
+    runner = mod.load_runner(spec.runtime, path, precision=spec.precision, threads=spec.threads)
+    return runner, {"loader": f"{where}:load_runner", "model_file": str(path)}
 
 
 # --------------------------------------------------------------------------- timing

@@ -17,6 +17,13 @@ def _f(v: Any, nd: int = 1, suffix: str = "") -> str:
     return f"{v}{suffix}"
 
 
+def _ms(v: Any) -> str:
+    """Latency in ms: 2 decimals below 10 ms, 1 above."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -52,8 +59,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                + f" per model/workload/concurrency in {s.get('rounds')} interleaved rounds, "
                f"warmup {s.get('warmup')} per chunk, seed {s.get('seed')}")
     for wname, winfo in report.get("workloads", {}).items():
-        desc = ", ".join(f"{k} {v}" for k, v in winfo.items() if k != "seed")
+        desc = ", ".join(f"{k} {_f(v, 2)}" for k, v in winfo.items() if k != "seed")
         out.append(f"- workload `{wname}`: {desc}")
+    out.append("- queue / compute ms: Triton's statistics per request (deltas over the measured requests), "
+               "summed over tokenizer + encoder + postprocess for the ensemble")
     out.append("")
 
     spd = _speedup_lookup(report)
@@ -69,11 +78,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for c in concs:
             for r in [r for r in results if r["workload"] == wname and r["concurrency"] == c]:
                 lat = r["latency_ms"]
-                ss = r.get("server_side", {}).get(r["infer_model"], {})
+                ss = r.get("server_pipeline") or {}
                 sp = spd.get((r["model"], wname, c, None), {})
                 acc = r["accounting"]
                 rows.append([r["model"], _width(report, r["model"]), r.get("runtime", "-"), c,
-                             _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(lat["mean"]),
+                             _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), _ms(lat["mean"]),
                              _f(r.get("throughput_sps")),
                              _f(sp.get("speedup"), 2, "x"),
                              _f(ss.get("queue_ms"), 2), _f(ss.get("compute_ms"), 1),
@@ -92,7 +101,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             sp = spd.get((b["model"], b["workload"], None, b["runtime"]), {})
             rows.append([b["model"], _width(report, b["model"]), b["workload"], b["runtime"],
                          "yes" if b.get("served_runtime") else "no",
-                         _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]), _f(b.get("throughput_sps")),
+                         _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), _f(b.get("throughput_sps")),
                          _f(sp.get("speedup"), 2, "x")])
         out.append(md_table(["model", "width", "workload", "runtime", "served", "p50 ms", "p90 ms", "p99 ms",
                              "sent/s", "speedup (p50)"], rows))
@@ -103,15 +112,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out.append("## Serving overhead (Triton gRPC p50 at concurrency 1 / in-process p50)")
         out.append("")
         out.append(md_table(["model", "workload", "runtime", "triton p50 ms", "in-process p50 ms", "ratio", "added ms"],
-                            [[o["model"], o["workload"], o["runtime"], _f(o["triton_ms"]), _f(o["in_process_ms"]),
-                              _f(o["ratio"], 3, "x"), _f(o["added_ms"], 2)] for o in cmp_["serving_overhead"]]))
+                            [[o["model"], o["workload"], o["runtime"], _ms(o["triton_ms"]), _ms(o["in_process_ms"]),
+                              _f(o["ratio"], 3, "x"), _ms(o["added_ms"])] for o in cmp_["serving_overhead"]]))
         out.append("")
     if cmp_.get("real_vs_fixed"):
         out.append(f"## Real text vs fixed seq {s.get('seq_len')} (p50 ratio, same model and concurrency)")
         out.append("")
         out.append(md_table(["model", "conc", "real p50 ms", "fixed p50 ms", "ratio"],
-                            [[x["model"], x["concurrency"], _f(x["real_ms"]), _f(x["fixed_ms"]), _f(x["ratio"], 3, "x")]
+                            [[x["model"], x["concurrency"], _ms(x["real_ms"]), _ms(x["fixed_ms"]), _f(x["ratio"], 3, "x")]
                              for x in cmp_["real_vs_fixed"]]))
+        out.append("")
+    if cmp_.get("runtimes"):
+        out.append("## Runtimes and precisions in-process (speedup over the served runtime, p50)")
+        out.append("")
+        out.append(md_table(["model", "workload", "runtime", "p50 ms", "served runtime", "served p50 ms", "speedup"],
+                            [[x["model"], x["workload"], x["runtime"], _ms(x["runtime_ms"]), x["served_runtime"],
+                              _ms(x["served_ms"]), _f(x["speedup_vs_served"], 2, "x")] for x in cmp_["runtimes"]]))
+        out.append("")
+    notes = report.get("baseline_notes") or []
+    if notes:
+        out.append("Notes: " + "; ".join(notes))
         out.append("")
     errs = [r for r in results if r["accounting"]["errors"]]
     if errs:

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
     w.add_argument("--task", default="rt-polarity", help="task whose dev split supplies --real_text sentences")
     w.add_argument("--vocab_size", type=int, default=None,
-                   help="upper bound of the random token ids (default: detected from the repository's "
-                        "tokenizer, else 100, which is valid for every BERT vocab; ids do not change cost)")
+                   help="upper bound of the random token ids (default: the smallest vocab_size of the "
+                        "encoders' configs, else 100, valid for any BERT vocab; ids do not change the cost)")
     l = p.add_argument_group("load")
     l.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8],
                    help="comma-separated concurrency levels (requests kept in flight), e.g. 1,2,4,8")
@@ -158,60 +158,71 @@ def check_models(client, index: dict[str, str], models: list[str], workloads: li
                                 "check the server log")
 
 
-def model_info(client, m: str, repo: Path | None) -> dict[str, Any]:
+def read_repo_manifest(repo: Path | None) -> dict[str, Any]:
+    if repo is None or not (repo / "manifest.json").is_file():
+        return {}
+    try:
+        import json
+        return json.loads((repo / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {"encoder": f"{m}_encoder", "ensemble": m}
     enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
     params = inprocess.config_params_from_json(enc_cfg)
-    spec = inprocess.spec_from_params(params)
-    info.update(encoder_parameters=params, runtime=spec.runtime, precision=spec.precision,
+    spec = inprocess.spec_from_config(enc_cfg)
+    info.update(encoder_backend=enc_cfg.get("backend") or enc_cfg.get("platform"),
+                encoder_parameters=params, runtime=spec.runtime, precision=spec.precision,
                 threads=spec.threads, runtime_label=spec.label,
                 max_batch_size=int(enc_cfg.get("max_batch_size", 0) or 0),
                 instances=[{"count": int(g.get("count", 1) or 1), "kind": g.get("kind")}
                            for g in enc_cfg.get("instance_group", []) or []],
-                dynamic_batching=bool(enc_cfg.get("dynamic_batching") is not None))
-    width = None
-    for key in ("width", "width_mult"):
-        try:
-            width = float(params[key])
-            break
-        except (KeyError, ValueError):
-            pass
-    info["width"] = width if width is not None else stats.width_from_name(m)
+                dynamic_batching=enc_cfg.get("dynamic_batching") is not None)
+    width = (repo_manifest.get("models", {}).get(m) or {}).get("width_mult")
+    info["width_source"] = "repository manifest" if width is not None else "model name"
+    info["width"] = float(width) if width is not None else stats.width_from_name(m)
     try:
         ens = client.get_model_config(m, as_json=True).get("config", {})
         steps = (ens.get("ensemble_scheduling") or {}).get("step", []) or []
-        info["composing"] = [s.get("model_name") for s in steps]
+        info["composing"] = [st.get("model_name") for st in steps if st.get("model_name")]
     except Exception:
         info["composing"] = []
-    info["vocab_size"] = detect_vocab_size(m, params, repo)
+    info["vocab_size"] = _int_or_none(params.get("vocab_size"))
+    info["max_seq_length"] = _int_or_none(params.get("max_seq_length")) or _int_or_none(
+        (repo_manifest.get("models", {}).get(m) or {}).get("max_seq_length"))
     return info
 
 
-def detect_vocab_size(m: str, params: dict[str, str], repo: Path | None) -> int | None:
-    if str(params.get("vocab_size", "")).isdigit():
-        return int(params["vocab_size"])
-    if repo is not None:
-        for vocab in sorted((repo / f"{m}_tokenizer").rglob("vocab.txt")):
-            return sum(1 for line in vocab.read_text(encoding="utf-8").splitlines() if line)
-    return None
-
-
-def tokenizer_for(m: str, repo: Path | None):
-    """The model's WordPiece tokenizer from ``{m}_tokenizer/`` (for the in-process real-text baseline)."""
-    if repo is None:
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
         return None
+
+
+def real_text_encoder(m: str, repo: Path):
+    """The in-process twin of ``{m}_tokenizer``: its tokenizer.json, truncation and padding
+    (to the batch's longest, rounded up to ``pad_to_multiple_of``), as the server does it."""
     tok_dir = repo / f"{m}_tokenizer"
-    vocabs = sorted(tok_dir.rglob("vocab.txt"))
-    if not vocabs:
-        return None
-    params = {}
-    if (tok_dir / "config.pbtxt").is_file():
-        params = inprocess.read_config_parameters(tok_dir / "config.pbtxt")
-    lower = str(params.get("do_lower_case", params.get("lowercase", "true"))).lower() not in ("false", "0", "no")
-    max_len = int(params.get("max_seq_length", params.get("max_seq_len", 128)) or 128)
-    from compress.tasks import make_tokenizer
-    return make_tokenizer(vocabs[0], lowercase=lower, max_seq_length=max_len), {"max_seq_length": max_len,
-                                                                              "lowercase": lower}
+    if not (tok_dir / "config.pbtxt").is_file():
+        raise OfaserveError(f"{tok_dir}/config.pbtxt is missing")
+    params = inprocess.read_config_parameters(tok_dir / "config.pbtxt")
+    path = tok_dir / "1" / params.get("tokenizer_file", "tokenizer.json")
+    if not path.is_file():
+        raise OfaserveError(f"{path} is missing")
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(path))
+    pad_id = int(params.get("pad_token_id", 0) or 0)
+    tok.enable_truncation(max_length=int(params.get("max_seq_length", 128)))
+    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "[PAD]",
+                       pad_to_multiple_of=int(params.get("pad_to_multiple_of", 0) or 0) or None)
+
+    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = tok.encode_batch(list(texts), add_special_tokens=True)
+        return (np.array([e.ids for e in enc], dtype=np.int64), np.array([e.type_ids for e in enc], dtype=np.int64))
+    return encode
 
 
 def snapshot(client) -> dict[str, dict[str, int]]:
@@ -300,7 +311,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "
                                 f"(models: {', '.join(sorted(index)) or 'none'})")
         check_models(client, index, models, workloads)
-        infos = {m: model_info(client, m, repo) for m in models}
+        repo_manifest = read_repo_manifest(repo)
+        infos = {m: model_info(client, m, repo, repo_manifest) for m in models}
+        too_long = {m: i["max_seq_length"] for m, i in infos.items()
+                    if "fixed" in workloads and i["max_seq_length"] and args.seq_len > i["max_seq_length"]}
+        if too_long:
+            raise OfaserveError(f"--seq_len {args.seq_len} exceeds the max_seq_length of "
+                                + ", ".join(f"{m} ({n})" for m, n in too_long.items())
+                                + "; pass a --seq_len within it")
         # full width first in tables and ABBA order
         models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))
         widths = {m: infos[m]["width"] for m in models}
@@ -313,6 +331,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         wl: dict[str, Workload] = {}
         if "fixed" in workloads:
             vocab = args.vocab_size or min((v for v in (i["vocab_size"] for i in infos.values()) if v), default=100)
+            if args.vocab_size and any(i["vocab_size"] and args.vocab_size > i["vocab_size"] for i in infos.values()):
+                raise OfaserveError(f"--vocab_size {args.vocab_size} exceeds a model's vocabulary "
+                                    f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
             wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
         if "real" in workloads:
             from compress.tasks import load_task
@@ -327,31 +348,33 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             baseline_notes.append("no --model_repository: in-process baselines skipped")
         elif n_base > 0:
             for m in models:
-                served = inprocess.spec_from_params(infos[m]["encoder_parameters"])
-                specs = [served] + [s if s.threads else inprocess.RuntimeSpec(s.runtime, s.precision, served.threads)
-                                    for s in extra_specs]
-                toks = tokenizer_for(m, repo) if "real" in wl else None
+                enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
+                served = inprocess.spec_from_config(enc_cfg)
+                specs = [served] + [sp if sp.threads else inprocess.RuntimeSpec(sp.runtime, sp.precision, served.threads)
+                                    for sp in extra_specs]
+                encode = None
+                if "real" in wl:
+                    try:
+                        encode = real_text_encoder(m, repo)
+                    except Exception as e:
+                        baseline_notes.append(f"{m}: real-text in-process baseline skipped ({_short(e)})")
                 for spec in dict.fromkeys(specs):
                     try:
                         runner, how = inprocess.load_baseline_runner(repo / f"{m}_encoder", spec,
-                                                                     infos[m]["encoder_parameters"])
+                                                                     infos[m]["encoder_parameters"],
+                                                                     served=spec == served)
                     except Exception as e:  # a variant that cannot load is reported, not fatal
                         baseline_notes.append(f"{m} {spec.label}: not loadable in-process ({_short(e)})")
                         continue
                     for wname in wl:
                         if wname == "fixed":
                             fn = (lambda b, runner=runner: runner(b[0], b[1]))
-                        elif toks is not None:
-                            tok = toks[0]
-
-                            def fn(b, runner=runner, tok=tok):
-                                from compress.tasks import encode_batch
-                                ids, tt = encode_batch(tok, b)
-                                logits = runner(ids, tt)
+                        elif encode is not None:
+                            def fn(b, runner=runner, encode=encode):
+                                logits = runner(*encode(b))
                                 e = np.exp(logits - logits.max(axis=-1, keepdims=True))
                                 return e / e.sum(axis=-1, keepdims=True)
                         else:
-                            baseline_notes.append(f"{m}: no tokenizer vocab in the repository, real-text baseline skipped")
                             continue
                         baselines_fns[(m, wname, spec.label)] = {"fn": fn, "served": spec == served,
                                                                   "loader": how, "res": []}
@@ -420,6 +443,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             wall = sum(ch.wall_s for ch in chunks)
             sentences = sum(ch.sentences_ok for ch in chunks)
             relevant = [infos[m]["encoder"]] if wname == "fixed" else [m] + [x for x in infos[m]["composing"] if x]
+            server_side = {name: stats.server_side_summary(cell["server"].get(name, {})) for name in relevant}
+            steps = relevant if wname == "fixed" else (relevant[1:] or relevant)
             results.append({
                 "model": m, "workload": wname, "concurrency": c,
                 "infer_model": f"{m}_encoder" if wname == "fixed" else m,
@@ -431,7 +456,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                 "requests_per_s": stats.throughput(acc.ok, wall),
                 "accounting": acc.to_dict(),
                 "wall_consistent": stats.check_wall_consistency(lat, wall, c),
-                "server_side": {name: stats.server_side_summary(cell["server"].get(name, {})) for name in relevant},
+                "server_side": server_side,
+                "server_pipeline": stats.pipeline_totals(server_side, steps),
                 "server_counters": {name: cell["server"].get(name, {}) for name in relevant},
                 "latencies_ms": lat,
             })
@@ -502,17 +528,19 @@ def _totals(results: list[dict[str, Any]], warm: stats.Accounting) -> dict[str, 
 
 
 def _print_summary(report: dict[str, Any]) -> None:
+    f = lambda v, nd=1: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
     for s in report["comparisons"]["speedup"]:
         if s["model"] != s["full_model"] and s.get("concurrency") in (1, None):
             where = f"in-process {s['runtime']}" if s.get("in_process") else f"triton c={s['concurrency']}"
-            print(f"  {s['model']} vs {s['full_model']} [{s['workload']}, {where}]: p50 {s['model_ms']:.1f} vs "
-                  f"{s['full_ms']:.1f} ms, speedup {s['speedup']:.2f}x")
+            print(f"  {s['model']} vs {s['full_model']} [{s['workload']}, {where}]: p50 {f(s['model_ms'])} vs "
+                  f"{f(s['full_ms'])} ms, speedup {f(s['speedup'], 2)}x")
     for o in report["comparisons"]["serving_overhead"]:
-        print(f"  serving overhead {o['model']} [{o['workload']}]: {o['triton_ms']:.1f} / {o['in_process_ms']:.1f} ms"
-              f" = {o['ratio']:.3f}x")
+        print(f"  serving overhead {o['model']} [{o['workload']}, {o['runtime']}]: {f(o['triton_ms'])} / "
+              f"{f(o['in_process_ms'])} ms = {f(o['ratio'], 3)}x")
     for x in report["comparisons"]["real_vs_fixed"]:
-        if x["concurrency"] == 1:
-            print(f"  real text vs fixed {x['model']}: {x['real_ms']:.1f} / {x['fixed_ms']:.1f} ms = {x['ratio']:.3f}x")
+        if x["concurrency"] == min(report["settings"]["concurrency"]):
+            print(f"  real text vs fixed {x['model']} c={x['concurrency']}: {f(x['real_ms'])} / {f(x['fixed_ms'])} ms"
+                  f" = {f(x['ratio'], 3)}x")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,6 +185,16 @@ def server_side_summary(delta: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
+def pipeline_totals(summaries: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Queue and compute ms per request summed over the models a request passes through
+    (the encoder alone, or an ensemble's tokenizer -> encoder -> postprocess)."""
+    out: dict[str, Any] = {"models": list(names)}
+    for key in ("queue_ms", "compute_ms"):
+        vals = [summaries.get(n, {}).get(key) for n in names]
+        out[key] = None if any(v is None for v in vals) or not vals else float(sum(vals))
+    return out
+
+
 # --------------------------------------------------------------------------- model naming
 _WIDTH_RE = re.compile(r"_w(\d+)(?=_|$)")
 
@@ -220,6 +230,7 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
     * ``serving_overhead``: Triton gRPC latency / in-process latency, same model,
       workload and runtime, at concurrency 1.
     * ``real_vs_fixed``: real-text (ensemble) latency / fixed-length encoder latency.
+    * ``runtimes``: in-process speedup of each extra runtime/precision over the served one.
     """
     results = list(results)
     baselines = list(baselines)
@@ -265,6 +276,16 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
                          "ratio": ratio(lat(r), lat(b)),
                          "added_ms": (lat(r) - lat(b)) if lat(r) is not None and lat(b) is not None else None})
 
+    runtimes = []  # each in-process runtime/precision against the served one (e.g. bf16 vs fp32)
+    served = {(b["model"], b["workload"]): b for b in baselines if b.get("served_runtime")}
+    for b in baselines:
+        ref = served.get((b["model"], b["workload"]))
+        if ref is None or b is ref:
+            continue
+        runtimes.append({"model": b["model"], "workload": b["workload"], "runtime": b["runtime"],
+                         "served_runtime": ref["runtime"], "stat": stat, "runtime_ms": lat(b),
+                         "served_ms": lat(ref), "speedup_vs_served": ratio(lat(ref), lat(b))})
+
     real_vs_fixed = []
     for r in results:
         if r["workload"] != "real":
@@ -274,7 +295,8 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
             continue
         real_vs_fixed.append({"model": r["model"], "concurrency": r["concurrency"], "stat": stat,
                               "real_ms": lat(r), "fixed_ms": lat(f), "ratio": ratio(lat(r), lat(f))})
-    return {"speedup": speedup, "serving_overhead": overhead, "real_vs_fixed": real_vs_fixed}
+    return {"speedup": speedup, "serving_overhead": overhead, "real_vs_fixed": real_vs_fixed,
+            "runtimes": runtimes}
 
 
 def check_wall_consistency(latencies_ms: Sequence[float], wall_s: float, concurrency: int,
