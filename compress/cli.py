@@ -1,0 +1,98 @@
+"""`ofaserve compress` / `python -m compress`: flags follow PaddleNLP's run_glue_ofa.py."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .cpu import configure as configure_cpu
+
+configure_cpu()  # before paddle is imported anywhere
+
+from .artifacts import OfaserveError  # noqa: E402
+from .ofa import DEFAULT_WIDTHS  # noqa: E402
+from .pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ofaserve compress",
+        description="Fine-tune the pretrained BERT on the task (the teacher), reorder attention heads and FFN "
+                    "neurons by importance, then train it as a PaddleSlim once-for-all supernet over widths, "
+                    "distilled from the teacher. Every width is evaluated on dev (accuracy, F1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="preset: quick (~10 min on 2 CPU cores: 2,000 sentences, 1 OFA epoch) or full (all "
+                        "train sentences). Explicit flags override the preset.")
+    p.add_argument("--model_type", default="bert", help="model family (only bert)")
+    p.add_argument("--model_name_or_path", default="minilm-l6",
+                   help="`minilm-l6` (bundled offline all-MiniLM-L6-v2 weights) or a folder with "
+                        "model.safetensors + vocab.txt (+ config.json)")
+    p.add_argument("--task_name", default="rt-polarity",
+                   help="registered task (rt-polarity: Rotten Tomatoes fresh/rotten sentences, split by movie)")
+    p.add_argument("--train_file", help="your own CSV/TSV with columns text,label (instead of --task_name)")
+    p.add_argument("--dev_file", help="dev CSV/TSV (text,label), with --train_file")
+    p.add_argument("--test_file", help="optional test CSV/TSV (text,label)")
+    p.add_argument("--output_dir", required=True, help="where the compress output goes (created atomically)")
+    p.add_argument("--width_mult_list", type=float, nargs="+", default=DEFAULT_WIDTHS,
+                   help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
+    p.add_argument("--max_seq_length", type=int, default=None,
+                   help="truncate sentences to this many WordPiece tokens (batches pad to their longest) "
+                        "[default 64; 99%% of the task's sentences fit in 55]")
+    p.add_argument("--batch_size", type=int, default=32, help="sentences per training step")
+    p.add_argument("--learning_rate", type=float, default=3e-5, help="OFA training learning rate (AdamW)")
+    p.add_argument("--teacher_learning_rate", type=float, default=5e-5, help="teacher fine-tune learning rate")
+    p.add_argument("--num_train_epochs", type=float, default=None, help="OFA epochs [default 1]")
+    p.add_argument("--num_teacher_epochs", type=float, default=None, help="teacher fine-tune epochs [default 2]")
+    p.add_argument("--max_train_samples", type=int, default=None, help="use only the first N (shuffled) train sentences")
+    p.add_argument("--importance_samples", type=int, default=None,
+                   help="train sentences used to score head/neuron importance [default 1024]")
+    p.add_argument("--lambda_hidden", type=float, default=0.1, help="weight of the hidden-state MSE distillation loss")
+    p.add_argument("--lambda_logit", type=float, default=1.0, help="weight of the soft cross-entropy on teacher logits")
+    p.add_argument("--sampling", choices=["all", "sandwich"], default="all",
+                   help="widths trained per step: all, or sandwich (largest + smallest + one random middle)")
+    p.add_argument("--logging_steps", type=int, default=20, help="log the loss every N steps")
+    p.add_argument("--save_steps", type=int, default=None,
+                   help="evaluate every width on dev and checkpoint every N OFA steps (0: only at the end)")
+    p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (data order, dropout, head)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an output dir that holds other content")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> CompressOptions:
+    preset = dict(PROFILES[args.profile]) if args.profile else {}
+    defaults = dict(max_seq_length=64, num_train_epochs=1, num_teacher_epochs=2, importance_samples=1024,
+                    save_steps=0, max_train_samples=None)
+    merged = {k: (getattr(args, k) if getattr(args, k) is not None else preset.get(k, defaults[k]))
+              for k in defaults}
+    return CompressOptions(
+        output_dir=args.output_dir, model_type=args.model_type, model_name_or_path=args.model_name_or_path,
+        task_name=args.task_name, train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
+        width_mult_list=args.width_mult_list, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        teacher_learning_rate=args.teacher_learning_rate, lambda_hidden=args.lambda_hidden,
+        lambda_logit=args.lambda_logit, sampling=args.sampling, logging_steps=args.logging_steps,
+        seed=args.seed, n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
+        progress=not args.no_progress, **merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        manifest = compress_model(options_from_args(args))
+    except OfaserveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.output_dir} is unchanged; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
+    print(results_table(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The once-for-all supernet around a BERT classifier (PaddleSlim OFA, width only).
+
+``OfaSupernet`` wraps PaddleSlim's ``Convert`` + ``OFA`` so callers never touch its
+quirks: configs per width are computed once and deep-copied (``dynabert_config``
+returns dicts shared with the supernet's own search space, so a config computed
+earlier silently changes when another width is computed later: the "every width
+has the same accuracy" bug), and every forward runs inside the compat patches.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import numpy as np
+import paddle
+
+from . import paddleslim_compat as compat
+from .artifacts import OfaserveError
+
+DEFAULT_WIDTHS = [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]
+
+
+def width_key(width: float) -> str:
+    """Canonical short label of a width: 0.6666666666666666 -> '0.6667'."""
+    return f"{float(width):.4f}".rstrip("0").rstrip(".") if float(width) != 1.0 else "1.0"
+
+
+class OfaSupernet:
+    """A BERT classifier converted to an OFA supernet over ``width_mult_list``.
+
+    ``model`` is a plain PaddleNLP ``BertForSequenceClassification`` whose weights are
+    kept (Convert re-creates the layers; we copy the weights back).
+    """
+
+    def __init__(self, model, width_mult_list: Iterable[float]):
+        from paddleslim.nas.ofa import OFA
+        from paddleslim.nas.ofa import utils as ofa_utils
+
+        self.widths = sorted({float(w) for w in width_mult_list}, reverse=True)
+        if not self.widths or self.widths[0] != 1.0:
+            raise OfaserveError(f"width_mult_list must include 1.0 (got {self.widths})")
+        if any(not 0.0 < w <= 1.0 for w in self.widths):
+            raise OfaserveError(f"widths must be in (0, 1] (got {self.widths})")
+        self.config = dict(model.config.to_dict()) if hasattr(model, "config") else {}
+        weights = {k: v.numpy() for k, v in model.state_dict().items()}
+        self.model = compat.supernet(self.widths)(model)
+        ofa_utils.set_state_dict(self.model, weights)
+        self.ofa = OFA(self.model, elastic_order=["width"])
+        self._configs = {w: copy.deepcopy(ofa_utils.dynabert_config(self.ofa, w)) for w in self.widths}
+        self.width = 1.0
+        self.set_width(1.0)
+
+    # -- width selection ------------------------------------------------------------
+    def check_width(self, width: float) -> float:
+        for w in self.widths:
+            if abs(w - float(width)) < 1e-3:
+                return w
+        raise OfaserveError(f"width {width} was not trained: choose one of "
+                            f"{[width_key(w) for w in self.widths]}")
+
+    def set_width(self, width: float) -> None:
+        self.width = self.check_width(width)
+        cfg = copy.deepcopy(self._configs[self.width])
+        self.ofa.set_net_config(cfg)
+        # Blocks read the ofa's current config: keep it right for direct model calls too.
+        self.ofa.current_config = cfg
+
+    def net_config(self, width: float) -> dict:
+        return copy.deepcopy(self._configs[self.check_width(width)])
+
+    # -- forward ----------------------------------------------------------------------
+    def __call__(self, input_ids, token_type_ids, head_mask=None):
+        with compat.patched():
+            return self.ofa(input_ids, token_type_ids, attention_mask=[None, head_mask])
+
+    def logits_numpy(self, input_ids: np.ndarray, token_type_ids: np.ndarray, width: float) -> np.ndarray:
+        self.set_width(width)
+        was_training = self.model.training
+        self.model.eval()
+        with paddle.no_grad():
+            out = self(paddle.to_tensor(input_ids), paddle.to_tensor(token_type_ids)).numpy()
+        if was_training:
+            self.model.train()
+        return out
+
+    def train(self):
+        self.model.train()
+
+    def eval(self):
+        self.model.eval()
+
+    def parameters(self):
+        return self.model.parameters()
+
+    # -- weights ----------------------------------------------------------------------
+    def plain_state_dict(self) -> dict[str, np.ndarray]:
+        """Full-width weights under PaddleNLP's plain names (no ``.fn``): loadable into
+        a plain ``BertForSequenceClassification``; every narrower width is a prefix slice."""
+        return {k.replace(".fn.", "."): v.numpy() for k, v in self.model.state_dict().items()}
+
+    def load_plain_state_dict(self, weights: dict) -> None:
+        from paddleslim.nas.ofa import utils as ofa_utils
+        ofa_utils.set_state_dict(self.model, weights)
+
+    # -- importance reordering ------------------------------------------------------------
+    def reorder_by_importance(self, batches: Iterable[tuple]) -> dict[str, list]:
+        """Sort heads and FFN neurons of every layer by importance (PaddleNLP's scores).
+
+        Scored one batch at a time with gradients cleared in between: PaddleSlim's
+        loop never clears them, so later batches would add running sums (DESIGN 2.9).
+        """
+        from paddlenlp.transformers.ofa_utils import compute_neuron_head_importance, reorder_neuron_head
+
+        self.set_width(1.0)
+        self.model.eval()  # dropout off: scores must be reproducible
+        n_layers = int(self.config.get("num_hidden_layers"))
+        n_heads = int(self.config.get("num_attention_heads"))
+        heads, neurons = None, None
+        with compat.patched():
+            for ids, types, labels in batches:
+                batch = [paddle.to_tensor(ids), paddle.to_tensor(types), paddle.to_tensor(labels)]
+                h, n = compute_neuron_head_importance(self.model, [batch], num_layers=n_layers, num_heads=n_heads)
+                self.model.clear_gradients()
+                heads = h if heads is None else heads + h
+                neurons = n if neurons is None else [a + b for a, b in zip(neurons, n)]
+            if heads is None:
+                raise OfaserveError("no batches to score head/neuron importance")
+            reorder_neuron_head(self.model, heads, neurons)
+        self.model.clear_gradients()
+        return {"head_importance": heads.numpy().tolist(),
+                "head_order": [np.argsort(-h, kind="stable").tolist() for h in heads.numpy()],
+                "neuron_importance_mean": [float(x.mean()) for x in neurons]}

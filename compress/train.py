@@ -1,0 +1,228 @@
+"""Training loops: the teacher fine-tune and OFA width training with distillation."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+from . import paddleslim_compat as compat
+from .ofa import OfaSupernet, width_key
+from .tasks import batches
+
+log = logging.getLogger("ofaserve.compress")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def predict(logits_fn: Callable, texts, labels, tokenizer, batch_size: int = 64) -> np.ndarray:
+    """Logits for every sentence, in input order (length-sorted batches: less padding)."""
+    out = None
+    for ids, types, _, idx in batches(texts, labels, batch_size, length_sorted=True, tokenizer=tokenizer):
+        logits = logits_fn(ids, types)
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    pred = logits.argmax(-1)
+    average = "binary" if logits.shape[-1] == 2 else "macro"
+    return {"accuracy": float(accuracy_score(labels, pred)),
+            "f1": float(f1_score(labels, pred, average=average)), "n": int(len(labels))}
+
+
+def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, n: int = 2000,
+                     seed: int = 0) -> dict:
+    """95% CI of accuracy(a) - accuracy(b) over the same sentences (paired resampling)."""
+    rng = np.random.default_rng(seed)
+    a = (pred_a == labels).astype(np.float64)
+    b = (pred_b == labels).astype(np.float64)
+    idx = rng.integers(0, len(labels), size=(n, len(labels)))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    return {"diff": float(a.mean() - b.mean()), "ci95": [float(np.percentile(diffs, 2.5)),
+                                                       float(np.percentile(diffs, 97.5))]}
+
+
+def model_logits_fn(model) -> Callable:
+    def fn(ids, types):
+        with paddle.no_grad():
+            return model(paddle.to_tensor(ids), paddle.to_tensor(types)).numpy()
+    return fn
+
+
+def supernet_logits_fn(supernet: OfaSupernet, width: float) -> Callable:
+    def fn(ids, types):
+        return supernet.logits_numpy(ids, types, width)
+    return fn
+
+
+# ----------------------------------------------------------------------------- schedules
+def make_optimizer(parameters, lr: float, total_steps: int, warmup: float = 0.1, weight_decay: float = 0.01):
+    scheduler = paddle.optimizer.lr.LambdaDecay(
+        lr, lambda step: min((step + 1) / max(1.0, warmup * total_steps),
+                             max(0.0, (total_steps - step) / max(1.0, (1 - warmup) * total_steps))))
+    opt = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=parameters, weight_decay=weight_decay,
+                                 grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
+                                 apply_decay_param_fun=lambda n: not any(k in n for k in ("bias", "norm")))
+    return opt, scheduler
+
+
+@dataclass
+class PhaseStats:
+    steps: int = 0
+    sentences: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "sentences": self.sentences, "seconds": round(self.seconds, 1),
+                "sentences_per_s": round(self.sentences / self.seconds, 2) if self.seconds else None}
+
+
+# ----------------------------------------------------------------------------- teacher
+def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
+                     logging_steps: int, evaluate: Callable, progress: bool = True) -> tuple[dict, PhaseStats]:
+    """Plain fine-tuning; keeps the weights of the best dev accuracy (evaluated per epoch)."""
+    texts, labels = train
+    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    opt, sched = make_optimizer(model.parameters(), lr, total)
+    stats, best, best_state, step = PhaseStats(), -1.0, None, 0
+    bar = tqdm(total=total, desc="teacher", unit="step", disable=not progress, dynamic_ncols=True)
+    epoch = 0
+    while step < total:
+        model.train()
+        for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer):
+            t0 = time.perf_counter()
+            logits = model(paddle.to_tensor(ids), paddle.to_tensor(types))
+            loss = F.cross_entropy(logits, paddle.to_tensor(y))
+            loss.backward()
+            opt.step(); sched.step(); opt.clear_grad()
+            stats.seconds += time.perf_counter() - t0
+            stats.steps += 1; stats.sentences += len(y); step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
+            if logging_steps and step % logging_steps == 0:
+                log.info("teacher step %d/%d loss %.4f (%.1f sentences/s)", step, total, float(loss),
+                         stats.sentences / stats.seconds)
+            if step >= total:
+                break
+        epoch += 1
+        model.eval()
+        acc = evaluate(model_logits_fn(model))["accuracy"]
+        log.info("teacher epoch %d: dev accuracy %.4f", epoch, acc)
+        if acc > best:
+            best, best_state = acc, {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    bar.close()
+    model.set_state_dict(best_state)
+    model.eval()
+    return {"best_dev_accuracy": best, "epochs": epochs, "steps": total}, stats
+
+
+# ----------------------------------------------------------------------------- OFA
+class HiddenStates:
+    """Forward hooks collecting the outputs of the mapping layers (embeddings + each layer)."""
+
+    def __init__(self, model, names: list[str]):
+        self.values: dict[str, paddle.Tensor] = {}
+        self.names = names
+        subs = dict(model.named_sublayers())
+        missing = [n for n in names if n not in subs]
+        if missing:
+            raise RuntimeError(f"mapping layers not found: {missing}")
+        self.handles = [subs[n].register_forward_post_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name):
+        def hook(layer, inputs, output):
+            self.values[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def soft_cross_entropy(logits, teacher_logits):
+    return -(F.softmax(teacher_logits, axis=-1) * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
+
+
+def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator) -> list[float]:
+    """``all``: every width each step (the tutorial). ``sandwich``: largest, smallest and one
+    random middle width (the sandwich rule: same extremes, ~25% fewer passes with 4 widths)."""
+    if sampling == "all" or len(widths) <= 3:
+        return list(widths)
+    middle = widths[1:-1]
+    return [widths[0], widths[-1], middle[int(rng.integers(len(middle)))]]
+
+
+def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float, batch_size: int, lr: float,
+              seed: int, lambda_hidden: float, lambda_logit: float, sampling: str, logging_steps: int,
+              save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
+              progress: bool = True) -> tuple[dict, PhaseStats]:
+    """OFA width training: every step runs the teacher once (no grad), then each width with
+    hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)."""
+    texts, labels = train
+    n_layers = int(supernet.config["num_hidden_layers"])
+    mapping = ["bert.embeddings"] + [f"bert.encoder.layers.{i}" for i in range(n_layers)]
+    t_hidden, s_hidden = HiddenStates(teacher, mapping), HiddenStates(supernet.model, mapping)
+    teacher.eval()
+    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    opt, sched = make_optimizer(supernet.parameters(), lr, total)
+    if opt_state:
+        opt.set_state_dict(opt_state)
+    rng = np.random.default_rng(seed)
+    stats, step = PhaseStats(), 0
+    bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress, dynamic_ncols=True)
+    epoch = 0
+    try:
+        with compat.patched():
+            while step < total:
+                supernet.train()
+                for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + 1000 + epoch,
+                                                tokenizer=tokenizer):
+                    if step < start_step:  # resume: replay the data order without training
+                        step += 1
+                        rng.integers(1 << 30)
+                        continue
+                    t0 = time.perf_counter()
+                    ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
+                    with paddle.no_grad():
+                        t_logits = teacher(ids_t, types_t)
+                    t_states = dict(t_hidden.values)
+                    losses = {}
+                    for w in widths_for_step(supernet.widths, sampling, rng):
+                        supernet.set_width(w)
+                        logits = supernet(ids_t, types_t)
+                        rep = sum(F.mse_loss(s_hidden.values[n], t_states[n]) for n in mapping)
+                        loss = lambda_hidden * rep + lambda_logit * soft_cross_entropy(logits, t_logits)
+                        loss.backward()
+                        losses[width_key(w)] = float(loss)
+                    opt.step(); sched.step(); opt.clear_grad()
+                    stats.seconds += time.perf_counter() - t0
+                    stats.steps += 1; stats.sentences += len(y); step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean(list(losses.values())):.3f}",
+                                    sent_s=f"{stats.sentences / stats.seconds:.1f}")
+                    if logging_steps and step % logging_steps == 0:
+                        log.info("ofa step %d/%d losses %s (%.1f sentences/s)", step, total,
+                                 {k: round(v, 4) for k, v in losses.items()}, stats.sentences / stats.seconds)
+                    if (save_steps and step % save_steps == 0) or step >= total:
+                        supernet.set_width(1.0)
+                        on_save(step, opt.state_dict())
+                        supernet.train()
+                    if step >= total:
+                        break
+                epoch += 1
+    finally:
+        bar.close()
+        t_hidden.remove(); s_hidden.remove()
+        supernet.set_width(1.0)
+    return {"steps": total, "epochs": epochs, "sampling": sampling}, stats
