@@ -84,6 +84,7 @@ class TritonServer:
         self._client = None
         self._shm: set[str] = set()
         self._children: set[int] = set()
+        self._stubs_at_start: dict[str, int] = {}
 
     # -- endpoints -------------------------------------------------------------------
     @property
@@ -161,6 +162,7 @@ class TritonServer:
             self.stop()
             raise
         self._remember_resources()
+        self._stubs_at_start = self.stub_counts()
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -202,6 +204,11 @@ class TritonServer:
         if self.process is not None:
             self._remember_resources()
             if self.process.poll() is None:
+                # Triton cannot unload a python model whose stub died and hangs on exit:
+                # then give SIGTERM only a moment before SIGKILL.
+                stubs = self.stub_counts()
+                if any(stubs.get(m, 0) < n for m, n in self._stubs_at_start.items()):
+                    timeout = min(timeout, 3)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGTERM)
                 try:
@@ -254,18 +261,58 @@ class TritonServer:
         except Exception:
             return False
 
+    def stub_counts(self) -> dict[str, int]:
+        """Live python-backend stub processes per model (a stub's argv[1] is its model.py)."""
+        import psutil
+        counts: dict[str, int] = {}
+        if not self.is_running():
+            return counts
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    argv = child.cmdline()
+                    if (len(argv) > 1 and argv[0].endswith("triton_python_backend_stub")
+                            and child.status() != psutil.STATUS_ZOMBIE):
+                        model = Path(argv[1]).parent.parent.name
+                        counts[model] = counts.get(model, 0) + 1
+        return counts
+
     def models_ready(self) -> dict[str, bool]:
-        """Readiness of every model in the repository, asked one by one: the server's own
-        health stays 200 when a python stub dies, a model's readiness does not."""
-        names = sorted(p.name for p in self.model_repository.iterdir()
-                       if p.is_dir() and (p / "config.pbtxt").is_file())
+        """Readiness of every model in the repository, one by one.
+
+        Triton 2.51 keeps reporting a python model READY (and the server healthy) after
+        its stub process died, while every request to it fails with "Stub process is not
+        healthy". So a python model also needs as many live stubs as it had at start, and
+        an ensemble needs every model it composes."""
+        configs = self._configs()
+        stubs = self.stub_counts() if self._stubs_at_start else {}
         ready = {}
-        for name in names:
+        for name in configs:
             try:
                 ready[name] = self.is_running() and bool(self.client.is_model_ready(name))
             except Exception:
                 ready[name] = False
+            if ready[name] and stubs.get(name, 0) < self._stubs_at_start.get(name, 0):
+                ready[name] = False
+        for name, config in configs.items():
+            steps = [s.model_name for s in config.ensemble_scheduling.step]
+            if steps and not all(ready.get(s, False) for s in steps):
+                ready[name] = False
         return ready
+
+    def _configs(self) -> dict:
+        if getattr(self, "_config_cache", None) is None:
+            from google.protobuf import text_format
+            from tritonclient.grpc import model_config_pb2 as mc
+            configs = {}
+            for p in sorted(self.model_repository.iterdir()):
+                if p.is_dir() and (p / "config.pbtxt").is_file():
+                    config = mc.ModelConfig()
+                    with contextlib.suppress(Exception):
+                        text_format.Parse((p / "config.pbtxt").read_text(), config)
+                    configs[p.name] = config
+            self._config_cache = configs
+        return self._config_cache
 
     def __enter__(self) -> "TritonServer":
         return self.start()

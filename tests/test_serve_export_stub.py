@@ -83,6 +83,20 @@ def stub_export_dir(tmp_path_factory) -> Path:
     return make_tiny_export(tmp_path_factory.mktemp("export_w100"))
 
 
+@pytest.fixture(scope="session")
+def serve_exports(request, tmp_path_factory) -> list[Path]:
+    """Two exports of different widths: the shared ``tiny_export_dir`` (when conftest
+    provides it, else a stub) plus a stub at another width, for side-by-side repositories."""
+    try:
+        first = Path(request.getfixturevalue("tiny_export_dir"))
+    except pytest.FixtureLookupError:
+        first = make_tiny_export(tmp_path_factory.mktemp("export_w100"), width_mult=1.0)
+    width = float(read_manifest(first, stage="export")["width_mult"])
+    other = 0.6667 if round(width * 100) != 67 else 1.0
+    second = make_tiny_export(tmp_path_factory.mktemp("export_other"), width_mult=other, seed=1)
+    return [first, second]
+
+
 def test_stub_export_is_a_valid_export(stub_export_dir):
     import onnxruntime as ort
 

@@ -1,0 +1,257 @@
+"""Model repository generation: configs parse back as ModelConfig and carry what Triton
+needs for every target; repositories are self-contained and written atomically.
+No server here (see test_serve_integration.py)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from compress.artifacts import OfaserveError, read_manifest
+from serve.repository import build_repository
+from serve.triton_models.encoder import runtimes
+from tests.test_serve_export_stub import make_tiny_export, serve_exports  # noqa: F401  (fixture)
+
+TARGETS = [("cpu", "openvino"), ("cpu", "paddle"), ("cpu", "onnxruntime"), ("xeon", "openvino"),
+           ("gpu", "onnxruntime"), ("gpu", "onnxruntime-trt")]
+
+
+def load_config(model_dir: Path) -> mc.ModelConfig:
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def model_names(exports: list[Path], name: str = "bert") -> list[str]:
+    return [f"{name}_w{round(float(read_manifest(e, 'export')['width_mult']) * 100)}" for e in exports]
+
+
+@pytest.fixture(scope="module")
+def repos(serve_exports, tmp_path_factory):
+    """One repository per (target, runtime), each holding both exports."""
+    root = tmp_path_factory.mktemp("repos")
+    return {(t, r): (build_repository(serve_exports, root / f"{t}-{r}", target=t, runtime=r), root / f"{t}-{r}")
+            for t, r in TARGETS}
+
+
+@pytest.mark.parametrize("target,runtime", TARGETS)
+def test_every_config_parses_and_is_complete(repos, serve_exports, target, runtime):
+    manifest, repo = repos[(target, runtime)]
+    assert manifest["target"] == target and manifest["runtime"] == runtime
+    names = model_names(serve_exports)
+    expected = {f"{m}{s}" for m in names for s in ("", "_tokenizer", "_encoder", "_postprocess")}
+    assert {p.name for p in repo.iterdir() if p.is_dir()} == expected
+    for export, m in zip(serve_exports, names):
+        em = read_manifest(export, "export")
+        n = len(em["labels"])
+        configs = {s: load_config(repo / f"{m}{s}") for s in ("", "_tokenizer", "_encoder", "_postprocess")}
+        for suffix, cfg in configs.items():
+            assert cfg.name == f"{m}{suffix}"
+            assert cfg.max_batch_size == 64
+            assert cfg.version_policy.latest.num_versions == 1
+            assert (repo / cfg.name / "1").is_dir()
+
+        tok = configs["_tokenizer"]
+        assert tok.backend == "python"
+        assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in tok.input] == [("TEXT", "TYPE_STRING", [1])]
+        assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in tok.output] == [
+            ("input_ids", "TYPE_INT64", [-1]), ("token_type_ids", "TYPE_INT64", [-1])]
+        assert tok.parameters["max_seq_length"].string_value == str(em["max_seq_length"])
+        assert (repo / tok.name / "1" / "model.py").is_file() and (repo / tok.name / "1" / "tokenizer.json").is_file()
+
+        enc = configs["_encoder"]
+        assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in enc.input] == [
+            ("input_ids", "TYPE_INT64", [-1]), ("token_type_ids", "TYPE_INT64", [-1])]
+        assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in enc.output] == [("logits", "TYPE_FP32", [n])]
+        assert list(enc.dynamic_batching.preferred_batch_size) == [16]
+        assert 0 < enc.dynamic_batching.max_queue_delay_microseconds <= 5000
+        assert len(enc.model_warmup) >= 1
+        for w in enc.model_warmup:
+            assert set(w.inputs) == {"input_ids", "token_type_ids"}
+            assert all(v.data_type == mc.TYPE_INT64 and v.zero_data for v in w.inputs.values())
+        kind = enc.instance_group[0].kind
+        assert kind == (mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
+        files = {p.name for p in (repo / enc.name / "1").iterdir()}
+        if target == "cpu" or runtime == "onnxruntime-trt":
+            assert enc.backend == "python"
+            assert {"model.py", "runtimes.py"} <= files
+            assert enc.parameters["runtime"].string_value == runtime
+            model_file = repo / enc.name / "1" / enc.parameters["model_file"].string_value
+            if runtime == "paddle":
+                assert model_file.with_suffix(".pdiparams").is_file()
+            else:
+                assert model_file.is_file()
+            assert all(i.allow_ragged_batch for i in enc.input)
+        elif target == "xeon":
+            assert enc.backend == "openvino" and enc.default_model_filename == "model.onnx"
+            assert "model.onnx" in files and "model.py" not in files
+            assert enc.parameters["RESHAPE_IO_LAYERS"].string_value == "YES"
+            assert not any(i.allow_ragged_batch for i in enc.input)
+        else:
+            assert enc.platform == "onnxruntime_onnx" and "model.onnx" in files
+            (acc,) = enc.optimization.execution_accelerators.gpu_execution_accelerator
+            assert acc.name == "tensorrt"
+            assert acc.parameters["precision_mode"] == "FP16"
+            assert int(acc.parameters["max_workspace_size_bytes"]) > 0
+            assert acc.parameters["trt_engine_cache_enable"] == "1" and acc.parameters["trt_engine_cache_path"]
+
+        post = configs["_postprocess"]
+        assert post.backend == "python"
+        assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in post.output] == [
+            ("LABEL", "TYPE_STRING", [1]), ("PROBS", "TYPE_FP32", [n])]
+        assert json.loads(post.parameters["labels"].string_value) == em["labels"]
+
+        ens = configs[""]
+        assert ens.platform == "ensemble"
+        assert [i.name for i in ens.input] == ["TEXT"] and [o.name for o in ens.output] == ["LABEL", "PROBS"]
+        steps = ens.ensemble_scheduling.step
+        assert [s.model_name for s in steps] == [f"{m}_tokenizer", f"{m}_encoder", f"{m}_postprocess"]
+        assert dict(steps[1].input_map) == {"input_ids": "input_ids", "token_type_ids": "token_type_ids"}
+        assert dict(steps[2].output_map) == {"LABEL": "LABEL", "PROBS": "PROBS"}
+
+
+@pytest.mark.parametrize("target,runtime", TARGETS)
+def test_repository_holds_no_host_paths(repos, serve_exports, target, runtime):
+    _, repo = repos[(target, runtime)]
+    forbidden = [str(repo.parent), str(Path.home()), "/work/", str(Path(__file__).resolve().parents[1])]
+    forbidden += [str(e.resolve()) for e in serve_exports]
+    for path in repo.rglob("*"):
+        assert not path.is_symlink(), f"{path} is a symlink"
+        if path.is_file():
+            data = path.read_bytes()
+            for f in forbidden:
+                assert f.encode() not in data, f"{path} mentions host path {f}"
+    for cfg_path in repo.glob("*/config.pbtxt"):  # the only absolute value allowed: the TRT
+        cfg = text_format.Parse(cfg_path.read_text(), mc.ModelConfig())  # engine cache in the container
+        for key, value in cfg.parameters.items():
+            assert not value.string_value.startswith("/"), f"{cfg_path}: {key} is absolute"
+
+
+def test_precision_and_threads_are_recorded(serve_exports, tmp_path):
+    build_repository(serve_exports[:1], tmp_path / "r", target="cpu", precision="bf16", instances=2, threads=1)
+    (enc_dir,) = [p for p in (tmp_path / "r").iterdir() if p.name.endswith("_encoder")]
+    cfg = load_config(enc_dir)
+    assert cfg.parameters["precision"].string_value == "bf16"
+    assert cfg.parameters["threads"].string_value == "1"
+    assert cfg.instance_group[0].count == 2
+    build_repository(serve_exports[:1], tmp_path / "x", target="xeon", precision="bf16")
+    (enc_dir,) = [p for p in (tmp_path / "x").iterdir() if p.name.endswith("_encoder")]
+    assert load_config(enc_dir).parameters["HINT_BF16"].string_value == "YES"
+
+
+def test_output_is_replaced_atomically(serve_exports, tmp_path):
+    out = tmp_path / "repo"
+    build_repository(serve_exports[:1], out)
+    before = sorted(p.name for p in out.iterdir())
+    broken = tmp_path / "broken_export"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"stage": "export", "width_mult": 0.5}))
+    with pytest.raises(OfaserveError, match="lacks"):
+        build_repository([serve_exports[1], broken], out)
+    assert sorted(p.name for p in out.iterdir()) == before  # previous repository untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
+    build_repository(serve_exports, out)  # a new repository replaces the old one whole
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 8
+
+
+def test_refuses_to_clobber_a_foreign_folder(serve_exports, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(OfaserveError, match="not an ofaserve repo output"):
+        build_repository(serve_exports[:1], tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(target="tpu"), "unknown target"),
+    (dict(target="cpu", runtime="onnxruntime-trt"), "supports runtime"),
+    (dict(target="xeon", runtime="paddle"), "supports runtime"),
+    (dict(target="gpu", precision="bf16"), "supports precision"),
+    (dict(target="cpu", runtime="onnxruntime", precision="bf16"), "only fp32"),
+    (dict(max_batch_size=0), "max_batch_size"),
+    (dict(name="bad name!"), "model name"),
+])
+def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, message):
+    with pytest.raises(OfaserveError, match=message) as e:
+        build_repository(serve_exports[:1], tmp_path / "r", **kwargs)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_two_exports_of_the_same_width_are_refused(serve_exports, tmp_path):
+    with pytest.raises(OfaserveError, match="both export width"):
+        build_repository([serve_exports[0], serve_exports[0]], tmp_path / "r")
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(OfaserveError, match="does not exist"):
+        build_repository([tmp_path / "nope"], tmp_path / "r")
+
+
+# ---------------------------------------------------------------- runtimes in-process
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 100, size=(3, 12)).astype(np.int64)
+    ids[:, 0], ids[1, 7:] = 2, 0  # [CLS] first; row 1 padded
+    return ids, np.zeros_like(ids)
+
+
+@pytest.mark.parametrize("kind,artifact", [("openvino", "onnx"), ("paddle", "paddle_static"), ("onnxruntime", "onnx")])
+def test_runtimes_agree_with_onnxruntime(serve_exports, batch, kind, artifact):
+    export = serve_exports[1]  # always the stub: known vocabulary size
+    art = read_manifest(export, "export")["artifacts"]
+    reference = runtimes.load_runner("onnxruntime", export / art["onnx"])(*batch)
+    logits = runtimes.load_runner(kind, export / art[artifact], "fp32", threads=1)(*batch)
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    np.testing.assert_allclose(logits, reference, atol=1e-5)
+
+
+def test_runner_from_encoder_parameters(repos, batch):
+    _, repo = repos[("cpu", "paddle")]
+    enc = sorted(repo.glob("*_w67_encoder"))[0]
+    params = {k: v.string_value for k, v in load_config(enc).parameters.items()}
+    run = runtimes.load_runner(enc / "1", params)
+    assert run(*batch).shape == (3, 2)
+
+
+def test_runtime_rejects_what_it_cannot_do(tmp_path):
+    with pytest.raises(runtimes.RuntimeConfigError, match="unknown runtime"):
+        runtimes.load_runner("tensorflow", tmp_path / "m.onnx")
+    with pytest.raises(runtimes.RuntimeConfigError, match="supports precision"):
+        runtimes.load_runner("onnxruntime", tmp_path / "m.onnx", "bf16")
+    with pytest.raises(runtimes.RuntimeConfigError, match="does not exist"):
+        runtimes.load_runner("openvino", tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("ids,types,message", [
+    (np.zeros((2, 4), np.int32), np.zeros((2, 4), np.int64), "INT64"),
+    (np.zeros((4,), np.int64), np.zeros((4,), np.int64), r"\[batch, seq\]"),
+    (np.zeros((2, 4), np.int64), np.zeros((2, 5), np.int64), "differ in shape"),
+    (np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64), "empty sequence"),
+    (np.zeros((1, 33), np.int64), np.zeros((1, 33), np.int64), "exceeds"),
+    (np.array([[2, 500, 3]]), np.zeros((1, 3), np.int64), "out of range"),
+    (np.array([[2, -1, 3]]), np.zeros((1, 3), np.int64), "out of range"),
+    (np.array([[2, 5, 3]]), np.array([[0, 2, 0]]), "token_type_ids must be in"),
+])
+def test_check_inputs_explains_bad_batches(ids, types, message):
+    problem = runtimes.check_inputs(ids, types, vocab_size=128, max_seq_length=32)
+    assert problem is not None and "\n" not in problem
+    assert __import__("re").search(message, problem)
+
+
+def test_check_inputs_accepts_a_good_batch(batch):
+    assert runtimes.check_inputs(*batch, vocab_size=128, max_seq_length=32) is None
+
+
+def test_repository_sources_do_not_import_the_project():
+    """Model sources are copied into repositories: they must import nothing from ofaserve."""
+    src = Path(runtimes.__file__).resolve().parents[1]
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        for pkg in ("compress", "serve", "export", "benchmarks"):
+            assert f"from {pkg}" not in text and f"import {pkg}" not in text, f"{f} imports {pkg}"
+    assert os.path.basename(runtimes.__file__) == "runtimes.py"
