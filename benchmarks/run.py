@@ -229,6 +229,27 @@ def snapshot(client) -> dict[str, dict[str, int]]:
     return stats.flatten_model_stats(client.get_inference_statistics(as_json=True))
 
 
+def _handled(snap: dict[str, dict[str, int]], model: str) -> int:
+    d = snap.get(model, {})
+    return d.get("success_count", 0) + d.get("fail_count", 0)
+
+
+def settled_snapshot(client, model: str, expect_at_least: int | None = None,
+                     timeout: float = 3.0) -> dict[str, dict[str, int]]:
+    """Triton records a request's statistics when it releases the request, which can be
+    just after the client got its answer: poll until ``model`` has counted at least
+    ``expect_at_least`` requests and two snapshots 5 ms apart agree."""
+    deadline = time.perf_counter() + timeout
+    prev = snapshot(client)
+    while True:
+        time.sleep(0.005)
+        cur = snapshot(client)
+        done = cur == prev and (expect_at_least is None or _handled(cur, model) >= expect_at_least)
+        if done or time.perf_counter() > deadline:
+            return cur
+        prev = cur
+
+
 def versions(server_version: str | None) -> dict[str, str]:
     from importlib import metadata
     out = {"python": sys.version.split()[0]}
@@ -415,16 +436,19 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     for c in concs:
                         if bar is not None:
                             bar.set_postfix_str(f"{m} {wname} c={c} round {r + 1}/{rounds}")
+                        before = settled_snapshot(client, target.infer_model)
                         if args.warmup:
                             wres = run_closed_loop(url, target, c, n_requests=args.warmup,
                                                    timeout_s=args.timeout, on_done=tick)
                             warm_acc = warm_acc.merge(wres.accounting)
-                        before = snapshot(client)
+                            before = settled_snapshot(client, target.infer_model,
+                                                      _handled(before, target.infer_model) + wres.accounting.sent)
                         res = run_closed_loop(url, target, c,
                                               n_requests=per_round[r] if per_round else None,
                                               duration_s=dur_round, timeout_s=args.timeout,
                                               start_index=sum(per_round[:r]) if per_round else 0, on_done=tick)
-                        after = snapshot(client)
+                        after = settled_snapshot(client, target.infer_model,
+                                                 _handled(before, target.infer_model) + res.accounting.sent)
                         cell = cells.setdefault((m, wname, c), {"chunks": [], "server": {}})
                         cell["chunks"].append(res)
                         stats.add_deltas(cell["server"], stats.stats_delta(before, after))

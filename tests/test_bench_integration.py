@@ -1,0 +1,142 @@
+"""The benchmark against a REAL Triton server on a tiny two-width model repository.
+
+Checks the report's schema, that every request is accounted for (sent == ok + errors),
+and that the latencies are measurements: positive, one per successful request, fitting in
+the measured wall time, and matched one to one by Triton's own request counters.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = 6
+CONCURRENCY = (1, 2)
+SEQ_LEN = 16
+
+
+def _export_dir(request, tmp_path: Path) -> Path:
+    """The shared ``tiny_export_dir`` fixture (tests/conftest.py), else the serve tests' builder."""
+    try:
+        return Path(request.getfixturevalue("tiny_export_dir"))
+    except pytest.FixtureLookupError:
+        pass
+    try:
+        from tests.test_serve_export_stub import make_tiny_export
+    except ImportError:
+        pytest.skip("no tiny_export_dir fixture and no tiny export builder available")
+    return make_tiny_export(tmp_path / "export_w100", 1.0)
+
+
+@pytest.fixture
+def tiny_bench_repository(request, tmp_path) -> Path:
+    """Two widths (1.0 and a 0.5 copy of the same tiny export) in one cpu repository."""
+    from serve.repository import build_repository
+
+    full = _export_dir(request, tmp_path)
+    half = tmp_path / "export_w50"
+    shutil.copytree(full, half)
+    manifest = json.loads((half / "manifest.json").read_text())
+    manifest["width_mult"] = 0.5
+    (half / "manifest.json").write_text(json.dumps(manifest))
+    repo = tmp_path / "repo"
+    build_repository([full, half], repo, target="cpu", name="bert")
+    return repo
+
+
+@pytest.fixture
+def server(tiny_bench_repository):
+    from serve.server import TritonServer, free_port
+
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    with TritonServer(tiny_bench_repository, **ports) as srv:  # __enter__ starts it
+        yield srv
+
+
+def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, capsys):
+    from benchmarks.run import main
+
+    out = tmp_path / "bench"
+    argv = ["--url", server.grpc_url, "--model_repository", str(tiny_bench_repository),
+            "--requests", str(REQUESTS), "--concurrency", ",".join(map(str, CONCURRENCY)),
+            "--warmup", "1", "--rounds", "2", "--seq_len", str(SEQ_LEN), "--real_text",
+            "--baseline_requests", "4", "--output_dir", str(out), "--no_progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("schema_version", "date", "command", "argv", "machine", "versions", "server", "settings",
+                "workloads", "models", "results", "baselines", "comparisons", "totals"):
+        assert key in rep, key
+    assert rep["argv"] == argv and rep["machine"]["cores"] >= 1 and rep["machine"]["cpu"]
+    assert rep["server"]["version"] and rep["versions"]["tritonclient"]
+    assert list(rep["models"]) == ["bert_w100", "bert_w50"]          # discovered, full width first
+    assert rep["models"]["bert_w50"]["width"] == 0.5
+    assert len(rep["results"]) == 2 * 2 * len(CONCURRENCY)
+
+    for r in rep["results"]:
+        acc = r["accounting"]
+        assert acc["sent"] == acc["ok"] + acc["errors"] == REQUESTS, r["model"]
+        assert acc["errors"] == 0, acc
+        lat = r["latencies_ms"]
+        assert len(lat) == acc["ok"] == r["latency_ms"]["n"]
+        assert all(x > 0 for x in lat)
+        s = r["latency_ms"]
+        assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+        # measured, not typed: the latencies fit in the measured wall time of their chunks ...
+        assert sum(lat) / 1e3 <= r["concurrency"] * r["wall_s"] * 1.05
+        assert max(lat) / 1e3 <= max(r["chunk_wall_s"]) * 1.05 and r["wall_consistent"]
+        assert r["throughput_sps"] == pytest.approx(acc["ok"] * 16 / r["wall_s"])
+        # ... and Triton counted exactly the measured requests (warmup excluded by the deltas)
+        called = r["server_side"][r["infer_model"]]
+        assert called["requests"] == acc["ok"], called
+        if r["workload"] == "fixed":
+            assert called["compute_infer_ms"] > 0 and called["queue_ms"] >= 0
+            assert called["compute_ms"] <= s["max"]
+        else:
+            assert r["server_side"][f"{r['model']}_encoder"]["requests"] == acc["ok"]
+    assert rep["totals"]["balanced"] and rep["totals"]["sent"] == len(rep["results"]) * REQUESTS
+
+    served = [b for b in rep["baselines"] if b["served_runtime"]]
+    assert {(b["model"], b["workload"]) for b in served} == {(m, w) for m in rep["models"] for w in ("fixed", "real")}
+    for b in served:
+        assert len(b["latencies_ms"]) == 4 and all(x > 0 for x in b["latencies_ms"])
+        assert sum(b["latencies_ms"]) / 1e3 <= b["wall_s"] * 1.05
+    cmp_ = rep["comparisons"]
+    assert {x["model"] for x in cmp_["speedup"]} == {"bert_w100", "bert_w50"}
+    assert all(x["ratio"] > 0 for x in cmp_["serving_overhead"]) and len(cmp_["serving_overhead"]) == 4
+    assert len(cmp_["real_vs_fixed"]) == 2 * len(CONCURRENCY)
+
+    md = (out / "report.md").read_text()
+    assert "| bert_w50 | 0.5 |" in md
+    assert "Serving overhead" in md and "Real text vs fixed" in md
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+    # clear one-line errors, exit code 2
+    capsys.readouterr()
+    assert main(["--url", server.grpc_url, "--models", "bert_w999", "--output_dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bert_w999_encoder" in err and "not found" in err and len(err.splitlines()) == 1
+    assert main(["--url", server.grpc_url, "--seq_len", "4096", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "max_seq_length" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_start_server(tiny_bench_repository, tmp_path):
+    """--start_server starts and stops its own server; one model, fixed workload only."""
+    from benchmarks.run import main
+    from serve.server import free_port
+
+    out = tmp_path / "bench"
+    rc = main(["--start_server", "--model_repository", str(tiny_bench_repository), "--models", "bert_w50",
+               "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
+               "--requests", "3", "--concurrency", "1", "--warmup", "0", "--seq_len", str(SEQ_LEN),
+               "--baseline_requests", "0", "--output_dir", str(out), "--no_progress"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["server"]["started_by_bench"] and list(rep["models"]) == ["bert_w50"]
+    (r,) = rep["results"]
+    assert r["accounting"]["sent"] == r["accounting"]["ok"] == 3 and rep["baselines"] == []
