@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the bundled Triton server on --model_repository for this run and stop it after")
     g.add_argument("--model_repository", default=None,
                    help="the server's model repository folder: needed by --start_server; also enables the "
-                        "in-process baselines (they load each {m}_encoder/1/ model file) and vocab detection")
+                        "in-process baselines (they load each {m}_encoder/1/ model file)")
     g.add_argument("--grpc_port", type=int, default=8001, help="gRPC port for --start_server")
     g.add_argument("--http_port", type=int, default=8000, help="HTTP port for --start_server")
     g.add_argument("--metrics_port", type=int, default=8002, help="metrics port for --start_server")
@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
     w.add_argument("--task", default="rt-polarity", help="task whose dev split supplies --real_text sentences")
     w.add_argument("--vocab_size", type=int, default=None,
-                   help="upper bound of the random token ids (default: the smallest vocab_size of the "
-                        "encoders' configs, else 100, valid for any BERT vocab; ids do not change the cost)")
+                   help="upper bound of the random token ids; unset: the smallest vocab_size in the "
+                        "encoders' configs, else 100 (valid for any BERT vocab; ids do not change the cost)")
     l = p.add_argument_group("load")
     l.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8],
                    help="comma-separated concurrency levels (requests kept in flight), e.g. 1,2,4,8")
@@ -498,8 +498,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         report = {
             "schema_version": SCHEMA_VERSION,
             "date": now_iso(),
-            "command": " ".join(shlex.quote(a) for a in [PROG, *argv]),
+            "command": " ".join([PROG, *(shlex.quote(a) for a in argv)]),
             "argv": list(argv),
+            "invocation": {"argv": list(sys.argv), "cwd": os.getcwd()},
             "machine": {**machine_info(), "cpu_flags": cpu_flags()},
             "versions": versions(meta.get("version")),
             "server": {"url": url, "started_by_bench": bool(args.start_server), "version": meta.get("version"),
@@ -574,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, argv)
     except OfaserveError as e:
         return fail(str(e))
+    except Exception as e:  # a server that dies or misbehaves mid-run: one line, not a traceback
+        from tritonclient.utils import InferenceServerException
+        if isinstance(e, InferenceServerException):
+            return fail(f"Triton server error: {_short(e)}")
+        raise
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
