@@ -120,6 +120,8 @@ def compress_model(opts: CompressOptions) -> dict:
         if len(set(labels.tolist())) < 2:
             raise OfaserveError(f"the {split} split of {data.name} has only one class: nothing to learn/evaluate")
 
+    # read the checkpoint before anything is written: a corrupt one fails cleanly
+    teacher, config = load_pretrained_classifier(str(model_dir), len(data.labels), seed=opts.seed)
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not opts.resume:
         log.info("removing stale work folder %s (pass --resume to continue it)", partial)
@@ -142,7 +144,6 @@ def compress_model(opts: CompressOptions) -> dict:
 
     phases: dict[str, Any] = {}
     # -------------------------------------------------------------- teacher
-    teacher, config = load_pretrained_classifier(str(model_dir), len(data.labels), seed=opts.seed)
     teacher_ckpt = partial / "teacher" / "model_state.pdparams"
     teacher_info = partial / "teacher" / "info.json"
     if opts.resume and teacher_ckpt.is_file() and teacher_info.is_file():

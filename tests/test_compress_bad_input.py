@@ -1,0 +1,66 @@
+"""Bad input to `ofaserve compress`: one clear line on stderr, exit 2, nothing written."""
+import pytest
+
+from compress.cli import main
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.fixture
+def data(tmp_path, tiny_checkpoint):
+    return tiny_checkpoint
+
+
+def _base(tmp_path, ckpt, train, dev):
+    return ["--model_name_or_path", str(ckpt), "--train_file", str(train), "--dev_file", str(dev),
+            "--output_dir", str(tmp_path / "out"), "--no_progress"]
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing_model", "does not exist"),
+    ("corrupt_model", "cannot read"),
+    ("unknown_task", "unknown task"),
+    ("empty_file", "holds no rows"),
+    ("one_class", "only one class"),
+    ("bad_width", "width_mult_list"),
+    ("busy_output", "holds other content"),
+    ("wrong_model_type", "only bert"),
+])
+def test_bad_input(case, expect, tmp_path, capsys, tiny_checkpoint):
+    ckpt, train, dev = tiny_checkpoint
+    argv = _base(tmp_path, ckpt, train, dev)
+    if case == "missing_model":
+        argv[1] = str(tmp_path / "nope")
+    elif case == "corrupt_model":
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+        (bad / "vocab.txt").write_text((ckpt / "vocab.txt").read_text())
+        argv[1] = str(bad)
+    elif case == "unknown_task":
+        argv = ["--task_name", "sst-9", "--output_dir", str(tmp_path / "out")]
+    elif case == "empty_file":
+        (tmp_path / "empty.csv").write_text("text,label\n")
+        argv[3] = str(tmp_path / "empty.csv")
+    elif case == "one_class":
+        (tmp_path / "one.csv").write_text("text,label\ngood film,pos\nfine film,pos\n")
+        argv[3] = str(tmp_path / "one.csv")
+    elif case == "bad_width":
+        argv += ["--width_mult_list", "0.8", "0.5"]
+    elif case == "busy_output":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "thesis.tex").write_text("precious")
+    elif case == "wrong_model_type":
+        argv += ["--model_type", "gpt2"]
+    code, err = _run(capsys, argv)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and expect in err[0], err
+    if case == "busy_output":
+        assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+    else:
+        assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.partial").exists()
