@@ -161,17 +161,30 @@ def encode_batch(tokenizer, texts: list[str], pad_id: int = 0) -> tuple[np.ndarr
 
 
 def batches(texts: list[str], labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
-            seed: int = 0, length_sorted: bool = False, tokenizer=None):
-    """Yield (input_ids, token_type_ids, labels) numpy batches with dynamic padding.
+            seed: int = 0, length_sorted: bool = False, tokenizer=None, bucket: int = 0):
+    """Yield (input_ids, token_type_ids, labels, indices) numpy batches, dynamically padded.
 
-    ``length_sorted`` groups sentences of similar length (eval only: less padding).
+    ``length_sorted`` (eval): all sentences sorted by length, least padding.
+    ``shuffle`` + ``bucket=k`` (training): shuffle, sort each chunk of k batches by
+    length, then shuffle the batch order. Batches pad to ~the median length instead of
+    the longest of 32 random sentences, which cuts training FLOPs by ~1.5x here while
+    keeping the data order random.
     """
     order = np.arange(len(texts))
+    rng = np.random.default_rng(seed)
     if shuffle:
-        np.random.default_rng(seed).shuffle(order)
+        rng.shuffle(order)
     elif length_sorted:
         order = np.argsort([len(t) for t in texts], kind="stable")
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle and bucket > 1:
+        groups = []
+        chunk = batch_size * bucket
+        for start in range(0, len(order), chunk):
+            part = order[start: start + chunk]
+            part = part[np.argsort([len(texts[i]) for i in part], kind="stable")]
+            groups += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(groups)
+    for idx in groups:
         ids, types = encode_batch(tokenizer, [texts[i] for i in idx])
         yield ids, types, labels[idx], idx

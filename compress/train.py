@@ -99,7 +99,8 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
     epoch = 0
     while step < total:
         model.train()
-        for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer):
+        for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer,
+                                          bucket=50):
             t0 = time.perf_counter()
             logits = model(paddle.to_tensor(ids), paddle.to_tensor(types))
             loss = F.cross_entropy(logits, paddle.to_tensor(y))
@@ -187,7 +188,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
             while step < total:
                 supernet.train()
                 for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + 1000 + epoch,
-                                                tokenizer=tokenizer):
+                                                tokenizer=tokenizer, bucket=50):
                     if step < start_step:  # resume: replay the data order without training
                         step += 1
                         rng.integers(1 << 30)
