@@ -35,3 +35,14 @@ def tiny_compress_dir(tiny_checkpoint, tmp_path_factory):
         num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
         progress=False, logging_steps=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
+    """Output of the real `export_subnet` at width 0.75 on ``tiny_compress_dir``
+    (manifest, sub_model/, static/, onnx/ incl. fused/fp16/int8 variants, tokenizer/)."""
+    from export import export_subnet
+
+    out = tmp_path_factory.mktemp("export") / "w075"
+    export_subnet(str(tiny_compress_dir), str(out), 0.75, progress=False)
+    return out

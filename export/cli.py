@@ -1,0 +1,109 @@
+"""`ofaserve export` / `python -m export`: flags follow the PaddleNLP OFA tutorial's export_model.py."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from compress.cpu import configure as configure_cpu
+
+configure_cpu()  # before paddle is imported anywhere
+
+from compress.artifacts import OfaserveError  # noqa: E402
+
+
+def _width(value: str):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'auto', not {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ofaserve export",
+        description="Slice one trained width out of the OFA supernet written by `ofaserve compress` and save it "
+                    "as a standalone sub model (dygraph), a Paddle static model and ONNX, then check that every "
+                    "artifact gives the supernet's logits (max abs diff <= --tolerance) on real dev sentences, "
+                    "and that dev accuracy through ONNX equals the compress result. Nothing is written to "
+                    "--output_dir unless every check passes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_type", default="bert", help="model family (only bert)")
+    p.add_argument("--model_name_or_path", required=True,
+                   help="the output folder of `ofaserve compress` (manifest.json + supernet checkpoint)")
+    p.add_argument("--output_dir", required=True,
+                   help="folder receiving everything: manifest.json, sub_model/, static/, onnx/, tokenizer/ "
+                        "(replaced atomically)")
+    p.add_argument("--width_mult", type=_width, default=1.0,
+                   help="width to export (a trained one, e.g. 0.6667), or `auto` with --max_accuracy_drop or "
+                        "--latency_budget_ms")
+    p.add_argument("--max_accuracy_drop", type=float, default=None,
+                   help="with --width_mult auto: the narrowest trained width whose dev accuracy (compress "
+                        "results) is within this of the teacher's, e.g. 0.005")
+    p.add_argument("--latency_budget_ms", type=float, default=None,
+                   help="with --width_mult auto: measure every trained width on this machine and pick the most "
+                        "accurate one whose median latency is within this budget")
+    p.add_argument("--batch_size", type=int, default=16, help="batch size of the latency measurement")
+    p.add_argument("--seq_len", type=int, default=128, help="sequence length of the latency measurement")
+    p.add_argument("--runtime", choices=["openvino", "onnxruntime", "paddle"], default="openvino",
+                   help="runtime of the latency measurement (openvino runs f32)")
+    p.add_argument("--max_seq_length", type=int, default=None,
+                   help="tokenizer truncation recorded for serving [default: the compress stage's]")
+    p.add_argument("--sub_model_output_dir", default=None,
+                   help="also copy the sub model (model_state.pdparams + model_config.json) here "
+                        "[default: only <output_dir>/sub_model]")
+    p.add_argument("--static_sub_model", default=None,
+                   help="also copy the Paddle static model to this path prefix (writes PREFIX.json/.pdmodel + "
+                        "PREFIX.pdiparams) [default: only <output_dir>/static/model]")
+    p.add_argument("--onnx_model", dest="onnx_model", action="store_true", default=True,
+                   help="convert to ONNX (default on)")
+    p.add_argument("--no_onnx_model", dest="onnx_model", action="store_false",
+                   help="skip ONNX (and its precision variants)")
+    p.add_argument("--opset", type=int, default=14, help="ONNX opset (>= 14)")
+    p.add_argument("--no_fuse_attention", dest="fuse_attention", action="store_false",
+                   help="skip the ONNX Runtime BERT-fused model (onnx/model_ort_fused.onnx)")
+    p.add_argument("--no_precisions", dest="precisions", action="store_false",
+                   help="skip the FP16 / OpenVINO bf16 / INT8 variants and their dev accuracy")
+    p.add_argument("--no_int8", dest="int8", action="store_false", help="skip the dynamic INT8 variant")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logits diff allowed between runtimes")
+    p.add_argument("--n_gpu", type=int, default=1, help="accepted for tutorial compatibility; export runs on CPU")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing an output dir that holds something other than an export")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .exporter import ParityError, export_subnet
+
+    kwargs = {k: v for k, v in vars(args).items()
+              if k not in ("model_name_or_path", "output_dir", "width_mult", "no_progress")}
+    try:
+        manifest = export_subnet(args.model_name_or_path, args.output_dir, args.width_mult,
+                                 progress=not args.no_progress, **kwargs)
+    except ParityError as e:
+        print(e.table, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OfaserveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+        return 130
+    p = manifest["params"]
+    print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "
+          f"({p['encoder_fraction']:.1%} of the encoder), dev accuracy {manifest['dev_accuracy']:.4f}, "
+          f"{manifest['flops_b16_s128'] / 1e9:.2f} GFLOP at 16x128")
+    for name, r in (manifest.get("precisions") or {}).items():
+        if "accuracy" in r:
+            print(f"  {name:<20} dev acc {r['accuracy']:.4f} ({r.get('delta_vs_fp32', 0):+.4f} vs fp32)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
