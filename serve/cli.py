@@ -81,14 +81,17 @@ def serve_main(argv: list[str]) -> int:
     from .server import TritonServer
     server = TritonServer(args.model_repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
-    stop = {"signal": None}
+    stop = {"signal": None, "ready": False}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
+        if not stop["ready"]:  # still starting: abort start(), which cleans up
+            raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start(timeout=args.timeout)
+        stop["ready"] = True
         models = server.models_ready()
         print(f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
         print(f"models: {', '.join(models)}")
@@ -99,16 +102,19 @@ def serve_main(argv: list[str]) -> int:
             if stop["signal"] is not None:
                 break
             if not server.is_running():
-                raise OfaserveError(server._failure(f"tritonserver exited with code {server.process.returncode}"))
+                raise OfaserveError(server.failure_message(f"tritonserver exited with code {server.process.returncode}"))
             down = [m for m, ok in server.models_ready().items() if not ok]
             if down and stop["signal"] is None:
-                raise OfaserveError(server._failure(f"model(s) no longer ready: {', '.join(down)}"))
+                raise OfaserveError(server.failure_message(f"model(s) no longer ready: {', '.join(down)}"))
         print(f"received {signal.Signals(stop['signal']).name}; stopping Triton", flush=True)
         code = server.stop()
         print(f"Triton stopped (exit code {code})")
         return 0
     except OfaserveError as e:
         return _fail(e)
+    except KeyboardInterrupt:
+        print("interrupted while starting; Triton stopped", file=sys.stderr)
+        return 130
     finally:
         server.stop()
         for s, handler in previous.items():

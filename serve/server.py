@@ -169,13 +169,14 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise OfaserveError(self._failure(f"tritonserver exited with code {self.process.returncode}"))
+                raise OfaserveError(self.failure_message(f"tritonserver exited with code {self.process.returncode}"))
             if self.is_ready() and all(self.models_ready().values()):
                 return
             time.sleep(0.2)
-        raise OfaserveError(self._failure(f"tritonserver not ready after {timeout:.0f} s"))
+        raise OfaserveError(self.failure_message(f"tritonserver not ready after {timeout:.0f} s"))
 
-    def _failure(self, what: str) -> str:
+    def failure_message(self, what: str) -> str:
+        """``what`` plus the server's own error lines from its log, as one line."""
         log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
         errors = _error_lines(log)
         if not errors:

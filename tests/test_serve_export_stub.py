@@ -79,11 +79,6 @@ def make_tiny_export(out: Path, width_mult: float = 1.0, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stub_export_dir(tmp_path_factory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("export_w100"))
-
-
-@pytest.fixture(scope="session")
 def serve_exports(request, tmp_path_factory) -> list[Path]:
     """Two exports of different widths: the shared ``tiny_export_dir`` (when conftest
     provides it, else a stub) plus a stub at another width, for side-by-side repositories."""
@@ -97,9 +92,10 @@ def serve_exports(request, tmp_path_factory) -> list[Path]:
     return [first, second]
 
 
-def test_stub_export_is_a_valid_export(stub_export_dir):
+def test_stub_export_is_a_valid_export(serve_exports):
     import onnxruntime as ort
 
+    stub_export_dir = serve_exports[1]
     manifest = read_manifest(stub_export_dir, stage="export")
     sess = ort.InferenceSession(str(stub_export_dir / manifest["artifacts"]["onnx"]))
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "token_type_ids"]

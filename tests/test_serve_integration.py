@@ -4,6 +4,7 @@ bad inputs, failure reporting and a clean shutdown. One server for the module.""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,14 @@ def repo(serve_exports, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "model_repository"
     manifest = build_repository(serve_exports, out, target="cpu")
     return out, manifest
+
+
+@pytest.fixture(scope="module")
+def small_repo(serve_exports, tmp_path_factory):
+    """One width only: fewer stubs to start where the test is about the process, not models."""
+    out = tmp_path_factory.mktemp("serve_small") / "model_repository"
+    build_repository(serve_exports[1:], out, target="cpu")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +265,9 @@ def test_port_in_use_is_reported_before_launch(server, repo):
     assert other.process is None
 
 
-def test_model_that_fails_to_load_reports_the_server_message(serve_exports, tmp_path):
+def test_model_that_fails_to_load_reports_the_server_message(small_repo, tmp_path):
     out = tmp_path / "broken_repo"
-    build_repository(serve_exports[1:], out)
+    shutil.copytree(small_repo, out)
     (tok_dir,) = out.glob("*_tokenizer")
     (tok_dir / "1" / "tokenizer.json").unlink()
     srv = TritonServer(out, **ports())
@@ -269,29 +278,49 @@ def test_model_that_fails_to_load_reports_the_server_message(serve_exports, tmp_
     assert srv.process is None and srv.workdir is None
 
 
-def test_serve_cli_starts_and_stops_on_sigint(repo):
+def _start_serve_cli(repo_dir: Path):
+    """`ofaserve serve` in a subprocess; returns (process, its Triton work dir) once ready."""
     p = ports()
     cmd = [sys.executable, "-c", "import sys; from serve.cli import serve_main; sys.exit(serve_main(sys.argv[1:]))",
-           "--model_repository", str(repo[0]), "--grpc_port", str(p["grpc_port"]), "--http_port", str(p["http_port"]),
+           "--model_repository", str(repo_dir), "--grpc_port", str(p["grpc_port"]), "--http_port", str(p["http_port"]),
            "--metrics_port", str(p["metrics_port"]), "--poll", "0.5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            pytest.fail("serve CLI never became ready:\n" + "".join(lines) + proc.stderr.read())
+        lines.append(line)
+        if line.startswith("server log:"):
+            break
+    assert any(l.startswith("Triton ready") for l in lines)
+    return proc, str(Path(lines[-1].split(":", 1)[1].strip()).parent)
+
+
+def test_serve_cli_starts_and_stops_on_sigint(small_repo):
+    proc, workdir = _start_serve_cli(small_repo)
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("server log:"):
-                break
-        assert any(l.startswith("Triton ready") for l in lines), "".join(lines) + proc.stderr.read()
-        workdir = str(Path(lines[-1].split(":", 1)[1].strip()).parent)
         assert _processes_mentioning(workdir)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "Triton stopped" in out
+        assert not _processes_mentioning(workdir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_cli_exits_nonzero_when_a_model_dies(small_repo):
+    proc, workdir = _start_serve_cli(small_repo)
+    try:
+        stub = next(pid for pid in _processes_mentioning(workdir)
+                    if "_encoder/1/model.py" in " ".join(psutil.Process(pid).cmdline()))
+        os.kill(stub, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2
+        assert err.startswith("error: model(s) no longer ready:") and "_encoder" in err
         assert not _processes_mentioning(workdir)
     finally:
         if proc.poll() is None:

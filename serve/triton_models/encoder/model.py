@@ -44,7 +44,9 @@ class TritonPythonModel:
         options = {}
         if kind == "onnxruntime-trt":
             options = {"device_id": int(args.get("model_instance_device_id", 0) or 0),
-                       "cache_dir": str(here / _param(config, "trt_cache_dir", "trt_cache"))}
+                       "cache_dir": str(here / _param(config, "trt_cache_dir", "trt_cache")),
+                       "max_batch": int(config.get("max_batch_size", 64)) or 64,
+                       "max_seq": self.limits["max_seq_length"]}
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         try:
             self.run = runner_from_parameters(here, parameters, **options)

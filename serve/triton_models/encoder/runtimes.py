@@ -161,7 +161,8 @@ def _onnxruntime(path: Path, precision: str, threads: int) -> Runner:
 
 
 def _onnxruntime_trt(path: Path, precision: str, threads: int, device_id: int = 0,
-                     cache_dir: str | None = None, max_workspace_size: int = 1 << 30) -> Runner:
+                     cache_dir: str | None = None, max_workspace_size: int = 1 << 30,
+                     max_batch: int = 64, max_seq: int = 128) -> Runner:
     """onnxruntime-gpu with TensorRT (FP16 by default), CUDA EP as the fallback for
     nodes TensorRT cannot take. Engines are cached so only the first load builds them."""
     import onnxruntime as ort
@@ -178,6 +179,11 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, device_id: int = 
            "trt_max_workspace_size": max_workspace_size,
            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir}
+    # One optimisation profile covering every batch/sequence the server can send, so
+    # dynamic padding never triggers an engine rebuild mid-traffic.
+    shapes = lambda b, s: ",".join(f"{n}:{b}x{s}" for n in ("input_ids", "token_type_ids"))  # noqa: E731
+    trt.update(trt_profile_min_shapes=shapes(1, 1), trt_profile_max_shapes=shapes(max_batch, max_seq),
+               trt_profile_opt_shapes=shapes(min(16, max_batch), min(64, max_seq)))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(
