@@ -49,6 +49,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out = [f"# Latency benchmark: {', '.join(report.get('models', {}))}", ""]
     out.append(f"- date: {report.get('date')}; command: `{report.get('command')}`")
     out.append(f"- machine: {m.get('cpu')} ({m.get('cores')} cores), {m.get('platform')}")
+    ls, le = m.get("load_start") or {}, m.get("load_end") or {}
+    if ls:
+        out.append(f"- load average (1 min) before / after the run: {_f(ls.get('loadavg_1m'), 2)} / "
+                   f"{_f(le.get('loadavg_1m'), 2)}")
+    if m.get("busy_warning"):
+        out.append(f"- **warning**: {m['busy_warning']}")
     vers = report.get("versions", {})
     out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     srv = report.get("server", {})
@@ -146,8 +152,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Two panels: p50 latency by width for each runtime/precision (served and in-process,
-    fixed workload, concurrency 1), and p50 latency (p90-p99 whiskers) vs concurrency."""
+    """One panel per workload: p50 latency by width for each runtime/precision (Triton at
+    the lowest concurrency and in-process), and one of p50 latency (whisker up to p99)
+    vs concurrency."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,32 +162,40 @@ def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     results = report.get("results", [])
     base = report.get("baselines", [])
     models = list(report.get("models", {}))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    workloads = list(dict.fromkeys([r["workload"] for r in results] + [b["workload"] for b in base]))
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(6.5 * (len(workloads) + 1), 4.8), squeeze=False)
+    axes = axes[0]
+    cmin = min((x["concurrency"] for x in results), default=1)
 
-    # panel 1: grouped bars, one group per model (width), one bar per runtime series
-    ax = axes[0]
-    series: dict[str, dict[str, float]] = {}
-    for r in results:
-        if r["concurrency"] == min(x["concurrency"] for x in results) and r["latency_ms"]["p50"] is not None:
-            series.setdefault(f"triton {r.get('runtime', '')} [{r['workload']}]", {})[r["model"]] = r["latency_ms"]["p50"]
-    for b in base:
-        if b["latency_ms"]["p50"] is not None:
-            series.setdefault(f"in-process {b['runtime']} [{b['workload']}]", {})[b["model"]] = b["latency_ms"]["p50"]
-    n = max(len(series), 1)
-    bw = 0.8 / n
-    for k, (label, vals) in enumerate(sorted(series.items())):
-        xs = [i + (k - (n - 1) / 2) * bw for i, mname in enumerate(models) if mname in vals]
-        ys = [vals[mname] for mname in models if mname in vals]
-        bars = ax.bar(xs, ys, bw, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(models)))
-    ax.set_xticklabels([f"{mname}\nwidth {_width(report, mname)}" for mname in models])
-    ax.set_ylabel("p50 latency per batch (ms)")
-    ax.set_title(f"batch {report.get('settings', {}).get('batch_size')}: latency by width and runtime")
-    ax.legend(fontsize=7)
+    # one panel per workload: grouped bars, one group per model (width), one bar per runtime
+    for ax, wname in zip(axes, workloads):
+        series: dict[str, dict[str, float]] = {}
+        for r in results:
+            if r["workload"] == wname and r["concurrency"] == cmin and r["latency_ms"]["p50"] is not None:
+                series.setdefault(f"0 Triton gRPC {r.get('runtime', '')} (c={cmin})", {})[r["model"]] = r["latency_ms"]["p50"]
+        for b in base:
+            if b["workload"] == wname and b["latency_ms"]["p50"] is not None:
+                series.setdefault(f"1 in-process {b['runtime']}", {})[b["model"]] = b["latency_ms"]["p50"]
+        n = max(len(series), 1)
+        bw = 0.8 / n
+        for k, (label, vals) in enumerate(sorted(series.items())):
+            xs = [i + (k - (n - 1) / 2) * bw for i, mname in enumerate(models) if mname in vals]
+            ys = [vals[mname] for mname in models if mname in vals]
+            bars = ax.bar(xs, ys, bw, label=label[2:])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([f"{mname}\nwidth {_width(report, mname)}" for mname in models])
+        ax.set_ylabel("p50 latency per batch (ms)")
+        s = report.get("settings", {})
+        what = (f"fixed batch {s.get('batch_size')} x seq {s.get('seq_len')}" if wname == "fixed"
+                else f"real text, batch {s.get('batch_size')}" if wname == "real" else wname)
+        ax.set_title(f"{what}: by width and runtime/precision", fontsize=10)
+        top = max((v for vals in series.values() for v in vals.values()), default=1.0)
+        ax.set_ylim(0, top * (1.15 + 0.07 * n))  # room for the legend above the bars
+        ax.legend(fontsize=7, loc="upper right")
 
-    # panel 2: latency vs concurrency
-    ax = axes[1]
+    # last panel: latency vs concurrency
+    ax = axes[-1]
     for mname in models:
         for wname in dict.fromkeys(r["workload"] for r in results):
             rows = sorted((r for r in results if r["model"] == mname and r["workload"] == wname

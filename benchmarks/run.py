@@ -250,6 +250,25 @@ def settled_snapshot(client, model: str, expect_at_least: int | None = None,
         prev = cur
 
 
+def _load() -> dict[str, Any]:
+    """Machine load at a moment: other work on a 2-core box skews every latency."""
+    out: dict[str, Any] = {"time": now_iso()}
+    try:
+        out["loadavg_1m"], out["loadavg_5m"], _ = os.getloadavg()
+    except OSError:
+        pass
+    return out
+
+
+def _busy_warning(start: dict[str, Any], end: dict[str, Any]) -> str | None:
+    cores = os.cpu_count() or 1
+    worst = max(start.get("loadavg_1m", 0.0), start.get("loadavg_5m", 0.0))
+    if worst > 0.5 * cores:
+        return (f"the machine was busy before the run (load average {worst:.1f} on {cores} cores): other "
+                "processes competed for the CPU; absolute latencies are inflated and ratios noisier")
+    return None
+
+
 def versions(server_version: str | None) -> dict[str, str]:
     from importlib import metadata
     out = {"python": sys.version.split()[0]}
@@ -417,6 +436,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
         cells: dict[tuple[str, str, int], dict[str, Any]] = {}
         warm_acc = stats.Accounting()
+        load_start = _load()
         t_run = time.perf_counter()
         for r in range(rounds):
             for m in round_order(models, r):
@@ -453,6 +473,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         cell["chunks"].append(res)
                         stats.add_deltas(cell["server"], stats.stats_delta(before, after))
         run_wall = time.perf_counter() - t_run
+        load_end = _load()
         if bar is not None:
             bar.close()
 
@@ -501,7 +522,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "command": " ".join([PROG, *(shlex.quote(a) for a in argv)]),
             "argv": list(argv),
             "invocation": {"argv": list(sys.argv), "cwd": os.getcwd()},
-            "machine": {**machine_info(), "cpu_flags": cpu_flags()},
+            "machine": {**machine_info(), "cpu_flags": cpu_flags(), "load_start": load_start,
+                        "load_end": load_end, "busy_warning": _busy_warning(load_start, load_end)},
             "versions": versions(meta.get("version")),
             "server": {"url": url, "started_by_bench": bool(args.start_server), "version": meta.get("version"),
                        "model_repository": str(repo) if repo else None},
