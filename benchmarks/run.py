@@ -361,6 +361,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                 + "; pass a --seq_len within it")
         # full width first in tables and ABBA order
         models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))
+        infos = {m: infos[m] for m in models}
         widths = {m: infos[m]["width"] for m in models}
         try:
             meta = client.get_server_metadata(as_json=True)

@@ -19,32 +19,42 @@ CONCURRENCY = (1, 2)
 SEQ_LEN = 16
 
 
-def _export_dir(request, tmp_path: Path) -> Path:
-    """The shared ``tiny_export_dir`` fixture (tests/conftest.py), else the serve tests' builder."""
+def _fixture(request, name):
     try:
-        return Path(request.getfixturevalue("tiny_export_dir"))
+        return request.getfixturevalue(name)
     except pytest.FixtureLookupError:
-        pass
+        return None
+
+
+def _export_dirs(request, tmp_path: Path) -> list[Path]:
+    """A full-width and a compressed export of the same tiny supernet (tests/conftest.py's
+    ``tiny_compress_dir`` / ``tiny_export_dir``), else the serve tests' tiny builder."""
+    compress_dir, compressed = _fixture(request, "tiny_compress_dir"), _fixture(request, "tiny_export_dir")
+    if compress_dir is not None and compressed is not None:
+        from export import export_subnet
+        full = tmp_path / "export_w100"
+        export_subnet(str(compress_dir), str(full), 1.0, progress=False)
+        return [full, Path(compressed)]
     try:
         from tests.test_serve_export_stub import make_tiny_export
     except ImportError:
-        pytest.skip("no tiny_export_dir fixture and no tiny export builder available")
-    return make_tiny_export(tmp_path / "export_w100", 1.0)
-
-
-@pytest.fixture
-def tiny_bench_repository(request, tmp_path) -> Path:
-    """Two widths (1.0 and a 0.5 copy of the same tiny export) in one cpu repository."""
-    from serve.repository import build_repository
-
-    full = _export_dir(request, tmp_path)
-    half = tmp_path / "export_w50"
+        pytest.skip("no tiny export fixtures and no tiny export builder available")
+    full = make_tiny_export(tmp_path / "export_w100", 1.0)
+    half = tmp_path / "export_w50"  # same weights, labelled 0.5: enough to test the tool
     shutil.copytree(full, half)
     manifest = json.loads((half / "manifest.json").read_text())
     manifest["width_mult"] = 0.5
     (half / "manifest.json").write_text(json.dumps(manifest))
+    return [full, half]
+
+
+@pytest.fixture
+def tiny_bench_repository(request, tmp_path) -> Path:
+    """Full width and a compressed width in one cpu repository (OpenVINO fp32 encoders)."""
+    from serve.repository import build_repository
+
     repo = tmp_path / "repo"
-    build_repository([full, half], repo, target="cpu", name="bert")
+    build_repository(_export_dirs(request, tmp_path), repo, target="cpu", name="bert")
     return repo
 
 
@@ -73,8 +83,10 @@ def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, caps
         assert key in rep, key
     assert rep["argv"] == argv and rep["machine"]["cores"] >= 1 and rep["machine"]["cpu"]
     assert rep["server"]["version"] and rep["versions"]["tritonclient"]
-    assert list(rep["models"]) == ["bert_w100", "bert_w50"]          # discovered, full width first
-    assert rep["models"]["bert_w50"]["width"] == 0.5
+    models = list(rep["models"])
+    assert len(models) == 2 and models[0] == "bert_w100"          # discovered, full width first
+    small = models[1]
+    assert rep["models"]["bert_w100"]["width"] == 1.0 and 0 < rep["models"][small]["width"] < 1.0
     assert len(rep["results"]) == 2 * 2 * len(CONCURRENCY)
 
     for r in rep["results"]:
@@ -106,12 +118,12 @@ def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, caps
         assert len(b["latencies_ms"]) == 4 and all(x > 0 for x in b["latencies_ms"])
         assert sum(b["latencies_ms"]) / 1e3 <= b["wall_s"] * 1.05
     cmp_ = rep["comparisons"]
-    assert {x["model"] for x in cmp_["speedup"]} == {"bert_w100", "bert_w50"}
+    assert {x["model"] for x in cmp_["speedup"]} == set(models)
     assert all(x["ratio"] > 0 for x in cmp_["serving_overhead"]) and len(cmp_["serving_overhead"]) == 4
     assert len(cmp_["real_vs_fixed"]) == 2 * len(CONCURRENCY)
 
     md = (out / "report.md").read_text()
-    assert "| bert_w50 | 0.5 |" in md
+    assert f"| {small} | {rep['models'][small]['width']:.4g} |" in md
     assert "Serving overhead" in md and "Real text vs fixed" in md
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -131,12 +143,14 @@ def test_bench_start_server(tiny_bench_repository, tmp_path):
     from serve.server import free_port
 
     out = tmp_path / "bench"
-    rc = main(["--start_server", "--model_repository", str(tiny_bench_repository), "--models", "bert_w50",
+    small = sorted(p.name for p in tiny_bench_repository.glob("*_encoder"))[-1][: -len("_encoder")]
+    assert small != "bert_w100"
+    rc = main(["--start_server", "--model_repository", str(tiny_bench_repository), "--models", small,
                "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
                "--requests", "3", "--concurrency", "1", "--warmup", "0", "--seq_len", str(SEQ_LEN),
                "--baseline_requests", "0", "--output_dir", str(out), "--no_progress"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
-    assert rep["server"]["started_by_bench"] and list(rep["models"]) == ["bert_w50"]
+    assert rep["server"]["started_by_bench"] and list(rep["models"]) == [small]
     (r,) = rep["results"]
     assert r["accounting"]["sent"] == r["accounting"]["ok"] == 3 and rep["baselines"] == []
