@@ -24,6 +24,7 @@ import numpy as np
 
 from .artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
                         sha256_file, write_json, write_manifest)
+from . import distributed as dist
 from .ofa import DEFAULT_WIDTHS, width_key
 
 log = logging.getLogger("ofaserve.compress")
@@ -109,10 +110,19 @@ def compress_model(opts: CompressOptions) -> dict:
         raise OfaserveError(f"--width_mult_list must contain 1.0 and values in (0, 1]; got {opts.width_mult_list}")
     if opts.sampling not in ("all", "sandwich"):
         raise OfaserveError(f"--sampling must be all or sandwich, not {opts.sampling!r}")
-    if opts.n_gpu > 1:
-        raise OfaserveError("--n_gpu > 1 needs paddle.distributed on GPUs; see README 'Scaling out' "
-                            "(multi-process CPU training is not supported by paddle's CPU wheel here)")
+    if opts.n_gpu < 1:
+        raise OfaserveError(f"--n_gpu must be >= 1 (got {opts.n_gpu})")
     out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite)
+    if opts.n_gpu > 1 and dist.world_size() == 1:
+        # data-parallel: re-enter this function in n_gpu paddle.distributed workers
+        resolve_model_path(opts.model_name_or_path)  # fail fast, before spawning
+        log.info("launching %d data-parallel workers (paddle.distributed)", opts.n_gpu)
+        dist.launch(compress_model, opts, opts.n_gpu)
+        from .artifacts import read_manifest
+        return read_manifest(out, stage="compress")
+    main = dist.is_main()
+    if not main:
+        opts.progress = False  # one progress bar, from rank 0
     model_dir = resolve_model_path(opts.model_name_or_path)
     data = load_task(opts.task_name, opts.train_file, opts.dev_file, opts.test_file)
     for split in ("train", "dev"):
@@ -123,7 +133,7 @@ def compress_model(opts: CompressOptions) -> dict:
     # read the checkpoint before anything is written: a corrupt one fails cleanly
     teacher, config = load_pretrained_classifier(str(model_dir), len(data.labels), seed=opts.seed)
     partial = out.with_name(out.name + ".partial")
-    if partial.exists() and not opts.resume:
+    if main and partial.exists() and not opts.resume:
         log.info("removing stale work folder %s (pass --resume to continue it)", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
@@ -158,8 +168,9 @@ def compress_model(opts: CompressOptions) -> dict:
             logging_steps=opts.logging_steps, evaluate=evaluate, progress=opts.progress)
         info["train"] = stats.as_dict()
         info["wall_s"] = round(time.time() - t0, 1)
-        _save_params(teacher.state_dict(), teacher_ckpt)
-        write_json(teacher_info, info)
+        if main:
+            _save_params(teacher.state_dict(), teacher_ckpt)
+            write_json(teacher_info, info)
     phases["teacher"] = info
     teacher.eval()
 
@@ -191,9 +202,10 @@ def compress_model(opts: CompressOptions) -> dict:
         log.info("reordered heads/neurons by importance on %d sentences (full-width logits change %.2e)",
                  n_imp, importance["full_width_logits_max_abs_diff_after_reorder"])
         importance["dev_before_ofa"] = {width_key(w): evaluate(supernet_logits_fn(supernet, w)) for w in widths}
-        write_json(partial / "ofa" / "importance.json", importance)
+        if main:
+            write_json(partial / "ofa" / "importance.json", importance)
 
-    best = {"score": -1.0}
+    best, best_weights = {"score": -1.0}, [None]
     for h in history:
         if h["score"] > best["score"]:
             best = h
@@ -209,9 +221,12 @@ def compress_model(opts: CompressOptions) -> dict:
         weights = supernet.plain_state_dict()
         if score > best["score"]:
             best = entry
-            _save_params(weights, partial / "ofa" / "best.pdparams")
-        _save_params({"model": weights, "optimizer": optimizer_state, "step": step}, last)
-        write_json(partial / "ofa" / "history.json", history)
+            best_weights[0] = weights
+            if main:
+                _save_params(weights, partial / "ofa" / "best.pdparams")
+        if main:
+            _save_params({"model": weights, "optimizer": optimizer_state, "step": step}, last)
+            write_json(partial / "ofa" / "history.json", history)
 
     t0 = time.time()
     ofa_info, ofa_stats = train_ofa(
@@ -227,8 +242,11 @@ def compress_model(opts: CompressOptions) -> dict:
     phases["ofa"] = ofa_info
 
     # -------------------------------------------------------------- final evaluation
-    supernet.load_plain_state_dict(_load_params(partial / "ofa" / "best.pdparams"))
+    supernet.load_plain_state_dict(best_weights[0] if best_weights[0] is not None
+                                   else _load_params(partial / "ofa" / "best.pdparams"))
     supernet.eval()
+    if not main:
+        return {}
     results: dict[str, Any] = {"teacher": {}, "widths": {}}
     splits = {"dev": dev, **({"test": test} if test else {})}
     teacher_preds = {}

@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from . import paddleslim_compat as compat
 from .ofa import OfaSupernet, width_key
 from .tasks import batches
@@ -101,10 +102,14 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
         model.train()
         for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer,
                                           bucket=50):
+            if not dist.usable(len(y)):
+                continue
+            ids, types, y = dist.shard(ids, types, y)
             t0 = time.perf_counter()
             logits = model(paddle.to_tensor(ids), paddle.to_tensor(types))
             loss = F.cross_entropy(logits, paddle.to_tensor(y))
             loss.backward()
+            dist.sync_gradients(model.parameters())
             opt.step(); sched.step(); opt.clear_grad()
             stats.seconds += time.perf_counter() - t0
             stats.steps += 1; stats.sentences += len(y); step += 1
@@ -189,10 +194,13 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                 supernet.train()
                 for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + 1000 + epoch,
                                                 tokenizer=tokenizer, bucket=50):
+                    if not dist.usable(len(y)):
+                        continue
                     if step < start_step:  # resume: replay the data order without training
                         step += 1
-                        rng.integers(1 << 30)
+                        widths_for_step(supernet.widths, sampling, rng)  # same random stream
                         continue
+                    ids, types, y = dist.shard(ids, types, y)
                     t0 = time.perf_counter()
                     ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
                     with paddle.no_grad():
@@ -206,6 +214,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                         loss = lambda_hidden * rep + lambda_logit * soft_cross_entropy(logits, t_logits)
                         loss.backward()
                         losses[width_key(w)] = float(loss)
+                    dist.sync_gradients(supernet.parameters())
                     opt.step(); sched.step(); opt.clear_grad()
                     stats.seconds += time.perf_counter() - t0
                     stats.steps += 1; stats.sentences += len(y); step += 1
