@@ -1,0 +1,341 @@
+"""The export stage on a real (tiny) compress output: parity chain, fresh-process reload,
+sizes, atomic output, and every bad input giving one clear error."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.artifacts import OfaserveError, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _ids(vocab: int = 128, batch: int = 4, seq: int = 19, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
+    ids[:, 0] = 2
+    ids[1, 12:] = 0  # real padding
+    ids[2, 5:] = 0
+    return ids, np.zeros_like(ids)
+
+
+# ----------------------------------------------------------------------------- the good path
+def test_manifest_and_layout(tiny_export_dir):
+    m = read_manifest(tiny_export_dir, stage="export")
+    assert m["width_mult"] == 0.75 and m["model_type"] == "bert" and m["num_labels"] == 2
+    assert m["labels"] == read_manifest(m["source"]["compress_dir"], stage="compress")["labels"]
+    for key in ("sub_model", "paddle_static", "onnx", "onnx_ort_fused", "onnx_fp16", "tokenizer", "vocab"):
+        assert key in m["artifacts"], key
+    for rel in (m["artifacts"]["onnx"], m["artifacts"]["onnx_fp16"], m["artifacts"]["tokenizer"],
+                m["artifacts"]["vocab"], "sub_model/model_state.pdparams", "sub_model/model_config.json",
+                "static/model.pdiparams"):
+        assert (tiny_export_dir / rel).is_file(), rel
+    assert m["sub_config"]["num_heads"] == [3, 3] and m["sub_config"]["intermediate_size"] == [96, 96]
+    assert m["source"]["sha256"] and m["dev_accuracy"] is not None
+    assert not [p for p in tiny_export_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_parity_chain(tiny_export_dir):
+    p = read_manifest(tiny_export_dir, stage="export")["parity"]
+    assert p["ok"] and p["reference"] == "supernet"
+    assert set(p["shapes"]) == {"16x64", "3x37"}  # tiny model: 64 positions caps 128
+    assert p["shapes"]["3x37"]["pad_fraction"] > 0
+    for shape in p["shapes"].values():
+        assert set(shape["max_abs_diff"]) == {"sub_model", "paddle_static", "onnx", "onnx_ort_fused", "openvino_f32"}
+        assert max(shape["max_abs_diff"].values()) <= 1e-4
+        assert shape["max_abs_diff"]["sub_model"] == 0.0
+    assert p["dev_accuracy"]["abs_diff"] <= 1e-6
+
+
+def test_onnx_contract_and_fusion(tiny_export_dir):
+    import onnxruntime as ort
+
+    m = read_manifest(tiny_export_dir, stage="export")
+    assert m["onnx"]["ort_fusion"]["attention_fused"] == 2 and m["onnx"]["rewrite"]["applied"]
+    ids, types = _ids(batch=5, seq=11)
+    outs = []
+    for key in ("onnx", "onnx_ort_fused", "onnx_fp16"):
+        sess = ort.InferenceSession(str(tiny_export_dir / m["artifacts"][key]), providers=["CPUExecutionProvider"])
+        assert [(i.name, i.type) for i in sess.get_inputs()] == [("input_ids", "tensor(int64)"),
+                                                                ("token_type_ids", "tensor(int64)")]
+        assert [(o.name, o.type) for o in sess.get_outputs()] == [("logits", "tensor(float)")]
+        (logits,) = sess.run(None, {"input_ids": ids, "token_type_ids": types})
+        assert logits.shape == (5, 2) and logits.dtype == np.float32
+        outs.append(logits)
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-4
+    assert np.abs(outs[0] - outs[2]).max() <= 5e-3  # fp16
+
+
+def test_precisions_recorded(tiny_export_dir):
+    pr = read_manifest(tiny_export_dir, stage="export")["precisions"]
+    for name in ("onnx_fp16", "openvino_bf16", "onnx_int8_dynamic"):
+        assert "delta_vs_fp32" in pr[name] and 0 <= pr[name]["agreement_with_fp32"] <= 1, name
+    assert pr["openvino_bf16"]["max_abs_logits_diff_vs_fp32"] > 0  # bf16 really ran
+
+
+def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
+    import onnxruntime as ort
+
+    ids, types = _ids()
+    np.save(tmp_path / "ids.npy", ids)
+    code = (
+        "import sys, numpy as np, paddle\n"
+        "from export import load_sub_model\n"
+        f"m = load_sub_model({str(tiny_export_dir / 'sub_model')!r})\n"
+        f"ids = np.load({str(tmp_path / 'ids.npy')!r})\n"
+        "with paddle.no_grad():\n"
+        "    out = m(paddle.to_tensor(ids), paddle.to_tensor(np.zeros_like(ids))).numpy()\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, out)\n"
+        "import paddle.nn as nn\n"
+        "from paddlenlp.transformers import BertModel\n"
+        "mha = nn.MultiHeadAttention\n"
+        "assert mha.forward.__module__.startswith('paddle.nn') and mha._prepare_qkv.__module__.startswith('paddle.nn')\n"
+        "assert BertModel.forward.__module__ == 'paddlenlp.transformers.bert.modeling', 'an OFA patch is active'\n"
+        "print([l.self_attn.num_heads for l in m.bert.encoder.layers])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[3, 3]"
+    fresh = np.load(tmp_path / "out.npy")
+    onnx_path = tiny_export_dir / "onnx" / "model.onnx"
+    (ref,) = ort.InferenceSession(str(onnx_path)).run(None, {"input_ids": ids, "token_type_ids": types})
+    assert np.abs(fresh - ref).max() <= 1e-5
+
+
+def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
+    """The reference itself: supernet at 0.75 == the reloaded sub model, bit for bit."""
+    from export.exporter import build_supernet, load_compress_output
+    from export.runners import dygraph
+    from export.submodel import load_sub_model
+
+    sn = build_supernet(load_compress_output(tiny_compress_dir))
+    ids, types = _ids(seed=3)
+    ref = sn.logits_numpy(ids, types, 0.75)
+    got = dygraph(load_sub_model(tiny_export_dir / "sub_model"))(ids, types)
+    assert np.array_equal(ref, got)
+    assert np.abs(sn.logits_numpy(ids, types, 1.0) - got).max() > 1e-4  # the width really differs
+
+
+def test_loader_refuses_wrong_head_count(tiny_export_dir, tmp_path):
+    from export.submodel import load_sub_model
+
+    sub = tmp_path / "sub"
+    shutil.copytree(tiny_export_dir / "sub_model", sub)
+    cfg = json.loads((sub / "model_config.json").read_text())
+    cfg["layers"][0]["num_heads"] = 4  # the tutorial bug: full-width head count left in the config
+    (sub / "model_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(OfaserveError, match="wrong shape"):
+        load_sub_model(sub)
+    (sub / "model_config.json").write_text("{not json")
+    with pytest.raises(OfaserveError, match="not valid JSON"):
+        load_sub_model(sub)
+
+
+# ----------------------------------------------------------------------------- sizes
+def test_param_counts(tiny_export_dir):
+    import paddle
+
+    m = read_manifest(tiny_export_dir, stage="export")
+    state = paddle.load(str(tiny_export_dir / "sub_model" / "model_state.pdparams"))
+    assert m["params"]["total"] == sum(int(np.prod(v.shape)) for v in state.values())
+    assert m["params"]["encoder"] == sum(int(np.prod(v.shape)) for k, v in state.items() if ".encoder." in k)
+    assert m["params"]["full_width_total"] == 83778  # 2 x 64 x 4-head BERT, vocab 128, 64 positions
+    assert 0.74 < m["params"]["encoder_fraction"] < 0.76
+
+
+def test_minilm_sizes_analytic():
+    """DESIGN 2.7 / 5: MiniLM-L6 at 0.6667: 22.71M -> 19.17M params (encoder 10.65M -> 7.10M),
+    45.9 -> 30.6 GFLOP at 16 x 128."""
+    from compress.bert import paddle_config
+    from export.submodel import count_params_config, flops, full_width_config
+
+    base = paddle_config(dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                              intermediate_size=1536), num_labels=2)
+    full = full_width_config(base)
+    sub = json.loads(json.dumps(full))
+    for layer in sub["layers"]:
+        layer["num_heads"], layer["intermediate_size"] = int(12 * 0.6666666666666666), int(0.6666666666666666 * 1536)
+    assert sub["layers"][0] == {"num_heads": 8, "head_dim": 32, "intermediate_size": 1024}
+    pf, ps = count_params_config(full), count_params_config(sub)
+    assert round(pf["total"] / 1e6, 2) == 22.71 and round(ps["total"] / 1e6, 2) == 19.17
+    assert round(pf["encoder"] / 1e6, 2) == 10.65 and round(ps["encoder"] / 1e6, 2) == 7.10
+    assert round(flops(full) / 1e9, 1) == 45.9 and round(flops(sub) / 1e9, 1) == 30.6
+
+
+# ----------------------------------------------------------------------------- atomic output
+def test_parity_failure_leaves_previous_export_intact(tiny_compress_dir, tiny_export_dir, tmp_path, capsys):
+    from export.cli import main
+
+    out = tmp_path / "exp"
+    shutil.copytree(tiny_export_dir, out)
+    before = _tree_digest(out)
+    # 1e-12 is below ONNX Runtime's float noise: a genuine parity failure at the ONNX step
+    rc = main(["--model_name_or_path", str(tiny_compress_dir), "--output_dir", str(out), "--width_mult", "0.5",
+               "--tolerance", "1e-12", "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "parity check failed" in err and "FAIL" in err
+    assert _tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _broken_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _run_bad(args: list[str], capsys) -> str:
+    from export.cli import main
+
+    rc = main(args + ["--no_progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("case", ["missing_ckpt", "garbage_ckpt", "garbage_ckpt_no_sha", "untrained_width",
+                                  "export_dir_as_input", "other_model_type", "no_manifest", "opset", "auto_no_rule"])
+def test_bad_input_one_line_error(case, tiny_compress_dir, tiny_export_dir, tmp_path, capsys):
+    src = tiny_compress_dir
+    extra: list[str] = []
+    width = "0.75"
+    expect = ""
+    if case in ("missing_ckpt", "garbage_ckpt", "garbage_ckpt_no_sha", "other_model_type", "no_manifest"):
+        src = _broken_copy(tiny_compress_dir, tmp_path / "compress")
+        ckpt = src / "supernet" / "model_state.pdparams"
+        mpath = src / "manifest.json"
+        m = json.loads(mpath.read_text())
+        if case == "missing_ckpt":
+            ckpt.unlink()
+            expect = "missing"
+        elif case == "garbage_ckpt":
+            ckpt.write_bytes(b"\x00garbage" * 100)
+            expect = "sha256"
+        elif case == "garbage_ckpt_no_sha":
+            ckpt.write_bytes(ckpt.read_bytes()[:200])
+            m.pop("checkpoint_sha256")
+            mpath.write_text(json.dumps(m))
+            expect = "cannot load"
+        elif case == "other_model_type":
+            m["model_type"] = "ernie"
+            mpath.write_text(json.dumps(m))
+            expect = "ernie"
+        else:
+            mpath.unlink()
+            expect = "manifest.json is missing"
+    elif case == "untrained_width":
+        width, expect = "0.6", "was not trained"
+    elif case == "export_dir_as_input":
+        src, expect = tiny_export_dir, "expected 'compress'"
+    elif case == "opset":
+        extra, expect = ["--opset", "13"], "opset"
+    elif case == "auto_no_rule":
+        width, expect = "auto", "exactly one of"
+    out = tmp_path / "out"
+    err = _run_bad(["--model_name_or_path", str(src), "--output_dir", str(out), "--width_mult", width] + extra, capsys)
+    assert expect in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_output_dir(where, tiny_compress_dir, tmp_path, capsys):
+    if where == "under_a_file":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        out = blocker / "out"
+    else:
+        out = Path("/proc/ofaserve_export_test/out")
+    err = _run_bad(["--model_name_or_path", str(tiny_compress_dir), "--output_dir", str(out)], capsys)
+    assert "output dir" in err
+    assert not out.exists()
+
+
+def test_other_content_in_output_dir_is_refused(tiny_compress_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    err = _run_bad(["--model_name_or_path", str(tiny_compress_dir), "--output_dir", str(out)], capsys)
+    assert "other content" in err and (out / "precious.txt").read_text() == "keep me"
+
+
+# ----------------------------------------------------------------------------- width selection
+def _with_results(src_dir: Path, dst: Path, teacher: float, accs: dict[str, float]) -> Path:
+    shutil.copytree(src_dir, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["results"]["teacher"]["dev"]["accuracy"] = teacher
+    for w, a in accs.items():
+        m["results"]["widths"][w]["dev"]["accuracy"] = a
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
+    from export.exporter import load_compress_output, select_by_accuracy
+
+    src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
+                                             {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
+    w, sel = select_by_accuracy(src, 0.005)
+    assert w == 0.75 and sel["chosen"] == "0.75"
+    assert select_by_accuracy(src, 0.03)[0] == 0.5
+    src2 = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "d", 0.90,
+                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
+    with pytest.raises(OfaserveError, match="no trained width"):
+        select_by_accuracy(src2, 0.005)
+
+
+def test_choose_within_budget():
+    from export.exporter import choose_within_budget
+
+    rows = [{"width": "1.0", "width_mult": 1.0, "dev_accuracy": 0.81, "latency_ms": 120.0},
+            {"width": "0.75", "width_mult": 0.75, "dev_accuracy": 0.80, "latency_ms": 90.0},
+            {"width": "0.5", "width_mult": 0.5, "dev_accuracy": 0.80, "latency_ms": 60.0}]
+    assert choose_within_budget(rows, 200)["width"] == "1.0"
+    assert choose_within_budget(rows, 100)["width"] == "0.5"  # accuracy tie: the narrower width
+    with pytest.raises(OfaserveError, match="no trained width meets"):
+        choose_within_budget(rows, 50)
+
+
+def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
+    from export import export_subnet
+
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "auto"), "auto", latency_budget_ms=10_000,
+                      runtime="onnxruntime", batch_size=2, seq_len=16, progress=False, precisions=False)
+    sel = m["selection"]
+    assert sel["mode"] == "latency_budget" and len(sel["table"]) == 3
+    assert all(r["latency_ms"] > 0 and r["meets_budget"] for r in sel["table"])
+    best = max(r["dev_accuracy"] for r in sel["table"])
+    assert m["width_mult"] == min(r["width_mult"] for r in sel["table"] if r["dev_accuracy"] == best)
+    assert sel["chosen"] == m["width"]
+    assert "| width | dev acc |" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == ["manifest.json", "onnx", "static",
+                                                                     "sub_model", "tokenizer"]
+    with pytest.raises(OfaserveError, match="no trained width meets"):
+        export_subnet(str(tiny_compress_dir), str(tmp_path / "auto2"), "auto", latency_budget_ms=1e-6,
+                      runtime="openvino", batch_size=2, seq_len=16, progress=False, precisions=False)
+    assert not (tmp_path / "auto2").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto"]
+
+
+def test_help_explains_every_flag():
+    r = subprocess.run([sys.executable, "-m", "export", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0
+    for flag in ("--model_type", "--model_name_or_path", "--max_seq_length", "--sub_model_output_dir",
+                 "--static_sub_model", "--n_gpu", "--width_mult", "--onnx_model", "--no_onnx_model", "--opset",
+                 "--output_dir", "--max_accuracy_drop", "--latency_budget_ms", "--batch_size", "--seq_len",
+                 "--runtime"):
+        assert flag in r.stdout, flag
