@@ -339,3 +339,46 @@ def test_help_explains_every_flag():
                  "--output_dir", "--max_accuracy_drop", "--latency_budget_ms", "--batch_size", "--seq_len",
                  "--runtime"):
         assert flag in r.stdout, flag
+
+
+# ----------------------------------------------------------------------------- options
+def test_cli_tutorial_flags_and_opset(tiny_compress_dir, tmp_path, capsys):
+    import onnx
+
+    from export.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["--model_type", "bert", "--model_name_or_path", str(tiny_compress_dir), "--output_dir", str(out),
+               "--width_mult", "0.5", "--opset", "15", "--max_seq_length", "48", "--n_gpu", "1",
+               "--sub_model_output_dir", str(tmp_path / "sub"), "--static_sub_model", str(tmp_path / "st" / "float"),
+               "--no_precisions", "--no_progress"])
+    assert rc == 0, capsys.readouterr().err
+    m = read_manifest(out, stage="export")
+    assert m["width_mult"] == 0.5 and m["max_seq_length"] == 48 and m["sub_config"]["num_heads"] == [2, 2]
+    assert onnx.load(str(out / "onnx" / "model.onnx")).opset_import[0].version == 15
+    assert "onnx_fp16" not in m["artifacts"] and m["precisions"] == {}
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["model_config.json", "model_state.pdparams"]
+    assert (tmp_path / "st" / "float.pdiparams").is_file()
+    assert "exported width 0.5" in capsys.readouterr().out
+
+
+def test_no_onnx_model(tiny_compress_dir, tmp_path):
+    from export import export_subnet
+
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 1.0, onnx_model=False, progress=False)
+    assert "onnx" not in m["artifacts"] and not (tmp_path / "out" / "onnx").exists()
+    assert set(m["parity"]["shapes"]["3x37"]["max_abs_diff"]) == {"sub_model", "paddle_static"}
+    assert m["parity"]["dev_accuracy"]["runtime"] == "paddle_static" and m["parity"]["ok"]
+
+
+def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypatch):
+    """If the attention rewrite does not recognise the graph, the plain paddle2onnx model ships."""
+    from export import export_subnet, onnx_tools
+
+    def refuse(proto, pad):
+        raise OfaserveError("pattern not found (test)")
+
+    monkeypatch.setattr(onnx_tools, "rewrite_attention", refuse)
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 0.75, progress=False, precisions=False)
+    assert m["onnx"]["rewrite"] == {"applied": False, "reason": "pattern not found (test)"}
+    assert "onnx_ort_fused" not in m["artifacts"] and m["parity"]["ok"]
