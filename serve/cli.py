@@ -41,7 +41,7 @@ def repo_parser() -> argparse.ArgumentParser:
                         "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
     precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
     p.add_argument("--precision", choices=precisions, default=None,
-                   help="cpu/xeon: fp32 (default) | bf16 (faster, check accuracy); gpu: fp16 (default) | fp32")
+                   help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, onnxruntime: the export's INT8 graph); gpu: fp16 (default) | fp32")
     return p
 
 
@@ -136,17 +136,12 @@ def classify_parser() -> argparse.ArgumentParser:
 
 def classify_main(argv: list[str]) -> int:
     args = classify_parser().parse_args(argv)
-    from .client import _connect, classify, model_labels, read_lines
+    from .client import classify, read_lines
     try:
         texts = list(args.texts) + (read_lines(args.file) if args.file else [])
         if not texts:
             raise OfaserveError("nothing to classify: pass sentences or --file")
-        client = _connect(args.url)
-        try:
-            results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size,
-                               labels=model_labels(client, args.model), client=client)
-        finally:
-            client.close()
+        results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size)
     except OfaserveError as e:
         return _fail(e)
     for text, r in zip(texts, results):

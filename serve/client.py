@@ -42,7 +42,7 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
     """Classify ``texts`` in batches of ``batch_size``: ``[{"label": str, "probs": {label: p}}]``.
 
     Label names come from the model's LABEL output; ``probs`` is keyed by ``labels``
-    (default: the labels in the repository manifest when known, else ``"0", "1", ...``).
+    (default: the label list in the model's postprocess config, else ``"0", "1", ...``).
     """
     from tritonclient.grpc import InferInput, InferRequestedOutput
     from tritonclient.utils import InferenceServerException
@@ -56,6 +56,7 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
     client = client or _connect(url)
     try:
         _check_model(client, url, model)
+        labels = labels or model_labels(client, model)
         results = []
         outputs = [InferRequestedOutput("LABEL"), InferRequestedOutput("PROBS")]
         for start in range(0, len(texts), batch_size):

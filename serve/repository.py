@@ -37,7 +37,7 @@ TARGETS = ("cpu", "xeon", "gpu")
 RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
             "xeon": ("openvino",),
             "gpu": ("onnxruntime", "onnxruntime-trt")}
-PRECISIONS = {"cpu": ("fp32", "bf16"), "xeon": ("fp32", "bf16"), "gpu": ("fp16", "fp32")}
+PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "xeon": ("fp32", "bf16"), "gpu": ("fp16", "fp32")}
 PREFERRED_BATCH = 16
 MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
 # A python-backend runtime parallelises inside one request; the native xeon/gpu backends
@@ -195,9 +195,30 @@ def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelC
     return config
 
 
-def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, runtime: str, python: bool) -> None:
+def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) -> str:
+    """Which export artifact the encoder runs.
+
+    ONNX Runtime on CPU gets the export's ORT-fused graph when there is one (attention and
+    layer norms fused into com.microsoft ops that only ONNX Runtime reads) and the
+    dynamic-INT8 graph for int8. Everything else reads the plain ONNX graph: OpenVINO
+    converts it itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
     artifacts = manifest["artifacts"]
     if runtime == "paddle":
+        return "paddle_static"
+    if target == "cpu" and runtime == "onnxruntime":
+        if precision == "int8":
+            if not artifacts.get("onnx_int8"):
+                raise OfaserveError("this export has no INT8 ONNX (artifacts.onnx_int8): re-export with int8 "
+                                    "enabled or pick --precision fp32")
+            return "onnx_int8"
+        if artifacts.get("onnx_ort_fused"):
+            return "onnx_ort_fused"
+    return "onnx"
+
+
+def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: bool) -> None:
+    artifacts = manifest["artifacts"]
+    if artifact == "paddle_static":
         prefix = export_dir / artifacts.get("paddle_static", "static/model")
         files = [p for p in (prefix.with_name(prefix.name + ext) for ext in (".json", ".pdmodel", ".pdiparams"))
                  if p.is_file()]
@@ -207,7 +228,10 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, runtime: str
         for f in files:
             shutil.copy2(f, dest / "static" / f"model{f.suffix}")
     else:
-        shutil.copy2(export_dir / artifacts["onnx"], dest / "model.onnx")
+        src = export_dir / artifacts[artifact]
+        if not src.is_file():
+            raise OfaserveError(f"{export_dir} lacks {artifacts[artifact]} (artifact {artifact}): re-run `ofaserve export`")
+        shutil.copy2(src, dest / "model.onnx")
     if python:
         for src in ("model.py", "runtimes.py"):
             shutil.copy2(SOURCES / "encoder" / src, dest / src)
@@ -230,8 +254,10 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
     if precision not in PRECISIONS[target]:
         raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
-    if runtime == "onnxruntime" and target == "cpu" and precision != "fp32":
-        raise OfaserveError("runtime onnxruntime on cpu supports only fp32; use openvino or paddle for bf16")
+    if target == "cpu" and runtime == "onnxruntime" and precision == "bf16":
+        raise OfaserveError("runtime onnxruntime on cpu runs fp32 or int8; use openvino or paddle for bf16")
+    if precision == "int8" and runtime != "onnxruntime":
+        raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
     if not 1 <= max_batch_size <= 4096:
         raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
     if not export_dirs:
@@ -252,6 +278,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                                 f"{manifest['width_mult']}: one repository serves each width once")
         exports[model] = (export_dir, manifest)
 
+    chosen = {model: encoder_artifact(m, target, runtime, precision) for model, (_, m) in exports.items()}
     output = check_output_dir(output, stage=REPO_STAGE)
     python_encoder = target == "cpu" or runtime == "onnxruntime-trt"
     with atomic_output_dir(output) as tmp:
@@ -264,7 +291,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             enc = tmp / f"{model}_encoder"
             _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
                                        precision=precision, instances=instances, threads=threads))
-            _copy_model_files(export_dir, manifest, enc / "1", runtime, python_encoder)
+            _copy_model_files(export_dir, manifest, enc / "1", chosen[model], python_encoder)
 
             post = tmp / f"{model}_postprocess"
             _write(post, postprocess_config(post.name, manifest, max_batch_size))
@@ -276,6 +303,6 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision,
             max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
             models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
-                            "max_seq_length": m["max_seq_length"],
+                            "max_seq_length": m["max_seq_length"], "encoder_artifact": chosen[model],
                             "source_export": os.path.basename(os.path.normpath(d))}
                     for model, (d, m) in exports.items()})

@@ -335,6 +335,23 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("runtime,precision,atol", [("paddle", "fp32", 1e-4), ("onnxruntime", "fp32", 1e-4),
+                                                     ("onnxruntime", "int8", 2e-2)])
+def test_other_runtimes_serve_the_same_probabilities(serve_exports, tmp_path, runtime, precision, atol):
+    export = serve_exports[0]
+    try:
+        manifest = build_repository([export], tmp_path / "r", runtime=runtime, precision=precision)
+    except OfaserveError as e:
+        pytest.skip(f"this export cannot run {runtime}/{precision}: {e}")
+    (name,) = manifest["models"]
+    ref = Reference(export)
+    with TritonServer(tmp_path / "r", **ports()) as srv:
+        results = classify(SENTENCES, url=srv.grpc_url, model=name)
+    for text, r in zip(SENTENCES, results):
+        got = np.array([r["probs"][l] for l in ref.labels])
+        assert np.abs(got - ref.probs(text)).max() <= atol, (runtime, precision, text)
+
+
 # ------------------------------------------------------------------------------ failure + shutdown (last)
 def test_dead_stub_makes_its_models_not_ready(server, client, models):
     """Triton keeps the server (and the model) 'ready' when a python stub dies; our

@@ -170,7 +170,8 @@ def test_refuses_to_clobber_a_foreign_folder(serve_exports, tmp_path):
     (dict(target="cpu", runtime="onnxruntime-trt"), "supports runtime"),
     (dict(target="xeon", runtime="paddle"), "supports runtime"),
     (dict(target="gpu", precision="bf16"), "supports precision"),
-    (dict(target="cpu", runtime="onnxruntime", precision="bf16"), "only fp32"),
+    (dict(target="cpu", runtime="onnxruntime", precision="bf16"), "fp32 or int8"),
+    (dict(target="cpu", runtime="openvino", precision="int8"), "int8 runs on runtime onnxruntime"),
     (dict(max_batch_size=0), "max_batch_size"),
     (dict(name="bad name!"), "model name"),
 ])
@@ -179,6 +180,24 @@ def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, mess
         build_repository(serve_exports[:1], tmp_path / "r", **kwargs)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path):
+    from serve.repository import encoder_artifact
+    arts = {"onnx": "a", "onnx_ort_fused": "b", "onnx_int8": "c", "paddle_static": "d"}
+    m = {"artifacts": arts}
+    assert encoder_artifact(m, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
+    assert encoder_artifact(m, "cpu", "onnxruntime", "int8") == "onnx_int8"
+    assert encoder_artifact(m, "cpu", "openvino", "fp32") == "onnx"  # contrib ops: ORT only
+    assert encoder_artifact(m, "cpu", "paddle", "fp32") == "paddle_static"
+    assert encoder_artifact(m, "gpu", "onnxruntime", "fp16") == "onnx"  # TRT builds FP16 from FP32 ONNX
+    assert encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "fp32") == "onnx"
+    with pytest.raises(OfaserveError, match="no INT8 ONNX"):
+        encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "int8")
+    manifest = build_repository(serve_exports, tmp_path / "r", runtime="onnxruntime")
+    for model, export in zip(manifest["models"], serve_exports):
+        expected = "onnx_ort_fused" if read_manifest(export, "export")["artifacts"].get("onnx_ort_fused") else "onnx"
+        assert manifest["models"][model]["encoder_artifact"] == expected
 
 
 def test_two_exports_of_the_same_width_are_refused(serve_exports, tmp_path):

@@ -21,7 +21,7 @@ Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 KINDS = {
     "openvino": (("fp32", "bf16"), "onnx"),
     "paddle": (("fp32", "bf16"), "paddle_static"),
-    "onnxruntime": (("fp32",), "onnx"),
+    "onnxruntime": (("fp32", "int8"), "onnx"),  # int8: an already quantized graph
     "onnxruntime-trt": (("fp16", "fp32"), "onnx"),  # onnxruntime-gpu + TensorRT EP
 }
 
