@@ -137,8 +137,22 @@ def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, caps
     assert not (tmp_path / "x").exists()
 
 
+def test_failed_requests_are_counted_by_kind(server):
+    """Requests the server rejects (ids outside the vocabulary) end as errors, none lost."""
+    from benchmarks.loadgen import Target, run_closed_loop
+    from benchmarks.workloads import fixed_workload
+
+    bad = fixed_workload(16, SEQ_LEN, vocab_size=10**6, seed=0)
+    res = run_closed_loop(server.grpc_url, Target("bert_w100", bad, "bert_w100_encoder"), 2, n_requests=5)
+    acc = res.accounting
+    assert acc.sent == 5 and acc.ok == 0 and acc.n_errors == 5 and acc.balanced
+    assert list(acc.errors) == ["grpc_invalid_argument"], acc.errors
+    assert "out of range" in acc.error_examples["grpc_invalid_argument"]
+    assert res.latencies_ms == []
+
+
 def test_bench_start_server(tiny_bench_repository, tmp_path):
-    """--start_server starts and stops its own server; one model, fixed workload only."""
+    """--start_server starts and stops its own server; one model, fixed workload, --duration."""
     from benchmarks.run import main
     from serve.server import free_port
 
@@ -147,10 +161,13 @@ def test_bench_start_server(tiny_bench_repository, tmp_path):
     assert small != "bert_w100"
     rc = main(["--start_server", "--model_repository", str(tiny_bench_repository), "--models", small,
                "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
-               "--requests", "3", "--concurrency", "1", "--warmup", "0", "--seq_len", str(SEQ_LEN),
+               "--duration", "1", "--rounds", "1", "--concurrency", "2", "--warmup", "0", "--seq_len", str(SEQ_LEN),
                "--baseline_requests", "0", "--output_dir", str(out), "--no_progress"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["server"]["started_by_bench"] and list(rep["models"]) == [small]
     (r,) = rep["results"]
-    assert r["accounting"]["sent"] == r["accounting"]["ok"] == 3 and rep["baselines"] == []
+    acc = r["accounting"]
+    assert acc["sent"] == acc["ok"] + acc["errors"] and acc["ok"] > 10 and acc["errors"] == 0
+    assert 1.0 <= r["wall_s"] < 3.0 and r["wall_consistent"] and rep["baselines"] == []
+    assert r["server_side"][r["infer_model"]]["requests"] == acc["ok"]
