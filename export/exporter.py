@@ -288,7 +288,8 @@ def parity_inputs(texts: list[str], tokenizer, pad_id: int, max_positions: int) 
         if b == 3:
             pick = [order[-1], order[0], order[len(order) // 2]]  # longest (truncated), shortest, median
         else:
-            pick = [i % len(encs) for i in range(b)]
+            pick = ([order[-1 - i] for i in range(min(b // 2, len(order)))]  # the longest: late positions
+                    + [i % len(encs) for i in range(b - min(b // 2, len(order)))])
         ids = np.full((b, s), pad_id, dtype=np.int64)
         for r, i in enumerate(pick):
             row = encs[i][:s]
@@ -592,7 +593,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     if opts.width_mult != "auto":
         sn.check_width(float(opts.width_mult))  # fail before any work for an untrained width
     dev = load_dev(src)
-    tokenizer, tok_path = load_tokenizer(src, max_seq)
+    # dev accuracy is compared with compress's, so tokenize exactly as compress did
+    compress_seq = int(src.manifest.get("max_seq_length") or max_seq)
+    tokenizer, tok_path = load_tokenizer(src, compress_seq)
     pad_id = int(cfg.get("pad_token_id", 0))
 
     steps = tqdm(total=5, desc="export", disable=not opts.progress)
@@ -640,7 +643,8 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             if "onnx_ort_fused" in artifacts:
                 fns["onnx_ort_fused"] = runners.onnxruntime(tmp / artifacts["onnx_ort_fused"])
             fns["openvino_f32"] = runners.openvino(tmp / artifacts["onnx"], "f32")
-        inputs = parity_inputs(dev[0], tokenizer, pad_id, int(cfg["max_position_embeddings"]))
+        max_pos = int(cfg["max_position_embeddings"])
+        inputs = parity_inputs(dev[0], load_tokenizer(src, max_pos)[0], pad_id, max_pos)
         parity, table, ok = run_parity(fns, inputs, opts.tolerance)
         steps.update(1)
 
