@@ -306,3 +306,20 @@ def test_cli_errors_exit_2(capsys, tmp_path):
         main(["--concurrency", "0"])
     assert e.value.code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_reports(tmp_path, capsys):
+    from benchmarks.compare import compare_rows, main as compare_main
+    a, b = _fake_report(), _fake_report()
+    for r in b["results"]:
+        r["latency_ms"] = stats.summarize_latencies([x / 2 for x in (r["latency_ms"]["p50"],)])
+        r["runtime"] = "openvino/bf16/t2"
+    rows = compare_rows([a, b], ["fp32", "bf16"])
+    assert [r[0] for r in rows] == ["fp32", "fp32", "bf16", "bf16"]
+    assert rows[2][8] == "2.00x"   # bf16 full width vs the first run's full width
+    for name, rep in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(rep))
+    assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c.md")]) == 0
+    assert "| b | bert_w67 |" in (tmp_path / "c.md").read_text()
+    assert compare_main([str(tmp_path / "missing")]) == 2

@@ -1,0 +1,87 @@
+"""Side-by-side table of several benchmark reports (e.g. one per served runtime/precision).
+
+One server serves one repository, and every repository names its models the same, so
+served runtimes are compared run by run: ``ofaserve bench`` once per repository (e.g.
+openvino fp32, openvino bf16, paddle), then
+
+    python -m benchmarks.compare runs/bench/ov_fp32 runs/bench/ov_bf16 -o runs/bench/compare.md
+
+Only numbers from the reports are printed; the first report's full-width p50 is the
+reference of the cross-report column. Runs at different times see different machine
+noise: prefer in-process ``--runtimes`` ratios (same run, interleaved) for tight claims.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.report import _f, _ms, md_table
+from compress.artifacts import OfaserveError
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    p = p / "report.json" if p.is_dir() else p
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise OfaserveError(f"cannot read benchmark report {p}: {e}") from e
+
+
+def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workload: str = "fixed",
+                 concurrency: int = 1) -> list[list[str]]:
+    rows = []
+    ref = None
+    for rep, label in zip(reports, labels):
+        speed = {(s["model"], s["workload"], s.get("concurrency")): s for s in rep.get("comparisons", {}).get("speedup", [])
+                 if not s.get("in_process")}
+        over = {(o["model"], o["workload"]): o for o in rep.get("comparisons", {}).get("serving_overhead", [])}
+        for r in rep.get("results", []):
+            if r["workload"] != workload or r["concurrency"] != concurrency:
+                continue
+            p50 = r["latency_ms"]["p50"]
+            if ref is None and p50 is not None:
+                ref = p50  # first report's first (full width) row
+            width = (rep.get("models", {}).get(r["model"]) or {}).get("width")
+            rows.append([label, r["model"], "-" if width is None else f"{width:.4g}", r.get("runtime", "-"),
+                         _ms(p50), _ms(r["latency_ms"]["p99"]), _f(r.get("throughput_sps")),
+                         _f(speed.get((r["model"], workload, concurrency), {}).get("speedup"), 2, "x"),
+                         _f((ref / p50) if ref and p50 else None, 2, "x"),
+                         _f(over.get((r["model"], workload), {}).get("ratio"), 3, "x"),
+                         rep.get("date", "-")])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+                                description="Merge several `ofaserve bench` reports into one Markdown table.")
+    p.add_argument("reports", nargs="+", help="report folders or report.json files")
+    p.add_argument("--labels", default=None, help="comma-separated labels, one per report (default: folder names)")
+    p.add_argument("--workload", default="fixed", help="fixed or real")
+    p.add_argument("--concurrency", type=int, default=1, help="concurrency level to compare")
+    p.add_argument("-o", "--output", default=None, help="write the Markdown here (default: stdout)")
+    args = p.parse_args(argv)
+    try:
+        reports = [load_report(r) for r in args.reports]
+        labels = args.labels.split(",") if args.labels else [Path(r).name for r in args.reports]
+        if len(labels) != len(reports):
+            raise OfaserveError(f"{len(labels)} labels for {len(reports)} reports")
+    except OfaserveError as e:
+        print(f"benchmarks.compare: error: {e}", file=sys.stderr)
+        return 2
+    rows = compare_rows(reports, labels, args.workload, args.concurrency)
+    md = (f"# Served runtimes compared ({args.workload}, concurrency {args.concurrency}, p50)\n\n"
+          + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "speedup in run",
+                      "vs first run's full width", "serving overhead", "date"], rows) + "\n")
+    if args.output:
+        Path(args.output).write_text(md)
+    else:
+        print(md, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
