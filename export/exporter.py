@@ -71,6 +71,17 @@ class ExportOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _quiet_logs(level: int):
+    """Silence third-party log records up to ``level`` (and their stdout prints) for a block."""
+    logging.disable(level)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 # ============================================================================ inputs
 @dataclass
 class Source:
@@ -256,7 +267,7 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
         heads = cfg["layers"][0]["num_heads"]
         uniform = all(l["num_heads"] == heads for l in cfg["layers"])
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet_logs(logging.WARNING):  # the optimizer's INFO chatter + a benign hidden-size warning
                 counts = onnx_tools.fuse_for_ort(final, onnx_dir / "model_ort_fused.onnx",
                                                  heads if uniform else 0, 0, onnx_dir)
             n_att = counts.get("Attention", 0)
@@ -387,14 +398,8 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             q_path = folder / "onnx" / "model_int8.onnx"
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.WARNING)  # quantize_dynamic logs one INFO line per tensor on the root logger
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    quantize_dynamic(str(src), str(q_path), weight_type=QuantType.QInt8)
-            finally:
-                root.setLevel(level)
+            with _quiet_logs(logging.INFO):  # quantize_dynamic logs one INFO line per tensor
+                quantize_dynamic(str(src), str(q_path), weight_type=QuantType.QInt8)
             r = record("onnx_int8_dynamic", runners.onnxruntime(q_path), {"runtime": "onnxruntime"})
             r["shipped"] = r["delta_vs_fp32"] >= -INT8_MAX_DROP
             r["max_drop"] = INT8_MAX_DROP
