@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging_steps", type=int, default=20, help="log the loss every N steps")
     p.add_argument("--save_steps", type=int, default=None,
                    help="evaluate every width on dev and checkpoint every N OFA steps (0: only at the end)")
+    p.add_argument("--eval_before_ofa", action="store_true", default=None,
+                   help="also evaluate every width on dev right after the importance reorder (before OFA training)")
     p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")
     p.add_argument("--seed", type=int, default=42, help="random seed (data order, dropout, head)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> CompressOptions:
     preset = dict(PROFILES[args.profile]) if args.profile else {}
     defaults = dict(max_seq_length=64, num_train_epochs=1, num_teacher_epochs=2, importance_samples=1024,
-                    save_steps=0, max_train_samples=None)
+                    save_steps=0, max_train_samples=None, eval_before_ofa=False)
     merged = {k: (getattr(args, k) if getattr(args, k) is not None else preset.get(k, defaults[k]))
               for k in defaults}
     return CompressOptions(

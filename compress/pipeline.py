@@ -32,10 +32,10 @@ log = logging.getLogger("ofaserve.compress")
 PROFILES: dict[str, dict[str, Any]] = {
     # ~10 min on 2 CPU cores: a subset, short sequences, one OFA epoch.
     "quick": dict(max_train_samples=2000, num_teacher_epochs=2, num_train_epochs=1, max_seq_length=64,
-                  importance_samples=256, save_steps=0),
+                  importance_samples=256, save_steps=0, eval_before_ofa=False),
     # all train sentences (~10k); <= 90 min on 2 CPU cores.
     "full": dict(max_train_samples=None, num_teacher_epochs=2, num_train_epochs=2, max_seq_length=64,
-                 importance_samples=1024, save_steps=200),
+                 importance_samples=1024, save_steps=200, eval_before_ofa=True),
 }
 
 
@@ -62,6 +62,7 @@ class CompressOptions:
     sampling: str = "all"
     logging_steps: int = 20
     save_steps: int = 0
+    eval_before_ofa: bool = False
     seed: int = 42
     n_gpu: int = 1
     resume: bool = False
@@ -201,7 +202,8 @@ def compress_model(opts: CompressOptions) -> dict:
         importance["wall_s"] = round(time.time() - t0, 1)
         log.info("reordered heads/neurons by importance on %d sentences (full-width logits change %.2e)",
                  n_imp, importance["full_width_logits_max_abs_diff_after_reorder"])
-        importance["dev_before_ofa"] = {width_key(w): evaluate(supernet_logits_fn(supernet, w)) for w in widths}
+        if opts.eval_before_ofa:  # what reordering alone keeps, before any OFA training
+            importance["dev_before_ofa"] = {width_key(w): evaluate(supernet_logits_fn(supernet, w)) for w in widths}
         if main:
             write_json(partial / "ofa" / "importance.json", importance)
 
@@ -247,20 +249,22 @@ def compress_model(opts: CompressOptions) -> dict:
     supernet.eval()
     if not main:
         return {}
-    results: dict[str, Any] = {"teacher": {}, "widths": {}}
-    splits = {"dev": dev, **({"test": test} if test else {})}
-    teacher_preds = {}
-    for name, split in splits.items():
-        logits = predict(model_logits_fn(teacher), split[0], split[1], tokenizer)
-        teacher_preds[name] = logits.argmax(-1)
-        results["teacher"][name] = metrics(logits, split[1])
+    # dev figures of every width come from the evaluation of the kept checkpoint (same
+    # weights); the test split is evaluated once here, with a paired bootstrap vs the teacher.
+    results: dict[str, Any] = {"teacher": {"dev": evaluate(model_logits_fn(teacher))}, "widths": {}}
+    teacher_test = None
+    if test:
+        logits = predict(model_logits_fn(teacher), test[0], test[1], tokenizer)
+        teacher_test = logits.argmax(-1)
+        results["teacher"]["test"] = metrics(logits, test[1])
     for w in widths:
-        r = {}
-        for name, split in splits.items():
-            logits = predict(supernet_logits_fn(supernet, w), split[0], split[1], tokenizer)
-            r[name] = metrics(logits, split[1])
-            r[name]["vs_teacher"] = paired_bootstrap(logits.argmax(-1), teacher_preds[name], split[1])
+        r = {"dev": best["dev"][width_key(w)]}
+        if test:
+            logits = predict(supernet_logits_fn(supernet, w), test[0], test[1], tokenizer)
+            r["test"] = metrics(logits, test[1])
+            r["test"]["vs_teacher"] = paired_bootstrap(logits.argmax(-1), teacher_test, test[1])
         results["widths"][width_key(w)] = r
+    splits = {"dev": dev, **({"test": test} if test else {})}
     results["majority_class"] = {n: float(max(np.mean(s[1]), 1 - np.mean(s[1]))) if len(data.labels) == 2
                                  else None for n, s in splits.items()}
 
@@ -302,8 +306,8 @@ def results_table(manifest: dict) -> str:
     rows.append("| teacher | " + " | ".join(f"{res['teacher'][s]['accuracy']:.4f} | {res['teacher'][s]['f1']:.4f}"
                                            for s in splits) + " | |")
     for w, r in res["widths"].items():
-        s_ci = r.get("test", r["dev"])["vs_teacher"]
-        ci = f"{s_ci['diff']:+.4f} [{s_ci['ci95'][0]:+.4f}, {s_ci['ci95'][1]:+.4f}]"
+        s_ci = r.get("test", {}).get("vs_teacher")
+        ci = f"{s_ci['diff']:+.4f} [{s_ci['ci95'][0]:+.4f}, {s_ci['ci95'][1]:+.4f}]" if s_ci else "n/a"
         rows.append(f"| width {w} | " + " | ".join(f"{r[s]['accuracy']:.4f} | {r[s]['f1']:.4f}" for s in splits)
                     + f" | {ci} |")
     return "\n".join(rows)
