@@ -76,6 +76,29 @@ def make_optimizer(parameters, lr: float, total_steps: int, warmup: float = 0.1,
     return opt, scheduler
 
 
+def _rename_optimizer_state(state: dict, names: dict[str, str]) -> dict:
+    """Re-key an optimizer state dict: paddle keys it by auto-generated parameter names
+    (``linear_12.w_0_moment1_0``) that differ between processes; checkpoints use the
+    structured names (``bert.encoder.layers.0.linear1.fn.weight``) instead."""
+    out = {}
+    by_len = sorted(names, key=len, reverse=True)
+    for key, value in state.items():
+        for old in by_len:
+            if key.startswith(old + "_"):
+                key = names[old] + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def optimizer_state_for_checkpoint(opt, model) -> dict:
+    return _rename_optimizer_state(opt.state_dict(), {p.name: n for n, p in model.named_parameters()})
+
+
+def load_optimizer_checkpoint(opt, model, state: dict) -> None:
+    opt.set_state_dict(_rename_optimizer_state(state, {n: p.name for n, p in model.named_parameters()}))
+
+
 @dataclass
 class PhaseStats:
     steps: int = 0
@@ -183,7 +206,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
     total = max(1, int(round(epochs * steps_per_epoch)))
     opt, sched = make_optimizer(supernet.parameters(), lr, total)
     if opt_state:
-        opt.set_state_dict(opt_state)
+        load_optimizer_checkpoint(opt, supernet.model, opt_state)
     rng = np.random.default_rng(seed)
     stats, step = PhaseStats(), 0
     bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress, dynamic_ncols=True)
@@ -226,7 +249,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                                  {k: round(v, 4) for k, v in losses.items()}, stats.sentences / stats.seconds)
                     if (save_steps and step % save_steps == 0) or step >= total:
                         supernet.set_width(1.0)
-                        on_save(step, opt.state_dict())
+                        on_save(step, optimizer_state_for_checkpoint(opt, supernet.model))
                         supernet.train()
                     if step >= total:
                         break
