@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
     print(results_table(manifest))
+    for phase in ("teacher", "ofa"):
+        t = manifest["phases"][phase].get("train", {})
+        if t.get("sentences_per_s"):
+            print(f"{phase}: {t['steps']} steps, {t['sentences']} sentences in {t['seconds']:.0f} s "
+                  f"({t['sentences_per_s']:.1f} sentences/s)")
     return 0
 
 
