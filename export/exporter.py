@@ -594,6 +594,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     if max_seq > int(cfg["max_position_embeddings"]):
         raise OfaserveError(f"--max_seq_length {max_seq} exceeds max_position_embeddings "
                             f"{cfg['max_position_embeddings']}")
+    acc = accuracy_table(src)  # fail early when the compress results are incomplete
     sn = build_supernet(src)
     if opts.width_mult != "auto":
         sn.check_width(float(opts.width_mult))  # fail before any work for an untrained width
@@ -655,7 +656,6 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
 
         # ---------------------------------------------------------------- dev accuracy
         steps.set_postfix_str("dev accuracy")
-        acc = accuracy_table(src)
         compress_acc = acc["widths"].get(width)
         eval_name = "onnx" if opts.onnx_model else "paddle_static"
         dev_m, dev_logits = _dev_eval(fns[eval_name], dev, tokenizer)
