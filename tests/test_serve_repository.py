@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from compress.artifacts import OfaserveError, read_manifest
 from serve.repository import build_repository
 from serve.triton_models.encoder import runtimes
-from tests.test_serve_export_stub import make_tiny_export, serve_exports  # noqa: F401  (fixture)
+from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
 
 TARGETS = [("cpu", "openvino"), ("cpu", "paddle"), ("cpu", "onnxruntime"), ("xeon", "openvino"),
            ("gpu", "onnxruntime"), ("gpu", "onnxruntime-trt")]
