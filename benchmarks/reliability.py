@@ -563,6 +563,8 @@ class Traffic:
                     error = str(e)
                 with self._lock:
                     self.log.append({"t0": t0, "t1": time.monotonic(), "error": error})
+                if error is not None:
+                    self._stop.wait(0.02)  # bounded retry rate against a failing server
                 i += self.workers
         finally:
             client.close()
@@ -584,10 +586,11 @@ class Traffic:
         self.stop(self.timeout_s + 5)
 
 
-def summarize_traffic(log: list[dict[str, Any]], t_event: float) -> dict[str, Any]:
-    """Requests in flight at ``t_event``, and those sent after it: outcomes and latency."""
+def summarize_traffic(log: list[dict[str, Any]], t_event: float, t_end: float | None = None) -> dict[str, Any]:
+    """Requests in flight at ``t_event``, and those sent after it (and before ``t_end``):
+    outcomes and latency."""
     in_flight = [r for r in log if r["t0"] < t_event <= r["t1"]]
-    after = [r for r in log if r["t0"] >= t_event]
+    after = [r for r in log if r["t0"] >= t_event and (t_end is None or r["t0"] < t_end)]
 
     def kinds(rs):
         out: dict[str, int] = {}
@@ -596,60 +599,110 @@ def summarize_traffic(log: list[dict[str, Any]], t_event: float) -> dict[str, An
             out[k] = out.get(k, 0) + 1
         return out
 
+    lat = [r["t1"] - r["t0"] for r in after]
     return {
         "before": sum(1 for r in log if r["t1"] < t_event),
         "before_errors": sum(1 for r in log if r["t1"] < t_event and r["error"]),
         "in_flight": len(in_flight), "in_flight_outcomes": kinds(in_flight),
         "in_flight_max_s_after_event": max((r["t1"] - t_event for r in in_flight), default=None),
         "after": len(after), "after_outcomes": kinds(after),
-        "after_latency_s": {"max": max((r["t1"] - r["t0"] for r in after), default=None),
-                            "median": float(np.median([r["t1"] - r["t0"] for r in after])) if after else None},
+        "after_latency_s": {"max": max(lat, default=None), "median": float(np.median(lat)) if lat else None},
         "ok_after": sum(1 for r in after if r["error"] is None),
         "first_ok_after_s": min((r["t1"] - t_event for r in after if r["error"] is None), default=None),
+        "max_latency_s": max((r["t1"] - r["t0"] for r in log), default=None),
+        "timeouts": sum(1 for r in log if r["error"] and "deadline" in r["error"].lower()),
     }
 
 
+def _watch_after_kill(url: str, server_pid: int, model: str, stub: dict[str, Any], t_kill: float, observe_s: float,
+                      done: Callable[[], bool] = lambda: False, readiness: Callable[[], dict] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Every 0.25 s for ``observe_s`` (or until ``done()``): stub count and Triton's own readiness."""
+    import tritonclient.grpc as grpcclient
+    triton = grpcclient.InferenceServerClient(url)
+    timeline = []
+    try:
+        while time.monotonic() < t_kill + observe_s:
+            pids = [s["pid"] for s in stubs_of(server_pid) if s["model"] == stub["model"]]
+            row: dict[str, Any] = {"t": round(time.monotonic() - t_kill, 2), "stubs": len(pids),
+                                   "new_stub": any(p != stub["pid"] for p in pids), "zombies": zombies_of(server_pid)}
+            with contextlib.suppress(Exception):
+                row["triton_server_ready"] = triton.is_server_ready(client_timeout=2)
+                row["triton_encoder_ready"] = triton.is_model_ready(stub["model"], client_timeout=2)
+                row["triton_ensemble_ready"] = triton.is_model_ready(model, client_timeout=2)
+            if readiness is not None:
+                with contextlib.suppress(Exception):
+                    r = readiness()
+                    row["ofaserve_encoder_ready"], row["ofaserve_ensemble_ready"] = r[stub["model"]], r[model]
+            timeline.append(row)
+            if done():
+                break
+            time.sleep(0.25)
+    finally:
+        triton.close()
+    return timeline
+
+
+def _thin(rows: list[dict[str, Any]], n: int = 12) -> list[dict[str, Any]]:
+    """At most ~n rows, always keeping the first, the last and every change of state."""
+    keep, last = [], None
+    for i, r in enumerate(rows):
+        state = {k: v for k, v in r.items() if k != "t"}
+        if i == 0 or i == len(rows) - 1 or state != last:
+            keep.append(r)
+        last = state
+    return keep[:n] + (keep[-1:] if len(keep) > n else [])
+
+
+def stub_kill_triton(repo: Path, model: str, batches: list[list[str]], *, workers: int = 4, timeout_s: float = 10,
+                     warm_s: float = 1.5, observe_s: float = 20) -> dict[str, Any]:
+    """What Triton 2.51 itself does when the encoder stub dies under load (no watchdog):
+    does it restart the stub, what do its health endpoints say, how do requests end."""
+    from serve.server import TritonServer
+    p = free_ports()
+    with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+        (enc,) = [s for s in stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"][:1]
+        with Traffic(srv.grpc_url, model, batches, workers, timeout_s) as traffic:
+            time.sleep(warm_s)
+            t_kill = time.monotonic()
+            os.kill(enc["pid"], signal.SIGKILL)
+            timeline = _watch_after_kill(srv.grpc_url, srv.process.pid, model, enc, t_kill, observe_s,
+                                         readiness=srv.models_ready)
+            stuck = traffic.stop(timeout_s + 5)
+        t_stop = time.monotonic()
+        code = srv.stop()
+        stop_s = time.monotonic() - t_stop
+    return {"client_timeout_s": timeout_s, "workers": workers, "observed_s": observe_s,
+            "killed": enc["instance"], "traffic": summarize_traffic(traffic.log, t_kill),
+            "sent": traffic.sent, "answered": len(traffic.log), "stuck_workers": stuck,
+            "stub_restarted": any(r["new_stub"] for r in timeline), "timeline": _thin(timeline),
+            "stop_exit_code": code, "stop_s": stop_s}
+
+
 def stub_kill_under_load(repo: Path, model: str, batches: list[list[str]], *, workers: int = 4,
-                         timeout_s: float = 10, warm_s: float = 1.5, observe_s: float = 8,
+                         timeout_s: float = 10, warm_s: float = 1.5, observe_s: float = 15,
                          poll: float = 0.5) -> dict[str, Any]:
     """SIGKILL the encoder stub of ``model`` while `ofaserve serve` is under load."""
-    import tritonclient.grpc as grpcclient
     cli = ServeCLI(repo, free_ports(), poll=poll)
     report: dict[str, Any] = {"client_timeout_s": timeout_s, "workers": workers, "cli_poll_s": poll}
     try:
         cli.start()
         (enc,) = [s for s in cli.stubs if s["model"] == f"{model}_encoder"][:1]
-        triton = grpcclient.InferenceServerClient(cli.url)
-        timeline = []
         with Traffic(cli.url, model, batches, workers, timeout_s) as traffic:
             time.sleep(warm_s)
             t_kill = time.monotonic()
             os.kill(enc["pid"], signal.SIGKILL)
-            deadline = t_kill + observe_s
-            while time.monotonic() < deadline:
-                row = {"t": round(time.monotonic() - t_kill, 2), "cli_exit": cli.proc.poll(),
-                       "encoder_stubs": sum(1 for s in stubs_of(cli.server_pid) if s["model"] == enc["model"])}
-                with contextlib.suppress(Exception):
-                    row["triton_server_ready"] = triton.is_server_ready(client_timeout=2)
-                    row["triton_encoder_ready"] = triton.is_model_ready(enc["model"], client_timeout=2)
-                    row["triton_ensemble_ready"] = triton.is_model_ready(model, client_timeout=2)
-                timeline.append(row)
-                if row["cli_exit"] is not None and row.get("triton_server_ready") is None:
-                    break
-                time.sleep(0.25)
+            timeline = _watch_after_kill(cli.url, cli.server_pid, model, enc, t_kill, observe_s,
+                                         done=lambda: cli.proc.poll() is not None)
+            t_exit = time.monotonic() if cli.proc.poll() is not None else None
             stuck = traffic.stop(timeout_s + 5)
-        triton.close()
         code = cli.wait(30)
-        t_exit = next((r["t"] for r in timeline if r["cli_exit"] is not None), None)
         report.update({
             "killed": {"pid": enc["pid"], "instance": enc["instance"]},
-            "traffic": summarize_traffic(traffic.log, t_kill), "sent": traffic.sent,
-            "answered": len(traffic.log), "stuck_workers": stuck,
-            "stub_restarted": any(r["encoder_stubs"] > 0 for r in timeline),
-            "triton_reports_encoder_ready_after_kill": [r.get("triton_encoder_ready") for r in timeline
-                                                        if r["cli_exit"] is None][-1:],
-            "timeline": timeline[:: max(1, len(timeline) // 12)],
-            "cli_exit_code": code, "cli_exit_after_s": t_exit,
+            "traffic_until_cli_exit": summarize_traffic(traffic.log, t_kill, t_exit),
+            "sent": traffic.sent, "answered": len(traffic.log), "stuck_workers": stuck,
+            "stub_restarted": any(r["new_stub"] for r in timeline), "timeline": _thin(timeline),
+            "cli_exit_code": code, "cli_exit_after_s": None if t_exit is None else t_exit - t_kill,
             "cli_stderr": cli.stderr.strip()[-600:],
         })
         wait_until(lambda: not cli.leftovers()["live_processes"], 10)
@@ -908,7 +961,9 @@ def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
     texts = dev_sentences(64)
     batches = [texts[i:i + 4] for i in range(0, 64, 4)]
     out: dict[str, Any] = {}
-    print("[faults] SIGKILL encoder stub under load", flush=True)
+    print("[faults] SIGKILL encoder stub under load: Triton alone", flush=True)
+    out["encoder_stub_killed_triton"] = stub_kill_triton(repo, model, batches, observe_s=20)
+    print("[faults] SIGKILL encoder stub under load: `ofaserve serve`", flush=True)
     out["encoder_stub_killed_under_load"] = stub_kill_under_load(repo, model, batches, observe_s=20, poll=2.0)
     print("[faults] SIGKILL tritonserver under `ofaserve serve`", flush=True)
     out["tritonserver_killed"] = server_kill_under_cli(repo, poll=2.0)
@@ -985,18 +1040,31 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append("")
     f = r.get("faults")
     if f:
+        lines += ["## Faults", ""]
+        k = f.get("encoder_stub_killed_triton")
+        if k:
+            t = k["traffic"]
+            lines += [f"### Encoder stub SIGKILLed under load, Triton alone ({k['workers']} client threads, client "
+                      f"timeout {k['client_timeout_s']} s, watched {k['observed_s']} s)", "",
+                      f"- in flight at the kill: {t['in_flight']}, outcomes {t['in_flight_outcomes']}, all ended "
+                      f"within {_fmt(t['in_flight_max_s_after_event'])} s",
+                      f"- sent after the kill: {t['after']}, outcomes {t['after_outcomes']}; latency median "
+                      f"{_fmt(t['after_latency_s']['median'])} s, max {_fmt(t['after_latency_s']['max'])} s; "
+                      f"client timeouts {t['timeouts']}",
+                      f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}",
+                      f"- Triton restarted the stub: {k['stub_restarted']}; timeline (s after kill): "
+                      f"`{json.dumps(k['timeline'])}`",
+                      f"- stop(): exit code {k['stop_exit_code']} after {k['stop_s']:.1f} s", ""]
         k = f["encoder_stub_killed_under_load"]
-        t = k["traffic"]
-        lines += ["## Faults", "", "### Encoder stub SIGKILLed under load (`ofaserve serve --poll "
-                  f"{k['cli_poll_s']}`, {k['workers']} client threads, client timeout {k['client_timeout_s']} s)", "",
+        t = k["traffic_until_cli_exit"]
+        lines += [f"### Encoder stub SIGKILLed under load, `ofaserve serve --poll {k['cli_poll_s']}` "
+                  f"({k['workers']} client threads, client timeout {k['client_timeout_s']} s)", "",
                   f"- in flight at the kill: {t['in_flight']}, outcomes {t['in_flight_outcomes']}, all ended within "
                   f"{_fmt(t['in_flight_max_s_after_event'])} s",
-                  f"- sent after the kill: {t['after']}, outcomes {t['after_outcomes']}; latency median "
-                  f"{_fmt(t['after_latency_s']['median'])} s, max {_fmt(t['after_latency_s']['max'])} s",
+                  f"- sent between the kill and the CLI's exit: {t['after']}, outcomes {t['after_outcomes']}; "
+                  f"latency max {_fmt(t['after_latency_s']['max'])} s; client timeouts {t['timeouts']}",
                   f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}",
-                  f"- Triton restarted the stub: {k['stub_restarted']}; Triton's own is_model_ready(encoder) after "
-                  f"the kill: {k['triton_reports_encoder_ready_after_kill']}",
-                  f"- `ofaserve serve` exit code {k['cli_exit_code']} after {_fmt(k['cli_exit_after_s'])} s: "
+                  f"- `ofaserve serve` exit code {k['cli_exit_code']} {_fmt(k['cli_exit_after_s'])} s after the kill: "
                   f"`{k['cli_stderr'][:300]}`",
                   f"- left behind: {k['leftovers']}", ""]
         s = f["tritonserver_killed"]
