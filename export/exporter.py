@@ -604,8 +604,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     tokenizer, tok_path = load_tokenizer(src, compress_seq)
     pad_id = int(cfg.get("pad_token_id", 0))
 
-    steps = tqdm(total=5, desc="export", disable=not opts.progress)
-    with atomic_output_dir(out) as tmp:
+    with tqdm(total=5, desc="export", disable=not opts.progress) as steps, atomic_output_dir(out) as tmp:
         selection = None
         prebuilt = None
         if opts.width_mult == "auto" and opts.max_accuracy_drop is not None:
@@ -711,7 +710,6 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             options={k: v for k, v in vars(opts).items() if k not in ("progress", "extra")},
             machine=machine_info(), wall_s=round(time.time() - t_start, 1), finished=now_iso())
         steps.update(1)
-    steps.close()
     _extra_copies(opts, out)
     print(table)
     return manifest
