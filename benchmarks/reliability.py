@@ -712,19 +712,23 @@ def stub_kill_under_load(repo: Path, model: str, batches: list[list[str]], *, wo
         cli.kill()
 
 
+def kill_server(cli: ServeCLI, sig: int = signal.SIGKILL, exit_timeout: float = 60) -> dict[str, Any]:
+    """Send ``sig`` to the tritonserver under a started `ofaserve serve`: exit code,
+    reason, what is left (processes, /dev/shm regions, work dir)."""
+    t0 = time.monotonic()
+    os.kill(cli.server_pid, sig)
+    code = cli.wait(exit_timeout)
+    took = time.monotonic() - t0
+    wait_until(lambda: not cli.leftovers()["live_processes"], 10)
+    return {"signal": signal.Signals(sig).name, "cli_exit_code": code, "cli_exit_after_s": took,
+            "cli_poll_s": cli.poll, "cli_stderr": cli.stderr.strip()[-600:], "stubs_before": len(cli.stubs),
+            "leftovers": cli.leftovers()}
+
+
 def server_kill_under_cli(repo: Path, poll: float = 0.5, sig: int = signal.SIGKILL) -> dict[str, Any]:
-    """Kill tritonserver under `ofaserve serve`: exit code, reason, what is left."""
     cli = ServeCLI(repo, free_ports(), poll=poll)
     try:
-        cli.start()
-        t0 = time.monotonic()
-        os.kill(cli.server_pid, sig)
-        code = cli.wait(60)
-        took = time.monotonic() - t0
-        wait_until(lambda: not cli.leftovers()["live_processes"], 10)
-        return {"signal": signal.Signals(sig).name, "cli_exit_code": code, "cli_exit_after_s": took,
-                "cli_stderr": cli.stderr.strip()[-600:], "stubs_before": len(cli.stubs),
-                "leftovers": cli.leftovers()}
+        return kill_server(cli.start(), sig)
     finally:
         cli.kill()
 

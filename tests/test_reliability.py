@@ -1,0 +1,336 @@
+"""Reliability on the REAL Triton 2.51 bundled with nvidia-pytriton, on the tiny export
+(tests/conftest.py ``tiny_export_dir``): load, bad input concurrent with good traffic,
+a killed stub and a killed server under `ofaserve serve`, busy ports, an interrupted
+`ofaserve export`, and the Kubernetes manifests of serve/deploy.
+
+Reduced counts of benchmarks/reliability.py (which records the full runs in
+benchmarks/results/reliability.md). Every wait is bounded; every server is stopped by a
+finalizer, and anything a failed test leaves (stubs, /dev/shm regions) is removed.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import reliability as rel
+from compress.artifacts import OfaserveError, read_manifest
+from serve.repository import build_repository
+from serve.server import TritonServer
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parent.parent / "serve" / "deploy"
+# What a client may see while a fault is handled: each names its cause (no timeouts).
+CLEAR_ERRORS = (r"Stub process '.*' is not healthy|Server is stopping|unknown model|no available versions|"
+                r"failed to connect|Connection refused|Connection reset|Stream removed|Socket closed")
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def repo(tiny_export_dir, tmp_path_factory):
+    """cpu repository of the tiny export: (path, ensemble name, repo manifest)."""
+    out = tmp_path_factory.mktemp("reliability") / "model_repository"
+    manifest = build_repository([tiny_export_dir], out, target="cpu")
+    (model,) = manifest["models"]
+    return out, model, manifest
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    srv = TritonServer(repo[0], **{f"{k}_port": v for k, v in rel.free_ports().items()})
+    srv.start(timeout=180)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def cli(repo):
+    """A factory of `ofaserve serve` subprocesses, all killed (with what they left) at the end."""
+    started: list[rel.ServeCLI] = []
+
+    def start(poll: float = 0.5) -> rel.ServeCLI:
+        c = rel.ServeCLI(repo[0], rel.free_ports(), poll=poll)
+        started.append(c)
+        return c.start(ready_timeout=180)
+
+    yield start
+    for c in started:
+        c.kill()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return rel.dev_sentences(128)
+
+
+def _clean(leftovers: dict) -> bool:
+    return (not leftovers["live_processes"] and not leftovers["processes_in_workdir"]
+            and not leftovers["shm_regions"] and not leftovers["workdir_exists"])
+
+
+# ------------------------------------------------------------------------------ load
+def test_load_every_request_answered_memory_stable(server, repo, texts):
+    n = 400
+    r = rel.run_load(server.grpc_url, repo[1], server.process.pid, texts, n_requests=n, concurrency=8,
+                     batch_size=4, timeout_s=30, sample_interval=0.05)
+    assert r["sent"] == n and r["unsent"] == 0
+    assert r["balanced"] and r["lost"] == 0
+    assert r["errors"] == 0 and r["ok"] == n, r["error_examples"]
+    mem = r["memory"]
+    assert mem["n_samples"] >= 3
+    assert mem["rss_after_warmup_mib"] > 50  # really measured tritonserver + 3 stubs
+    assert mem["growth_after_warmup_mib"] < 32, mem
+    assert mem["shm_bytes_end"] == mem["shm_bytes_start"], mem  # regions did not grow under ordinary load
+    assert r["latency_ms"]["max"] < 30_000
+    assert all(server.models_ready().values())
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_input_concurrent_with_good_traffic(server, repo, texts, tiny_export_dir):
+    path, model, manifest = repo
+    export = read_manifest(tiny_export_dir, "export")
+    good = [texts[i:i + 4] for i in range(0, 48, 4)]
+    reference = rel.answers(server.grpc_url, model, good)  # the idle server's answers
+    cases = rel.bad_input_cases(manifest["max_batch_size"], export["max_seq_length"], export["vocab_size"])
+    assert len(cases) >= 15
+    case_ref = rel.case_references(server.grpc_url, model, cases)
+    r = rel.mixed_traffic(server.grpc_url, model, good, reference, cases, case_ref, good_workers=3,
+                          bad_workers=2, good_rounds=4, bad_rounds=2, timeout_s=20)
+    assert r["hung_workers"] == 0
+    g = r["good"]
+    assert g["sent"] == r["good_expected"] and g["ok"] == g["sent"], g
+    assert g["errors"] == 0 and g["mismatches"] == 0, g
+    assert g["max_abs_diff"] <= 1e-4
+    problems = {name: b["unexpected"][:2] for name, b in r["bad"].items()
+                if b["unexpected"] or b["as_expected"] != r["bad_expected_per_case"]}
+    assert not problems, problems
+    assert max(b["max_latency_s"] for b in r["bad"].values()) < 20
+    assert all(server.models_ready().values())
+    # and the server still gives the idle answers afterwards
+    after = rel.answers(server.grpc_url, model, good[:3])
+    assert all(np.abs(a - b).max() <= 1e-4 for a, b in zip(after, reference[:3]))
+
+
+# ------------------------------------------------------------------------------ faults
+def test_encoder_stub_killed_under_load(repo, texts):
+    """Clients get clear errors (no hangs, nothing lost); `ofaserve serve` notices the
+    dead model, says which one, exits 2 and leaves no stub, segment or work dir."""
+    path, model, _ = repo
+    batches = [texts[i:i + 4] for i in range(0, 64, 4)]
+    r = rel.stub_kill_under_load(path, model, batches, workers=4, timeout_s=10, warm_s=1.0, observe_s=30, poll=0.5)
+    t = r["traffic_until_cli_exit"]
+    assert r["cli_exit_code"] == 2, r["cli_stderr"]
+    assert "model(s) no longer ready" in r["cli_stderr"] and f"{model}_encoder" in r["cli_stderr"]
+    assert r["cli_exit_after_s"] is not None and r["cli_exit_after_s"] < 15
+    assert r["stuck_workers"] == 0 and r["answered"] == r["sent"]
+    assert t["before"] > 0 and t["before_errors"] == 0          # it was serving before the kill
+    assert t["timeouts"] == 0 and t["max_latency_s"] < r["client_timeout_s"]
+    errors = {k: v for k, v in {**t["in_flight_outcomes"], **t["after_outcomes"]}.items() if k != "ok"}
+    assert errors, t  # the fault is visible to clients
+    unclear = [k for k in errors if not re.search(CLEAR_ERRORS, k)]
+    assert not unclear, unclear
+    assert _clean(r["leftovers"]), r["leftovers"]
+
+
+def test_busy_ports_then_killed_server(cli, repo):
+    """A second `ofaserve serve` on any busy port fails at once with the port in the
+    message; SIGKILL of tritonserver makes `ofaserve serve` exit 2 with the reason and
+    clean up the orphaned stubs and their /dev/shm regions."""
+    first = cli(poll=0.5)
+    busy = rel.busy_port_attempts(repo[0], first)
+    for proto, b in busy.items():
+        assert b["exit_code"] == 2, (proto, b)
+        assert f"{proto} port {first.ports[proto]}" in b["stderr"] and "already in use" in b["stderr"], b
+        assert b["after_s"] < 30
+    assert first.proc.poll() is None  # the first server is untouched
+    assert len(first.stubs) == 3 and all(s["shm"].startswith(rel.SHM_PREFIX) for s in first.stubs)
+    assert len(rel.shm_usage(s["shm"] for s in first.stubs)) == 3
+
+    k = rel.kill_server(first, signal.SIGKILL, exit_timeout=30)
+    assert k["cli_exit_code"] == 2, k
+    assert "tritonserver exited with code -9" in k["cli_stderr"], k["cli_stderr"]
+    assert k["cli_exit_after_s"] < 15
+    assert _clean(k["leftovers"]), k["leftovers"]
+
+
+@pytest.mark.xfail(strict=True, reason="serve/server.py starts tritonserver with start_new_session=True and no "
+                   "parent-death signal: when `ofaserve serve` is SIGKILLed (OOM killer, kill -9) Triton, its "
+                   "stubs and /dev/shm regions live on and keep the ports")
+def test_killed_serve_cli_takes_its_server_down(cli):
+    c = cli(poll=0.5)
+    c.proc.kill()
+    c.wait(10)
+    rel.wait_until(lambda: not rel.live_pids([c.server_pid]), 5)
+    left = c.leftovers()
+    assert c.server_pid not in left["live_processes"], left
+    assert not left["shm_regions"]
+
+
+@pytest.mark.xfail(strict=True, reason="TritonServer.start() waits for gRPC readiness only: when the HTTP port "
+                   "is taken between the launcher's check and Triton's bind, start() returns and Triton exits "
+                   "(code 1) a moment later")
+def test_start_fails_when_http_port_is_taken_after_the_check(repo, monkeypatch):
+    import socket
+
+    import serve.server as server_mod
+    monkeypatch.setattr(server_mod, "port_in_use", lambda host, port: False)  # simulate the race
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        ports = rel.free_ports()
+        srv = TritonServer(repo[0], grpc_port=ports["grpc"], http_port=sock.getsockname()[1],
+                           metrics_port=ports["metrics"])
+        try:
+            with pytest.raises(OfaserveError, match="HTTP|http|already in use"):
+                srv.start(timeout=90)
+        finally:
+            srv.stop()
+
+
+# ------------------------------------------------------------------------------ interrupted export
+@pytest.fixture
+def previous_export(tiny_export_dir, tmp_path):
+    """A good export at the output path, as a previous run left it."""
+    out = tmp_path / "exports" / "w075"
+    shutil.copytree(tiny_export_dir, out)
+    return out
+
+
+def test_sigint_mid_export_keeps_previous_export(tiny_compress_dir, previous_export):
+    out = previous_export
+    width = float(read_manifest(out, "export")["width_mult"])
+    r = rel.interrupt_export(tiny_compress_dir, out, width, sig=signal.SIGINT, delay_s=1.0, timeout_s=180)
+    assert not r["finished_before_signal"] and r["temp_during"], r  # really interrupted mid-write
+    assert r["exit_code"] == 130, r
+    assert any("unchanged" in l for l in r["stderr_tail"]), r
+    assert r["manifest_unchanged"] and r["export_still_loads"]
+    assert r["temp_after"] == [] and r["new_siblings"] == [], r
+
+    before = rel.sha256(out / "manifest.json")
+    n = rel.run_export(tiny_compress_dir, out, width, extra=["--no_precisions"], timeout_s=300)
+    assert n["exit_code"] == 0, n["stderr_tail"]
+    assert n["temp_after"] == []
+    assert rel.sha256(out / "manifest.json") != before and rel._export_ok(out)
+
+
+@pytest.mark.xfail(strict=True, reason="`ofaserve export` has no SIGTERM handler: the default action kills it "
+                   "before atomic_output_dir can remove its .NAME.tmp-* folder, and no later run removes it")
+def test_sigterm_mid_export_leaves_no_temp_folder(tiny_compress_dir, previous_export):
+    out = previous_export
+    width = float(read_manifest(out, "export")["width_mult"])
+    r = rel.interrupt_export(tiny_compress_dir, out, width, sig=signal.SIGTERM, delay_s=1.0, timeout_s=180)
+    assert r["manifest_unchanged"] and not r["finished_before_signal"]
+    assert r["temp_after"] == [], r
+
+
+# ------------------------------------------------------------------------------ deploy manifests
+def _docs() -> list[dict]:
+    yaml = pytest.importorskip("yaml")
+    docs = []
+    for f in sorted(DEPLOY.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def test_deploy_manifests_parse_and_hang_together():
+    docs = _docs()
+    kinds = {d["kind"]: d for d in docs}
+    assert {"Deployment", "Service", "PersistentVolumeClaim"} <= set(kinds), list(kinds)
+    assert all(d.get("apiVersion") and d.get("metadata", {}).get("name") for d in docs)
+    dep, svc = kinds["Deployment"], kinds["Service"]
+    spec = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] >= 2
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert svc["spec"]["selector"].items() <= labels.items()
+
+    (triton,) = [c for c in spec["containers"] if c["name"] == "triton"]
+    assert re.match(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3$", triton["image"]), triton["image"]
+    args = " ".join(triton.get("command", []) + triton.get("args", []))
+    repo_arg = re.search(r"--model-repository=(\S+)", args).group(1)
+    mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
+    assert repo_arg in mounts and "/dev/shm" in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory" and _bytes(shm["sizeLimit"]) >= 64 << 20
+    repo_volume = volumes[mounts[repo_arg]]
+    assert ("persistentVolumeClaim" in repo_volume
+            and repo_volume["persistentVolumeClaim"]["claimName"] == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+            ) or spec.get("initContainers")
+
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    assert {"http", "grpc", "metrics"} <= set(ports)
+    assert f"--http-port={ports['http']}" in args and f"--grpc-port={ports['grpc']}" in args
+    assert "--strict-readiness=true" in args
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["readinessProbe"]["httpGet"]["port"] in ("http", ports["http"])
+    live = triton["livenessProbe"]
+    if "exec" in live:  # a script from a mounted ConfigMap: it must check /v2/health/live
+        script = live["exec"]["command"][-1]
+        mount = next(m for m in triton["volumeMounts"] if script.startswith(m["mountPath"] + "/"))
+        cm_name = volumes[mount["name"]]["configMap"]["name"]
+        (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name]
+        live = cm["data"][script[len(mount["mountPath"]) + 1:]]
+    assert "/v2/health/live" in json.dumps(live)
+    assert triton["startupProbe"]
+    req = triton["resources"]["requests"]
+    assert req["cpu"] and _bytes(req["memory"]) >= 512 << 20
+    # /dev/shm (medium Memory) counts against the memory limit: leave room for it
+    assert _bytes(triton["resources"]["limits"]["memory"]) >= _bytes(req["memory"]) + _bytes(shm["sizeLimit"])
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert {"http", "grpc", "metrics"} <= set(svc_ports)
+    assert all(svc_ports[n]["targetPort"] in (n, ports[n]) for n in ("http", "grpc", "metrics"))
+    readme = (DEPLOY / "README.md").read_text()
+    assert "--target xeon" in readme and "--target gpu" in readme and "/dev/shm" in readme
+
+
+def _bytes(q: str | int) -> int:
+    """Kubernetes quantity (Mi, Gi, M, G or plain bytes) in bytes."""
+    q = str(q)
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for u, f in units.items():
+        if q.endswith(u):
+            return int(float(q[: -len(u)]) * f)
+    return int(q)
+
+
+def test_liveness_check_catches_a_dead_stub(repo, tmp_path):
+    """The manifest's liveness check passes on a healthy server and fails once the
+    encoder stub is dead, which Triton's own /v2/health/live does not report."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    yaml = pytest.importorskip("yaml")
+    (cm,) = [d for d in yaml.safe_load_all((DEPLOY / "triton.yaml").read_text()) if d and d["kind"] == "ConfigMap"]
+    check = tmp_path / "check.py"
+    check.write_text(cm["data"]["check.py"])
+    path, model, _ = repo
+    ports = rel.free_ports()
+    srv = TritonServer(path, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"])
+    try:
+        srv.start(timeout=180)
+        env = dict(os.environ, TRITON_HTTP_PORT=str(ports["http"]), OFASERVE_MODELS=model, PROBE_TIMEOUT_S="5")
+
+        def probe() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, str(check)], env=env, capture_output=True, text=True, timeout=30)
+
+        ok = probe()
+        assert ok.returncode == 0, ok.stderr
+        (enc,) = [s for s in rel.stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"]
+        os.kill(enc["pid"], signal.SIGKILL)
+        assert rel.wait_until(lambda: not rel.live_pids([enc["pid"]]), 10)
+        bad = probe()
+        assert bad.returncode == 1 and "not live" in bad.stderr and "not healthy" in bad.stderr, bad.stderr
+        with urllib.request.urlopen(f"{srv.http_url}/v2/health/live", timeout=5) as r:
+            live_status = r.status  # Triton 2.51: still 200 (why the probe sends a request)
+        assert live_status in (200, 400, 503)
+    finally:
+        srv.stop()
