@@ -133,16 +133,50 @@ def check_output_dir(path: str | os.PathLike, *, stage: str, overwrite: bool = F
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(final: Path) -> None:
+    """Remove temp/old siblings left by a process that was killed (SIGKILL, power loss)."""
+    for pattern in (f".{final.name}.tmp-*", f".{final.name}.old-*"):
+        for p in final.parent.glob(pattern):
+            try:
+                pid = int(p.name.rsplit("-", 2)[-2] if ".tmp-" in p.name else p.name.rsplit("-", 1)[-1])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so ``finally`` blocks clean up temp output."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder next to ``final``; on success swap it into place.
 
-    On any error (or Ctrl-C) the temp folder is removed and a previous ``final`` is
-    left exactly as it was: nothing is ever half-written at the final path.
+    On any error (or Ctrl-C/SIGTERM, see ``terminate_like_interrupt``) the temp folder
+    is removed and a previous ``final`` is left exactly as it was: nothing is ever
+    half-written at the final path. Temp folders of killed processes are cleaned up
+    by the next run.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temp_dirs(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:

@@ -9,7 +9,7 @@ from .cpu import configure as configure_cpu
 
 configure_cpu()  # before paddle is imported anywhere
 
-from .artifacts import OfaserveError  # noqa: E402
+from .artifacts import OfaserveError, terminate_like_interrupt  # noqa: E402
 from .ofa import DEFAULT_WIDTHS  # noqa: E402
 from .pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
 
@@ -82,6 +82,7 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    terminate_like_interrupt()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = compress_model(options_from_args(args))

@@ -47,3 +47,29 @@ def test_widths_are_different_subnets(tiny_compress_dir):
     again = {w: sn.logits_numpy(ids, types, w) for w in reversed(sn.widths)}
     for w in ws:
         np.testing.assert_array_equal(outs[w], again[w])
+
+
+def test_atomic_output_dir_keeps_previous_and_cleans_stale(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from compress.artifacts import atomic_output_dir
+
+    final = tmp_path / "out"
+    with atomic_output_dir(final) as tmp:
+        (tmp / "a.txt").write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("failure mid-write")
+    assert (final / "a.txt").read_text() == "good"
+    # a temp folder left by a process killed with SIGKILL is removed by the next run
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.tmp-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    with atomic_output_dir(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert not stale.exists() and (final / "a.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
