@@ -235,7 +235,7 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
     if not model_file.is_file():
         model_file = static_prefix.with_suffix(".pdmodel")  # paddle 2.6
     info["artifacts"]["paddle_static"] = "static/model"
-    info["artifacts"]["paddle_static_files"] = [f"static/{model_file.name}", "static/model.pdiparams"]
+    info["paddle_static_files"] = [f"static/{model_file.name}", "static/model.pdiparams"]
     log.info("width %s: sub model + static model written (%.1fs)", width, time.time() - t0)
     if not onnx_model:
         return info
@@ -702,7 +702,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
                         "intermediate_size": [l["intermediate_size"] for l in layers],
                         "full_num_heads": int(cfg["num_attention_heads"]),
                         "full_intermediate_size": int(cfg["intermediate_size"])},
-            params=params, flops_b16_s128=fl, flops_b16_s128_full_width=fl_full,
+            paddle_static_files=info["paddle_static_files"], params=params, flops_b16_s128=fl, flops_b16_s128_full_width=fl_full,
             source={"compress_dir": str(src.folder.resolve()), "checkpoint": str(src.ckpt.resolve()),
                     "sha256": src.sha256, "task": src.manifest.get("task")},
             dev_accuracy=compress_acc, dev_metrics_exported=dev_m, onnx=info.get("onnx"), parity=parity,
