@@ -44,6 +44,16 @@ def find_triton() -> tuple[Path, Path]:
     return root, libs
 
 
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) in the child (Linux); a no-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -152,8 +162,11 @@ class TritonServer:
         log = open(self.log_path, "wb")
         try:
             # Own session: stop() can signal the server and every stub it spawned at once.
+            # Parent-death signal: if this process is SIGKILLed (OOM killer, kill -9), the
+            # kernel sends Triton SIGTERM, so it shuts down and frees ports, stubs and /dev/shm.
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self._environment(), cwd=self.workdir, start_new_session=True)
+                                            env=self._environment(), cwd=self.workdir, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         finally:
             log.close()
         try:
