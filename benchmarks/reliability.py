@@ -280,6 +280,39 @@ def run_load(url: str, model: str, server_pid: int, texts: list[str], n_requests
     }
 
 
+LOAD_BOUNDS = {"rss_growth_after_warmup_mib": 32.0}
+
+
+def load_checks(r: dict[str, Any]) -> dict[str, bool]:
+    """The load run's pass/fail conditions (the test asserts the same on 400 requests)."""
+    return {"every_request_answered": r["balanced"] and r["lost"] == 0 and r["unsent"] == 0,
+            "zero_errors": r["errors"] == 0,
+            "rss_growth_within_bound": r["memory"]["growth_after_warmup_mib"] < LOAD_BOUNDS["rss_growth_after_warmup_mib"],
+            "shm_did_not_grow": r["memory"]["shm_bytes_end"] == r["memory"]["shm_bytes_start"]}
+
+
+def shm_growth_sweep(url: str, model: str, server_pid: int, sizes_mb: Iterable[float] = (0.5, 1, 2, 4, 8, 16),
+                     batch: int = 8) -> list[dict[str, Any]]:
+    """One request of each payload size (``batch`` texts): every stub's /dev/shm region after it."""
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient(url)
+    rows = []
+    try:
+        for mb in sizes_mb:
+            n_chars = int(mb * MIB / batch)
+            texts = [(f"{i} " + "a fine but long film " * (n_chars // 21 + 1))[:n_chars] for i in range(batch)]
+            error = None
+            try:
+                client.infer(model, text_inputs(texts), client_timeout=60)
+            except Exception as e:
+                error = str(e)[:200]
+            regions = {s["instance"]: shm_usage([s["shm"]]).get(s["shm"], {}).get("size") for s in stubs_of(server_pid)}
+            rows.append({"payload_mib": mb, "error": error, "region_mib": {k: v / MIB for k, v in regions.items() if v}})
+    finally:
+        client.close()
+    return rows
+
+
 # =============================================================================== bad input
 @dataclass
 class Case:
@@ -786,14 +819,14 @@ def port_race(repo: Path) -> dict[str, Any]:
     return out
 
 
-def cli_killed(repo: Path) -> dict[str, Any]:
+def cli_killed(repo: Path, wait_s: float = 5) -> dict[str, Any]:
     """SIGKILL `ofaserve serve` itself: does its Triton outlive it?"""
     cli = ServeCLI(repo, free_ports())
     try:
         cli.start()
         cli.proc.kill()
         cli.wait(10)
-        time.sleep(5)
+        time.sleep(wait_s)
         left = cli.leftovers()
         return {"server_alive_5s_after": cli.server_pid in left["live_processes"],
                 "stubs_alive_5s_after": len([p for p in left["live_processes"] if p != cli.server_pid]),
@@ -817,41 +850,76 @@ def temp_entries(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
+EXPORT_PHASES = ("Start to get pruned model", "sub model + static model written", "ONNX written",
+                 "pre-processing before quantization")
+
+
 def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = signal.SIGINT,
-                     delay_s: float = 1.0, timeout_s: float = 300, extra: list[str] | None = None) -> dict[str, Any]:
-    """Start `ofaserve export` into ``out`` (a previous good export), send ``sig``
-    ``delay_s`` after its temp folder appears; report exit, manifest sha, leftovers."""
+                     delay_s: float = 1.0, after_line: str | None = None, timeout_s: float = 300,
+                     extra: list[str] | None = None) -> dict[str, Any]:
+    """Start `ofaserve export` into ``out`` (a previous good export) and send ``sig``
+    ``delay_s`` after its temp folder appears (or after it logs a line containing
+    ``after_line``); report exit, manifest sha, leftovers and the outcome."""
     before = sha256(out / "manifest.json")
     siblings = set(os.listdir(out.parent))
     cmd = ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
                                 "--width_mult", str(width), "--no_progress"] + (extra or [])
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL)
+    lines: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+
+    def read():
+        for line in iter(proc.stdout.readline, ""):
+            lines.append((time.monotonic() - t0, line.rstrip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        t0 = time.monotonic()
         appeared = wait_until(lambda: any(n.startswith(f".{out.name}.tmp-") for n in os.listdir(out.parent))
-                              or proc.poll() is not None, timeout_s, 0.05)
+                              or proc.poll() is not None, timeout_s, 0.02)
         t_tmp = time.monotonic() - t0
+        if after_line:
+            appeared = wait_until(lambda: any(after_line in l for _, l in lines) or proc.poll() is not None,
+                                  timeout_s, 0.02)
         if proc.poll() is not None or not appeared:
-            raise RuntimeError(f"export never started writing (exit {proc.poll()})")
+            raise RuntimeError(f"export never reached the signal point (exit {proc.poll()}): "
+                               + " | ".join(l for _, l in lines[-3:]))
         time.sleep(delay_s)
         during = temp_entries(out)
         finished_before_signal = proc.poll() is not None
+        t_sig = time.monotonic() - t0
         proc.send_signal(sig)
         try:
-            stdout, stderr = proc.communicate(timeout=120)
+            proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            stdout, stderr = proc.communicate(timeout=30)
-            stderr += "\n[killed: did not exit within 120 s of the signal]"
-        return {"signal": signal.Signals(sig).name, "delay_after_temp_s": delay_s, "temp_appeared_after_s": t_tmp,
-                "finished_before_signal": finished_before_signal, "exit_code": proc.returncode,
-                "stderr_tail": stderr.strip().splitlines()[-1:] if stderr.strip() else [],
+            proc.wait(30)
+            lines.append((time.monotonic() - t0, "[killed: did not exit within 120 s of the signal]"))
+        reader.join(10)
+        unchanged = sha256(out / "manifest.json") == before if (out / "manifest.json").is_file() else False
+        loads = _export_ok(out)
+        after = [l for t, l in lines if t >= t_sig]
+        completed = any(l.startswith("exported width") for l in after)
+        if proc.returncode in (130, -signal.SIGINT, 128 + int(sig), -int(sig)) and unchanged and loads and not completed:
+            outcome = "interrupted, previous export intact"
+        elif completed and loads and not unchanged:
+            outcome = ("signal lost: the export completed and replaced the previous one" if proc.returncode == 0
+                       else "signal arrived after the export had completed")
+        elif unchanged and loads:
+            outcome = "killed, previous export intact"
+        else:
+            outcome = "BROKEN: output missing or incomplete"
+        return {"signal": signal.Signals(sig).name, "after_line": after_line, "delay_s": delay_s,
+                "temp_appeared_after_s": round(t_tmp, 2), "signal_after_s": round(t_sig, 2),
+                "finished_before_signal": finished_before_signal, "exit_code": proc.returncode, "outcome": outcome,
+                "last_line_before_signal": next((l for t, l in reversed(lines) if t < t_sig and l.strip()), "")[:160],
+                "swallowed_in_callback": any("Exception ignored in" in l for l in after),
+                "stderr_tail": [l for l in after if l.strip()][-1:],
                 "temp_during": during, "temp_after": temp_entries(out),
                 "new_siblings": sorted(set(os.listdir(out.parent)) - siblings),
-                "manifest_unchanged": sha256(out / "manifest.json") == before,
-                "export_still_loads": _export_ok(out)}
+                "manifest_unchanged": unchanged, "export_still_loads": loads}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -878,10 +946,12 @@ def run_export(compress_dir: Path, out: Path, width: float, extra: list[str] | N
 
 
 # =============================================================================== models
-def tiny_export(folder: Path) -> Path:
-    """A tiny random-weight export shaped like `ofaserve export` output (the serve tests' stub)."""
-    from tests.test_serve_export_stub import make_tiny_export
-    return make_tiny_export(folder / "tiny_w75", width_mult=0.75)
+def tiny_export(compress_dir: Path, folder: Path) -> Path:
+    """The real `export_subnet` at width 0.75 of the tiny compress output (as tests/conftest.py)."""
+    from export import export_subnet
+    out = folder / "tiny_export_w075"
+    export_subnet(str(compress_dir), str(out), 0.75, progress=False)
+    return out
 
 
 def tiny_compress(folder: Path) -> Path:
@@ -918,7 +988,7 @@ def describe_export(export: Path, kind: str) -> dict[str, Any]:
 def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
     from serve.repository import build_repository
     from serve.server import TritonServer
-    repo = work / f"repo_{kind}"
+    repo = work / f"repo_{kind.split()[0]}"
     manifest = build_repository([export], repo, target="cpu")
     (model,) = manifest["models"]
     info = manifest["models"][model]
@@ -931,16 +1001,21 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
     with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
         shm_idle = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
         out["shm_idle"] = {s["instance"]: shm_idle.get(s["shm"]) for s in stubs_of(srv.process.pid)}
+        kind = kind.split()[0]
         print(f"[{kind}] load: {args.requests} requests x {args.batch_size} sentences, concurrency {args.concurrency}",
               flush=True)
         out["load"] = run_load(srv.grpc_url, model, srv.process.pid, texts, args.requests, args.concurrency,
                                batch_size=args.batch_size)
+        out["load"]["bounds"] = LOAD_BOUNDS
+        out["load"]["checks"] = load_checks(out["load"])
         print(f"[{kind}]   {json.dumps({k: out['load'][k] for k in ('sent', 'ok', 'errors', 'wall_s')})} "
               f"memory {out['load']['memory']['rss_after_warmup_mib']:.0f} -> {out['load']['memory']['rss_end_mib']:.0f} MiB",
               flush=True)
         shm_loaded = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
         out["shm_after_load"] = {s["instance"]: shm_loaded.get(s["shm"]) for s in stubs_of(srv.process.pid)}
 
+        print(f"[{kind}] /dev/shm growth with payload size", flush=True)
+        out["shm_growth"] = shm_growth_sweep(srv.grpc_url, model, srv.process.pid)
         good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
         reference = answers(srv.grpc_url, model, good_batches)
         cases = bad_input_cases(manifest["max_batch_size"], info["max_seq_length"],
@@ -985,18 +1060,33 @@ def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
     return out
 
 
-def scenario_export(work: Path) -> dict[str, Any]:
-    print("[export] tiny compress (real pipeline)", flush=True)
-    compress_dir = tiny_compress(work / "tiny")
+def scenario_export(compress_dir: Path, work: Path) -> dict[str, Any]:
     out_dir = work / "exports" / "w075"
     first = run_export(compress_dir, out_dir, 0.75)
-    result: dict[str, Any] = {"first_export": first, "interrupts": []}
-    for sig, delay in ((signal.SIGINT, 0.2), (signal.SIGINT, 2.0), (signal.SIGTERM, 2.0)):
-        print(f"[export] {signal.Signals(sig).name} {delay} s into the write", flush=True)
-        result["interrupts"].append(interrupt_export(compress_dir, out_dir, 0.75, sig=sig, delay_s=delay))
+    result: dict[str, Any] = {"compress_dir": str(compress_dir), "first_export": first, "interrupts": []}
+    points = [(signal.SIGINT, phase, delay) for phase in EXPORT_PHASES for delay in (0.05, 0.3, 0.6)]
+    points += [(signal.SIGTERM, EXPORT_PHASES[1], 0.05), (signal.SIGTERM, EXPORT_PHASES[2], 0.3)]
+    for sig, phase, delay in points:
+        print(f"[export] {signal.Signals(sig).name} {delay} s after '{phase}'", flush=True)
+        result["interrupts"].append(interrupt_export(compress_dir, out_dir, 0.75, sig=sig, delay_s=delay,
+                                                     after_line=phase))
     result["next_run"] = run_export(compress_dir, out_dir, 0.75)
     result["next_run"]["export_loads"] = _export_ok(out_dir)
     return result
+
+
+def scenario_shm_fresh(export: Path, work: Path, sizes_mb: Iterable[float] = (1, 4, 16)) -> list[dict[str, Any]]:
+    """Per payload size, on a FRESH server: the regions after one request of that size."""
+    from serve.repository import build_repository
+    from serve.server import TritonServer
+    repo = work / "repo_shm"
+    (model,) = build_repository([export], repo, target="cpu")["models"]
+    rows = []
+    for mb in sizes_mb:
+        p = free_ports()
+        with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+            rows += shm_growth_sweep(srv.grpc_url, model, srv.process.pid, [mb])
+    return rows
 
 
 def shm_per_instance(results: dict[str, Any]) -> dict[str, Any]:
@@ -1032,7 +1122,16 @@ def to_markdown(r: dict[str, Any]) -> str:
                   f"MiB / 1,000 requests",
                   f"- per process at the end (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem['per_process_end_mib'].items()),
                   f"- /dev/shm of the stubs: {mem['shm_bytes_start'] / MIB:.1f} MiB at start, max "
-                  f"{mem['shm_bytes_max'] / MIB:.1f}, end {mem['shm_bytes_end'] / MIB:.1f}", "",
+                  f"{mem['shm_bytes_max'] / MIB:.1f}, end {mem['shm_bytes_end'] / MIB:.1f}",
+                  f"- checks (RSS growth bound {L['bounds']['rss_growth_after_warmup_mib']:.0f} MiB): "
+                  + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in L["checks"].items()), "",
+                  "### /dev/shm region size (MiB) after one request of N MiB of text (8 sentences)", "",
+                  "| payload MiB | " + " | ".join(m["shm_growth"][0]["region_mib"]) + " | error |",
+                  "|---|" + "---|" * (len(m["shm_growth"][0]["region_mib"]) + 1)]
+        cols = list(m["shm_growth"][0]["region_mib"])
+        lines += [f"| {g['payload_mib']} | " + " | ".join(_fmt(g["region_mib"].get(c), 0) for c in cols)
+                  + f" | {g['error'] or ''} |" for g in m["shm_growth"]]
+        lines += ["",
                   "### Bad input concurrent with good traffic", "",
                   f"- good: {bad['good']['sent']} requests, ok {bad['good']['ok']}, errors {bad['good']['errors']}, "
                   f"wrong answers {bad['good']['mismatches']} (max |dp| vs idle server {bad['good']['max_abs_diff']:.2e}); "
@@ -1086,21 +1185,31 @@ def to_markdown(r: dict[str, Any]) -> str:
     if e:
         lines += ["## Interrupted `ofaserve export` (tiny compress output, previous good export in place)", "",
                   f"- first export: exit {e['first_export']['exit_code']} in {e['first_export']['wall_s']:.1f} s", "",
-                  "| signal | delay after temp dir | exit | manifest unchanged | temp left | stderr |",
-                  "|---|---|---|---|---|---|"]
+                  "| signal | sent after | exit | outcome | previous manifest unchanged | temp left | KeyboardInterrupt "
+                  "swallowed in a callback |", "|---|---|---|---|---|---|---|"]
         for i in e["interrupts"]:
-            lines.append(f"| {i['signal']} | {i['delay_after_temp_s']} s | {i['exit_code']} | {i['manifest_unchanged']} "
-                         f"| {i['temp_after']} | {' '.join(i['stderr_tail'])[:100]} |")
+            lines.append(f"| {i['signal']} | {i['delay_s']} s after '{i['after_line']}' | {i['exit_code']} | "
+                         f"{i['outcome']} | {i['manifest_unchanged']} | {i['temp_after']} | "
+                         f"{i['swallowed_in_callback']} |")
         n = e["next_run"]
         lines += ["", f"- next run: exit {n['exit_code']} in {n['wall_s']:.1f} s, loads: {n['export_loads']}, "
                       f"temp entries left: {n['temp_after']}", ""]
     if r.get("shm"):
-        lines += ["## /dev/shm per python-backend instance", "", f"- {json.dumps(r['shm'])}", ""]
+        sh = r["shm"]
+        lines += ["## /dev/shm per python-backend instance", ""]
+        if sh.get("per_instance_max_bytes"):
+            lines += [f"- region sizes seen in the runs above: {sh['per_instance_min_bytes'] / MIB:.0f} to "
+                      f"{sh['per_instance_max_bytes'] / MIB:.0f} MiB per instance ({sh['note']})"]
+        for g in sh.get("fresh_server", []):
+            lines.append(f"- fresh server, one request of {g['payload_mib']} MiB of text (8 sentences): regions "
+                         + ", ".join(f"{k} {v:.0f} MiB" for k, v in g["region_mib"].items())
+                         + (f"; error {g['error']}" if g["error"] else ""))
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1115,8 +1224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=4, help="sentences per load request")
     p.add_argument("--good_rounds", type=int, default=10)
     p.add_argument("--bad_rounds", type=int, default=3)
-    p.add_argument("--scenarios", default="load,faults,export",
-                   help="comma-separated: load (includes bad input), faults, export")
+    p.add_argument("--scenarios", default="load,shm,faults,export",
+                   help="comma-separated: load (includes bad input), shm, faults, export")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
     return p
 
@@ -1131,8 +1240,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ofaserve-reliability-") as tmp:
         work = Path(tmp)
         exports: list[tuple[Path, str]] = []
+        compress_dir = None
+        if not args.no_tiny or "export" in scenarios:
+            print("[tiny] real compress + export of a 2-layer random BERT (tests/conftest.py recipe)", flush=True)
+            compress_dir = tiny_compress(work / "tiny")
         if not args.no_tiny:
-            exports.append((tiny_export(work), "tiny-random"))
+            exports.append((tiny_export(compress_dir, work), "tiny (random 2-layer BERT, real compress + export)"))
         real = args.export_dir or find_real_export()
         if real is not None:
             exports.append((Path(real), "real"))
@@ -1142,10 +1255,13 @@ def main(argv: list[str] | None = None) -> int:
             for export, kind in exports:
                 report["models"].append(scenario_load_and_bad_input(export, kind, work, args))
             report["shm"] = shm_per_instance(report)
+        if "shm" in scenarios and exports:
+            print("[shm] one request per payload size, each on a fresh server", flush=True)
+            report.setdefault("shm", {})["fresh_server"] = scenario_shm_fresh(exports[0][0], work)
         if "faults" in scenarios and exports:
             report["faults"] = scenario_faults(exports[0][0], work)
         if "export" in scenarios:
-            report["export"] = scenario_export(work)
+            report["export"] = scenario_export(compress_dir, work)
     report["load_avg_end"] = os.getloadavg()
     write_json(args.output, report)
     args.output.with_suffix(".md").write_text(to_markdown(report))
