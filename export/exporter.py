@@ -415,21 +415,37 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
 
 
 # ============================================================================ selection
-def measure_latency(fn, vocab_size: int, batch: int, seq: int, budget_s: float = 3.0, min_runs: int = 5,
-                    max_runs: int = 50) -> dict[str, float]:
+def latency_inputs(vocab_size: int, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     ids = rng.integers(5, max(6, vocab_size), size=(batch, seq), dtype=np.int64)
     ids[:, 0], ids[:, -1] = 2, 3
-    types = np.zeros_like(ids)
-    for _ in range(2):
-        fn(ids, types)
-    times = []
+    return ids, np.zeros_like(ids)
+
+
+def measure_latency(fn, vocab_size: int, batch: int, seq: int, budget_s: float = 3.0, min_runs: int = 5,
+                    max_runs: int = 50) -> dict[str, float]:
+    return measure_interleaved({"x": fn}, vocab_size, batch, seq, budget_s, min_runs, max_runs)["x"]
+
+
+def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: int, budget_s: float = 3.0,
+                        min_rounds: int = 5, max_rounds: int = 50) -> dict[str, dict[str, float]]:
+    """Median/min ms per function, measured round-robin (one call of each per round) so that a
+    load change on a shared machine hits every width alike instead of biasing one."""
+    ids, types = latency_inputs(vocab_size, batch, seq)
+    for fn in fns.values():
+        for _ in range(2):
+            fn(ids, types)
+    times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        fn(ids, types)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": float(statistics.median(times)), "min_ms": float(min(times)), "runs": len(times)}
+    rounds = 0
+    while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() - start < budget_s * len(fns)):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn(ids, types)
+            times[k].append((time.perf_counter() - t) * 1000)
+        rounds += 1
+    return {k: {"median_ms": float(statistics.median(v)), "min_ms": float(min(v)), "runs": len(v)}
+            for k, v in times.items()}
 
 
 def accuracy_table(src: Source) -> dict[str, Any]:
@@ -479,19 +495,28 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
         raise OfaserveError(f"--seq_len {seq} exceeds the model's max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
     acc = accuracy_table(src)
-    rows = []
-    for w in tqdm(sorted(acc["widths"], reverse=True), desc="latency per width", disable=not progress):
+    fns = {}
+    for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress):
         folder = scratch / f"w{width_key(w)}"
         info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
-        fn = runners.make(runtime, folder, info["artifacts"])
-        lat = measure_latency(fn, int(src.config["vocab_size"]), batch, seq)
+        fns[w] = runners.make(runtime, folder, info["artifacts"])
+    log.info("measuring %s latency of %d widths at %dx%d (round robin)", runtime, len(fns), batch, seq)
+    lat = measure_interleaved(fns, int(src.config["vocab_size"]), batch, seq)
+    rows = []
+    for w, l in lat.items():
         rows.append({"width": width_key(w), "width_mult": w, "dev_accuracy": acc["widths"][w],
-                     "latency_ms": round(lat["median_ms"], 3), "latency_min_ms": round(lat["min_ms"], 3),
-                     "runs": lat["runs"], "meets_budget": lat["median_ms"] <= budget_ms})
-        log.info("width %s: %s median %.1f ms at %dx%d (dev acc %.4f)", width_key(w), runtime,
-                 lat["median_ms"], batch, seq, acc["widths"][w])
+                     "latency_ms": round(l["median_ms"], 3), "latency_min_ms": round(l["min_ms"], 3),
+                     "runs": l["runs"], "meets_budget": l["median_ms"] <= budget_ms})
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    if load is not None and load > (os.cpu_count() or 1):
+        log.warning("load average %.1f > %d cores: latencies are inflated by other processes", load,
+                    os.cpu_count() or 1)
     sel = {"mode": "latency_budget", "latency_budget_ms": budget_ms, "batch_size": batch, "seq_len": seq,
-           "runtime": runtime, "machine": machine_info(), "teacher_dev_accuracy": acc["teacher"], "table": rows}
+           "runtime": runtime, "machine": machine_info(), "load_average_1min": load,
+           "threads": runners.threads(), "teacher_dev_accuracy": acc["teacher"], "table": rows}
     print(selection_table(sel))
     chosen = choose_within_budget(rows, budget_ms, f"on {runtime} at {batch}x{seq}")
     sel["chosen"] = chosen["width"]
