@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ class ExportOptions:
     tolerance: float = PARITY_TOL
     overwrite: bool = False
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -732,7 +731,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
                     "sha256": src.sha256, "task": src.manifest.get("task")},
             dev_accuracy=compress_acc, dev_metrics_exported=dev_m, onnx=info.get("onnx"), parity=parity,
             precisions=precisions, selection=selection,
-            options={k: v for k, v in vars(opts).items() if k not in ("progress", "extra")},
+            options={k: v for k, v in vars(opts).items() if k != "progress"},
             machine=machine_info(), wall_s=round(time.time() - t_start, 1), finished=now_iso())
         steps.update(1)
     _extra_copies(opts, out)

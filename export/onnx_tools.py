@@ -214,11 +214,6 @@ def _prune_dead(g) -> None:
     g.initializer.extend(inits)
 
 
-def toposort_check(proto) -> None:
-    import onnx
-    onnx.checker.check_model(proto)
-
-
 # ----------------------------------------------------------------------------- ORT fusion
 def fuse_for_ort(src: Path, dst: Path, num_heads: int, hidden_size: int, work: Path) -> dict[str, Any]:
     """ORT basic optimisation (saved to a file), then the BERT fusions at opt_level=0

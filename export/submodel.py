@@ -95,10 +95,6 @@ def build_sub_model(cfg: dict[str, Any]):
     return model
 
 
-def expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in build_sub_model(cfg).state_dict().items()}
-
-
 def check_shapes(model, state: dict[str, Any], cfg: dict[str, Any], where: str) -> None:
     """Every tensor present with exactly the config's shape; every head count consistent."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
