@@ -384,3 +384,21 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 0.75, progress=False, precisions=False)
     assert m["onnx"]["rewrite"] == {"applied": False, "reason": "pattern not found (test)"}
     assert "onnx_ort_fused" not in m["artifacts"] and m["parity"]["ok"]
+
+
+def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_dir, tmp_path, monkeypatch):
+    from export import exporter
+    from export.runners import onnxruntime
+
+    folder = tmp_path / "exp"
+    shutil.copytree(tiny_export_dir, folder)
+    (folder / "onnx" / "model_int8.onnx").unlink(missing_ok=True)
+    src = exporter.load_compress_output(tiny_compress_dir)
+    dev = exporter.load_dev(src)
+    tok, _ = exporter.load_tokenizer(src, src.manifest["max_seq_length"])
+    m, logits = exporter._dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    monkeypatch.setattr(exporter, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
+    res, arts = exporter.precision_variants(folder, dev, tok, logits, m["accuracy"])
+    assert res["onnx_int8_dynamic"]["shipped"] is False and "onnx_int8" not in arts
+    assert not (folder / "onnx" / "model_int8.onnx").exists()
+    assert arts["onnx_fp16"] == "onnx/model_fp16.onnx"
