@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from compress.artifacts import terminate_like_interrupt
+
     from .exporter import ParityError, export_subnet
+
+    terminate_like_interrupt()
 
     kwargs = {k: v for k, v in vars(args).items()
               if k not in ("model_name_or_path", "output_dir", "width_mult", "no_progress")}
