@@ -24,7 +24,7 @@ SENTENCES = [
     "The plot is a tired retread and the jokes fall flat.",
     "Not the best film of the year, but a warm and generous one.",
     "I wanted my two hours back.",
-    "",  # empty text is answered too (the tokenizer sends [CLS] [SEP])
+    "Un film magnifique 🎬 — 美しい映画",  # non-English and emoji are answered too
 ]
 
 
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width_mult", default="0.6667", help="compressed width to export and serve (default: 0.6667)")
     p.add_argument("--redo", default="", help=f"comma-separated stages to redo even if finished ({','.join(STAGES)}, or all)")
     p.add_argument("--requests", type=int, default=30, help="measured requests per model/workload in the benchmark")
+    p.add_argument("--seq_len", type=int, default=128,
+                   help="sequence length of the fixed-length benchmark (the seed's 128); exports serve up to it")
     p.add_argument("--grpc_port", type=int, default=0, help="gRPC port of the demo server (default: a free port)")
     return p
 
@@ -71,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t_start = time.time()
     timings: dict[str, float] = {}
+    from compress.artifacts import OfaserveError
     try:
         return _pipeline(args, work, redo, timings, t_start)
+    except OfaserveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ndemo interrupted: finished stages are kept and reused on the next `make demo`", file=sys.stderr)
         return 130
@@ -102,7 +108,7 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
         if "export" in redo or not _finished(out, "export"):
             _run_stage(f"export {width}", export_cli.main,
                        ["--model_name_or_path", str(compress_dir), "--width_mult", width, "--output_dir", str(out),
-                        "--overwrite"])
+                        "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite"])
         else:
             print(f"\n=== export {width}: reusing {out}")
         exports[width] = out
@@ -135,7 +141,7 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
         from benchmarks import run as bench
         _run_stage("bench", bench.main,
                    ["--url", server.grpc_url, "--model_repository", str(repo), "--models", ",".join(names.values()),
-                    "--batch_size", "16", "--seq_len", "128", "--real_text", "--concurrency", "1",
+                    "--batch_size", "16", "--seq_len", str(args.seq_len), "--real_text", "--concurrency", "1",
                     "--requests", str(args.requests), "--output_dir", str(bench_dir)])
         timings["bench_s"] = round(time.time() - t, 1)
     print("server stopped")
