@@ -901,14 +901,18 @@ def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = 
         unchanged = sha256(out / "manifest.json") == before if (out / "manifest.json").is_file() else False
         loads = _export_ok(out)
         after = [l for t, l in lines if t >= t_sig]
-        completed = any(l.startswith("exported width") for l in after)
-        if proc.returncode in (130, -signal.SIGINT, 128 + int(sig), -int(sig)) and unchanged and loads and not completed:
+        done_before = any(l.startswith("exported width") for t, l in lines if t < t_sig)
+        done_after = any(l.startswith("exported width") for l in after)
+        if done_before:
+            outcome = f"export had completed; signal during interpreter exit (exit {proc.returncode})"
+        elif proc.returncode in (130, 128 + int(sig), -int(sig)) and unchanged and loads and not done_after:
             outcome = "interrupted, previous export intact"
-        elif completed and loads and not unchanged:
+        elif done_after and loads and not unchanged:
             outcome = ("signal lost: the export completed and replaced the previous one" if proc.returncode == 0
-                       else "signal arrived after the export had completed")
+                       else "signal acted only after the export had completed")
         elif unchanged and loads:
-            outcome = "killed, previous export intact"
+            last = next((l for l in reversed(after) if l.strip()), "")
+            outcome = f"failed with exit {proc.returncode} ({last[:80]}), previous export intact"
         else:
             outcome = "BROKEN: output missing or incomplete"
         return {"signal": signal.Signals(sig).name, "after_line": after_line, "delay_s": delay_s,
