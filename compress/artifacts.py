@@ -155,13 +155,28 @@ def remove_stale_temp_dirs(final: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+_INTERRUPTED: list[int] = []
+
+
+def interrupted() -> bool:
+    """True once SIGINT/SIGTERM arrived (even if the exception was swallowed somewhere)."""
+    return bool(_INTERRUPTED)
+
+
 def terminate_like_interrupt() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so ``finally`` blocks clean up temp output."""
+    """SIGINT and SIGTERM unwind like Ctrl-C, and leave a flag behind.
+
+    The flag matters: a KeyboardInterrupt raised while Python runs a weakref or
+    ``__del__`` callback (paddle and paddle2onnx have some) is printed and dropped.
+    ``atomic_output_dir`` checks the flag before it swaps anything into place.
+    """
     import signal
 
     def handler(signum, frame):
+        _INTERRUPTED.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager
@@ -179,6 +194,8 @@ def atomic_output_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
+        if interrupted():
+            raise KeyboardInterrupt("interrupted earlier (signal caught in a callback)")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

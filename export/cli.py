@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from compress.artifacts import terminate_like_interrupt
+    from compress.artifacts import interrupted, terminate_like_interrupt
 
     from .exporter import ParityError, export_subnet
 
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
         return 130
+    except Exception:
+        if interrupted():  # the signal surfaced as another error inside a library
+            print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+            return 130
+        raise
     p = manifest["params"]
     print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "
           f"({p['encoder_fraction']:.1%} of the encoder), dev accuracy {manifest['dev_accuracy']:.4f}, "

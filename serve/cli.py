@@ -105,7 +105,9 @@ def serve_main(argv: list[str]) -> int:
                 raise OfaserveError(server.failure_message(f"tritonserver exited with code {server.process.returncode}"))
             down = [m for m, ok in server.models_ready().items() if not ok]
             if down and stop["signal"] is None:
-                raise OfaserveError(server.failure_message(f"model(s) no longer ready: {', '.join(down)}"))
+                raise OfaserveError(
+                    f"model(s) no longer ready: {', '.join(down)} (a python backend stub process died; "
+                    "Triton 2.51 does not restart it): restart `ofaserve serve`")
         print(f"received {signal.Signals(stop['signal']).name}; stopping Triton", flush=True)
         code = server.stop()
         print(f"Triton stopped (exit code {code})")

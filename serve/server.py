@@ -183,17 +183,36 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise OfaserveError(self.failure_message(f"tritonserver exited with code {self.process.returncode}"))
-            if self.is_ready() and all(self.models_ready().values()):
+            if self.is_ready() and all(self.models_ready().values()) and self._http_endpoints_up():
                 return
             time.sleep(0.2)
         raise OfaserveError(self.failure_message(f"tritonserver not ready after {timeout:.0f} s"))
 
+    def _http_endpoints_up(self) -> bool:
+        """Triton binds HTTP and metrics after gRPC: if one of those ports was taken
+        after our check, it exits a second later. Ready means all three answer."""
+        import urllib.request
+        for url in (f"{self.http_url}/v2/health/ready", self.metrics_url):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            except OSError:
+                return False
+        return True
+
     def failure_message(self, what: str) -> str:
         """``what`` plus the server's own error lines from its log, as one line."""
+        code = self.process.returncode if self.process is not None else None
+        if code is not None and code < 0 and "exited with code" in what:
+            with contextlib.suppress(ValueError):
+                what += f" (killed by {signal.Signals(-code).name})"
         log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
         errors = _error_lines(log)
-        if not errors:
-            errors = [l for l in log.strip().splitlines()[-5:] if not any(h in l for h in _HARMLESS)]
+        if not errors:  # last meaningful lines: not the options table, not "Started ..." banners
+            errors = [l for l in log.strip().splitlines()
+                      if l.strip() and l.lstrip()[:1] not in "+|" and "Started" not in l
+                      and not any(h in l for h in _HARMLESS)][-3:]
         return f"{what}: " + (" | ".join(errors) if errors else "no output")
 
     def _remember_resources(self) -> None:
