@@ -1,0 +1,81 @@
+"""Accuracy through the server: every dev sentence sent as text to the served ensemble
+over gRPC, compared with the exported ONNX model run in-process on the same sentences.
+
+    python benchmarks/served_accuracy.py --model_repository runs/full/model_repository \
+        --export_dir runs/full/export/w0.6667 --model bert_w67 --output benchmarks/results/served_accuracy.json
+
+Reports served accuracy vs the export manifest's dev accuracy, and the max abs difference
+between served PROBS and the in-process ONNX Runtime softmax (same tokenizer file, same
+truncation, the same batches of 16).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_repository", required=True, help="repository to serve (the bundled server is started)")
+    p.add_argument("--export_dir", required=True, help="the export folder the served model was built from")
+    p.add_argument("--model", required=True, help="ensemble name, e.g. bert_w67")
+    p.add_argument("--batch_size", type=int, default=16, help="sentences per gRPC request")
+    p.add_argument("--output", help="write the record (JSON) here")
+    args = p.parse_args(argv)
+
+    import onnxruntime as ort
+    from sklearn.metrics import accuracy_score
+    from tokenizers import Tokenizer
+
+    from compress.artifacts import machine_info, now_iso, read_manifest, write_json
+    from compress.tasks import load_task
+    from serve.client import classify
+    from serve.server import TritonServer, free_port
+
+    manifest = read_manifest(args.export_dir, stage="export")
+    texts, labels = load_task(manifest["source"]["task"]).split("dev")
+    tok = Tokenizer.from_file(f"{args.export_dir}/{manifest['artifacts']['tokenizer']}")
+    tok.enable_truncation(max_length=manifest["max_seq_length"])
+    session = ort.InferenceSession(f"{args.export_dir}/{manifest['artifacts']['onnx']}",
+                                   providers=["CPUExecutionProvider"])
+    local = []
+    for start in range(0, len(texts), args.batch_size):
+        encs = tok.encode_batch(texts[start:start + args.batch_size])
+        width = max(len(e.ids) for e in encs)
+        ids = np.array([e.ids + [manifest["pad_token_id"]] * (width - len(e.ids)) for e in encs], dtype=np.int64)
+        types = np.array([e.type_ids + [0] * (width - len(e.ids)) for e in encs], dtype=np.int64)
+        logits = session.run(["logits"], {"input_ids": ids, "token_type_ids": types})[0]
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        local.append(e / e.sum(-1, keepdims=True))
+    local = np.concatenate(local)
+
+    with TritonServer(args.model_repository, grpc_port=free_port(), http_port=free_port(),
+                      metrics_port=free_port()) as server:
+        answers = classify(texts, url=server.grpc_url, model=args.model, batch_size=args.batch_size)
+    names = manifest["labels"]
+    served = np.array([[a["probs"][n] for n in names] for a in answers], dtype=np.float32)
+    served_labels = [a["label"] for a in answers]
+    assert served_labels == [names[i] for i in served.argmax(-1)], "LABEL must be the argmax of PROBS"
+    record = {
+        "model": args.model, "export_dir": args.export_dir, "width": manifest["width"],
+        "dev_sentences": len(texts),
+        "served_dev_accuracy": float(accuracy_score(labels, served.argmax(-1))),
+        "in_process_onnx_dev_accuracy": float(accuracy_score(labels, local.argmax(-1))),
+        "export_manifest_dev_accuracy": manifest["dev_accuracy"],
+        "max_abs_probs_diff_served_vs_onnx": float(np.abs(served - local).max()),
+        "predictions_differing_served_vs_onnx": int((served.argmax(-1) != local.argmax(-1)).sum()),
+        "truncation_served": manifest["max_seq_length"],
+        "date": now_iso(), "machine": machine_info(), "command": " ".join(["python benchmarks/served_accuracy.py", *(argv or sys.argv[1:])]),
+    }
+    for k, v in record.items():
+        if k not in ("machine",):
+            print(f"{k}: {v}")
+    if args.output:
+        write_json(args.output, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
