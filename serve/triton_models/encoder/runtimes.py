@@ -93,10 +93,11 @@ def _openvino(path: Path, precision: str, threads: int) -> Runner:
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
-        # Dynamic padding makes every (batch, seq) a new shape; the default cache of
-        # compiled shapes (thousands) grew the encoder's RSS by ~33 MiB over 5,000 real
-        # requests. 16 entries levels memory off with no latency cost measured here.
-        "CPU_RUNTIME_CACHE_CAPACITY": 16,
+        # Dynamic padding makes every (rows, seq) a new shape, each cached by the CPU
+        # plugin (default: thousands of entries, memory grows with traffic). 256 entries
+        # hold the shapes of real sentence traffic: measured as fast as the default on
+        # length-bucketed dev batches, while 16 entries cost 15%.
+        "CPU_RUNTIME_CACHE_CAPACITY": 256,
     })
     request = compiled.create_infer_request()
     output = compiled.output("logits")
