@@ -100,7 +100,7 @@ def compress_model(opts: CompressOptions) -> dict:
 
     from .bert import load_pretrained_classifier, resolve_model_path
     from .ofa import OfaSupernet
-    from .tasks import load_task, make_tokenizer
+    from .tasks import batches, load_task, make_tokenizer
     from .train import finetune_teacher, metrics, paired_bootstrap, predict, supernet_logits_fn, train_ofa
     from .train import model_logits_fn
 
@@ -191,7 +191,6 @@ def compress_model(opts: CompressOptions) -> dict:
     else:
         t0 = time.time()
         n_imp = min(opts.importance_samples, len(train_texts))
-        from .tasks import batches
         imp_batches = [(i, t, y) for i, t, y, _ in batches(train_texts[:n_imp], train_labels[:n_imp],
                                                            opts.batch_size, tokenizer=tokenizer)]
         full_before = supernet.logits_numpy(*imp_batches[0][:2], 1.0)

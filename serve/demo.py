@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -69,11 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --redo: unknown stage(s) {sorted(unknown)}; choose from {STAGES} or all", file=sys.stderr)
         return 2
-    # SIGTERM behaves like Ctrl-C: unwinds through the server's context manager
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    from compress.artifacts import OfaserveError, terminate_like_interrupt
+    terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     t_start = time.time()
     timings: dict[str, float] = {}
-    from compress.artifacts import OfaserveError
     try:
         return _pipeline(args, work, redo, timings, t_start)
     except OfaserveError as e:

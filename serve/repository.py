@@ -238,6 +238,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
     if python:
         for src in ("model.py", "runtimes.py"):
             shutil.copy2(SOURCES / "encoder" / src, dest / src)
+        shutil.copy2(SOURCES / "backend_utils.py", dest / "backend_utils.py")
 
 
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
@@ -289,6 +290,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             tok = tmp / f"{model}_tokenizer"
             _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, PAD_MULTIPLE[target]))
             shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
+            shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
             shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], tok / "1" / "tokenizer.json")
 
             enc = tmp / f"{model}_encoder"
@@ -299,6 +301,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             post = tmp / f"{model}_postprocess"
             _write(post, postprocess_config(post.name, manifest, max_batch_size))
             shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
+            shutil.copy2(SOURCES / "backend_utils.py", post / "1" / "backend_utils.py")
 
             _write(tmp / model, ensemble_config(model, manifest, max_batch_size))
         # Triton only treats folders as models; this file is for people and the benchmarks.

@@ -15,21 +15,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtimes import check_inputs, runner_from_parameters  # noqa: E402  (sits next to this file)
-
-
-def _param(config, key, default=None):
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    if value is None:
-        if default is None:
-            raise pb_utils.TritonModelException(f"config.pbtxt lacks parameter {key!r}")
-        return default
-    return value
-
-
-def _error(message, code_name="INVALID_ARG"):
-    code = getattr(pb_utils.TritonError, code_name, None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+from backend_utils import param as _param, request_error as _error  # noqa: E402  (copied next to this file)
+from runtimes import check_inputs, runner_from_parameters  # noqa: E402
 
 
 class TritonPythonModel:

@@ -1,13 +1,13 @@
 """Triton python model: logits -> LABEL (label name) and PROBS (softmax)."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backend_utils import request_error as _error  # noqa: E402  (copied next to this file)
 
 
 class TritonPythonModel:

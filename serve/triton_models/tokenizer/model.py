@@ -7,25 +7,15 @@ downstream batcher that needs equal shapes can merge requests). Truncates to
 max_seq_length. Empty or whitespace-only text is rejected per request.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-
-def _param(config, key, default=None):
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    if value is None:
-        if default is None:
-            raise pb_utils.TritonModelException(f"config.pbtxt lacks parameter {key!r}")
-        return default
-    return value
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backend_utils import param as _param, request_error as _error  # noqa: E402  (copied next to this file)
 
 
 class TritonPythonModel:
