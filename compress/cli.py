@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate every width on dev and checkpoint every N OFA steps (0: only at the end)")
     p.add_argument("--eval_before_ofa", action="store_true", default=None,
                    help="also evaluate every width on dev right after the importance reorder (before OFA training)")
+    p.add_argument("--teacher_dir", default=None,
+                   help="reuse the fine-tuned teacher of an earlier `ofaserve compress` output (same model and "
+                        "data; checksum verified) instead of fine-tuning a new one")
+    p.add_argument("--select_width", type=float, default=None,
+                   help="keep the checkpoint with the best dev accuracy at this width (the one you will deploy) "
+                        "[default: best mean dev accuracy over all widths]")
     p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")
     p.add_argument("--seed", type=int, default=42, help="random seed (data order, dropout, head)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
@@ -76,7 +82,8 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
         width_mult_list=args.width_mult_list, batch_size=args.batch_size, learning_rate=args.learning_rate,
         teacher_learning_rate=args.teacher_learning_rate, lambda_hidden=args.lambda_hidden,
         lambda_logit=args.lambda_logit, sampling=args.sampling, logging_steps=args.logging_steps,
-        seed=args.seed, n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
+        seed=args.seed, teacher_dir=args.teacher_dir, select_width=args.select_width,
+        n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
         progress=not args.no_progress, **merged)
 
 

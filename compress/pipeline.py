@@ -64,11 +64,37 @@ class CompressOptions:
     save_steps: int = 0
     eval_before_ofa: bool = False
     seed: int = 42
+    teacher_dir: str | None = None
+    select_width: float | None = None
     n_gpu: int = 1
     resume: bool = False
     overwrite: bool = False
     profile: str | None = None
     progress: bool = True
+
+
+def _reusable_teacher(teacher_dir: str, opts: CompressOptions) -> dict:
+    """The fine-tuned teacher of an earlier compress output (``--teacher_dir``), checked to
+    match this run's model and task, with its checksum verified."""
+    from .artifacts import read_manifest
+    manifest = read_manifest(teacher_dir, stage="compress")
+    ckpt = Path(teacher_dir) / manifest["checkpoints"]["teacher"]
+    if not ckpt.is_file():
+        raise OfaserveError(f"--teacher_dir {teacher_dir}: {ckpt} is missing; re-run the compress stage that made it")
+    src = manifest.get("source", {})
+    mine = {"model": str(opts.model_name_or_path), "task": opts.task_name if not opts.train_file else None}
+    theirs = {"model": src.get("model"), "task": manifest.get("task") if not manifest["options"].get("train_file") else None}
+    if mine != theirs or manifest["options"].get("train_file") != opts.train_file:
+        raise OfaserveError(f"--teacher_dir {teacher_dir} was trained from {theirs} (train_file "
+                            f"{manifest['options'].get('train_file')}), this run uses {mine} (train_file "
+                            f"{opts.train_file}): pass a compress output of the same model and data")
+    sha = sha256_file(ckpt)
+    if sha != manifest["checkpoint_sha256"]["teacher"]:
+        raise OfaserveError(f"--teacher_dir {teacher_dir}: {ckpt} does not match its manifest checksum (corrupted?)")
+    info = dict(manifest["phases"]["teacher"])
+    info["reused_from"] = {"dir": str(Path(teacher_dir).resolve()), "sha256": sha,
+                           "created": manifest.get("created")}
+    return {"checkpoint": ckpt, "info": info}
 
 
 def _seed_everything(seed: int) -> None:
@@ -113,6 +139,10 @@ def compress_model(opts: CompressOptions) -> dict:
         raise OfaserveError(f"--sampling must be all or sandwich, not {opts.sampling!r}")
     if opts.n_gpu < 1:
         raise OfaserveError(f"--n_gpu must be >= 1 (got {opts.n_gpu})")
+    if opts.select_width is not None and not any(abs(opts.select_width - w) < 1e-3 for w in widths):
+        raise OfaserveError(f"--select_width {opts.select_width} is not in --width_mult_list "
+                            f"{[width_key(w) for w in widths]}")
+    reused = _reusable_teacher(opts.teacher_dir, opts) if opts.teacher_dir else None
     out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite)
     if opts.n_gpu > 1 and dist.world_size() == 1:
         # data-parallel: re-enter this function in n_gpu paddle.distributed workers
@@ -157,7 +187,17 @@ def compress_model(opts: CompressOptions) -> dict:
     # -------------------------------------------------------------- teacher
     teacher_ckpt = partial / "teacher" / "model_state.pdparams"
     teacher_info = partial / "teacher" / "info.json"
-    if opts.resume and teacher_ckpt.is_file() and teacher_info.is_file():
+    if reused is not None:
+        # same fine-tuned teacher as an earlier run: saves the fine-tune and makes OFA
+        # settings comparable run to run (the teacher is not a source of difference)
+        teacher.set_state_dict(_load_params(reused["checkpoint"]))
+        info = dict(reused["info"])
+        if main:
+            teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(reused["checkpoint"], teacher_ckpt)
+            write_json(teacher_info, info)
+        log.info("reusing the fine-tuned teacher of %s (sha256 %s...)", opts.teacher_dir, info["reused_from"]["sha256"][:12])
+    elif opts.resume and teacher_ckpt.is_file() and teacher_info.is_file():
         teacher.set_state_dict(_load_params(teacher_ckpt))
         info = json.loads(teacher_info.read_text())
         log.info("resumed the fine-tuned teacher from %s", teacher_ckpt)
@@ -215,7 +255,8 @@ def compress_model(opts: CompressOptions) -> dict:
         nonlocal best
         supernet.eval()
         dev_res = {width_key(w): evaluate(supernet_logits_fn(supernet, w)) for w in widths}
-        score = float(np.mean([r["accuracy"] for r in dev_res.values()]))
+        score = (dev_res[width_key(opts.select_width)]["accuracy"] if opts.select_width is not None
+                 else float(np.mean([r["accuracy"] for r in dev_res.values()])))
         entry = {"step": step, "dev": dev_res, "score": score}
         history.append(entry)
         log.info("step %d dev accuracy %s", step, {k: round(v["accuracy"], 4) for k, v in dev_res.items()})

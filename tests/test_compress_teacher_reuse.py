@@ -1,0 +1,46 @@
+"""--teacher_dir reuses an earlier run's fine-tuned teacher (checksum-checked) and
+--select_width keeps the checkpoint that is best at the width that will be deployed."""
+import logging
+import shutil
+
+import pytest
+
+from compress.artifacts import OfaserveError, read_manifest
+from compress.pipeline import compress_model
+from tests.conftest import TINY_WIDTHS
+from tests.test_compress_resume import _opts
+
+
+def test_reused_teacher_and_width_selection(tmp_path, tiny_checkpoint, tiny_compress_dir, caplog):
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    with caplog.at_level(logging.INFO, logger="ofaserve.compress"):
+        manifest = compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, teacher_dir=str(tiny_compress_dir),
+                                        select_width=TINY_WIDTHS[-1]))
+    assert "reusing the fine-tuned teacher" in caplog.text
+    old = read_manifest(tiny_compress_dir, stage="compress")
+    assert manifest["checkpoint_sha256"]["teacher"] == old["checkpoint_sha256"]["teacher"]
+    assert manifest["phases"]["teacher"]["reused_from"]["sha256"] == old["checkpoint_sha256"]["teacher"]
+    assert manifest["results"]["teacher"]["dev"] == old["results"]["teacher"]["dev"]
+    # the kept checkpoint is the one with the best dev accuracy at the selected width
+    history = manifest["phases"]["ofa"]["history"]
+    key = list(manifest["results"]["widths"])[-1]
+    best = max(history, key=lambda h: h["dev"][key]["accuracy"])
+    assert manifest["phases"]["ofa"]["best_step"] == best["step"]
+    assert all(h["score"] == h["dev"][key]["accuracy"] for h in history)
+
+
+def test_reused_teacher_must_match_its_checksum(tmp_path, tiny_checkpoint, tiny_compress_dir):
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_compress_dir, broken)
+    with open(broken / "teacher" / "model_state.pdparams", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(OfaserveError, match="checksum"):
+        compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, teacher_dir=str(broken)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_width_must_be_a_trained_width(tmp_path, tiny_checkpoint):
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    with pytest.raises(OfaserveError, match="--select_width"):
+        compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, select_width=0.3))
