@@ -203,9 +203,12 @@ def _int_or_none(v: Any) -> int | None:
 
 
 def real_text_encoder(m: str, repo: Path):
-    """The in-process twin of ``{m}_tokenizer``: its tokenizer.json, truncation and padding
-    (to the batch's longest, rounded up to ``pad_to_multiple_of``), as the server does it."""
+    """The in-process twin of the server's tokenization (``{m}_tokenizer`` of an ensemble, or
+    the fused text model ``{m}``): its tokenizer.json, truncation and padding (to the
+    batch's longest, rounded up to ``pad_to_multiple_of``), as the server does it."""
     tok_dir = repo / f"{m}_tokenizer"
+    if not tok_dir.is_dir() and (repo / m / "1" / "tokenizer.json").is_file():
+        tok_dir = repo / m
     if not (tok_dir / "config.pbtxt").is_file():
         raise OfaserveError(f"{tok_dir}/config.pbtxt is missing")
     params = inprocess.read_config_parameters(tok_dir / "config.pbtxt")

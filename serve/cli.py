@@ -20,7 +20,8 @@ def repo_parser() -> argparse.ArgumentParser:
     from .repository import PRECISIONS, RUNTIMES
     p = argparse.ArgumentParser(
         prog="ofaserve repo", description="Generate a Triton model repository from `ofaserve export` folders: "
-        "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%}.")
+        "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%} "
+        "(or, with --text_pipeline fused, an encoder and one fused text model {name}_w{width%}).")
     p.add_argument("--export_dir", nargs="+", required=True, type=Path, metavar="DIR",
                    help="one or more export folders (e.g. full width and compressed, served side by side)")
     p.add_argument("--output", required=True, type=Path,
@@ -42,6 +43,10 @@ def repo_parser() -> argparse.ArgumentParser:
     precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
     p.add_argument("--precision", choices=precisions, default=None,
                    help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, onnxruntime: the export's INT8 graph); gpu: fp16 (default) | fp32")
+    p.add_argument("--text_pipeline", choices=("ensemble", "fused"), default="ensemble",
+                   help="how {name}_w{width%} turns text into a label: ensemble (tokenizer -> encoder -> "
+                        "postprocess, three python models; default) or fused (one python model doing all "
+                        "three, no hops between stubs; cpu target or --runtime onnxruntime-trt)")
     return p
 
 
@@ -51,7 +56,8 @@ def repo_main(argv: list[str]) -> int:
     try:
         manifest = build_repository(args.export_dir, args.output, target=args.target, name=args.name,
                                     max_batch_size=args.max_batch_size, instances=args.instances,
-                                    runtime=args.runtime, precision=args.precision, threads=args.threads)
+                                    runtime=args.runtime, precision=args.precision, threads=args.threads,
+                                    text_pipeline=args.text_pipeline)
     except OfaserveError as e:
         return _fail(e)
     print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "

@@ -88,10 +88,13 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 
 def model_labels(client, model: str) -> list[str] | None:
-    """Label names from the postprocess step's config (so probabilities get names)."""
+    """Label names from the config of the postprocess step (ensemble) or of the fused text
+    model itself (so probabilities get names)."""
     import json
-    try:
-        cfg = client.get_model_config(f"{model}_postprocess", as_json=True)["config"]
-        return json.loads(cfg["parameters"]["labels"]["string_value"])
-    except Exception:
-        return None
+    for name in (f"{model}_postprocess", model):
+        try:
+            cfg = client.get_model_config(name, as_json=True)["config"]
+            return json.loads(cfg["parameters"]["labels"]["string_value"])
+        except Exception:
+            continue
+    return None

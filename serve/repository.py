@@ -5,6 +5,8 @@ Per export (width w), four models named from ``{name}_w{round(w*100)}``:
   {m}_encoder     input_ids, token_type_ids -> logits (backend chosen by the target)
   {m}_postprocess python: logits -> LABEL, PROBS
   {m}             ensemble: TEXT -> LABEL, PROBS
+With text_pipeline="fused" (python-backend runtimes), {m} is instead one python model
+doing tokenize + encode + softmax (no {m}_tokenizer / {m}_postprocess).
 
 Targets:
   cpu   encoder in the python backend on OpenVINO / Paddle Inference / ONNX Runtime:
@@ -39,6 +41,8 @@ RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
             "gpu": ("onnxruntime", "onnxruntime-trt")}
 PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "xeon": ("fp32", "bf16"), "gpu": ("fp16", "fp32")}
 PREFERRED_BATCH = 16
+LENGTH_BUCKETS = 3
+TEXT_PIPELINES = ("ensemble", "fused")
 MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
 # A python-backend runtime parallelises inside one request; the native xeon/gpu backends
 # batch requests of equal shape only, so pad tokens to a multiple there to let them merge.
@@ -150,19 +154,7 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
             warmup.inputs[input_name].zero_data = True
 
     if python:
-        _param(config, "runtime", runtime)
-        _param(config, "precision", precision)
-        _param(config, "threads", threads)
-        _param(config, "model_file", "static/model" if runtime == "paddle" else "model.onnx")
-        _param(config, "vocab_size", manifest["vocab_size"])
-        _param(config, "max_seq_length", manifest["max_seq_length"])
-        _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
-        _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
-        # Split a formed batch into this many length-sorted chunks when that cuts the
-        # padded tokens by >= 20% (real sentences in one batch: ~1.25x faster here).
-        _param(config, "length_buckets", 1 if runtime == "onnxruntime-trt" else 2)
-        if runtime == "onnxruntime-trt":
-            _param(config, "trt_cache_dir", "trt_cache")
+        _runtime_params(config, manifest, runtime, precision, threads)
     elif target == "xeon":
         _param(config, "PERFORMANCE_HINT", "LATENCY")
         _param(config, "NUM_STREAMS", 1)
@@ -177,6 +169,43 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
         trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
         trt.parameters["trt_engine_cache_enable"] = "1"
         trt.parameters["trt_engine_cache_path"] = f"{TRT_CACHE_ROOT}/{name}"
+    return config
+
+
+def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precision: str, threads: int) -> None:
+    """Parameters our python models read to build their runtime (runtimes.py)."""
+    _param(config, "runtime", runtime)
+    _param(config, "precision", precision)
+    _param(config, "threads", threads)
+    _param(config, "model_file", "static/model" if runtime == "paddle" else "model.onnx")
+    _param(config, "vocab_size", manifest["vocab_size"])
+    _param(config, "max_seq_length", manifest["max_seq_length"])
+    _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
+    _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
+    # Run a formed batch as this many length-sorted chunks (equal row counts) when that
+    # cuts the padded tokens by >= 20%. Real dev batches of 16 in-process, OpenVINO f32,
+    # 2 threads (2026-11-25): 1 chunk 40.7 ms, 2: 33.4, 3: 30.8, 4: 32.5, 8: 38.4 (w1.0);
+    # w0.6667: 27.8 / 23.6 / 23.3 / 23.2 / 26.9. TensorRT builds engines per shape range,
+    # so it gets one call.
+    _param(config, "length_buckets", 1 if runtime == "onnxruntime-trt" else LENGTH_BUCKETS)
+    if runtime == "onnxruntime-trt":
+        _param(config, "trt_cache_dir", "trt_cache")
+
+
+def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime: str, precision: str,
+                      instances: int, threads: int, gpu: bool) -> mc.ModelConfig:
+    """The fused text model: TEXT -> LABEL, PROBS in one python model (tokenize + encode +
+    softmax), the alternative to the three-step ensemble."""
+    n = len(manifest["labels"])
+    config = _base(name, max_batch_size, backend="python")
+    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
+    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
+                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    _batching(config, max_batch_size)
+    _instances(config, instances, "KIND_GPU" if gpu else "KIND_CPU")
+    _runtime_params(config, manifest, runtime, precision, threads)
+    _param(config, "tokenizer_file", "tokenizer.json")
+    _param(config, "labels", json.dumps(manifest["labels"]))
     return config
 
 
@@ -219,7 +248,9 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
     return "onnx"
 
 
-def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: bool) -> None:
+def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: str | None) -> None:
+    """The encoder artifact into ``dest``; with ``python`` (a folder of triton_models) also
+    that model.py plus the runtime and helper modules it imports."""
     artifacts = manifest["artifacts"]
     if artifact == "paddle_static":
         prefix = export_dir / artifacts.get("paddle_static", "static/model")
@@ -236,19 +267,22 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
             raise OfaserveError(f"{export_dir} lacks {artifacts[artifact]} (artifact {artifact}): re-run `ofaserve export`")
         shutil.copy2(src, dest / "model.onnx")
     if python:
-        for src in ("model.py", "runtimes.py"):
-            shutil.copy2(SOURCES / "encoder" / src, dest / src)
+        shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
+        shutil.copy2(SOURCES / "encoder" / "runtimes.py", dest / "runtimes.py")
         shutil.copy2(SOURCES / "backend_utils.py", dest / "backend_utils.py")
 
 
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
-                     precision: str | None = None, threads: int | None = None) -> dict[str, Any]:
+                     precision: str | None = None, threads: int | None = None,
+                     text_pipeline: str = "ensemble") -> dict[str, Any]:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
     ``runtime``/``precision`` default per target (cpu: openvino/fp32, xeon: openvino/fp32,
     gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
-    using every core this process may run on.
+    using every core this process may run on. ``text_pipeline``: the text model {m} is an
+    ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
+    three (python-backend runtimes only); {m}_encoder is there either way.
     """
     if target not in TARGETS:
         raise OfaserveError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -262,6 +296,11 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         raise OfaserveError("runtime onnxruntime on cpu runs fp32 or int8; use openvino or paddle for bf16")
     if precision == "int8" and runtime != "onnxruntime":
         raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
+    if text_pipeline not in TEXT_PIPELINES:
+        raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
+    if text_pipeline == "fused" and not (target == "cpu" or runtime == "onnxruntime-trt"):
+        raise OfaserveError(f"--text_pipeline fused runs the encoder in the python backend: target cpu or runtime "
+                            f"onnxruntime-trt, not target {target} with runtime {runtime}")
     if not 1 <= max_batch_size <= 4096:
         raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
     if not export_dirs:
@@ -287,16 +326,24 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     python_encoder = target == "cpu" or runtime == "onnxruntime-trt"
     with atomic_output_dir(output) as tmp:
         for model, (export_dir, manifest) in exports.items():
+            enc = tmp / f"{model}_encoder"
+            _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
+                                       precision=precision, instances=instances, threads=threads))
+            _copy_model_files(export_dir, manifest, enc / "1", chosen[model], "encoder" if python_encoder else None)
+            tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
+            if text_pipeline == "fused":
+                _write(tmp / model, classifier_config(model, manifest, max_batch_size, runtime=runtime,
+                                                      precision=precision, instances=instances, threads=threads,
+                                                      gpu=target == "gpu"))
+                _copy_model_files(export_dir, manifest, tmp / model / "1", chosen[model], "classifier")
+                shutil.copy2(tokenizer_json, tmp / model / "1" / "tokenizer.json")
+                continue
+
             tok = tmp / f"{model}_tokenizer"
             _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, PAD_MULTIPLE[target]))
             shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
             shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
-            shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], tok / "1" / "tokenizer.json")
-
-            enc = tmp / f"{model}_encoder"
-            _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
-                                       precision=precision, instances=instances, threads=threads))
-            _copy_model_files(export_dir, manifest, enc / "1", chosen[model], python_encoder)
+            shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
 
             post = tmp / f"{model}_postprocess"
             _write(post, postprocess_config(post.name, manifest, max_batch_size))
@@ -306,7 +353,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             _write(tmp / model, ensemble_config(model, manifest, max_batch_size))
         # Triton only treats folders as models; this file is for people and the benchmarks.
         return write_manifest(
-            tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision,
+            tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
             max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
             models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
                             "max_seq_length": m["max_seq_length"], "encoder_artifact": chosen[model],

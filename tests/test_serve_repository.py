@@ -174,6 +174,9 @@ def test_refuses_to_clobber_a_foreign_folder(serve_exports, tmp_path):
     (dict(target="cpu", runtime="openvino", precision="int8"), "int8 runs on runtime onnxruntime"),
     (dict(max_batch_size=0), "max_batch_size"),
     (dict(name="bad name!"), "model name"),
+    (dict(text_pipeline="both"), "unknown text pipeline"),
+    (dict(target="xeon", text_pipeline="fused"), "python backend"),
+    (dict(target="gpu", text_pipeline="fused"), "python backend"),
 ])
 def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, message):
     with pytest.raises(OfaserveError, match=message) as e:

@@ -3,6 +3,7 @@
 `ofaserve repo` copies this file next to each model.py, so every model folder of a
 repository stays self-contained (no import of the ofaserve package inside Triton).
 """
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
@@ -20,3 +21,59 @@ def request_error(message, code_name="INVALID_ARG"):
     """A per-request error with a status code where this Triton version supports codes."""
     code = getattr(pb_utils.TritonError, code_name, None)
     return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+def load_tokenizer(path, max_seq_length, pad_id, pad_to_multiple_of=None):
+    """The export's tokenizer.json with truncation to ``max_seq_length`` and padding of a
+    batch to its longest row (optionally rounded up to a multiple)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    if tok.post_processor is None:
+        raise pb_utils.TritonModelException("tokenizer.json has no post-processor: [CLS]/[SEP] would be missing")
+    pad_token = tok.id_to_token(pad_id)
+    if pad_token is None:
+        raise pb_utils.TritonModelException(f"pad_token_id {pad_id} is not in the vocabulary")
+    tok.enable_truncation(max_length=max_seq_length)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_to_multiple_of=pad_to_multiple_of or None)
+    return tok
+
+
+def request_texts(request, max_chars):
+    """Decoded TEXT of one request (list of str), or an error message (str).
+
+    Bytes that are not valid UTF-8 become U+FFFD instead of failing the request; text
+    longer than ``max_chars`` is cut before tokenizing, which bounds the work a huge
+    request can cause (tokens never span that many characters in sane text)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    if tensor is None:
+        return "missing input TEXT"
+    raw = tensor.as_numpy()
+    if raw.ndim != 2 or raw.shape[1] != 1:
+        return f"TEXT must have shape [batch, 1], got {list(raw.shape)}"
+    texts = []
+    for i, item in enumerate(raw.reshape(-1)):
+        text = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+        if not text.strip():
+            return f"TEXT[{i}] is empty or whitespace only: nothing to classify"
+        texts.append(text[:max_chars])
+    return texts
+
+
+def label_names(config):
+    """The label names (as a bytes array for TYPE_STRING outputs) from parameter 'labels'."""
+    import json
+
+    return np.array([l.encode("utf-8") for l in json.loads(param(config, "labels"))], dtype=object)
+
+
+def classify_outputs(logits, labels):
+    """(LABEL [n,1] bytes, PROBS [n,k] float32) from logits, or an error message."""
+    if logits.ndim != 2 or logits.shape[1] != len(labels):
+        return f"logits must have shape [batch, {len(labels)}], got {list(logits.shape)}"
+    if not np.isfinite(logits).all():
+        return "the encoder produced non-finite logits"
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)  # stable softmax
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return labels[probs.argmax(axis=1)].reshape(-1, 1), probs.astype(np.float32)

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_utils import param as _param, request_error as _error  # noqa: E402  (copied next to this file)
-from runtimes import check_inputs, runner_from_parameters  # noqa: E402
+from runtimes import check_inputs, run_length_buckets, runner_from_parameters  # noqa: E402
 
 
 class TritonPythonModel:
@@ -67,7 +67,7 @@ class TritonPythonModel:
                 types_all[row:row + ids.shape[0], :ids.shape[1]] = types
                 row += ids.shape[0]
             try:
-                logits = self._run_length_buckets(ids_all, types_all)
+                logits = run_length_buckets(self.run, ids_all, types_all, self.length_buckets, self.pad_id)
             except Exception as e:  # a runtime failure fails this batch, not the server
                 message = f"encoder runtime failed: {e}"
                 return [pb_utils.InferenceResponse(error=_error(p if isinstance(p, str) else message,
@@ -82,29 +82,6 @@ class TritonPythonModel:
                 output_tensors=[pb_utils.Tensor("logits", logits[row:row + n])]))
             row += n
         return responses
-
-    def _run_length_buckets(self, ids, types, min_rows=4, min_saving=0.2):
-        """Run the batch as ``length_buckets`` length-sorted chunks, each padded only to
-        its own longest row, when that removes >= ``min_saving`` of the padded tokens.
-        Logits do not depend on padding (the graph masks pad positions), so the result
-        equals one run over the whole batch; equal-length batches run in one call."""
-        n, seq = ids.shape
-        k = min(self.length_buckets, n // min_rows)
-        if k <= 1:
-            return self.run(ids, types)
-        not_pad = ids != self.pad_id
-        lengths = np.where(not_pad.any(1), seq - np.argmax(not_pad[:, ::-1], axis=1), 1)  # last real token + 1
-        parts = np.array_split(np.argsort(lengths, kind="stable"), k)
-        if sum(len(p) * int(lengths[p].max()) for p in parts) > (1 - min_saving) * n * seq:
-            return self.run(ids, types)
-        out = None
-        for part in parts:
-            width = int(lengths[part].max())
-            res = self.run(np.ascontiguousarray(ids[part, :width]), np.ascontiguousarray(types[part, :width]))
-            if out is None:
-                out = np.empty((n,) + res.shape[1:], dtype=res.dtype)
-            out[part] = res
-        return out
 
     def finalize(self):
         self.run = None

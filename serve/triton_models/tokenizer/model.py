@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import param as _param, request_error as _error  # noqa: E402  (copied next to this file)
+from backend_utils import load_tokenizer, param as _param, request_error as _error, request_texts  # noqa: E402
 
 
 class TritonPythonModel:
@@ -23,41 +22,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(_param(config, "max_seq_length"))
-        self.pad_id = int(_param(config, "pad_token_id", "0"))
-        # Tokens never span more than this many characters in sane text; cutting longer
-        # input before tokenizing bounds the work a huge request can cause.
         self.max_chars = 100 * self.max_seq_length
-        tok = Tokenizer.from_file(str(here / _param(config, "tokenizer_file")))
-        if tok.post_processor is None:
-            raise pb_utils.TritonModelException(
-                "tokenizer.json has no post-processor: [CLS]/[SEP] would be missing")
-        pad_token = tok.id_to_token(self.pad_id)
-        if pad_token is None:
-            raise pb_utils.TritonModelException(f"pad_token_id {self.pad_id} is not in the vocabulary")
-        tok.enable_truncation(max_length=self.max_seq_length)
-        multiple = int(_param(config, "pad_to_multiple_of", "0")) or None
-        tok.enable_padding(pad_id=self.pad_id, pad_token=pad_token, pad_to_multiple_of=multiple)
-        self.tokenizer = tok
-
-    def _texts(self, request):
-        """Decoded texts of one request, or an error message."""
-        tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
-        if tensor is None:
-            return "missing input TEXT"
-        raw = tensor.as_numpy()
-        if raw.ndim != 2 or raw.shape[1] != 1:
-            return f"TEXT must have shape [batch, 1], got {list(raw.shape)}"
-        texts = []
-        for i, item in enumerate(raw.reshape(-1)):
-            # Bytes that are not valid UTF-8 become U+FFFD instead of failing the request.
-            text = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-            if not text.strip():
-                return f"TEXT[{i}] is empty or whitespace only: nothing to classify"
-            texts.append(text[: self.max_chars])
-        return texts
+        self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), self.max_seq_length,
+                                        int(_param(config, "pad_token_id", "0")),
+                                        int(_param(config, "pad_to_multiple_of", "0")))
 
     def execute(self, requests):
-        parsed = [self._texts(r) for r in requests]
+        parsed = [request_texts(r, self.max_chars) for r in requests]
         flat = [t for p in parsed if isinstance(p, list) for t in p]
         encodings = self.tokenizer.encode_batch(flat, add_special_tokens=True) if flat else []
         responses, start = [], 0
