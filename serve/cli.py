@@ -61,7 +61,8 @@ def repo_main(argv: list[str]) -> int:
     except OfaserveError as e:
         return _fail(e)
     print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
-          f"precision {manifest['precision']}); ensembles: {', '.join(manifest['models'])}")
+          f"precision {manifest['precision']}, text pipeline {manifest['text_pipeline']}); "
+          f"text models: {', '.join(manifest['models'])}")
     return 0
 
 
