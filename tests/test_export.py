@@ -402,3 +402,24 @@ def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_di
     assert res["onnx_int8_dynamic"]["shipped"] is False and "onnx_int8" not in arts
     assert not (folder / "onnx" / "model_int8.onnx").exists()
     assert arts["onnx_fp16"] == "onnx/model_fp16.onnx"
+    assert "accuracy drop" in res["onnx_int8_dynamic"]["not_shipped_because"]
+
+
+def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir, tiny_export_dir, tmp_path,
+                                                              monkeypatch):
+    from export import exporter
+    from export.runners import onnxruntime
+
+    folder = tmp_path / "exp"
+    shutil.copytree(tiny_export_dir, folder)
+    src = exporter.load_compress_output(tiny_compress_dir)
+    dev = exporter.load_dev(src)
+    tok, _ = exporter.load_tokenizer(src, src.manifest["max_seq_length"])
+    m, logits = exporter._dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    monkeypatch.setattr(exporter, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
+    monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
+    res, arts = exporter.precision_variants(folder, dev, tok, logits, m["accuracy"])
+    r = res["onnx_int8_dynamic"]
+    assert r["shipped"] is False and "onnx_int8" not in arts
+    assert "agrees with FP32" in r["not_shipped_because"] and "accuracy drop" not in r["not_shipped_because"]
+    assert not (folder / "onnx" / "model_int8.onnx").exists()
