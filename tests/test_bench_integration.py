@@ -171,3 +171,27 @@ def test_bench_start_server(tiny_bench_repository, tmp_path):
     assert acc["sent"] == acc["ok"] + acc["errors"] and acc["ok"] > 10 and acc["errors"] == 0
     assert 1.0 <= r["wall_s"] < 3.0 and r["wall_consistent"] and rep["baselines"] == []
     assert r["server_side"][r["infer_model"]]["requests"] == acc["ok"]
+
+
+def test_bench_fused_text_pipeline(request, tmp_path):
+    """Real text to a fused text model (one python model, no ensemble steps): requests are
+    counted on that model, and the in-process baseline tokenizes with its tokenizer.json."""
+    from benchmarks.run import main
+    from serve.repository import build_repository
+    from serve.server import free_port
+
+    repo = tmp_path / "fused"
+    build_repository(_export_dirs(request, tmp_path)[1:], repo, target="cpu", text_pipeline="fused")
+    (m,) = [p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and not p.name.endswith("_encoder")]
+    out = tmp_path / "bench"
+    rc = main(["--start_server", "--model_repository", str(repo), "--real_text", "--requests", "4",
+               "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
+               "--rounds", "1", "--concurrency", "1", "--warmup", "1", "--seq_len", str(SEQ_LEN),
+               "--baseline_requests", "2", "--output_dir", str(out), "--no_progress"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    real = [r for r in rep["results"] if r["workload"] == "real"]
+    assert len(real) == 1 and real[0]["infer_model"] == m
+    assert rep["models"][m]["composing"] == []
+    assert real[0]["server_side"][m]["requests"] == real[0]["accounting"]["ok"] == 4
+    assert {(b["model"], b["workload"]) for b in rep["baselines"] if b["served_runtime"]} == {(m, "fixed"), (m, "real")}
