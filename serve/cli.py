@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,15 @@ def serve_main(argv: list[str]) -> int:
                 raise OfaserveError(server.failure_message(f"tritonserver exited with code {server.process.returncode}"))
             down = [m for m, ok in server.models_ready().items() if not ok]
             if down and stop["signal"] is None:
+                # A killed server takes its stubs down with it (PR_SET_PDEATHSIG), and the
+                # stubs can be seen gone first: give the server a moment to be seen exiting.
+                try:
+                    server.process.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                if not server.is_running():
+                    raise OfaserveError(server.failure_message(
+                        f"tritonserver exited with code {server.process.returncode}"))
                 raise OfaserveError(
                     f"model(s) no longer ready: {', '.join(down)} (a python backend stub process died; "
                     "Triton 2.51 does not restart it): restart `ofaserve serve`")
