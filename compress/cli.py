@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train sentences used to score head/neuron importance [default 1024]")
     p.add_argument("--lambda_hidden", type=float, default=0.1, help="weight of the hidden-state MSE distillation loss")
     p.add_argument("--lambda_logit", type=float, default=1.0, help="weight of the soft cross-entropy on teacher logits")
+    p.add_argument("--lambda_ce", type=float, default=0.0,
+                   help="weight of the cross-entropy on the gold labels during OFA training (0: pure distillation, "
+                        "as in the tutorial)")
     p.add_argument("--sampling", choices=["all", "sandwich"], default="all",
                    help="widths trained per step: all, or sandwich (largest + smallest + one random middle)")
     p.add_argument("--logging_steps", type=int, default=20, help="log the loss every N steps")
@@ -81,7 +84,8 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
         task_name=args.task_name, train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
         width_mult_list=args.width_mult_list, batch_size=args.batch_size, learning_rate=args.learning_rate,
         teacher_learning_rate=args.teacher_learning_rate, lambda_hidden=args.lambda_hidden,
-        lambda_logit=args.lambda_logit, sampling=args.sampling, logging_steps=args.logging_steps,
+        lambda_logit=args.lambda_logit, lambda_ce=args.lambda_ce,
+        sampling=args.sampling, logging_steps=args.logging_steps,
         seed=args.seed, teacher_dir=args.teacher_dir, select_width=args.select_width,
         n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
         progress=not args.no_progress, **merged)

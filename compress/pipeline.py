@@ -59,6 +59,7 @@ class CompressOptions:
     importance_samples: int = 1024
     lambda_hidden: float = 0.1
     lambda_logit: float = 1.0
+    lambda_ce: float = 0.0
     sampling: str = "all"
     logging_steps: int = 20
     save_steps: int = 0
@@ -274,7 +275,8 @@ def compress_model(opts: CompressOptions) -> dict:
     ofa_info, ofa_stats = train_ofa(
         supernet, teacher, (train_texts, train_labels), tokenizer, epochs=opts.num_train_epochs,
         batch_size=opts.batch_size, lr=opts.learning_rate, seed=opts.seed, lambda_hidden=opts.lambda_hidden,
-        lambda_logit=opts.lambda_logit, sampling=opts.sampling, logging_steps=opts.logging_steps,
+        lambda_logit=opts.lambda_logit, lambda_ce=opts.lambda_ce,
+        sampling=opts.sampling, logging_steps=opts.logging_steps,
         save_steps=opts.save_steps, on_save=on_save, start_step=start_step, opt_state=opt_state,
         progress=opts.progress)
     ofa_info["train"] = ofa_stats.as_dict()

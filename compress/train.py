@@ -194,9 +194,10 @@ def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator
 def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float, batch_size: int, lr: float,
               seed: int, lambda_hidden: float, lambda_logit: float, sampling: str, logging_steps: int,
               save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
-              progress: bool = True) -> tuple[dict, PhaseStats]:
+              progress: bool = True, lambda_ce: float = 0.0) -> tuple[dict, PhaseStats]:
     """OFA width training: every step runs the teacher once (no grad), then each width with
-    hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)."""
+    hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)
+    + cross-entropy on the gold labels (x lambda_ce; 0 in the tutorial's recipe)."""
     texts, labels = train
     n_layers = int(supernet.config["num_hidden_layers"])
     mapping = ["bert.embeddings"] + [f"bert.encoder.layers.{i}" for i in range(n_layers)]
@@ -226,6 +227,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                     ids, types, y = dist.shard(ids, types, y)
                     t0 = time.perf_counter()
                     ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
+                    y_t = paddle.to_tensor(np.asarray(y, dtype=np.int64))
                     with paddle.no_grad():
                         t_logits = teacher(ids_t, types_t)
                     t_states = dict(t_hidden.values)
@@ -235,6 +237,8 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                         logits = supernet(ids_t, types_t)
                         rep = sum(F.mse_loss(s_hidden.values[n], t_states[n]) for n in mapping)
                         loss = lambda_hidden * rep + lambda_logit * soft_cross_entropy(logits, t_logits)
+                        if lambda_ce:
+                            loss = loss + lambda_ce * F.cross_entropy(logits, y_t)
                         loss.backward()
                         losses[width_key(w)] = float(loss)
                     dist.sync_gradients(supernet.parameters())

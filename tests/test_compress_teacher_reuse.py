@@ -44,3 +44,23 @@ def test_select_width_must_be_a_trained_width(tmp_path, tiny_checkpoint):
     ckpt, train_csv, dev_csv = tiny_checkpoint
     with pytest.raises(OfaserveError, match="--select_width"):
         compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, select_width=0.3))
+
+
+def test_lambda_ce_adds_the_gold_label_loss(tmp_path, tiny_checkpoint, tiny_compress_dir, caplog):
+    """With every distillation weight at 0 the OFA loss is 0; --lambda_ce alone makes it the
+    cross-entropy on the gold labels (positive), and so changes the trained supernet."""
+    from compress.artifacts import sha256_file
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    shas, logged = [], []
+    for i, ce in enumerate((0.0, 1.0)):
+        caplog.clear()
+        opts = _opts(tmp_path / f"o{i}", ckpt, train_csv, dev_csv, teacher_dir=str(tiny_compress_dir),
+                     lambda_hidden=0.0, lambda_logit=0.0, lambda_ce=ce)
+        opts.logging_steps = 1
+        with caplog.at_level(logging.INFO, logger="ofaserve.compress"):
+            compress_model(opts)
+        logged.append([r.args[2] for r in caplog.records if r.msg.startswith("ofa step")])
+        shas.append(sha256_file(tmp_path / f"o{i}" / "supernet" / "model_state.pdparams"))
+    assert logged[0] and all(v == 0 for losses in logged[0] for v in losses.values())
+    assert logged[1] and all(v > 0 for losses in logged[1] for v in losses.values())
+    assert shas[0] != shas[1]
