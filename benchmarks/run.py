@@ -434,7 +434,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if not args.no_progress:
             from tqdm import tqdm
             bar = tqdm(total=total_units if requests else None, unit="req", desc="bench", file=sys.stderr,
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal
             stack.callback(bar.close)
         tick = (lambda: bar.update(1)) if bar is not None else None
 

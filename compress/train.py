@@ -119,7 +119,8 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
     total = max(1, int(round(epochs * steps_per_epoch)))
     opt, sched = make_optimizer(model.parameters(), lr, total)
     stats, best, best_state, step = PhaseStats(), -1.0, None, 0
-    bar = tqdm(total=total, desc="teacher", unit="step", disable=not progress, dynamic_ncols=True)
+    # disable=None: tqdm shows no bar when stderr is not a terminal (logs carry the progress)
+    bar = tqdm(total=total, desc="teacher", unit="step", disable=not progress or None, dynamic_ncols=True)
     epoch = 0
     while step < total:
         model.train()
@@ -210,7 +211,8 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
         load_optimizer_checkpoint(opt, supernet.model, opt_state)
     rng = np.random.default_rng(seed)
     stats, step = PhaseStats(), 0
-    bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress or None,
+               dynamic_ncols=True)
     epoch = 0
     try:
         with compat.patched():

@@ -504,7 +504,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
                             f"{src.config['max_position_embeddings']}")
     acc = accuracy_table(src)
     fns = {}
-    for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress):
+    for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress or None):
         folder = scratch / f"w{width_key(w)}"
         info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
         fns[w] = runners.make(runtime, folder, info["artifacts"])
@@ -637,7 +637,8 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     tokenizer, tok_path = load_tokenizer(src, compress_seq)
     pad_id = int(cfg.get("pad_token_id", 0))
 
-    with tqdm(total=5, desc="export", disable=not opts.progress) as steps, atomic_output_dir(out) as tmp:
+    # disable=None: no bar when stderr is not a terminal
+    with tqdm(total=5, desc="export", disable=not opts.progress or None) as steps, atomic_output_dir(out) as tmp:
         selection = None
         prebuilt = None
         if opts.width_mult == "auto" and opts.max_accuracy_drop is not None:
