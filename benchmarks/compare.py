@@ -55,6 +55,24 @@ def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workl
     return rows
 
 
+def run_summary_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str],
+                     concurrency: int = 1) -> list[list[str]]:
+    """One row per report: the compressed-vs-full speedup on fixed 16x128 and, per model,
+    real-text latency / fixed latency (the same run's comparisons), to show run-to-run spread."""
+    rows = []
+    for rep, label in zip(reports, labels):
+        cmp_ = rep.get("comparisons", {})
+        models = list(rep.get("models", {}))
+        speed = [s for s in cmp_.get("speedup", []) if not s.get("in_process") and s["workload"] == "fixed"
+                 and s.get("concurrency") == concurrency and s["model"] != models[0]]  # first: the reference
+        real = {x["model"]: x for x in cmp_.get("real_vs_fixed", []) if x.get("concurrency") == concurrency}
+        pipeline = "ensemble" if any((rep["models"][m] or {}).get("composing") for m in models) else "fused"
+        ratios = ", ".join(f"{m} {_f(1 / real[m]['ratio'], 2, 'x')}" for m in models if real.get(m, {}).get("ratio"))
+        rows.append([label, pipeline, ", ".join(f"{s['model']} {_f(s.get('speedup'), 2, 'x')}" for s in speed) or "-",
+                     ratios or "-", rep.get("date", "-")])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare",
                                 description="Merge several `ofaserve bench` reports into one Markdown table.")
@@ -62,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", default=None, help="comma-separated labels, one per report (default: folder names)")
     p.add_argument("--workload", default="fixed", help="fixed or real")
     p.add_argument("--concurrency", type=int, default=1, help="concurrency level to compare")
+    p.add_argument("--runs", action="store_true",
+                   help="one row per report instead: fixed 16x128 speedup and real-text vs fixed ratio, to show "
+                        "the spread of repeated runs")
     p.add_argument("-o", "--output", default=None, help="write the Markdown here (default: stdout)")
     args = p.parse_args(argv)
     try:
@@ -72,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     except OfaserveError as e:
         print(f"benchmarks.compare: error: {e}", file=sys.stderr)
         return 2
+    if args.runs:
+        md = (f"# Repeated benchmark runs (concurrency {args.concurrency}, p50)\n\n"
+              + md_table(["run", "text pipeline", "compressed vs full, fixed 16x128",
+                          "fixed 128 / real text latency", "date"],
+                         run_summary_rows(reports, labels, args.concurrency)) + "\n")
+        if args.output:
+            Path(args.output).write_text(md)
+        else:
+            print(md, end="")
+        return 0
     rows = compare_rows(reports, labels, args.workload, args.concurrency)
     md = (f"# Served runtimes compared ({args.workload}, concurrency {args.concurrency}, p50)\n\n"
           + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "speedup in run",

@@ -323,3 +323,20 @@ def test_compare_reports(tmp_path, capsys):
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "c.md")]) == 0
     assert "| b | bert_w67 |" in (tmp_path / "c.md").read_text()
     assert compare_main([str(tmp_path / "missing")]) == 2
+
+
+def test_compare_runs_summary(tmp_path):
+    from benchmarks.compare import main as compare_main, run_summary_rows
+    a = _fake_report()
+    a["models"]["bert_w100"]["composing"] = ["bert_w100_tokenizer", "bert_w100_encoder", "bert_w100_postprocess"]
+    a["comparisons"]["real_vs_fixed"] = [{"model": "bert_w100", "concurrency": 1, "ratio": 0.25},
+                                         {"model": "bert_w67", "concurrency": 1, "ratio": 0.5}]
+    (row,) = run_summary_rows([a], ["r1"])
+    speed = next(s for s in a["comparisons"]["speedup"] if s["model"] == "bert_w67" and s["workload"] == "fixed"
+                 and s.get("concurrency") == 1 and not s.get("in_process"))
+    assert row[:2] == ["r1", "ensemble"] and row[2] == f"bert_w67 {speed['speedup']:.2f}x"  # no reference row
+    assert row[3] == "bert_w100 4.00x, bert_w67 2.00x"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text(json.dumps(a))
+    assert compare_main(["--runs", str(tmp_path / "a"), "-o", str(tmp_path / "runs.md")]) == 0
+    assert "| a | ensemble |" in (tmp_path / "runs.md").read_text()
