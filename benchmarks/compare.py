@@ -55,22 +55,44 @@ def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workl
     return rows
 
 
+def _run_figures(rep: dict[str, Any], concurrency: int) -> tuple[dict[str, float], dict[str, float]]:
+    """One report's ({model: compressed-vs-full speedup on fixed input}, {model: fixed latency
+    / real-text latency}), read from its comparisons; the first model is the reference."""
+    cmp_ = rep.get("comparisons", {})
+    first = next(iter(rep.get("models", {})), None)
+    speed = {s["model"]: s["speedup"] for s in cmp_.get("speedup", [])
+             if not s.get("in_process") and s["workload"] == "fixed" and s.get("concurrency") == concurrency
+             and s["model"] != first and s.get("speedup")}
+    real = {x["model"]: 1 / x["ratio"] for x in cmp_.get("real_vs_fixed", [])
+            if x.get("concurrency") == concurrency and x.get("ratio")}
+    return speed, real
+
+
 def run_summary_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str],
                      concurrency: int = 1) -> list[list[str]]:
-    """One row per report: the compressed-vs-full speedup on fixed 16x128 and, per model,
-    real-text latency / fixed latency (the same run's comparisons), to show run-to-run spread."""
+    """One row per report: the compressed-vs-full speedup on fixed input and, per model,
+    fixed latency / real-text latency (the same run's comparisons), to show run-to-run spread."""
     rows = []
     for rep, label in zip(reports, labels):
-        cmp_ = rep.get("comparisons", {})
-        models = list(rep.get("models", {}))
-        speed = [s for s in cmp_.get("speedup", []) if not s.get("in_process") and s["workload"] == "fixed"
-                 and s.get("concurrency") == concurrency and s["model"] != models[0]]  # first: the reference
-        real = {x["model"]: x for x in cmp_.get("real_vs_fixed", []) if x.get("concurrency") == concurrency}
-        pipeline = "ensemble" if any((rep["models"][m] or {}).get("composing") for m in models) else "fused"
-        ratios = ", ".join(f"{m} {_f(1 / real[m]['ratio'], 2, 'x')}" for m in models if real.get(m, {}).get("ratio"))
-        rows.append([label, pipeline, ", ".join(f"{s['model']} {_f(s.get('speedup'), 2, 'x')}" for s in speed) or "-",
-                     ratios or "-", rep.get("date", "-")])
+        speed, real = _run_figures(rep, concurrency)
+        models = rep.get("models", {})
+        pipeline = "ensemble" if any((models[m] or {}).get("composing") for m in models) else "fused"
+        rows.append([label, pipeline, ", ".join(f"{m} {_f(x, 2, 'x')}" for m, x in speed.items()) or "-",
+                     ", ".join(f"{m} {_f(real[m], 2, 'x')}" for m in models if m in real) or "-",
+                     rep.get("date", "-")])
     return rows
+
+
+def run_spread(reports: Sequence[dict[str, Any]], concurrency: int = 1) -> str:
+    """Range and median over the reports of both figures of ``run_summary_rows``."""
+    import numpy as np
+
+    figures = [_run_figures(rep, concurrency) for rep in reports]
+    speed = [x for sp, _ in figures for x in sp.values()]
+    real = [x for _, re in figures for x in re.values()]
+    parts = [f"{name}: {min(v):.2f}x-{max(v):.2f}x, median {float(np.median(v)):.2f}x over {len(v)}"
+             for name, v in (("compressed vs full, fixed", speed), ("fixed / real text latency", real)) if v]
+    return "Spread: " + ("; ".join(parts) if parts else "no comparisons in these reports") + "."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,18 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.runs:
         md = (f"# Repeated benchmark runs (concurrency {args.concurrency}, p50)\n\n"
-              + md_table(["run", "text pipeline", "compressed vs full, fixed 16x128",
-                          "fixed 128 / real text latency", "date"],
-                         run_summary_rows(reports, labels, args.concurrency)) + "\n")
-        if args.output:
-            Path(args.output).write_text(md)
-        else:
-            print(md, end="")
-        return 0
-    rows = compare_rows(reports, labels, args.workload, args.concurrency)
-    md = (f"# Served runtimes compared ({args.workload}, concurrency {args.concurrency}, p50)\n\n"
-          + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "speedup in run",
-                      "vs first run's full width", "serving overhead", "date"], rows) + "\n")
+              + md_table(["run", "text pipeline", "compressed vs full, fixed", "fixed / real text latency", "date"],
+                         run_summary_rows(reports, labels, args.concurrency)) + "\n\n"
+              + run_spread(reports, args.concurrency) + "\n")
+    else:
+        rows = compare_rows(reports, labels, args.workload, args.concurrency)
+        md = (f"# Served runtimes compared ({args.workload}, concurrency {args.concurrency}, p50)\n\n"
+              + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "speedup in run",
+                          "vs first run's full width", "serving overhead", "date"], rows) + "\n")
     if args.output:
         Path(args.output).write_text(md)
     else:

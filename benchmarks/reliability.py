@@ -992,7 +992,8 @@ def describe_export(export: Path, kind: str) -> dict[str, Any]:
 def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
     from serve.repository import build_repository
     from serve.server import TritonServer
-    repo = work / f"repo_{kind.split()[0]}"
+    tag = kind.split()[0]  # short name for paths and log lines; ``kind`` describes the model
+    repo = work / f"repo_{tag}"
     manifest = build_repository([export], repo, target="cpu")
     (model,) = manifest["models"]
     info = manifest["models"][model]
@@ -1005,27 +1006,26 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
     with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
         shm_idle = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
         out["shm_idle"] = {s["instance"]: shm_idle.get(s["shm"]) for s in stubs_of(srv.process.pid)}
-        kind = kind.split()[0]
-        print(f"[{kind}] load: {args.requests} requests x {args.batch_size} sentences, concurrency {args.concurrency}",
+        print(f"[{tag}] load: {args.requests} requests x {args.batch_size} sentences, concurrency {args.concurrency}",
               flush=True)
         out["load"] = run_load(srv.grpc_url, model, srv.process.pid, texts, args.requests, args.concurrency,
                                batch_size=args.batch_size)
         out["load"]["bounds"] = LOAD_BOUNDS
         out["load"]["checks"] = load_checks(out["load"])
-        print(f"[{kind}]   {json.dumps({k: out['load'][k] for k in ('sent', 'ok', 'errors', 'wall_s')})} "
+        print(f"[{tag}]   {json.dumps({k: out['load'][k] for k in ('sent', 'ok', 'errors', 'wall_s')})} "
               f"memory {out['load']['memory']['rss_after_warmup_mib']:.0f} -> {out['load']['memory']['rss_end_mib']:.0f} MiB",
               flush=True)
         shm_loaded = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
         out["shm_after_load"] = {s["instance"]: shm_loaded.get(s["shm"]) for s in stubs_of(srv.process.pid)}
 
-        print(f"[{kind}] /dev/shm growth with payload size", flush=True)
+        print(f"[{tag}] /dev/shm growth with payload size", flush=True)
         out["shm_growth"] = shm_growth_sweep(srv.grpc_url, model, srv.process.pid)
         good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
         reference = answers(srv.grpc_url, model, good_batches)
         cases = bad_input_cases(manifest["max_batch_size"], info["max_seq_length"],
                                 read_manifest(export, "export")["vocab_size"])
         case_ref = case_references(srv.grpc_url, model, cases)
-        print(f"[{kind}] bad input concurrent with good traffic", flush=True)
+        print(f"[{tag}] bad input concurrent with good traffic", flush=True)
         mixed = mixed_traffic(srv.grpc_url, model, good_batches, reference, cases, case_ref,
                               good_rounds=args.good_rounds, bad_rounds=args.bad_rounds)
         mixed["models_ready_after"] = all(srv.models_ready().values())

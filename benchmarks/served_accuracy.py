@@ -1,5 +1,6 @@
-"""Accuracy through the server: every dev sentence sent as text to the served ensemble
-over gRPC, compared with the exported ONNX model run in-process on the same sentences.
+"""Accuracy through the server: every dev sentence sent as text to the served text model
+(ensemble or fused) over gRPC, compared with the exported ONNX model run in-process on
+the same sentences.
 
     python benchmarks/served_accuracy.py --model_repository runs/full/model_repository \
         --export_dir runs/full/export/w0.6667 --model bert_w67 --output benchmarks/results/served_accuracy.json
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_repository", required=True, help="repository to serve (the bundled server is started)")
     p.add_argument("--export_dir", required=True, help="the export folder the served model was built from")
-    p.add_argument("--model", required=True, help="ensemble name, e.g. bert_w67")
+    p.add_argument("--model", required=True, help="text model name, e.g. bert_w67")
     p.add_argument("--batch_size", type=int, default=16, help="sentences per gRPC request")
     p.add_argument("--output", help="write the record (JSON) here")
     args = p.parse_args(argv)
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import accuracy_score
     from tokenizers import Tokenizer
 
+    from benchmarks.inprocess import read_config_parameters
     from compress.artifacts import machine_info, now_iso, read_manifest, write_json
     from compress.tasks import load_task
     from serve.client import classify
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         "export_manifest_dev_accuracy": manifest["dev_accuracy"],
         "max_abs_probs_diff_served_vs_onnx": float(np.abs(served - local).max()),
         "predictions_differing_served_vs_onnx": int((served.argmax(-1) != local.argmax(-1)).sum()),
-        "truncation_served": manifest["max_seq_length"],
+        # what the served encoder accepts (the repository's config, not the export's claim)
+        "truncation_served": int(read_config_parameters(
+            f"{args.model_repository}/{args.model}_encoder/config.pbtxt")["max_seq_length"]),
         "date": now_iso(), "machine": machine_info(), "command": " ".join(["python benchmarks/served_accuracy.py", *(argv or sys.argv[1:])]),
     }
     for k, v in record.items():

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
-                        sha256_file, write_json, write_manifest)
+                        read_manifest, sha256_file, write_json, write_manifest)
 from . import distributed as dist
 from .ofa import DEFAULT_WIDTHS, width_key
 
@@ -74,27 +74,28 @@ class CompressOptions:
     progress: bool = True
 
 
-def _reusable_teacher(teacher_dir: str, opts: CompressOptions) -> dict:
+def _reusable_teacher(opts: CompressOptions) -> dict:
     """The fine-tuned teacher of an earlier compress output (``--teacher_dir``), checked to
-    match this run's model and task, with its checksum verified."""
-    from .artifacts import read_manifest
-    manifest = read_manifest(teacher_dir, stage="compress")
-    ckpt = Path(teacher_dir) / manifest["checkpoints"]["teacher"]
+    come from the same model and data, with its checksum verified."""
+    folder = opts.teacher_dir
+    manifest = read_manifest(folder, stage="compress")
+    ckpt = Path(folder) / manifest["checkpoints"]["teacher"]
     if not ckpt.is_file():
-        raise OfaserveError(f"--teacher_dir {teacher_dir}: {ckpt} is missing; re-run the compress stage that made it")
-    src = manifest.get("source", {})
-    mine = {"model": str(opts.model_name_or_path), "task": opts.task_name if not opts.train_file else None}
-    theirs = {"model": src.get("model"), "task": manifest.get("task") if not manifest["options"].get("train_file") else None}
-    if mine != theirs or manifest["options"].get("train_file") != opts.train_file:
-        raise OfaserveError(f"--teacher_dir {teacher_dir} was trained from {theirs} (train_file "
-                            f"{manifest['options'].get('train_file')}), this run uses {mine} (train_file "
-                            f"{opts.train_file}): pass a compress output of the same model and data")
+        raise OfaserveError(f"--teacher_dir {folder}: {ckpt} is missing; re-run the compress stage that made it")
+    theirs = manifest["options"]
+    same = [("model_name_or_path", manifest["source"]["model"], str(opts.model_name_or_path)),
+            ("train_file", theirs.get("train_file"), opts.train_file)]
+    if not opts.train_file:  # a registered task: its name says which data
+        same.append(("task_name", manifest.get("task"), opts.task_name))
+    differ = [f"{k} {a!r} vs {b!r}" for k, a, b in same if a != b]
+    if differ:
+        raise OfaserveError(f"--teacher_dir {folder} was trained on other inputs ({'; '.join(differ)}, theirs vs "
+                            "this run's): pass a compress output of the same model and data")
     sha = sha256_file(ckpt)
     if sha != manifest["checkpoint_sha256"]["teacher"]:
-        raise OfaserveError(f"--teacher_dir {teacher_dir}: {ckpt} does not match its manifest checksum (corrupted?)")
-    info = dict(manifest["phases"]["teacher"])
-    info["reused_from"] = {"dir": str(Path(teacher_dir).resolve()), "sha256": sha,
-                           "created": manifest.get("created")}
+        raise OfaserveError(f"--teacher_dir {folder}: {ckpt} does not match its manifest checksum (corrupted?)")
+    info = {**manifest["phases"]["teacher"],
+            "reused_from": {"dir": str(Path(folder).resolve()), "sha256": sha, "created": manifest.get("created")}}
     return {"checkpoint": ckpt, "info": info}
 
 
@@ -140,17 +141,20 @@ def compress_model(opts: CompressOptions) -> dict:
         raise OfaserveError(f"--sampling must be all or sandwich, not {opts.sampling!r}")
     if opts.n_gpu < 1:
         raise OfaserveError(f"--n_gpu must be >= 1 (got {opts.n_gpu})")
-    if opts.select_width is not None and not any(abs(opts.select_width - w) < 1e-3 for w in widths):
-        raise OfaserveError(f"--select_width {opts.select_width} is not in --width_mult_list "
-                            f"{[width_key(w) for w in widths]}")
-    reused = _reusable_teacher(opts.teacher_dir, opts) if opts.teacher_dir else None
+    select_key = None  # which width picks the kept checkpoint (None: the mean over widths)
+    if opts.select_width is not None:
+        match = [w for w in widths if abs(opts.select_width - w) < 1e-3]
+        if not match:
+            raise OfaserveError(f"--select_width {opts.select_width} is not in --width_mult_list "
+                                f"{[width_key(w) for w in widths]}")
+        select_key = width_key(match[0])
+    reused = _reusable_teacher(opts) if opts.teacher_dir else None
     out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite)
     if opts.n_gpu > 1 and dist.world_size() == 1:
         # data-parallel: re-enter this function in n_gpu paddle.distributed workers
         resolve_model_path(opts.model_name_or_path)  # fail fast, before spawning
         log.info("launching %d data-parallel workers (paddle.distributed)", opts.n_gpu)
         dist.launch(compress_model, opts, opts.n_gpu)
-        from .artifacts import read_manifest
         return read_manifest(out, stage="compress")
     main = dist.is_main()
     if not main:
@@ -192,12 +196,13 @@ def compress_model(opts: CompressOptions) -> dict:
         # same fine-tuned teacher as an earlier run: saves the fine-tune and makes OFA
         # settings comparable run to run (the teacher is not a source of difference)
         teacher.set_state_dict(_load_params(reused["checkpoint"]))
-        info = dict(reused["info"])
+        info = reused["info"]
         if main:
             teacher_ckpt.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(reused["checkpoint"], teacher_ckpt)
             write_json(teacher_info, info)
-        log.info("reusing the fine-tuned teacher of %s (sha256 %s...)", opts.teacher_dir, info["reused_from"]["sha256"][:12])
+        log.info("reusing the fine-tuned teacher of %s (sha256 %s...)", opts.teacher_dir,
+                 info["reused_from"]["sha256"][:12])
     elif opts.resume and teacher_ckpt.is_file() and teacher_info.is_file():
         teacher.set_state_dict(_load_params(teacher_ckpt))
         info = json.loads(teacher_info.read_text())
@@ -256,7 +261,7 @@ def compress_model(opts: CompressOptions) -> dict:
         nonlocal best
         supernet.eval()
         dev_res = {width_key(w): evaluate(supernet_logits_fn(supernet, w)) for w in widths}
-        score = (dev_res[width_key(opts.select_width)]["accuracy"] if opts.select_width is not None
+        score = (dev_res[select_key]["accuracy"] if select_key is not None
                  else float(np.mean([r["accuracy"] for r in dev_res.values()])))
         entry = {"step": step, "dev": dev_res, "score": score}
         history.append(entry)

@@ -229,7 +229,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                     ids, types, y = dist.shard(ids, types, y)
                     t0 = time.perf_counter()
                     ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
-                    y_t = paddle.to_tensor(np.asarray(y, dtype=np.int64))
+                    y_t = paddle.to_tensor(np.asarray(y, dtype=np.int64)) if lambda_ce else None
                     with paddle.no_grad():
                         t_logits = teacher(ids_t, types_t)
                     t_states = dict(t_hidden.values)

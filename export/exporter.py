@@ -430,11 +430,6 @@ def latency_inputs(vocab_size: int, batch: int, seq: int) -> tuple[np.ndarray, n
     return ids, np.zeros_like(ids)
 
 
-def measure_latency(fn, vocab_size: int, batch: int, seq: int, budget_s: float = 3.0, min_runs: int = 5,
-                    max_runs: int = 50) -> dict[str, float]:
-    return measure_interleaved({"x": fn}, vocab_size, batch, seq, budget_s, min_runs, max_runs)["x"]
-
-
 def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: int, budget_s: float = 3.0,
                         min_rounds: int = 5, max_rounds: int = 50) -> dict[str, dict[str, float]]:
     """Median/min ms per function, measured round-robin (one call of each per round) so that a
@@ -736,7 +731,8 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
                         "intermediate_size": [l["intermediate_size"] for l in layers],
                         "full_num_heads": int(cfg["num_attention_heads"]),
                         "full_intermediate_size": int(cfg["intermediate_size"])},
-            paddle_static_files=info["paddle_static_files"], params=params, flops_b16_s128=fl, flops_b16_s128_full_width=fl_full,
+            paddle_static_files=info["paddle_static_files"], params=params, flops_b16_s128=fl,
+            flops_b16_s128_full_width=fl_full,
             source={"compress_dir": str(src.folder.resolve()), "checkpoint": str(src.ckpt.resolve()),
                     "sha256": src.sha256, "task": src.manifest.get("task")},
             dev_accuracy=compress_acc, dev_metrics_exported=dev_m, onnx=info.get("onnx"), parity=parity,

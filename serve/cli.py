@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,22 +108,11 @@ def serve_main(argv: list[str]) -> int:
             time.sleep(args.poll)
             if stop["signal"] is not None:
                 break
-            if not server.is_running():
-                raise OfaserveError(server.failure_message(f"tritonserver exited with code {server.process.returncode}"))
-            down = [m for m, ok in server.models_ready().items() if not ok]
-            if down and stop["signal"] is None:
-                # A killed server takes its stubs down with it (PR_SET_PDEATHSIG), and the
-                # stubs can be seen gone first: give the server a moment to be seen exiting.
-                try:
-                    server.process.wait(timeout=1.0)
-                except subprocess.TimeoutExpired:
-                    pass
-                if not server.is_running():
-                    raise OfaserveError(server.failure_message(
-                        f"tritonserver exited with code {server.process.returncode}"))
-                raise OfaserveError(
-                    f"model(s) no longer ready: {', '.join(down)} (a python backend stub process died; "
-                    "Triton 2.51 does not restart it): restart `ofaserve serve`")
+            try:
+                server.check_health()
+            except OfaserveError:
+                if stop["signal"] is None:  # not a stop we asked for while checking
+                    raise
         print(f"received {signal.Signals(stop['signal']).name}; stopping Triton", flush=True)
         code = server.stop()
         print(f"Triton stopped (exit code {code})")

@@ -127,10 +127,15 @@ def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.Mod
     return config
 
 
+def runs_in_python_backend(target: str, runtime: str) -> bool:
+    """Whether the encoder runs in our python model (runtimes.py) rather than a native backend."""
+    return target == "cpu" or runtime == "onnxruntime-trt"
+
+
 def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: str, runtime: str,
                    precision: str, instances: int, threads: int) -> mc.ModelConfig:
     n = len(manifest["labels"])
-    python = target == "cpu" or runtime == "onnxruntime-trt"
+    python = runs_in_python_backend(target, runtime)
     if python:
         config = _base(name, max_batch_size, backend="python")
     elif target == "xeon":
@@ -298,7 +303,8 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
     if text_pipeline not in TEXT_PIPELINES:
         raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
-    if text_pipeline == "fused" and not (target == "cpu" or runtime == "onnxruntime-trt"):
+    python_encoder = runs_in_python_backend(target, runtime)
+    if text_pipeline == "fused" and not python_encoder:
         raise OfaserveError(f"--text_pipeline fused runs the encoder in the python backend: target cpu or runtime "
                             f"onnxruntime-trt, not target {target} with runtime {runtime}")
     if not 1 <= max_batch_size <= 4096:
@@ -323,7 +329,6 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
 
     chosen = {model: encoder_artifact(m, target, runtime, precision) for model, (_, m) in exports.items()}
     output = check_output_dir(output, stage=REPO_STAGE)
-    python_encoder = target == "cpu" or runtime == "onnxruntime-trt"
     with atomic_output_dir(output) as tmp:
         for model, (export_dir, manifest) in exports.items():
             enc = tmp / f"{model}_encoder"

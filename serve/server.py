@@ -182,7 +182,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise OfaserveError(self.failure_message(f"tritonserver exited with code {self.process.returncode}"))
+                raise self.exit_error()
             if self.is_ready() and all(self.models_ready().values()) and self._http_endpoints_up():
                 return
             time.sleep(0.2)
@@ -201,12 +201,36 @@ class TritonServer:
                 return False
         return True
 
-    def failure_message(self, what: str) -> str:
-        """``what`` plus the server's own error lines from its log, as one line."""
-        code = self.process.returncode if self.process is not None else None
-        if code is not None and code < 0 and "exited with code" in what:
+    def exit_error(self) -> OfaserveError:
+        """The error for a server process that has exited: its code, the signal that
+        killed it if any, and its own last error lines."""
+        code = self.process.returncode
+        what = f"tritonserver exited with code {code}"
+        if code is not None and code < 0:
             with contextlib.suppress(ValueError):
                 what += f" (killed by {signal.Signals(-code).name})"
+        return OfaserveError(self.failure_message(what))
+
+    def check_health(self, grace_s: float = 1.0) -> None:
+        """Raise OfaserveError if the server exited or a model is no longer ready.
+
+        A killed server takes its stubs down with it (PR_SET_PDEATHSIG), and the stubs
+        can be seen gone before the server is: when models are down, the server gets
+        ``grace_s`` to be seen exiting, so the error names the real cause."""
+        if not self.is_running():
+            raise self.exit_error()
+        down = [m for m, ok in self.models_ready().items() if not ok]
+        if not down:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_s)
+        if not self.is_running():
+            raise self.exit_error()
+        raise OfaserveError(f"model(s) no longer ready: {', '.join(down)} (a python backend stub process died; "
+                            "Triton 2.51 does not restart it): restart `ofaserve serve`")
+
+    def failure_message(self, what: str) -> str:
+        """``what`` plus the server's own error lines from its log, as one line."""
         log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
         errors = _error_lines(log)
         if not errors:  # last meaningful lines: not the options table, not "Started ..." banners

@@ -339,4 +339,7 @@ def test_compare_runs_summary(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(a))
     assert compare_main(["--runs", str(tmp_path / "a"), "-o", str(tmp_path / "runs.md")]) == 0
-    assert "| a | ensemble |" in (tmp_path / "runs.md").read_text()
+    text = (tmp_path / "runs.md").read_text()
+    assert "| a | ensemble |" in text
+    assert f"compressed vs full, fixed: {speed['speedup']:.2f}x-{speed['speedup']:.2f}x" in text
+    assert "fixed / real text latency: 2.00x-4.00x, median 3.00x over 2" in text

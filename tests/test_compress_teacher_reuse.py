@@ -46,6 +46,24 @@ def test_select_width_must_be_a_trained_width(tmp_path, tiny_checkpoint):
         compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, select_width=0.3))
 
 
+def test_select_width_close_to_a_trained_width_is_that_width(tmp_path, tiny_checkpoint, tiny_compress_dir):
+    """0.5004 is accepted as 0.5 (like 0.667 for 0.6666...) and must select on that width."""
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    manifest = compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, teacher_dir=str(tiny_compress_dir),
+                                    select_width=TINY_WIDTHS[-1] + 4e-4))
+    key = list(manifest["results"]["widths"])[-1]
+    assert all(h["score"] == h["dev"][key]["accuracy"] for h in manifest["phases"]["ofa"]["history"])
+
+
+def test_reused_teacher_must_come_from_the_same_data(tmp_path, tiny_checkpoint, tiny_compress_dir):
+    ckpt, train_csv, dev_csv = tiny_checkpoint
+    other = tmp_path / "other_train.csv"
+    other.write_bytes(train_csv.read_bytes())
+    with pytest.raises(OfaserveError, match="train_file"):
+        compress_model(_opts(tmp_path / "out", ckpt, other, dev_csv, teacher_dir=str(tiny_compress_dir)))
+    assert not (tmp_path / "out").exists()
+
+
 def test_lambda_ce_adds_the_gold_label_loss(tmp_path, tiny_checkpoint, tiny_compress_dir, caplog):
     """With every distillation weight at 0 the OFA loss is 0; --lambda_ce alone makes it the
     cross-entropy on the gold labels (positive), and so changes the trained supernet."""

@@ -277,3 +277,26 @@ def test_repository_sources_do_not_import_the_project():
         for pkg in ("compress", "serve", "export", "benchmarks"):
             assert f"from {pkg}" not in text and f"import {pkg}" not in text, f"{f} imports {pkg}"
     assert os.path.basename(runtimes.__file__) == "runtimes.py"
+
+
+def test_run_length_buckets_splits_sorted_equal_chunks_and_keeps_row_order():
+    """3 equal-size chunks of length-sorted rows, each cut to its own longest row; results
+    land back in the original row order. Equal lengths or small batches: one call."""
+    rng = np.random.default_rng(0)
+    lengths = rng.permutation([3] * 6 + [20] * 5 + [40] * 5)
+    ids = np.zeros((16, 40), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(5, 100, n)
+    calls = []
+
+    def run(input_ids, token_type_ids):  # "logits" = the row's token sum, order-independent
+        calls.append(input_ids.shape)
+        return input_ids.sum(1, keepdims=True).astype(np.float32)
+
+    out = runtimes.run_length_buckets(run, ids, np.zeros_like(ids), 3)
+    assert calls == [(6, 3), (5, 20), (5, 40)]
+    np.testing.assert_array_equal(out, ids.sum(1, keepdims=True))
+    calls.clear()
+    runtimes.run_length_buckets(run, np.ones((16, 40), np.int64), np.zeros((16, 40), np.int64), 3)
+    runtimes.run_length_buckets(run, ids[:7], np.zeros_like(ids[:7]), 3)  # 7 rows: fewer than 4 per chunk
+    assert calls == [(16, 40), (7, 40)]

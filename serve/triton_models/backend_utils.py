@@ -17,6 +17,28 @@ def param(config, key, default=None):
     return value
 
 
+def string_params(config):
+    """Every config.pbtxt parameter as {key: string}."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def runner_options(config, args, version_dir):
+    """Extra keyword options of ``runtimes.runner_from_parameters`` for this instance: the
+    TensorRT runtime needs its GPU, engine cache and the shape range to build for."""
+    if param(config, "runtime") != "onnxruntime-trt":
+        return {}
+    return {"device_id": int(args.get("model_instance_device_id", 0) or 0),
+            "cache_dir": str(version_dir / param(config, "trt_cache_dir", "trt_cache")),
+            "max_batch": int(config.get("max_batch_size", 64)) or 64,
+            "max_seq": int(param(config, "max_seq_length"))}
+
+
+def text_char_limit(max_seq_length):
+    """Characters of one text kept before tokenizing: tokens never span 100 characters in
+    sane text, so longer input cannot change the result and only costs work."""
+    return 100 * int(max_seq_length)
+
+
 def request_error(message, code_name="INVALID_ARG"):
     """A per-request error with a status code where this Triton version supports codes."""
     code = getattr(pb_utils.TritonError, code_name, None)
@@ -43,8 +65,8 @@ def request_texts(request, max_chars):
     """Decoded TEXT of one request (list of str), or an error message (str).
 
     Bytes that are not valid UTF-8 become U+FFFD instead of failing the request; text
-    longer than ``max_chars`` is cut before tokenizing, which bounds the work a huge
-    request can cause (tokens never span that many characters in sane text)."""
+    longer than ``max_chars`` (see ``text_char_limit``) is cut before tokenizing, which
+    bounds the work a huge request can cause."""
     tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
     if tensor is None:
         return "missing input TEXT"

@@ -15,7 +15,8 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_utils import (classify_outputs, label_names, load_tokenizer, param as _param,  # noqa: E402
-                           request_error as _error, request_texts)
+                           request_error as _error, request_texts, runner_options, string_params,
+                           text_char_limit)
 from runtimes import run_length_buckets, runner_from_parameters  # noqa: E402
 
 
@@ -24,21 +25,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
         max_seq_length = int(_param(config, "max_seq_length"))
-        self.max_chars = 100 * max_seq_length
+        self.max_chars = text_char_limit(max_seq_length)
         self.pad_id = int(_param(config, "pad_token_id", "0"))
         self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), max_seq_length, self.pad_id)
         self.labels = label_names(config)
         self.length_buckets = max(1, int(_param(config, "length_buckets", "1")))
-        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         try:
-            self.run = runner_from_parameters(here, parameters)
+            self.run = runner_from_parameters(here, string_params(config), **runner_options(config, args, here))
         except Exception as e:  # surface the reason in the server log and load error
             raise pb_utils.TritonModelException(f"cannot load the {_param(config, 'runtime')} runtime: {e}") from e
 
     def execute(self, requests):
         parsed = [request_texts(r, self.max_chars) for r in requests]
         flat = [t for p in parsed if isinstance(p, list) for t in p]
-        outputs = None
+        logits = None
         if flat:
             enc = self.tokenizer.encode_batch(flat, add_special_tokens=True)
             ids = np.array([e.ids for e in enc], dtype=np.int64)
@@ -48,13 +48,12 @@ class TritonPythonModel:
             except Exception as e:  # a runtime failure fails this batch, not the server
                 return [pb_utils.InferenceResponse(error=_error(
                     p if isinstance(p, str) else f"encoder runtime failed: {e}", "INTERNAL")) for p in parsed]
-            outputs = logits
         responses, row = [], 0
         for p in parsed:
             if isinstance(p, str):
                 responses.append(pb_utils.InferenceResponse(error=_error(p)))
                 continue
-            result = classify_outputs(outputs[row:row + len(p)], self.labels)
+            result = classify_outputs(logits[row:row + len(p)], self.labels)
             row += len(p)
             if isinstance(result, str):
                 responses.append(pb_utils.InferenceResponse(error=_error(result, "INTERNAL")))

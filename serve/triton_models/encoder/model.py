@@ -15,7 +15,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import param as _param, request_error as _error  # noqa: E402  (copied next to this file)
+from backend_utils import (param as _param, request_error as _error, runner_options,  # noqa: E402
+                           string_params)  # (copied next to this file)
 from runtimes import check_inputs, run_length_buckets, runner_from_parameters  # noqa: E402
 
 
@@ -29,15 +30,8 @@ class TritonPythonModel:
         self.pad_id = int(_param(config, "pad_token_id", "0"))
         self.length_buckets = max(1, int(_param(config, "length_buckets", "1")))
         kind = _param(config, "runtime")
-        options = {}
-        if kind == "onnxruntime-trt":
-            options = {"device_id": int(args.get("model_instance_device_id", 0) or 0),
-                       "cache_dir": str(here / _param(config, "trt_cache_dir", "trt_cache")),
-                       "max_batch": int(config.get("max_batch_size", 64)) or 64,
-                       "max_seq": self.limits["max_seq_length"]}
-        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         try:
-            self.run = runner_from_parameters(here, parameters, **options)
+            self.run = runner_from_parameters(here, string_params(config), **runner_options(config, args, here))
         except Exception as e:  # surface the reason in the server log and load error
             raise pb_utils.TritonModelException(f"cannot load the {kind} runtime: {e}") from e
 

@@ -14,7 +14,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import load_tokenizer, param as _param, request_error as _error, request_texts  # noqa: E402
+from backend_utils import (load_tokenizer, param as _param, request_error as _error,  # noqa: E402
+                           request_texts, text_char_limit)
 
 
 class TritonPythonModel:
@@ -22,7 +23,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(_param(config, "max_seq_length"))
-        self.max_chars = 100 * self.max_seq_length
+        self.max_chars = text_char_limit(self.max_seq_length)
         self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), self.max_seq_length,
                                         int(_param(config, "pad_token_id", "0")),
                                         int(_param(config, "pad_to_multiple_of", "0")))
