@@ -1,0 +1,72 @@
+"""benchmarks.gpu_torch's pack step on the tiny exports: what travels to a GPU machine
+reproduces each export's ONNX logits, and a narrower export travels as slices of the
+wider one (the 64 MiB transfer limit). The run step needs CUDA and is not run here."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
+
+
+@pytest.fixture(scope="module")
+def full_export_dir(tiny_compress_dir, tmp_path_factory):
+    from export import export_subnet
+
+    out = tmp_path_factory.mktemp("export_full") / "w100"
+    export_subnet(str(tiny_compress_dir), str(out), 1.0, progress=False)
+    return out
+
+
+def test_pack_reproduces_onnx_and_slices(full_export_dir, tiny_export_dir, tmp_path):
+    out = tmp_path / "pack"
+    m = pack([str(full_export_dir), str(tiny_export_dir)], str(out), batch_size=4, seq_len=8, big_batch=8, seed=0)
+    assert json.loads((out / "manifest.json").read_text()) == m
+    assert [e["name"] for e in m["models"]] == ["w1.0", "w0.75"]
+    full, narrow = m["models"]
+    assert not full["sliced"]
+    # every tensor of the 0.75 subnet is a leading slice of the reordered full width
+    assert "word_rows" in narrow["sliced"] and len(narrow["sliced"]) > 10
+    weights = load_pack_weights(out, m)
+    inputs = np.load(out / "inputs.npz")
+    assert inputs["fixed_4"].shape == (4, 8) and inputs["fixed_8"].shape == (8, 8)
+    assert np.isin(inputs["fixed_4"], full_weights_rows := np.flatnonzero(
+        np.abs(weights["w1.0"][0]["bert.embeddings.word_embeddings.weight"]).sum(1))).all()
+    assert full_weights_rows.size == m["used_vocab_rows"]
+    assert weights["w0.75"][0]["bert.encoder.layers.0.linear1.weight"].shape[1] < \
+        weights["w1.0"][0]["bert.encoder.layers.0.linear1.weight"].shape[1]
+    for e in m["models"]:
+        ref = np.load(out / e["reference"])
+        state, cfg = weights[e["name"]]
+        for i in range(m["n_real_batches"]):
+            got = bert_logits(state, cfg, inputs[f"ids_{i}"], inputs[f"types_{i}"], NumpyOps)
+            assert np.abs(got - ref[f"logits_{i}"]).max() < 1e-4, (e["name"], i)
+    # w1.0 and w0.75 differ: the slices are not the whole model
+    assert not np.allclose(np.load(out / full["reference"])["logits_0"], np.load(out / narrow["reference"])["logits_0"])
+
+
+def test_pack_refuses_exports_of_different_compress_runs(tiny_export_dir, tmp_path):
+    import shutil
+
+    from compress.artifacts import OfaserveError, read_manifest, write_json
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_export_dir, other)
+    m = read_manifest(other)
+    m["source"]["compress_dir"] = str(tmp_path / "elsewhere")
+    write_json(other / "manifest.json", m)
+    with pytest.raises(OfaserveError, match="one compress output"):
+        pack([str(tiny_export_dir), str(other)], str(tmp_path / "pack"), 4, 8, 8, 0)
+    assert not (tmp_path / "pack").exists()
+
+
+def test_markdown_of_recorded_gpu_run():
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/latency_gpu_h200_torch.json").read_text())
+    md = markdown(rec)
+    assert "not TensorRT" in md and rec["environment"]["gpu"] in md
+    for w, v in rec["ratios_p50_full_over_compressed"].items():
+        assert f"| {w} | {v['fp32']:.2f}x | {v['fp16']:.2f}x |" in md
+    # the recorded run proved parity before timing: same predictions as the export's ONNX
+    assert all(p["predictions_agreeing"] == 1.0 for p in rec["parity"].values())
