@@ -3,7 +3,7 @@
 a killed stub and a killed server under `ofaserve serve`, busy ports, an interrupted
 `ofaserve export`, and the Kubernetes manifests of serve/deploy.
 
-Reduced counts of benchmarks/reliability.py (which records the full runs in
+Reduced counts of `python -m benchmarks.reliability` (which records the full runs in
 benchmarks/results/reliability.md). Every wait is bounded; every server is stopped by a
 finalizer, and anything a failed test leaves (stubs, /dev/shm regions) is removed.
 """

@@ -1,0 +1,68 @@
+"""Reliability of the served pipeline: load, faults, bad input, interrupted export.
+
+Run (records benchmarks/results/reliability.json + .md)::
+
+    .venv/bin/python -m benchmarks.reliability                       # tiny model (+ a real export if found)
+    .venv/bin/python -m benchmarks.reliability --export_dir runs/demo/export/w0.6667 --requests 5000
+
+Scenarios, each on the REAL Triton 2.51 bundled with nvidia-pytriton, on loopback only:
+
+load        ``--requests`` ensemble requests (text, ``--batch_size`` sentences each) at
+            ``--concurrency``, closed loop (benchmarks.loadgen): every request must be
+            answered (sent == ok + errors) with zero errors; RSS of tritonserver + every
+            python-backend stub and the size of each stub's /dev/shm region are sampled
+            during the run (growth after warm-up, slope per 1,000 requests).
+bad_input   odd-but-valid text, invalid requests to the ensemble and to the encoder,
+            sent concurrently with good requests: the good ones must keep the answers
+            an idle server gave; every bad one must get its own error, none may hang.
+faults      SIGKILL the encoder's stub mid-load under `ofaserve serve`: how the
+            in-flight and later requests end, whether Triton 2.51 restarts the stub,
+            what Triton's own readiness says, when `ofaserve serve` exits and why, and
+            what is left behind. SIGKILL tritonserver under `ofaserve serve`. A second
+            `ofaserve serve` on a busy port. SIGKILL of `ofaserve serve` itself.
+export      SIGINT / SIGTERM to `ofaserve export` mid-run on a tiny compress output:
+            a previous export must stay intact (manifest sha256), no temp folder left.
+shm         /dev/shm bytes per python-backend instance (sizes of the deploy manifest).
+
+The helpers are imported by tests/test_reliability.py (reduced counts, hard bounds).
+Every loop here is bounded in count and in time; every server started here is stopped.
+
+Modules, by concern (each imports only those above it)::
+
+    probes          processes, RSS and /dev/shm of a running server; bounded waits; ROOT, MIB
+    traffic         request helpers, the load run and its checks, bad-input cases, background traffic
+    faults          `ofaserve serve` / tritonserver / stub kills, busy ports (ServeCLI)
+    export_faults   interrupted `ofaserve export`; the tiny and real models the scenarios use
+    scenarios       the scenarios above, composed of those helpers
+    report          the Markdown report of a run's JSON
+    cli             build_parser, main (`python -m benchmarks.reliability`)
+"""
+from __future__ import annotations
+
+from .probes import (MIB, ROOT, SHM_PREFIX, Sampler, live_pids, memory_summary, ofaserve_command,
+                     processes_mentioning, rss_by_process, shm_usage, stubs_of, wait_until, zombies_of)
+from .traffic import (LOAD_BOUNDS, Case, Traffic, answers, bad_input_cases, case_references, dev_sentences,
+                      load_checks, mixed_traffic, run_load, shm_growth_sweep, summarize_traffic, tensor_inputs,
+                      text_inputs)
+from .faults import (ServeCLI, _port_bound, busy_port_attempts, cli_killed, free_ports, kill_server, port_race,
+                     server_kill_under_cli, stub_kill_triton, stub_kill_under_load)
+from .export_faults import (EXPORT_PHASES, REAL_EXPORT_CANDIDATES, _export_ok, describe_export, find_real_export,
+                            interrupt_export, run_export, sha256, temp_entries, tiny_compress, tiny_export)
+from .scenarios import (scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh,
+                        shm_per_instance)
+from .report import to_markdown
+from .cli import build_parser, main
+
+__all__ = [
+    "MIB", "ROOT", "SHM_PREFIX", "Sampler", "live_pids", "memory_summary", "ofaserve_command",
+    "processes_mentioning", "rss_by_process", "shm_usage", "stubs_of", "wait_until", "zombies_of",
+    "LOAD_BOUNDS", "Case", "Traffic", "answers", "bad_input_cases", "case_references", "dev_sentences",
+    "load_checks", "mixed_traffic", "run_load", "shm_growth_sweep", "summarize_traffic", "tensor_inputs",
+    "text_inputs",
+    "ServeCLI", "_port_bound", "busy_port_attempts", "cli_killed", "free_ports", "kill_server", "port_race",
+    "server_kill_under_cli", "stub_kill_triton", "stub_kill_under_load",
+    "EXPORT_PHASES", "REAL_EXPORT_CANDIDATES", "_export_ok", "describe_export", "find_real_export",
+    "interrupt_export", "run_export", "sha256", "temp_entries", "tiny_compress", "tiny_export",
+    "scenario_export", "scenario_faults", "scenario_load_and_bad_input", "scenario_shm_fresh", "shm_per_instance",
+    "to_markdown", "build_parser", "main",
+]

@@ -1,0 +1,76 @@
+"""Command line: `python -m benchmarks.reliability` (flags: --help)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compress.artifacts import machine_info, now_iso, write_json
+
+from .export_faults import REAL_EXPORT_CANDIDATES, find_real_export, tiny_compress, tiny_export
+from .probes import ROOT
+from .report import to_markdown
+from .scenarios import scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh, \
+    shm_per_instance
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from benchmarks import reliability  # the package docstring (imported by now: it imports this module)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reliability",
+                                description=reliability.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--export_dir", type=Path, default=None,
+                   help="a real export to test besides the tiny one [default: the first of "
+                        + ", ".join(REAL_EXPORT_CANDIDATES) + " that exists]")
+    p.add_argument("--no_tiny", action="store_true", help="skip the tiny model")
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=4, help="sentences per load request")
+    p.add_argument("--good_rounds", type=int, default=10)
+    p.add_argument("--bad_rounds", type=int, default=3)
+    p.add_argument("--scenarios", default="load,shm,faults,export",
+                   help="comma-separated: load (includes bad input), shm, faults, export")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    scenarios = set(args.scenarios.split(","))
+    report: dict[str, Any] = {"created": now_iso(), "machine": machine_info(),
+                              "command": " ".join(["python -m benchmarks.reliability"] + list(argv or sys.argv[1:])),
+                              "load_avg_start": os.getloadavg(), "models": []}
+    with tempfile.TemporaryDirectory(prefix="ofaserve-reliability-") as tmp:
+        work = Path(tmp)
+        exports: list[tuple[Path, str]] = []
+        compress_dir = None
+        if not args.no_tiny or "export" in scenarios:
+            print("[tiny] real compress + export of a 2-layer random BERT (tests/conftest.py recipe)", flush=True)
+            compress_dir = tiny_compress(work / "tiny")
+        if not args.no_tiny:
+            exports.append((tiny_export(compress_dir, work), "tiny (random 2-layer BERT, real compress + export)"))
+        real = args.export_dir or find_real_export()
+        if real is not None:
+            exports.append((Path(real), "real"))
+        else:
+            report["real_model_note"] = "no real export found (" + ", ".join(REAL_EXPORT_CANDIDATES) + "): tiny only"
+        if "load" in scenarios:
+            for export, kind in exports:
+                report["models"].append(scenario_load_and_bad_input(export, kind, work, args))
+            report["shm"] = shm_per_instance(report)
+        if "shm" in scenarios and exports:
+            print("[shm] one request per payload size, each on a fresh server", flush=True)
+            report.setdefault("shm", {})["fresh_server"] = scenario_shm_fresh(exports[0][0], work)
+        if "faults" in scenarios and exports:
+            report["faults"] = scenario_faults(exports[0][0], work)
+        if "export" in scenarios:
+            report["export"] = scenario_export(compress_dir, work)
+    report["load_avg_end"] = os.getloadavg()
+    write_json(args.output, report)
+    args.output.with_suffix(".md").write_text(to_markdown(report))
+    print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
+    return 0

@@ -1,0 +1,167 @@
+"""`ofaserve export` interrupted by SIGINT / SIGTERM (the previous export must stay intact),
+and the models the scenarios run on: the tiny compress + export, a real export if found."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.artifacts import read_manifest
+
+from .probes import ROOT, ofaserve_command, wait_until
+
+REAL_EXPORT_CANDIDATES = ("runs/demo/export/w0.6667", "runs/demo/export/w67", "runs/full/export/w0.6667",
+                          "runs/quick/export/w0.6667")
+
+
+# =============================================================================== export
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def temp_entries(out: Path) -> list[str]:
+    """Entries next to ``out`` that the atomic writer makes (.NAME.tmp-*, .probe-*, .old-*)."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+EXPORT_PHASES = ("Start to get pruned model", "sub model + static model written", "ONNX written",
+                 "pre-processing before quantization")
+
+
+def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = signal.SIGINT,
+                     delay_s: float = 1.0, after_line: str | None = None, timeout_s: float = 300,
+                     extra: list[str] | None = None) -> dict[str, Any]:
+    """Start `ofaserve export` into ``out`` (a previous good export) and send ``sig``
+    ``delay_s`` after its temp folder appears (or after it logs a line containing
+    ``after_line``); report exit, manifest sha, leftovers and the outcome."""
+    before = sha256(out / "manifest.json")
+    siblings = set(os.listdir(out.parent))
+    cmd = ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
+                                "--width_mult", str(width), "--no_progress"] + (extra or [])
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL)
+    lines: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+
+    def read():
+        for line in iter(proc.stdout.readline, ""):
+            lines.append((time.monotonic() - t0, line.rstrip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        appeared = wait_until(lambda: any(n.startswith(f".{out.name}.tmp-") for n in os.listdir(out.parent))
+                              or proc.poll() is not None, timeout_s, 0.02)
+        t_tmp = time.monotonic() - t0
+        if after_line:
+            appeared = wait_until(lambda: any(after_line in l for _, l in lines) or proc.poll() is not None,
+                                  timeout_s, 0.02)
+        if proc.poll() is not None or not appeared:
+            raise RuntimeError(f"export never reached the signal point (exit {proc.poll()}): "
+                               + " | ".join(l for _, l in lines[-3:]))
+        time.sleep(delay_s)
+        during = temp_entries(out)
+        finished_before_signal = proc.poll() is not None
+        t_sig = time.monotonic() - t0
+        proc.send_signal(sig)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+            lines.append((time.monotonic() - t0, "[killed: did not exit within 120 s of the signal]"))
+        reader.join(10)
+        unchanged = sha256(out / "manifest.json") == before if (out / "manifest.json").is_file() else False
+        loads = _export_ok(out)
+        after = [l for t, l in lines if t >= t_sig]
+        done_before = any(l.startswith("exported width") for t, l in lines if t < t_sig)
+        done_after = any(l.startswith("exported width") for l in after)
+        if done_before:
+            outcome = f"export had completed; signal during interpreter exit (exit {proc.returncode})"
+        elif proc.returncode in (130, 128 + int(sig), -int(sig)) and unchanged and loads and not done_after:
+            outcome = "interrupted, previous export intact"
+        elif done_after and loads and not unchanged:
+            outcome = ("signal lost: the export completed and replaced the previous one" if proc.returncode == 0
+                       else "signal acted only after the export had completed")
+        elif unchanged and loads:
+            last = next((l for l in reversed(after) if l.strip()), "")
+            outcome = f"failed with exit {proc.returncode} ({last[:80]}), previous export intact"
+        else:
+            outcome = "BROKEN: output missing or incomplete"
+        return {"signal": signal.Signals(sig).name, "after_line": after_line, "delay_s": delay_s,
+                "temp_appeared_after_s": round(t_tmp, 2), "signal_after_s": round(t_sig, 2),
+                "finished_before_signal": finished_before_signal, "exit_code": proc.returncode, "outcome": outcome,
+                "last_line_before_signal": next((l for t, l in reversed(lines) if t < t_sig and l.strip()), "")[:160],
+                "swallowed_in_callback": any("Exception ignored in" in l for l in after),
+                "stderr_tail": [l for l in after if l.strip()][-1:],
+                "temp_during": during, "temp_after": temp_entries(out),
+                "new_siblings": sorted(set(os.listdir(out.parent)) - siblings),
+                "manifest_unchanged": unchanged, "export_still_loads": loads}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def _export_ok(out: Path) -> bool:
+    try:
+        m = read_manifest(out, "export")
+        return all((out / rel).is_file() for k, rel in m["artifacts"].items()
+                   if k in ("onnx", "tokenizer") and rel)
+    except Exception:
+        return False
+
+
+def run_export(compress_dir: Path, out: Path, width: float, extra: list[str] | None = None,
+               timeout_s: float = 600) -> dict[str, Any]:
+    cmd = ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
+                                "--width_mult", str(width), "--no_progress"] + (extra or [])
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    return {"exit_code": r.returncode, "wall_s": time.monotonic() - t0,
+            "stderr_tail": r.stderr.strip().splitlines()[-3:], "temp_after": temp_entries(out)}
+
+
+# =============================================================================== models
+def tiny_export(compress_dir: Path, folder: Path) -> Path:
+    """The real `export_subnet` at width 0.75 of the tiny compress output (as tests/conftest.py)."""
+    from export import export_subnet
+    out = folder / "tiny_export_w075"
+    export_subnet(str(compress_dir), str(out), 0.75, progress=False)
+    return out
+
+
+def tiny_compress(folder: Path) -> Path:
+    """The real `compress_model` on the tiny checkpoint (as tests/conftest.py does)."""
+    from compress.pipeline import CompressOptions, compress_model
+    from compress.testing import tiny_task_files, write_tiny_hf_checkpoint
+    train, dev, texts = tiny_task_files(folder / "data")
+    ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)
+    out = folder / "compress"
+    compress_model(CompressOptions(
+        output_dir=str(out), model_name_or_path=str(ckpt), train_file=str(train), dev_file=str(dev),
+        width_mult_list=[1.0, 0.75, 0.5], max_seq_length=32, batch_size=16, num_teacher_epochs=1,
+        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
+        progress=False, logging_steps=0))
+    return out
+
+
+def find_real_export() -> Path | None:
+    for rel in REAL_EXPORT_CANDIDATES:
+        p = ROOT / rel
+        if (p / "manifest.json").is_file():
+            return p
+    return None
+
+
+def describe_export(export: Path, kind: str) -> dict[str, Any]:
+    m = read_manifest(export, "export")
+    return {"kind": kind, "path": str(export), "width_mult": m.get("width_mult"), "model_type": m.get("model_type"),
+            "max_seq_length": m.get("max_seq_length"), "vocab_size": m.get("vocab_size"),
+            "params": (m.get("params") or {}).get("total"), "source": m.get("source") or m.get("compress_dir")}

@@ -1,0 +1,131 @@
+"""The scenarios `python -m benchmarks.reliability` runs, each composed of the helpers of
+probes, traffic, faults and export_faults; each returns the dict recorded in the report."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any, Iterable
+
+from compress.artifacts import read_manifest
+
+from .export_faults import EXPORT_PHASES, _export_ok, describe_export, interrupt_export, run_export
+from .faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
+                     stub_kill_triton, stub_kill_under_load)
+from .probes import rss_by_process, shm_usage, stubs_of
+from .traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
+                      mixed_traffic, run_load, shm_growth_sweep)
+
+
+def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
+    from serve.repository import build_repository
+    from serve.server import TritonServer
+    tag = kind.split()[0]  # short name for paths and log lines; ``kind`` describes the model
+    repo = work / f"repo_{tag}"
+    manifest = build_repository([export], repo, target="cpu")
+    (model,) = manifest["models"]
+    info = manifest["models"][model]
+    texts = dev_sentences()
+    out: dict[str, Any] = {"model": describe_export(export, kind), "served_name": model,
+                           "repository": {k: manifest[k] for k in ("target", "runtime", "precision",
+                                                                   "max_batch_size", "encoder_instances",
+                                                                   "encoder_threads")}}
+    p = free_ports()
+    with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+        shm_idle = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
+        out["shm_idle"] = {s["instance"]: shm_idle.get(s["shm"]) for s in stubs_of(srv.process.pid)}
+        print(f"[{tag}] load: {args.requests} requests x {args.batch_size} sentences, concurrency {args.concurrency}",
+              flush=True)
+        out["load"] = run_load(srv.grpc_url, model, srv.process.pid, texts, args.requests, args.concurrency,
+                               batch_size=args.batch_size)
+        out["load"]["bounds"] = LOAD_BOUNDS
+        out["load"]["checks"] = load_checks(out["load"])
+        print(f"[{tag}]   {json.dumps({k: out['load'][k] for k in ('sent', 'ok', 'errors', 'wall_s')})} "
+              f"memory {out['load']['memory']['rss_after_warmup_mib']:.0f} -> {out['load']['memory']['rss_end_mib']:.0f} MiB",
+              flush=True)
+        shm_loaded = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
+        out["shm_after_load"] = {s["instance"]: shm_loaded.get(s["shm"]) for s in stubs_of(srv.process.pid)}
+
+        print(f"[{tag}] /dev/shm growth with payload size", flush=True)
+        out["shm_growth"] = shm_growth_sweep(srv.grpc_url, model, srv.process.pid)
+        good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
+        reference = answers(srv.grpc_url, model, good_batches)
+        cases = bad_input_cases(manifest["max_batch_size"], info["max_seq_length"],
+                                read_manifest(export, "export")["vocab_size"])
+        case_ref = case_references(srv.grpc_url, model, cases)
+        print(f"[{tag}] bad input concurrent with good traffic", flush=True)
+        mixed = mixed_traffic(srv.grpc_url, model, good_batches, reference, cases, case_ref,
+                              good_rounds=args.good_rounds, bad_rounds=args.bad_rounds)
+        mixed["models_ready_after"] = all(srv.models_ready().values())
+        out["bad_input"] = mixed
+        shm_end = shm_usage(s["shm"] for s in stubs_of(srv.process.pid))
+        out["shm_after_bad_input"] = {s["instance"]: shm_end.get(s["shm"]) for s in stubs_of(srv.process.pid)}
+        out["rss_end_mib"] = rss_by_process(srv.process.pid)
+    return out
+
+
+def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
+    from serve.repository import build_repository
+    repo = work / "repo_faults"
+    manifest = build_repository([export], repo, target="cpu")
+    (model,) = manifest["models"]
+    texts = dev_sentences(64)
+    batches = [texts[i:i + 4] for i in range(0, 64, 4)]
+    out: dict[str, Any] = {}
+    print("[faults] SIGKILL encoder stub under load: Triton alone", flush=True)
+    out["encoder_stub_killed_triton"] = stub_kill_triton(repo, model, batches, observe_s=20)
+    print("[faults] SIGKILL encoder stub under load: `ofaserve serve`", flush=True)
+    out["encoder_stub_killed_under_load"] = stub_kill_under_load(repo, model, batches, observe_s=20, poll=2.0)
+    print("[faults] SIGKILL tritonserver under `ofaserve serve`", flush=True)
+    out["tritonserver_killed"] = server_kill_under_cli(repo, poll=2.0)
+    print("[faults] second `ofaserve serve` on busy ports", flush=True)
+    first = ServeCLI(repo, free_ports())
+    try:
+        first.start()
+        out["busy_port"] = busy_port_attempts(repo, first)
+    finally:
+        first.kill()
+    print("[faults] port taken after the launcher's check (race)", flush=True)
+    out["port_race"] = port_race(repo)
+    print("[faults] SIGKILL `ofaserve serve` itself", flush=True)
+    out["cli_sigkilled"] = cli_killed(repo)
+    return out
+
+
+def scenario_export(compress_dir: Path, work: Path) -> dict[str, Any]:
+    out_dir = work / "exports" / "w075"
+    first = run_export(compress_dir, out_dir, 0.75)
+    result: dict[str, Any] = {"compress_dir": str(compress_dir), "first_export": first, "interrupts": []}
+    points = [(signal.SIGINT, phase, delay) for phase in EXPORT_PHASES for delay in (0.05, 0.3, 0.6)]
+    points += [(signal.SIGTERM, EXPORT_PHASES[1], 0.05), (signal.SIGTERM, EXPORT_PHASES[2], 0.3)]
+    for sig, phase, delay in points:
+        print(f"[export] {signal.Signals(sig).name} {delay} s after '{phase}'", flush=True)
+        result["interrupts"].append(interrupt_export(compress_dir, out_dir, 0.75, sig=sig, delay_s=delay,
+                                                     after_line=phase))
+    result["next_run"] = run_export(compress_dir, out_dir, 0.75)
+    result["next_run"]["export_loads"] = _export_ok(out_dir)
+    return result
+
+
+def scenario_shm_fresh(export: Path, work: Path, sizes_mb: Iterable[float] = (1, 4, 16)) -> list[dict[str, Any]]:
+    """Per payload size, on a FRESH server: the regions after one request of that size."""
+    from serve.repository import build_repository
+    from serve.server import TritonServer
+    repo = work / "repo_shm"
+    (model,) = build_repository([export], repo, target="cpu")["models"]
+    rows = []
+    for mb in sizes_mb:
+        p = free_ports()
+        with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+            rows += shm_growth_sweep(srv.grpc_url, model, srv.process.pid, [mb])
+    return rows
+
+
+def shm_per_instance(results: dict[str, Any]) -> dict[str, Any]:
+    sizes = []
+    for r in results.get("models", []):
+        for key in ("shm_idle", "shm_after_load", "shm_after_bad_input"):
+            sizes += [v["size"] for v in r.get(key, {}).values() if v]
+    return {"per_instance_max_bytes": max(sizes, default=None), "per_instance_min_bytes": min(sizes, default=None),
+            "note": "python backend 2.51 defaults: shm-default-byte-size 1 MiB, shm-growth-byte-size 1 MiB; a region "
+                    "grows by the growth size when a request/response does not fit"}
