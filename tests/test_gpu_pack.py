@@ -68,5 +68,7 @@ def test_markdown_of_recorded_gpu_run():
     assert "not TensorRT" in md and rec["environment"]["gpu"] in md
     for w, v in rec["ratios_p50_full_over_compressed"].items():
         assert f"| {w} | {v['fp32']:.2f}x | {v['fp16']:.2f}x |" in md
-    # the recorded run proved parity before timing: same predictions as the export's ONNX
-    assert all(p["predictions_agreeing"] == 1.0 for p in rec["parity"].values())
+    # the recorded run proved parity before timing: fp32 gives the export's ONNX predictions,
+    # fp16 nearly all of them
+    for key, p in rec["parity"].items():
+        assert p["predictions_agreeing"] == 1.0 if key.endswith("fp32") else p["predictions_agreeing"] >= 0.99, key

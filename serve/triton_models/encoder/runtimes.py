@@ -164,6 +164,9 @@ def _onnxruntime(path: Path, precision: str, threads: int) -> Runner:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # ORT's worker threads busy-wait after each run by default; on a small CPU shared with
+    # Triton, the tokenizer/postprocess stubs and other runtimes that steals their cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return _ort_run(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
 
