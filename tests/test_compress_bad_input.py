@@ -64,3 +64,15 @@ def test_bad_input(case, expect, tmp_path, capsys, tiny_checkpoint):
     else:
         assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
+    from compress.cli import build_parser, options_from_args
+
+    full = options_from_args(build_parser().parse_args(["--profile", "full", "--output_dir", "x"]))
+    assert (full.num_train_epochs, full.lambda_ce, full.save_steps, full.max_train_samples) == (3, 0.5, 106, None)
+    mine = options_from_args(build_parser().parse_args(
+        ["--profile", "full", "--lambda_ce", "0", "--num_train_epochs", "2", "--output_dir", "x"]))
+    assert (mine.lambda_ce, mine.num_train_epochs) == (0.0, 2)
+    plain = options_from_args(build_parser().parse_args(["--output_dir", "x"]))
+    assert plain.lambda_ce == 0.0 and plain.num_train_epochs == 1
