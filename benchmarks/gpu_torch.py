@@ -2,8 +2,8 @@
 
 The gpu target of `ofaserve repo` serves the ONNX export with TensorRT FP16 (Triton's
 onnxruntime backend, or onnxruntime-gpu's TensorRT EP). Where a GPU machine has neither
-TensorRT nor onnxruntime-gpu but has PyTorch (the GPU machines lent to this project:
-no package index, 64 MiB per transfer), this gives the next best measured figure: the
+TensorRT nor onnxruntime-gpu but has PyTorch (e.g. an offline machine with a PyTorch
+image and a small transfer limit), this gives the next best measured figure: the
 same exported weights run as a plain BERT forward on CUDA, FP32 and FP16, each call
 replayed from a CUDA graph (like an engine: no per-kernel launch cost from Python),
 compared for parity with the export's own ONNX logits before anything is timed.
@@ -460,7 +460,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_torch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
     a = sub.add_parser("pack", help="(here) weights, tokenized dev batches and ONNX reference logits to one folder")
     a.add_argument("--export_dirs", nargs="+", required=True,
@@ -478,7 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--pad_multiple", type=int, default=16, help="pad real-text batches to this (default 16)")
     args = p.parse_args(argv)
     if args.step == "pack":
-        m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed)
+        from compress.artifacts import OfaserveError
+        try:
+            m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed)
+        except OfaserveError as e:
+            print(f"benchmarks.gpu_torch: error: {e}", file=sys.stderr)
+            return 2
         size = sum(f.stat().st_size for f in Path(args.output).iterdir())
         print(f"packed {[e['name'] for e in m['models']]} into {args.output} ({size / 2**20:.1f} MiB); "
               f"numpy forward vs ONNX: " + ", ".join(f"{e['name']} {e['numpy_forward_vs_onnx_max_abs']:.1e}"

@@ -72,3 +72,12 @@ def test_markdown_of_recorded_gpu_run():
     # fp16 nearly all of them
     for key, p in rec["parity"].items():
         assert p["predictions_agreeing"] == 1.0 if key.endswith("fp32") else p["predictions_agreeing"] >= 0.99, key
+
+
+def test_pack_cli_missing_export_is_a_one_line_error(tmp_path, capsys):
+    from benchmarks.gpu_torch import main
+
+    assert main(["pack", "--export_dirs", str(tmp_path / "nope"), "--output", str(tmp_path / "pack")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "error:" in err and "nope" in err and "\n" not in err
+    assert not (tmp_path / "pack").exists()
