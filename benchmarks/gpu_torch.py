@@ -48,7 +48,21 @@ MASK_VALUE = -1e4  # PaddleNLP BERT's additive padding mask (what the export com
 
 
 # ============================================================================ the forward
-class NumpyOps:
+class _HeadOps:
+    """Splitting hidden states into attention heads and back, over each backend's permute."""
+
+    @classmethod
+    def heads(cls, x, n):
+        b, s, h = x.shape
+        return cls.permute(x.reshape(b, s, n, h // n), (0, 2, 1, 3))
+
+    @classmethod
+    def merge(cls, x):
+        b, n, s, d = x.shape
+        return cls.permute(x, (0, 2, 1, 3)).reshape(b, s, n * d)
+
+
+class NumpyOps(_HeadOps):
     """Reference arithmetic, used here to check the forward against the ONNX export."""
 
     @staticmethod
@@ -63,14 +77,8 @@ class NumpyOps:
         return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 
     @staticmethod
-    def heads(x, n):
-        b, s, h = x.shape
-        return x.reshape(b, s, n, h // n).transpose(0, 2, 1, 3)
-
-    @staticmethod
-    def merge(x):
-        b, n, s, d = x.shape
-        return x.transpose(0, 2, 1, 3).reshape(b, s, n * d)
+    def permute(x, axes):
+        return x.transpose(axes)
 
     @staticmethod
     def attention(q, k, v, mask):
@@ -89,7 +97,7 @@ class NumpyOps:
         return table[ids]
 
 
-class TorchOps:
+class TorchOps(_HeadOps):
     """The same operations with torch's fused kernels (SDPA, layer_norm, erf gelu)."""
 
     def __init__(self):
@@ -104,14 +112,8 @@ class TorchOps:
         return self.F.gelu(x)
 
     @staticmethod
-    def heads(x, n):
-        b, s, h = x.shape
-        return x.reshape(b, s, n, h // n).permute(0, 2, 1, 3)
-
-    @staticmethod
-    def merge(x):
-        b, n, s, d = x.shape
-        return x.permute(0, 2, 1, 3).reshape(b, s, n * d)
+    def permute(x, axes):
+        return x.permute(*axes)
 
     def attention(self, q, k, v, mask):
         return self.F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -312,10 +314,11 @@ def _pad_to(ids: np.ndarray, types: np.ndarray, multiple: int, pad: int) -> tupl
 
 
 def _stats(samples_ms: list[float], batch: float) -> dict[str, float]:
-    a = np.asarray(samples_ms)
-    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
-            "sentences_per_s": float(batch * a.size / (a.sum() / 1000.0))}
+    from benchmarks.stats import summarize_latencies  # numpy only: runs on the GPU machine too
+
+    s = summarize_latencies(samples_ms)
+    return {"n": s["n"], "p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"], "mean_ms": s["mean"],
+            "sentences_per_s": float(batch * s["n"] / (sum(samples_ms) / 1000.0))}
 
 
 def _environment(torch) -> dict[str, Any]:
