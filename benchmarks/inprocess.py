@@ -154,20 +154,23 @@ def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, para
                          served: bool) -> tuple[Runner, dict[str, Any]]:
     """``(input_ids, token_type_ids) -> logits`` for the encoder in ``encoder_dir``, in this
     process, run the way the served encoder runs a formed batch (its ``length_buckets``:
-    length-sorted chunks; a no-op on equal-length rows)."""
+    length-sorted chunks, a no-op on equal-length rows; or, for the packed graph, the
+    runner's own sequence packing)."""
     version_dir = Path(encoder_dir) / "1"
     if not version_dir.is_dir():
         raise OfaserveError(f"{version_dir} is missing: not a Triton encoder model folder")
     path = model_path_for(version_dir, spec, params, served)
     mod, where = _runtimes_module(version_dir)
-    runner = mod.load_runner(spec.runtime, path, precision=spec.precision, threads=spec.threads)
+    pad_id = int(params.get("pad_token_id") or 0)
+    runner = mod.load_runner(spec.runtime, path, precision=spec.precision, threads=spec.threads, pad_id=pad_id)
     buckets = int(params.get("length_buckets") or 1)
     if buckets > 1 and hasattr(mod, "run_length_buckets"):
-        plain, pad_id = runner, int(params.get("pad_token_id") or 0)
+        plain = runner
 
         def runner(input_ids, token_type_ids):
             return mod.run_length_buckets(plain, input_ids, token_type_ids, buckets, pad_id)
-    return runner, {"loader": f"{where}:load_runner", "model_file": str(path), "length_buckets": buckets}
+    return runner, {"loader": f"{where}:load_runner", "model_file": str(path), "length_buckets": buckets,
+                    "packed": bool(getattr(runner if buckets <= 1 else plain, "packed", False))}
 
 
 # --------------------------------------------------------------------------- timing

@@ -214,6 +214,96 @@ def _prune_dead(g) -> None:
     g.initializer.extend(inits)
 
 
+# ----------------------------------------------------------------------------- packed variant
+PACKED_INPUTS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
+
+
+def packed_variant(proto, hidden_size: int) -> dict[str, Any]:
+    """Turn the rewritten ``model.onnx`` (in place) into a graph that runs several sentences
+    per row ("sequence packing"), so a batch of short sentences costs its real tokens, not
+    rows x longest.
+
+    New inputs, all int64: ``position_ids`` [rows, seq] (restarting at 0 in each sentence),
+    ``segment_ids`` [rows, seq] (1, 2, ... per sentence in its row, 0 = padding) and
+    ``cls_index`` [n] (flat row * seq + column of each sentence's [CLS]); output ``logits``
+    [n, num_labels], one row per sentence. Attention is block-diagonal: a token sees only
+    the tokens of its own sentence, with the same -10000 additive mask the plain graph puts
+    on padding, so every sentence's logits equal the plain graph's (export checks this).
+    Needs ``rewrite_attention`` to have run (it names the one shared mask).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    if "ofaserve_mask_add" not in producer:
+        raise OfaserveError("packed variant: the graph has no rewritten attention mask")
+    # position embedding lookup: the one Gather whose indices are computed, not an input
+    gathers = [n for n in g.node if n.op_type == "Gather" and n.input[1] not in INPUTS
+               and _const_value(g, n.input[0]) is not None and _const_value(g, n.input[0]).ndim == 2]
+    if len(gathers) != 1:
+        raise OfaserveError(f"packed variant: expected one position-embedding Gather, found {len(gathers)}")
+    gathers[0].input[1] = "position_ids"
+    # the [CLS] slice feeding the pooler: Slice(hidden, axis 1, 0:1) -> Squeeze
+    slices = [n for n in g.node if n.op_type == "Slice" and any(c.op_type == "Squeeze" for c in consumers.get(n.output[0], []))]
+    if len(slices) != 1:
+        raise OfaserveError(f"packed variant: expected one [CLS] Slice->Squeeze, found {len(slices)}")
+    cls_slice = slices[0]
+    squeeze = next(c for c in consumers[cls_slice.output[0]] if c.op_type == "Squeeze")
+    hidden = cls_slice.input[0]
+    g.initializer.extend([
+        numpy_helper.from_array(np.array([-1, int(hidden_size)], dtype=np.int64), "ofaserve_pack_flat"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "ofaserve_pack_zero"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "ofaserve_pack_ax1"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "ofaserve_pack_ax2"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "ofaserve_pack_one"),
+        numpy_helper.from_array(np.array(-10000.0, dtype=np.float32), "ofaserve_pack_neg"),
+    ])
+    cls_nodes = [
+        helper.make_node("Reshape", [hidden, "ofaserve_pack_flat"], ["ofaserve_pack_tokens"], name="ofaserve_pack_flatten"),
+        helper.make_node("Gather", ["ofaserve_pack_tokens", "cls_index"], [squeeze.output[0]], name="ofaserve_pack_cls",
+                         axis=0),
+    ]
+    at = list(g.node).index(squeeze)
+    for n in reversed(cls_nodes):
+        g.node.insert(at, n)
+    g.node.remove(squeeze)
+    g.node.remove(cls_slice)
+    # block-diagonal mask [rows, 1, seq, seq] from segment_ids, same name as the plain one
+    old_mask = producer["ofaserve_mask_add"]
+    mask_nodes = [
+        helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax2"], ["ofaserve_pack_seg_q"], name="ofaserve_pack_q"),
+        helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax1"], ["ofaserve_pack_seg_k"], name="ofaserve_pack_k"),
+        helper.make_node("Equal", ["ofaserve_pack_seg_q", "ofaserve_pack_seg_k"], ["ofaserve_pack_same"], name="ofaserve_pack_same"),
+        helper.make_node("Equal", ["ofaserve_pack_seg_k", "ofaserve_pack_zero"], ["ofaserve_pack_kpad"], name="ofaserve_pack_kpad"),
+        helper.make_node("Not", ["ofaserve_pack_kpad"], ["ofaserve_pack_kreal"], name="ofaserve_pack_kreal"),
+        helper.make_node("And", ["ofaserve_pack_same", "ofaserve_pack_kreal"], ["ofaserve_pack_ok"], name="ofaserve_pack_ok"),
+        helper.make_node("Cast", ["ofaserve_pack_ok"], ["ofaserve_pack_okf"], name="ofaserve_pack_okf", to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["ofaserve_pack_one", "ofaserve_pack_okf"], ["ofaserve_pack_inv"], name="ofaserve_pack_inv"),
+        helper.make_node("Mul", ["ofaserve_pack_inv", "ofaserve_pack_neg"], ["ofaserve_pack_mask3"], name="ofaserve_pack_mask3"),
+        helper.make_node("Unsqueeze", ["ofaserve_pack_mask3", "ofaserve_pack_ax1"], ["ofaserve_mask_add"],
+                         name="ofaserve_pack_mask4"),
+    ]
+    at = list(g.node).index(old_mask)
+    g.node.remove(old_mask)
+    for n in reversed(mask_nodes):
+        g.node.insert(at, n)
+    for name in PACKED_INPUTS[2:]:
+        shape = ["batch", "seq"] if name != "cls_index" else ["sentences"]
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.INT64, shape))
+    out_dims = g.output[0].type.tensor_type.shape.dim
+    out_dims[0].ClearField("dim_value")
+    out_dims[0].dim_param = "sentences"
+    _prune_dead(g)
+    names = [i.name for i in g.input]
+    if names != list(PACKED_INPUTS):
+        raise OfaserveError(f"packed variant: inputs are {names}, expected {list(PACKED_INPUTS)}")
+    return {"inputs": list(PACKED_INPUTS)}
+
+
 # ----------------------------------------------------------------------------- ORT fusion
 def fuse_for_ort(src: Path, dst: Path, num_heads: int, hidden_size: int, work: Path) -> dict[str, Any]:
     """ORT basic optimisation (saved to a file), then the BERT fusions at opt_level=0

@@ -89,6 +89,17 @@ def openvino(path: Path, precision: str = "f32") -> LogitsFn:
     return fn
 
 
+def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
+    """The packed ONNX graph through the serving runtime's own runner (pack, run, unpack),
+    so export's parity covers the exact code the encoder serves with."""
+    from serve.triton_models.encoder.runtimes import load_runner
+
+    fn = load_runner(runtime, path, "fp32", threads(), pad_id=pad_id)
+    if not getattr(fn, "packed", False):
+        raise OfaserveError(f"{path} is not a packed graph (no segment_ids input)")
+    return fn
+
+
 def make(runtime: str, export_dir: Path, manifest_artifacts: dict) -> LogitsFn:
     if runtime == "openvino":
         return openvino(export_dir / manifest_artifacts["onnx"])

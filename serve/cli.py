@@ -44,7 +44,7 @@ def repo_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=precisions, default=None,
                    help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, onnxruntime: the export's INT8 graph); gpu: fp16 (default) | fp32")
     p.add_argument("--text_pipeline", choices=("ensemble", "fused"), default="ensemble",
-                   help="how {name}_w{width%} turns text into a label: ensemble (tokenizer -> encoder -> "
+                   help="how {name}_w{width%%} turns text into a label: ensemble (tokenizer -> encoder -> "
                         "postprocess, three python models; default) or fused (one python model doing all "
                         "three, no hops between stubs; cpu target or --runtime onnxruntime-trt)")
     return p

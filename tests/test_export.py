@@ -56,10 +56,38 @@ def test_parity_chain(tiny_export_dir):
     assert set(p["shapes"]) == {"16x64", "3x37"}  # tiny model: 64 positions caps 128
     assert p["shapes"]["3x37"]["pad_fraction"] > 0
     for shape in p["shapes"].values():
-        assert set(shape["max_abs_diff"]) == {"sub_model", "paddle_static", "onnx", "onnx_ort_fused", "openvino_f32"}
+        assert set(shape["max_abs_diff"]) == {"sub_model", "paddle_static", "onnx", "onnx_ort_fused", "openvino_f32",
+                                              "onnx_packed", "openvino_packed"}
         assert max(shape["max_abs_diff"].values()) <= 1e-4
         assert shape["max_abs_diff"]["sub_model"] == 0.0
     assert p["dev_accuracy"]["abs_diff"] <= 1e-6
+    # the whole dev set through the packed graph (batches of 64, many sentences per row)
+    assert p["packed_dev"]["max_abs_diff_vs_onnx"] <= 1e-4 and p["packed_dev"]["predictions_agreeing"] == 1.0
+
+
+def test_packed_graph_runs_sentences_side_by_side(tiny_export_dir):
+    """Two sentences in one row (positions restart, segments 1 and 2, [CLS] indices) give
+    each sentence exactly the logits the plain graph gives it alone, unpadded."""
+    import onnxruntime as ort
+
+    m = read_manifest(tiny_export_dir, stage="export")
+    plain = ort.InferenceSession(str(tiny_export_dir / m["artifacts"]["onnx"]), providers=["CPUExecutionProvider"])
+    packed = ort.InferenceSession(str(tiny_export_dir / m["artifacts"]["onnx_packed"]),
+                                  providers=["CPUExecutionProvider"])
+    assert [i.name for i in packed.get_inputs()] == ["input_ids", "token_type_ids", "position_ids", "segment_ids",
+                                                     "cls_index"]
+    a, b = [2, 17, 40, 9, 3], [2, 50, 60, 70, 80, 90, 3]
+    row = np.array([a + b + [0, 0, 0, 0]], dtype=np.int64)  # 16 wide, 4 pad
+    feeds = {"input_ids": row, "token_type_ids": np.zeros_like(row),
+             "position_ids": np.array([list(range(5)) + list(range(7)) + [0] * 4], dtype=np.int64),
+             "segment_ids": np.array([[1] * 5 + [2] * 7 + [0] * 4], dtype=np.int64),
+             "cls_index": np.array([5, 0], dtype=np.int64)}  # b first: output follows cls_index
+    (got,) = packed.run(["logits"], feeds)
+    assert got.shape == (2, 2)
+    for out_row, sentence in ((0, b), (1, a)):
+        ids = np.array([sentence], dtype=np.int64)
+        (alone,) = plain.run(["logits"], {"input_ids": ids, "token_type_ids": np.zeros_like(ids)})
+        assert np.abs(got[out_row] - alone[0]).max() <= 1e-5
 
 
 def test_onnx_contract_and_fusion(tiny_export_dir):

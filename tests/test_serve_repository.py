@@ -192,6 +192,10 @@ def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path)
     assert encoder_artifact(m, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
     assert encoder_artifact(m, "cpu", "onnxruntime", "int8") == "onnx_int8"
     assert encoder_artifact(m, "cpu", "openvino", "fp32") == "onnx"  # contrib ops: ORT only
+    packed = {"artifacts": {**arts, "onnx_packed": "e"}}
+    assert encoder_artifact(packed, "cpu", "openvino", "bf16") == "onnx_packed"  # our python encoder packs
+    assert encoder_artifact(packed, "xeon", "openvino", "fp32") == "onnx"  # Triton's own backend cannot
+    assert encoder_artifact(packed, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
     assert encoder_artifact(m, "cpu", "paddle", "fp32") == "paddle_static"
     assert encoder_artifact(m, "gpu", "onnxruntime", "fp16") == "onnx"  # TRT builds FP16 from FP32 ONNX
     assert encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "fp32") == "onnx"
@@ -308,3 +312,79 @@ def test_onnxruntime_threads_do_not_spin_between_calls():
     opts = runtimes.ort_cpu_options(2)
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
+
+
+# ---------------------------------------------------------------- sequence packing
+def _padded(lengths, seq=None, seed=0):
+    rng = np.random.default_rng(seed)
+    seq = seq or max(lengths)
+    ids = np.zeros((len(lengths), seq), dtype=np.int64)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = rng.integers(5, 100, size=n)
+        ids[r, 0] = 2
+    return ids, rng.integers(0, 2, size=ids.shape).astype(np.int64) * (ids != 0)
+
+
+def test_pack_rows_keeps_every_token_once_with_restarting_positions():
+    lengths = [30, 5, 12, 28, 3, 17, 9, 9, 26, 4, 11, 20, 7, 15, 6, 2]
+    ids, types = _padded(lengths, seq=40)
+    p = runtimes.pack_rows(ids, types)
+    rows, width = p["input_ids"].shape
+    assert width == 32 and rows * width < len(lengths) * 30  # packed below the padded batch
+    flat = {k: v.reshape(-1) for k, v in p.items() if k != "cls_index"}
+    for i, n in enumerate(lengths):
+        at = int(p["cls_index"][i])
+        np.testing.assert_array_equal(flat["input_ids"][at:at + n], ids[i, :n])
+        np.testing.assert_array_equal(flat["token_type_ids"][at:at + n], types[i, :n])
+        np.testing.assert_array_equal(flat["position_ids"][at:at + n], np.arange(n))
+        seg = flat["segment_ids"][at:at + n]
+        assert seg[0] > 0 and (seg == seg[0]).all()
+        assert at // width == (at + n - 1) // width  # a sentence never crosses a row
+    assert (p["segment_ids"] > 0).sum() == sum(lengths)  # nothing else is marked real
+    assert (p["input_ids"][p["segment_ids"] == 0] == 0).all()
+
+
+@pytest.mark.parametrize("lengths,seq,shape", [
+    ([128] * 16, 128, (16, 128)),   # nothing to pack: the plain batch
+    ([100] * 16, 100, (16, 100)),   # its own width saves 22% over 128 rows
+    ([7], 7, (1, 7)),               # one sentence keeps its exact length
+    ([40, 3], 40, (1, 64)),         # two sentences share a 64 row (40 + 3)
+    ([20, 18], 20, (2, 20)),        # a small batch that cannot share keeps its exact width
+    ([60] + [10] * 15, 60, (4, 64)),  # 210 tokens in 64-wide rows
+])
+def test_pack_rows_widths(lengths, seq, shape):
+    assert runtimes.pack_rows(*_padded(lengths, seq))["input_ids"].shape == shape
+
+
+@pytest.mark.parametrize("kind", ["openvino", "onnxruntime"])
+def test_packed_runner_equals_the_plain_graph(serve_exports, kind):
+    export = serve_exports[0]  # the real tiny export: it has the packed graph
+    art = read_manifest(export, "export")["artifacts"]
+    ids, types = _padded([9, 2, 31, 5, 17, 17, 4, 12, 30, 6], seq=32, seed=3)
+    types[:] = 0
+    plain = runtimes.load_runner("onnxruntime", export / art["onnx"])
+    packed = runtimes.load_runner(kind, export / art["onnx_packed"], "fp32", threads=1)
+    assert packed.packed and not getattr(plain, "packed", False)
+    np.testing.assert_allclose(packed(ids, types), plain(ids, types), atol=1e-5)
+
+
+def test_packed_encoder_runs_one_call(repos, serve_exports):
+    manifest, repo = repos[("cpu", "openvino")]
+    for model, export in zip(manifest["models"], serve_exports):
+        has_packed = "onnx_packed" in read_manifest(export, "export")["artifacts"]
+        assert manifest["models"][model]["encoder_artifact"] == ("onnx_packed" if has_packed else "onnx")
+        params = load_config(repo / f"{model}_encoder").parameters
+        assert params["length_buckets"].string_value == ("1" if has_packed else "3")
+
+
+# ---------------------------------------------------------------- every command's --help
+@pytest.mark.parametrize("command", ["compress", "export", "repo", "serve", "classify", "bench", "demo"])
+def test_every_command_explains_its_flags(command, capsys):
+    """argparse formats help lazily: a stray '%' in one flag's help breaks only --help."""
+    import ofaserve_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        ofaserve_cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--" in out

@@ -2,7 +2,9 @@
 
 ``load_runner(kind, model_path, precision, threads)`` returns
 ``runner(input_ids, token_type_ids) -> logits`` (int64 [batch, seq] in, float32
-[batch, num_labels] out). The Triton encoder model (model.py next to this file) uses it,
+[batch, num_labels] out). Given the export's packed ONNX graph (inputs include
+``segment_ids``), the ONNX runners pack the sentences of each batch into shared rows
+(``pack_rows``) behind the same contract. The Triton encoder model (model.py next to this file) uses it,
 and benchmarks import it as ``serve.triton_models.encoder.runtimes`` to run the very same
 runtime without a server. This file is copied into model repositories as-is, so it
 imports nothing from the ofaserve packages.
@@ -42,12 +44,13 @@ _PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16"
 
 
 def load_runner(kind, model_path, precision: str = "fp32", threads: int | None = None,
-                **options) -> Runner:
+                pad_id: int = 0, **options) -> Runner:
     """Build a runner.
 
     ``load_runner(kind, model_path, precision, threads)``: ``model_path`` is an .onnx
     file, or the Paddle static prefix (``.../model`` for model.json/.pdmodel +
-    model.pdiparams) for ``paddle``.
+    model.pdiparams) for ``paddle``. ``pad_id`` tells a packed graph's runner which rows
+    are padding.
     ``load_runner(version_dir, parameters)``: the same from an encoder's version folder
     and its config.pbtxt parameters (runtime, model_file, precision, threads), i.e.
     exactly what the Triton model runs.
@@ -62,9 +65,10 @@ def load_runner(kind, model_path, precision: str = "fp32", threads: int | None =
         raise RuntimeConfigError(
             f"runtime {kind!r} supports precision {'/'.join(precisions)}, not {precision!r}")
     threads = int(threads) if threads else default_threads()
-    loader = {"openvino": _openvino, "paddle": _paddle, "onnxruntime": _onnxruntime,
-              "onnxruntime-trt": _onnxruntime_trt}[kind]
-    return loader(Path(model_path), precision, threads, **options)
+    if kind == "paddle":
+        return _paddle(Path(model_path), precision, threads, **options)
+    loader = {"openvino": _openvino, "onnxruntime": _onnxruntime, "onnxruntime-trt": _onnxruntime_trt}[kind]
+    return loader(Path(model_path), precision, threads, pad_id=int(pad_id), **options)
 
 
 def runner_from_parameters(version_dir, parameters: Mapping[str, str], **options) -> Runner:
@@ -74,7 +78,8 @@ def runner_from_parameters(version_dir, parameters: Mapping[str, str], **options
         raise RuntimeConfigError(f"encoder parameters lack {', '.join(missing)}")
     return load_runner(parameters["runtime"], Path(version_dir) / parameters["model_file"],
                        precision=parameters.get("precision") or "fp32",
-                       threads=int(parameters.get("threads") or 0) or None, **options)
+                       threads=int(parameters.get("threads") or 0) or None,
+                       pad_id=int(parameters.get("pad_token_id") or 0), **options)
 
 
 def _require_file(path: Path) -> None:
@@ -82,7 +87,15 @@ def _require_file(path: Path) -> None:
         raise RuntimeConfigError(f"model file {path} does not exist")
 
 
-def _openvino(path: Path, precision: str, threads: int) -> Runner:
+def _packed(infer: Callable[[dict], np.ndarray], pad_id: int) -> Runner:
+    """The plain contract over a packed graph: pack, run once, logits in input order."""
+    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return infer(pack_rows(input_ids, token_type_ids, pad_id))
+    run.packed = True  # type: ignore[attr-defined]
+    return run
+
+
+def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runner:
     import openvino as ov
 
     _require_file(path)
@@ -104,6 +117,8 @@ def _openvino(path: Path, precision: str, threads: int) -> Runner:
     })
     request = compiled.create_infer_request()
     output = compiled.output("logits")
+    if "segment_ids" in {name for port in compiled.inputs for name in port.get_names()}:
+        return _packed(lambda feeds: np.array(request.infer(feeds)[output], dtype=np.float32, copy=True), pad_id)
 
     def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
@@ -150,7 +165,10 @@ def _paddle(prefix: Path, precision: str, threads: int) -> Runner:
     return run
 
 
-def _ort_run(session) -> Runner:
+def _ort_run(session, pad_id: int = 0) -> Runner:
+    if "segment_ids" in {i.name for i in session.get_inputs()}:
+        return _packed(lambda feeds: session.run(["logits"], feeds)[0].astype(np.float32, copy=False), pad_id)
+
     def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         (logits,) = session.run(["logits"], {"input_ids": input_ids, "token_type_ids": token_type_ids})
         return logits.astype(np.float32, copy=False)
@@ -171,14 +189,15 @@ def ort_cpu_options(threads: int):
     return opts
 
 
-def _onnxruntime(path: Path, precision: str, threads: int) -> Runner:
+def _onnxruntime(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runner:
     import onnxruntime as ort
 
     _require_file(path)
-    return _ort_run(ort.InferenceSession(str(path), ort_cpu_options(threads), providers=["CPUExecutionProvider"]))
+    return _ort_run(ort.InferenceSession(str(path), ort_cpu_options(threads), providers=["CPUExecutionProvider"]),
+                    pad_id)
 
 
-def _onnxruntime_trt(path: Path, precision: str, threads: int, device_id: int = 0,
+def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, device_id: int = 0,
                      cache_dir: str | None = None, max_workspace_size: int = 1 << 30,
                      max_batch: int = 64, max_seq: int = 128) -> Runner:
     """onnxruntime-gpu with TensorRT (FP16 by default), CUDA EP as the fallback for
@@ -208,7 +227,7 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, device_id: int = 
         str(path), opts, providers=[("TensorrtExecutionProvider", trt),
                                     ("CUDAExecutionProvider", {"device_id": device_id}),
                                     "CPUExecutionProvider"])
-    return _ort_run(session)
+    return _ort_run(session, pad_id)
 
 
 def check_inputs(input_ids: np.ndarray, token_type_ids: np.ndarray, *, vocab_size: int,
@@ -263,3 +282,71 @@ def run_length_buckets(run: Runner, input_ids: np.ndarray, token_type_ids: np.nd
             out = np.empty((n,) + res.shape[1:], dtype=res.dtype)
         out[part] = res
     return out
+
+
+PACK_WIDTHS = (32, 64, 128)
+
+
+def _first_fit(lengths: np.ndarray, order: np.ndarray, width: int) -> tuple[int, np.ndarray]:
+    """First-fit of sentences (longest first) into rows of ``width`` tokens: (rows, row of each)."""
+    free: list[int] = []  # room left per row
+    place = np.empty(len(lengths), dtype=np.int64)
+    for i in order:
+        length = int(lengths[i])
+        row = next((r for r, room in enumerate(free) if room >= length), None)
+        if row is None:
+            free.append(width)
+            row = len(free) - 1
+        place[i] = row
+        free[row] -= length
+    return len(free), place
+
+
+def pack_rows(input_ids: np.ndarray, token_type_ids: np.ndarray, pad_id: int = 0,
+              widths: tuple[int, ...] = PACK_WIDTHS, exact_below: int = 4,
+              exact_saving: float = 0.15) -> dict[str, np.ndarray]:
+    """Sequence packing: lay the sentences of a padded batch end to end in shared rows
+    (first-fit decreasing) and return the packed graph's inputs (see export's packed
+    variant): input_ids, token_type_ids, position_ids, segment_ids, cls_index (in input
+    order, so the logits come back in input order).
+
+    The row width is the one of ``widths`` that needs the fewest row x width tokens. A few
+    widths, not the batch's own longest, keep the set of shapes small: OpenVINO compiles
+    kernels per shape (about 3 ms for each new one) and caches them. The batch's longest
+    is used instead for batches of fewer than ``exact_below`` sentences (one sentence is
+    not padded up to 32) or when it saves ``exact_saving`` of the tokens (e.g. rows of 100
+    equal-length tokens, which a 128 row would pad by 28%)."""
+    n, seq = input_ids.shape
+    not_pad = input_ids != pad_id
+    lengths = np.where(not_pad.any(1), seq - np.argmax(not_pad[:, ::-1], axis=1), 1)  # last real token + 1
+    longest = int(lengths.max())
+    order = np.argsort(-lengths, kind="stable")
+    best = None
+    for width in sorted({w for w in widths if w >= longest}):
+        rows, place = _first_fit(lengths, order, width)
+        if best is None or rows * width < best[0] * best[1]:
+            best = (rows, width, place)
+    rows, place = _first_fit(lengths, order, longest)
+    if best is None or (rows * longest <= best[0] * best[1] if n < exact_below
+                        else rows * longest <= (1 - exact_saving) * best[0] * best[1]):
+        best = (rows, longest, place)
+    rows, width, place = best
+    ids = np.full((rows, width), pad_id, dtype=np.int64)
+    types = np.zeros((rows, width), dtype=np.int64)
+    positions = np.zeros((rows, width), dtype=np.int64)
+    segments = np.zeros((rows, width), dtype=np.int64)
+    cls_index = np.empty(n, dtype=np.int64)
+    used = np.zeros(rows, dtype=np.int64)
+    count = np.zeros(rows, dtype=np.int64)
+    for i in order:
+        r, length = int(place[i]), int(lengths[i])
+        at = int(used[r])
+        ids[r, at:at + length] = input_ids[i, :length]
+        types[r, at:at + length] = token_type_ids[i, :length]
+        positions[r, at:at + length] = np.arange(length)
+        count[r] += 1
+        segments[r, at:at + length] = count[r]
+        cls_index[i] = r * width + at
+        used[r] += length
+    return {"input_ids": ids, "token_type_ids": types, "position_ids": positions,
+            "segment_ids": segments, "cls_index": cls_index}
