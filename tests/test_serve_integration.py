@@ -156,9 +156,11 @@ def test_classify_matches_exported_onnx(server, models):
             assert r["label"] == ref.labels[int(expected.argmax())]
 
 
-def test_length_bucketed_batch_matches_exported_onnx(server, models):
-    """A batch of short and long sentences is run as length-sorted chunks inside the
-    encoder (length_buckets=3): every row must still equal the unpadded reference."""
+def test_mixed_length_batch_matches_exported_onnx(server, models, repo):
+    """A batch of short and long sentences is packed several to a row (the real tiny
+    export's packed graph) or run as length-sorted chunks (the stub export, no packed
+    graph: length_buckets=3): every row must still equal the unpadded reference."""
+    assert {m["encoder_artifact"] for m in repo[1]["models"].values()} == {"onnx_packed", "onnx"}
     texts = [("good film " * (1 + 8 * (i % 2))).strip() + f" {i}" for i in range(16)]
     for name, ref in models.items():
         results = classify(texts, url=server.grpc_url, model=name, batch_size=16, labels=ref.labels)

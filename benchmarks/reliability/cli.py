@@ -26,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a real export to test besides the tiny one [default: the first of "
                         + ", ".join(REAL_EXPORT_CANDIDATES) + " that exists]")
     p.add_argument("--no_tiny", action="store_true", help="skip the tiny model")
-    p.add_argument("--requests", type=int, default=5000)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--requests", type=int, default=5000,
+                   help="ensemble requests in the load scenario (memory growth is measured over them)")
+    p.add_argument("--concurrency", type=int, default=8, help="client threads in the load scenario")
     p.add_argument("--batch_size", type=int, default=4, help="sentences per load request")
-    p.add_argument("--good_rounds", type=int, default=10)
-    p.add_argument("--bad_rounds", type=int, default=3)
+    p.add_argument("--good_rounds", type=int, default=10,
+                   help="bad-input scenario: passes over the good batches per good worker, sent while the bad cases run")
+    p.add_argument("--bad_rounds", type=int, default=3,
+                   help="bad-input scenario: times each bad case is sent per bad worker")
     p.add_argument("--scenarios", default="load,shm,faults,export",
                    help="comma-separated: load (includes bad input), shm, faults, export")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
