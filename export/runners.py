@@ -1,6 +1,8 @@
 """Logits functions ``fn(input_ids, token_type_ids) -> np.ndarray`` for every runtime an
 export is checked on: the sub model (dygraph), Paddle Inference (static), ONNX Runtime
-and OpenVINO. All take int64 numpy [batch, seq] arrays and return float32 [batch, labels]."""
+and OpenVINO (these two through the serving encoder's own runners, so parity and latency
+selection see the server's session settings). All take int64 numpy [batch, seq] arrays
+and return float32 [batch, labels]."""
 from __future__ import annotations
 
 import os
@@ -59,42 +61,30 @@ def paddle_inference(prefix: Path, mkldnn: bool = False) -> LogitsFn:
     return fn
 
 
+def _serving_runner(runtime: str, path: Path, precision: str = "fp32", pad_id: int = 0):
+    """The encoder's own runner (serve/triton_models/encoder/runtimes.py): export checks and
+    times each artifact with exactly the session settings the server will use."""
+    from serve.triton_models.encoder.runtimes import load_runner
+
+    return load_runner(runtime, path, precision, threads(), pad_id=pad_id)
+
+
 def onnxruntime(path: Path) -> LogitsFn:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def fn(ids, types):
-        return sess.run(["logits"], {"input_ids": ids.astype(np.int64),
-                                     "token_type_ids": types.astype(np.int64)})[0].astype(np.float32)
-    return fn
+    run = _serving_runner("onnxruntime", path)
+    return lambda ids, types: run(np.asarray(ids, dtype=np.int64), np.asarray(types, dtype=np.int64))
 
 
 def openvino(path: Path, precision: str = "f32") -> LogitsFn:
-    """OpenVINO CPU. ``precision`` f32 must be explicit: on CPUs with avx512_bf16 the
-    default silently runs bf16 (DESIGN 4)."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                     "INFERENCE_NUM_THREADS": threads()})
-    req = compiled.create_infer_request()
-
-    def fn(ids, types):
-        res = req.infer({"input_ids": ids.astype(np.int64), "token_type_ids": types.astype(np.int64)})
-        return np.asarray(res[compiled.output(0)], dtype=np.float32)
-    return fn
+    """OpenVINO CPU with the precision pinned (on CPUs with avx512_bf16 the default
+    silently runs bf16, DESIGN 4)."""
+    run = _serving_runner("openvino", path, precision)
+    return lambda ids, types: run(np.asarray(ids, dtype=np.int64), np.asarray(types, dtype=np.int64))
 
 
 def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
     """The packed ONNX graph through the serving runtime's own runner (pack, run, unpack),
     so export's parity covers the exact code the encoder serves with."""
-    from serve.triton_models.encoder.runtimes import load_runner
-
-    fn = load_runner(runtime, path, "fp32", threads(), pad_id=pad_id)
+    fn = _serving_runner(runtime, path, pad_id=pad_id)
     if not getattr(fn, "packed", False):
         raise OfaserveError(f"{path} is not a packed graph (no segment_ids input)")
     return fn

@@ -53,27 +53,16 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines += ["## Faults", ""]
         k = f.get("encoder_stub_killed_triton")
         if k:
-            t = k["traffic"]
             lines += [f"### Encoder stub SIGKILLed under load, Triton alone ({k['workers']} client threads, client "
                       f"timeout {k['client_timeout_s']} s, watched {k['observed_s']} s)", "",
-                      f"- in flight at the kill: {t['in_flight']}, outcomes {t['in_flight_outcomes']}, all ended "
-                      f"within {_fmt(t['in_flight_max_s_after_event'])} s",
-                      f"- sent after the kill: {t['after']}, outcomes {t['after_outcomes']}; latency median "
-                      f"{_fmt(t['after_latency_s']['median'])} s, max {_fmt(t['after_latency_s']['max'])} s; "
-                      f"client timeouts {t['timeouts']}",
-                      f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}",
+                      *_traffic_around_kill(k, k["traffic"], "after the kill"),
                       f"- Triton restarted the stub: {k['stub_restarted']}; timeline (s after kill): "
                       f"`{json.dumps(k['timeline'])}`",
                       f"- stop(): exit code {k['stop_exit_code']} after {k['stop_s']:.1f} s", ""]
         k = f["encoder_stub_killed_under_load"]
-        t = k["traffic_until_cli_exit"]
         lines += [f"### Encoder stub SIGKILLed under load, `ofaserve serve --poll {k['cli_poll_s']}` "
                   f"({k['workers']} client threads, client timeout {k['client_timeout_s']} s)", "",
-                  f"- in flight at the kill: {t['in_flight']}, outcomes {t['in_flight_outcomes']}, all ended within "
-                  f"{_fmt(t['in_flight_max_s_after_event'])} s",
-                  f"- sent between the kill and the CLI's exit: {t['after']}, outcomes {t['after_outcomes']}; "
-                  f"latency max {_fmt(t['after_latency_s']['max'])} s; client timeouts {t['timeouts']}",
-                  f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}",
+                  *_traffic_around_kill(k, k["traffic_until_cli_exit"], "between the kill and the CLI's exit"),
                   f"- `ofaserve serve` exit code {k['cli_exit_code']} {_fmt(k['cli_exit_after_s'])} s after the kill: "
                   f"`{k['cli_stderr'][:300]}`",
                   f"- left behind: {k['leftovers']}", ""]
@@ -117,3 +106,13 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 def _fmt(v: Any, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _traffic_around_kill(k: dict, t: dict, after: str) -> list[str]:
+    """What the client threads saw around a stub kill: in flight, sent ``after``, totals."""
+    lat = t["after_latency_s"]
+    return [f"- in flight at the kill: {t['in_flight']}, outcomes {t['in_flight_outcomes']}, all ended within "
+            f"{_fmt(t['in_flight_max_s_after_event'])} s",
+            f"- sent {after}: {t['after']}, outcomes {t['after_outcomes']}; latency median {_fmt(lat.get('median'))} s, "
+            f"max {_fmt(lat.get('max'))} s; client timeouts {t['timeouts']}",
+            f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}"]

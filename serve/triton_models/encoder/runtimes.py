@@ -186,6 +186,7 @@ def ort_cpu_options(threads: int):
     # (measured: a spinning in-process ORT runner slowed later served requests by ~15%).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: graph-optimizer notices are not for the server log
     return opts
 
 
