@@ -55,9 +55,11 @@ def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workl
     return rows
 
 
-def _run_figures(rep: dict[str, Any], concurrency: int) -> tuple[dict[str, float], dict[str, float]]:
+def _run_figures(rep: dict[str, Any], concurrency: int) -> tuple[dict[str, float], dict[str, float],
+                                                                   dict[str, float]]:
     """One report's ({model: compressed-vs-full speedup on fixed input}, {model: fixed latency
-    / real-text latency}), read from its comparisons; the first model is the reference."""
+    / real-text latency}, {model: serving overhead on fixed input}), read from its
+    comparisons; the first model is the reference."""
     cmp_ = rep.get("comparisons", {})
     first = next(iter(rep.get("models", {})), None)
     speed = {s["model"]: s["speedup"] for s in cmp_.get("speedup", [])
@@ -65,7 +67,9 @@ def _run_figures(rep: dict[str, Any], concurrency: int) -> tuple[dict[str, float
              and s["model"] != first and s.get("speedup")}
     real = {x["model"]: 1 / x["ratio"] for x in cmp_.get("real_vs_fixed", [])
             if x.get("concurrency") == concurrency and x.get("ratio")}
-    return speed, real
+    overhead = {x["model"]: x["ratio"] for x in cmp_.get("serving_overhead", [])
+                if x["workload"] == "fixed" and x.get("ratio")}
+    return speed, real, overhead
 
 
 def run_summary_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str],
@@ -74,11 +78,12 @@ def run_summary_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str],
     fixed latency / real-text latency (the same run's comparisons), to show run-to-run spread."""
     rows = []
     for rep, label in zip(reports, labels):
-        speed, real = _run_figures(rep, concurrency)
+        speed, real, overhead = _run_figures(rep, concurrency)
         models = rep.get("models", {})
         pipeline = "ensemble" if any((models[m] or {}).get("composing") for m in models) else "fused"
         rows.append([label, pipeline, ", ".join(f"{m} {_f(x, 2, 'x')}" for m, x in speed.items()) or "-",
                      ", ".join(f"{m} {_f(real[m], 2, 'x')}" for m in models if m in real) or "-",
+                     ", ".join(f"{m} {_f(overhead[m], 3, 'x')}" for m in models if m in overhead) or "-",
                      rep.get("date", "-")])
     return rows
 
@@ -88,10 +93,14 @@ def run_spread(reports: Sequence[dict[str, Any]], concurrency: int = 1) -> str:
     import numpy as np
 
     figures = [_run_figures(rep, concurrency) for rep in reports]
-    speed = [x for sp, _ in figures for x in sp.values()]
-    real = [x for _, re in figures for x in re.values()]
-    parts = [f"{name}: {min(v):.2f}x-{max(v):.2f}x, median {float(np.median(v)):.2f}x over {len(v)}"
-             for name, v in (("compressed vs full, fixed", speed), ("fixed / real text latency", real)) if v]
+    columns = (("compressed vs full, fixed", 0, 2), ("fixed / real text latency", 1, 2),
+               ("serving overhead, fixed", 2, 3))
+    parts = []
+    for name, i, digits in columns:
+        v = [x for fig in figures for x in fig[i].values()]
+        if v:
+            parts.append(f"{name}: {min(v):.{digits}f}x-{max(v):.{digits}f}x, median "
+                         f"{float(np.median(v)):.{digits}f}x over {len(v)}")
     return "Spread: " + ("; ".join(parts) if parts else "no comparisons in these reports") + "."
 
 
@@ -117,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.runs:
         md = (f"# Repeated benchmark runs (concurrency {args.concurrency}, p50)\n\n"
-              + md_table(["run", "text pipeline", "compressed vs full, fixed", "fixed / real text latency", "date"],
+              + md_table(["run", "text pipeline", "compressed vs full, fixed", "fixed / real text latency",
+                          "serving overhead, fixed (gRPC / in-process p50)", "date"],
                          run_summary_rows(reports, labels, args.concurrency)) + "\n\n"
               + run_spread(reports, args.concurrency) + "\n")
     else:

@@ -268,7 +268,7 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
         packed = onnx.ModelProto()
         packed.CopyFrom(proto)
         try:
-            onnx_tools.packed_variant(packed, int(src.config["hidden_size"]))
+            onnx_tools.packed_variant(packed, int(src.config["hidden_size"]), int(src.config.get("pad_token_id", 0)))
             onnx.checker.check_model(packed)
             onnx.save(packed, str(onnx_dir / "model_packed.onnx"))
             info["artifacts"]["onnx_packed"] = "onnx/model_packed.onnx"

@@ -218,7 +218,7 @@ def _prune_dead(g) -> None:
 PACKED_INPUTS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
 
 
-def packed_variant(proto, hidden_size: int) -> dict[str, Any]:
+def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> dict[str, Any]:
     """Turn the rewritten ``model.onnx`` (in place) into a graph that runs several sentences
     per row ("sequence packing"), so a batch of short sentences costs its real tokens, not
     rows x longest.
@@ -226,9 +226,10 @@ def packed_variant(proto, hidden_size: int) -> dict[str, Any]:
     New inputs, all int64: ``position_ids`` [rows, seq] (restarting at 0 in each sentence),
     ``segment_ids`` [rows, seq] (1, 2, ... per sentence in its row, 0 = padding) and
     ``cls_index`` [n] (flat row * seq + column of each sentence's [CLS]); output ``logits``
-    [n, num_labels], one row per sentence. Attention is block-diagonal: a token sees only
-    the tokens of its own sentence, with the same -10000 additive mask the plain graph puts
-    on padding, so every sentence's logits equal the plain graph's (export checks this).
+    [n, num_labels], one row per sentence. Attention is block-diagonal: a token sees the
+    non-pad tokens of its own sentence (pad ids are masked as keys exactly as the plain
+    graph masks them, wherever they sit), with the same -10000 additive mask, so every
+    sentence's logits equal the plain graph's (export checks this).
     Needs ``rewrite_attention`` to have run (it names the one shared mask).
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -256,7 +257,7 @@ def packed_variant(proto, hidden_size: int) -> dict[str, Any]:
     hidden = cls_slice.input[0]
     g.initializer.extend([
         numpy_helper.from_array(np.array([-1, int(hidden_size)], dtype=np.int64), "ofaserve_pack_flat"),
-        numpy_helper.from_array(np.array(0, dtype=np.int64), "ofaserve_pack_zero"),
+        numpy_helper.from_array(np.array(pad_token_id, dtype=np.int64), "ofaserve_pack_pad_id"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "ofaserve_pack_ax1"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "ofaserve_pack_ax2"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "ofaserve_pack_one"),
@@ -272,13 +273,15 @@ def packed_variant(proto, hidden_size: int) -> dict[str, Any]:
         g.node.insert(at, n)
     g.node.remove(squeeze)
     g.node.remove(cls_slice)
-    # block-diagonal mask [rows, 1, seq, seq] from segment_ids, same name as the plain one
+    # block-diagonal mask [rows, 1, seq, seq] from segment_ids and the pad ids, same name as the plain one
     old_mask = producer["ofaserve_mask_add"]
     mask_nodes = [
         helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax2"], ["ofaserve_pack_seg_q"], name="ofaserve_pack_q"),
         helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax1"], ["ofaserve_pack_seg_k"], name="ofaserve_pack_k"),
         helper.make_node("Equal", ["ofaserve_pack_seg_q", "ofaserve_pack_seg_k"], ["ofaserve_pack_same"], name="ofaserve_pack_same"),
-        helper.make_node("Equal", ["ofaserve_pack_seg_k", "ofaserve_pack_zero"], ["ofaserve_pack_kpad"], name="ofaserve_pack_kpad"),
+        helper.make_node("Equal", ["input_ids", "ofaserve_pack_pad_id"], ["ofaserve_pack_pad"], name="ofaserve_pack_pad"),
+        helper.make_node("Unsqueeze", ["ofaserve_pack_pad", "ofaserve_pack_ax1"], ["ofaserve_pack_kpad"],
+                         name="ofaserve_pack_kpad"),
         helper.make_node("Not", ["ofaserve_pack_kpad"], ["ofaserve_pack_kreal"], name="ofaserve_pack_kreal"),
         helper.make_node("And", ["ofaserve_pack_same", "ofaserve_pack_kreal"], ["ofaserve_pack_ok"], name="ofaserve_pack_ok"),
         helper.make_node("Cast", ["ofaserve_pack_ok"], ["ofaserve_pack_okf"], name="ofaserve_pack_okf", to=TensorProto.FLOAT),

@@ -336,6 +336,8 @@ def test_compare_runs_summary(tmp_path):
                  and s.get("concurrency") == 1 and not s.get("in_process"))
     assert row[:2] == ["r1", "ensemble"] and row[2] == f"bert_w67 {speed['speedup']:.2f}x"  # no reference row
     assert row[3] == "bert_w100 4.00x, bert_w67 2.00x"
+    over = {x["model"]: x["ratio"] for x in a["comparisons"]["serving_overhead"] if x["workload"] == "fixed"}
+    assert over and row[4] == ", ".join(f"{m} {over[m]:.3f}x" for m in a["models"] if m in over)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(a))
     assert compare_main(["--runs", str(tmp_path / "a"), "-o", str(tmp_path / "runs.md")]) == 0
@@ -343,3 +345,4 @@ def test_compare_runs_summary(tmp_path):
     assert "| a | ensemble |" in text
     assert f"compressed vs full, fixed: {speed['speedup']:.2f}x-{speed['speedup']:.2f}x" in text
     assert "fixed / real text latency: 2.00x-4.00x, median 3.00x over 2" in text
+    assert f"serving overhead, fixed: {min(over.values()):.3f}x-{max(over.values()):.3f}x" in text

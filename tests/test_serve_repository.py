@@ -258,6 +258,7 @@ def test_runtime_rejects_what_it_cannot_do(tmp_path):
     (np.zeros((4,), np.int64), np.zeros((4,), np.int64), r"\[batch, seq\]"),
     (np.zeros((2, 4), np.int64), np.zeros((2, 5), np.int64), "differ in shape"),
     (np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64), "empty sequence"),
+    (np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64), "empty batch"),
     (np.zeros((1, 33), np.int64), np.zeros((1, 33), np.int64), "exceeds"),
     (np.array([[2, 500, 3]]), np.zeros((1, 3), np.int64), "out of range"),
     (np.array([[2, -1, 3]]), np.zeros((1, 3), np.int64), "out of range"),
@@ -362,6 +363,7 @@ def test_packed_runner_equals_the_plain_graph(serve_exports, kind):
     art = read_manifest(export, "export")["artifacts"]
     ids, types = _padded([9, 2, 31, 5, 17, 17, 4, 12, 30, 6], seq=32, seed=3)
     types[:] = 0
+    ids[2, 7] = ids[4, 1] = 0  # a pad id inside a sentence is masked like the plain graph masks it
     plain = runtimes.load_runner("onnxruntime", export / art["onnx"])
     packed = runtimes.load_runner(kind, export / art["onnx_packed"], "fp32", threads=1)
     assert packed.packed and not getattr(plain, "packed", False)

@@ -243,6 +243,8 @@ def check_inputs(input_ids: np.ndarray, token_type_ids: np.ndarray, *, vocab_siz
         return f"expected [batch, seq] inputs, got shapes {list(input_ids.shape)} and {list(token_type_ids.shape)}"
     if input_ids.shape != token_type_ids.shape:
         return f"input_ids {list(input_ids.shape)} and token_type_ids {list(token_type_ids.shape)} differ in shape"
+    if input_ids.shape[0] == 0:
+        return "empty batch: input_ids needs at least one row"
     if input_ids.shape[1] == 0:
         return "empty sequence: input_ids needs at least one token per row"
     if input_ids.shape[1] > max_seq_length:
