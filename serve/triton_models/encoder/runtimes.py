@@ -4,9 +4,9 @@
 ``runner(input_ids, token_type_ids) -> logits`` (int64 [batch, seq] in, float32
 [batch, num_labels] out). Given the export's packed ONNX graph (inputs include
 ``segment_ids``), the ONNX runners pack the sentences of each batch into shared rows
-(``pack_rows``) behind the same contract. The Triton encoder model (model.py next to this file) uses it,
-and benchmarks import it as ``serve.triton_models.encoder.runtimes`` to run the very same
-runtime without a server. This file is copied into model repositories as-is, so it
+(``pack_rows``) behind the same contract. The Triton encoder model (model.py next to
+this file) uses it, and benchmarks import it as ``serve.triton_models.encoder.runtimes``
+to run the very same runtime without a server. This file is copied into model repositories as-is, so it
 imports nothing from the ofaserve packages.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def load_runner(kind, model_path, precision: str = "fp32", threads: int | None =
 
     ``load_runner(kind, model_path, precision, threads)``: ``model_path`` is an .onnx
     file, or the Paddle static prefix (``.../model`` for model.json/.pdmodel +
-    model.pdiparams) for ``paddle``. ``pad_id`` tells a packed graph's runner which rows
+    model.pdiparams) for ``paddle``. ``pad_id`` tells a packed graph's runner which tokens
     are padding.
     ``load_runner(version_dir, parameters)``: the same from an encoder's version folder
     and its config.pbtxt parameters (runtime, model_file, precision, threads), i.e.
