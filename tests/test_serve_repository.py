@@ -390,3 +390,16 @@ def test_every_command_explains_its_flags(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:") and "--" in out
+
+
+@pytest.mark.parametrize("module,argv", [("benchmarks.reliability.cli", ["--help"]), ("benchmarks.compare", ["--help"]),
+                                         ("benchmarks.accuracy", ["--help"]), ("benchmarks.served_accuracy", ["--help"]),
+                                         ("benchmarks.gpu_torch", ["pack", "--help"]),
+                                         ("benchmarks.gpu_torch", ["run", "--help"])])
+def test_every_benchmark_tool_explains_its_flags(module, argv, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
