@@ -1,5 +1,6 @@
 """ONNX side of the export: paddle2onnx, the output rename, the fusable-attention rewrite,
-ONNX Runtime's BERT fusion, FP16 and dynamic INT8 variants.
+the packed (several sentences per row) variant, ONNX Runtime's BERT fusion, FP16 and
+dynamic INT8 variants.
 
 The rewrite (DESIGN 2.8) keeps the maths of paddle's attention but puts it in the form
 ``onnxruntime.transformers`` recognises:
@@ -53,6 +54,16 @@ def _remove_identities(graph) -> None:
     graph.node.extend(keep)
 
 
+def _graph_maps(graph) -> tuple[dict[str, Any], dict[str, list]]:
+    """(tensor name -> the node producing it, tensor name -> the nodes reading it)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
 def _const_value(graph, name: str) -> np.ndarray | None:
     from onnx import numpy_helper
     for init in graph.initializer:
@@ -99,11 +110,7 @@ def rewrite_attention(proto, pad_token_id: int) -> dict[str, Any]:
 
     g = proto.graph
     _remove_identities(g)
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _graph_maps(g)
 
     softmaxes = [n for n in g.node if n.op_type == "Softmax"]
     if not softmaxes:
@@ -235,16 +242,12 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> dict[str, 
     from onnx import TensorProto, helper, numpy_helper
 
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = _graph_maps(g)
     if "ofaserve_mask_add" not in producer:
         raise OfaserveError("packed variant: the graph has no rewritten attention mask")
     # position embedding lookup: the one Gather whose indices are computed, not an input
-    gathers = [n for n in g.node if n.op_type == "Gather" and n.input[1] not in INPUTS
-               and _const_value(g, n.input[0]) is not None and _const_value(g, n.input[0]).ndim == 2]
+    tables = {i.name for i in g.initializer if len(i.dims) == 2}
+    gathers = [n for n in g.node if n.op_type == "Gather" and n.input[1] not in INPUTS and n.input[0] in tables]
     if len(gathers) != 1:
         raise OfaserveError(f"packed variant: expected one position-embedding Gather, found {len(gathers)}")
     gathers[0].input[1] = "position_ids"
