@@ -9,7 +9,7 @@ from .cpu import configure as configure_cpu
 
 configure_cpu()  # before paddle is imported anywhere
 
-from .artifacts import OfaserveError, terminate_like_interrupt  # noqa: E402
+from .artifacts import OfaserveError, interrupted, terminate_like_interrupt  # noqa: E402
 from .ofa import DEFAULT_WIDTHS  # noqa: E402
 from .pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
 
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = compress_model(options_from_args(args))
-    except OfaserveError as e:
+    except (OfaserveError, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt) or interrupted():  # also Ctrl-C surfacing as a wrapped paddle error
+            print(f"interrupted: {args.output_dir} is unchanged; rerun with --resume to continue", file=sys.stderr)
+            return 130
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.output_dir} is unchanged; rerun with --resume to continue", file=sys.stderr)
-        return 130
     print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
     print(results_table(manifest))
     for phase in ("teacher", "ofa"):

@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OfaserveError as e:
+        if interrupted():  # Ctrl-C inside paddle surfaces as a RuntimeError that we wrap
+            print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+            return 130
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

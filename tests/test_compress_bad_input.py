@@ -76,3 +76,20 @@ def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
     assert (mine.lambda_ce, mine.num_train_epochs) == (0.0, 2)
     plain = options_from_args(build_parser().parse_args(["--output_dir", "x"]))
     assert plain.lambda_ce == 0.0 and plain.num_train_epochs == 1
+
+
+def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
+    """An error raised while the signal flag is set is the interrupt surfacing inside a
+    library: 'interrupted' and exit 130 (resume hint), not a failure with exit 2."""
+    import compress.artifacts as artifacts
+    import compress.cli as cli
+    from compress.artifacts import OfaserveError
+
+    def fails(opts):
+        raise OfaserveError("paddle failed: RuntimeError")
+    monkeypatch.setattr(cli, "compress_model", fails)
+    monkeypatch.setattr(cli, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
+    argv = ["--output_dir", str(tmp_path / "c")]
+    assert cli.main(argv) == 2 and "error: paddle failed" in capsys.readouterr().err
+    monkeypatch.setattr(artifacts, "_INTERRUPTED", [15])
+    assert cli.main(argv) == 130 and "--resume" in capsys.readouterr().err

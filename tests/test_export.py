@@ -451,3 +451,20 @@ def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir
     assert r["shipped"] is False and "onnx_int8" not in arts
     assert "agrees with FP32" in r["not_shipped_because"] and "accuracy drop" not in r["not_shipped_because"]
     assert not (folder / "onnx" / "model_int8.onnx").exists()
+
+
+def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
+    """A SIGINT during paddle.jit.save can surface as a paddle RuntimeError that export
+    wraps; with the signal flag set, the CLI says 'interrupted' and exits 130, not 2."""
+    import compress.artifacts as artifacts
+    import export.cli as cli
+    import export.exporter as exporter
+
+    def fails(*args, **kwargs):
+        raise OfaserveError("paddle.jit.save of the sub model failed: RuntimeError: (PreconditionNotMet)")
+    monkeypatch.setattr(exporter, "export_subnet", fails)
+    monkeypatch.setattr(artifacts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
+    argv = ["--model_name_or_path", str(tmp_path / "c"), "--output_dir", str(tmp_path / "e")]
+    assert cli.main(argv) == 2 and "error: paddle.jit.save" in capsys.readouterr().err
+    monkeypatch.setattr(artifacts, "_INTERRUPTED", [2])
+    assert cli.main(argv) == 130 and "interrupted:" in capsys.readouterr().err
