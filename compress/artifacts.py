@@ -202,10 +202,54 @@ def atomic_output_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    old, swapped = None, False
+    try:
+        with _signals_held():  # a Ctrl-C between the two renames would leave no ``final`` at all
+            try:
+                if final.exists():
+                    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                swapped = True
+                _REPLACED.add(final.resolve())
+            except BaseException:
+                if old is not None and not final.exists():
+                    os.replace(old, final)  # put the previous output back
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    finally:  # also when a signal held during the swap is delivered on leaving it
+        if swapped and old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_REPLACED: set[Path] = set()
+
+
+def output_replaced(path: str | os.PathLike) -> bool:
+    """True once ``atomic_output_dir`` swapped a complete new output into ``path`` in this
+    process: an interrupt after that point leaves the new output, not the old one."""
+    return Path(path).resolve() in _REPLACED
+
+
+def interrupted_message(path: str | os.PathLike) -> str:
+    """What an interrupted stage left at ``path``, for its CLI."""
+    if output_replaced(path):
+        return f"interrupted after the last step: {path} holds the complete new output"
+    return f"interrupted: {path} is unchanged"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait (pending, not lost) until the block ends; main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

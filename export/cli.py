@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from compress.artifacts import interrupted, terminate_like_interrupt
+    from compress.artifacts import interrupted, interrupted_message, terminate_like_interrupt
 
     from .exporter import ParityError, export_subnet
 
@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OfaserveError as e:
         if interrupted():  # Ctrl-C inside paddle surfaces as a RuntimeError that we wrap
-            print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+            print(interrupted_message(args.output_dir), file=sys.stderr)
             return 130
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+        print(interrupted_message(args.output_dir), file=sys.stderr)
         return 130
     except Exception:
         if interrupted():  # the signal surfaced as another error inside a library
-            print(f"interrupted: {args.output_dir} is unchanged", file=sys.stderr)
+            print(interrupted_message(args.output_dir), file=sys.stderr)
             return 130
         raise
     p = manifest["params"]

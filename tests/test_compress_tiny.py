@@ -73,3 +73,43 @@ def test_atomic_output_dir_keeps_previous_and_cleans_stale(tmp_path):
         (tmp / "a.txt").write_text("new")
     assert not stale.exists() and (final / "a.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_ctrl_c_during_the_swap_never_leaves_the_output_missing(tmp_path):
+    """SIGINT between hiding the old output and renaming the new one into place waits for
+    the swap: the output is the complete new one, the old one is cleaned up, and the
+    CLI message says so. (A subprocess, so pytest's own signal handlers stay as they are.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from pathlib import Path
+import compress.artifacts as a
+a.terminate_like_interrupt()
+final = Path({str(tmp_path / 'out')!r})
+with a.atomic_output_dir(final) as tmp:
+    (tmp / "a.txt").write_text("old")
+real_replace, calls = os.replace, []
+def replace(src, dst):
+    real_replace(src, dst)
+    calls.append(dst)
+    if len(calls) == 1:  # the old output is hidden, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGINT)
+os.replace = replace
+try:
+    with a.atomic_output_dir(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    print("no interrupt")
+except KeyboardInterrupt:
+    print("content", (final / "a.txt").read_text())
+    print("left", sorted(p.name for p in final.parent.iterdir()))
+    print(a.interrupted_message(final))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "content new" and out[1] == "left ['out']", r.stdout
+    assert "holds the complete new output" in out[2]
