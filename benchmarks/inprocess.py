@@ -163,6 +163,7 @@ def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, para
     mod, where = _runtimes_module(version_dir)
     pad_id = int(params.get("pad_token_id") or 0)
     runner = mod.load_runner(spec.runtime, path, precision=spec.precision, threads=spec.threads, pad_id=pad_id)
+    packed = bool(getattr(runner, "packed", False))
     buckets = int(params.get("length_buckets") or 1)
     if buckets > 1 and hasattr(mod, "run_length_buckets"):
         plain = runner
@@ -170,7 +171,7 @@ def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, para
         def runner(input_ids, token_type_ids):
             return mod.run_length_buckets(plain, input_ids, token_type_ids, buckets, pad_id)
     return runner, {"loader": f"{where}:load_runner", "model_file": str(path), "length_buckets": buckets,
-                    "packed": bool(getattr(runner if buckets <= 1 else plain, "packed", False))}
+                    "packed": packed}
 
 
 # --------------------------------------------------------------------------- timing

@@ -231,11 +231,11 @@ def output_replaced(path: str | os.PathLike) -> bool:
     return Path(path).resolve() in _REPLACED
 
 
-def interrupted_message(path: str | os.PathLike) -> str:
+def interrupted_message(path: str | os.PathLike, hint_if_unchanged: str = "") -> str:
     """What an interrupted stage left at ``path``, for its CLI."""
     if output_replaced(path):
         return f"interrupted after the last step: {path} holds the complete new output"
-    return f"interrupted: {path} is unchanged"
+    return f"interrupted: {path} is unchanged{hint_if_unchanged}"
 
 
 @contextlib.contextmanager

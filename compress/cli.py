@@ -9,8 +9,7 @@ from .cpu import configure as configure_cpu
 
 configure_cpu()  # before paddle is imported anywhere
 
-from .artifacts import (OfaserveError, interrupted, interrupted_message, output_replaced,  # noqa: E402
-                        terminate_like_interrupt)
+from .artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt  # noqa: E402
 from .ofa import DEFAULT_WIDTHS  # noqa: E402
 from .pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
 
@@ -101,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = compress_model(options_from_args(args))
     except (OfaserveError, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt) or interrupted():  # also Ctrl-C surfacing as a wrapped paddle error
-            done = output_replaced(args.output_dir)
-            print(interrupted_message(args.output_dir) + ("" if done else "; rerun with --resume to continue"),
-                  file=sys.stderr)
+            print(interrupted_message(args.output_dir, "; rerun with --resume to continue"), file=sys.stderr)
             return 130
         print(f"error: {e}", file=sys.stderr)
         return 2

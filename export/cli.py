@@ -93,19 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         print(e.table, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OfaserveError as e:
-        if interrupted():  # Ctrl-C inside paddle surfaces as a RuntimeError that we wrap
+    except (KeyboardInterrupt, Exception) as e:
+        # a signal can also surface as another error inside a library (paddle's RuntimeError,
+        # which export may wrap in an OfaserveError): the flag tells them apart
+        if isinstance(e, KeyboardInterrupt) or interrupted():
             print(interrupted_message(args.output_dir), file=sys.stderr)
             return 130
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(interrupted_message(args.output_dir), file=sys.stderr)
-        return 130
-    except Exception:
-        if interrupted():  # the signal surfaced as another error inside a library
-            print(interrupted_message(args.output_dir), file=sys.stderr)
-            return 130
+        if isinstance(e, OfaserveError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         raise
     p = manifest["params"]
     print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "

@@ -225,7 +225,7 @@ def _prune_dead(g) -> None:
 PACKED_INPUTS = ("input_ids", "token_type_ids", "position_ids", "segment_ids", "cls_index")
 
 
-def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> dict[str, Any]:
+def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> None:
     """Turn the rewritten ``model.onnx`` (in place) into a graph that runs several sentences
     per row ("sequence packing"), so a batch of short sentences costs its real tokens, not
     rows x longest.
@@ -307,7 +307,6 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> dict[str, 
     names = [i.name for i in g.input]
     if names != list(PACKED_INPUTS):
         raise OfaserveError(f"packed variant: inputs are {names}, expected {list(PACKED_INPUTS)}")
-    return {"inputs": list(PACKED_INPUTS)}
 
 
 # ----------------------------------------------------------------------------- ORT fusion

@@ -69,25 +69,27 @@ def _serving_runner(runtime: str, path: Path, precision: str = "fp32", pad_id: i
     return load_runner(runtime, path, precision, threads(), pad_id=pad_id)
 
 
-def onnxruntime(path: Path) -> LogitsFn:
-    run = _serving_runner("onnxruntime", path)
+def _int64_inputs(run) -> LogitsFn:
     return lambda ids, types: run(np.asarray(ids, dtype=np.int64), np.asarray(types, dtype=np.int64))
+
+
+def onnxruntime(path: Path) -> LogitsFn:
+    return _int64_inputs(_serving_runner("onnxruntime", path))
 
 
 def openvino(path: Path, precision: str = "f32") -> LogitsFn:
     """OpenVINO CPU with the precision pinned (on CPUs with avx512_bf16 the default
     silently runs bf16, DESIGN 4)."""
-    run = _serving_runner("openvino", path, precision)
-    return lambda ids, types: run(np.asarray(ids, dtype=np.int64), np.asarray(types, dtype=np.int64))
+    return _int64_inputs(_serving_runner("openvino", path, precision))
 
 
 def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
     """The packed ONNX graph through the serving runtime's own runner (pack, run, unpack),
     so export's parity covers the exact code the encoder serves with."""
-    fn = _serving_runner(runtime, path, pad_id=pad_id)
-    if not getattr(fn, "packed", False):
+    run = _serving_runner(runtime, path, pad_id=pad_id)
+    if not getattr(run, "packed", False):
         raise OfaserveError(f"{path} is not a packed graph (no segment_ids input)")
-    return fn
+    return _int64_inputs(run)
 
 
 def make(runtime: str, export_dir: Path, manifest_artifacts: dict) -> LogitsFn:

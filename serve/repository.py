@@ -241,8 +241,9 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
     dynamic-INT8 graph for int8. OpenVINO in our python encoder gets the packed graph
     (several sentences per row: a batch of short sentences costs its real tokens; real dev
     batches of 16 through the ensemble, w0.6667: 20.0 ms packed vs 25.9 ms in three length
-    buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged). Everything else reads the plain ONNX graph: Triton's own openvino backend
-    converts it itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
+    buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged).
+    Everything else reads the plain ONNX graph: Triton's own openvino backend converts it
+    itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
     artifacts = manifest["artifacts"]
     if runtime == "paddle":
         return "paddle_static"
