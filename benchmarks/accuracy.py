@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress.artifacts import OfaserveError, read_manifest, write_json
-from compress.pipeline import results_table
+from ofaserve.core.artifacts import OfaserveError, read_manifest, write_json
+from ofaserve.compress.pipeline import results_table
 
 
 def accuracy_record(manifest: dict, command: str) -> dict:

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.report import _f, _ms, md_table
-from compress.artifacts import OfaserveError
+from ofaserve.benchmarks.report import _f, _ms, md_table
+from ofaserve.core.artifacts import OfaserveError
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

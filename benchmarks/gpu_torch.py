@@ -165,10 +165,10 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
 
     from tokenizers import Tokenizer
 
-    from compress.artifacts import (OfaserveError, atomic_output_dir, machine_info, now_iso,
+    from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, machine_info, now_iso,
                                     read_manifest, write_json)
-    from export.exporter import load_compress_output, load_dev
-    from export.runners import onnxruntime
+    from ofaserve.export.exporter import load_compress_output, load_dev
+    from ofaserve.export.runners import onnxruntime
 
     manifests = [read_manifest(d, stage="export") for d in export_dirs]
     first = manifests[0]
@@ -314,7 +314,7 @@ def _pad_to(ids: np.ndarray, types: np.ndarray, multiple: int, pad: int) -> tupl
 
 
 def _stats(samples_ms: list[float], batch: float) -> dict[str, float]:
-    from benchmarks.stats import summarize_latencies  # numpy only: runs on the GPU machine too
+    from ofaserve.benchmarks.stats import summarize_latencies  # numpy only: runs on the GPU machine too
 
     s = summarize_latencies(samples_ms)
     return {"n": s["n"], "p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"], "mean_ms": s["mean"],
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--pad_multiple", type=int, default=16, help="pad real-text batches to this (default 16)")
     args = p.parse_args(argv)
     if args.step == "pack":
-        from compress.artifacts import OfaserveError
+        from ofaserve.core.artifacts import OfaserveError
         try:
             m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed)
         except OfaserveError as e:

@@ -3,7 +3,7 @@
 The encoder's config says which runtime, precision and thread count Triton runs; the
 model file sits in ``{m}_encoder/1/``. The baseline loads the same file with the same
 settings through the very ``runtimes.py`` the server runs (copied into the repository;
-else ``serve.triton_models.encoder.runtimes``). ``--runtimes`` adds other
+else ``ofaserve.runtime.runtimes``). ``--runtimes`` adds other
 runtime/precision variants of the same model (e.g. openvino bf16 next to fp32).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.artifacts import OfaserveError
+from ofaserve.core.artifacts import OfaserveError
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -146,8 +146,8 @@ def _runtimes_module(version_dir: Path):
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)  # type: ignore[union-attr]
         return mod, str(local)
-    from serve.triton_models.encoder import runtimes
-    return runtimes, "serve.triton_models.encoder.runtimes"
+    from ofaserve.runtime import runtimes
+    return runtimes, "ofaserve.runtime.runtimes"
 
 
 def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, params: dict[str, str],

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .stats import Accounting, error_kind
-from .workloads import Workload, text_tensor
+from ofaserve.benchmarks.stats import Accounting, error_kind
+from ofaserve.benchmarks.workloads import Workload, text_tensor
 
 
 @dataclass

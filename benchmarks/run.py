@@ -21,15 +21,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 
-from benchmarks import inprocess, stats
-from benchmarks.loadgen import Target, run_closed_loop
-from benchmarks.workloads import Workload, fixed_workload, real_text_workload
-from compress.artifacts import OfaserveError, machine_info, now_iso, write_json
+from ofaserve.benchmarks import inprocess, stats
+from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_workload
+from ofaserve.core.artifacts import OfaserveError, machine_info, now_iso, write_json
 
 PROG = "ofaserve bench"
 SCHEMA_VERSION = 1
@@ -339,7 +336,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     with ExitStack() as stack:
         url = args.url
         if args.start_server:
-            from serve.server import TritonServer
+            from ofaserve.serve.server import TritonServer
             server = TritonServer(str(repo), grpc_port=args.grpc_port, http_port=args.http_port,
                                   metrics_port=args.metrics_port)
             print(f"{PROG}: starting Triton on {repo} ...", file=sys.stderr)
@@ -380,7 +377,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                     f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
             wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
         if "real" in workloads:
-            from compress.tasks import load_task
+            from ofaserve.compress.tasks import load_task
             texts, _ = load_task(args.task).split("dev")
             wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
 
@@ -547,7 +544,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "plot": "latency.png",
         }
         out_dir.mkdir(parents=True, exist_ok=True)
-        from benchmarks.report import render_markdown, render_plot
+        from ofaserve.benchmarks.report import render_markdown, render_plot
         render_plot(report, out_dir / "latency.png")
         write_json(out_dir / "report.json", report)
         (out_dir / "report.md").write_text(render_markdown(report))

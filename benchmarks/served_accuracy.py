@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import accuracy_score
     from tokenizers import Tokenizer
 
-    from benchmarks.inprocess import read_config_parameters
-    from compress.artifacts import machine_info, now_iso, read_manifest, write_json
-    from compress.tasks import load_task
-    from serve.client import classify
-    from serve.server import TritonServer, free_port
+    from ofaserve.benchmarks.inprocess import read_config_parameters
+    from ofaserve.core.artifacts import machine_info, now_iso, read_manifest, write_json
+    from ofaserve.compress.tasks import load_task
+    from ofaserve.serve.client import classify
+    from ofaserve.serve.server import TritonServer, free_port
 
     manifest = read_manifest(args.export_dir, stage="export")
     texts, labels = load_task(manifest["source"]["task"]).split("dev")

@@ -5,13 +5,13 @@ import argparse
 import logging
 import sys
 
-from .cpu import configure as configure_cpu
+from ofaserve.compress.cpu import configure as configure_cpu
 
 configure_cpu()  # before paddle is imported anywhere
 
-from .artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt  # noqa: E402
-from .ofa import DEFAULT_WIDTHS  # noqa: E402
-from .pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
+from ofaserve.core.artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt  # noqa: E402
+from ofaserve.compress.ofa import DEFAULT_WIDTHS  # noqa: E402
+from ofaserve.compress.pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

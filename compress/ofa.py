@@ -14,8 +14,8 @@ from typing import Iterable
 import numpy as np
 import paddle
 
-from . import paddleslim_compat as compat
-from .artifacts import OfaserveError
+from ofaserve.compress import paddleslim_compat as compat
+from ofaserve.core.artifacts import OfaserveError
 
 DEFAULT_WIDTHS = [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
+from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
                         read_manifest, sha256_file, write_json, write_manifest)
-from . import distributed as dist
-from .ofa import DEFAULT_WIDTHS, width_key
+from ofaserve.compress import distributed as dist
+from ofaserve.compress.ofa import DEFAULT_WIDTHS, width_key
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -129,11 +129,11 @@ def compress_model(opts: CompressOptions) -> dict:
     """Run the whole compress stage; returns the manifest written to ``opts.output_dir``."""
     import paddle
 
-    from .bert import load_pretrained_classifier, resolve_model_path
-    from .ofa import OfaSupernet
-    from .tasks import batches, load_task, make_tokenizer
-    from .train import finetune_teacher, metrics, paired_bootstrap, predict, supernet_logits_fn, train_ofa
-    from .train import model_logits_fn
+    from ofaserve.compress.bert import load_pretrained_classifier, resolve_model_path
+    from ofaserve.compress.ofa import OfaSupernet
+    from ofaserve.compress.tasks import batches, load_task, make_tokenizer
+    from ofaserve.compress.train import finetune_teacher, metrics, paired_bootstrap, predict, supernet_logits_fn, train_ofa
+    from ofaserve.compress.train import model_logits_fn
 
     if opts.model_type != "bert":
         raise OfaserveError(f"--model_type {opts.model_type!r} is not supported (only bert)")

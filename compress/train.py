@@ -13,10 +13,10 @@ import paddle.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from . import paddleslim_compat as compat
-from .ofa import OfaSupernet, width_key
-from .tasks import batches
+from ofaserve.compress import distributed as dist
+from ofaserve.compress import paddleslim_compat as compat
+from ofaserve.compress.ofa import OfaSupernet, width_key
+from ofaserve.compress.tasks import batches
 
 log = logging.getLogger("ofaserve.compress")
 

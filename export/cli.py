@@ -5,11 +5,11 @@ import argparse
 import logging
 import sys
 
-from compress.cpu import configure as configure_cpu
+from ofaserve.compress.cpu import configure as configure_cpu
 
 configure_cpu()  # before paddle is imported anywhere
 
-from compress.artifacts import OfaserveError  # noqa: E402
+from ofaserve.core.artifacts import OfaserveError  # noqa: E402
 
 
 def _width(value: str):
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from compress.artifacts import interrupted, interrupted_message, terminate_like_interrupt
+    from ofaserve.core.artifacts import interrupted, interrupted_message, terminate_like_interrupt
 
-    from .exporter import ParityError, export_subnet
+    from ofaserve.export.exporter import ParityError, export_subnet
 
     terminate_like_interrupt()
 

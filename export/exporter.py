@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
+from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
                                 read_manifest, sha256_file, write_manifest)
 
-from . import onnx_tools, runners
-from .submodel import (count_params_config, flops, full_width_config, load_sub_model, save_sub_model,
+from ofaserve.export import onnx_tools, runners
+from ofaserve.export.submodel import (count_params_config, flops, full_width_config, load_sub_model, save_sub_model,
                        sub_config_from_state)
 
 log = logging.getLogger("ofaserve.export")
@@ -100,7 +100,7 @@ def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") ->
     """Read and verify a compress output: stage, model type, checkpoint integrity, shapes."""
     import paddle
 
-    from compress.bert import build_classifier
+    from ofaserve.compress.bert import build_classifier
 
     folder = Path(folder)
     manifest = read_manifest(folder, stage="compress")
@@ -138,8 +138,8 @@ def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") ->
 
 
 def build_supernet(src: Source):
-    from compress.bert import build_classifier
-    from compress.ofa import OfaSupernet
+    from ofaserve.compress.bert import build_classifier
+    from ofaserve.compress.ofa import OfaSupernet
 
     model = build_classifier(src.config)
     model.set_state_dict(src.state)
@@ -150,7 +150,7 @@ def build_supernet(src: Source):
 
 
 def load_dev(src: Source):
-    from compress.tasks import load_task
+    from ofaserve.compress.tasks import load_task
 
     opts = src.manifest.get("options") or {}
     task = src.manifest.get("task") or opts.get("task_name")
@@ -184,8 +184,8 @@ def load_tokenizer(src: Source, max_seq_length: int):
 # ============================================================================ slicing
 def slice_width(sn, src: Source, width: float) -> tuple[dict, dict]:
     """PaddleSlim's ``OFA.export`` (inside the compat patches) -> (sub config, sliced weights)."""
-    from compress import paddleslim_compat as compat
-    from compress.bert import build_classifier
+    from ofaserve.compress import paddleslim_compat as compat
+    from ofaserve.compress.bert import build_classifier
 
     width = sn.check_width(width)
     origin = build_classifier(src.config)
@@ -357,7 +357,7 @@ def run_parity(fns: dict[str, runners.LogitsFn], inputs: dict[str, tuple], tol: 
 
 # ============================================================================ precisions
 def _dev_eval(fn, dev, tokenizer) -> tuple[dict, np.ndarray]:
-    from compress.train import metrics, predict
+    from ofaserve.compress.train import metrics, predict
 
     logits = predict(fn, dev[0], dev[1], tokenizer)
     return metrics(logits, dev[1]), logits
@@ -462,7 +462,7 @@ def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: i
 
 
 def accuracy_table(src: Source) -> dict[str, Any]:
-    from compress.ofa import width_key
+    from ofaserve.compress.ofa import width_key
 
     res = src.manifest.get("results") or {}
     teacher = ((res.get("teacher") or {}).get("dev") or {}).get("accuracy")
@@ -478,7 +478,7 @@ def accuracy_table(src: Source) -> dict[str, Any]:
 
 
 def select_by_accuracy(src: Source, max_drop: float) -> tuple[float, dict]:
-    from compress.ofa import width_key
+    from ofaserve.compress.ofa import width_key
 
     acc = accuracy_table(src)
     rows = [{"width": width_key(w), "width_mult": w, "dev_accuracy": a,
@@ -500,7 +500,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
                       opset: int, progress: bool = True) -> tuple[float, dict, Path]:
     from tqdm.auto import tqdm
 
-    from compress.ofa import width_key
+    from ofaserve.compress.ofa import width_key
 
     if runtime not in RUNTIMES:
         raise OfaserveError(f"--runtime must be one of {RUNTIMES}, not {runtime!r}")
@@ -608,7 +608,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     import paddle
     from tqdm.auto import tqdm
 
-    from compress.ofa import width_key
+    from ofaserve.compress.ofa import width_key
 
     _validate(opts)
     if opts.n_gpu and opts.n_gpu > 1:
@@ -733,7 +733,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         sub_cfg = info["sub_config"]
         p_sub = count_params_config(sub_cfg)
         p_full = count_params_config(full_width_config(cfg))
-        from compress.bert import count_params
+        from ofaserve.compress.bert import count_params
         measured = count_params(sub)
         if measured["total"] != p_sub["total"] or measured["encoder"] != p_sub["encoder"]:
             raise OfaserveError(f"parameter count mismatch: model {measured}, analytic {p_sub}")

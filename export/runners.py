@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress.artifacts import OfaserveError
+from ofaserve.core.artifacts import OfaserveError
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -64,7 +64,7 @@ def paddle_inference(prefix: Path, mkldnn: bool = False) -> LogitsFn:
 def _serving_runner(runtime: str, path: Path, precision: str = "fp32", pad_id: int = 0):
     """The encoder's own runner (serve/triton_models/encoder/runtimes.py): export checks and
     times each artifact with exactly the session settings the server will use."""
-    from serve.triton_models.encoder.runtimes import load_runner
+    from ofaserve.runtime.runtimes import load_runner
 
     return load_runner(runtime, path, precision, threads(), pad_id=pad_id)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.artifacts import OfaserveError
+from ofaserve.core.artifacts import OfaserveError
 
 FORMAT = "ofaserve-bert-sub-model/1"
 CONFIG_FILE = "model_config.json"
@@ -72,7 +72,7 @@ def build_sub_model(cfg: dict[str, Any]):
     """A ``BertForSequenceClassification`` with the narrower layers of ``cfg`` (random weights)."""
     import paddle.nn as nn
 
-    from compress.bert import build_classifier
+    from ofaserve.compress.bert import build_classifier
 
     _check_config(cfg, "sub model config")
     base = cfg["base_config"]

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from compress.artifacts import OfaserveError
+from ofaserve.core.artifacts import OfaserveError
 
 
 def _fail(e: OfaserveError) -> int:
@@ -17,7 +17,7 @@ def _fail(e: OfaserveError) -> int:
 
 # ---------------------------------------------------------------------------- repo
 def repo_parser() -> argparse.ArgumentParser:
-    from .repository import PRECISIONS, RUNTIMES
+    from ofaserve.serve.repository import PRECISIONS, RUNTIMES
     p = argparse.ArgumentParser(
         prog="ofaserve repo", description="Generate a Triton model repository from `ofaserve export` folders: "
         "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%} "
@@ -52,7 +52,7 @@ def repo_parser() -> argparse.ArgumentParser:
 
 def repo_main(argv: list[str]) -> int:
     args = repo_parser().parse_args(argv)
-    from .repository import build_repository
+    from ofaserve.serve.repository import build_repository
     try:
         manifest = build_repository(args.export_dir, args.output, target=args.target, name=args.name,
                                     max_batch_size=args.max_batch_size, instances=args.instances,
@@ -85,7 +85,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: list[str]) -> int:
     args = serve_parser().parse_args(argv)
-    from .server import TritonServer
+    from ofaserve.serve.server import TritonServer
     server = TritonServer(args.model_repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
     stop = {"signal": None, "ready": False}
@@ -130,7 +130,7 @@ def serve_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------- classify
 def classify_parser() -> argparse.ArgumentParser:
-    from .client import DEFAULT_MODEL, DEFAULT_URL
+    from ofaserve.serve.client import DEFAULT_MODEL, DEFAULT_URL
     p = argparse.ArgumentParser(prog="ofaserve classify",
                                 description="Classify sentences over gRPC with a served ensemble.")
     p.add_argument("texts", nargs="*", help="sentences to classify")
@@ -143,7 +143,7 @@ def classify_parser() -> argparse.ArgumentParser:
 
 def classify_main(argv: list[str]) -> int:
     args = classify_parser().parse_args(argv)
-    from .client import classify, read_lines
+    from ofaserve.serve.client import classify, read_lines
     try:
         texts = list(args.texts) + (read_lines(args.file) if args.file else [])
         if not texts:

@@ -31,10 +31,12 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from compress.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
+from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
                                 write_manifest)
+from ofaserve.runtime import runtimes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
+RUNTIMES_PY = Path(runtimes.__file__)
 TARGETS = ("cpu", "xeon", "gpu")
 RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
             "xeon": ("openvino",),
@@ -280,7 +282,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
         shutil.copy2(src, dest / "model.onnx")
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
-        shutil.copy2(SOURCES / "encoder" / "runtimes.py", dest / "runtimes.py")
+        shutil.copy2(RUNTIMES_PY, dest / "runtimes.py")
         shutil.copy2(SOURCES / "backend_utils.py", dest / "backend_utils.py")
 
 

@@ -14,7 +14,7 @@ TINY_WIDTHS = [1.0, 0.75, 0.5]
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """(hf_checkpoint_dir, train_csv, dev_csv) for a 2-layer, 64-wide, 4-head BERT."""
-    from compress.testing import tiny_task_files, write_tiny_hf_checkpoint
+    from ofaserve.testing import tiny_task_files, write_tiny_hf_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
     train, dev, texts = tiny_task_files(root / "data")
@@ -25,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_compress_dir(tiny_checkpoint, tmp_path_factory):
     """Output of the real `compress_model` on the tiny checkpoint (widths 1.0/0.75/0.5)."""
-    from compress.pipeline import CompressOptions, compress_model
+    from ofaserve.compress.pipeline import CompressOptions, compress_model
 
     ckpt, train, dev = tiny_checkpoint
     out = tmp_path_factory.mktemp("compress") / "out"
@@ -41,7 +41,7 @@ def tiny_compress_dir(tiny_checkpoint, tmp_path_factory):
 def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
     """Output of the real `export_subnet` at width 0.75 on ``tiny_compress_dir``
     (manifest, sub_model/, static/, onnx/ incl. fused/fp16/int8 variants, tokenizer/)."""
-    from export import export_subnet
+    from ofaserve.export import export_subnet
 
     out = tmp_path_factory.mktemp("export") / "w075"
     export_subnet(str(tiny_compress_dir), str(out), 0.75, progress=False)

@@ -31,7 +31,7 @@ def _export_dirs(request, tmp_path: Path) -> list[Path]:
     ``tiny_compress_dir`` / ``tiny_export_dir``), else the serve tests' tiny builder."""
     compress_dir, compressed = _fixture(request, "tiny_compress_dir"), _fixture(request, "tiny_export_dir")
     if compress_dir is not None and compressed is not None:
-        from export import export_subnet
+        from ofaserve.export import export_subnet
         full = tmp_path / "export_w100"
         export_subnet(str(compress_dir), str(full), 1.0, progress=False)
         return [full, Path(compressed)]
@@ -51,7 +51,7 @@ def _export_dirs(request, tmp_path: Path) -> list[Path]:
 @pytest.fixture
 def tiny_bench_repository(request, tmp_path) -> Path:
     """Full width and a compressed width in one cpu repository (OpenVINO fp32 encoders)."""
-    from serve.repository import build_repository
+    from ofaserve.serve.repository import build_repository
 
     repo = tmp_path / "repo"
     build_repository(_export_dirs(request, tmp_path), repo, target="cpu", name="bert")
@@ -60,7 +60,7 @@ def tiny_bench_repository(request, tmp_path) -> Path:
 
 @pytest.fixture
 def server(tiny_bench_repository):
-    from serve.server import TritonServer, free_port
+    from ofaserve.serve.server import TritonServer, free_port
 
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     with TritonServer(tiny_bench_repository, **ports) as srv:  # __enter__ starts it
@@ -68,7 +68,7 @@ def server(tiny_bench_repository):
 
 
 def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, capsys):
-    from benchmarks.run import main
+    from ofaserve.benchmarks.run import main
 
     out = tmp_path / "bench"
     argv = ["--url", server.grpc_url, "--model_repository", str(tiny_bench_repository),
@@ -139,8 +139,8 @@ def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, caps
 
 def test_failed_requests_are_counted_by_kind(server):
     """Requests the server rejects (ids outside the vocabulary) end as errors, none lost."""
-    from benchmarks.loadgen import Target, run_closed_loop
-    from benchmarks.workloads import fixed_workload
+    from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+    from ofaserve.benchmarks.workloads import fixed_workload
 
     bad = fixed_workload(16, SEQ_LEN, vocab_size=10**6, seed=0)
     res = run_closed_loop(server.grpc_url, Target("bert_w100", bad, "bert_w100_encoder"), 2, n_requests=5)
@@ -153,8 +153,8 @@ def test_failed_requests_are_counted_by_kind(server):
 
 def test_bench_start_server(tiny_bench_repository, tmp_path):
     """--start_server starts and stops its own server; one model, fixed workload, --duration."""
-    from benchmarks.run import main
-    from serve.server import free_port
+    from ofaserve.benchmarks.run import main
+    from ofaserve.serve.server import free_port
 
     out = tmp_path / "bench"
     small = sorted(p.name for p in tiny_bench_repository.glob("*_encoder"))[-1][: -len("_encoder")]
@@ -176,9 +176,9 @@ def test_bench_start_server(tiny_bench_repository, tmp_path):
 def test_bench_fused_text_pipeline(request, tmp_path):
     """Real text to a fused text model (one python model, no ensemble steps): requests are
     counted on that model, and the in-process baseline tokenizes with its tokenizer.json."""
-    from benchmarks.run import main
-    from serve.repository import build_repository
-    from serve.server import free_port
+    from ofaserve.benchmarks.run import main
+    from ofaserve.serve.repository import build_repository
+    from ofaserve.serve.server import free_port
 
     repo = tmp_path / "fused"
     build_repository(_export_dirs(request, tmp_path)[1:], repo, target="cpu", text_pipeline="fused")

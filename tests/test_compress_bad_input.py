@@ -1,7 +1,7 @@
 """Bad input to `ofaserve compress`: one clear line on stderr, exit 2, nothing written."""
 import pytest
 
-from compress.cli import main
+from ofaserve.compress.cli import main
 
 
 def _run(capsys, argv):
@@ -67,7 +67,7 @@ def test_bad_input(case, expect, tmp_path, capsys, tiny_checkpoint):
 
 
 def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
-    from compress.cli import build_parser, options_from_args
+    from ofaserve.compress.cli import build_parser, options_from_args
 
     full = options_from_args(build_parser().parse_args(["--profile", "full", "--output_dir", "x"]))
     assert (full.num_train_epochs, full.lambda_ce, full.save_steps, full.max_train_samples) == (3, 0.5, 106, None)
@@ -81,9 +81,9 @@ def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
     """An error raised while the signal flag is set is the interrupt surfacing inside a
     library: 'interrupted' and exit 130 (resume hint), not a failure with exit 2."""
-    import compress.artifacts as artifacts
-    import compress.cli as cli
-    from compress.artifacts import OfaserveError
+    import ofaserve.core.artifacts as artifacts
+    import ofaserve.compress.cli as cli
+    from ofaserve.core.artifacts import OfaserveError
 
     def fails(opts):
         raise OfaserveError("paddle failed: RuntimeError")

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from compress import train
-from compress.artifacts import read_manifest
-from compress.pipeline import CompressOptions, compress_model
+from ofaserve.compress import train
+from ofaserve.core.artifacts import read_manifest
+from ofaserve.compress.pipeline import CompressOptions, compress_model
 from tests.conftest import TINY_WIDTHS
 
 

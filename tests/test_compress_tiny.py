@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from compress.artifacts import read_manifest
+from ofaserve.core.artifacts import read_manifest
 from tests.conftest import TINY_WIDTHS
 
 
@@ -30,8 +30,8 @@ def test_widths_are_different_subnets(tiny_compress_dir):
     """Old paddleslim evaluated the same subnet for every width: logits must differ."""
     import paddle
 
-    from compress.bert import build_classifier
-    from compress.ofa import OfaSupernet
+    from ofaserve.compress.bert import build_classifier
+    from ofaserve.compress.ofa import OfaSupernet
 
     m = read_manifest(tiny_compress_dir, stage="compress")
     model = build_classifier(m["model_config"])
@@ -55,7 +55,7 @@ def test_atomic_output_dir_keeps_previous_and_cleans_stale(tmp_path):
 
     import pytest
 
-    from compress.artifacts import atomic_output_dir
+    from ofaserve.core.artifacts import atomic_output_dir
 
     final = tmp_path / "out"
     with atomic_output_dir(final) as tmp:
@@ -87,7 +87,7 @@ def test_ctrl_c_during_the_swap_never_leaves_the_output_missing(tmp_path):
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from pathlib import Path
-import compress.artifacts as a
+import ofaserve.core.artifacts as a
 a.terminate_like_interrupt()
 final = Path({str(tmp_path / 'out')!r})
 with a.atomic_output_dir(final) as tmp:

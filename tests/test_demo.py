@@ -15,7 +15,7 @@ def _tritons() -> set[int]:
 
 @pytest.mark.integration
 def test_demo_runs_end_to_end_and_reuses_stages(tmp_path, tiny_compress_dir, capsys):
-    from serve import demo
+    from ofaserve import demo
 
     work = tmp_path / "demo"
     shutil.copytree(tiny_compress_dir, work / "compress")

@@ -8,8 +8,8 @@ def _grads(payload):
     import paddle
     import paddle.nn.functional as F
 
-    from compress import distributed as dist
-    from compress.bert import build_classifier, tiny_config
+    from ofaserve.compress import distributed as dist
+    from ofaserve.compress.bert import build_classifier, tiny_config
 
     paddle.seed(0)
     model = build_classifier(tiny_config())  # dropout 0: the update is deterministic
@@ -25,7 +25,7 @@ def _grads(payload):
 
 @pytest.mark.slow
 def test_two_workers_average_gradients_like_one(tmp_path):
-    from compress import distributed as dist
+    from ofaserve.compress import distributed as dist
 
     rs = np.random.RandomState(0)
     ids = rs.randint(5, 128, (8, 12)).astype("int64")

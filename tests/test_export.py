@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.artifacts import OfaserveError, read_manifest
+from ofaserve.core.artifacts import OfaserveError, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,9 +146,9 @@ def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
 
 def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
     """The reference itself: supernet at 0.75 == the reloaded sub model, bit for bit."""
-    from export.exporter import build_supernet, load_compress_output
-    from export.runners import dygraph
-    from export.submodel import load_sub_model
+    from ofaserve.export.exporter import build_supernet, load_compress_output
+    from ofaserve.export.runners import dygraph
+    from ofaserve.export.submodel import load_sub_model
 
     sn = build_supernet(load_compress_output(tiny_compress_dir))
     ids, types = _ids(seed=3)
@@ -159,7 +159,7 @@ def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
 
 
 def test_loader_refuses_wrong_head_count(tiny_export_dir, tmp_path):
-    from export.submodel import load_sub_model
+    from ofaserve.export.submodel import load_sub_model
 
     sub = tmp_path / "sub"
     shutil.copytree(tiny_export_dir / "sub_model", sub)
@@ -188,8 +188,8 @@ def test_param_counts(tiny_export_dir):
 def test_minilm_sizes_analytic():
     """DESIGN 2.7 / 5: MiniLM-L6 at 0.6667: 22.71M -> 19.17M params (encoder 10.65M -> 7.10M),
     45.9 -> 30.6 GFLOP at 16 x 128."""
-    from compress.bert import paddle_config
-    from export.submodel import count_params_config, flops, full_width_config
+    from ofaserve.compress.bert import paddle_config
+    from ofaserve.export.submodel import count_params_config, flops, full_width_config
 
     base = paddle_config(dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                               intermediate_size=1536), num_labels=2)
@@ -206,7 +206,7 @@ def test_minilm_sizes_analytic():
 
 # ----------------------------------------------------------------------------- atomic output
 def test_parity_failure_leaves_previous_export_intact(tiny_compress_dir, tiny_export_dir, tmp_path, capsys):
-    from export.cli import main
+    from ofaserve.export.cli import main
 
     out = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, out)
@@ -227,7 +227,7 @@ def _broken_copy(src: Path, dst: Path) -> Path:
 
 
 def _run_bad(args: list[str], capsys) -> str:
-    from export.cli import main
+    from ofaserve.export.cli import main
 
     rc = main(args + ["--no_progress"])
     err = capsys.readouterr().err.strip()
@@ -314,7 +314,7 @@ def _with_results(src_dir: Path, dst: Path, teacher: float, accs: dict[str, floa
 
 
 def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
-    from export.exporter import load_compress_output, select_by_accuracy
+    from ofaserve.export.exporter import load_compress_output, select_by_accuracy
 
     src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
@@ -328,7 +328,7 @@ def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
 
 
 def test_choose_within_budget():
-    from export.exporter import choose_within_budget
+    from ofaserve.export.exporter import choose_within_budget
 
     rows = [{"width": "1.0", "width_mult": 1.0, "dev_accuracy": 0.81, "latency_ms": 120.0},
             {"width": "0.75", "width_mult": 0.75, "dev_accuracy": 0.80, "latency_ms": 90.0},
@@ -340,7 +340,7 @@ def test_choose_within_budget():
 
 
 def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
-    from export import export_subnet
+    from ofaserve.export import export_subnet
 
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "auto"), "auto", latency_budget_ms=10_000,
                       runtime="onnxruntime", batch_size=2, seq_len=16, progress=False, precisions=False)
@@ -361,7 +361,7 @@ def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
 
 
 def test_help_explains_every_flag():
-    r = subprocess.run([sys.executable, "-m", "export", "--help"], cwd=ROOT, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "ofaserve.export", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0
     for flag in ("--model_type", "--model_name_or_path", "--max_seq_length", "--sub_model_output_dir",
@@ -375,7 +375,7 @@ def test_help_explains_every_flag():
 def test_cli_tutorial_flags_and_opset(tiny_compress_dir, tmp_path, capsys):
     import onnx
 
-    from export.cli import main
+    from ofaserve.export.cli import main
 
     out = tmp_path / "out"
     rc = main(["--model_type", "bert", "--model_name_or_path", str(tiny_compress_dir), "--output_dir", str(out),
@@ -393,7 +393,7 @@ def test_cli_tutorial_flags_and_opset(tiny_compress_dir, tmp_path, capsys):
 
 
 def test_no_onnx_model(tiny_compress_dir, tmp_path):
-    from export import export_subnet
+    from ofaserve.export import export_subnet
 
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 1.0, onnx_model=False, progress=False)
     assert "onnx" not in m["artifacts"] and not (tmp_path / "out" / "onnx").exists()
@@ -403,7 +403,7 @@ def test_no_onnx_model(tiny_compress_dir, tmp_path):
 
 def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypatch):
     """If the attention rewrite does not recognise the graph, the plain paddle2onnx model ships."""
-    from export import export_subnet, onnx_tools
+    from ofaserve.export import export_subnet, onnx_tools
 
     def refuse(proto, pad):
         raise OfaserveError("pattern not found (test)")
@@ -415,8 +415,8 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
 
 
 def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_dir, tmp_path, monkeypatch):
-    from export import exporter
-    from export.runners import onnxruntime
+    from ofaserve.export import exporter
+    from ofaserve.export.runners import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)
@@ -435,8 +435,8 @@ def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_di
 
 def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir, tiny_export_dir, tmp_path,
                                                               monkeypatch):
-    from export import exporter
-    from export.runners import onnxruntime
+    from ofaserve.export import exporter
+    from ofaserve.export.runners import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)
@@ -456,9 +456,9 @@ def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
     """A SIGINT during paddle.jit.save can surface as a paddle RuntimeError that export
     wraps; with the signal flag set, the CLI says 'interrupted' and exits 130, not 2."""
-    import compress.artifacts as artifacts
-    import export.cli as cli
-    import export.exporter as exporter
+    import ofaserve.core.artifacts as artifacts
+    import ofaserve.export.cli as cli
+    import ofaserve.export.exporter as exporter
 
     def fails(*args, **kwargs):
         raise OfaserveError("paddle.jit.save of the sub model failed: RuntimeError: (PreconditionNotMet)")

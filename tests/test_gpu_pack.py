@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
+from ofaserve.benchmarks.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
 
 
 @pytest.fixture(scope="module")
 def full_export_dir(tiny_compress_dir, tmp_path_factory):
-    from export import export_subnet
+    from ofaserve.export import export_subnet
 
     out = tmp_path_factory.mktemp("export_full") / "w100"
     export_subnet(str(tiny_compress_dir), str(out), 1.0, progress=False)
@@ -48,7 +48,7 @@ def test_pack_reproduces_onnx_and_slices(full_export_dir, tiny_export_dir, tmp_p
 def test_pack_refuses_exports_of_different_compress_runs(tiny_export_dir, tmp_path):
     import shutil
 
-    from compress.artifacts import OfaserveError, read_manifest, write_json
+    from ofaserve.core.artifacts import OfaserveError, read_manifest, write_json
 
     other = tmp_path / "other"
     shutil.copytree(tiny_export_dir, other)
@@ -75,7 +75,7 @@ def test_markdown_of_recorded_gpu_run():
 
 
 def test_pack_cli_missing_export_is_a_one_line_error(tmp_path, capsys):
-    from benchmarks.gpu_torch import main
+    from ofaserve.benchmarks.gpu_torch import main
 
     assert main(["pack", "--export_dirs", str(tmp_path / "nope"), "--output", str(tmp_path / "pack")]) == 2
     err = capsys.readouterr().err.strip()

@@ -6,9 +6,9 @@ import numpy as np
 import paddle
 import pytest
 
-from compress import paddleslim_compat as compat
-from compress.bert import build_classifier, tiny_config
-from compress.ofa import OfaSupernet
+from ofaserve.compress import paddleslim_compat as compat
+from ofaserve.compress.bert import build_classifier, tiny_config
+from ofaserve.compress.ofa import OfaSupernet
 from paddleslim.nas.ofa import layers as ofa_layers
 
 PADDLE3 = int(paddle.__version__.split(".")[0]) >= 3

@@ -3,8 +3,8 @@ safetensors on real sentences: a wrong name mapping or a missing transpose canno
 import numpy as np
 import pytest
 
-from compress.bert import convert_hf_to_paddle, load_pretrained_classifier, load_safetensors, pretrained_dir
-from compress.tasks import encode_batch, load_rt_polarity, make_tokenizer
+from ofaserve.compress.bert import convert_hf_to_paddle, load_pretrained_classifier, load_safetensors, pretrained_dir
+from ofaserve.compress.tasks import encode_batch, load_rt_polarity, make_tokenizer
 
 
 def _gelu(x):

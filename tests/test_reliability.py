@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import reliability as rel
-from compress.artifacts import read_manifest
-from serve.repository import build_repository
-from serve.server import TritonServer
+from ofaserve.benchmarks import reliability as rel
+from ofaserve.core.artifacts import read_manifest
+from ofaserve.serve.repository import build_repository
+from ofaserve.serve.server import TritonServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.artifacts import read_manifest, write_manifest
+from ofaserve.core.artifacts import read_manifest, write_manifest
 
 LABELS = ["rotten", "fresh"]
 MAX_SEQ_LENGTH = 32
@@ -39,7 +39,7 @@ def make_tiny_export(out: Path, width_mult: float = 1.0, seed: int = 0) -> Path:
     from paddle.static import InputSpec
     from tokenizers import BertWordPieceTokenizer
 
-    from compress.bert import build_classifier, tiny_config
+    from ofaserve.compress.bert import build_classifier, tiny_config
 
     out = Path(out)
     (out / "static").mkdir(parents=True, exist_ok=True)

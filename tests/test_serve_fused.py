@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.client import classify
-from serve.repository import build_repository
-from serve.server import TritonServer
+from ofaserve.serve.client import classify
+from ofaserve.serve.repository import build_repository
+from ofaserve.serve.server import TritonServer
 from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
 from tests.test_serve_integration import SENTENCES, Reference, infer, ports, text_batch
 

@@ -17,10 +17,10 @@ import numpy as np
 import psutil
 import pytest
 
-from compress.artifacts import OfaserveError, read_manifest
-from serve.client import classify
-from serve.repository import build_repository
-from serve.server import TritonServer, free_port
+from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.serve.client import classify
+from ofaserve.serve.repository import build_repository
+from ofaserve.serve.server import TritonServer, free_port
 from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -259,7 +259,7 @@ def test_non_finite_logits_are_a_request_error(client, models):
 
 # ------------------------------------------------------------------------------ CLI / errors
 def test_classify_cli(server, models, capsys, tmp_path):
-    from serve.cli import classify_main
+    from ofaserve.serve.cli import classify_main
     name, ref = next(iter(models.items()))
     f = tmp_path / "in.txt"
     f.write_text("great film\n\nbad plot\n")

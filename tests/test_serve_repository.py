@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from compress.artifacts import OfaserveError, read_manifest
-from serve.repository import build_repository
-from serve.triton_models.encoder import runtimes
+from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.serve.repository import build_repository
+from ofaserve.runtime import runtimes
 from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
 
 TARGETS = [("cpu", "openvino"), ("cpu", "paddle"), ("cpu", "onnxruntime"), ("xeon", "openvino"),
@@ -186,7 +186,7 @@ def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, mess
 
 
 def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path):
-    from serve.repository import encoder_artifact
+    from ofaserve.serve.repository import encoder_artifact
     arts = {"onnx": "a", "onnx_ort_fused": "b", "onnx_int8": "c", "paddle_static": "d"}
     m = {"artifacts": arts}
     assert encoder_artifact(m, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
@@ -383,10 +383,10 @@ def test_packed_encoder_runs_one_call(repos, serve_exports):
 @pytest.mark.parametrize("command", ["compress", "export", "repo", "serve", "classify", "bench", "demo"])
 def test_every_command_explains_its_flags(command, capsys):
     """argparse formats help lazily: a stray '%' in one flag's help breaks only --help."""
-    import ofaserve_cli
+    import ofaserve.cli
 
     with pytest.raises(SystemExit) as exit_info:
-        ofaserve_cli.main([command, "--help"])
+        ofaserve.cli.main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:") and "--" in out

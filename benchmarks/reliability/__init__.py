@@ -39,19 +39,19 @@ Modules, by concern (each imports only those above it)::
 """
 from __future__ import annotations
 
-from .probes import (MIB, ROOT, SHM_PREFIX, Sampler, live_pids, memory_summary, ofaserve_command,
+from ofaserve.benchmarks.reliability.probes import (MIB, ROOT, SHM_PREFIX, Sampler, live_pids, memory_summary, ofaserve_command,
                      processes_mentioning, rss_by_process, shm_usage, stubs_of, wait_until, zombies_of)
-from .traffic import (LOAD_BOUNDS, Case, Traffic, answers, bad_input_cases, case_references, dev_sentences,
+from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, Case, Traffic, answers, bad_input_cases, case_references, dev_sentences,
                       load_checks, mixed_traffic, run_load, shm_growth_sweep, summarize_traffic, tensor_inputs,
                       text_inputs)
-from .faults import (ServeCLI, _port_bound, busy_port_attempts, cli_killed, free_ports, kill_server, port_race,
+from ofaserve.benchmarks.reliability.faults import (ServeCLI, _port_bound, busy_port_attempts, cli_killed, free_ports, kill_server, port_race,
                      server_kill_under_cli, stub_kill_triton, stub_kill_under_load)
-from .export_faults import (EXPORT_PHASES, REAL_EXPORT_CANDIDATES, _export_ok, describe_export, find_real_export,
+from ofaserve.benchmarks.reliability.export_faults import (EXPORT_PHASES, REAL_EXPORT_CANDIDATES, _export_ok, describe_export, find_real_export,
                             interrupt_export, run_export, sha256, temp_entries, tiny_compress, tiny_export)
-from .scenarios import (scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh,
+from ofaserve.benchmarks.reliability.scenarios import (scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh,
                         shm_per_instance)
-from .report import to_markdown
-from .cli import build_parser, main
+from ofaserve.benchmarks.reliability.report import to_markdown
+from ofaserve.benchmarks.reliability.cli import build_parser, main
 
 __all__ = [
     "MIB", "ROOT", "SHM_PREFIX", "Sampler", "live_pids", "memory_summary", "ofaserve_command",

@@ -1,7 +1,7 @@
 """`python -m benchmarks.reliability`: see benchmarks/reliability/__init__.py."""
 import sys
 
-from .cli import main
+from ofaserve.benchmarks.reliability.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,17 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from compress.artifacts import machine_info, now_iso, write_json
+from ofaserve.core.artifacts import machine_info, now_iso, write_json
 
-from .export_faults import REAL_EXPORT_CANDIDATES, find_real_export, tiny_compress, tiny_export
-from .probes import ROOT
-from .report import to_markdown
-from .scenarios import scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh, \
+from ofaserve.benchmarks.reliability.export_faults import REAL_EXPORT_CANDIDATES, find_real_export, tiny_compress, tiny_export
+from ofaserve.benchmarks.reliability.probes import ROOT
+from ofaserve.benchmarks.reliability.report import to_markdown
+from ofaserve.benchmarks.reliability.scenarios import scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh, \
     shm_per_instance
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks import reliability  # the package docstring (imported by now: it imports this module)
+    from ofaserve.benchmarks import reliability  # the package docstring (imported by now: it imports this module)
     p = argparse.ArgumentParser(prog="python -m benchmarks.reliability",
                                 description=reliability.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

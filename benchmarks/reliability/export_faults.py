@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.artifacts import read_manifest
+from ofaserve.core.artifacts import read_manifest
 
-from .probes import ROOT, ofaserve_command, wait_until
+from ofaserve.benchmarks.reliability.probes import ROOT, ofaserve_command, wait_until
 
 REAL_EXPORT_CANDIDATES = ("runs/demo/export/w0.6667", "runs/demo/export/w67", "runs/full/export/w0.6667",
                           "runs/quick/export/w0.6667")
@@ -131,7 +131,7 @@ def run_export(compress_dir: Path, out: Path, width: float, extra: list[str] | N
 # =============================================================================== models
 def tiny_export(compress_dir: Path, folder: Path) -> Path:
     """The real `export_subnet` at width 0.75 of the tiny compress output (as tests/conftest.py)."""
-    from export import export_subnet
+    from ofaserve.export import export_subnet
     out = folder / "tiny_export_w075"
     export_subnet(str(compress_dir), str(out), 0.75, progress=False)
     return out
@@ -139,8 +139,8 @@ def tiny_export(compress_dir: Path, folder: Path) -> Path:
 
 def tiny_compress(folder: Path) -> Path:
     """The real `compress_model` on the tiny checkpoint (as tests/conftest.py does)."""
-    from compress.pipeline import CompressOptions, compress_model
-    from compress.testing import tiny_task_files, write_tiny_hf_checkpoint
+    from ofaserve.compress.pipeline import CompressOptions, compress_model
+    from ofaserve.testing import tiny_task_files, write_tiny_hf_checkpoint
     train, dev, texts = tiny_task_files(folder / "data")
     ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)
     out = folder / "compress"

@@ -25,7 +25,7 @@ SHM_PREFIX = "triton_python_backend_shm_region_"
 def ofaserve_command() -> list[str]:
     """The `ofaserve` console script of this venv (or the module behind it)."""
     exe = Path(sys.executable).parent / "ofaserve"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "ofaserve_cli"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "ofaserve.cli"]
 
 
 def stubs_of(server_pid: int) -> list[dict[str, Any]]:

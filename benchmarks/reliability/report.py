@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .probes import MIB
+from ofaserve.benchmarks.reliability.probes import MIB
 
 
 def to_markdown(r: dict[str, Any]) -> str:

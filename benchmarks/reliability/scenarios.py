@@ -7,19 +7,19 @@ import signal
 from pathlib import Path
 from typing import Any, Iterable
 
-from compress.artifacts import read_manifest
+from ofaserve.core.artifacts import read_manifest
 
-from .export_faults import EXPORT_PHASES, _export_ok, describe_export, interrupt_export, run_export
-from .faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
+from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, _export_ok, describe_export, interrupt_export, run_export
+from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
                      stub_kill_triton, stub_kill_under_load)
-from .probes import rss_by_process, shm_usage, stubs_of
-from .traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
+from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
+from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
                       mixed_traffic, run_load, shm_growth_sweep)
 
 
 def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
-    from serve.repository import build_repository
-    from serve.server import TritonServer
+    from ofaserve.serve.repository import build_repository
+    from ofaserve.serve.server import TritonServer
     tag = kind.split()[0]  # short name for paths and log lines; ``kind`` describes the model
     repo = work / f"repo_{tag}"
     manifest = build_repository([export], repo, target="cpu")
@@ -65,7 +65,7 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
 
 
 def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
-    from serve.repository import build_repository
+    from ofaserve.serve.repository import build_repository
     repo = work / "repo_faults"
     manifest = build_repository([export], repo, target="cpu")
     (model,) = manifest["models"]
@@ -109,8 +109,8 @@ def scenario_export(compress_dir: Path, work: Path) -> dict[str, Any]:
 
 def scenario_shm_fresh(export: Path, work: Path, sizes_mb: Iterable[float] = (1, 4, 16)) -> list[dict[str, Any]]:
     """Per payload size, on a FRESH server: the regions after one request of that size."""
-    from serve.repository import build_repository
-    from serve.server import TritonServer
+    from ofaserve.serve.repository import build_repository
+    from ofaserve.serve.server import TritonServer
     repo = work / "repo_shm"
     (model,) = build_repository([export], repo, target="cpu")["models"]
     rows = []

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .probes import MIB, Sampler, memory_summary, shm_usage, stubs_of
+from ofaserve.benchmarks.reliability.probes import MIB, Sampler, memory_summary, shm_usage, stubs_of
 
 
 # =============================================================================== requests
@@ -46,7 +46,7 @@ def answers(url: str, model: str, batches: list[list[str]], timeout: float = 30)
 
 def dev_sentences(limit: int = 512) -> list[str]:
     """Real sentences (rt-polarity dev split, bundled with the project)."""
-    from compress.tasks import load_rt_polarity
+    from ofaserve.compress.tasks import load_rt_polarity
     texts, _ = load_rt_polarity().split("dev")
     return list(texts)[:limit]
 
@@ -56,9 +56,9 @@ def run_load(url: str, model: str, server_pid: int, texts: list[str], n_requests
              batch_size: int = 4, timeout_s: float = 30, warmup_fraction: float = 0.1,
              sample_interval: float = 0.25) -> dict[str, Any]:
     """``n_requests`` ensemble requests closed loop; ledger + latency + memory summary."""
-    from benchmarks.loadgen import Target, run_closed_loop
-    from benchmarks.stats import summarize_latencies
-    from benchmarks.workloads import real_text_workload
+    from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+    from ofaserve.benchmarks.stats import summarize_latencies
+    from ofaserve.benchmarks.workloads import real_text_workload
 
     workload = real_text_workload(texts, batch_size, seed=0, source="rt-polarity dev")
     done = [0]

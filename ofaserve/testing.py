@@ -76,7 +76,7 @@ def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
 
 def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> tuple[Path, Path, list[str]]:
     """Real Rotten Tomatoes sentences, few of them, as user-style CSV files."""
-    from .tasks import load_rt_polarity
+    from ofaserve.compress.tasks import load_rt_polarity
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 [batch, num_labels] out). Given the export's packed ONNX graph (inputs include
 ``segment_ids``), the ONNX runners pack the sentences of each batch into shared rows
 (``pack_rows``) behind the same contract. The Triton encoder model (model.py next to
-this file) uses it, and benchmarks import it as ``serve.triton_models.encoder.runtimes``
+this file) uses it, and benchmarks import it as ``ofaserve.runtime.runtimes``
 to run the very same runtime without a server. This file is copied into model
 repositories as-is, so it imports nothing from the ofaserve packages.
 """

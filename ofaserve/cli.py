@@ -1,7 +1,8 @@
 """`ofaserve`: one command, one subcommand per pipeline stage.
 
-Each stage keeps its own thin CLI (``python -m compress``, ``python -m export``,
-``python benchmarks/run.py`` ...); this only dispatches to them.
+Each stage keeps its own thin CLI (``python -m ofaserve.compress``,
+``python -m ofaserve.export``, ``python benchmarks/run.py`` ...); this only dispatches
+to them, importing a stage only when its command runs.
 """
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "compress": ("compress.cli", "main", "fine-tune the teacher, then train the OFA supernet over widths"),
-    "export": ("export.cli", "main", "slice one width into sub model + Paddle static + ONNX, parity-checked"),
-    "repo": ("serve.cli", "repo_main", "generate a Triton model repository (cpu | xeon | gpu)"),
-    "serve": ("serve.cli", "serve_main", "start the bundled Triton server on a model repository"),
-    "classify": ("serve.cli", "classify_main", "classify text over gRPC"),
-    "bench": ("benchmarks.run", "main", "batch-16 latency report over gRPC, full width vs compressed"),
-    "demo": ("serve.demo", "main", "the whole pipeline end to end on the embedded CPU default"),
+    "compress": ("ofaserve.compress.cli", "main", "fine-tune the teacher, then train the OFA supernet over widths"),
+    "export": ("ofaserve.export.cli", "main", "slice one width into sub model + Paddle static + ONNX, parity-checked"),
+    "repo": ("ofaserve.serve.cli", "repo_main", "generate a Triton model repository (cpu | xeon | gpu)"),
+    "serve": ("ofaserve.serve.cli", "serve_main", "start the bundled Triton server on a model repository"),
+    "classify": ("ofaserve.serve.cli", "classify_main", "classify text over gRPC"),
+    "bench": ("ofaserve.benchmarks.run", "main", "batch-16 latency report over gRPC, full width vs compressed"),
+    "demo": ("ofaserve.demo", "main", "the whole pipeline end to end on the embedded CPU default"),
 }
 
 

@@ -49,7 +49,7 @@ def _run_stage(label: str, func, argv: list[str]) -> None:
 
 
 def _finished(folder: Path, stage: str) -> bool:
-    from compress.artifacts import OfaserveError, read_manifest
+    from ofaserve.core.artifacts import OfaserveError, read_manifest
     try:
         read_manifest(folder, stage=stage)
         return True
@@ -59,7 +59,7 @@ def _finished(folder: Path, stage: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from compress.cpu import configure
+    from ofaserve.compress.cpu import configure
     configure()
 
     work = Path(args.workdir)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --redo: unknown stage(s) {sorted(unknown)}; choose from {STAGES} or all", file=sys.stderr)
         return 2
-    from compress.artifacts import OfaserveError, terminate_like_interrupt
+    from ofaserve.core.artifacts import OfaserveError, terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -> int:
-    from compress import cli as compress_cli
-    from compress.artifacts import read_manifest, write_json
-    from compress.pipeline import results_table
-    from export import cli as export_cli
-    from serve import cli as serve_cli
+    from ofaserve.compress import cli as compress_cli
+    from ofaserve.core.artifacts import read_manifest, write_json
+    from ofaserve.compress.pipeline import results_table
+    from ofaserve.export import cli as export_cli
+    from ofaserve.serve import cli as serve_cli
 
     compress_dir = work / "compress"
     t = time.time()
@@ -121,13 +121,13 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
         print(f"\n=== repo: reusing {repo}")
     timings["repo_s"] = round(time.time() - t, 1)
 
-    from serve.server import TritonServer, free_port
+    from ofaserve.serve.server import TritonServer, free_port
     grpc_port = args.grpc_port or free_port()
     print(f"\n=== serve: starting the bundled Triton server on {repo} (gRPC 127.0.0.1:{grpc_port})", flush=True)
     bench_dir = work / "bench"
     with TritonServer(repo, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()) as server:
         print(f"ready: gRPC {server.grpc_url}, models: {', '.join(sorted(server.models_ready()))}")
-        from serve.client import classify
+        from ofaserve.serve.client import classify
         names = {w: f"bert_w{round(float(w) * 100)}" for w in exports}
         compressed = names[args.width_mult]
         print(f"\n=== classify over gRPC ({compressed}):")
@@ -136,7 +136,7 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
             probs = ", ".join(f"{k}={v:.3f}" for k, v in ans["probs"].items())
             print(f"  {ans['label']:>8}  ({probs})  {text!r}")
         t = time.time()
-        from benchmarks import run as bench
+        from ofaserve.benchmarks import run as bench
         _run_stage("bench", bench.main,
                    ["--url", server.grpc_url, "--model_repository", str(repo), "--models", ",".join(names.values()),
                     "--batch_size", "16", "--seq_len", str(args.seq_len), "--real_text", "--concurrency", "1",

@@ -1,0 +1,1 @@
+"""Shared types below every stage: no paddle, no Triton."""

@@ -1,1 +1,0 @@
-"""Triton python-backend model sources, copied verbatim into generated repositories."""

@@ -1,1 +1,0 @@
-"""Encoder model; ``runtimes`` is also importable in-process (benchmark baselines)."""
