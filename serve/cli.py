@@ -28,7 +28,8 @@ def repo_parser() -> argparse.ArgumentParser:
                    help="repository folder to write (replaced atomically if it is a previous repository)")
     p.add_argument("--target", choices=("cpu", "xeon", "gpu"), default="cpu",
                    help="cpu: python-backend encoder, runs on the bundled pip server (default); "
-                        "xeon: Triton's openvino backend (NVIDIA Triton images); "
+                        "xeon: NVIDIA Triton images on Xeons, the same python-backend OpenVINO encoder (the image "
+                        "needs the manifest's image_packages: serve/deploy/Dockerfile); "
                         "gpu: onnxruntime backend + TensorRT FP16 (or --runtime onnxruntime-trt for the pip server)")
     p.add_argument("--name", default="bert", help="model name prefix (default: bert)")
     p.add_argument("--max_batch_size", type=int, default=64, help="max batch size of every model (default: 64)")
@@ -38,15 +39,22 @@ def repo_parser() -> argparse.ArgumentParser:
                    help="inference threads per encoder instance (default: cores / instances)")
     runtimes = sorted({r for rs in RUNTIMES.values() for r in rs})
     p.add_argument("--runtime", choices=runtimes, default=None,
-                   help="encoder runtime; cpu: openvino (default) | paddle | onnxruntime; xeon: openvino; "
+                   help="encoder runtime; cpu: openvino (default) | paddle | onnxruntime; "
+                        "xeon: openvino (default, python backend: packing, pinned precision, dynamic batching of "
+                        "any lengths) | openvino-native (Triton's openvino backend; it loads a dynamic sequence "
+                        "length only as max_batch_size 0, so every request runs alone: no dynamic batching, no "
+                        "packing, and OpenVINO picks bf16 by itself on CPUs with AVX512_BF16/AMX); "
                         "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
     precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
     p.add_argument("--precision", choices=precisions, default=None,
-                   help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, onnxruntime: the export's INT8 graph); gpu: fp16 (default) | fp32")
+                   help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, "
+                        "onnxruntime: the export's INT8 graph); xeon openvino-native: cpu-default (default: "
+                        "whatever OpenVINO picks on the serving CPU) | bf16; gpu: fp16 (default) | fp32")
     p.add_argument("--text_pipeline", choices=("ensemble", "fused"), default="ensemble",
                    help="how {name}_w{width%%} turns text into a label: ensemble (tokenizer -> encoder -> "
                         "postprocess, three python models; default) or fused (one python model doing all "
-                        "three, no hops between stubs; cpu target or --runtime onnxruntime-trt)")
+                        "three, no hops between stubs; python-backend encoders only: cpu, xeon's openvino, "
+                        "gpu's onnxruntime-trt)")
     return p
 
 
@@ -63,6 +71,8 @@ def repo_main(argv: list[str]) -> int:
     print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
           f"precision {manifest['precision']}, text pipeline {manifest['text_pipeline']}); "
           f"text models: {', '.join(manifest['models'])}")
+    if manifest["target"] != "cpu":
+        print(f"NVIDIA Triton images need: pip install {' '.join(manifest['image_packages'])}")
     return 0
 
 

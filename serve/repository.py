@@ -11,7 +11,11 @@ doing tokenize + encode + softmax (no {m}_tokenizer / {m}_postprocess).
 Targets:
   cpu   encoder in the python backend on OpenVINO / Paddle Inference / ONNX Runtime:
         runs on the Triton server bundled with nvidia-pytriton (python backend only).
-  xeon  encoder on Triton's native `openvino` backend (NVIDIA Triton images).
+  xeon  NVIDIA Triton images on Xeons: by default the same python-backend OpenVINO
+        encoder as cpu (packing, pinned precision, ragged dynamic batching; the image
+        needs the pip packages in the manifest's ``image_packages``). --runtime
+        openvino-native uses Triton's own openvino backend instead, in the only shape it
+        loads with a dynamic sequence axis: max_batch_size 0, no dynamic batching.
   gpu   encoder on Triton's native onnxruntime backend with the TensorRT accelerator
         (FP16), or with --runtime onnxruntime-trt in the python backend on
         onnxruntime-gpu's TensorRT EP (runs on the pip server on any GPU machine).
@@ -32,26 +36,40 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
-                                write_manifest)
+                                sha256_file, write_manifest)
 from ofaserve.runtime import runtimes
+from ofaserve.runtime.runtimes import trt_profile_shapes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
 RUNTIMES_PY = Path(runtimes.__file__)
 TARGETS = ("cpu", "xeon", "gpu")
 RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
-            "xeon": ("openvino",),
+            "xeon": ("openvino", "openvino-native"),
             "gpu": ("onnxruntime", "onnxruntime-trt")}
-PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "xeon": ("fp32", "bf16"), "gpu": ("fp16", "fp32")}
+PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "xeon": ("fp32", "bf16", "cpu-default"), "gpu": ("fp16", "fp32")}
+# Triton's openvino backend passes OpenVINO no f32 hint (it reads HINT_BF16=YES only), so
+# OpenVINO picks the CPU's own default: bf16 on CPUs with AVX512_BF16/AMX, f32 elsewhere.
+# "cpu-default" names that honestly; the first entry is the default.
+NATIVE_OPENVINO_PRECISIONS = ("cpu-default", "bf16")
 PREFERRED_BATCH = 16
 LENGTH_BUCKETS = 3
 TEXT_PIPELINES = ("ensemble", "fused")
 MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
-# A python-backend runtime parallelises inside one request; the native xeon/gpu backends
-# batch requests of equal shape only, so pad tokens to a multiple there to let them merge.
-PAD_MULTIPLE = {"cpu": 0, "xeon": 16, "gpu": 16}
-# Where Triton's onnxruntime backend caches TensorRT engines inside the serving
-# container (a runtime location there, not a path on the machine that built this).
+# A native backend's dynamic batcher merges only requests of equal shape (Triton core,
+# dynamic_batch_scheduler.cc: a batch ends at the first shape change), so the tokenizer pads
+# to a multiple of this in front of a batching native encoder; python encoders take ragged input.
+NATIVE_PAD_MULTIPLE = 16
+# Where TensorRT engines are cached on the serving machine (a runtime location there, not a
+# path on the machine that built this). ONNX Runtime's TensorRT EP creates only the last
+# level of its cache path (std::filesystem::create_directory) and fails the session when
+# the parent is missing: the image (serve/deploy/Dockerfile), the Kubernetes manifest
+# (serve/deploy/triton.yaml) and the README's docker command all provide this folder.
 TRT_CACHE_ROOT = "/tmp/ofaserve_trt_cache"
+# pip packages the python models import, per encoder runtime ("" for the tokenizer and
+# postprocess models every repository has); versions as installed and tested here.
+IMAGE_PACKAGES = {"": ("tokenizers==0.23.3", "numpy==1.26.4"),
+                  "openvino": ("openvino==2026.4.1",), "onnxruntime": ("onnxruntime==1.32.0",),
+                  "paddle": ("paddlepaddle==3.3.1",), "onnxruntime-trt": ("onnxruntime-gpu",)}
 REPO_STAGE = "repo"
 
 
@@ -131,56 +149,102 @@ def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.Mod
 
 def runs_in_python_backend(target: str, runtime: str) -> bool:
     """Whether the encoder runs in our python model (runtimes.py) rather than a native backend."""
-    return target == "cpu" or runtime == "onnxruntime-trt"
+    return target == "cpu" or runtime in ("openvino", "onnxruntime-trt")
+
+
+def image_packages(target: str, runtime: str) -> list[str]:
+    """pip packages an image must add for the python models of such a repository."""
+    return list(IMAGE_PACKAGES[""]) + (list(IMAGE_PACKAGES[runtime]) if runs_in_python_backend(target, runtime) else [])
+
+
+def trt_cache_dir(name: str, model_sha256: str) -> str:
+    """The engine cache of one model, one level below TRT_CACHE_ROOT. The file's hash is in
+    the name because ONNX Runtime keys cached engines by the graph's file name and structure,
+    not its weights: a re-export of the same width would otherwise load the old engine."""
+    return f"{TRT_CACHE_ROOT}/{name}-{model_sha256[:12]}"
+
+
+def _warmups(config: mc.ModelConfig, shapes: list[tuple[int, int]], batching: bool) -> None:
+    """All-pad warmup requests (valid for any vocabulary) at each (rows, seq). Triton sends a
+    sample of batch_size B as B requests in one execution (core, backend_model_instance.cc);
+    a non-batching model counts each request as one and rejects more (openvino_backend,
+    openvino.cc), so there the rows go into the dims of a single request."""
+    for rows, seq in sorted(set(shapes)):
+        warmup = config.model_warmup.add(name=f"batch{rows}_seq{seq}", batch_size=rows if batching else 1)
+        for input_name in ("input_ids", "token_type_ids"):
+            warmup.inputs[input_name].data_type = mc.TYPE_INT64
+            warmup.inputs[input_name].dims.extend([seq] if batching else [rows, seq])
+            warmup.inputs[input_name].zero_data = True
+
+
+def _encoder_io(config: mc.ModelConfig, n: int, *, batching: bool, ragged: bool) -> None:
+    # Ragged only where our own model.py pads the formed batch; native backends need equal shapes.
+    dims = [-1] if batching else [-1, -1]
+    for input_name in ("input_ids", "token_type_ids"):
+        config.input.append(_tensor(mc.ModelInput, input_name, "TYPE_INT64", dims, allow_ragged_batch=ragged))
+    config.output.append(_tensor(mc.ModelOutput, "logits", "TYPE_FP32", [n] if batching else [-1, n]))
+
+
+def _native_openvino(config: mc.ModelConfig, precision: str, threads: int) -> None:
+    """Parameters of Triton's openvino backend: it reads exactly these (openvino.cc)."""
+    config.default_model_filename = "model.onnx"
+    _param(config, "PERFORMANCE_HINT", "LATENCY")
+    _param(config, "NUM_STREAMS", 1)
+    _param(config, "INFERENCE_NUM_THREADS", threads)
+    _param(config, "RESHAPE_IO_LAYERS", "YES")  # keep both axes dynamic
+    if precision == "bf16":
+        _param(config, "HINT_BF16", "YES")
+
+
+def _tensorrt(config: mc.ModelConfig, precision: str, cache_dir: str, max_batch_size: int, max_seq: int) -> None:
+    """TensorRT accelerator of Triton's onnxruntime backend (every key must be one that
+    backend's onnxruntime.cc knows, or the model fails to load)."""
+    config.default_model_filename = "model.onnx"
+    trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    trt.parameters["precision_mode"] = "FP16" if precision == "fp16" else "FP32"
+    trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    trt.parameters["trt_engine_cache_enable"] = "1"
+    trt.parameters["trt_engine_cache_path"] = cache_dir
+    trt.parameters.update(trt_profile_shapes(max_batch_size, max_seq))
+    if precision == "fp16":  # see runtimes._onnxruntime_trt
+        trt.parameters["trt_layer_norm_fp32_fallback"] = "1"
 
 
 def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: str, runtime: str,
-                   precision: str, instances: int, threads: int, packed: bool = False) -> mc.ModelConfig:
-    n = len(manifest["labels"])
+                   precision: str, instances: int, threads: int, packed: bool = False,
+                   model_sha256: str = "") -> mc.ModelConfig:
+    """The encoder: our python model, Triton's openvino backend (max_batch_size 0: with a
+    batch dimension it fixes the batch at max_batch_size and its batch padding drops the
+    sequence length, openvino.cc) or the onnxruntime backend with TensorRT."""
+    n, seq = len(manifest["labels"]), int(manifest["max_seq_length"])
     python = runs_in_python_backend(target, runtime)
+    batching = runtime != "openvino-native"
     if python:
         config = _base(name, max_batch_size, backend="python")
-    elif target == "xeon":
-        config = _base(name, max_batch_size, backend="openvino")
-        config.default_model_filename = "model.onnx"
+    elif runtime == "openvino-native":
+        config = _base(name, 0, backend="openvino")
     else:
         config = _base(name, max_batch_size, platform="onnxruntime_onnx")
-        config.default_model_filename = "model.onnx"
-    # Ragged only where our own model.py pads the formed batch; native backends need equal shapes.
-    for input_name in ("input_ids", "token_type_ids"):
-        config.input.append(_tensor(mc.ModelInput, input_name, "TYPE_INT64", [-1], allow_ragged_batch=python))
-    config.output.append(_tensor(mc.ModelOutput, "logits", "TYPE_FP32", [n]))
-    _batching(config, max_batch_size)
+    _encoder_io(config, n, batching=batching, ragged=python)
+    if batching:
+        _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if target == "gpu" else "KIND_CPU")
-
-    for batch in sorted({1, min(PREFERRED_BATCH, max_batch_size)}):
-        warmup = config.model_warmup.add(name=f"batch{batch}_seq{manifest['max_seq_length']}", batch_size=batch)
-        for input_name in ("input_ids", "token_type_ids"):  # all-pad ids: valid for any vocabulary
-            warmup.inputs[input_name].data_type = mc.TYPE_INT64
-            warmup.inputs[input_name].dims.append(int(manifest["max_seq_length"]))
-            warmup.inputs[input_name].zero_data = True
+    shapes = [(1, seq), (min(PREFERRED_BATCH, max_batch_size), seq)]
+    if target == "gpu":  # build and size the engine for the largest batch at load, not under traffic
+        shapes.append((max_batch_size, seq))
+    _warmups(config, shapes, batching)
 
     if python:
-        _runtime_params(config, manifest, runtime, precision, threads, packed)
-    elif target == "xeon":
-        _param(config, "PERFORMANCE_HINT", "LATENCY")
-        _param(config, "NUM_STREAMS", 1)
-        _param(config, "INFERENCE_NUM_THREADS", threads)
-        _param(config, "RESHAPE_IO_LAYERS", "YES")     # keep the sequence axis dynamic
-        _param(config, "ENABLE_BATCH_PADDING", "YES")  # the backend fixes batch = max_batch_size
-        if precision == "bf16":
-            _param(config, "HINT_BF16", "YES")
+        _runtime_params(config, manifest, runtime, precision, threads, packed, trt_cache_dir(name, model_sha256))
+    elif runtime == "openvino-native":
+        _native_openvino(config, precision, threads)
     else:
-        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        trt.parameters["precision_mode"] = "FP16" if precision == "fp16" else "FP32"
-        trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
-        trt.parameters["trt_engine_cache_enable"] = "1"
-        trt.parameters["trt_engine_cache_path"] = f"{TRT_CACHE_ROOT}/{name}"
+        _tensorrt(config, precision, trt_cache_dir(name, model_sha256), max_batch_size, seq)
     return config
 
 
 def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precision: str, threads: int,
-                    packed: bool = False) -> None:
+                    packed: bool = False, cache_dir: str = "") -> None:
     """Parameters our python models read to build their runtime (runtimes.py)."""
     _param(config, "runtime", runtime)
     _param(config, "precision", precision)
@@ -197,11 +261,12 @@ def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precis
     # so it gets one call; a packed graph's runner packs the whole batch into one call.
     _param(config, "length_buckets", 1 if runtime == "onnxruntime-trt" or packed else LENGTH_BUCKETS)
     if runtime == "onnxruntime-trt":
-        _param(config, "trt_cache_dir", "trt_cache")
+        _param(config, "trt_cache_dir", cache_dir)
 
 
 def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime: str, precision: str,
-                      instances: int, threads: int, gpu: bool, packed: bool = False) -> mc.ModelConfig:
+                      instances: int, threads: int, gpu: bool, packed: bool = False,
+                      model_sha256: str = "") -> mc.ModelConfig:
     """The fused text model: TEXT -> LABEL, PROBS in one python model (tokenize + encode +
     softmax), the alternative to the three-step ensemble."""
     n = len(manifest["labels"])
@@ -211,7 +276,7 @@ def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime
                           _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
     _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if gpu else "KIND_CPU")
-    _runtime_params(config, manifest, runtime, precision, threads, packed)
+    _runtime_params(config, manifest, runtime, precision, threads, packed, trt_cache_dir(name, model_sha256))
     _param(config, "tokenizer_file", "tokenizer.json")
     _param(config, "labels", json.dumps(manifest["labels"]))
     return config
@@ -257,15 +322,23 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
             return "onnx_int8"
         if artifacts.get("onnx_ort_fused"):
             return "onnx_ort_fused"
-    if target == "cpu" and runtime == "openvino" and artifacts.get("onnx_packed"):
+    if runtime == "openvino" and artifacts.get("onnx_packed"):
         return "onnx_packed"
     return "onnx"
 
 
-def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: str | None) -> None:
+def _pad_multiple(target: str, runtime: str) -> int:
+    """Token padding of the tokenizer's output: only a batching native encoder needs equal
+    lengths to merge requests (a non-batching one never merges, python ones take ragged input)."""
+    return 0 if runs_in_python_backend(target, runtime) or runtime == "openvino-native" else NATIVE_PAD_MULTIPLE
+
+
+def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: str | None) -> str:
     """The encoder artifact into ``dest``; with ``python`` (a folder of triton_models) also
-    that model.py plus the runtime and helper modules it imports."""
+    that model.py plus the runtime and helper modules it imports. Returns the sha256 of the
+    copied model weights (model.onnx or model.pdiparams)."""
     artifacts = manifest["artifacts"]
+    dest.mkdir(parents=True, exist_ok=True)
     if artifact == "paddle_static":
         prefix = export_dir / artifacts.get("paddle_static", "static/model")
         files = [p for p in (prefix.with_name(prefix.name + ext) for ext in (".json", ".pdmodel", ".pdiparams"))
@@ -275,15 +348,46 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
         (dest / "static").mkdir()
         for f in files:
             shutil.copy2(f, dest / "static" / f"model{f.suffix}")
+        weights = dest / "static" / "model.pdiparams"
     else:
         src = export_dir / artifacts[artifact]
         if not src.is_file():
             raise OfaserveError(f"{export_dir} lacks {artifacts[artifact]} (artifact {artifact}): re-run `ofaserve export`")
-        shutil.copy2(src, dest / "model.onnx")
+        weights = dest / "model.onnx"
+        shutil.copy2(src, weights)
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
         shutil.copy2(RUNTIMES_PY, dest / "runtimes.py")
         shutil.copy2(SOURCES / "backend_utils.py", dest / "backend_utils.py")
+    return sha256_file(weights)
+
+
+def _check_choices(target: str, runtime: str | None, precision: str | None, text_pipeline: str) -> tuple[str, str]:
+    """(runtime, precision) after defaults, or a one-line error for a combination that cannot run."""
+    if target not in TARGETS:
+        raise OfaserveError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    runtime = runtime or RUNTIMES[target][0]
+    if runtime not in RUNTIMES[target]:
+        raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
+    native_ov = runtime == "openvino-native"
+    precision = precision or (NATIVE_OPENVINO_PRECISIONS[0] if native_ov else PRECISIONS[target][0])
+    if precision not in PRECISIONS[target]:
+        raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
+    if native_ov and precision not in NATIVE_OPENVINO_PRECISIONS:
+        raise OfaserveError(f"Triton's openvino backend cannot pin {precision} (it passes OpenVINO only HINT_BF16); "
+                            "use --precision cpu-default or bf16, or --runtime openvino for a pinned fp32")
+    if precision == "cpu-default" and not native_ov:
+        raise OfaserveError("precision cpu-default is for --runtime openvino-native; pick fp32 or bf16")
+    if target == "cpu" and runtime == "onnxruntime" and precision == "bf16":
+        raise OfaserveError("runtime onnxruntime on cpu runs fp32 or int8; use openvino or paddle for bf16")
+    if precision == "int8" and runtime != "onnxruntime":
+        raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
+    if text_pipeline not in TEXT_PIPELINES:
+        raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
+    if text_pipeline == "fused" and not runs_in_python_backend(target, runtime):
+        raise OfaserveError(f"--text_pipeline fused runs the encoder in the python backend, not on target {target} "
+                            f"with runtime {runtime}")
+    return runtime, precision
 
 
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
@@ -292,30 +396,14 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                      text_pipeline: str = "ensemble") -> dict[str, Any]:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
-    ``runtime``/``precision`` default per target (cpu: openvino/fp32, xeon: openvino/fp32,
-    gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
+    ``runtime``/``precision`` default per target (cpu: openvino/fp32, xeon: openvino/fp32
+    in the python backend, gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
     using every core this process may run on. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way.
     """
-    if target not in TARGETS:
-        raise OfaserveError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    runtime = runtime or RUNTIMES[target][0]
-    precision = precision or PRECISIONS[target][0]
-    if runtime not in RUNTIMES[target]:
-        raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
-    if precision not in PRECISIONS[target]:
-        raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
-    if target == "cpu" and runtime == "onnxruntime" and precision == "bf16":
-        raise OfaserveError("runtime onnxruntime on cpu runs fp32 or int8; use openvino or paddle for bf16")
-    if precision == "int8" and runtime != "onnxruntime":
-        raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
-    if text_pipeline not in TEXT_PIPELINES:
-        raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
+    runtime, precision = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)
-    if text_pipeline == "fused" and not python_encoder:
-        raise OfaserveError(f"--text_pipeline fused runs the encoder in the python backend: target cpu or runtime "
-                            f"onnxruntime-trt, not target {target} with runtime {runtime}")
     if not 1 <= max_batch_size <= 4096:
         raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
     if not export_dirs:
@@ -341,21 +429,23 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     with atomic_output_dir(output) as tmp:
         for model, (export_dir, manifest) in exports.items():
             enc = tmp / f"{model}_encoder"
+            sha = _copy_model_files(export_dir, manifest, enc / "1", chosen[model],
+                                    "encoder" if python_encoder else None)
             _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
                                        precision=precision, instances=instances, threads=threads,
-                                       packed=chosen[model] == "onnx_packed"))
-            _copy_model_files(export_dir, manifest, enc / "1", chosen[model], "encoder" if python_encoder else None)
+                                       packed=chosen[model] == "onnx_packed", model_sha256=sha))
             tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
             if text_pipeline == "fused":
+                sha = _copy_model_files(export_dir, manifest, tmp / model / "1", chosen[model], "classifier")
                 _write(tmp / model, classifier_config(model, manifest, max_batch_size, runtime=runtime,
                                                       precision=precision, instances=instances, threads=threads,
-                                                      gpu=target == "gpu", packed=chosen[model] == "onnx_packed"))
-                _copy_model_files(export_dir, manifest, tmp / model / "1", chosen[model], "classifier")
+                                                      gpu=target == "gpu", packed=chosen[model] == "onnx_packed",
+                                                      model_sha256=sha))
                 shutil.copy2(tokenizer_json, tmp / model / "1" / "tokenizer.json")
                 continue
 
             tok = tmp / f"{model}_tokenizer"
-            _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, PAD_MULTIPLE[target]))
+            _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, _pad_multiple(target, runtime)))
             shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
             shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
             shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
@@ -370,6 +460,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         return write_manifest(
             tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
             max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
+            image_packages=image_packages(target, runtime),
             models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
                             "max_seq_length": m["max_seq_length"], "encoder_artifact": chosen[model],
                             "source_export": os.path.basename(os.path.normpath(d))}

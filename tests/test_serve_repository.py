@@ -13,12 +13,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ofaserve.core.artifacts import OfaserveError, read_manifest
-from ofaserve.serve.repository import build_repository
+from ofaserve.serve.repository import TRT_CACHE_ROOT, build_repository, runs_in_python_backend
 from ofaserve.runtime import runtimes
 from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
 
 TARGETS = [("cpu", "openvino"), ("cpu", "paddle"), ("cpu", "onnxruntime"), ("xeon", "openvino"),
-           ("gpu", "onnxruntime"), ("gpu", "onnxruntime-trt")]
+           ("xeon", "openvino-native"), ("gpu", "onnxruntime"), ("gpu", "onnxruntime-trt")]
 
 
 def load_config(model_dir: Path) -> mc.ModelConfig:
@@ -48,9 +48,10 @@ def test_every_config_parses_and_is_complete(repos, serve_exports, target, runti
         em = read_manifest(export, "export")
         n = len(em["labels"])
         configs = {s: load_config(repo / f"{m}{s}") for s in ("", "_tokenizer", "_encoder", "_postprocess")}
+        native_ov = runtime == "openvino-native"  # loads only without a batch dimension
         for suffix, cfg in configs.items():
             assert cfg.name == f"{m}{suffix}"
-            assert cfg.max_batch_size == 64
+            assert cfg.max_batch_size == (0 if native_ov and suffix == "_encoder" else 64)
             assert cfg.version_policy.latest.num_versions == 1
             assert (repo / cfg.name / "1").is_dir()
 
@@ -63,11 +64,14 @@ def test_every_config_parses_and_is_complete(repos, serve_exports, target, runti
         assert (repo / tok.name / "1" / "model.py").is_file() and (repo / tok.name / "1" / "tokenizer.json").is_file()
 
         enc = configs["_encoder"]
+        seq = [-1, -1] if native_ov else [-1]
         assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in enc.input] == [
-            ("input_ids", "TYPE_INT64", [-1]), ("token_type_ids", "TYPE_INT64", [-1])]
-        assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in enc.output] == [("logits", "TYPE_FP32", [n])]
-        assert list(enc.dynamic_batching.preferred_batch_size) == [16]
-        assert 0 < enc.dynamic_batching.max_queue_delay_microseconds <= 5000
+            ("input_ids", "TYPE_INT64", seq), ("token_type_ids", "TYPE_INT64", seq)]
+        assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in enc.output] == [
+            ("logits", "TYPE_FP32", [-1, n] if native_ov else [n])]
+        if not native_ov:
+            assert list(enc.dynamic_batching.preferred_batch_size) == [16]
+            assert 0 < enc.dynamic_batching.max_queue_delay_microseconds <= 5000
         assert len(enc.model_warmup) >= 1
         for w in enc.model_warmup:
             assert set(w.inputs) == {"input_ids", "token_type_ids"}
@@ -75,7 +79,7 @@ def test_every_config_parses_and_is_complete(repos, serve_exports, target, runti
         kind = enc.instance_group[0].kind
         assert kind == (mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU)
         files = {p.name for p in (repo / enc.name / "1").iterdir()}
-        if target == "cpu" or runtime == "onnxruntime-trt":
+        if runs_in_python_backend(target, runtime):
             assert enc.backend == "python"
             assert {"model.py", "runtimes.py"} <= files
             assert enc.parameters["runtime"].string_value == runtime
@@ -85,7 +89,7 @@ def test_every_config_parses_and_is_complete(repos, serve_exports, target, runti
             else:
                 assert model_file.is_file()
             assert all(i.allow_ragged_batch for i in enc.input)
-        elif target == "xeon":
+        elif native_ov:
             assert enc.backend == "openvino" and enc.default_model_filename == "model.onnx"
             assert "model.onnx" in files and "model.py" not in files
             assert enc.parameters["RESHAPE_IO_LAYERS"].string_value == "YES"
@@ -125,9 +129,10 @@ def test_repository_holds_no_host_paths(repos, serve_exports, target, runtime):
             for f in forbidden:
                 assert f.encode() not in data, f"{path} mentions host path {f}"
     for cfg_path in repo.glob("*/config.pbtxt"):  # the only absolute value allowed: the TRT
-        cfg = text_format.Parse(cfg_path.read_text(), mc.ModelConfig())  # engine cache in the container
+        cfg = text_format.Parse(cfg_path.read_text(), mc.ModelConfig())  # engine cache where it serves
         for key, value in cfg.parameters.items():
-            assert not value.string_value.startswith("/"), f"{cfg_path}: {key} is absolute"
+            assert not value.string_value.startswith("/") or value.string_value.startswith(TRT_CACHE_ROOT + "/"), \
+                f"{cfg_path}: {key} is absolute"
 
 
 def test_precision_and_threads_are_recorded(serve_exports, tmp_path):
@@ -139,6 +144,11 @@ def test_precision_and_threads_are_recorded(serve_exports, tmp_path):
     assert cfg.instance_group[0].count == 2
     build_repository(serve_exports[:1], tmp_path / "x", target="xeon", precision="bf16")
     (enc_dir,) = [p for p in (tmp_path / "x").iterdir() if p.name.endswith("_encoder")]
+    assert load_config(enc_dir).parameters["precision"].string_value == "bf16"
+    manifest = build_repository(serve_exports[:1], tmp_path / "n", target="xeon", runtime="openvino-native")
+    (enc_dir,) = [p for p in (tmp_path / "n").iterdir() if p.name.endswith("_encoder")]
+    assert manifest["precision"] == "cpu-default" and "HINT_BF16" not in load_config(enc_dir).parameters
+    build_repository(serve_exports[:1], tmp_path / "n", target="xeon", runtime="openvino-native", precision="bf16")
     assert load_config(enc_dir).parameters["HINT_BF16"].string_value == "YES"
 
 
@@ -175,7 +185,9 @@ def test_refuses_to_clobber_a_foreign_folder(serve_exports, tmp_path):
     (dict(max_batch_size=0), "max_batch_size"),
     (dict(name="bad name!"), "model name"),
     (dict(text_pipeline="both"), "unknown text pipeline"),
-    (dict(target="xeon", text_pipeline="fused"), "python backend"),
+    (dict(target="xeon", runtime="openvino-native", text_pipeline="fused"), "python backend"),
+    (dict(target="xeon", runtime="openvino-native", precision="fp32"), "cannot pin fp32"),
+    (dict(target="xeon", precision="cpu-default"), "cpu-default is for"),
     (dict(target="gpu", text_pipeline="fused"), "python backend"),
 ])
 def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, message):
@@ -194,7 +206,8 @@ def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path)
     assert encoder_artifact(m, "cpu", "openvino", "fp32") == "onnx"  # contrib ops: ORT only
     packed = {"artifacts": {**arts, "onnx_packed": "e"}}
     assert encoder_artifact(packed, "cpu", "openvino", "bf16") == "onnx_packed"  # our python encoder packs
-    assert encoder_artifact(packed, "xeon", "openvino", "fp32") == "onnx"  # Triton's own backend cannot
+    assert encoder_artifact(packed, "xeon", "openvino", "fp32") == "onnx_packed"  # the same python encoder
+    assert encoder_artifact(packed, "xeon", "openvino-native", "cpu-default") == "onnx"  # Triton's own cannot pack
     assert encoder_artifact(packed, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
     assert encoder_artifact(m, "cpu", "paddle", "fp32") == "paddle_static"
     assert encoder_artifact(m, "gpu", "onnxruntime", "fp16") == "onnx"  # TRT builds FP16 from FP32 ONNX

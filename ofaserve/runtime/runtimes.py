@@ -199,6 +199,22 @@ def _onnxruntime(path: Path, precision: str, threads: int, pad_id: int = 0) -> R
                     pad_id)
 
 
+TRT_OPT_BATCH = 16  # the batch the seed's workload and the dynamic batcher's preferred size use
+
+
+def trt_profile_shapes(max_batch: int, max_seq: int, opt_batch: int = TRT_OPT_BATCH) -> dict[str, str]:
+    """TensorRT optimisation profile for the encoder's inputs, in ONNX Runtime's option
+    syntax ("input_ids:1x1,token_type_ids:1x1"): every batch 1..max_batch and length
+    1..max_seq, tuned for ``opt_batch`` x max_seq. Without an explicit profile the TensorRT
+    EP builds for the shapes it has seen and rebuilds the engine (blocking the instance)
+    the first time a request falls outside them."""
+    def shapes(batch: int, seq: int) -> str:
+        return ",".join(f"{name}:{batch}x{seq}" for name in ("input_ids", "token_type_ids"))
+    return {"trt_profile_min_shapes": shapes(1, 1),
+            "trt_profile_opt_shapes": shapes(min(opt_batch, max_batch), max_seq),
+            "trt_profile_max_shapes": shapes(max_batch, max_seq)}
+
+
 def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, device_id: int = 0,
                      cache_dir: str | None = None, max_workspace_size: int = 1 << 30,
                      max_batch: int = 64, max_seq: int = 128) -> Runner:
@@ -213,16 +229,15 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
             "runtime 'onnxruntime-trt' needs onnxruntime-gpu with TensorRT (pip install "
             f"onnxruntime-gpu tensorrt); this onnxruntime offers only {available}")
     cache_dir = cache_dir or str(path.parent / "trt_cache")
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)  # all levels: the TensorRT EP itself creates only the last
     trt = {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
+           # LayerNorm exported as ReduceMean/Pow/Sqrt overflows or loses precision in FP16;
+           # this keeps those layers in FP32 inside the FP16 engine.
+           "trt_layer_norm_fp32_fallback": precision == "fp16",
            "trt_max_workspace_size": max_workspace_size,
            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
-           "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir}
-    # One optimisation profile covering every batch/sequence the server can send, so
-    # dynamic padding never triggers an engine rebuild mid-traffic.
-    shapes = lambda b, s: ",".join(f"{n}:{b}x{s}" for n in ("input_ids", "token_type_ids"))  # noqa: E731
-    trt.update(trt_profile_min_shapes=shapes(1, 1), trt_profile_max_shapes=shapes(max_batch, max_seq),
-               trt_profile_opt_shapes=shapes(min(16, max_batch), min(64, max_seq)))
+           "trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir,
+           **trt_profile_shapes(max_batch, max_seq)}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(
