@@ -21,7 +21,8 @@ Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 # runtime kind -> (precisions it supports, the model artifact it reads)
 KINDS = {
-    "openvino": (("fp32", "bf16"), "onnx"),
+    # int8: an NNCF-quantized OpenVINO IR (.xml); fp32/bf16 read the .onnx (or an f32 IR)
+    "openvino": (("fp32", "bf16", "int8"), "onnx"),
     "paddle": (("fp32", "bf16"), "paddle_static"),
     "onnxruntime": (("fp32", "int8"), "onnx"),  # int8: an already quantized graph
     "onnxruntime-trt": (("fp16", "fp32"), "onnx"),  # onnxruntime-gpu + TensorRT EP
@@ -95,14 +96,34 @@ def _packed(infer: Callable[[dict], np.ndarray], pad_id: int) -> Runner:
     return run
 
 
+_MATMUL_LAYERS = ("FullyConnected", "MatMul")
+
+
+def openvino_executed(compiled) -> dict:
+    """What a compiled OpenVINO model really runs: the precision hint it took (on a CPU
+    without bf16 a "bf16" request compiles and runs f32) and the runtime precision of its
+    MatMul/FullyConnected layers (u8/i8 only when INT8 kernels execute)."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in _MATMUL_LAYERS:
+            kind = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "unknown"
+            counts[kind] = counts.get(kind, 0) + 1
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "bf16", ...
+    int8 = any(kind in ("u8", "i8") for kind in counts)
+    return {"inference_precision_hint": hint, "matmul_precisions": counts,
+            "precision": "int8" if int8 else _PRECISION_ALIASES.get(hint, hint)}
+
+
 def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runner:
     import openvino as ov
 
     _require_file(path)
     core = ov.Core()
     # Pin the precision: on CPUs with avx512_bf16/AMX OpenVINO silently runs bf16 otherwise.
+    # An INT8 IR runs its quantized layers in INT8 under any hint; f32 keeps the rest exact.
     compiled = core.compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
         # One stream using every thread. Two single-thread streams running the chunks of a
@@ -115,15 +136,20 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
         # length-bucketed dev batches, while 16 entries cost 15%.
         "CPU_RUNTIME_CACHE_CAPACITY": 256,
     })
+    executed = openvino_executed(compiled)
+    if (executed["precision"] == "int8") != (precision == "int8"):
+        raise RuntimeConfigError(
+            f"{path} runs {executed['precision']}, not {precision}: load an NNCF-quantized IR with "
+            "precision int8 and an unquantized model with fp32/bf16")
     request = compiled.create_infer_request()
     output = compiled.output("logits")
     if "segment_ids" in {name for port in compiled.inputs for name in port.get_names()}:
-        return _packed(lambda feeds: np.array(request.infer(feeds)[output], dtype=np.float32, copy=True), pad_id)
-
-    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
-        return np.array(result[output], dtype=np.float32, copy=True)
-
+        run = _packed(lambda feeds: np.array(request.infer(feeds)[output], dtype=np.float32, copy=True), pad_id)
+    else:
+        def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+            result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
+            return np.array(result[output], dtype=np.float32, copy=True)
+    run.executed = executed  # type: ignore[attr-defined]
     return run
 
 

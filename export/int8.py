@@ -1,0 +1,276 @@
+"""OpenVINO INT8 by NNCF post-training quantization, shipped only when it keeps the answers.
+
+``quantize_int8`` quantizes the export's FP32 ONNX graph (and its packed graph, so INT8
+and sequence packing compound) with ``nncf.quantize`` on batches of TRAIN sentences,
+saves OpenVINO IR, runs it through the serving runner (``load_runner("openvino", xml,
+"int8")``) on dev and gates it against the FP32 logits with the export's INT8 gate
+(<= ``INT8_MAX_DROP`` dev accuracy, >= ``INT8_MIN_AGREEMENT`` of the FP32 predictions).
+When plain post-training quantization misses the gate it tries
+``nncf.quantize_with_accuracy_control`` (dev as validation) before giving up; a graph
+that still misses leaves no file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from ofaserve.core.artifacts import OfaserveError, sha256_file
+from ofaserve.runtime.runtimes import load_runner, pack_rows
+
+# The export's INT8 gate (export/exporter.py): <= 0.5 points of dev accuracy and >= 98% of
+# the FP32 predictions unchanged.
+INT8_MAX_DROP = 0.005
+INT8_MIN_AGREEMENT = 0.98
+# 300 train sentences calibrated the demo's MiniLM in 18 s on a 2-core CPU (DESIGN 7) and
+# kept 98.8% of its predictions; batches of 16 are the serving batch size.
+CALIBRATION_SENTENCES = 300
+CALIBRATION_BATCH = 16
+DEV_BATCH = 64  # compress.train.predict's batch size: the same batches as the FP32 dev logits
+
+Batch = tuple[np.ndarray, np.ndarray]  # (input_ids, token_type_ids), int64 [batch, seq]
+Feeds = Callable[[np.ndarray, np.ndarray], dict]
+
+
+class DevSet(NamedTuple):
+    """Dev batches (input_ids, token_type_ids, sentence index of each row) and the labels
+    of every sentence in input order, the order of ``fp32_logits``."""
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Gate:
+    max_drop: float
+    min_agreement: float
+
+    def reasons(self, delta: float, agreement: float) -> list[str]:
+        """Why a variant fails the gate (same wording as the exporter's INT8 gate)."""
+        out = []
+        if delta < -self.max_drop:
+            out.append(f"dev accuracy drop {-delta:.4f} > {self.max_drop}")
+        if agreement < self.min_agreement:
+            out.append(f"agrees with FP32 on {agreement:.2%} of dev < {self.min_agreement:.0%}")
+        return out
+
+
+@dataclass(frozen=True)
+class _Graph:
+    name: str  # variant name in the record and the artifacts
+    onnx_path: Path
+    rel: str  # the IR's path relative to out_dir
+    feeds: Feeds
+
+
+def calibration_batches(train_texts: Sequence[str], tokenizer, sentences: int = CALIBRATION_SENTENCES,
+                        batch_size: int = CALIBRATION_BATCH, seed: int = 0) -> list[Batch]:
+    """A seeded random sample of TRAIN sentences as dynamically padded batches, in random
+    order like serving traffic (never dev or test: the gate is judged on dev)."""
+    from ofaserve.core.tokenizer import encode_batch
+
+    if not train_texts:
+        raise OfaserveError("no train sentences to calibrate INT8 on: pass the task's train split")
+    pick = np.random.default_rng(seed).permutation(len(train_texts))[:sentences]
+    texts = [train_texts[i] for i in pick]
+    return [encode_batch(tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+
+
+def dev_set(texts: Sequence[str], labels: np.ndarray, tokenizer, batch_size: int = DEV_BATCH) -> DevSet:
+    """Dev sentences in the length-sorted batches compress.train.predict evaluates."""
+    from ofaserve.compress.batching import batches
+
+    labels = np.asarray(labels)
+    return DevSet([(ids, types, idx) for ids, types, _, idx in
+                   batches(list(texts), labels, batch_size, length_sorted=True, tokenizer=tokenizer)], labels)
+
+
+def quantize_int8(onnx_path: str | Path, out_dir: str | Path, calibration: Sequence[Batch], validation: DevSet,
+                  fp32_logits: np.ndarray, *, pad_id: int, packed_onnx_path: str | Path | None = None,
+                  max_drop: float = INT8_MAX_DROP, min_agreement: float = INT8_MIN_AGREEMENT,
+                  accuracy_control: bool = True, progress: bool = False) -> tuple[dict, dict[str, str]]:
+    """INT8 OpenVINO IR of the plain (and packed) FP32 ONNX graph, gated on dev.
+
+    Returns (record, artifacts): record maps each variant (``openvino_int8``,
+    ``openvino_packed_int8``) to its method, calibration, seconds, dev accuracy, delta,
+    agreement and max abs logits diff vs FP32, what executed, shipped (or why not) and the
+    sha256 of its files; artifacts maps each shipped variant to its .xml relative to
+    ``out_dir`` (the .bin lies next to it). Unshipped variants leave no file."""
+    _check_inputs(calibration, validation, fp32_logits)
+    gate, out_dir = Gate(float(max_drop), float(min_agreement)), Path(out_dir)
+    graphs = [_Graph("openvino_int8", Path(onnx_path), "openvino/model_int8.xml",
+                     lambda ids, types: {"input_ids": ids, "token_type_ids": types})]
+    if packed_onnx_path is not None:
+        graphs.append(_Graph("openvino_packed_int8", Path(packed_onnx_path), "openvino/model_packed_int8.xml",
+                             lambda ids, types: pack_rows(ids, types, pad_id)))
+    record: dict[str, Any] = {}
+    logits: dict[str, np.ndarray] = {}
+    try:
+        for graph in graphs:
+            record[graph.name], logits[graph.name] = _quantize_graph(
+                graph, out_dir, calibration, validation, fp32_logits, gate, pad_id, accuracy_control, progress)
+    except BaseException:  # the caller gets no record, so no file may stay either
+        _remove_unshipped(out_dir, graphs, {})
+        raise
+    _remove_unshipped(out_dir, graphs, record)
+    if len(logits) == 2:
+        plain, packed = logits["openvino_int8"], logits["openvino_packed_int8"]
+        record["openvino_packed_int8"].update(
+            agreement_with_int8=float(np.mean(packed.argmax(-1) == plain.argmax(-1))),
+            max_abs_logits_diff_vs_int8=float(np.abs(packed - plain).max()))
+    artifacts = {g.name: g.rel for g in graphs if record.get(g.name, {}).get("shipped")}
+    return record, artifacts
+
+
+def _check_inputs(calibration: Sequence[Batch], validation: DevSet, fp32_logits: np.ndarray) -> None:
+    if not calibration:
+        raise OfaserveError("no calibration batches: pass train sentences (calibration_batches)")
+    n = len(validation.labels)
+    covered = np.concatenate([idx for _, _, idx in validation.batches]) if validation.batches else np.array([])
+    if n == 0 or len(covered) != n or not np.array_equal(np.sort(covered), np.arange(n)):
+        raise OfaserveError("the dev batches must cover every dev sentence exactly once (use dev_set)")
+    if fp32_logits.ndim != 2 or fp32_logits.shape[0] != n:
+        raise OfaserveError(f"fp32_logits has shape {list(fp32_logits.shape)}, expected [{n}, num_labels] "
+                            "in the dev sentences' input order")
+
+
+def _quantize_graph(graph: _Graph, out_dir: Path, calibration: Sequence[Batch], dev: DevSet,
+                    fp32_logits: np.ndarray, gate: Gate, pad_id: int, accuracy_control: bool,
+                    progress: bool) -> tuple[dict, np.ndarray]:
+    """Plain PTQ, then accuracy control if that misses the gate; the last try's record."""
+    import nncf
+
+    start = time.perf_counter()
+    xml = out_dir / graph.rel
+    dataset = nncf.Dataset(list(calibration), lambda b: graph.feeds(b[0], b[1]))
+    base = {"graph": graph.onnx_path.name, "artifact": graph.rel, "runtime": "openvino", "precision": "int8",
+            "calibration_sentences": int(sum(len(ids) for ids, _ in calibration)),
+            "calibration_batches": len(calibration), "calibration_split": "train",
+            "max_drop": gate.max_drop, "min_agreement": gate.min_agreement, "nncf": nncf.__version__}
+    with _nncf_output(progress):
+        _save(nncf.quantize(_read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER,
+                            subset_size=len(calibration)), xml)
+    quantize_s = round(time.perf_counter() - start, 1)
+    result, logits = _evaluate(xml, dev, fp32_logits, gate, pad_id)
+    result.update(method="nncf.quantize", quantize_s=quantize_s)
+    fp32_meets_gate = min(gate.max_drop, 1.0 - gate.min_agreement) >= 0
+    if result["shipped"] or not accuracy_control or not fp32_meets_gate:
+        if not result["shipped"]:
+            result["accuracy_control"] = ("not tried: disabled by the caller" if not accuracy_control else
+                                          "not tried: not even FP32 itself meets this gate")
+        return {**base, **result, "seconds": round(time.perf_counter() - start, 1)}, logits
+    first = {k: result[k] for k in ("accuracy", "delta_vs_fp32", "agreement_with_fp32", "not_shipped_because")}
+    ac_start = time.perf_counter()
+    with _nncf_output(progress):
+        _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), xml)
+    quantize_s = round(time.perf_counter() - ac_start, 1)
+    result, logits = _evaluate(xml, dev, fp32_logits, gate, pad_id)
+    result.update(method="nncf.quantize_with_accuracy_control",
+                  method_why=f"nncf.quantize missed the gate: {first['not_shipped_because']}",
+                  quantize_s=quantize_s, first_try=first,
+                  dev_reused="accuracy control chose the layers to keep in float on dev: the dev gate "
+                             "is optimistic, test accuracy is the unbiased check")
+    return {**base, **result, "seconds": round(time.perf_counter() - start, 1)}, logits
+
+
+def _read(graph: _Graph):
+    import openvino as ov
+
+    if not graph.onnx_path.is_file():
+        raise OfaserveError(f"{graph.onnx_path} does not exist: export the FP32 ONNX graph first")
+    return ov.Core().read_model(str(graph.onnx_path))
+
+
+def _save(model, xml: Path) -> None:
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # compress_to_fp16=False: the float parts stay exactly the FP32 weights the gate judged.
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+
+
+def _accuracy_control(graph: _Graph, dataset, dev: DevSet, fp32_logits: np.ndarray, gate: Gate):
+    """``nncf.quantize_with_accuracy_control`` aiming at the gate itself.
+
+    Its metric is the smaller margin of the two gate conditions on the items it is given,
+    min(accuracy - FP32 accuracy + max_drop, agreement - min_agreement): >= 0 exactly when
+    the gate holds, and min(max_drop, 1 - min_agreement) for the FP32 model, so that value
+    as NNCF's absolute max_drop stops it as soon as both conditions hold."""
+    import nncf
+
+    fp32_pred = fp32_logits.argmax(-1)
+
+    def gate_margin(compiled, items) -> tuple[float, None]:
+        output = compiled.output("logits")
+        idx, pred = [], []
+        for ids, types, index in items:
+            pred.append(np.asarray(compiled(graph.feeds(ids, types))[output]).argmax(-1))
+            idx.append(index)
+        idx, pred = np.concatenate(idx), np.concatenate(pred)
+        delta = float(np.mean(pred == dev.labels[idx]) - np.mean(fp32_pred[idx] == dev.labels[idx]))
+        agreement = float(np.mean(pred == fp32_pred[idx]))
+        return min(delta + gate.max_drop, agreement - gate.min_agreement), None
+
+    return nncf.quantize_with_accuracy_control(
+        _read(graph), dataset, nncf.Dataset(list(dev.batches)), gate_margin,
+        max_drop=min(gate.max_drop, 1.0 - gate.min_agreement), drop_type=nncf.DropType.ABSOLUTE,
+        model_type=nncf.ModelType.TRANSFORMER, subset_size=dataset.get_length())
+
+
+def _evaluate(xml: Path, dev: DevSet, fp32_logits: np.ndarray, gate: Gate, pad_id: int) -> tuple[dict, np.ndarray]:
+    """Dev through the serving runner (what Triton would run), compared with FP32."""
+    run = load_runner("openvino", xml, precision="int8", pad_id=pad_id)
+    logits = np.zeros(fp32_logits.shape, dtype=np.float32)
+    for ids, types, idx in dev.batches:
+        logits[idx] = run(ids, types)
+    pred, fp32_pred = logits.argmax(-1), fp32_logits.argmax(-1)
+    accuracy = float(np.mean(pred == dev.labels))
+    fp32_accuracy = float(np.mean(fp32_pred == dev.labels))
+    agreement = float(np.mean(pred == fp32_pred))
+    reasons = gate.reasons(accuracy - fp32_accuracy, agreement)
+    result = {"accuracy": accuracy, "fp32_accuracy": fp32_accuracy, "delta_vs_fp32": accuracy - fp32_accuracy,
+              "agreement_with_fp32": agreement,
+              "max_abs_logits_diff_vs_fp32": float(np.abs(logits - fp32_logits).max()),
+              "n": int(len(dev.labels)), "executed": run.executed, "shipped": not reasons}
+    if reasons:
+        result["not_shipped_because"] = "; ".join(reasons)
+    return result, logits
+
+
+def _remove_unshipped(out_dir: Path, graphs: list[_Graph], record: dict) -> None:
+    """Delete the IR of every variant that did not ship, checksum the rest."""
+    for graph in graphs:
+        xml = out_dir / graph.rel
+        files = [xml, xml.with_suffix(".bin")]
+        entry = record.get(graph.name)
+        if entry is not None and entry.get("shipped"):
+            entry["sha256"] = {str(Path(graph.rel).with_name(f.name)): sha256_file(f) for f in files}
+            continue
+        for f in files:
+            f.unlink(missing_ok=True)
+    folder = out_dir / "openvino"
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+@contextlib.contextmanager
+def _nncf_output(progress: bool):
+    """NNCF's progress bars and INFO lines only when asked for; its warnings always."""
+    import nncf
+    from nncf.common.logging import nncf_logger
+
+    if progress:
+        yield
+        return
+    level = nncf_logger.level
+    nncf.set_log_level(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the bars are rich consoles on stdout
+            yield
+    finally:
+        nncf.set_log_level(level)
