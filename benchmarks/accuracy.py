@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ofaserve.core.artifacts import OfaserveError, read_manifest, write_json
-from ofaserve.compress.pipeline import results_table
+from ofaserve.core.tables import results_table
 
 
 def accuracy_record(manifest: dict, command: str) -> dict:

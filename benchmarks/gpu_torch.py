@@ -163,12 +163,12 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
          seed: int) -> dict[str, Any]:
     import pickle
 
-    from tokenizers import Tokenizer
 
     from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, machine_info, now_iso,
                                     read_manifest, write_json)
-    from ofaserve.export.exporter import load_compress_output, load_dev
-    from ofaserve.export.runners import onnxruntime
+    from ofaserve.core.tasks import dev_split_of
+    from ofaserve.core.tokenizer import load_tokenizer
+    from ofaserve.runtime.runtimes import load_runner
 
     manifests = [read_manifest(d, stage="export") for d in export_dirs]
     first = manifests[0]
@@ -178,10 +178,8 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
         if m["max_seq_length"] != first["max_seq_length"]:
             raise OfaserveError("the exports truncate differently (max_seq_length); re-export one of them")
     # the dev split the compress stage evaluated on, read from its manifest (csv tasks too)
-    texts, labels = load_dev(load_compress_output(first["source"]["compress_dir"]))
-    tok = Tokenizer.from_file(f"{export_dirs[0]}/{first['artifacts']['tokenizer']}")
-    tok.no_padding()
-    tok.enable_truncation(max_length=first["max_seq_length"])
+    texts, labels = dev_split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
+    tok = load_tokenizer(Path(export_dirs[0]) / first["artifacts"]["tokenizer"], first["max_seq_length"])
     pad = first["pad_token_id"]
     # every dev sentence, in the benchmark's seeded batches (the last partial batch too)
     order = np.random.default_rng(seed).permutation(len(texts))
@@ -208,7 +206,7 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
             cfg = json.loads((sub / "model_config.json").read_text())
             with open(sub / "model_state.pdparams", "rb") as f:
                 state = {k: np.asarray(v) for k, v in pickle.load(f).items()}
-            reference = onnxruntime(Path(d) / m["artifacts"]["onnx"])
+            reference = load_runner("onnxruntime", Path(d) / m["artifacts"]["onnx"])
             ref_logits = {f"logits_{i}": reference(real[f"ids_{i}"], real[f"types_{i}"]) for i in range(n_real)}
             # the forward written above must reproduce the export before it goes anywhere
             check = bert_logits(state, cfg, real["ids_0"], real["types_0"], NumpyOps)

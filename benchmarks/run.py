@@ -18,6 +18,7 @@ import shlex
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ofaserve.benchmarks import inprocess, stats
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_workload
 from ofaserve.core.artifacts import OfaserveError, machine_info, now_iso, write_json
+from ofaserve.core.tasks import load_task
 
 PROG = "ofaserve bench"
 SCHEMA_VERSION = 1
@@ -306,8 +308,21 @@ def round_order(models: list[str], r: int) -> list[str]:
     return list(models) if r % 2 == 0 else list(reversed(models))
 
 
-# --------------------------------------------------------------------------- main
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+# --------------------------------------------------------------------------- plan
+@dataclass
+class Plan:
+    """The checked settings of one bench run."""
+    args: argparse.Namespace
+    workloads: list[str]
+    requests: int | None
+    rounds: int
+    repo: Path | None
+    extra_specs: list
+    out_dir: Path
+    n_base: int
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     workloads = ([] if args.no_fixed else ["fixed"]) + (["real"] if args.real_text else [])
     if not workloads:
         raise OfaserveError("--no_fixed without --real_text leaves nothing to measure")
@@ -332,191 +347,248 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     if out_dir.exists() and not out_dir.is_dir():
         raise OfaserveError(f"--output_dir {out_dir} exists and is not a folder")
+    n_base = args.baseline_requests if args.baseline_requests is not None else min(requests or 60, 60)
+    return Plan(args, workloads, requests, rounds, repo, extra_specs, out_dir, n_base)
 
+
+def open_server(stack: ExitStack, plan: Plan) -> tuple[str, Any]:
+    """(gRPC url, client): the server at --url, or one started on the repository."""
+    args, url = plan.args, plan.args.url
+    if args.start_server:
+        from ofaserve.serve.server import TritonServer
+        server = TritonServer(str(plan.repo), grpc_port=args.grpc_port, http_port=args.http_port,
+                              metrics_port=args.metrics_port)
+        print(f"{PROG}: starting Triton on {plan.repo} ...", file=sys.stderr)
+        server.start(timeout=300)
+        stack.callback(server.stop)
+        url = server.grpc_url
+    client = connect(url)
+    stack.callback(client.close)
+    return url, client
+
+
+def discover(client, url: str, plan: Plan) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(models, full width first; what each serves), checked against the workloads."""
+    args = plan.args
+    index = repository_index(client)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else discover_models(index)
+    if not models:
+        raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "
+                            f"(models: {', '.join(sorted(index)) or 'none'})")
+    check_models(client, index, models, plan.workloads)
+    repo_manifest = read_repo_manifest(plan.repo)
+    infos = {m: model_info(client, m, plan.repo, repo_manifest) for m in models}
+    too_long = {m: i["max_seq_length"] for m, i in infos.items()
+                if "fixed" in plan.workloads and i["max_seq_length"] and args.seq_len > i["max_seq_length"]}
+    if too_long:
+        raise OfaserveError(f"--seq_len {args.seq_len} exceeds the max_seq_length of "
+                            + ", ".join(f"{m} ({n})" for m, n in too_long.items())
+                            + "; pass a --seq_len within it")
+    models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))  # full width first in tables and ABBA order
+    return models, {m: infos[m] for m in models}
+
+
+def make_workloads(plan: Plan, infos: dict[str, dict[str, Any]]) -> dict[str, Workload]:
+    """Identical inputs for every model."""
+    args, wl = plan.args, {}
+    if "fixed" in plan.workloads:
+        vocab = args.vocab_size or min((v for v in (i["vocab_size"] for i in infos.values()) if v), default=100)
+        if args.vocab_size and any(i["vocab_size"] and args.vocab_size > i["vocab_size"] for i in infos.values()):
+            raise OfaserveError(f"--vocab_size {args.vocab_size} exceeds a model's vocabulary "
+                                f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
+        wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
+    if "real" in plan.workloads:
+        texts, _ = load_task(args.task).split("dev")
+        wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
+    return wl
+
+
+def _softmax_after(runner, encode):
+    def fn(b):
+        logits = runner(*encode(b))
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    return fn
+
+
+def make_baselines(client, plan: Plan, models: list[str], infos: dict, wl: dict[str, Workload]):
+    """In-process runners of each served encoder (and of --runtimes variants), keyed by
+    (model, workload, runtime label); notes say what could not be loaded."""
+    fns: dict[tuple[str, str, str], dict[str, Any]] = {}
+    notes: list[str] = []
+    if plan.n_base <= 0:
+        return fns, notes
+    if plan.repo is None:
+        return fns, ["no --model_repository: in-process baselines skipped"]
+    for m in models:
+        enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
+        served = inprocess.spec_from_config(enc_cfg)
+        specs = [served] + [sp if sp.threads else inprocess.RuntimeSpec(sp.runtime, sp.precision, served.threads)
+                            for sp in plan.extra_specs]
+        encode = None
+        if "real" in wl:
+            try:
+                encode = real_text_encoder(m, plan.repo)
+            except Exception as e:
+                notes.append(f"{m}: real-text in-process baseline skipped ({_short(e)})")
+        for spec in dict.fromkeys(specs):
+            try:
+                runner, how = inprocess.load_baseline_runner(plan.repo / f"{m}_encoder", spec,
+                                                             infos[m]["encoder_parameters"], served=spec == served)
+            except Exception as e:  # a variant that cannot load is reported, not fatal
+                notes.append(f"{m} {spec.label}: not loadable in-process ({_short(e)})")
+                continue
+            for wname in wl:
+                if wname == "fixed":
+                    fn = (lambda b, runner=runner: runner(b[0], b[1]))
+                elif encode is not None:
+                    fn = _softmax_after(runner, encode)
+                else:
+                    continue
+                fns[(m, wname, spec.label)] = {"fn": fn, "served": spec == served, "loader": how, "res": []}
+    return fns, notes
+
+
+# --------------------------------------------------------------------------- measurement
+class Measurement:
+    """Rounds of ABBA-ordered chunks: per model and workload, the in-process chunk (server
+    idle), then the served chunks at each concurrency, with Triton's statistics around each."""
+
+    def __init__(self, client, url: str, plan: Plan, models: list[str], wl: dict[str, Workload],
+                 baselines: dict):
+        self.client, self.url, self.plan, self.models, self.wl = client, url, plan, models, wl
+        self.baselines, self.bar = baselines, None  # a progress bar, set by the caller
+        args = plan.args
+        self.per_round = split_counts(plan.requests, plan.rounds) if plan.requests else None
+        self.dur_round = args.duration / plan.rounds if args.duration else None
+        self.base_round = split_counts(plan.n_base, plan.rounds) if plan.n_base > 0 else [0] * plan.rounds
+        self.cells: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.warm = stats.Accounting()
+
+    def total_units(self) -> int:
+        a = self.plan.args
+        return (len(self.models) * len(self.wl) * len(a.concurrency) * ((self.plan.requests or 0)
+                                                                        + self.plan.rounds * a.warmup)
+                + sum(self.base_round) * len(self.baselines))
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        for r in range(self.plan.rounds):
+            for m in round_order(self.models, r):
+                for wname, w in self.wl.items():
+                    self._in_process(m, wname, w, r)
+                    target = Target(m, w, f"{m}_encoder" if wname == "fixed" else m)
+                    for c in self.plan.args.concurrency:
+                        self._served(target, wname, c, r)
+        return time.perf_counter() - t0
+
+    @property
+    def tick(self):
+        return (lambda: self.bar.update(1)) if self.bar is not None else None
+
+    def _note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def _in_process(self, m: str, wname: str, w: Workload, r: int) -> None:
+        n = self.base_round[r]
+        for (bm, bw, label), b in self.baselines.items():
+            if bm == m and bw == wname and n:
+                b["fn"](w.batch(0))  # warm this runner after other models ran
+                self._note(f"{m} {wname} in-process {label}")
+                b["res"].append(inprocess.time_runner(b["fn"], w.batches, n, start_index=sum(self.base_round[:r])))
+                if self.bar is not None:
+                    self.bar.update(n)
+
+    def _served(self, target: Target, wname: str, c: int, r: int) -> None:
+        args, client, name = self.plan.args, self.client, target.infer_model
+        self._note(f"{target.model} {wname} c={c} round {r + 1}/{self.plan.rounds}")
+        before = settled_snapshot(client, name)
+        if args.warmup:
+            wres = run_closed_loop(self.url, target, c, n_requests=args.warmup, timeout_s=args.timeout,
+                                   on_done=self.tick)
+            self.warm = self.warm.merge(wres.accounting)
+            before = settled_snapshot(client, name, _handled(before, name) + wres.accounting.sent)
+        res = run_closed_loop(self.url, target, c, n_requests=self.per_round[r] if self.per_round else None,
+                              duration_s=self.dur_round, timeout_s=args.timeout,
+                              start_index=sum(self.per_round[:r]) if self.per_round else 0, on_done=self.tick)
+        after = settled_snapshot(client, name, _handled(before, name) + res.accounting.sent)
+        cell = self.cells.setdefault((target.model, wname, c), {"chunks": [], "server": {}})
+        cell["chunks"].append(res)
+        stats.add_deltas(cell["server"], stats.stats_delta(before, after))
+
+
+# --------------------------------------------------------------------------- report
+def served_results(cells: dict, infos: dict, models: list[str], workloads: list[str]) -> list[dict[str, Any]]:
+    results = []
+    for (m, wname, c), cell in cells.items():
+        chunks = cell["chunks"]
+        acc = stats.Accounting()
+        for ch in chunks:
+            acc = acc.merge(ch.accounting)
+        lat = [x for ch in chunks for x in ch.latencies_ms]
+        wall = sum(ch.wall_s for ch in chunks)
+        sentences = sum(ch.sentences_ok for ch in chunks)
+        relevant = [infos[m]["encoder"]] if wname == "fixed" else [m] + [x for x in infos[m]["composing"] if x]
+        server_side = {name: stats.server_side_summary(cell["server"].get(name, {})) for name in relevant}
+        steps = relevant if wname == "fixed" else (relevant[1:] or relevant)
+        results.append({
+            "model": m, "workload": wname, "concurrency": c,
+            "infer_model": f"{m}_encoder" if wname == "fixed" else m,
+            "runtime": infos[m]["runtime_label"],
+            "latency_ms": stats.summarize_latencies(lat),
+            "wall_s": wall, "chunk_wall_s": [ch.wall_s for ch in chunks],
+            "sentences_ok": sentences,
+            "throughput_sps": stats.throughput(sentences, wall),
+            "requests_per_s": stats.throughput(acc.ok, wall),
+            "accounting": acc.to_dict(),
+            "wall_consistent": stats.check_wall_consistency(lat, wall, c),
+            "server_side": server_side,
+            "server_pipeline": stats.pipeline_totals(server_side, steps),
+            "server_counters": {name: cell["server"].get(name, {}) for name in relevant},
+            "latencies_ms": lat,
+        })
+    results.sort(key=lambda r: (workloads.index(r["workload"]), r["concurrency"], models.index(r["model"])))
+    return results
+
+
+def baseline_results(baselines: dict, batch_size: int) -> list[dict[str, Any]]:
+    out = []
+    for (m, wname, label), b in baselines.items():
+        lat = [x for res in b["res"] for x in res.latencies_ms]
+        wall = sum(res.wall_s for res in b["res"])
+        out.append({"model": m, "workload": wname, "runtime": label, "served_runtime": b["served"],
+                    "loader": b["loader"].get("loader"), "latency_ms": stats.summarize_latencies(lat),
+                    "wall_s": wall, "throughput_sps": stats.throughput(len(lat) * batch_size, wall),
+                    "latencies_ms": lat})
+    return out
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    plan = make_plan(args)
     with ExitStack() as stack:
-        url = args.url
-        if args.start_server:
-            from ofaserve.serve.server import TritonServer
-            server = TritonServer(str(repo), grpc_port=args.grpc_port, http_port=args.http_port,
-                                  metrics_port=args.metrics_port)
-            print(f"{PROG}: starting Triton on {repo} ...", file=sys.stderr)
-            server.start(timeout=300)
-            stack.callback(server.stop)
-            url = server.grpc_url
-        client = connect(url)
-        stack.callback(client.close)
-        index = repository_index(client)
-        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else discover_models(index)
-        if not models:
-            raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "
-                                f"(models: {', '.join(sorted(index)) or 'none'})")
-        check_models(client, index, models, workloads)
-        repo_manifest = read_repo_manifest(repo)
-        infos = {m: model_info(client, m, repo, repo_manifest) for m in models}
-        too_long = {m: i["max_seq_length"] for m, i in infos.items()
-                    if "fixed" in workloads and i["max_seq_length"] and args.seq_len > i["max_seq_length"]}
-        if too_long:
-            raise OfaserveError(f"--seq_len {args.seq_len} exceeds the max_seq_length of "
-                                + ", ".join(f"{m} ({n})" for m, n in too_long.items())
-                                + "; pass a --seq_len within it")
-        # full width first in tables and ABBA order
-        models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))
-        infos = {m: infos[m] for m in models}
-        widths = {m: infos[m]["width"] for m in models}
+        url, client = open_server(stack, plan)
+        models, infos = discover(client, url, plan)
         try:
             meta = client.get_server_metadata(as_json=True)
         except Exception:
             meta = {}
-
-        # ---- workloads (identical inputs for every model)
-        wl: dict[str, Workload] = {}
-        if "fixed" in workloads:
-            vocab = args.vocab_size or min((v for v in (i["vocab_size"] for i in infos.values()) if v), default=100)
-            if args.vocab_size and any(i["vocab_size"] and args.vocab_size > i["vocab_size"] for i in infos.values()):
-                raise OfaserveError(f"--vocab_size {args.vocab_size} exceeds a model's vocabulary "
-                                    f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
-            wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
-        if "real" in workloads:
-            from ofaserve.compress.tasks import load_task
-            texts, _ = load_task(args.task).split("dev")
-            wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
-
-        # ---- in-process baselines
-        n_base = args.baseline_requests if args.baseline_requests is not None else min(requests or 60, 60)
-        baselines_fns: dict[tuple[str, str, str], dict[str, Any]] = {}
-        baseline_notes: list[str] = []
-        if n_base > 0 and repo is None:
-            baseline_notes.append("no --model_repository: in-process baselines skipped")
-        elif n_base > 0:
-            for m in models:
-                enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
-                served = inprocess.spec_from_config(enc_cfg)
-                specs = [served] + [sp if sp.threads else inprocess.RuntimeSpec(sp.runtime, sp.precision, served.threads)
-                                    for sp in extra_specs]
-                encode = None
-                if "real" in wl:
-                    try:
-                        encode = real_text_encoder(m, repo)
-                    except Exception as e:
-                        baseline_notes.append(f"{m}: real-text in-process baseline skipped ({_short(e)})")
-                for spec in dict.fromkeys(specs):
-                    try:
-                        runner, how = inprocess.load_baseline_runner(repo / f"{m}_encoder", spec,
-                                                                     infos[m]["encoder_parameters"],
-                                                                     served=spec == served)
-                    except Exception as e:  # a variant that cannot load is reported, not fatal
-                        baseline_notes.append(f"{m} {spec.label}: not loadable in-process ({_short(e)})")
-                        continue
-                    for wname in wl:
-                        if wname == "fixed":
-                            fn = (lambda b, runner=runner: runner(b[0], b[1]))
-                        elif encode is not None:
-                            def fn(b, runner=runner, encode=encode):
-                                logits = runner(*encode(b))
-                                e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-                                return e / e.sum(axis=-1, keepdims=True)
-                        else:
-                            continue
-                        baselines_fns[(m, wname, spec.label)] = {"fn": fn, "served": spec == served,
-                                                                  "loader": how, "res": []}
-
-        # ---- plan and progress
-        concs = args.concurrency
-        per_round = split_counts(requests, rounds) if requests else None
-        dur_round = args.duration / rounds if args.duration else None
-        base_round = split_counts(n_base, rounds) if n_base > 0 else [0] * rounds
-        total_units = (len(models) * len(wl) * len(concs) * ((requests or 0) + rounds * args.warmup)
-                       + sum(base_round) * len(baselines_fns))
-        bar = None
+        wl = make_workloads(plan, infos)
+        baselines, baseline_notes = make_baselines(client, plan, models, infos, wl)
+        measurement = Measurement(client, url, plan, models, wl, baselines)
         if not args.no_progress:
             from tqdm import tqdm
-            bar = tqdm(total=total_units if requests else None, unit="req", desc="bench", file=sys.stderr,
-                       dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal
-            stack.callback(bar.close)
-        tick = (lambda: bar.update(1)) if bar is not None else None
-
-        cells: dict[tuple[str, str, int], dict[str, Any]] = {}
-        warm_acc = stats.Accounting()
+            measurement.bar = tqdm(total=measurement.total_units() if plan.requests else None, unit="req",
+                                   desc="bench", file=sys.stderr, dynamic_ncols=True,
+                                   disable=None)  # None: no bar when stderr is not a terminal
+            stack.callback(measurement.bar.close)
         load_start = _load()
-        t_run = time.perf_counter()
-        for r in range(rounds):
-            for m in round_order(models, r):
-                for wname, w in wl.items():
-                    target = Target(m, w, f"{m}_encoder" if wname == "fixed" else m)
-                    # in-process chunk first (server idle), then the served chunks
-                    for (bm, bw, label), b in baselines_fns.items():
-                        if bm == m and bw == wname and base_round[r]:
-                            b["fn"](w.batch(0))  # warm this runner after other models ran
-                            if bar is not None:
-                                bar.set_postfix_str(f"{m} {wname} in-process {label}")
-                            res = inprocess.time_runner(b["fn"], w.batches, base_round[r],
-                                                        start_index=sum(base_round[:r]))
-                            b["res"].append(res)
-                            if bar is not None:
-                                bar.update(base_round[r])
-                    for c in concs:
-                        if bar is not None:
-                            bar.set_postfix_str(f"{m} {wname} c={c} round {r + 1}/{rounds}")
-                        before = settled_snapshot(client, target.infer_model)
-                        if args.warmup:
-                            wres = run_closed_loop(url, target, c, n_requests=args.warmup,
-                                                   timeout_s=args.timeout, on_done=tick)
-                            warm_acc = warm_acc.merge(wres.accounting)
-                            before = settled_snapshot(client, target.infer_model,
-                                                      _handled(before, target.infer_model) + wres.accounting.sent)
-                        res = run_closed_loop(url, target, c,
-                                              n_requests=per_round[r] if per_round else None,
-                                              duration_s=dur_round, timeout_s=args.timeout,
-                                              start_index=sum(per_round[:r]) if per_round else 0, on_done=tick)
-                        after = settled_snapshot(client, target.infer_model,
-                                                 _handled(before, target.infer_model) + res.accounting.sent)
-                        cell = cells.setdefault((m, wname, c), {"chunks": [], "server": {}})
-                        cell["chunks"].append(res)
-                        stats.add_deltas(cell["server"], stats.stats_delta(before, after))
-        run_wall = time.perf_counter() - t_run
+        run_wall = measurement.run()
         load_end = _load()
-        if bar is not None:
-            bar.close()
-
-        # ---- assemble
-        results = []
-        for (m, wname, c), cell in cells.items():
-            chunks = cell["chunks"]
-            acc = stats.Accounting()
-            for ch in chunks:
-                acc = acc.merge(ch.accounting)
-            lat = [x for ch in chunks for x in ch.latencies_ms]
-            wall = sum(ch.wall_s for ch in chunks)
-            sentences = sum(ch.sentences_ok for ch in chunks)
-            relevant = [infos[m]["encoder"]] if wname == "fixed" else [m] + [x for x in infos[m]["composing"] if x]
-            server_side = {name: stats.server_side_summary(cell["server"].get(name, {})) for name in relevant}
-            steps = relevant if wname == "fixed" else (relevant[1:] or relevant)
-            results.append({
-                "model": m, "workload": wname, "concurrency": c,
-                "infer_model": f"{m}_encoder" if wname == "fixed" else m,
-                "runtime": infos[m]["runtime_label"],
-                "latency_ms": stats.summarize_latencies(lat),
-                "wall_s": wall, "chunk_wall_s": [ch.wall_s for ch in chunks],
-                "sentences_ok": sentences,
-                "throughput_sps": stats.throughput(sentences, wall),
-                "requests_per_s": stats.throughput(acc.ok, wall),
-                "accounting": acc.to_dict(),
-                "wall_consistent": stats.check_wall_consistency(lat, wall, c),
-                "server_side": server_side,
-                "server_pipeline": stats.pipeline_totals(server_side, steps),
-                "server_counters": {name: cell["server"].get(name, {}) for name in relevant},
-                "latencies_ms": lat,
-            })
-        results.sort(key=lambda r: (list(wl).index(r["workload"]), r["concurrency"], models.index(r["model"])))
-        baselines = []
-        for (m, wname, label), b in baselines_fns.items():
-            lat = [x for res in b["res"] for x in res.latencies_ms]
-            wall = sum(res.wall_s for res in b["res"])
-            baselines.append({"model": m, "workload": wname, "runtime": label, "served_runtime": b["served"],
-                              "loader": b["loader"].get("loader"), "latency_ms": stats.summarize_latencies(lat),
-                              "wall_s": wall, "throughput_sps": stats.throughput(len(lat) * args.batch_size, wall),
-                              "latencies_ms": lat})
-        comparisons = stats.compare(results, baselines, widths)
+        if measurement.bar is not None:
+            measurement.bar.close()
+        results = served_results(measurement.cells, infos, models, list(wl))
+        baselines_out = baseline_results(baselines, args.batch_size)
         report = {
             "schema_version": SCHEMA_VERSION,
             "date": now_iso(),
@@ -527,28 +599,36 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                         "load_end": load_end, "busy_warning": _busy_warning(load_start, load_end)},
             "versions": versions(meta.get("version")),
             "server": {"url": url, "started_by_bench": bool(args.start_server), "version": meta.get("version"),
-                       "model_repository": str(repo) if repo else None},
-            "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "concurrency": concs,
-                         "requests": requests, "duration_s": args.duration, "warmup": args.warmup,
-                         "rounds": rounds, "seed": args.seed, "timeout_s": args.timeout,
-                         "baseline_requests": n_base, "workloads": list(wl), "runtimes": args.runtimes},
+                       "model_repository": str(plan.repo) if plan.repo else None},
+            "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "concurrency": args.concurrency,
+                         "requests": plan.requests, "duration_s": args.duration, "warmup": args.warmup,
+                         "rounds": plan.rounds, "seed": args.seed, "timeout_s": args.timeout,
+                         "baseline_requests": plan.n_base, "workloads": list(wl), "runtimes": args.runtimes},
             "workloads": {k: v.info for k, v in wl.items()},
             "models": infos,
             "results": results,
-            "baselines": baselines,
+            "baselines": baselines_out,
             "baseline_notes": baseline_notes,
-            "comparisons": comparisons,
-            "warmup_accounting": warm_acc.to_dict(),
-            "totals": _totals(results, warm_acc),
+            "comparisons": stats.compare(results, baselines_out, {m: infos[m]["width"] for m in models}),
+            "warmup_accounting": measurement.warm.to_dict(),
+            "totals": _totals(results, measurement.warm),
             "run_wall_s": run_wall,
             "plot": "latency.png",
         }
-        out_dir.mkdir(parents=True, exist_ok=True)
-        from ofaserve.benchmarks.report import render_markdown, render_plot
-        render_plot(report, out_dir / "latency.png")
-        write_json(out_dir / "report.json", report)
-        (out_dir / "report.md").write_text(render_markdown(report))
+        write_report(report, plan.out_dir)
+    return exit_code(report, plan.out_dir)
 
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    from ofaserve.benchmarks.report import render_markdown, render_plot
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    render_plot(report, out_dir / "latency.png")
+    write_json(out_dir / "report.json", report)
+    (out_dir / "report.md").write_text(render_markdown(report))
+
+
+def exit_code(report: dict[str, Any], out_dir: Path) -> int:
     print(f"{PROG}: wrote {out_dir}/report.md, report.json, latency.png", file=sys.stderr)
     _print_summary(report)
     tot = report["totals"]

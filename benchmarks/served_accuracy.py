@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -28,26 +29,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
     from sklearn.metrics import accuracy_score
-    from tokenizers import Tokenizer
 
     from ofaserve.benchmarks.inprocess import read_config_parameters
     from ofaserve.core.artifacts import machine_info, now_iso, read_manifest, write_json
-    from ofaserve.compress.tasks import load_task
+    from ofaserve.core.tasks import load_task
+    from ofaserve.core.tokenizer import encode_batch, load_tokenizer
     from ofaserve.serve.client import classify
     from ofaserve.serve.server import TritonServer, free_port
 
     manifest = read_manifest(args.export_dir, stage="export")
     texts, labels = load_task(manifest["source"]["task"]).split("dev")
-    tok = Tokenizer.from_file(f"{args.export_dir}/{manifest['artifacts']['tokenizer']}")
-    tok.enable_truncation(max_length=manifest["max_seq_length"])
+    tok = load_tokenizer(Path(args.export_dir) / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
     session = ort.InferenceSession(f"{args.export_dir}/{manifest['artifacts']['onnx']}",
                                    providers=["CPUExecutionProvider"])
     local = []
     for start in range(0, len(texts), args.batch_size):
-        encs = tok.encode_batch(texts[start:start + args.batch_size])
-        width = max(len(e.ids) for e in encs)
-        ids = np.array([e.ids + [manifest["pad_token_id"]] * (width - len(e.ids)) for e in encs], dtype=np.int64)
-        types = np.array([e.type_ids + [0] * (width - len(e.ids)) for e in encs], dtype=np.int64)
+        ids, types = encode_batch(tok, texts[start:start + args.batch_size], pad_id=manifest["pad_token_id"])
         logits = session.run(["logits"], {"input_ids": ids, "token_type_ids": types})[0]
         e = np.exp(logits - logits.max(-1, keepdims=True))
         local.append(e / e.sum(-1, keepdims=True))

@@ -6,12 +6,9 @@ import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
-
-configure_cpu()  # before paddle is imported anywhere
-
-from ofaserve.core.artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt  # noqa: E402
-from ofaserve.compress.ofa import DEFAULT_WIDTHS  # noqa: E402
-from ofaserve.compress.pipeline import PROFILES, CompressOptions, compress_model, results_table  # noqa: E402
+from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
+from ofaserve.core.artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt
+from ofaserve.core.tables import results_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +91,9 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_cpu()  # thread and MKL settings take effect only before paddle is imported
+    from ofaserve.compress.pipeline import compress_model
+
     terminate_like_interrupt()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -16,13 +16,8 @@ import paddle
 
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.naming import width_key
 
-DEFAULT_WIDTHS = [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]
-
-
-def width_key(width: float) -> str:
-    """Canonical short label of a width: 0.6666666666666666 -> '0.6667'."""
-    return f"{float(width):.4f}".rstrip("0").rstrip(".") if float(width) != 1.0 else "1.0"
 
 
 class OfaSupernet:

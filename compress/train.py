@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from ofaserve.compress import distributed as dist
 from ofaserve.compress import paddleslim_compat as compat
-from ofaserve.compress.ofa import OfaSupernet, width_key
-from ofaserve.compress.tasks import batches
+from ofaserve.compress.ofa import OfaSupernet
+from ofaserve.core.naming import width_key
+from ofaserve.compress.batching import batches
 
 log = logging.getLogger("ofaserve.compress")
 

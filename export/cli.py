@@ -6,10 +6,7 @@ import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
-
-configure_cpu()  # before paddle is imported anywhere
-
-from ofaserve.core.artifacts import OfaserveError  # noqa: E402
+from ofaserve.core.artifacts import OfaserveError
 
 
 def _width(value: str):
@@ -77,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_cpu()  # thread and MKL settings take effect only before paddle is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ofaserve.core.artifacts import interrupted, interrupted_message, terminate_like_interrupt
-
     from ofaserve.export.exporter import ParityError, export_subnet
 
     terminate_like_interrupt()

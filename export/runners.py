@@ -5,19 +5,20 @@ selection see the server's session settings). All take int64 numpy [batch, seq] 
 and return float32 [batch, labels]."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ofaserve.core.artifacts import OfaserveError
+from ofaserve.runtime.runtimes import default_threads, load_runner
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    """The serving encoder's thread rule, so parity and latency run as the server runs."""
+    return default_threads()
 
 
 def dygraph(model) -> LogitsFn:
@@ -30,42 +31,13 @@ def dygraph(model) -> LogitsFn:
 
 
 def paddle_inference(prefix: Path, mkldnn: bool = False) -> LogitsFn:
-    import paddle.inference as pi
-
-    prefix = Path(prefix)
-    model_file = prefix.with_suffix(".json")
-    if not model_file.is_file():
-        model_file = prefix.with_suffix(".pdmodel")  # paddle 2.6
-    config = pi.Config(str(model_file), str(prefix.with_suffix(".pdiparams")))
-    config.disable_gpu()
-    config.set_cpu_math_library_num_threads(threads())
-    if mkldnn:
-        config.enable_mkldnn()
-    else:
-        config.disable_mkldnn()
-    config.disable_glog_info()
-    predictor = pi.create_predictor(config)
-    names = predictor.get_input_names()
-    if sorted(names) != ["input_ids", "token_type_ids"]:
-        raise OfaserveError(f"the static model's inputs are {names}, expected input_ids, token_type_ids")
-    out_name = predictor.get_output_names()[0]
-
-    def fn(ids, types):
-        feeds = {"input_ids": ids, "token_type_ids": types}
-        for n in names:
-            h = predictor.get_input_handle(n)
-            h.reshape(list(feeds[n].shape))
-            h.copy_from_cpu(np.ascontiguousarray(feeds[n], dtype=np.int64))
-        predictor.run()
-        return predictor.get_output_handle(out_name).copy_to_cpu().astype(np.float32)
-    return fn
+    """Paddle Inference through the serving runner; oneDNN off by default for exact parity."""
+    return _int64_inputs(load_runner("paddle", Path(prefix), "fp32", threads(), mkldnn=mkldnn))
 
 
 def _serving_runner(runtime: str, path: Path, precision: str = "fp32", pad_id: int = 0):
-    """The encoder's own runner (serve/triton_models/encoder/runtimes.py): export checks and
-    times each artifact with exactly the session settings the server will use."""
-    from ofaserve.runtime.runtimes import load_runner
-
+    """The encoder's own runner (ofaserve/runtime/runtimes.py): export checks and times
+    each artifact with exactly the session settings the server will use."""
     return load_runner(runtime, path, precision, threads(), pad_id=pad_id)
 
 

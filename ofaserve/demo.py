@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ofaserve.core.naming import model_name
+
 STAGES = ["compress", "export", "repo", "bench"]
 SENTENCES = [
     "A gorgeous, witty, seductive movie.",
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -> int:
     from ofaserve.compress import cli as compress_cli
     from ofaserve.core.artifacts import read_manifest, write_json
-    from ofaserve.compress.pipeline import results_table
+    from ofaserve.core.tables import results_table
     from ofaserve.export import cli as export_cli
     from ofaserve.serve import cli as serve_cli
 
@@ -128,7 +130,7 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
     with TritonServer(repo, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()) as server:
         print(f"ready: gRPC {server.grpc_url}, models: {', '.join(sorted(server.models_ready()))}")
         from ofaserve.serve.client import classify
-        names = {w: f"bert_w{round(float(w) * 100)}" for w in exports}
+        names = {w: model_name("bert", w) for w in exports}
         compressed = names[args.width_mult]
         print(f"\n=== classify over gRPC ({compressed}):")
         answers = classify(SENTENCES, url=server.grpc_url, model=compressed)

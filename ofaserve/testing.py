@@ -76,7 +76,7 @@ def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
 
 def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> tuple[Path, Path, list[str]]:
     """Real Rotten Tomatoes sentences, few of them, as user-style CSV files."""
-    from ofaserve.compress.tasks import load_rt_polarity
+    from ofaserve.core.tasks import load_rt_polarity
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,3 +86,38 @@ def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> t
     train = write_csv(folder / "train.csv", tr[:n_train], [names[i] for i in ytr[:n_train]])
     dev = write_csv(folder / "dev.csv", dv[:n_dev], [names[i] for i in ydv[:n_dev]])
     return train, dev, tr[:n_train]
+
+TINY_WIDTHS = [1.0, 0.75, 0.5]
+
+
+def tiny_compress(folder: str | Path) -> Path:
+    """The real `compress_model` on a tiny checkpoint and tiny task files in ``folder``."""
+    from ofaserve.compress.pipeline import CompressOptions, compress_model
+
+    folder = Path(folder)
+    train, dev, texts = tiny_task_files(folder / "data")
+    ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)
+    out = folder / "compress"
+    compress_model(CompressOptions(
+        output_dir=str(out), model_name_or_path=str(ckpt), train_file=str(train), dev_file=str(dev),
+        width_mult_list=TINY_WIDTHS, max_seq_length=32, batch_size=16, num_teacher_epochs=1,
+        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
+        progress=False, logging_steps=0))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ofaserve.testing tiny-compress FOLDER``: a tiny compress output for
+    harnesses that must run the stages as separate processes (benchmarks.reliability)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ofaserve.testing", description=main.__doc__)
+    p.add_argument("command", choices=["tiny-compress"], help="what to make")
+    p.add_argument("folder", help="work folder; the compress output goes to FOLDER/compress")
+    args = p.parse_args(argv)
+    print(tiny_compress(args.folder))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,6 +37,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
                                 sha256_file, write_manifest)
+from ofaserve.core.naming import encoder_name, model_name
 from ofaserve.runtime import runtimes
 from ofaserve.runtime.runtimes import trt_profile_shapes
 
@@ -292,7 +293,7 @@ def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelC
     steps.add(model_name=f"{name}_tokenizer", model_version=-1,
               input_map={"TEXT": "TEXT"},
               output_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"})
-    steps.add(model_name=f"{name}_encoder", model_version=-1,
+    steps.add(model_name=encoder_name(name), model_version=-1,
               input_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"},
               output_map={"logits": "logits"})
     steps.add(model_name=f"{name}_postprocess", model_version=-1,
@@ -418,7 +419,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
         manifest = _read_export(export_dir)
-        model = f"{name}_w{round(float(manifest['width_mult']) * 100)}"
+        model = model_name(name, manifest['width_mult'])
         if model in exports:
             raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
                                 f"{manifest['width_mult']}: one repository serves each width once")
@@ -428,7 +429,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     output = check_output_dir(output, stage=REPO_STAGE)
     with atomic_output_dir(output) as tmp:
         for model, (export_dir, manifest) in exports.items():
-            enc = tmp / f"{model}_encoder"
+            enc = tmp / encoder_name(model)
             sha = _copy_model_files(export_dir, manifest, enc / "1", chosen[model],
                                     "encoder" if python_encoder else None)
             _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,

@@ -83,11 +83,12 @@ def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path,
     library: 'interrupted' and exit 130 (resume hint), not a failure with exit 2."""
     import ofaserve.core.artifacts as artifacts
     import ofaserve.compress.cli as cli
+    import ofaserve.compress.pipeline as pipeline
     from ofaserve.core.artifacts import OfaserveError
 
     def fails(opts):
         raise OfaserveError("paddle failed: RuntimeError")
-    monkeypatch.setattr(cli, "compress_model", fails)
+    monkeypatch.setattr(pipeline, "compress_model", fails)  # the CLI imports it once it has set CPU threads
     monkeypatch.setattr(cli, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
     argv = ["--output_dir", str(tmp_path / "c")]
     assert cli.main(argv) == 2 and "error: paddle failed" in capsys.readouterr().err

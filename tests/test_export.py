@@ -123,7 +123,7 @@ def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
     np.save(tmp_path / "ids.npy", ids)
     code = (
         "import sys, numpy as np, paddle\n"
-        "from export import load_sub_model\n"
+        "from ofaserve.export import load_sub_model\n"
         f"m = load_sub_model({str(tiny_export_dir / 'sub_model')!r})\n"
         f"ids = np.load({str(tmp_path / 'ids.npy')!r})\n"
         "with paddle.no_grad():\n"
@@ -146,7 +146,7 @@ def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
 
 def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
     """The reference itself: supernet at 0.75 == the reloaded sub model, bit for bit."""
-    from ofaserve.export.exporter import build_supernet, load_compress_output
+    from ofaserve.export.source import build_supernet, load_compress_output
     from ofaserve.export.runners import dygraph
     from ofaserve.export.submodel import load_sub_model
 
@@ -314,7 +314,8 @@ def _with_results(src_dir: Path, dst: Path, teacher: float, accs: dict[str, floa
 
 
 def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
-    from ofaserve.export.exporter import load_compress_output, select_by_accuracy
+    from ofaserve.export.selection import select_by_accuracy
+    from ofaserve.export.source import load_compress_output
 
     src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
@@ -328,7 +329,7 @@ def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
 
 
 def test_choose_within_budget():
-    from ofaserve.export.exporter import choose_within_budget
+    from ofaserve.export.selection import choose_within_budget
 
     rows = [{"width": "1.0", "width_mult": 1.0, "dev_accuracy": 0.81, "latency_ms": 120.0},
             {"width": "0.75", "width_mult": 0.75, "dev_accuracy": 0.80, "latency_ms": 90.0},
@@ -415,18 +416,18 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
 
 
 def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_dir, tmp_path, monkeypatch):
-    from ofaserve.export import exporter
+    from ofaserve.export import parity, precisions, source
     from ofaserve.export.runners import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)
     (folder / "onnx" / "model_int8.onnx").unlink(missing_ok=True)
-    src = exporter.load_compress_output(tiny_compress_dir)
-    dev = exporter.load_dev(src)
-    tok, _ = exporter.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = exporter._dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
-    monkeypatch.setattr(exporter, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
-    res, arts = exporter.precision_variants(folder, dev, tok, logits, m["accuracy"])
+    src = source.load_compress_output(tiny_compress_dir)
+    dev = source.load_dev(src)
+    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    monkeypatch.setattr(precisions, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
+    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"])
     assert res["onnx_int8_dynamic"]["shipped"] is False and "onnx_int8" not in arts
     assert not (folder / "onnx" / "model_int8.onnx").exists()
     assert arts["onnx_fp16"] == "onnx/model_fp16.onnx"
@@ -435,18 +436,18 @@ def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_di
 
 def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir, tiny_export_dir, tmp_path,
                                                               monkeypatch):
-    from ofaserve.export import exporter
+    from ofaserve.export import parity, precisions, source
     from ofaserve.export.runners import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)
-    src = exporter.load_compress_output(tiny_compress_dir)
-    dev = exporter.load_dev(src)
-    tok, _ = exporter.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = exporter._dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
-    monkeypatch.setattr(exporter, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
-    monkeypatch.setattr(exporter, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
-    res, arts = exporter.precision_variants(folder, dev, tok, logits, m["accuracy"])
+    src = source.load_compress_output(tiny_compress_dir)
+    dev = source.load_dev(src)
+    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    monkeypatch.setattr(precisions, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
+    monkeypatch.setattr(precisions, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
+    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"])
     r = res["onnx_int8_dynamic"]
     assert r["shipped"] is False and "onnx_int8" not in arts
     assert "agrees with FP32" in r["not_shipped_because"] and "accuracy drop" not in r["not_shipped_because"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ofaserve.compress.bert import convert_hf_to_paddle, load_pretrained_classifier, load_safetensors, pretrained_dir
-from ofaserve.compress.tasks import encode_batch, load_rt_polarity, make_tokenizer
+from ofaserve.core.tasks import load_rt_polarity
+from ofaserve.core.tokenizer import encode_batch, make_tokenizer
 
 
 def _gelu(x):

@@ -6,12 +6,13 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.artifacts import OfaserveError, read_manifest
 
 from ofaserve.benchmarks.reliability.probes import ROOT, ofaserve_command, wait_until
 
@@ -129,27 +130,24 @@ def run_export(compress_dir: Path, out: Path, width: float, extra: list[str] | N
 
 
 # =============================================================================== models
+# The stages run as separate processes, as a user runs them: this harness measures what
+# a process boundary (signals, exit codes, files left behind) does to them.
 def tiny_export(compress_dir: Path, folder: Path) -> Path:
-    """The real `export_subnet` at width 0.75 of the tiny compress output (as tests/conftest.py)."""
-    from ofaserve.export import export_subnet
+    """`ofaserve export` at width 0.75 of the tiny compress output."""
     out = folder / "tiny_export_w075"
-    export_subnet(str(compress_dir), str(out), 0.75, progress=False)
+    r = run_export(compress_dir, out, 0.75)
+    if r["exit_code"] != 0:
+        raise OfaserveError(f"tiny export failed (exit {r['exit_code']}): {r['stderr_tail']}")
     return out
 
 
 def tiny_compress(folder: Path) -> Path:
-    """The real `compress_model` on the tiny checkpoint (as tests/conftest.py does)."""
-    from ofaserve.compress.pipeline import CompressOptions, compress_model
-    from ofaserve.testing import tiny_task_files, write_tiny_hf_checkpoint
-    train, dev, texts = tiny_task_files(folder / "data")
-    ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)
-    out = folder / "compress"
-    compress_model(CompressOptions(
-        output_dir=str(out), model_name_or_path=str(ckpt), train_file=str(train), dev_file=str(dev),
-        width_mult_list=[1.0, 0.75, 0.5], max_seq_length=32, batch_size=16, num_teacher_epochs=1,
-        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
-        progress=False, logging_steps=0))
-    return out
+    """The real compress stage on a tiny random-weight checkpoint (``ofaserve.testing``)."""
+    cmd = [sys.executable, "-m", "ofaserve.testing", "tiny-compress", str(folder)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise OfaserveError(f"tiny compress failed (exit {r.returncode}): {r.stderr.strip().splitlines()[-3:]}")
+    return folder / "compress"
 
 
 def find_real_export() -> Path | None:

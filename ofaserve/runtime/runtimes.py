@@ -153,7 +153,7 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
     return run
 
 
-def _paddle(prefix: Path, precision: str, threads: int) -> Runner:
+def _paddle(prefix: Path, precision: str, threads: int, mkldnn: bool = True) -> Runner:
     import paddle.inference as pi
 
     # paddle 3.x saves model.json (PIR); 2.6 saves model.pdmodel.
@@ -164,12 +164,17 @@ def _paddle(prefix: Path, precision: str, threads: int) -> Runner:
         raise RuntimeConfigError(f"no Paddle static model at {prefix} (.json/.pdmodel + .pdiparams)")
     config = pi.Config(str(graph), str(params))
     config.disable_gpu()
-    config.enable_mkldnn()
-    # oneDNN caches one primitive set per input shape; bound it, since every
-    # batch/sequence length is a new shape under dynamic padding.
-    config.set_mkldnn_cache_capacity(32)
-    if precision == "bf16":
-        config.enable_mkldnn_bfloat16()
+    if mkldnn:
+        config.enable_mkldnn()
+        # oneDNN caches one primitive set per input shape; bound it, since every
+        # batch/sequence length is a new shape under dynamic padding.
+        config.set_mkldnn_cache_capacity(32)
+        if precision == "bf16":
+            config.enable_mkldnn_bfloat16()
+    elif precision != "fp32":
+        raise RuntimeConfigError(f"Paddle Inference runs {precision} only with oneDNN (mkldnn) on")
+    else:
+        config.disable_mkldnn()  # plain kernels: the exact reference the export's parity uses
     config.set_cpu_math_library_num_threads(threads)
     config.switch_ir_optim(True)
     config.disable_glog_info()

