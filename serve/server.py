@@ -1,7 +1,7 @@
 """Run the Triton Inference Server bundled in the nvidia-pytriton wheel.
 
 The wheel ships a real `tritonserver` (2.51, python backend only) but no launcher we
-can use directly, so this does what pytriton does (DESIGN.md section 4): copy bin/,
+can use directly, so this does what pytriton does: copy bin/,
 backends/ and caches/ into a work dir, drop the python backend stub for this Python
 into backends/python/, and start the binary with libtritonserver.so (renamed, in
 nvidia_pytriton.libs) and this venv's libpython on LD_LIBRARY_PATH and the venv's bin
@@ -83,8 +83,15 @@ class TritonServer:
 
     def __init__(self, model_repository: str | os.PathLike, *, host: str = "127.0.0.1",
                  grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
-                 log_verbose: int = 0) -> None:
+                 log_verbose: int = 0, extra_backends: tuple[str | os.PathLike, ...] = ()) -> None:
+        """``extra_backends``: folders ``<name>/libtriton_<name>.so`` (plus the libraries it
+        loads) served next to the bundled python backend, e.g. a native backend built
+        from source (serve/deploy/build_openvino_backend.sh)."""
         self.model_repository = Path(model_repository).resolve()
+        self.extra_backends = [Path(b).resolve() for b in extra_backends]
+        for backend in self.extra_backends:
+            if not (backend / f"libtriton_{backend.name}.so").is_file():
+                raise OfaserveError(f"{backend} holds no libtriton_{backend.name}.so: build that backend first")
         self.host = host
         self.ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.log_verbose = log_verbose
@@ -124,6 +131,8 @@ class TritonServer:
         for sub in ("bin", "backends", "caches"):
             shutil.copytree(root / sub, self.workdir / sub, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(stub, self.workdir / "backends" / "python" / stub.name)
+        for backend in self.extra_backends:
+            shutil.copytree(backend, self.workdir / "backends" / backend.name, symlinks=True)
         self._env_libs = [sysconfig.get_config_var("LIBDIR") or "", str(libs)]
         args = [str(self.workdir / "bin" / "tritonserver"),
                 f"--model-repository={self.model_repository}",

@@ -16,6 +16,7 @@ are checked against what the repositories need from the image.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
 import sys
@@ -382,7 +383,7 @@ def test_xeon_defaults_to_the_cpu_targets_python_encoder(repos):
     assert xeon.keys() == cpu.keys()
     for name in xeon:
         assert xeon[name] == cpu[name]
-    assert read_manifest(repos[IDS[0]][1], "repo")["precision"] == "fp32"
+    assert read_manifest(repos[IDS[0]][1], "repo")["precision"] == read_manifest(repos[IDS[-1]][1], "repo")["precision"]
 
 
 @pytest.mark.integration
@@ -401,3 +402,60 @@ def test_xeon_repository_serves_on_the_bundled_server(repos, exports):
         for text, r in zip(SENTENCES, got):
             probs = [r["probs"][label] for label in ref.labels]
             assert max(abs(a - b) for a, b in zip(probs, ref.probs(text))) <= 1e-4, (model, text)
+
+
+def _previous_xeon_encoder(config: mc.ModelConfig) -> None:
+    """Turn a native openvino encoder into what the previous generator wrote for --target
+    xeon (max_batch_size 16, [-1] inputs, dynamic batching, batch padding), without its
+    warmups: a failed warmup makes Triton 2.51 tear the instance down, which crashes the
+    server now and then (SIGSEGV in TritonBackendThread::StopBackendThread), so the test
+    sends the requests instead."""
+    config.max_batch_size = 16
+    for tensor in list(config.input) + list(config.output):
+        del tensor.dims[0]
+    config.dynamic_batching.preferred_batch_size.append(16)
+    config.parameters["ENABLE_BATCH_PADDING"].string_value = "YES"
+    del config.model_warmup[:]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not os.environ.get("OFASERVE_OPENVINO_BACKEND"),
+                    reason="needs Triton's openvino backend built from source: OFASERVE_OPENVINO_BACKEND=<dir> "
+                           "(serve/deploy/build_openvino_backend.sh)")
+def test_native_openvino_on_the_real_backend(exports, tmp_path):
+    """Triton's own openvino backend (r24.10 source, built by build_openvino_backend.sh) on
+    the bundled 2.51 server: the --runtime openvino-native repository loads and answers as the
+    export's ONNX does (bf16 where the CPU has it, hence the tolerance). The previous
+    generator's encoder rejects a smaller batch, as openvino.cc's batch padding predicts (it
+    pads into the request tensor, whose sequence axis is 0 until a full batch has set it),
+    and from then on every batch: its batch_pad_size_ is never reset to 0."""
+    from ofaserve.serve.client import classify
+    from ofaserve.serve.server import TritonServer, free_port
+    from tests.test_serve_integration import SENTENCES, Reference
+
+    backend = Path(os.environ["OFASERVE_OPENVINO_BACKEND"])
+
+    def server(repo: Path) -> TritonServer:
+        return TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                            extra_backends=(backend,))
+
+    manifest = build_repository(exports[:1], tmp_path / "new", target="xeon", runtime="openvino-native",
+                                max_batch_size=16)
+    (model,) = manifest["models"]
+    with server(tmp_path / "new") as srv:
+        answers = classify(SENTENCES, url=srv.grpc_url, model=model, batch_size=3)
+    ref = Reference(exports[0])
+    for text, r in zip(SENTENCES, answers):
+        assert max(abs(r["probs"][l] - p) for l, p in zip(ref.labels, ref.probs(text))) <= 1e-2, text
+
+    build_repository(exports[:1], tmp_path / "old", target="xeon", runtime="openvino-native", max_batch_size=16)
+    config_path = tmp_path / "old" / f"{model}_encoder" / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+    _previous_xeon_encoder(config)
+    config_path.write_text(text_format.MessageToString(config))
+    rejected = r"unexpected total byte size \d+ for input '\w+', expecting 0"
+    with server(tmp_path / "old") as srv:  # the first padded batch meets a tensor of shape [16, 0]
+        with pytest.raises(OfaserveError, match=rejected):
+            classify(SENTENCES[:1], url=srv.grpc_url, model=model)
+        with pytest.raises(OfaserveError, match=rejected):  # the padding state sticks: full batches fail too
+            classify((SENTENCES * 4)[:16], url=srv.grpc_url, model=model, batch_size=16)
