@@ -106,16 +106,19 @@ def test_packed_int8_equals_per_sentence_plain_int8(int8_inputs, int8_export):
             per_sentence[i] = plain(ids[row:row + 1, :n], types[row:row + 1, :n])[0]
             packed_alone[i] = packed(ids[row:row + 1, :n], types[row:row + 1, :n])[0]
     packed_batched = _dev_logits(packed, dev, fp32_logits.shape)
+    int8_error = np.abs(per_sentence - fp32_logits).max()
     # Static INT8 quantizes every token with fixed scales and the packed graph masks
-    # attention per sentence, so sharing rows changes only float summation order: the
-    # same packed INT8 graph gives the same logits packed or one sentence per call.
-    assert np.abs(packed_batched - packed_alone).max() <= 1e-5
+    # attention per sentence, so sharing rows changes only float summation order, which
+    # at most moves an activation across a rounding step: the same packed INT8 graph must
+    # give nearly the same logits packed or one sentence per call (measured: 0 here; on the
+    # demo's w0.6667 MiniLM 3.6e-3, 1.2% of its INT8 error, every prediction the same).
+    assert np.abs(packed_batched - packed_alone).max() <= 0.1 * int8_error
     # The two graphs are calibrated separately on the same train sentences laid out
     # differently (padded rows vs packed rows), so their scales differ slightly: packed INT8
     # must be no further from per-sentence plain INT8 than INT8 itself is from FP32
-    # (measured on the tiny export: 7.1e-4 vs 1.1e-3; the dev logits of different sentences
-    # differ by up to 8e-3, so a packing that mixed sentences up would fail this).
-    int8_error = np.abs(per_sentence - fp32_logits).max()
+    # (measured here: 7.1e-4 vs 1.1e-3; MiniLM w0.6667: 0.10 vs 0.31). The dev logits of
+    # different sentences differ by up to 8e-3 here, so a packing that mixed sentences up
+    # would fail both checks.
     assert np.abs(packed_batched - per_sentence).max() <= int8_error
     r = record["openvino_packed_int8"]
     assert r["max_abs_logits_diff_vs_int8"] == pytest.approx(float(np.abs(packed_batched - per_sentence).max()),
