@@ -27,8 +27,12 @@ def write_tiny_vocab(path: Path, texts: list[str], size: int = 128) -> list[str]
 
 
 def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: int = 64, layers: int = 2,
-                             heads: int = 4, ffn: int = 128, vocab_size: int = 128, seed: int = 0) -> Path:
-    """model.safetensors + config.json + vocab.txt of a random BERT, HF tensor names."""
+                             heads: int = 4, ffn: int = 128, vocab_size: int = 128, positions: int = 128,
+                             seed: int = 0) -> Path:
+    """model.safetensors + config.json + vocab.txt of a random BERT, HF tensor names.
+
+    ``positions`` defaults to 128, the serving max_seq_length: sentences that long, and
+    the packed encoder's 128-wide rows, then run against a real graph in the tests."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
@@ -41,11 +45,11 @@ def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: in
 
     t = {
         "embeddings.word_embeddings.weight": w(len(vocab), hidden),
-        "embeddings.position_embeddings.weight": w(64, hidden),
+        "embeddings.position_embeddings.weight": w(positions, hidden),
         "embeddings.token_type_embeddings.weight": w(2, hidden),
         "embeddings.LayerNorm.weight": np.ones(hidden, np.float32),
         "embeddings.LayerNorm.bias": np.zeros(hidden, np.float32),
-        "embeddings.position_ids": np.arange(64, dtype=np.int64)[None],
+        "embeddings.position_ids": np.arange(positions, dtype=np.int64)[None],
         "pooler.dense.weight": w(hidden, hidden), "pooler.dense.bias": w(hidden),
     }
     for i in range(layers):
@@ -61,7 +65,7 @@ def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: in
     save_file(t, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(dict(
         model_type="bert", vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=64, type_vocab_size=2,
+        num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=positions, type_vocab_size=2,
         layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0), indent=1))
     return folder
 
@@ -86,6 +90,7 @@ def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> t
     train = write_csv(folder / "train.csv", tr[:n_train], [names[i] for i in ytr[:n_train]])
     dev = write_csv(folder / "dev.csv", dv[:n_dev], [names[i] for i in ydv[:n_dev]])
     return train, dev, tr[:n_train]
+
 
 TINY_WIDTHS = [1.0, 0.75, 0.5]
 

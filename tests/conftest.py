@@ -7,8 +7,27 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 TINY_WIDTHS = [1.0, 0.75, 0.5]
+# The tiny export serves sentences up to 128 tokens, as the product's exports do, so the
+# packed encoder's 128-wide rows and max-length sentences run in the tests.
+TINY_MAX_SEQ_LENGTH = 128
+
+# Property tests: in CI (the default) each runs its fixed example count from a fixed seed
+# (derandomize), so a run is reproducible; by hand, OFASERVE_HYPOTHESIS_EXAMPLES=N runs N
+# random examples per property test.
+HYPOTHESIS_EXAMPLES_ENV = "OFASERVE_HYPOTHESIS_EXAMPLES"
+_COMMON = dict(deadline=None, print_blob=True, database=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", derandomize=True, **_COMMON)
+settings.register_profile("by_hand", derandomize=False, **_COMMON)
+settings.load_profile("by_hand" if os.environ.get(HYPOTHESIS_EXAMPLES_ENV) else "ci")
+
+
+def examples(ci: int) -> int:
+    """How many examples a property test runs: ``ci`` by default, or the count set by hand."""
+    return int(os.environ.get(HYPOTHESIS_EXAMPLES_ENV) or ci)
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +58,11 @@ def tiny_compress_dir(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
-    """Output of the real `export_subnet` at width 0.75 on ``tiny_compress_dir``
-    (manifest, sub_model/, static/, onnx/ incl. fused/fp16/int8 variants, tokenizer/)."""
+    """Output of the real `export_subnet` at width 0.75 on ``tiny_compress_dir``, serving up
+    to ``TINY_MAX_SEQ_LENGTH`` tokens (manifest, sub_model/, static/, onnx/ incl.
+    fused/packed/fp16/int8 variants, tokenizer/)."""
     from ofaserve.export import export_subnet
 
     out = tmp_path_factory.mktemp("export") / "w075"
-    export_subnet(str(tiny_compress_dir), str(out), 0.75, progress=False)
+    export_subnet(str(tiny_compress_dir), str(out), 0.75, max_seq_length=TINY_MAX_SEQ_LENGTH, progress=False)
     return out

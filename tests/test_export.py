@@ -53,7 +53,7 @@ def test_manifest_and_layout(tiny_export_dir):
 def test_parity_chain(tiny_export_dir):
     p = read_manifest(tiny_export_dir, stage="export")["parity"]
     assert p["ok"] and p["reference"] == "supernet"
-    assert set(p["shapes"]) == {"16x64", "3x37"}  # tiny model: 64 positions caps 128
+    assert set(p["shapes"]) == {"16x128", "3x37"}
     assert p["shapes"]["3x37"]["pad_fraction"] > 0
     for shape in p["shapes"].values():
         assert set(shape["max_abs_diff"]) == {"sub_model", "paddle_static", "onnx", "onnx_ort_fused", "openvino_f32",
@@ -109,11 +109,85 @@ def test_onnx_contract_and_fusion(tiny_export_dir):
     assert np.abs(outs[0] - outs[2]).max() <= 5e-3  # fp16
 
 
-def test_precisions_recorded(tiny_export_dir):
-    pr = read_manifest(tiny_export_dir, stage="export")["precisions"]
-    for name in ("onnx_fp16", "openvino_bf16", "onnx_int8_dynamic"):
-        assert "delta_vs_fp32" in pr[name] and 0 <= pr[name]["agreement_with_fp32"] <= 1, name
-    assert pr["openvino_bf16"]["max_abs_logits_diff_vs_fp32"] > 0  # bf16 really ran
+# Unit roundoff: bf16 keeps 8 significant bits, f32 24. A model run in bf16 differs from
+# f32 by about U_BF16 relative to the size of its logits, two f32 runtimes by a few U_F32:
+# a gap of 2^16. The bounds split it, each far from both ends, so "bf16" that silently ran
+# f32 fails, and so does "fp32" that silently ran bf16.
+U_BF16, U_F32 = 2.0 ** -8, 2.0 ** -24
+F32_MAX_REL = 2 ** 8 * U_F32      # f32 vs f32: at most 256 unit roundoffs
+BF16_MIN_REL = U_BF16 / 16        # bf16 vs f32: at least 1/16 of bf16's unit roundoff ...
+BF16_MAX_REL = 16 * U_BF16        # ... and at most 16 of them (bf16 ran, and ran sanely)
+
+
+def _openvino_bf16_capable() -> tuple[bool, list[str]]:
+    import openvino as ov
+
+    caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return "BF16" in caps, caps
+
+
+def _precision_runs(tiny_export_dir):
+    """f32 logits (ONNX Runtime, OpenVINO) and OpenVINO bf16 logits of one padded batch."""
+    from ofaserve.runtime.runtimes import load_runner
+
+    path = tiny_export_dir / read_manifest(tiny_export_dir, stage="export")["artifacts"]["onnx"]
+    ids, types = _ids(batch=16, seq=128, seed=5)
+    return {name: load_runner(kind, path, precision, threads=2)(ids, types)
+            for name, kind, precision in (("ort_f32", "onnxruntime", "fp32"), ("ov_f32", "openvino", "fp32"),
+                                          ("ov_bf16", "openvino", "bf16"))}
+
+
+def test_openvino_fp32_runner_runs_f32(tiny_export_dir):
+    """On a bf16 CPU OpenVINO runs bf16 unless told otherwise: the fp32 runner must pin f32."""
+    out = _precision_runs(tiny_export_dir)
+    scale = float(np.abs(out["ort_f32"]).max())
+    assert np.abs(out["ov_f32"] - out["ort_f32"]).max() <= F32_MAX_REL * scale
+
+
+def test_openvino_bf16_runner_runs_bf16(tiny_export_dir):
+    """Where the CPU has bf16, the bf16 runner's logits differ from f32 in the same runtime
+    by what bf16 rounding gives (not by float noise: then it silently ran f32)."""
+    import openvino as ov
+
+    capable, caps = _openvino_bf16_capable()
+    if not capable:
+        pytest.skip(f"no bf16 on this CPU (OpenVINO OPTIMIZATION_CAPABILITIES {caps}): bf16 would run as f32")
+    path = tiny_export_dir / read_manifest(tiny_export_dir, stage="export")["artifacts"]["onnx"]
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    out = _precision_runs(tiny_export_dir)
+    scale = float(np.abs(out["ov_f32"]).max())
+    diff = float(np.abs(out["ov_bf16"] - out["ov_f32"]).max())
+    assert BF16_MIN_REL * scale <= diff <= BF16_MAX_REL * scale, (diff, scale)
+
+
+def test_precision_records_match_the_artifacts_and_gates(tiny_compress_dir, tiny_export_dir):
+    """The recorded dev accuracy and agreement of the FP16 and bf16 variants are what their
+    artifacts give now, and every gated variant ships exactly when it meets both limits."""
+    from ofaserve.export import parity, precisions, source
+    from ofaserve.export.runners import onnxruntime, openvino
+
+    m = read_manifest(tiny_export_dir, stage="export")
+    pr, arts = m["precisions"], m["artifacts"]
+    src = source.load_compress_output(tiny_compress_dir)
+    dev = source.load_dev(src)
+    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    fp32, fp32_logits = parity.dev_eval(onnxruntime(tiny_export_dir / arts["onnx"]), dev, tok)
+    assert pr["fp32"]["accuracy"] == fp32["accuracy"]
+    runs = {"onnx_fp16": lambda: onnxruntime(tiny_export_dir / arts["onnx_fp16"])}
+    if _openvino_bf16_capable()[0]:
+        runs["openvino_bf16"] = lambda: openvino(tiny_export_dir / arts["onnx"], "bf16")
+    for name, make in runs.items():
+        got, logits = parity.dev_eval(make(), dev, tok)
+        assert pr[name]["accuracy"] == got["accuracy"], name
+        assert pr[name]["delta_vs_fp32"] == pytest.approx(got["accuracy"] - fp32["accuracy"], abs=1e-12), name
+        assert pr[name]["agreement_with_fp32"] == float(np.mean(logits.argmax(-1) == fp32_logits.argmax(-1))), name
+    gated = {name: r for name, r in pr.items() if "shipped" in r}
+    assert gated, "no precision variant went through the gate"
+    for name, r in gated.items():
+        assert (r["max_drop"], r["min_agreement"]) == (precisions.INT8_MAX_DROP, precisions.INT8_MIN_AGREEMENT)
+        meets = r["delta_vs_fp32"] >= -r["max_drop"] and r["agreement_with_fp32"] >= r["min_agreement"]
+        assert r["shipped"] == meets, (name, r)
 
 
 def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
@@ -174,14 +248,19 @@ def test_loader_refuses_wrong_head_count(tiny_export_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- sizes
-def test_param_counts(tiny_export_dir):
+def test_param_counts(tiny_checkpoint, tiny_export_dir):
     import paddle
+    from safetensors.numpy import load_file
 
     m = read_manifest(tiny_export_dir, stage="export")
     state = paddle.load(str(tiny_export_dir / "sub_model" / "model_state.pdparams"))
     assert m["params"]["total"] == sum(int(np.prod(v.shape)) for v in state.values())
     assert m["params"]["encoder"] == sum(int(np.prod(v.shape)) for k, v in state.items() if ".encoder." in k)
-    assert m["params"]["full_width_total"] == 83778  # 2 x 64 x 4-head BERT, vocab 128, 64 positions
+    # full width = the pretrained checkpoint's tensors (less its position_ids buffer) + the classifier
+    hf = load_file(str(tiny_checkpoint[0] / "model.safetensors"))
+    hidden, labels = hf["pooler.dense.bias"].size, m["num_labels"]
+    assert m["params"]["full_width_total"] == sum(v.size for k, v in hf.items() if k != "embeddings.position_ids"
+                                                  ) + hidden * labels + labels
     assert 0.74 < m["params"]["encoder_fraction"] < 0.76
 
 
