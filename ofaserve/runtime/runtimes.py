@@ -256,9 +256,10 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
     _require_file(path)
     available = ort.get_available_providers()
     if "TensorrtExecutionProvider" not in available:
+        # both wheels install the same `onnxruntime` module: the CPU one must go first
         raise RuntimeConfigError(
-            "runtime 'onnxruntime-trt' needs onnxruntime-gpu with TensorRT (pip install "
-            f"onnxruntime-gpu tensorrt); this onnxruntime offers only {available}")
+            "runtime 'onnxruntime-trt' needs onnxruntime-gpu and TensorRT in place of the CPU onnxruntime "
+            f"(pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt); this one offers {available}")
     cache_dir = cache_dir or str(path.parent / "trt_cache")
     os.makedirs(cache_dir, exist_ok=True)  # all levels: the TensorRT EP itself creates only the last
     trt = {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
@@ -275,6 +276,11 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
         str(path), opts, providers=[("TensorrtExecutionProvider", trt),
                                     ("CUDAExecutionProvider", {"device_id": device_id}),
                                     "CPUExecutionProvider"])
+    if session.get_providers()[0] != "TensorrtExecutionProvider":
+        # ONNX Runtime only warns when TensorRT fails to load, then runs on CUDA or the CPU
+        raise RuntimeConfigError(
+            "runtime 'onnxruntime-trt': TensorRT did not load (needs a CUDA GPU and libnvinfer: pip install tensorrt, "
+            f"its tensorrt_libs folder on LD_LIBRARY_PATH); the session fell back to {session.get_providers()}")
     return _ort_run(session, pad_id)
 
 
