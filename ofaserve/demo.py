@@ -84,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def latency_figures(report: dict) -> dict:
+    """The figures of the latency tables the demo prints (report.md), from report.json."""
+    def row(r: dict, **extra) -> dict:
+        return {"model": r["model"], "workload": r["workload"], **extra, "runtime": r.get("runtime"),
+                **{k: r["latency_ms"][k] for k in ("p50", "p90", "p99", "mean")},
+                "throughput_sps": r.get("throughput_sps")}
+    return {"triton_grpc": [row(r, concurrency=r["concurrency"]) for r in report.get("results", [])],
+            "in_process": [row(b) for b in report.get("baselines", [])],
+            "comparisons": report.get("comparisons", {})}
+
+
 def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -> int:
     from ofaserve.compress import cli as compress_cli
     from ofaserve.core.artifacts import read_manifest, write_json
@@ -158,7 +169,7 @@ def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -
         "model_repository": str(repo),
         "classified": [{"text": s, **a} for s, a in zip(SENTENCES, answers)],
         "benchmark": {"dir": str(bench_dir), "report": str(bench_dir / "report.json"),
-                      "summary": report.get("summary", {})},
+                      "latency": latency_figures(report)},
         "timings": timings,
     }
     write_json(work / "summary.json", summary)

@@ -3,14 +3,18 @@ repository, a real Triton server, gRPC classification, the benchmark, the summar
 no server left behind."""
 import json
 import shutil
+from pathlib import Path
 
 import psutil
 import pytest
 
 
-def _tritons() -> set[int]:
+def _tritons(serving: Path) -> set[int]:
+    """Triton servers whose model repository lies under ``serving`` (other test runs'
+    servers may come and go meanwhile: they do not count)."""
     return {p.pid for p in psutil.process_iter(["name", "cmdline"])
-            if "tritonserver" in " ".join(p.info["cmdline"] or [])}
+            if "tritonserver" in " ".join(p.info["cmdline"] or [])
+            and any(a.startswith(f"--model-repository={serving}") for a in p.info["cmdline"] or [])}
 
 
 @pytest.mark.integration
@@ -19,7 +23,6 @@ def test_demo_runs_end_to_end_and_reuses_stages(tmp_path, tiny_compress_dir, cap
 
     work = tmp_path / "demo"
     shutil.copytree(tiny_compress_dir, work / "compress")
-    before = _tritons()  # other servers (another test run) may come and go meanwhile
     argv = ["--workdir", str(work), "--width_mult", "0.75", "--requests", "3", "--seq_len", "32"]
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
@@ -30,9 +33,30 @@ def test_demo_runs_end_to_end_and_reuses_stages(tmp_path, tiny_compress_dir, cap
     assert all(abs(sum(c["probs"].values()) - 1) < 1e-5 for c in summary["classified"])
     report = json.loads((work / "bench" / "report.json").read_text())
     assert report["results"], "the benchmark measured something"
-    assert not (_tritons() - before), "the demo must stop its server"
+    _assert_summary_holds_the_latency_figures(summary, report)
+    assert not _tritons(work.resolve()), "the demo must stop its server"
 
     # second run: every finished stage is reused
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
     assert "compress: reusing" in out and "export 0.75: reusing" in out and "repo: reusing" in out
+
+
+PERCENTILES = ("p50", "p90", "p99", "mean")
+
+
+def _assert_summary_holds_the_latency_figures(summary: dict, report: dict) -> None:
+    """summary.json has every latency row of the tables the demo printed (report.json's
+    results and in-process baselines), with their percentiles."""
+    lat = summary["benchmark"]["latency"]
+    served = {(r["model"], r["workload"], r["concurrency"]): r for r in lat["triton_grpc"]}
+    assert len(served) == len(report["results"])
+    for r in report["results"]:
+        row = served[(r["model"], r["workload"], r["concurrency"])]
+        assert {k: row[k] for k in PERCENTILES} == {k: r["latency_ms"][k] for k in PERCENTILES}
+        assert row["p50"] > 0 and row["throughput_sps"] == r["throughput_sps"]
+    local = {(b["model"], b["workload"], b["runtime"]): b for b in lat["in_process"]}
+    assert len(local) == len(report["baselines"])
+    for b in report["baselines"]:
+        assert local[(b["model"], b["workload"], b["runtime"])]["p50"] == b["latency_ms"]["p50"]
+    assert lat["comparisons"] == report["comparisons"]

@@ -2,6 +2,7 @@
 reproduces each export's ONNX logits, and a narrower export travels as slices of the
 wider one (the 64 MiB transfer limit). The run step needs CUDA and is not run here."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,18 +61,51 @@ def test_pack_refuses_exports_of_different_compress_runs(tiny_export_dir, tmp_pa
     assert not (tmp_path / "pack").exists()
 
 
-def test_markdown_of_recorded_gpu_run():
-    from pathlib import Path
+RECORD = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "latency_gpu_h200_torch.json"
 
-    rec = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/latency_gpu_h200_torch.json").read_text())
-    md = markdown(rec)
-    assert "not TensorRT" in md and rec["environment"]["gpu"] in md
+
+def _distinct_figures(record: dict, seed: int = 0) -> dict:
+    """``record`` with every measured figure replaced by a different random value, so a
+    figure rendered in the wrong row or column cannot match by coincidence."""
+    rng = np.random.default_rng(seed)
+    out = json.loads(json.dumps(record))
+    for section in ("parity", "latency", "ratios_p50_full_over_compressed", "fp32_over_fp16_p50"):
+        stack = [out[section]]
+        while stack:
+            d = stack.pop()
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    stack.append(v)
+                elif isinstance(v, (int, float)):
+                    d[k] = float(rng.uniform(0.1, 999))
+    return out
+
+
+def test_markdown_puts_every_figure_in_its_row():
+    rec = _distinct_figures(json.loads(RECORD.read_text()))
+    lines = markdown(rec).splitlines()
+    names = list(rec["models"])
+
+    def row(*cells: str) -> None:
+        assert "| " + " | ".join(cells) + " |" in lines, cells
+
+    assert "not TensorRT" in lines[0] and rec["environment"]["gpu"] in lines[0]
+    for k, v in rec["parity"].items():
+        row(k, f"{v['max_abs_logits_diff_vs_onnx']:.2e}", f"{v['predictions_agreeing']:.4f}",
+            f"{v['dev_accuracy']:.4f}", f"{v['onnx_dev_accuracy']:.4f}")
+    for w, lat in rec["latency"].items():
+        for k, v in lat.items():
+            if isinstance(v, dict):
+                row(w, k, *(f"{v[p]:.3f}" for p in ("p50_ms", "p90_ms", "p99_ms")), f"{v['sentences_per_s']:.0f}")
     for w, v in rec["ratios_p50_full_over_compressed"].items():
-        assert f"| {w} | {v['fp32']:.2f}x | {v['fp16']:.2f}x |" in md
-    # the recorded run proved parity before timing: fp32 gives the export's ONNX predictions,
-    # fp16 nearly all of them
-    for key, p in rec["parity"].items():
-        assert p["predictions_agreeing"] == 1.0 if key.endswith("fp32") else p["predictions_agreeing"] >= 0.99, key
+        row(w, f"{v['fp32']:.2f}x", f"{v['fp16']:.2f}x")
+    for w, v in rec["fp32_over_fp16_p50"].items():
+        row(w, *(f"{v[m]:.2f}x" for m in names))
+
+
+def test_recorded_gpu_markdown_is_the_rendering_of_its_json():
+    """The committed .md holds exactly what its JSON renders to: no figure edited by hand."""
+    assert markdown(json.loads(RECORD.read_text())) == RECORD.with_suffix(".md").read_text()
 
 
 def test_pack_cli_missing_export_is_a_one_line_error(tmp_path, capsys):

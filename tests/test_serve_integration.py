@@ -3,6 +3,7 @@ from tiny exports, gRPC classification checked against the exported ONNX run in-
 bad inputs, failure reporting and a clean shutdown. One server for the module."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -61,7 +62,8 @@ class Reference:
 @pytest.fixture(scope="module")
 def repo(serve_exports, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "model_repository"
-    manifest = build_repository(serve_exports, out, target="cpu")
+    # fp32 pinned: answers are compared with the exported f32 ONNX within 1e-4
+    manifest = build_repository(serve_exports, out, target="cpu", precision="fp32")
     return out, manifest
 
 
@@ -69,7 +71,7 @@ def repo(serve_exports, tmp_path_factory):
 def small_repo(serve_exports, tmp_path_factory):
     """One width only: fewer stubs to start where the test is about the process, not models."""
     out = tmp_path_factory.mktemp("serve_small") / "model_repository"
-    build_repository(serve_exports[1:], out, target="cpu")
+    build_repository(serve_exports[1:], out, target="cpu", precision="fp32")
     return out
 
 
@@ -265,8 +267,15 @@ def test_classify_cli(server, models, capsys, tmp_path):
     f.write_text("great film\n\nbad plot\n")
     assert classify_main(["a good story", "--file", str(f), "--url", server.grpc_url, "--model", name]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all(l.split("\t")[0] in ref.labels for l in lines)
-    assert f"{ref.labels[0]}=" in lines[0]
+    assert [l.split("\t")[2] for l in lines] == ["a good story", "great film", "bad plot"]
+    for line in lines:  # label<TAB>name=p  name=p<TAB>text
+        label, probs, text = line.split("\t")
+        printed = dict(kv.split("=") for kv in probs.split("  "))
+        expected = ref.probs(text)
+        assert list(printed) == ref.labels, line
+        got = np.array([float(printed[l]) for l in ref.labels])
+        assert np.abs(got - expected).max() <= 1e-4 + 0.5e-4, line  # parity + half the 4th printed decimal
+        assert label == ref.labels[int(expected.argmax())], line
     assert classify_main(["x", "--url", server.grpc_url, "--model", "nope"]) == 2
     assert "error: model 'nope' is not ready" in capsys.readouterr().err
 
@@ -348,14 +357,30 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _with_int8(export: Path, folder: Path) -> Path:
+    """``export`` itself when it ships an INT8 ONNX; else a copy with one made by the same
+    dynamic quantization export uses, so the INT8 serving path runs whatever the gate
+    decided for this tiny model."""
+    m = read_manifest(export, "export")
+    if m["artifacts"].get("onnx_int8"):
+        return export
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    shutil.copytree(export, folder)
+    quantize_dynamic(str(folder / m["artifacts"]["onnx"]), str(folder / "onnx" / "model_int8.onnx"),
+                     weight_type=QuantType.QInt8)
+    m["artifacts"]["onnx_int8"] = "onnx/model_int8.onnx"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    return folder
+
+
 @pytest.mark.parametrize("runtime,precision,atol", [("paddle", "fp32", 1e-4), ("onnxruntime", "fp32", 1e-4),
                                                      ("onnxruntime", "int8", 2e-2)])
 def test_other_runtimes_serve_the_same_probabilities(serve_exports, tmp_path, runtime, precision, atol):
     export = serve_exports[0]
-    try:
-        manifest = build_repository([export], tmp_path / "r", runtime=runtime, precision=precision)
-    except OfaserveError as e:
-        pytest.skip(f"this export cannot run {runtime}/{precision}: {e}")
+    if precision == "int8":
+        export = _with_int8(export, tmp_path / "export")
+    manifest = build_repository([export], tmp_path / "r", runtime=runtime, precision=precision)
     (name,) = manifest["models"]
     ref = Reference(export)
     with TritonServer(tmp_path / "r", **ports()) as srv:
@@ -365,28 +390,48 @@ def test_other_runtimes_serve_the_same_probabilities(serve_exports, tmp_path, ru
         assert np.abs(got - ref.probs(text)).max() <= atol, (runtime, precision, text)
 
 
-# ------------------------------------------------------------------------------ failure + shutdown (last)
-def test_dead_stub_makes_its_models_not_ready(server, client, models):
+# ------------------------------------------------------------------------------ failure + shutdown
+# Each of these breaks or stops a server, so each starts its own: they pass in any order,
+# and the shared server of the other tests is never touched.
+@pytest.fixture
+def own_server(request):
+    """A fresh server on the repository the test names (``repo`` or ``small_repo``), stopped at the end."""
+    repo = request.getfixturevalue(request.param)
+    srv = TritonServer(repo[0] if isinstance(repo, tuple) else repo, **ports())
+    srv.start(timeout=180)
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("own_server", ["repo"], indirect=True)
+def test_dead_stub_makes_its_models_not_ready(own_server, models):
     """Triton keeps the server (and the model) 'ready' when a python stub dies; our
     per-model readiness must not."""
+    import tritonclient.grpc as grpcclient
+
     first, second = list(models)
-    stub = next(c for c in psutil.Process(server.process.pid).children(recursive=True)
+    stub = next(c for c in psutil.Process(own_server.process.pid).children(recursive=True)
                 if f"{first}_encoder/1/model.py" in " ".join(c.cmdline()))
     os.kill(stub.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while server.models_ready()[f"{first}_encoder"] and time.monotonic() < deadline:
+    while own_server.models_ready()[f"{first}_encoder"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    ready = server.models_ready()
+    ready = own_server.models_ready()
     assert not ready[f"{first}_encoder"] and not ready[first]
     assert ready[second] and ready[f"{second}_encoder"]
-    _ok(client, second, models[second])  # the other width still serves
+    c = grpcclient.InferenceServerClient(own_server.grpc_url)
+    try:
+        _ok(c, second, models[second])  # the other width still serves
+    finally:
+        c.close()
 
 
-def test_stop_leaves_no_process_or_shared_memory(server):
-    workdir, shm = str(server.workdir), set(server._shm)
+@pytest.mark.parametrize("own_server", ["small_repo"], indirect=True)
+def test_stop_leaves_no_process_or_shared_memory(own_server):
+    workdir, shm = str(own_server.workdir), set(own_server._shm)
     assert shm and _processes_mentioning(workdir)
-    server.stop()
+    own_server.stop()
     assert not _processes_mentioning(workdir)
     assert not [s for s in shm if os.path.exists(s)]
     assert not os.path.exists(workdir)
-    assert not server.is_ready() and not any(server.models_ready().values())
+    assert not own_server.is_ready() and not any(own_server.models_ready().values())
