@@ -166,7 +166,7 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
 
     from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, machine_info, now_iso,
                                     read_manifest, write_json)
-    from ofaserve.core.tasks import dev_split_of
+    from ofaserve.core.tasks import split_of
     from ofaserve.core.tokenizer import load_tokenizer
     from ofaserve.runtime.runtimes import load_runner
 
@@ -178,7 +178,7 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
         if m["max_seq_length"] != first["max_seq_length"]:
             raise OfaserveError("the exports truncate differently (max_seq_length); re-export one of them")
     # the dev split the compress stage evaluated on, read from its manifest (csv tasks too)
-    texts, labels = dev_split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
+    texts, labels = split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
     tok = load_tokenizer(Path(export_dirs[0]) / first["artifacts"]["tokenizer"], first["max_seq_length"])
     pad = first["pad_token_id"]
     # every dev sentence, in the benchmark's seeded batches (the last partial batch too)

@@ -48,7 +48,7 @@ def config_params_from_json(config_json: dict[str, Any]) -> dict[str, str]:
 @dataclass(frozen=True)
 class RuntimeSpec:
     runtime: str                 # openvino | paddle | onnxruntime | onnxruntime-trt
-    precision: str = "fp32"      # fp32 | bf16 | fp16
+    precision: str = "fp32"      # fp32 | bf16 | fp16 | int8
     threads: int | None = None
 
     @property
@@ -61,7 +61,7 @@ _RUNTIME_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "onnxruntime": 
                     "paddle_inference": "paddle", "pd": "paddle", "onnxruntime-trt": "onnxruntime-trt",
                     "trt": "onnxruntime-trt"}
 _PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                      "f16": "fp16", "fp16": "fp16", "float16": "fp16"}
+                      "f16": "fp16", "fp16": "fp16", "float16": "fp16", "int8": "int8"}
 
 
 def _threads(v: Any) -> int | None:
@@ -97,11 +97,13 @@ def spec_from_config(config: dict[str, Any]) -> RuntimeSpec:
 
 
 def parse_runtime_specs(text: str | None, default_threads: int | None = None) -> list[RuntimeSpec]:
-    """``"openvino:bf16,onnxruntime"`` -> specs (precision defaults to fp32)."""
+    """``"openvino:bf16,onnxruntime"`` -> specs (precision defaults to fp32). ``auto`` stands
+    for the precision candidates a repository built with ``--precision auto`` timed; the
+    caller expands it per model (``auto_specs``)."""
     out = []
     for item in (text or "").split(","):
         item = item.strip()
-        if not item:
+        if not item or item == "auto":
             continue
         parts = item.split(":")
         rt = _RUNTIME_ALIASES.get(parts[0].lower())
@@ -111,12 +113,18 @@ def parse_runtime_specs(text: str | None, default_threads: int | None = None) ->
         prec_in = parts[1].lower() if len(parts) > 1 and parts[1] else "fp32"
         prec = _PRECISION_ALIASES.get(prec_in)
         if prec is None:
-            raise OfaserveError(f"unknown precision {prec_in!r} in --runtimes (known: fp32, bf16, fp16)")
+            raise OfaserveError(f"unknown precision {prec_in!r} in --runtimes (known: fp32, bf16, fp16, int8)")
         th = _threads(parts[2]) if len(parts) > 2 and parts[2] else default_threads
         if len(parts) > 3 or (len(parts) > 2 and parts[2] and th is None):
             raise OfaserveError(f"bad --runtimes item {item!r}: expected runtime[:precision[:threads]]")
         out.append(RuntimeSpec(rt, prec, th))
     return out
+
+
+def auto_specs(model_info: dict[str, Any], threads: int | None) -> list[RuntimeSpec]:
+    """The candidates ``--precision auto`` timed for one model (repository manifest)."""
+    choice = model_info.get("precision_choice") or {}
+    return [RuntimeSpec(r["runtime"], r["precision"], threads) for r in choice.get("candidates", [])]
 
 
 # --------------------------------------------------------------------------- loading
@@ -130,9 +138,16 @@ def model_path_for(version_dir: Path, spec: RuntimeSpec, params: dict[str, str],
             raise OfaserveError(f"no Paddle static model in {version_dir} (the repository was not built "
                                 "with --runtime paddle)")
         return prefix
+    if spec.precision == "int8":
+        path = version_dir / "model.xml"
+        if not path.is_file():
+            raise OfaserveError(f"no INT8 IR (model.xml) in {version_dir}: build the repository with "
+                                "--precision int8 or auto from an export that shipped one")
+        return path
     path = version_dir / "model.onnx"
     if not path.is_file():
-        raise OfaserveError(f"no model.onnx in {version_dir} (the repository was built with --runtime paddle)")
+        raise OfaserveError(f"no model.onnx in {version_dir} (the repository was built with --runtime paddle "
+                            "or --precision int8)")
     return path
 
 
@@ -163,7 +178,7 @@ def load_baseline_runner(encoder_dir: str | os.PathLike, spec: RuntimeSpec, para
     mod, where = _runtimes_module(version_dir)
     pad_id = int(params.get("pad_token_id") or 0)
     runner = mod.load_runner(spec.runtime, path, precision=spec.precision, threads=spec.threads, pad_id=pad_id)
-    packed = bool(getattr(runner, "packed", False))
+    packed = runner.packed
     buckets = int(params.get("length_buckets") or 1)
     if buckets > 1 and hasattr(mod, "run_length_buckets"):
         plain = runner

@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "at most 60; 0 disables the baseline)")
     b.add_argument("--runtimes", default="",
                    help="extra in-process runtime[:precision[:threads]] variants of the same model files to "
-                        "compare, e.g. 'openvino:bf16,onnxruntime'; the served runtime is always included")
+                        "compare, e.g. 'openvino:bf16,onnxruntime'; 'auto' adds every precision candidate that "
+                        "`ofaserve repo --precision auto` timed (fp32, bf16, int8 where they passed the export's "
+                        "gate and exist on this CPU); the served runtime is always included")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
     o.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
@@ -320,6 +322,7 @@ class Plan:
     extra_specs: list
     out_dir: Path
     n_base: int
+    repo_manifest: dict[str, Any]
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -348,7 +351,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if out_dir.exists() and not out_dir.is_dir():
         raise OfaserveError(f"--output_dir {out_dir} exists and is not a folder")
     n_base = args.baseline_requests if args.baseline_requests is not None else min(requests or 60, 60)
-    return Plan(args, workloads, requests, rounds, repo, extra_specs, out_dir, n_base)
+    return Plan(args, workloads, requests, rounds, repo, extra_specs, out_dir, n_base, read_repo_manifest(repo))
 
 
 def open_server(stack: ExitStack, plan: Plan) -> tuple[str, Any]:
@@ -376,8 +379,7 @@ def discover(client, url: str, plan: Plan) -> tuple[list[str], dict[str, dict[st
         raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "
                             f"(models: {', '.join(sorted(index)) or 'none'})")
     check_models(client, index, models, plan.workloads)
-    repo_manifest = read_repo_manifest(plan.repo)
-    infos = {m: model_info(client, m, plan.repo, repo_manifest) for m in models}
+    infos = {m: model_info(client, m, plan.repo, plan.repo_manifest) for m in models}
     too_long = {m: i["max_seq_length"] for m, i in infos.items()
                 if "fixed" in plan.workloads and i["max_seq_length"] and args.seq_len > i["max_seq_length"]}
     if too_long:
@@ -425,6 +427,8 @@ def make_baselines(client, plan: Plan, models: list[str], infos: dict, wl: dict[
         served = inprocess.spec_from_config(enc_cfg)
         specs = [served] + [sp if sp.threads else inprocess.RuntimeSpec(sp.runtime, sp.precision, served.threads)
                             for sp in plan.extra_specs]
+        if "auto" in [x.strip() for x in (plan.args.runtimes or "").split(",")]:
+            specs += inprocess.auto_specs(plan.repo_manifest.get("models", {}).get(m) or {}, served.threads)
         encode = None
         if "real" in wl:
             try:

@@ -7,7 +7,7 @@ import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
-from ofaserve.core.artifacts import OfaserveError, interrupted, interrupted_message, terminate_like_interrupt
+from ofaserve.core.stage_cli import run_stage
 from ofaserve.core.tables import results_table
 
 
@@ -94,16 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_cpu()  # thread and MKL settings take effect only before paddle is imported
     from ofaserve.compress.pipeline import compress_model
 
-    terminate_like_interrupt()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        manifest = compress_model(options_from_args(args))
-    except (OfaserveError, KeyboardInterrupt) as e:
-        if isinstance(e, KeyboardInterrupt) or interrupted():  # also Ctrl-C surfacing as a wrapped paddle error
-            print(interrupted_message(args.output_dir, "; rerun with --resume to continue"), file=sys.stderr)
-            return 130
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    code, manifest = run_stage(lambda: compress_model(options_from_args(args)), args.output_dir,
+                               "; rerun with --resume to continue")
+    if code:
+        return code
     print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
     print(results_table(manifest))
     for phase in ("teacher", "ofa"):

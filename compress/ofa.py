@@ -102,7 +102,7 @@ class OfaSupernet:
         """Sort heads and FFN neurons of every layer by importance (PaddleNLP's scores).
 
         Scored one batch at a time with gradients cleared in between: PaddleSlim's
-        loop never clears them, so later batches would add running sums (DESIGN 2.9).
+        loop never clears them, so later batches would add running sums.
         """
         from paddlenlp.transformers.ofa_utils import compute_neuron_head_importance, reorder_neuron_head
 

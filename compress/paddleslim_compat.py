@@ -5,7 +5,7 @@ a set inside a context manager and restores every original on exit, so training
 patches never leak into export or serving. Delete a patch (and its test) the day
 upstream is fixed. Nothing here edits site-packages.
 
-Why each exists (see ../shared/DESIGN.md section 2):
+Why each exists:
 - super_embedding_init / super_layernorm_init: paddle 3 made most arguments of
   ``nn.Embedding`` / ``nn.LayerNorm`` keyword-only; paddleslim passes them positionally.
 - super_layernorm_forward: paddleslim unpacks ``_C_ops.layer_norm``'s old 3-tuple.
@@ -113,7 +113,8 @@ def patched(patches: list[Patch] = ALL) -> Iterator[None]:
     """Apply ``patches``; restore each original (even on error) on exit.
 
     Restoring in reverse order makes nesting and re-entry safe: patching
-    ``BertModel.forward`` twice cannot stack (DESIGN 2.4).
+    ``BertModel.forward`` twice cannot stack (the second patch would wrap the first and
+    fail on its keyword arguments).
     """
     originals: list[tuple[Patch, Any]] = []
     try:

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.stage_cli import run_stage
 
 
 def _width(value: str):
@@ -76,30 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu()  # thread and MKL settings take effect only before paddle is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ofaserve.core.artifacts import interrupted, interrupted_message, terminate_like_interrupt
-    from ofaserve.export.exporter import ParityError, export_subnet
-
-    terminate_like_interrupt()
+    from ofaserve.export.exporter import export_subnet
 
     kwargs = {k: v for k, v in vars(args).items()
               if k not in ("model_name_or_path", "output_dir", "width_mult", "no_progress")}
-    try:
-        manifest = export_subnet(args.model_name_or_path, args.output_dir, args.width_mult,
-                                 progress=not args.no_progress, **kwargs)
-    except ParityError as e:
-        print(e.table, file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Exception) as e:
-        # a signal can also surface as another error inside a library (paddle's RuntimeError,
-        # which export may wrap in an OfaserveError): the flag tells them apart
-        if isinstance(e, KeyboardInterrupt) or interrupted():
-            print(interrupted_message(args.output_dir), file=sys.stderr)
-            return 130
-        if isinstance(e, OfaserveError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    code, manifest = run_stage(lambda: export_subnet(args.model_name_or_path, args.output_dir, args.width_mult,
+                                                     progress=not args.no_progress, **kwargs), args.output_dir)
+    if code:
+        return code
     p = manifest["params"]
     print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "
           f"({p['encoder_fraction']:.1%} of the encoder), dev accuracy {manifest['dev_accuracy']:.4f}, "

@@ -21,6 +21,7 @@ import numpy as np
 from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
                                      write_manifest)
 from ofaserve.core.naming import width_key
+from ofaserve.core.tasks import split_of
 from ofaserve.export import runners
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eval, parity_inputs, run_parity
@@ -146,8 +147,10 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         steps.set_postfix_str("precision variants")
         precisions: dict[str, Any] = {}
         if opts.onnx_model and opts.precisions:
+            train_texts = split_of(job.src.manifest, "train")[0] if opts.int8 else ()
             precisions, extra = precision_variants(tmp, job.dev, job.tokenizer, dev_logits, dev_m["accuracy"],
-                                                   opts.int8)
+                                                   train_texts=train_texts, pad_id=job.pad_id, int8=opts.int8,
+                                                   progress=opts.progress)
             artifacts.update(extra)
         steps.update(1)
         manifest = _write_manifest(job, tmp, width, info, artifacts, parity, dev_m, precisions, selection,

@@ -28,8 +28,8 @@ from ofaserve.runtime.runtimes import load_runner, pack_rows
 # the FP32 predictions unchanged.
 INT8_MAX_DROP = 0.005
 INT8_MIN_AGREEMENT = 0.98
-# 300 train sentences calibrated the demo's MiniLM in 18 s on a 2-core CPU (DESIGN 7) and
-# kept 98.8% of its predictions; batches of 16 are the serving batch size.
+# A few hundred sentences calibrate a BERT's activation ranges (NNCF's default subset is
+# 300); batches of 16 are the serving batch size.
 CALIBRATION_SENTENCES = 300
 CALIBRATION_BATCH = 16
 DEV_BATCH = 64  # compress.train.predict's batch size: the same batches as the FP32 dev logits

@@ -2,7 +2,7 @@
 the packed (several sentences per row) variant, ONNX Runtime's BERT fusion, FP16 and
 dynamic INT8 variants.
 
-The rewrite (DESIGN 2.8) keeps the maths of paddle's attention but puts it in the form
+The rewrite keeps the maths of paddle's attention but puts it in the form
 ``onnxruntime.transformers`` recognises:
   paddle:  softmax( (q * s) @ k^T + (input_ids == pad) * -1e4 )
   rewrite: softmax( (q @ k^T) / (1/s) + (1 - float(input_ids != pad)) * -10000 )

@@ -1,89 +1,127 @@
-"""Precision variants of an export, each measured on dev against FP32 before it ships."""
+"""Precision variants of an export, each measured on dev against FP32 before it ships.
+
+- ``onnx_fp16``: FP16 weights for the GPU target (TensorRT builds FP16 engines from the
+  FP32 graph; this one is for ONNX Runtime on a GPU), checked here on the CPU.
+- ``openvino_bf16``: the same ONNX graph run by OpenVINO in bf16. Recorded only where the
+  CPU has BF16 and OpenVINO really compiled bf16 (elsewhere it silently runs f32).
+- ``openvino_int8`` / ``openvino_packed_int8``: NNCF post-training INT8 IR of the plain and
+  packed graphs, calibrated on train sentences (``ofaserve.export.int8``).
+
+Every variant passes the same gate to be served: dev accuracy within ``INT8_MAX_DROP`` of
+FP32 and ``INT8_MIN_AGREEMENT`` of FP32's predictions unchanged. Accuracy alone can hide
+churn: ONNX Runtime's dynamic INT8 of the full-profile MiniLM lost only 0.4 points at
+width 1.0 but changed 3.4% of the predictions (benchmarks/results/history/).
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from ofaserve.export import int8 as int8_variant
 from ofaserve.export import runners
-from ofaserve.export.build import quiet_logs
 from ofaserve.export.parity import dev_eval
+from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
 
 log = logging.getLogger("ofaserve.export")
 
-INT8_MAX_DROP = 0.005
-# Accuracy alone can hide churn: dynamic INT8 of the full-profile MiniLM lost only 0.4 pt of
-# dev accuracy at width 1.0 but changed 3.4% of predictions. Ship INT8 only when it also
-# keeps >= 98% of the FP32 predictions.
-INT8_MIN_AGREEMENT = 0.98
+INT8_MAX_DROP = int8_variant.INT8_MAX_DROP
+INT8_MIN_AGREEMENT = int8_variant.INT8_MIN_AGREEMENT
 
 
-def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float,
-                       int8: bool = True) -> tuple[dict, dict]:
-    """FP16 ONNX (GPU target), OpenVINO bf16, ORT dynamic INT8: dev accuracy vs FP32."""
-    import onnx
+def gate() -> int8_variant.Gate:
+    """Read at call time, so a caller (or a test) that changes the module's limits is obeyed."""
+    return int8_variant.Gate(INT8_MAX_DROP, INT8_MIN_AGREEMENT)
 
-    results: dict[str, Any] = {"fp32": {"accuracy": fp32_acc, "runtime": "onnxruntime"}}
-    artifacts: dict[str, str] = {}
-    fp32_pred = fp32_logits.argmax(-1)
 
-    def record(name, fn, extra=None):
-        m, logits = dev_eval(fn, dev, tokenizer)
-        r = {"accuracy": m["accuracy"], "f1": m["f1"], "delta_vs_fp32": m["accuracy"] - fp32_acc,
-             "agreement_with_fp32": float(np.mean(logits.argmax(-1) == fp32_pred)),
-             "max_abs_logits_diff_vs_fp32": float(np.abs(logits - fp32_logits).max())}
-        r.update(extra or {})
-        results[name] = r
+class _Recorder:
+    """Dev metrics of one variant against the FP32 logits, with the gate's verdict."""
+
+    def __init__(self, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float):
+        self.dev, self.tokenizer, self.fp32_logits, self.fp32_acc = dev, tokenizer, fp32_logits, fp32_acc
+
+    def __call__(self, fn, **extra) -> dict[str, Any]:
+        m, logits = dev_eval(fn, self.dev, self.tokenizer)
+        r = {"accuracy": m["accuracy"], "f1": m["f1"], "delta_vs_fp32": m["accuracy"] - self.fp32_acc,
+             "agreement_with_fp32": float(np.mean(logits.argmax(-1) == self.fp32_logits.argmax(-1))),
+             "max_abs_logits_diff_vs_fp32": float(np.abs(logits - self.fp32_logits).max())}
+        reasons = gate().reasons(r["delta_vs_fp32"], r["agreement_with_fp32"])
+        r.update(extra, gate_passed=not reasons, max_drop=INT8_MAX_DROP, min_agreement=INT8_MIN_AGREEMENT)
+        if reasons:
+            r["gate_failed_because"] = "; ".join(reasons)
         return r
 
+
+def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float, *,
+                       train_texts: Sequence[str] = (), pad_id: int = 0, int8: bool = True,
+                       progress: bool = False, fp16: bool = True) -> tuple[dict, dict]:
+    """(records by variant, shipped artifacts by name) for the export in ``folder``."""
+    record = _Recorder(dev, tokenizer, fp32_logits, fp32_acc)
+    results: dict[str, Any] = {"fp32": {"accuracy": fp32_acc, "runtime": "onnxruntime"}}
+    artifacts: dict[str, str] = {}
     src = folder / "onnx" / "model.onnx"
-    # -- FP16 ONNX (for GPUs; checked here on the CPU EP)
+    results["onnx_fp16"] = (_fp16(folder, src, record, artifacts) if fp16
+                            else {"skipped": "not asked for (--no_fp16: the GPU target's variant)"})
+    results["openvino_bf16"] = _bf16(src, record)
+    if int8:
+        results.update(_int8(folder, dev, tokenizer, fp32_logits, train_texts, pad_id, artifacts, progress))
+    return results, artifacts
+
+
+def _fp16(folder: Path, src: Path, record: _Recorder, artifacts: dict) -> dict[str, Any]:
+    import onnx
+
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         fp16_path = folder / "onnx" / "model_fp16.onnx"
-        proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-        onnx.save(proto, str(fp16_path))
+        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(fp16_path))
         try:
-            record("onnx_fp16", runners.onnxruntime(fp16_path), {"runtime": "onnxruntime-cpu", "target": "gpu"})
+            r = record(runners.onnxruntime(fp16_path), runtime="onnxruntime-cpu", target="gpu")
         except Exception as e:  # CPU EP may lack fp16 kernels: fall back to OpenVINO running it
             log.info("ORT CPU cannot run the FP16 model (%s); measuring with OpenVINO f32 on fp16 weights", e)
-            record("onnx_fp16", runners.openvino(fp16_path, "f32"),
-                   {"runtime": "openvino-f32 (fp16 weights; fp16 activations not emulated)", "target": "gpu"})
+            r = record(runners.openvino(fp16_path, "f32"),
+                       runtime="openvino-f32 (fp16 weights; fp16 activations not emulated)", target="gpu")
         artifacts["onnx_fp16"] = "onnx/model_fp16.onnx"
+        return r
     except Exception as e:
         log.warning("FP16 conversion failed: %s", e)
-        results["onnx_fp16"] = {"error": str(e)}
-    # -- OpenVINO bf16 (this CPU has avx512_bf16): a deliberate, accuracy-checked option
-    try:
-        record("openvino_bf16", runners.openvino(src, "bf16"), {"runtime": "openvino", "artifact": "onnx"})
-    except Exception as e:
-        log.warning("OpenVINO bf16 evaluation failed: %s", e)
-        results["openvino_bf16"] = {"error": str(e)}
-    # -- ONNX Runtime dynamic INT8: shipped only within 0.5 points of FP32 and >= 98% agreement
-    if int8:
-        try:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        return {"error": str(e)}
 
-            q_path = folder / "onnx" / "model_int8.onnx"
-            with quiet_logs(logging.INFO):  # quantize_dynamic logs one INFO line per tensor
-                quantize_dynamic(str(src), str(q_path), weight_type=QuantType.QInt8)
-            r = record("onnx_int8_dynamic", runners.onnxruntime(q_path), {"runtime": "onnxruntime"})
-            reasons = []
-            if r["delta_vs_fp32"] < -INT8_MAX_DROP:
-                reasons.append(f"dev accuracy drop {-r['delta_vs_fp32']:.4f} > {INT8_MAX_DROP}")
-            if r["agreement_with_fp32"] < INT8_MIN_AGREEMENT:
-                reasons.append(f"agrees with FP32 on {r['agreement_with_fp32']:.2%} of dev < {INT8_MIN_AGREEMENT:.0%}")
-            r.update(shipped=not reasons, max_drop=INT8_MAX_DROP, min_agreement=INT8_MIN_AGREEMENT)
-            if reasons:
-                r["not_shipped_because"] = "; ".join(reasons)
-                q_path.unlink()
-                log.info("INT8 not shipped: %s", r["not_shipped_because"])
-            else:
-                artifacts["onnx_int8"] = "onnx/model_int8.onnx"
-        except Exception as e:
-            log.warning("INT8 quantization failed: %s", e)
-            results["onnx_int8_dynamic"] = {"error": str(e)}
-    return results, artifacts
+
+def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
+    """OpenVINO bf16 on the FP32 graph, recorded only where bf16 really executes."""
+    capabilities = openvino_capabilities()
+    if "BF16" not in capabilities:
+        return {"skipped": f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})",
+                "capabilities": capabilities}
+    try:
+        run = load_runner("openvino", src, "bf16", runners.threads())
+    except RuntimeConfigError as e:
+        return {"skipped": str(e), "capabilities": capabilities}
+    fn = lambda ids, types: run(np.asarray(ids, np.int64), np.asarray(types, np.int64))  # noqa: E731
+    return record(fn, runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)
+
+
+def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Sequence[str], pad_id: int,
+          artifacts: dict, progress: bool) -> dict[str, Any]:
+    """NNCF INT8 IR of the plain and packed graphs (``ofaserve.export.int8``)."""
+    if not train_texts:
+        return {"openvino_int8": {"skipped": "no train sentences to calibrate on"}}
+    packed = folder / "onnx" / "model_packed.onnx"
+    try:
+        records, shipped = int8_variant.quantize_int8(
+            folder / "onnx" / "model.onnx", folder, int8_variant.calibration_batches(train_texts, tokenizer),
+            int8_variant.dev_set(dev[0], dev[1], tokenizer), fp32_logits, pad_id=pad_id,
+            packed_onnx_path=packed if packed.is_file() else None, max_drop=INT8_MAX_DROP,
+            min_agreement=INT8_MIN_AGREEMENT, progress=progress)
+    except Exception as e:  # a precision option, not the contract: the export ships without it
+        log.warning("OpenVINO INT8 quantization failed: %s", e)
+        return {"openvino_int8": {"error": f"{type(e).__name__}: {e}"}}
+    for name, rec in records.items():
+        if not rec.get("shipped"):
+            log.info("%s not shipped: %s", name, rec.get("not_shipped_because"))
+    artifacts.update(shipped)
+    return records

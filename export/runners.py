@@ -51,7 +51,7 @@ def onnxruntime(path: Path) -> LogitsFn:
 
 def openvino(path: Path, precision: str = "f32") -> LogitsFn:
     """OpenVINO CPU with the precision pinned (on CPUs with avx512_bf16 the default
-    silently runs bf16, DESIGN 4)."""
+    silently runs bf16)."""
     return _int64_inputs(_serving_runner("openvino", path, precision))
 
 
@@ -59,7 +59,7 @@ def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
     """The packed ONNX graph through the serving runtime's own runner (pack, run, unpack),
     so export's parity covers the exact code the encoder serves with."""
     run = _serving_runner(runtime, path, pad_id=pad_id)
-    if not getattr(run, "packed", False):
+    if not run.packed:
         raise OfaserveError(f"{path} is not a packed graph (no segment_ids input)")
     return _int64_inputs(run)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ofaserve.core import tokenizer
 from ofaserve.core.artifacts import OfaserveError, read_manifest, sha256_file
-from ofaserve.core.tasks import dev_split_of
+from ofaserve.core.tasks import split_of
 
 
 @dataclass
@@ -76,7 +76,7 @@ def build_supernet(src: Source):
 
 
 def load_dev(src: Source):
-    return dev_split_of(src.manifest)
+    return split_of(src.manifest)
 
 
 def load_tokenizer(src: Source, max_seq_length: int):

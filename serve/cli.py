@@ -47,9 +47,16 @@ def repo_parser() -> argparse.ArgumentParser:
                         "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
     precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
     p.add_argument("--precision", choices=precisions, default=None,
-                   help="cpu/xeon: fp32 (default) | bf16 (openvino/paddle; faster, check accuracy) | int8 (cpu, "
-                        "onnxruntime: the export's INT8 graph); xeon openvino-native: cpu-default (default: "
-                        "whatever OpenVINO picks on the serving CPU) | bf16; gpu: fp16 (default) | fp32")
+                   help="cpu/xeon with openvino: auto (default: times fp32, bf16 and the export's INT8 IR "
+                        "here, among those that passed the export's accuracy gate and that this CPU has, and "
+                        "serves the fastest; build the repository on the serving machine or its twin) | fp32 | "
+                        "bf16 (needs a CPU with BF16) | int8 (the export's NNCF INT8 IR); paddle/onnxruntime: "
+                        "fp32 (default) | bf16 (paddle); xeon openvino-native: cpu-default (default: whatever "
+                        "OpenVINO picks on the serving CPU; the backend cannot pin a precision) | bf16; "
+                        "gpu: fp16 (default) | fp32")
+    p.add_argument("--auto_budget_s", type=float, default=20.0,
+                   help="with --precision auto: seconds spent timing the candidates of each export "
+                        "(at least 5 rounds each, whatever the budget; default: 20)")
     p.add_argument("--text_pipeline", choices=("ensemble", "fused"), default="ensemble",
                    help="how {name}_w{width%%} turns text into a label: ensemble (tokenizer -> encoder -> "
                         "postprocess, three python models; default) or fused (one python model doing all "
@@ -65,18 +72,44 @@ def repo_main(argv: list[str]) -> int:
         manifest = build_repository(args.export_dir, args.output, target=args.target, name=args.name,
                                     max_batch_size=args.max_batch_size, instances=args.instances,
                                     runtime=args.runtime, precision=args.precision, threads=args.threads,
-                                    text_pipeline=args.text_pipeline)
+                                    text_pipeline=args.text_pipeline, auto_budget_s=args.auto_budget_s)
     except OfaserveError as e:
         return _fail(e)
+    served = ", ".join(f"{m} {info['precision']}" for m, info in manifest["models"].items())
     print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
-          f"precision {manifest['precision']}, text pipeline {manifest['text_pipeline']}); "
-          f"text models: {', '.join(manifest['models'])}")
+          f"precision {manifest['precision']}: {served}; text pipeline {manifest['text_pipeline']})")
     if manifest["target"] != "cpu":
         print(f"NVIDIA Triton images need: pip install {' '.join(manifest['image_packages'])}")
     return 0
 
 
 # ---------------------------------------------------------------------------- serve
+def precision_lines(repository: Path) -> list[str]:
+    """What each encoder runs, and a warning when this CPU differs from the one whose
+    timings chose that precision (``--precision auto``)."""
+    import json
+
+    try:
+        models = json.loads((Path(repository) / "manifest.json").read_text()).get("models", {})
+    except (OSError, ValueError):
+        return []
+    lines, here = [], None
+    for model, info in models.items():
+        choice = info.get("precision_choice")
+        if not choice:
+            lines.append(f"{model}: precision {info.get('precision', '?')}")
+            continue
+        lines.append(f"{model}: precision {info['precision']} (auto: fastest of "
+                     f"{', '.join(r['precision'] for r in choice['candidates'])} on {choice['machine']['cpu']})")
+        if here is None:
+            from ofaserve.runtime.runtimes import openvino_capabilities
+            here = openvino_capabilities()
+        if sorted(here) != sorted(choice["capabilities"]):
+            lines.append(f"warning: {model}'s precision was timed on a CPU with {' '.join(choice['capabilities'])}; "
+                         f"this one has {' '.join(here)}: rebuild the repository here (ofaserve repo) to re-time it")
+    return lines
+
+
 def serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ofaserve serve", description="Start the Triton server bundled with nvidia-pytriton on a model "
@@ -112,6 +145,8 @@ def serve_main(argv: list[str]) -> int:
         models = server.models_ready()
         print(f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
         print(f"models: {', '.join(models)}")
+        for line in precision_lines(args.model_repository):
+            print(line)
         print(f"server log: {server.log_path}", flush=True)
         # The server's health endpoint stays 200 when a python stub dies: watch each model.
         while stop["signal"] is None:

@@ -39,6 +39,7 @@ from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_out
                                 sha256_file, write_manifest)
 from ofaserve.core.naming import encoder_name, model_name
 from ofaserve.runtime import runtimes
+from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
 from ofaserve.runtime.runtimes import trt_profile_shapes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
@@ -47,7 +48,10 @@ TARGETS = ("cpu", "xeon", "gpu")
 RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
             "xeon": ("openvino", "openvino-native"),
             "gpu": ("onnxruntime", "onnxruntime-trt")}
-PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "xeon": ("fp32", "bf16", "cpu-default"), "gpu": ("fp16", "fp32")}
+# "auto": the fastest precision that passed the export's accuracy gate, timed on the machine
+# that builds the repository (serve/precision.py); only for our python OpenVINO encoder.
+PRECISIONS = {"cpu": ("auto", "fp32", "bf16", "int8"), "xeon": ("auto", "fp32", "bf16", "int8", "cpu-default"),
+              "gpu": ("fp16", "fp32")}
 # Triton's openvino backend passes OpenVINO no f32 hint (it reads HINT_BF16=YES only), so
 # OpenVINO picks the CPU's own default: bf16 on CPUs with AVX512_BF16/AMX, f32 elsewhere.
 # "cpu-default" names that honestly; the first entry is the default.
@@ -72,6 +76,8 @@ IMAGE_PACKAGES = {"": ("tokenizers==0.23.3", "numpy==1.26.4"),
                   "openvino": ("openvino==2026.4.1",), "onnxruntime": ("onnxruntime==1.32.0",),
                   "paddle": ("paddlepaddle==3.3.1",), "onnxruntime-trt": ("onnxruntime-gpu",)}
 REPO_STAGE = "repo"
+# Export artifacts holding the packed graph (several sentences per row).
+PACKED_ARTIFACTS = ("onnx_packed", "openvino_packed_int8")
 
 
 def _cores() -> int:
@@ -212,7 +218,7 @@ def _tensorrt(config: mc.ModelConfig, precision: str, cache_dir: str, max_batch_
 
 
 def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: str, runtime: str,
-                   precision: str, instances: int, threads: int, packed: bool = False,
+                   precision: str, instances: int, threads: int, artifact: str = "onnx",
                    model_sha256: str = "") -> mc.ModelConfig:
     """The encoder: our python model, Triton's openvino backend (max_batch_size 0: with a
     batch dimension it fixes the batch at max_batch_size and its batch padding drops the
@@ -236,7 +242,8 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     _warmups(config, shapes, batching)
 
     if python:
-        _runtime_params(config, manifest, runtime, precision, threads, packed, trt_cache_dir(name, model_sha256))
+        _runtime_params(config, manifest, runtime, precision, threads, artifact in PACKED_ARTIFACTS,
+                        trt_cache_dir(name, model_sha256), model_file_of(artifact, manifest))
     elif runtime == "openvino-native":
         _native_openvino(config, precision, threads)
     else:
@@ -244,29 +251,36 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     return config
 
 
+def model_file_of(artifact: str, manifest: dict) -> str:
+    """The encoder's model file inside its version folder, as _copy_model_files names it."""
+    if artifact == "paddle_static":
+        return "static/model"
+    return "model.xml" if manifest["artifacts"][artifact].endswith(".xml") else "model.onnx"
+
+
 def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precision: str, threads: int,
-                    packed: bool = False, cache_dir: str = "") -> None:
+                    packed: bool = False, cache_dir: str = "", model_file: str = "model.onnx") -> None:
     """Parameters our python models read to build their runtime (runtimes.py)."""
     _param(config, "runtime", runtime)
     _param(config, "precision", precision)
     _param(config, "threads", threads)
-    _param(config, "model_file", "static/model" if runtime == "paddle" else "model.onnx")
+    _param(config, "model_file", model_file)
     _param(config, "vocab_size", manifest["vocab_size"])
     _param(config, "max_seq_length", manifest["max_seq_length"])
     _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
     _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
     # Run a formed batch as this many length-sorted chunks (equal row counts) when that
-    # cuts the padded tokens by >= 20%. Real dev batches of 16 in-process, OpenVINO f32,
-    # 2 threads (2026-11-25): 1 chunk 40.7 ms, 2: 33.4, 3: 30.8, 4: 32.5, 8: 38.4 (w1.0);
-    # w0.6667: 27.8 / 23.6 / 23.3 / 23.2 / 26.9. TensorRT builds engines per shape range,
-    # so it gets one call; a packed graph's runner packs the whole batch into one call.
+    # cuts the padded tokens by >= 20%: on real dev batches of 16, 3 chunks were the
+    # fastest of 1..8 for both widths (fewer padded tokens against more calls).
+    # TensorRT builds engines per shape range, so it gets one call; a packed graph's
+    # runner packs the whole batch into one call.
     _param(config, "length_buckets", 1 if runtime == "onnxruntime-trt" or packed else LENGTH_BUCKETS)
     if runtime == "onnxruntime-trt":
         _param(config, "trt_cache_dir", cache_dir)
 
 
 def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime: str, precision: str,
-                      instances: int, threads: int, gpu: bool, packed: bool = False,
+                      instances: int, threads: int, gpu: bool, artifact: str = "onnx",
                       model_sha256: str = "") -> mc.ModelConfig:
     """The fused text model: TEXT -> LABEL, PROBS in one python model (tokenize + encode +
     softmax), the alternative to the three-step ensemble."""
@@ -277,7 +291,8 @@ def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime
                           _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
     _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if gpu else "KIND_CPU")
-    _runtime_params(config, manifest, runtime, precision, threads, packed, trt_cache_dir(name, model_sha256))
+    _runtime_params(config, manifest, runtime, precision, threads, artifact in PACKED_ARTIFACTS,
+                    trt_cache_dir(name, model_sha256), model_file_of(artifact, manifest))
     _param(config, "tokenizer_file", "tokenizer.json")
     _param(config, "labels", json.dumps(manifest["labels"]))
     return config
@@ -306,7 +321,7 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
 
     ONNX Runtime on CPU gets the export's ORT-fused graph when there is one (attention and
     layer norms fused into com.microsoft ops that only ONNX Runtime reads) and the
-    dynamic-INT8 graph for int8. OpenVINO in our python encoder gets the packed graph
+    OpenVINO in our python encoder gets the NNCF INT8 IR for int8, else the packed graph
     (several sentences per row: a batch of short sentences costs its real tokens; real dev
     batches of 16 through the ensemble, w0.6667: 20.0 ms packed vs 25.9 ms in three length
     buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged).
@@ -315,16 +330,14 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
     artifacts = manifest["artifacts"]
     if runtime == "paddle":
         return "paddle_static"
-    if target == "cpu" and runtime == "onnxruntime":
-        if precision == "int8":
-            if not artifacts.get("onnx_int8"):
-                raise OfaserveError("this export has no INT8 ONNX (artifacts.onnx_int8): re-export with int8 "
-                                    "enabled or pick --precision fp32")
-            return "onnx_int8"
-        if artifacts.get("onnx_ort_fused"):
-            return "onnx_ort_fused"
-    if runtime == "openvino" and artifacts.get("onnx_packed"):
-        return "onnx_packed"
+    if target == "cpu" and runtime == "onnxruntime" and artifacts.get("onnx_ort_fused"):
+        return "onnx_ort_fused"
+    if runtime == "openvino":
+        artifact = openvino_artifact(manifest, precision)
+        if artifact is None:
+            raise OfaserveError("this export shipped no INT8 IR (see precisions.openvino_int8 in its manifest: "
+                                "it failed the accuracy gate or was not made): pick --precision fp32 or auto")
+        return artifact
     return "onnx"
 
 
@@ -352,10 +365,13 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
         weights = dest / "static" / "model.pdiparams"
     else:
         src = export_dir / artifacts[artifact]
-        if not src.is_file():
-            raise OfaserveError(f"{export_dir} lacks {artifacts[artifact]} (artifact {artifact}): re-run `ofaserve export`")
-        weights = dest / "model.onnx"
-        shutil.copy2(src, weights)
+        pair = [src, src.with_suffix(".bin")] if src.suffix == ".xml" else [src]  # IR: graph + weights
+        missing = [f for f in pair if not f.is_file()]
+        if missing:
+            raise OfaserveError(f"{export_dir} lacks {missing[0]} (artifact {artifact}): re-run `ofaserve export`")
+        for f in pair:
+            shutil.copy2(f, dest / f"model{f.suffix}")
+        weights = dest / f"model{pair[-1].suffix}"
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
         shutil.copy2(RUNTIMES_PY, dest / "runtimes.py")
@@ -371,7 +387,8 @@ def _check_choices(target: str, runtime: str | None, precision: str | None, text
     if runtime not in RUNTIMES[target]:
         raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
     native_ov = runtime == "openvino-native"
-    precision = precision or (NATIVE_OPENVINO_PRECISIONS[0] if native_ov else PRECISIONS[target][0])
+    default = "auto" if runtime == "openvino" else next(p for p in PRECISIONS[target] if p != "auto")
+    precision = precision or (NATIVE_OPENVINO_PRECISIONS[0] if native_ov else default)
     if precision not in PRECISIONS[target]:
         raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
     if native_ov and precision not in NATIVE_OPENVINO_PRECISIONS:
@@ -381,8 +398,9 @@ def _check_choices(target: str, runtime: str | None, precision: str | None, text
         raise OfaserveError("precision cpu-default is for --runtime openvino-native; pick fp32 or bf16")
     if target == "cpu" and runtime == "onnxruntime" and precision == "bf16":
         raise OfaserveError("runtime onnxruntime on cpu runs fp32 or int8; use openvino or paddle for bf16")
-    if precision == "int8" and runtime != "onnxruntime":
-        raise OfaserveError("precision int8 runs on runtime onnxruntime (the export's dynamic-INT8 ONNX)")
+    if precision in ("int8", "auto") and runtime != "openvino":
+        raise OfaserveError(f"precision {precision} runs on runtime openvino (the export's NNCF INT8 IR; "
+                            "auto times OpenVINO's candidates)")
     if text_pipeline not in TEXT_PIPELINES:
         raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
     if text_pipeline == "fused" and not runs_in_python_backend(target, runtime):
@@ -394,11 +412,12 @@ def _check_choices(target: str, runtime: str | None, precision: str | None, text
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
                      precision: str | None = None, threads: int | None = None,
-                     text_pipeline: str = "ensemble") -> dict[str, Any]:
+                     text_pipeline: str = "ensemble", auto_budget_s: float = 20.0) -> dict[str, Any]:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
-    ``runtime``/``precision`` default per target (cpu: openvino/fp32, xeon: openvino/fp32
-    in the python backend, gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
+    ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
+    backend at precision ``auto``, the fastest candidate that passed the export's accuracy
+    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
     using every core this process may run on. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way.
@@ -425,44 +444,96 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                                 f"{manifest['width_mult']}: one repository serves each width once")
         exports[model] = (export_dir, manifest)
 
-    chosen = {model: encoder_artifact(m, target, runtime, precision) for model, (_, m) in exports.items()}
+    plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
+             for model, (d, m) in exports.items()}
     output = check_output_dir(output, stage=REPO_STAGE)
     with atomic_output_dir(output) as tmp:
         for model, (export_dir, manifest) in exports.items():
+            plan = plans[model]
             enc = tmp / encoder_name(model)
-            sha = _copy_model_files(export_dir, manifest, enc / "1", chosen[model],
+            sha = _copy_model_files(export_dir, manifest, enc / "1", plan["artifact"],
                                     "encoder" if python_encoder else None)
+            for other in plan.get("other_candidates", ()):  # so `ofaserve bench --runtimes auto` can re-time them
+                _copy_model_files(export_dir, manifest, enc / "1", other, None)
             _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
-                                       precision=precision, instances=instances, threads=threads,
-                                       packed=chosen[model] == "onnx_packed", model_sha256=sha))
-            tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
+                                       precision=plan["precision"], instances=instances, threads=threads,
+                                       artifact=plan["artifact"], model_sha256=sha))
             if text_pipeline == "fused":
-                sha = _copy_model_files(export_dir, manifest, tmp / model / "1", chosen[model], "classifier")
-                _write(tmp / model, classifier_config(model, manifest, max_batch_size, runtime=runtime,
-                                                      precision=precision, instances=instances, threads=threads,
-                                                      gpu=target == "gpu", packed=chosen[model] == "onnx_packed",
-                                                      model_sha256=sha))
-                shutil.copy2(tokenizer_json, tmp / model / "1" / "tokenizer.json")
-                continue
-
-            tok = tmp / f"{model}_tokenizer"
-            _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, _pad_multiple(target, runtime)))
-            shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
-            shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
-            shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
-
-            post = tmp / f"{model}_postprocess"
-            _write(post, postprocess_config(post.name, manifest, max_batch_size))
-            shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
-            shutil.copy2(SOURCES / "backend_utils.py", post / "1" / "backend_utils.py")
-
-            _write(tmp / model, ensemble_config(model, manifest, max_batch_size))
+                _write_fused(tmp / model, export_dir, manifest, plan, max_batch_size, runtime=runtime,
+                             instances=instances, threads=threads, gpu=target == "gpu")
+            else:
+                _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime))
         # Triton only treats folders as models; this file is for people and the benchmarks.
         return write_manifest(
             tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
             max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
             image_packages=image_packages(target, runtime),
             models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
-                            "max_seq_length": m["max_seq_length"], "encoder_artifact": chosen[model],
+                            "max_seq_length": m["max_seq_length"], "encoder_artifact": plans[model]["artifact"],
+                            "precision": plans[model]["precision"],
+                            **({"precision_choice": plans[model]["choice"]} if "choice" in plans[model] else {}),
                             "source_export": os.path.basename(os.path.normpath(d))}
                     for model, (d, m) in exports.items()})
+
+
+def _plan_encoder(model: str, export_dir: Path, manifest: dict, target: str, runtime: str, precision: str,
+                  threads: int, budget_s: float) -> dict[str, Any]:
+    """The precision and artifact one encoder serves; ``auto`` times the candidates here."""
+    if precision != "auto":
+        if precision == "bf16" and runtime == "openvino" and target == "cpu":
+            _require_capability("BF16", "bf16")
+        return {"precision": precision, "artifact": encoder_artifact(manifest, target, runtime, precision)}
+    dev_texts, tokenizer = _dev_text(export_dir, manifest)
+    choice = choose_precision(export_dir, manifest, threads=threads, budget_s=budget_s, dev_texts=dev_texts,
+                              tokenizer=tokenizer)
+    print(f"{model}: precision auto on this CPU "
+          f"({' '.join(choice['capabilities'])}):\n{choice_table(choice)}")
+    others = dict.fromkeys(r["artifact"] for r in choice["candidates"] if r["artifact"] != choice["artifact"])
+    return {"precision": choice["chosen"], "artifact": choice["artifact"], "choice": choice,
+            "other_candidates": list(others)}
+
+
+def _require_capability(capability: str, precision: str) -> None:
+    capabilities = runtimes.openvino_capabilities()
+    if capability not in capabilities:
+        raise OfaserveError(f"precision {precision} needs a CPU with {capability} (OpenVINO capabilities here: "
+                            f"{' '.join(capabilities)}): use --precision auto or fp32")
+
+
+def _dev_text(export_dir: Path, manifest: dict):
+    """The export's dev sentences and tokenizer, for timing real text; (None, None) when the
+    task is a user's CSV that is not at hand here (then only the fixed shape is timed)."""
+    from ofaserve.core.tasks import TASKS, load_task
+    from ofaserve.core.tokenizer import load_tokenizer
+
+    task = (manifest.get("source") or {}).get("task")
+    if task not in TASKS:
+        return None, None
+    texts, _ = load_task(task).split("dev")
+    return list(texts), load_tokenizer(export_dir / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
+
+
+def _write_fused(model_dir: Path, export_dir: Path, manifest: dict, plan: dict, max_batch_size: int, *,
+                 runtime: str, instances: int, threads: int, gpu: bool) -> None:
+    """The fused text model: tokenize + encode + softmax in one python model."""
+    sha = _copy_model_files(export_dir, manifest, model_dir / "1", plan["artifact"], "classifier")
+    _write(model_dir, classifier_config(model_dir.name, manifest, max_batch_size, runtime=runtime,
+                                        precision=plan["precision"], instances=instances, threads=threads,
+                                        gpu=gpu, artifact=plan["artifact"], model_sha256=sha))
+    shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], model_dir / "1" / "tokenizer.json")
+
+
+def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max_batch_size: int,
+                    pad_multiple: int) -> None:
+    """tokenizer -> encoder -> postprocess, and the ensemble {model} that chains them."""
+    tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
+    tok = tmp / f"{model}_tokenizer"
+    _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
+    shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
+    shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
+    shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
+    post = tmp / f"{model}_postprocess"
+    _write(post, postprocess_config(post.name, manifest, max_batch_size))
+    shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
+    shutil.copy2(SOURCES / "backend_utils.py", post / "1" / "backend_utils.py")
+    _write(tmp / model, ensemble_config(model, manifest, max_batch_size))

@@ -89,7 +89,7 @@ def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path,
     def fails(opts):
         raise OfaserveError("paddle failed: RuntimeError")
     monkeypatch.setattr(pipeline, "compress_model", fails)  # the CLI imports it once it has set CPU threads
-    monkeypatch.setattr(cli, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
+    monkeypatch.setattr(artifacts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
     argv = ["--output_dir", str(tmp_path / "c")]
     assert cli.main(argv) == 2 and "error: paddle failed" in capsys.readouterr().err
     monkeypatch.setattr(artifacts, "_INTERRUPTED", [15])

@@ -495,26 +495,30 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
 
 
 def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_dir, tmp_path, monkeypatch):
+    from ofaserve.core.tasks import split_of
     from ofaserve.export import parity, precisions, source
     from ofaserve.export.runners import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)
-    (folder / "onnx" / "model_int8.onnx").unlink(missing_ok=True)
+    shutil.rmtree(folder / "openvino", ignore_errors=True)
     src = source.load_compress_output(tiny_compress_dir)
     dev = source.load_dev(src)
     tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
     m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
-    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"])
-    assert res["onnx_int8_dynamic"]["shipped"] is False and "onnx_int8" not in arts
-    assert not (folder / "onnx" / "model_int8.onnx").exists()
+    train = split_of(src.manifest, "train")[0]
+    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"], train_texts=train)
+    for name in ("openvino_int8", "openvino_packed_int8"):
+        assert res[name]["shipped"] is False and name not in arts
+        assert "accuracy drop" in res[name]["not_shipped_because"]
+    assert not (folder / "openvino").exists() or not list((folder / "openvino").iterdir())
     assert arts["onnx_fp16"] == "onnx/model_fp16.onnx"
-    assert "accuracy drop" in res["onnx_int8_dynamic"]["not_shipped_because"]
 
 
 def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir, tiny_export_dir, tmp_path,
                                                               monkeypatch):
+    from ofaserve.core.tasks import split_of
     from ofaserve.export import parity, precisions, source
     from ofaserve.export.runners import onnxruntime
 
@@ -526,11 +530,14 @@ def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir
     m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
     monkeypatch.setattr(precisions, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
-    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"])
-    r = res["onnx_int8_dynamic"]
-    assert r["shipped"] is False and "onnx_int8" not in arts
-    assert "agrees with FP32" in r["not_shipped_because"] and "accuracy drop" not in r["not_shipped_because"]
-    assert not (folder / "onnx" / "model_int8.onnx").exists()
+    train = split_of(src.manifest, "train")[0]
+    shutil.rmtree(folder / "openvino", ignore_errors=True)
+    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"], train_texts=train)
+    for name in ("openvino_int8", "openvino_packed_int8"):
+        r = res[name]
+        assert r["shipped"] is False and name not in arts
+        assert "agrees with FP32" in r["not_shipped_because"] and "accuracy drop" not in r["not_shipped_because"]
+    assert not (folder / "openvino").exists() or not list((folder / "openvino").iterdir())
 
 
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):

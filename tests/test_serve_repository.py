@@ -181,7 +181,8 @@ def test_refuses_to_clobber_a_foreign_folder(serve_exports, tmp_path):
     (dict(target="xeon", runtime="paddle"), "supports runtime"),
     (dict(target="gpu", precision="bf16"), "supports precision"),
     (dict(target="cpu", runtime="onnxruntime", precision="bf16"), "fp32 or int8"),
-    (dict(target="cpu", runtime="openvino", precision="int8"), "int8 runs on runtime onnxruntime"),
+    (dict(target="cpu", runtime="onnxruntime", precision="int8"), "int8 runs on runtime openvino"),
+    (dict(target="cpu", runtime="paddle", precision="auto"), "auto runs on runtime openvino"),
     (dict(max_batch_size=0), "max_batch_size"),
     (dict(name="bad name!"), "model name"),
     (dict(text_pipeline="both"), "unknown text pipeline"),
@@ -199,10 +200,12 @@ def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, mess
 
 def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path):
     from ofaserve.serve.repository import encoder_artifact
-    arts = {"onnx": "a", "onnx_ort_fused": "b", "onnx_int8": "c", "paddle_static": "d"}
+    arts = {"onnx": "a", "onnx_ort_fused": "b", "openvino_int8": "c.xml", "paddle_static": "d"}
     m = {"artifacts": arts}
     assert encoder_artifact(m, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
-    assert encoder_artifact(m, "cpu", "onnxruntime", "int8") == "onnx_int8"
+    assert encoder_artifact(m, "cpu", "openvino", "int8") == "openvino_int8"  # NNCF's INT8 IR
+    with_packed_int8 = {"artifacts": {**arts, "onnx_packed": "e", "openvino_packed_int8": "f.xml"}}
+    assert encoder_artifact(with_packed_int8, "cpu", "openvino", "int8") == "openvino_packed_int8"
     assert encoder_artifact(m, "cpu", "openvino", "fp32") == "onnx"  # contrib ops: ORT only
     packed = {"artifacts": {**arts, "onnx_packed": "e"}}
     assert encoder_artifact(packed, "cpu", "openvino", "bf16") == "onnx_packed"  # our python encoder packs
@@ -212,8 +215,8 @@ def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path)
     assert encoder_artifact(m, "cpu", "paddle", "fp32") == "paddle_static"
     assert encoder_artifact(m, "gpu", "onnxruntime", "fp16") == "onnx"  # TRT builds FP16 from FP32 ONNX
     assert encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "fp32") == "onnx"
-    with pytest.raises(OfaserveError, match="no INT8 ONNX"):
-        encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "int8")
+    with pytest.raises(OfaserveError, match="shipped no INT8 IR"):
+        encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "openvino", "int8")
     manifest = build_repository(serve_exports, tmp_path / "r", runtime="onnxruntime")
     for model, export in zip(manifest["models"], serve_exports):
         expected = "onnx_ort_fused" if read_manifest(export, "export")["artifacts"].get("onnx_ort_fused") else "onnx"

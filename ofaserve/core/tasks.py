@@ -135,17 +135,17 @@ def load_task(task_name: str | None, train_file: str | None = None, dev_file: st
     return TASKS[task_name]()
 
 
-def dev_split_of(compress_manifest: dict) -> tuple[list[str], np.ndarray]:
-    """The dev sentences and labels the compress stage evaluated on, read from its manifest
-    (built-in task or the user's CSV files), checked against the manifest's labels."""
+def split_of(compress_manifest: dict, split: str = "dev") -> tuple[list[str], np.ndarray]:
+    """The sentences and labels of one split of the task the compress stage ran on, read
+    from its manifest (built-in task or the user's CSV files), checked against its labels."""
     opts = compress_manifest.get("options") or {}
     task = compress_manifest.get("task") or opts.get("task_name")
     try:
         data = load_task(task if task != "csv" else opts.get("task_name"), opts.get("train_file"),
                          opts.get("dev_file"), None)
     except OfaserveError as e:
-        raise OfaserveError(f"cannot load the dev sentences the compress stage used: {e}") from e
+        raise OfaserveError(f"cannot load the {split} sentences the compress stage used: {e}") from e
     if list(data.labels) != list(compress_manifest["labels"]):
         raise OfaserveError(f"the task's labels {data.labels} differ from the compress manifest's "
                             f"{compress_manifest['labels']}")
-    return data.split("dev")
+    return data.split(split)

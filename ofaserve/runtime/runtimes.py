@@ -17,7 +17,20 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class Runner:
+    """``runner(input_ids, token_type_ids) -> logits`` for one loaded model, and what it is:
+    ``packed`` when it packs a batch's sentences into shared rows (the export's packed
+    graph), so callers must not split batches for it; ``executed``, what the runtime
+    reports it really runs (OpenVINO: precision hint and MatMul precisions)."""
+
+    def __init__(self, logits: Logits, *, packed: bool = False, executed: dict | None = None):
+        self._logits, self.packed, self.executed = logits, packed, executed or {}
+
+    def __call__(self, input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        return self._logits(input_ids, token_type_ids)
 
 # runtime kind -> (precisions it supports, the model artifact it reads)
 KINDS = {
@@ -88,15 +101,20 @@ def _require_file(path: Path) -> None:
         raise RuntimeConfigError(f"model file {path} does not exist")
 
 
-def _packed(infer: Callable[[dict], np.ndarray], pad_id: int) -> Runner:
+def _packed(infer: Callable[[dict], np.ndarray], pad_id: int, executed: dict | None = None) -> Runner:
     """The plain contract over a packed graph: pack, run once, logits in input order."""
-    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-        return infer(pack_rows(input_ids, token_type_ids, pad_id))
-    run.packed = True  # type: ignore[attr-defined]
-    return run
+    return Runner(lambda input_ids, token_type_ids: infer(pack_rows(input_ids, token_type_ids, pad_id)),
+                  packed=True, executed=executed)
 
 
 _MATMUL_LAYERS = ("FullyConnected", "MatMul")
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can run on this CPU, e.g. ['BF16', 'FP32', 'INT8', ...]."""
+    import openvino as ov
+
+    return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
 
 
 def openvino_executed(compiled) -> dict:
@@ -126,9 +144,8 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
-        # One stream using every thread. Two single-thread streams running the chunks of a
-        # batch concurrently measured slower on 2 cores (2026-11-26, w0.6667, real dev
-        # batches of 16: 24.1 vs 22.1 ms; 16x128 equal; one sentence 5.2 vs 2.7 ms).
+        # One stream using every thread: two single-thread streams running the chunks of a
+        # batch concurrently measured slower on 2 cores (a lone sentence about 2x slower).
         "NUM_STREAMS": 1,
         # Dynamic padding makes every (rows, seq) a new shape, each cached by the CPU
         # plugin (default: thousands of entries, memory grows with traffic). 256 entries
@@ -141,16 +158,22 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
         raise RuntimeConfigError(
             f"{path} runs {executed['precision']}, not {precision}: load an NNCF-quantized IR with "
             "precision int8 and an unquantized model with fp32/bf16")
+    if precision == "bf16" and executed["inference_precision_hint"] != "bf16":
+        # OpenVINO compiles a bf16 request on a CPU without bf16 and silently runs f32
+        raise RuntimeConfigError(
+            f"precision bf16 needs a CPU with BF16 (OpenVINO's capabilities here: "
+            f"{' '.join(openvino_capabilities())}; it would run {executed['inference_precision_hint']}): "
+            "use fp32, or int8 where an INT8 IR was exported, or auto")
     request = compiled.create_infer_request()
     output = compiled.output("logits")
     if "segment_ids" in {name for port in compiled.inputs for name in port.get_names()}:
-        run = _packed(lambda feeds: np.array(request.infer(feeds)[output], dtype=np.float32, copy=True), pad_id)
-    else:
-        def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
-            result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
-            return np.array(result[output], dtype=np.float32, copy=True)
-    run.executed = executed  # type: ignore[attr-defined]
-    return run
+        return _packed(lambda feeds: np.array(request.infer(feeds)[output], dtype=np.float32, copy=True), pad_id,
+                       executed)
+
+    def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        result = request.infer({"input_ids": input_ids, "token_type_ids": token_type_ids})
+        return np.array(result[output], dtype=np.float32, copy=True)
+    return Runner(run, executed=executed)
 
 
 def _paddle(prefix: Path, precision: str, threads: int, mkldnn: bool = True) -> Runner:
@@ -193,7 +216,7 @@ def _paddle(prefix: Path, precision: str, threads: int, mkldnn: bool = True) -> 
         predictor.run()
         return out.copy_to_cpu().astype(np.float32, copy=False)
 
-    return run
+    return Runner(run, executed={"precision": precision, "mkldnn": mkldnn})
 
 
 def _ort_run(session, pad_id: int = 0) -> Runner:
@@ -203,7 +226,7 @@ def _ort_run(session, pad_id: int = 0) -> Runner:
     def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
         (logits,) = session.run(["logits"], {"input_ids": input_ids, "token_type_ids": token_type_ids})
         return logits.astype(np.float32, copy=False)
-    return run
+    return Runner(run, executed={"providers": session.get_providers()})
 
 
 def ort_cpu_options(threads: int):

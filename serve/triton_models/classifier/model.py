@@ -2,9 +2,10 @@
 
 The same work as the ensemble tokenizer -> encoder -> postprocess, without the two
 extra hops between python stubs: the formed batch is tokenized in one encode_batch,
-padded once to its longest sentence, run as length-sorted chunks on the encoder's
-runtime (runtimes.py, copied next to this file) and turned into labels and
-probabilities. Invalid requests get a per-request error; the others still run.
+padded once to its longest sentence and run on the encoder's runtime (runtimes.py,
+copied next to this file): a packed graph packs the sentences into shared rows, other
+graphs run as length-sorted chunks when that saves padding (``length_buckets``). Then
+the logits become labels and probabilities. Invalid requests get a per-request error; the others still run.
 """
 import json
 import sys

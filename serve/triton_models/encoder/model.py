@@ -2,8 +2,10 @@
 
 The inputs are declared ragged (allow_ragged_batch), so the dynamic batcher merges
 requests of different sequence lengths; execute() pads the formed batch once to its
-longest row (pad id 0: the exported graph masks pad positions, so the padding does not
-change any row's logits) and runs the runtime once for all requests.
+longest row (the exported graph masks pad positions, so padding does not change any
+row's logits) and runs it on the runtime: a packed graph's runner packs the sentences of
+all requests into shared rows in one call; other graphs run as length-sorted chunks when
+that saves padding (``length_buckets``).
 Invalid requests (bad rank, ids outside the vocabulary, too long) get a per-request
 error and are left out of the batch; the others still run.
 """

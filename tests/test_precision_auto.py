@@ -1,0 +1,114 @@
+"""`--precision auto` and the records of what really executed, with real runners on the tiny export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
+from ofaserve.serve.precision import candidates, choice_table, choose_precision, time_interleaved
+
+ALL = ["BF16", "FP32", "INT8"]
+
+
+def _manifest(bf16_gate: bool = True, int8: bool = True) -> dict:
+    artifacts = {"onnx": "onnx/model.onnx", "onnx_packed": "onnx/model_packed.onnx"}
+    records = {"openvino_bf16": {"gate_passed": bf16_gate, "delta_vs_fp32": 0.001, "agreement_with_fp32": 0.99,
+                                 **({} if bf16_gate else {"gate_failed_because": "dev accuracy drop 0.0100 > 0.005"})},
+               "openvino_packed_int8": {"shipped": int8, "delta_vs_fp32": -0.002, "agreement_with_fp32": 0.985}}
+    if int8:
+        artifacts["openvino_packed_int8"] = "openvino/model_packed_int8.xml"
+    return {"artifacts": artifacts, "precisions": records}
+
+
+def test_candidates_follow_the_gate_and_the_cpu():
+    found, skipped = candidates(_manifest(), ALL)
+    assert [(c.precision, c.artifact) for c in found] == [
+        ("fp32", "onnx_packed"), ("bf16", "onnx_packed"), ("int8", "openvino_packed_int8")]
+    assert skipped == {}
+    found, skipped = candidates(_manifest(), ["FP32", "INT8"])  # an AVX2-only CPU
+    assert [c.precision for c in found] == ["fp32", "int8"] and "no BF16" in skipped["bf16"]
+    found, skipped = candidates(_manifest(bf16_gate=False, int8=False), ALL)
+    assert [c.precision for c in found] == ["fp32"]
+    assert "drop" in skipped["bf16"] and "int8" in skipped
+
+
+def test_time_interleaved_runs_every_runner_on_every_workload():
+    calls = []
+    runners = {"a": lambda i, t: calls.append(("a", i.shape)), "b": lambda i, t: calls.append(("b", i.shape))}
+    batches = {"w1": [(np.zeros((2, 3)), None)], "w2": [(np.zeros((1, 5)), None), (np.zeros((1, 4)), None)]}
+    out = time_interleaved(runners, batches, budget_s=0.0, min_rounds=3)
+    assert {n: {w: v["calls"] for w, v in per.items()} for n, per in out.items()} == {
+        "a": {"w1": 3, "w2": 3}, "b": {"w1": 3, "w2": 3}}
+    assert len(calls) == 2 * 2 + 2 * 3 * 2  # one warm-up call per runner and workload, then the rounds
+
+
+def test_bf16_runs_bf16_or_says_what_is_missing(tiny_export_dir):
+    """On a CPU with BF16 the compiled model really runs bf16; elsewhere asking for it is an error."""
+    onnx_path = tiny_export_dir / read_manifest(tiny_export_dir, "export")["artifacts"]["onnx"]
+    if "BF16" in openvino_capabilities():
+        run = load_runner("openvino", onnx_path, "bf16", 1)
+        assert run.executed["inference_precision_hint"] == "bf16"
+        assert load_runner("openvino", onnx_path, "fp32", 1).executed["inference_precision_hint"] == "f32"
+    else:
+        with pytest.raises(RuntimeConfigError, match="needs a CPU with BF16"):
+            load_runner("openvino", onnx_path, "bf16", 1)
+
+
+def test_export_records_only_precisions_that_executed(tiny_export_dir):
+    m = read_manifest(tiny_export_dir, "export")
+    bf16 = m["precisions"]["openvino_bf16"]
+    if "BF16" in openvino_capabilities():
+        assert bf16["executed"]["inference_precision_hint"] == "bf16"
+        assert bf16["gate_passed"] == (bf16["delta_vs_fp32"] >= -bf16["max_drop"]
+                                       and bf16["agreement_with_fp32"] >= bf16["min_agreement"])
+    else:
+        assert "no BF16" in bf16["skipped"] and "accuracy" not in bf16
+    for name in ("openvino_int8", "openvino_packed_int8"):
+        rec = m["precisions"].get(name)
+        if rec and rec.get("shipped"):
+            assert rec["executed"]["precision"] == "int8" and name in m["artifacts"]
+
+
+def test_choose_precision_times_the_real_candidates(tiny_export_dir):
+    m = read_manifest(tiny_export_dir, "export")
+    choice = choose_precision(tiny_export_dir, m, threads=1, budget_s=0.5)
+    names = [r["precision"] for r in choice["candidates"]]
+    expected, _ = candidates(m, openvino_capabilities())
+    assert names == [c.precision for c in expected]
+    fastest = min(choice["candidates"], key=lambda r: r["score_ms"])
+    assert choice["chosen"] == fastest["precision"] and choice["artifact"] == fastest["artifact"]
+    for r in choice["candidates"]:
+        assert r["executed"] == r["precision"]  # the runner read back what it compiled
+        assert r["calls"]["fixed_16x128"] >= 5
+    assert choice["chosen"] in choice_table(choice)
+
+
+def test_repository_auto_serves_the_choice_and_keeps_the_others(tiny_export_dir, tmp_path):
+    from ofaserve.serve.repository import build_repository
+    from ofaserve.benchmarks.inprocess import read_config_parameters
+
+    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.5)
+    (model,) = manifest["models"]
+    info = manifest["models"][model]
+    choice = info["precision_choice"]
+    assert info["precision"] == choice["chosen"]
+    params = read_config_parameters(tmp_path / "repo" / f"{model}_encoder" / "config.pbtxt")
+    assert params["precision"] == choice["chosen"]
+    version = tmp_path / "repo" / f"{model}_encoder" / "1"
+    assert (version / params["model_file"]).is_file()
+    if any(r["precision"] == "int8" for r in choice["candidates"]):
+        assert (version / "model.xml").is_file() and (version / "model.bin").is_file()
+    assert json.loads((tmp_path / "repo" / "manifest.json").read_text())["precision"] == "auto"
+
+
+def test_forced_precisions_fail_clearly(tiny_export_dir, tmp_path):
+    from ofaserve.serve.repository import build_repository
+
+    with pytest.raises(OfaserveError, match="runs on runtime openvino"):
+        build_repository([tiny_export_dir], tmp_path / "r1", runtime="onnxruntime", precision="int8")
+    if "BF16" not in openvino_capabilities():
+        with pytest.raises(OfaserveError, match="needs a CPU with BF16"):
+            build_repository([tiny_export_dir], tmp_path / "r2", precision="bf16")
