@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="text model name, e.g. bert_w67")
     p.add_argument("--batch_size", type=int, default=16, help="sentences per gRPC request")
     p.add_argument("--output", help="write the record (JSON) here")
+    p.add_argument("--extra_backend", action="append", default=[], metavar="DIR",
+                   help="a native Triton backend folder to serve next to the python backend, e.g. the "
+                        "openvino backend from serve/deploy/build_openvino_backend.sh (repeatable)")
     args = p.parse_args(argv)
 
     import onnxruntime as ort
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     local = np.concatenate(local)
 
     with TritonServer(args.model_repository, grpc_port=free_port(), http_port=free_port(),
-                      metrics_port=free_port()) as server:
+                      metrics_port=free_port(), extra_backends=tuple(args.extra_backend)) as server:
         answers = classify(texts, url=server.grpc_url, model=args.model, batch_size=args.batch_size)
     names = manifest["labels"]
     served = np.array([[a["probs"][n] for n in names] for a in answers], dtype=np.float32)
@@ -65,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "export_manifest_dev_accuracy": manifest["dev_accuracy"],
         "max_abs_probs_diff_served_vs_onnx": float(np.abs(served - local).max()),
         "predictions_differing_served_vs_onnx": int((served.argmax(-1) != local.argmax(-1)).sum()),
-        # what the served encoder accepts (the repository's config, not the export's claim)
-        "truncation_served": int(read_config_parameters(
-            f"{args.model_repository}/{args.model}_encoder/config.pbtxt")["max_seq_length"]),
+        # what the served model truncates to (the repository's config, not the export's claim)
+        "truncation_served": _served_truncation(args.model_repository, args.model, read_config_parameters),
         "date": now_iso(), "machine": machine_info(), "command": " ".join(["python benchmarks/served_accuracy.py", *(argv or sys.argv[1:])]),
     }
     for k, v in record.items():
@@ -76,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         write_json(args.output, record)
     return 0
+
+
+def _served_truncation(repository: str, model: str, read_config_parameters) -> int:
+    """max_seq_length of the served encoder's config (python encoders), else its tokenizer's
+    (native encoders take no parameters of ours)."""
+    for suffix in ("_encoder", "_tokenizer"):
+        config = Path(repository) / f"{model}{suffix}" / "config.pbtxt"
+        if config.is_file() and "max_seq_length" in (params := read_config_parameters(config)):
+            return int(params["max_seq_length"])
+    raise SystemExit(f"{repository} has no {model}_encoder or {model}_tokenizer with a max_seq_length")
 
 
 if __name__ == "__main__":
