@@ -95,20 +95,26 @@ def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> t
 TINY_WIDTHS = [1.0, 0.75, 0.5]
 
 
+def tiny_compress_options(checkpoint: str | Path, train: str | Path, dev: str | Path, output_dir: str | Path):
+    """Compress settings that train the tiny model in seconds (widths ``TINY_WIDTHS``)."""
+    from ofaserve.compress.options import CompressOptions
+
+    return CompressOptions(
+        output_dir=str(output_dir), model_name_or_path=str(checkpoint), train_file=str(train), dev_file=str(dev),
+        width_mult_list=TINY_WIDTHS, max_seq_length=32, batch_size=16, num_teacher_epochs=1,
+        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
+        progress=False, logging_steps=0)
+
+
 def tiny_compress(folder: str | Path) -> Path:
     """The real `compress_model` on a tiny checkpoint and tiny task files in ``folder``."""
-    from ofaserve.compress.pipeline import CompressOptions, compress_model
+    from ofaserve.compress.pipeline import compress_model
 
     folder = Path(folder)
     train, dev, texts = tiny_task_files(folder / "data")
     ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)
-    out = folder / "compress"
-    compress_model(CompressOptions(
-        output_dir=str(out), model_name_or_path=str(ckpt), train_file=str(train), dev_file=str(dev),
-        width_mult_list=TINY_WIDTHS, max_seq_length=32, batch_size=16, num_teacher_epochs=1,
-        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
-        progress=False, logging_steps=0))
-    return out
+    compress_model(tiny_compress_options(ckpt, train, dev, folder / "compress"))
+    return folder / "compress"
 
 
 def main(argv: list[str] | None = None) -> int:

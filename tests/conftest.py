@@ -9,7 +9,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-TINY_WIDTHS = [1.0, 0.75, 0.5]
+from ofaserve.testing import TINY_WIDTHS  # noqa: E402,F401  (tests import it from here)
+
 # The tiny export serves sentences up to 128 tokens, as the product's exports do, so the
 # packed encoder's 128-wide rows and max-length sentences run in the tests.
 TINY_MAX_SEQ_LENGTH = 128
@@ -44,15 +45,11 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_compress_dir(tiny_checkpoint, tmp_path_factory):
     """Output of the real `compress_model` on the tiny checkpoint (widths 1.0/0.75/0.5)."""
-    from ofaserve.compress.pipeline import CompressOptions, compress_model
+    from ofaserve.compress.pipeline import compress_model
+    from ofaserve.testing import tiny_compress_options
 
-    ckpt, train, dev = tiny_checkpoint
     out = tmp_path_factory.mktemp("compress") / "out"
-    compress_model(CompressOptions(
-        output_dir=str(out), model_name_or_path=str(ckpt), train_file=str(train), dev_file=str(dev),
-        width_mult_list=TINY_WIDTHS, max_seq_length=32, batch_size=16, num_teacher_epochs=1,
-        num_train_epochs=1, importance_samples=32, learning_rate=1e-3, teacher_learning_rate=1e-3,
-        progress=False, logging_steps=0))
+    compress_model(tiny_compress_options(*tiny_checkpoint, out))
     return out
 
 
