@@ -84,7 +84,8 @@ def spec_from_config(config: dict[str, Any]) -> RuntimeSpec:
         prec = _PRECISION_ALIASES.get(params.get("precision", "fp32").lower(), params.get("precision", "fp32"))
         return RuntimeSpec(rt, prec, _threads(params.get("threads")))
     if backend == "openvino":
-        prec = "bf16" if params.get("HINT_BF16", "").upper() == "YES" else "fp32"
+        # without HINT_BF16 the backend lets OpenVINO pick (bf16 on CPUs with AMX/AVX512_BF16)
+        prec = "bf16" if params.get("HINT_BF16", "").upper() == "YES" else "cpu-default"
         return RuntimeSpec("openvino", prec, _threads(params.get("INFERENCE_NUM_THREADS")))
     if backend == "onnxruntime" or platform == "onnxruntime_onnx":
         accel = ((config.get("optimization") or {}).get("execution_accelerators") or {})

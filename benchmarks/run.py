@@ -286,18 +286,6 @@ def versions(server_version: str | None) -> dict[str, str]:
     return out
 
 
-def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return sorted(have & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
-    except OSError:
-        pass
-    return []
-
-
 # --------------------------------------------------------------------------- plan
 def split_counts(total: int, parts: int) -> list[int]:
     """``total`` items over ``parts`` chunks as evenly as possible (earlier chunks first)."""
@@ -599,7 +587,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "command": " ".join([PROG, *(shlex.quote(a) for a in argv)]),
             "argv": list(argv),
             "invocation": {"argv": list(sys.argv), "cwd": os.getcwd()},
-            "machine": {**machine_info(), "cpu_flags": cpu_flags(), "load_start": load_start,
+            "machine": {**machine_info(), "load_start": load_start,
                         "load_end": load_end, "busy_warning": _busy_warning(load_start, load_end)},
             "versions": versions(meta.get("version")),
             "server": {"url": url, "started_by_bench": bool(args.start_server), "version": meta.get("version"),

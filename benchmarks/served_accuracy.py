@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=16, help="sentences per gRPC request")
     p.add_argument("--output", help="write the record (JSON) here")
     p.add_argument("--extra_backend", action="append", default=[], metavar="DIR",
-                   help="a native Triton backend folder to serve next to the python backend, e.g. the "
-                        "openvino backend from serve/deploy/build_openvino_backend.sh (repeatable)")
+                   help="a native Triton backend folder (holding libtriton_<name>.so, built for Triton 2.51) "
+                        "to serve next to the python backend, e.g. the openvino backend (repeatable)")
     args = p.parse_args(argv)
 
     import onnxruntime as ort

@@ -85,8 +85,8 @@ class TritonServer:
                  grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
                  log_verbose: int = 0, extra_backends: tuple[str | os.PathLike, ...] = ()) -> None:
         """``extra_backends``: folders ``<name>/libtriton_<name>.so`` (plus the libraries it
-        loads) served next to the bundled python backend, e.g. a native backend built
-        from source (serve/deploy/build_openvino_backend.sh)."""
+        loads) served next to the bundled python backend, e.g. a native Triton backend
+        built for this server's version (2.51) from NVIDIA's backend sources."""
         self.model_repository = Path(model_repository).resolve()
         self.extra_backends = [Path(b).resolve() for b in extra_backends]
         for backend in self.extra_backends:

@@ -112,3 +112,21 @@ def test_forced_precisions_fail_clearly(tiny_export_dir, tmp_path):
     if "BF16" not in openvino_capabilities():
         with pytest.raises(OfaserveError, match="needs a CPU with BF16"):
             build_repository([tiny_export_dir], tmp_path / "r2", precision="bf16")
+
+
+def test_serve_says_what_runs_and_warns_on_another_cpu(tiny_export_dir, tmp_path):
+    from ofaserve.serve.cli import precision_lines
+    from ofaserve.serve.repository import build_repository
+
+    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.2)
+    (model,) = manifest["models"]
+    chosen = manifest["models"][model]["precision"]
+    lines = precision_lines(tmp_path / "repo")
+    assert lines[0].startswith(f"{model}: precision {chosen} (auto: fastest of ")
+    assert not any(line.startswith("warning") for line in lines)  # timed on this very CPU
+    path = tmp_path / "repo" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["models"][model]["precision_choice"]["capabilities"] = ["FP32"]  # as if timed on another CPU
+    path.write_text(json.dumps(data))
+    warning = [line for line in precision_lines(tmp_path / "repo") if line.startswith("warning")]
+    assert len(warning) == 1 and "rebuild the repository here" in warning[0]

@@ -420,10 +420,10 @@ def _previous_xeon_encoder(config: mc.ModelConfig) -> None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not os.environ.get("OFASERVE_OPENVINO_BACKEND"),
-                    reason="needs Triton's openvino backend built from source: OFASERVE_OPENVINO_BACKEND=<dir> "
-                           "(serve/deploy/build_openvino_backend.sh)")
+                    reason="needs Triton's openvino backend built for Triton 2.51: OFASERVE_OPENVINO_BACKEND=<dir> "
+                           "holding libtriton_openvino.so")
 def test_native_openvino_on_the_real_backend(exports, tmp_path):
-    """Triton's own openvino backend (r24.10 source, built by build_openvino_backend.sh) on
+    """Triton's own openvino backend (built from its r24.10 source against the openvino wheel) on
     the bundled 2.51 server: the --runtime openvino-native repository loads and answers as the
     export's ONNX does (bf16 where the CPU has it, hence the tolerance). The previous
     generator's encoder rejects a smaller batch, as openvino.cc's batch padding predicts (it
