@@ -194,7 +194,7 @@ def test_spec_from_config():
                                               "threads": {"string_value": "2"}}}
     assert inprocess.spec_from_config(py) == inprocess.RuntimeSpec("openvino", "bf16", 2)
     ov = {"backend": "openvino", "parameters": {"INFERENCE_NUM_THREADS": {"string_value": "4"}}}
-    assert inprocess.spec_from_config(ov) == inprocess.RuntimeSpec("openvino", "fp32", 4)
+    assert inprocess.spec_from_config(ov) == inprocess.RuntimeSpec("openvino", "cpu-default", 4)  # OpenVINO picks
     trt = {"platform": "onnxruntime_onnx", "optimization": {"execution_accelerators": {
         "gpu_execution_accelerator": [{"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}]}}}
     assert inprocess.spec_from_config(trt).runtime == "onnxruntime-trt"
