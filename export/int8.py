@@ -153,11 +153,11 @@ def _quantize_graph(graph: _Graph, out_dir: Path, calibration: Sequence[Batch], 
             "calibration_batches": len(calibration), "calibration_split": "train",
             "max_drop": gate.max_drop, "min_agreement": gate.min_agreement, "nncf": nncf.__version__}
     with _nncf_output(progress):
-        _save(nncf.quantize(_read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER,
-                            subset_size=len(calibration)), xml)
+        quantized = _save(nncf.quantize(_read(graph), dataset, model_type=nncf.ModelType.TRANSFORMER,
+                                        subset_size=len(calibration)), xml)
     quantize_s = round(time.perf_counter() - start, 1)
     result, logits = _evaluate(xml, dev, fp32_logits, gate, pad_id)
-    result.update(method="nncf.quantize", quantize_s=quantize_s)
+    result.update(method="nncf.quantize", quantize_s=quantize_s, quantizers=len(quantized))
     fp32_meets_gate = min(gate.max_drop, 1.0 - gate.min_agreement) >= 0
     if result["shipped"] or not accuracy_control or not fp32_meets_gate:
         if not result["shipped"]:
@@ -167,12 +167,13 @@ def _quantize_graph(graph: _Graph, out_dir: Path, calibration: Sequence[Batch], 
     first = {k: result[k] for k in ("accuracy", "delta_vs_fp32", "agreement_with_fp32", "not_shipped_because")}
     ac_start = time.perf_counter()
     with _nncf_output(progress):
-        _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), xml)
+        kept = _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), xml)
     quantize_s = round(time.perf_counter() - ac_start, 1)
     result, logits = _evaluate(xml, dev, fp32_logits, gate, pad_id)
     result.update(method="nncf.quantize_with_accuracy_control",
                   method_why=f"nncf.quantize missed the gate: {first['not_shipped_because']}",
-                  quantize_s=quantize_s, first_try=first,
+                  quantize_s=quantize_s, quantizers=len(kept), reverted_to_float=sorted(quantized - kept),
+                  first_try=first,
                   dev_reused="accuracy control chose the layers to keep in float on dev: the dev gate "
                              "is optimistic, test accuracy is the unbiased check")
     return {**base, **result, "seconds": round(time.perf_counter() - start, 1)}, logits
@@ -186,12 +187,16 @@ def _read(graph: _Graph):
     return ov.Core().read_model(str(graph.onnx_path))
 
 
-def _save(model, xml: Path) -> None:
+def _save(model, xml: Path) -> set[str]:
+    """Write the IR; return its quantizers' names (activation FakeQuantize ops and the
+    dequantizing Multiply of each INT8 weight, which NNCF names ``<op>/fq_weights_<port>``)."""
     import openvino as ov
 
     xml.parent.mkdir(parents=True, exist_ok=True)
     # compress_to_fp16=False: the float parts stay exactly the FP32 weights the gate judged.
     ov.save_model(model, str(xml), compress_to_fp16=False)
+    return {op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() == "FakeQuantize" or "/fq_weights_" in op.get_friendly_name()}
 
 
 def _accuracy_control(graph: _Graph, dataset, dev: DevSet, fp32_logits: np.ndarray, gate: Gate):

@@ -59,6 +59,7 @@ def test_both_graphs_quantized_shipped_and_executing_int8(int8_inputs, int8_expo
     for name, rel in artifacts.items():
         r = record[name]
         assert r["shipped"] and r["method"] == "nncf.quantize", r
+        assert r["quantizers"] > 0 and "reverted_to_float" not in r
         assert r["calibration_sentences"] == sum(len(ids) for ids, _ in calibration) > 0
         assert r["calibration_split"] == "train"
         # the record claims INT8 only because the compiled model runs u8/i8 MatMuls
@@ -151,9 +152,10 @@ def test_accuracy_control_returns_a_gated_int8_model(int8_inputs, tmp_path):
                    lambda ids, types: {"input_ids": ids, "token_type_ids": types})
     gate = Gate(0.005, 0.98)
     dataset = nncf.Dataset(calibration, lambda b: graph.feeds(b[0], b[1]))
-    _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), tmp_path / graph.rel)
+    quantizers = _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), tmp_path / graph.rel)
     result, _ = _evaluate(tmp_path / graph.rel, dev, fp32_logits, gate, pad_id=0)
     assert result["shipped"] and result["executed"]["precision"] == "int8"
+    assert any(name.endswith("/fq_weights_1") for name in quantizers)  # the MatMul weights are INT8
 
 
 def test_openvino_runner_refuses_a_precision_that_would_not_execute(int8_inputs, int8_export):
