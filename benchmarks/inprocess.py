@@ -9,7 +9,6 @@ runtime/precision variants of the same model (e.g. openvino bf16 next to fp32).
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +22,13 @@ Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # --------------------------------------------------------------------------- config.pbtxt
-_PARAM_RE = re.compile(r'parameters\s*(?::\s*)?\[?\s*\{\s*key\s*:\s*"([^"]+)"\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"\s*\}\s*\}', re.S)
-
-
 def read_config_parameters(config_path: str | os.PathLike) -> dict[str, str]:
     """``parameters { key: "k" value { string_value: "v" } }`` entries of a config.pbtxt."""
-    text = Path(config_path).read_text()
-    try:  # exact parse when the protobuf model config is importable
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-        cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
-        return {k: v.string_value for k, v in cfg.parameters.items()}
-    except Exception:
-        return dict(_PARAM_RE.findall(text))
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = text_format.Parse(Path(config_path).read_text(), model_config_pb2.ModelConfig())
+    return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
 def config_params_from_json(config_json: dict[str, Any]) -> dict[str, str]:

@@ -181,9 +181,10 @@ def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any])
                 instances=[{"count": int(g.get("count", 1) or 1), "kind": g.get("kind")}
                            for g in enc_cfg.get("instance_group", []) or []],
                 dynamic_batching=enc_cfg.get("dynamic_batching") is not None)
-    width = (repo_manifest.get("models", {}).get(m) or {}).get("width_mult")
-    info["width_source"] = "repository manifest" if width is not None else "model name"
-    info["width"] = float(width) if width is not None else stats.width_from_name(m)
+    sources = {"encoder config": params.get("width_mult"),
+               "repository manifest": (repo_manifest.get("models", {}).get(m) or {}).get("width_mult")}
+    info["width_source"], width = next(((k, v) for k, v in sources.items() if v not in (None, "")), (None, None))
+    info["width"] = float(width) if width is not None else None
     try:
         ens = client.get_model_config(m, as_json=True).get("config", {})
         steps = (ens.get("ensemble_scheduling") or {}).get("step", []) or []

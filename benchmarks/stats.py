@@ -5,7 +5,6 @@ statistics API) and derives figures from them; nothing here invents a number.
 """
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -195,23 +194,7 @@ def pipeline_totals(summaries: Mapping[str, Mapping[str, Any]], names: Sequence[
     return out
 
 
-# --------------------------------------------------------------------------- model naming
-_WIDTH_RE = re.compile(r"_w(\d+)(?=_|$)")
-
-
-def width_from_name(name: str) -> float | None:
-    """``bert_w100`` -> 1.0, ``bert_w67`` -> 0.67, ``bert_w6667`` -> 0.6667; else None."""
-    m = _WIDTH_RE.search(name)
-    if not m:
-        return None
-    digits = m.group(1)
-    if len(digits) <= 3:
-        return int(digits) / 100.0
-    if digits.startswith("1") and set(digits[1:]) == {"0"}:
-        return 1.0
-    return int(digits) / 10 ** len(digits)
-
-
+# --------------------------------------------------------------------------- widths
 def pick_full(widths: Mapping[str, float | None]) -> str | None:
     """The full-width model of a set: the largest known width (ties: first name)."""
     known = [(w, n) for n, w in widths.items() if w is not None]

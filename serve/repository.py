@@ -266,6 +266,7 @@ def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precis
     _param(config, "threads", threads)
     _param(config, "model_file", model_file)
     _param(config, "vocab_size", manifest["vocab_size"])
+    _param(config, "width_mult", manifest["width_mult"])  # what the bench asks the server, not the name
     _param(config, "max_seq_length", manifest["max_seq_length"])
     _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
     _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))

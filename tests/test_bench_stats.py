@@ -130,13 +130,6 @@ def test_flatten_missing_fields():
 
 
 # --------------------------------------------------------------------------- naming, comparisons
-@pytest.mark.parametrize("name,width", [("bert_w100", 1.0), ("bert_w67", 0.67), ("bert_w50", 0.5),
-                                        ("bert_w6667", 0.6667), ("bert_w67_encoder", 0.67),
-                                        ("bert", None), ("w100", None)])
-def test_width_from_name(name, width):
-    assert stats.width_from_name(name) == (pytest.approx(width) if width is not None else None)
-
-
 def _row(model, workload, c, p50, tput=100.0):
     return {"model": model, "workload": workload, "concurrency": c, "latency_ms": {"p50": p50},
             "throughput_sps": tput}
