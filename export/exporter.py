@@ -27,7 +27,7 @@ from ofaserve.export.build import build_artifacts
 from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eval, parity_inputs, run_parity
 from ofaserve.export.precisions import precision_variants
 from ofaserve.export.selection import RUNTIMES, accuracy_table, select_by_accuracy, select_by_latency, selection_table
-from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_tokenizer
+from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
 from ofaserve.export.submodel import count_params_config, flops, full_width_config, load_sub_model
 
 log = logging.getLogger("ofaserve.export")
@@ -150,7 +150,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             train_texts = split_of(job.src.manifest, "train")[0] if opts.int8 else ()
             precisions, extra = precision_variants(tmp, job.dev, job.tokenizer, dev_logits, dev_m["accuracy"],
                                                    train_texts=train_texts, pad_id=job.pad_id, int8=opts.int8,
-                                                   progress=opts.progress)
+                                                   progress=opts.progress, test=load_test(job.src))
             artifacts.update(extra)
         steps.update(1)
         manifest = _write_manifest(job, tmp, width, info, artifacts, parity, dev_m, precisions, selection,

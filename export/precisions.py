@@ -56,8 +56,10 @@ class _Recorder:
 
 def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float, *,
                        train_texts: Sequence[str] = (), pad_id: int = 0, int8: bool = True,
-                       progress: bool = False, fp16: bool = True) -> tuple[dict, dict]:
-    """(records by variant, shipped artifacts by name) for the export in ``folder``."""
+                       progress: bool = False, fp16: bool = True, test=None) -> tuple[dict, dict]:
+    """(records by variant, shipped artifacts by name) for the export in ``folder``. With
+    ``test`` (texts, labels), the test accuracy of FP32 and of every CPU variant that can
+    be served is measured once, after the gate was decided on dev."""
     record = _Recorder(dev, tokenizer, fp32_logits, fp32_acc)
     results: dict[str, Any] = {"fp32": {"accuracy": fp32_acc, "runtime": "onnxruntime"}}
     artifacts: dict[str, str] = {}
@@ -67,7 +69,31 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
     results["openvino_bf16"] = _bf16(src, record)
     if int8:
         results.update(_int8(folder, dev, tokenizer, fp32_logits, train_texts, pad_id, artifacts, progress))
+    if test is not None and len(test[0]):
+        _test_accuracy(folder, results, artifacts, test, tokenizer, pad_id)
     return results, artifacts
+
+
+def _test_accuracy(folder: Path, results: dict, artifacts: dict, test, tokenizer, pad_id: int) -> None:
+    """Test accuracy, reported once: never used to choose anything."""
+    src = folder / "onnx" / "model.onnx"
+    servable = {"fp32": lambda: runners.onnxruntime(src)}
+    if results["openvino_bf16"].get("gate_passed"):
+        servable["openvino_bf16"] = lambda: runners.openvino(src, "bf16")
+    for name in ("openvino_int8", "openvino_packed_int8"):
+        if name in artifacts:
+            servable[name] = lambda name=name: _int64(load_runner("openvino", folder / artifacts[name], "int8",
+                                                                   runners.threads(), pad_id=pad_id))
+    fp32_test = None
+    for name, make in servable.items():
+        m, _ = dev_eval(make(), test, tokenizer)
+        fp32_test = m["accuracy"] if fp32_test is None else fp32_test
+        results[name].update(test_accuracy=m["accuracy"], test_delta_vs_fp32=m["accuracy"] - fp32_test,
+                             test_sentences=m["n"])
+
+
+def _int64(run):
+    return lambda ids, types: run(np.asarray(ids, np.int64), np.asarray(types, np.int64))
 
 
 def _fp16(folder: Path, src: Path, record: _Recorder, artifacts: dict) -> dict[str, Any]:
@@ -101,8 +127,7 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
         run = load_runner("openvino", src, "bf16", runners.threads())
     except RuntimeConfigError as e:
         return {"skipped": str(e), "capabilities": capabilities}
-    fn = lambda ids, types: run(np.asarray(ids, np.int64), np.asarray(types, np.int64))  # noqa: E731
-    return record(fn, runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)
+    return record(_int64(run), runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)
 
 
 def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Sequence[str], pad_id: int,

@@ -79,6 +79,14 @@ def load_dev(src: Source):
     return split_of(src.manifest)
 
 
+def load_test(src: Source):
+    """The task's test split, or None when it has none (a user's CSV task without one)."""
+    try:
+        return split_of(src.manifest, "test")
+    except OfaserveError:
+        return None
+
+
 def load_tokenizer(src: Source, max_seq_length: int):
     tok_rel = (src.manifest.get("tokenizer") or {}).get("tokenizer_json", "tokenizer/tokenizer.json")
     path = src.folder / tok_rel
