@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.benchmarks import inprocess, stats
+from ofaserve.benchmarks import inprocess, stats, timebox
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_workload
 from ofaserve.core.artifacts import OfaserveError, machine_info, now_iso, write_json
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured requests per model/workload/concurrency (default 60 unless --duration)")
     l.add_argument("--duration", type=float, default=None,
                    help="seconds of measured load per model/workload/concurrency instead of --requests")
+    l.add_argument("--time_budget_s", type=float, default=None,
+                   help="about this many seconds for the whole run: a few probe requests per model and workload "
+                        "price a request, and the measured requests (and in-process calls) per cell are cut to "
+                        "fit, never above --requests; report.json's time_budget records the sizing "
+                        "[default: no budget]")
     l.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
     l.add_argument("--rounds", type=int, default=3,
                    help="split each measurement into this many chunks, interleaving models (ABBA) so drift "
@@ -326,6 +331,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise OfaserveError("--requests must be >= 1")
     if args.duration is not None and args.duration <= 0:
         raise OfaserveError("--duration must be > 0")
+    if args.time_budget_s is not None and (args.time_budget_s <= 0 or args.duration is not None):
+        raise OfaserveError("--time_budget_s must be > 0 and sizes --requests: drop --duration")
     if args.warmup < 0 or args.rounds < 1:
         raise OfaserveError("--warmup must be >= 0 and --rounds >= 1")
     requests = args.requests if args.requests is not None else (None if args.duration else 60)
@@ -558,6 +565,7 @@ def baseline_results(baselines: dict, batch_size: int) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    clock = timebox.BenchClock(args.time_budget_s) if args.time_budget_s else None
     plan = make_plan(args)
     with ExitStack() as stack:
         url, client = open_server(stack, plan)
@@ -568,6 +576,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             meta = {}
         wl = make_workloads(plan, infos)
         baselines, baseline_notes = make_baselines(client, plan, models, infos, wl)
+        sizing = None
+        if clock is not None:
+            plan, sizing = timebox.fit_plan(plan, clock, url, models, wl, baselines)
+            if "cut" in sizing:
+                print(f"{PROG}: time budget: {sizing['cut']}", file=sys.stderr)
         measurement = Measurement(client, url, plan, models, wl, baselines)
         if not args.no_progress:
             from tqdm import tqdm
@@ -606,6 +619,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "warmup_accounting": measurement.warm.to_dict(),
             "totals": _totals(results, measurement.warm),
             "run_wall_s": run_wall,
+            "time_budget": sizing,
             "plot": "latency.png",
         }
         write_report(report, plan.out_dir)

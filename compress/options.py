@@ -8,7 +8,8 @@ from typing import Any
 DEFAULT_WIDTHS = [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # ~10 min on 2 CPU cores: a subset, short sequences, one OFA epoch.
+    # A subset, short sequences, one OFA epoch: the most `ofaserve demo` trains. Under its
+    # time budget (--time_budget_s) the steps are sized to the machine (compress.timebox).
     "quick": dict(max_train_samples=2000, num_teacher_epochs=2, num_train_epochs=1, max_seq_length=64,
                   importance_samples=256, save_steps=0, eval_before_ofa=False),
     # all train sentences (~10k); <= 90 min on 2 CPU cores. The recipe behind
@@ -52,3 +53,4 @@ class CompressOptions:
     overwrite: bool = False
     profile: str | None = None
     progress: bool = True
+    time_budget_s: float | None = None  # None: the profile's work as written (compress.timebox)

@@ -114,6 +114,7 @@ class _Run:
     train: tuple
     dev: tuple
     test: tuple | None
+    timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
 
     def evaluate(self, fn, split=None) -> dict:
         from ofaserve.compress.train import metrics, predict
@@ -125,6 +126,10 @@ class _Run:
 def compress_model(opts: CompressOptions) -> dict:
     """Run the whole compress stage; returns the manifest written to ``opts.output_dir``."""
     widths, select_key = _check_options(opts)
+    timebox = None
+    if opts.time_budget_s is not None:  # the clock starts before any work
+        from ofaserve.compress.timebox import CompressTimebox
+        timebox = CompressTimebox(opts.time_budget_s, opts.n_gpu)
     reused = _reusable_teacher(opts) if opts.teacher_dir else None
     out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite)
     if opts.n_gpu > 1 and dist.world_size() == 1:
@@ -136,6 +141,9 @@ def compress_model(opts: CompressOptions) -> dict:
         dist.launch(compress_model, opts, opts.n_gpu)
         return read_manifest(out, stage="compress")
     run, teacher, config = _prepare(opts, widths, select_key, out)
+    if timebox is not None:
+        run.timebox = timebox
+        timebox.attach(run)
     phases: dict[str, Any] = {"teacher": _teacher_phase(run, teacher, reused)}
     teacher.eval()
     supernet, importance, resume = _supernet_phase(run, teacher)
@@ -209,10 +217,11 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
         log.info("resumed the fine-tuned teacher from %s", teacher_ckpt)
         return json.loads(teacher_info.read_text())
     t0 = time.time()
+    sizer = run.timebox.teacher_sizer(teacher) if run.timebox is not None else None
     info, stats = finetune_teacher(
         teacher, run.train, run.dev, run.tokenizer, epochs=opts.num_teacher_epochs,
         batch_size=opts.batch_size, lr=opts.teacher_learning_rate, seed=opts.seed,
-        logging_steps=opts.logging_steps, evaluate=run.evaluate, progress=opts.progress)
+        logging_steps=opts.logging_steps, evaluate=run.evaluate, progress=opts.progress, sizer=sizer)
     info["train"] = stats.as_dict()
     info["wall_s"] = round(time.time() - t0, 1)
     if run.main:
@@ -310,12 +319,14 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
 
     opts = run.opts
     t0 = time.time()
+    sizer = (run.timebox.ofa_sizer(supernet, teacher, resume["start_step"]) if run.timebox is not None
+             else None)
     info, stats = train_ofa(
         supernet, teacher, run.train, run.tokenizer, epochs=opts.num_train_epochs,
         batch_size=opts.batch_size, lr=opts.learning_rate, seed=opts.seed, lambda_hidden=opts.lambda_hidden,
         lambda_logit=opts.lambda_logit, lambda_ce=opts.lambda_ce, sampling=opts.sampling,
         logging_steps=opts.logging_steps, save_steps=opts.save_steps, on_save=keeper.on_save,
-        start_step=resume["start_step"], opt_state=resume["opt_state"], progress=opts.progress)
+        start_step=resume["start_step"], opt_state=resume["opt_state"], progress=opts.progress, sizer=sizer)
     info["train"] = stats.as_dict()
     info["wall_s"] = round(time.time() - t0, 1)
     info["best_step"] = keeper.best["step"]
@@ -373,6 +384,6 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
                     "train_sentences_used": len(run.train[0])},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},
             importance=importance, phases=phases, results=results, machine=machine_info(),
-            finished=now_iso())
+            **({"budget": run.timebox.record()} if run.timebox is not None else {}), finished=now_iso())
     shutil.rmtree(partial, ignore_errors=True)
     return manifest

@@ -67,10 +67,14 @@ def supernet_logits_fn(supernet: OfaSupernet, width: float) -> Callable:
 
 
 # ----------------------------------------------------------------------------- schedules
-def make_optimizer(parameters, lr: float, total_steps: int, warmup: float = 0.1, weight_decay: float = 0.01):
+def make_optimizer(parameters, lr: float, total_steps: int | Callable[[], int], warmup: float = 0.1,
+                   weight_decay: float = 0.01):
+    """AdamW with linear warmup and decay over ``total_steps``: an int, or a callable read at
+    every step (a time-budgeted phase sets its length after timing its first steps)."""
+    steps = total_steps if callable(total_steps) else (lambda: total_steps)
     scheduler = paddle.optimizer.lr.LambdaDecay(
-        lr, lambda step: min((step + 1) / max(1.0, warmup * total_steps),
-                             max(0.0, (total_steps - step) / max(1.0, (1 - warmup) * total_steps))))
+        lr, lambda step: min((step + 1) / max(1.0, warmup * steps()),
+                             max(0.0, (steps() - step) / max(1.0, (1 - warmup) * steps()))))
     opt = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=parameters, weight_decay=weight_decay,
                                  grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
                                  apply_decay_param_fun=lambda n: not any(k in n for k in ("bias", "norm")))
@@ -111,19 +115,44 @@ class PhaseStats:
                 "sentences_per_s": round(self.sentences / self.seconds, 2) if self.seconds else None}
 
 
+class Horizon:
+    """A phase's total steps. Fixed unless a ``sizer`` (``compress.timebox.StepSizer``) is
+    given: it sees every trained step and may change the total (the LR schedule and the
+    progress bar follow)."""
+
+    def __init__(self, total: int, sizer=None, bar=None):
+        self.total, self.sizer, self.bar = total, sizer, bar
+
+    def __call__(self) -> int:
+        return self.total
+
+    def after_step(self, step: int, stats: PhaseStats) -> None:
+        if self.sizer is None:
+            return
+        new = self.sizer(step, stats, self.total)
+        if new != self.total:
+            self.total = new
+            if self.bar is not None:
+                self.bar.total = new
+                self.bar.refresh()
+
+
 # ----------------------------------------------------------------------------- teacher
 def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
-                     logging_steps: int, evaluate: Callable, progress: bool = True) -> tuple[dict, PhaseStats]:
-    """Plain fine-tuning; keeps the weights of the best dev accuracy (evaluated per epoch)."""
+                     logging_steps: int, evaluate: Callable, progress: bool = True,
+                     sizer=None) -> tuple[dict, PhaseStats]:
+    """Plain fine-tuning; keeps the weights of the best dev accuracy (evaluated per epoch),
+    unless a time budget's ``sizer`` dropped those evaluations (then the last weights)."""
     texts, labels = train
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
-    opt, sched = make_optimizer(model.parameters(), lr, total)
-    stats, best, best_state, step = PhaseStats(), -1.0, None, 0
     # disable=None: tqdm shows no bar when stderr is not a terminal (logs carry the progress)
     bar = tqdm(total=total, desc="teacher", unit="step", disable=not progress or None, dynamic_ncols=True)
+    horizon = Horizon(total, sizer, bar)
+    opt, sched = make_optimizer(model.parameters(), lr, horizon)
+    stats, best, best_state, step = PhaseStats(), -1.0, None, 0
     epoch = 0
-    while step < total:
+    while step < horizon.total:
         model.train()
         for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer,
                                           bucket=50):
@@ -138,23 +167,29 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
             opt.step(); sched.step(); opt.clear_grad()
             stats.seconds += time.perf_counter() - t0
             stats.steps += 1; stats.sentences += len(y); step += 1
+            horizon.after_step(step, stats)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
             if logging_steps and step % logging_steps == 0:
-                log.info("teacher step %d/%d loss %.4f (%.1f sentences/s)", step, total, float(loss),
+                log.info("teacher step %d/%d loss %.4f (%.1f sentences/s)", step, horizon.total, float(loss),
                          stats.sentences / stats.seconds)
-            if step >= total:
+            if step >= horizon.total:
                 break
         epoch += 1
+        if sizer is not None and not sizer.epoch_selection:
+            continue  # the budget dropped the per-epoch dev evaluations
         model.eval()
         acc = evaluate(model_logits_fn(model))["accuracy"]
         log.info("teacher epoch %d: dev accuracy %.4f", epoch, acc)
         if acc > best:
             best, best_state = acc, {k: v.numpy().copy() for k, v in model.state_dict().items()}
     bar.close()
-    model.set_state_dict(best_state)
+    selected = sizer is None or sizer.epoch_selection
+    if selected:
+        model.set_state_dict(best_state)
     model.eval()
-    return {"best_dev_accuracy": best, "epochs": epochs, "steps": total}, stats
+    return {"best_dev_accuracy": best if selected else None, "epochs": epochs if sizer is None
+            else round(horizon.total / steps_per_epoch, 3), "steps": horizon.total}, stats
 
 
 # ----------------------------------------------------------------------------- OFA
@@ -196,7 +231,7 @@ def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator
 def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float, batch_size: int, lr: float,
               seed: int, lambda_hidden: float, lambda_logit: float, sampling: str, logging_steps: int,
               save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
-              progress: bool = True, lambda_ce: float = 0.0) -> tuple[dict, PhaseStats]:
+              progress: bool = True, lambda_ce: float = 0.0, sizer=None) -> tuple[dict, PhaseStats]:
     """OFA width training: every step runs the teacher once (no grad), then each width with
     hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)
     + cross-entropy on the gold labels (x lambda_ce; 0 in the tutorial's recipe)."""
@@ -207,17 +242,18 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
     teacher.eval()
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
-    opt, sched = make_optimizer(supernet.parameters(), lr, total)
+    bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress or None,
+               dynamic_ncols=True)
+    horizon = Horizon(total, sizer, bar)
+    opt, sched = make_optimizer(supernet.parameters(), lr, horizon)
     if opt_state:
         load_optimizer_checkpoint(opt, supernet.model, opt_state)
     rng = np.random.default_rng(seed)
     stats, step = PhaseStats(), 0
-    bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress or None,
-               dynamic_ncols=True)
     epoch = 0
     try:
         with compat.patched():
-            while step < total:
+            while step < horizon.total:
                 supernet.train()
                 for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + 1000 + epoch,
                                                 tokenizer=tokenizer, bucket=50):
@@ -248,21 +284,23 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                     opt.step(); sched.step(); opt.clear_grad()
                     stats.seconds += time.perf_counter() - t0
                     stats.steps += 1; stats.sentences += len(y); step += 1
+                    horizon.after_step(step, stats)
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(list(losses.values())):.3f}",
                                     sent_s=f"{stats.sentences / stats.seconds:.1f}")
                     if logging_steps and step % logging_steps == 0:
-                        log.info("ofa step %d/%d losses %s (%.1f sentences/s)", step, total,
+                        log.info("ofa step %d/%d losses %s (%.1f sentences/s)", step, horizon.total,
                                  {k: round(v, 4) for k, v in losses.items()}, stats.sentences / stats.seconds)
-                    if (save_steps and step % save_steps == 0) or step >= total:
+                    if (save_steps and step % save_steps == 0) or step >= horizon.total:
                         supernet.set_width(1.0)
                         on_save(step, optimizer_state_for_checkpoint(opt, supernet.model))
                         supernet.train()
-                    if step >= total:
+                    if step >= horizon.total:
                         break
                 epoch += 1
     finally:
         bar.close()
         t_hidden.remove(); s_hidden.remove()
         supernet.set_width(1.0)
-    return {"steps": total, "epochs": epochs, "sampling": sampling}, stats
+    return {"steps": horizon.total, "epochs": epochs if sizer is None else round(horizon.total / steps_per_epoch, 3),
+            "sampling": sampling}, stats

@@ -18,6 +18,10 @@ def _width(value: str):
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'auto', not {value!r}") from None
 
 
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ofaserve export",
@@ -64,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_precisions", dest="precisions", action="store_false",
                    help="skip the FP16 / OpenVINO bf16 / INT8 variants and their dev accuracy")
     p.add_argument("--no_int8", dest="int8", action="store_false", help="skip the dynamic INT8 variant")
+    p.add_argument("--no_fp16", dest="fp16", action="store_false",
+                   help="skip the FP16 ONNX variant (the gpu target's; the cpu targets never serve it)")
+    p.add_argument("--parity_runtimes", type=_names, default=None,
+                   help="comma-separated runtimes to check against the supernet, e.g. onnx,openvino_packed (the "
+                        "runtimes a repository will serve); onnx, through which dev accuracy is checked, always "
+                        "runs [default: all of sub_model, paddle_static, onnx, onnx_ort_fused, openvino_f32, "
+                        "onnx_packed, openvino_packed]")
+    p.add_argument("--time_budget_s", type=float, default=None,
+                   help="about this many seconds for the whole export: dev accuracy through onnx is still checked "
+                        "on the whole dev set, and its measured speed sizes an evenly spread dev subset for the "
+                        "later passes (packed graph, precision variants); the manifest's parity.budget records it "
+                        "[default: no budget, every pass on the whole dev set]")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logits diff allowed between runtimes")
     p.add_argument("--n_gpu", type=int, default=1, help="accepted for tutorial compatibility; export runs on CPU")
     p.add_argument("--overwrite", action="store_true",

@@ -29,6 +29,8 @@ from ofaserve.export.precisions import precision_variants
 from ofaserve.export.selection import RUNTIMES, accuracy_table, select_by_accuracy, select_by_latency, selection_table
 from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
 from ofaserve.export.submodel import count_params_config, flops, full_width_config, load_sub_model
+from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runtimes, later_passes,
+                                     runtimes_to_check)
 
 log = logging.getLogger("ofaserve.export")
 
@@ -56,6 +58,9 @@ class ExportOptions:
     tolerance: float = PARITY_TOL
     overwrite: bool = False
     progress: bool = True
+    fp16: bool = True
+    parity_runtimes: list[str] | None = None  # None: every runtime (export.timebox)
+    time_budget_s: float | None = None  # None: every dev pass on the whole dev set
 
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
@@ -101,6 +106,9 @@ def _validate(opts: ExportOptions) -> None:
         raise OfaserveError("--max_accuracy_drop / --latency_budget_ms only apply with --width_mult auto")
     if not 0 < opts.tolerance < 1:
         raise OfaserveError("--tolerance must be in (0, 1)")
+    check_parity_runtimes(opts.parity_runtimes)
+    if opts.time_budget_s is not None and opts.time_budget_s <= 0:
+        raise OfaserveError(f"--time_budget_s must be > 0 (got {opts.time_budget_s})")
 
 
 @dataclass
@@ -114,6 +122,9 @@ class _Job:
     tokenizer: Any
     tok_path: Path
     pad_id: int
+    timebox: ExportTimebox | None = None
+    later: LaterDev | None = None  # dev of the passes after the first (set by _check_dev)
+    not_checked: tuple = ()  # runtimes left out by --parity_runtimes
 
 
 def run_export(opts: ExportOptions) -> dict[str, Any]:
@@ -122,7 +133,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     t_start = time.time()
+    timebox = ExportTimebox(opts.time_budget_s) if opts.time_budget_s else None
     job = _prepare(opts)
+    job.timebox = timebox
     sn = build_supernet(job.src)
     if opts.width_mult != "auto":
         sn.check_width(float(opts.width_mult))  # fail before any work for an untrained width
@@ -148,9 +161,14 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         precisions: dict[str, Any] = {}
         if opts.onnx_model and opts.precisions:
             train_texts = split_of(job.src.manifest, "train")[0] if opts.int8 else ()
-            precisions, extra = precision_variants(tmp, job.dev, job.tokenizer, dev_logits, dev_m["accuracy"],
+            later = job.later
+            fp32_acc = dev_m["accuracy"] if later.index is None else _accuracy(later.logits(dev_logits), later.dev[1])
+            precisions, extra = precision_variants(tmp, later.dev, job.tokenizer, later.logits(dev_logits), fp32_acc,
                                                    train_texts=train_texts, pad_id=job.pad_id, int8=opts.int8,
-                                                   progress=opts.progress, test=load_test(job.src))
+                                                   fp16=opts.fp16, progress=opts.progress,
+                                                   test=later.same_share(load_test(job.src)))
+            if later.index is not None:  # every variant's gate ran on this dev subset
+                precisions["fp32"]["dev_sentences"] = len(later.index)
             artifacts.update(extra)
         steps.update(1)
         manifest = _write_manifest(job, tmp, width, info, artifacts, parity, dev_m, precisions, selection,
@@ -226,22 +244,31 @@ def _stage_tokenizer(job: _Job, tmp: Path) -> dict[str, str]:
 
 def _parity_runners(job: _Job, sn, sub, width: float, tmp: Path, artifacts: dict) -> dict[str, runners.LogitsFn]:
     """The supernet at ``width`` first (the reference), then every artifact through the
-    runtime that will run it."""
-    fns: dict[str, runners.LogitsFn] = {
-        "supernet": lambda i, t: sn.logits_numpy(i, t, width),
-        "sub_model": runners.dygraph(sub),
-        "paddle_static": runners.paddle_inference(tmp / "static" / "model"),
+    runtime that will run it (only the ``--parity_runtimes`` ones, when given)."""
+    makers: dict[str, Any] = {
+        "supernet": lambda: (lambda i, t: sn.logits_numpy(i, t, width)),
+        "sub_model": lambda: runners.dygraph(sub),
+        "paddle_static": lambda: runners.paddle_inference(tmp / "static" / "model"),
     }
-    if not job.opts.onnx_model:
-        return fns
-    fns["onnx"] = runners.onnxruntime(tmp / artifacts["onnx"])
-    if "onnx_ort_fused" in artifacts:
-        fns["onnx_ort_fused"] = runners.onnxruntime(tmp / artifacts["onnx_ort_fused"])
-    fns["openvino_f32"] = runners.openvino(tmp / artifacts["onnx"], "f32")
-    if "onnx_packed" in artifacts:
-        fns["onnx_packed"] = runners.packed("onnxruntime", tmp / artifacts["onnx_packed"], job.pad_id)
-        fns["openvino_packed"] = runners.packed("openvino", tmp / artifacts["onnx_packed"], job.pad_id)
-    return fns
+    if job.opts.onnx_model:
+        makers["onnx"] = lambda: runners.onnxruntime(tmp / artifacts["onnx"])
+        if "onnx_ort_fused" in artifacts:
+            makers["onnx_ort_fused"] = lambda: runners.onnxruntime(tmp / artifacts["onnx_ort_fused"])
+        makers["openvino_f32"] = lambda: runners.openvino(tmp / artifacts["onnx"], "f32")
+        if "onnx_packed" in artifacts:
+            makers["onnx_packed"] = lambda: runners.packed("onnxruntime", tmp / artifacts["onnx_packed"], job.pad_id)
+            makers["openvino_packed"] = lambda: runners.packed("openvino", tmp / artifacts["onnx_packed"], job.pad_id)
+    keep = runtimes_to_check(list(makers), job.opts.parity_runtimes, _eval_runtime(job))
+    job.not_checked = tuple(n for n in makers if n not in keep)
+    return {name: makers[name]() for name in keep}
+
+
+def _eval_runtime(job: _Job) -> str:
+    return "onnx" if job.opts.onnx_model else "paddle_static"
+
+
+def _accuracy(logits: np.ndarray, labels) -> float:
+    return float(np.mean(logits.argmax(-1) == np.asarray(labels)))
 
 
 def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
@@ -250,6 +277,8 @@ def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
     inputs = parity_inputs(job.dev[0], load_tokenizer(job.src, max_pos)[0], job.pad_id, max_pos)
     parity, table, ok = run_parity(fns, inputs, job.opts.tolerance)
     parity["ok"] = ok
+    if job.not_checked:
+        parity["runtimes_not_checked"] = list(job.not_checked)
     return parity, table
 
 
@@ -257,21 +286,26 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     """Dev accuracy through the served graph equals compress's; the packed graph gives the
     plain graph's logits on every dev batch. Raises ParityError (nothing written) otherwise."""
     compress_acc = accuracy_table(job.src)["widths"].get(width)
-    eval_name = "onnx" if job.opts.onnx_model else "paddle_static"
+    eval_name = _eval_runtime(job)
+    t0 = time.perf_counter()
     dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer)
+    job.later = _later_dev(job, fns, time.perf_counter() - t0, parity)
     parity["dev_accuracy"] = {"runtime": eval_name, "exported": dev_m["accuracy"], "compress": compress_acc,
                               "abs_diff": abs(dev_m["accuracy"] - compress_acc), "tolerance": DEV_ACC_TOL,
                               "n": dev_m["n"]}
     dev_ok = abs(dev_m["accuracy"] - compress_acc) <= DEV_ACC_TOL
     ok = parity["ok"]
-    if "onnx_packed" in fns:  # every dev batch packed differently: the packing itself is checked
-        packed_m, packed_logits = dev_eval(fns["onnx_packed"], job.dev, job.tokenizer)
-        diff = float(np.abs(packed_logits - dev_logits).max())
+    packed = next((n for n in ("onnx_packed", "openvino_packed") if n in fns), None)
+    if packed:  # every dev batch packed differently: the packing itself is checked
+        packed_m, packed_logits = dev_eval(fns[packed], job.later.dev, job.tokenizer)
+        plain = job.later.logits(dev_logits)
+        diff = float(np.abs(packed_logits - plain).max())
         parity["packed_dev"] = {"max_abs_diff_vs_onnx": diff, "accuracy": packed_m["accuracy"],
-                                "predictions_agreeing": float(np.mean(packed_logits.argmax(-1)
-                                                                      == dev_logits.argmax(-1)))}
+                                "predictions_agreeing": float(np.mean(packed_logits.argmax(-1) == plain.argmax(-1))),
+                                "runtime": packed, "n": packed_m["n"]}
         ok &= diff <= job.opts.tolerance
-        table += (f"\n\ndev set through onnx_packed: max abs logits diff vs onnx {diff:.3e} "
+        subset = "" if job.later.index is None else f" ({packed_m['n']} sentences)"
+        table += (f"\n\ndev set{subset} through {packed}: max abs logits diff vs onnx {diff:.3e} "
                   f"({'ok' if diff <= job.opts.tolerance else 'FAIL'})")
     parity["ok"] = ok and dev_ok
     table += (f"\n\ndev accuracy through {eval_name}: {dev_m['accuracy']:.6f}, compress manifest: "
@@ -280,6 +314,26 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
         raise ParityError(f"parity check failed for width {width_key(width)}: nothing was written to {job.out}",
                           table)
     return dev_m, dev_logits, table
+
+
+def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> LaterDev:
+    """The dev set of the passes after the first: all of it, or under ``--time_budget_s``
+    the subset the time left allows at the first pass's measured speed (``export.timebox``)."""
+    opts = job.opts
+    if job.timebox is None:
+        return LaterDev(job.dev, None, None)
+    from ofaserve.runtime.runtimes import openvino_capabilities
+
+    test = load_test(job.src)
+    passes = later_passes(packed=any(n in fns for n in ("onnx_packed", "openvino_packed")), fp16=opts.fp16,
+                          bf16="BF16" in openvino_capabilities(), int8=opts.int8,
+                          precisions=opts.onnx_model and opts.precisions,
+                          test_ratio=len(test[0]) / max(1, len(job.dev[0])) if test else 0.0)
+    later = job.timebox.later_dev(job.dev, first_pass_s, passes)
+    parity["budget"] = later.record
+    if later.index is not None:
+        log.info("time budget: %s", later.record["cut"])
+    return later
 
 
 def _params_record(sub_cfg: dict, cfg: dict, sub_model) -> dict[str, Any]:

@@ -8,15 +8,23 @@ Each stage is the same entry point a user types (``<stage>.cli.main(argv)``), an
 commands are printed. Finished stages are reused on a second run (their manifest is
 the proof they finished) unless ``--redo`` names them. The server is stopped on exit,
 Ctrl-C, SIGTERM or failure.
+
+Time budget (``--budget_min``, 12 by default): machines differ several-fold in speed, so
+instead of a fixed amount of work each stage gets a share of the time left when it
+starts and sizes its work from its own measured speed (compress: training steps; exports:
+the runtimes the demo serves, a dev subset for the later checks; bench: request counts).
+The results table is never cut: teacher and every width on dev and test. What was cut is
+printed when each stage ends and recorded in ``summary.json`` (``budget``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
+from ofaserve.core.budget import Budget, Heartbeat, clock_text
 from ofaserve.core.naming import model_name
 
 STAGES = ["compress", "export", "repo", "bench"]
@@ -27,6 +35,15 @@ SENTENCES = [
     "I wanted my two hours back.",
     "Un film magnifique 🎬 — 美しい映画",  # non-English and emoji are answered too
 ]
+DEFAULT_BUDGET_MIN = 12.0
+# Shares of the time left, fixed when each stage starts. Compress is the only stage whose
+# work scales freely; the exports' build and first dev pass, the repository and the server
+# start are fixed costs, sized to what a 2-core AVX2 CPU needs for them.
+SHARES = {"compress": 0.52, "export": 0.25, "repo": 0.07, "serve": 0.06, "bench": 0.10}
+# What `ofaserve export` checks that the cpu repository never serves (skipped under a budget)
+SERVED_PARITY_RUNTIMES = ["openvino_packed"]
+INT8_FAST_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+DEFAULT_AUTO_BUDGET_S = 20  # `ofaserve repo --auto_budget_s`'s default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=["quick", "full"], help="compress profile (default: quick)")
     p.add_argument("--width_mult", default="0.6667", help="compressed width to export and serve (default: 0.6667)")
     p.add_argument("--redo", default="", help=f"comma-separated stages to redo even if finished ({','.join(STAGES)}, or all)")
-    p.add_argument("--requests", type=int, default=30, help="measured requests per model/workload in the benchmark")
+    p.add_argument("--requests", type=int, default=30,
+                   help="measured requests per model/workload in the benchmark (the most; a budget may cut it)")
     p.add_argument("--seq_len", type=int, default=128,
                    help="sequence length of the fixed-length benchmark (the seed's 128); exports serve up to it")
     p.add_argument("--grpc_port", type=int, default=0, help="gRPC port of the demo server (default: a free port)")
+    p.add_argument("--budget_min", type=float, default=DEFAULT_BUDGET_MIN,
+                   help=f"minutes the demo aims to finish in (default: {DEFAULT_BUDGET_MIN:g}); each stage sizes its "
+                        "work from its measured speed and what it cut is printed and kept in summary.json; 0: no "
+                        "budget (the profile and every export check in full)")
+    p.add_argument("--progress_s", type=float, default=30.0,
+                   help="seconds between the progress lines (elapsed, time left) printed while a stage runs "
+                        "(default: 30; 0: none)")
     return p
 
 
 def _run_stage(label: str, func, argv: list[str]) -> None:
-    print(f"\n=== {label}: ofaserve {' '.join(argv)}", flush=True)
     code = func(argv)
     if code:
         raise SystemExit(f"demo: stage {label} failed (exit {code}); fix the error above and rerun `make demo`")
@@ -61,21 +85,26 @@ def _finished(folder: Path, stage: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ofaserve.compress.cpu import configure
-    configure()
-
+    if args.budget_min < 0 or args.progress_s < 0:
+        print("error: --budget_min and --progress_s must be >= 0", file=sys.stderr)
+        return 2
     work = Path(args.workdir)
     redo = set(STAGES) if args.redo == "all" else {s for s in args.redo.split(",") if s}
     unknown = redo - set(STAGES)
     if unknown:
         print(f"error: --redo: unknown stage(s) {sorted(unknown)}; choose from {STAGES} or all", file=sys.stderr)
         return 2
+    budget = Budget(args.budget_min * 60 or None, SHARES)  # the clock starts before paddle is imported
+    from ofaserve.compress.cpu import configure
+    from ofaserve.core import quiet
+    configure()
     from ofaserve.core.artifacts import OfaserveError, terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
-    t_start = time.time()
-    timings: dict[str, float] = {}
     try:
-        return _pipeline(args, work, redo, timings, t_start)
+        with quiet.known_noise_silenced():
+            with quiet.known_prints_dropped():
+                import paddle  # noqa: F401  (its import prints a notice; the stages import it anyway)
+            return _pipeline(args, work, redo, budget)
     except OfaserveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,87 +124,253 @@ def latency_figures(report: dict) -> dict:
             "comparisons": report.get("comparisons", {})}
 
 
-def _pipeline(args, work: Path, redo: set[str], timings: dict, t_start: float) -> int:
+# --------------------------------------------------------------------------- screen
+def _say(line: str) -> None:
+    """One line on stdout, drawn above any progress bar (safe from the heartbeat thread)."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+class _Stage:
+    """One line when a stage starts (with its share of the budget), progress lines while
+    it runs, one line when it ends (with what it cut)."""
+
+    def __init__(self, budget: Budget, name: str, title: str, every_s: float):
+        self.budget, self.name, self.title, self.every_s = budget, name, title, every_s
+        self.reused = False
+
+    def __enter__(self) -> "_Stage":
+        allot = self.budget.start(self.name)
+        share = "" if allot is None else f"  [{clock_text(allot)} of the {clock_text(self.budget.left())} left]"
+        _say(f"\n=== {self.name}: {self.title}{share}")
+        self.beat = Heartbeat(self.budget, self.name, self.every_s, _say).__enter__()
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        self.beat.__exit__(exc_type, *rest)
+        used = self.budget.finish(self.name, reused=self.reused)
+        if exc_type is not None:
+            return
+        rec = self.budget.stages[self.name]
+        of = "" if rec.allotted_s is None else f" of its {clock_text(rec.allotted_s)}"
+        _say(f"=== {self.name}: {'reused' if self.reused else 'done'} in {clock_text(used)}{of}")
+        for c in rec.cuts:
+            _say(f"    cut: {c.what}: {c.default} -> {c.chosen} ({c.why})")
+
+
+def _seconds(allot: float) -> str:
+    """A stage's time budget as a flag value (a stage that starts late still gets a second)."""
+    return str(max(1, round(allot)))
+
+
+# --------------------------------------------------------------------------- stages
+def _compress(args, work: Path, redo: set[str], budget: Budget) -> dict:
     from ofaserve.compress import cli as compress_cli
-    from ofaserve.core.artifacts import read_manifest, write_json
-    from ofaserve.core.tables import results_table
-    from ofaserve.export import cli as export_cli
-    from ofaserve.serve import cli as serve_cli
+    from ofaserve.core.artifacts import read_manifest
 
     compress_dir = work / "compress"
-    t = time.time()
-    if "compress" in redo or not _finished(compress_dir, "compress"):
-        _run_stage("compress", compress_cli.main,
-                   ["--profile", args.profile, "--output_dir", str(compress_dir), "--overwrite"])
-    else:
-        print(f"\n=== compress: reusing {compress_dir} (--redo compress to retrain)")
-    timings["compress_s"] = round(time.time() - t, 1)
-    cm = read_manifest(compress_dir, stage="compress")
+    allot = budget.allot("compress")
+    argv = ["--profile", args.profile, "--output_dir", str(compress_dir), "--overwrite",
+            *([] if allot is None else ["--time_budget_s", _seconds(allot)])]
+    reuse = "compress" not in redo and _finished(compress_dir, "compress")
+    title = f"reusing {compress_dir} (--redo compress to retrain)" if reuse else "ofaserve compress " + " ".join(argv)
+    with _Stage(budget, "compress", title, args.progress_s) as stage:
+        stage.reused = reuse
+        if not reuse:
+            _run_stage("compress", compress_cli.main, argv)
+            _note_compress(budget, read_manifest(compress_dir, stage="compress"))
+    return read_manifest(compress_dir, stage="compress")
 
-    exports = {}
-    t = time.time()
-    for width in ("1.0", args.width_mult):
-        out = work / "export" / f"w{width}"
-        if "export" in redo or not _finished(out, "export"):
-            _run_stage(f"export {width}", export_cli.main,
-                       ["--model_name_or_path", str(compress_dir), "--width_mult", width, "--output_dir", str(out),
-                        "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite"])
-        else:
-            print(f"\n=== export {width}: reusing {out}")
-        exports[width] = out
-    timings["export_s"] = round(time.time() - t, 1)
+
+def _note_compress(budget: Budget, cm: dict) -> None:
+    """The compress run's own measurements and cuts, in the demo's budget record."""
+    for phase in ("teacher", "ofa"):
+        train = cm["phases"][phase].get("train") or {}
+        budget.measure("compress", **{f"{phase}_sentences_per_s": train.get("sentences_per_s"),
+                                      f"{phase}_steps": train.get("steps")})
+    rec = cm.get("budget") or {}
+    budget.measure("compress", **rec.get("measured", {}))
+    for c in rec.get("cuts", []):
+        budget.cut("compress", c["what"], c["default"], c["chosen"], c["why"])
+
+
+def _served_only(budget: Budget) -> list[str]:
+    """Under a budget the demo's exports build and check only what its cpu repository can
+    serve; the cuts are recorded once for both exports."""
+    if budget.total_s is None:
+        return []
+    flags = ["--parity_runtimes", ",".join(SERVED_PARITY_RUNTIMES), "--no_fp16", "--no_fuse_attention"]
+    budget.cut("export", "parity runtimes", "all 7", "onnx, " + ", ".join(SERVED_PARITY_RUNTIMES),
+               "the runtimes the demo's cpu repository serves; onnx carries the dev accuracy check")
+    budget.cut("export", "FP16 variant and ONNX Runtime fused graph", "built and checked", "skipped",
+               "only the gpu target / --runtime onnxruntime serve them")
+    if not _has_fast_int8():
+        flags.append("--no_int8")
+        budget.cut("export", "OpenVINO INT8 variant", "built and gated", "skipped",
+                   f"this CPU has none of {', '.join(INT8_FAST_FLAGS)}: INT8 runs slower than f32 here, "
+                   "so `ofaserve repo --precision auto` would not serve it")
+    return flags
+
+
+def _has_fast_int8() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return True  # unknown CPU: build the variant and let the repository's timing decide
+    return any(flag in flags for flag in INT8_FAST_FLAGS)
+
+
+def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict[str, Path]:
+    from ofaserve.core.artifacts import read_manifest
+    from ofaserve.export import cli as export_cli
+
+    exports, widths = {}, ("1.0", args.width_mult)
+    todo = [w for w in widths if "export" in redo or not _finished(work / "export" / f"w{w}", "export")]
+    title = f"widths {', '.join(widths)}" + (f" (reusing {', '.join(w for w in widths if w not in todo)})"
+                                             if len(todo) < len(widths) else "")
+    with _Stage(budget, "export", title, args.progress_s) as stage:
+        stage.reused = not todo
+        served_only = _served_only(budget) if todo else []
+        for width in widths:
+            out = work / "export" / f"w{width}"
+            exports[width] = out
+            if width not in todo:
+                _say(f"export {width}: reusing {out}")
+                continue
+            argv = ["--model_name_or_path", str(work / "compress"), "--width_mult", width, "--output_dir", str(out),
+                    "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite", *served_only]
+            if budget.total_s is not None:  # this export's part of what is left of the stage's share
+                left = budget.stages["export"].allotted_s - budget.stage_elapsed("export")
+                argv += ["--time_budget_s", _seconds(left / (len(todo) - todo.index(width)))]
+            _say(f"export {width}: ofaserve export {' '.join(argv)}")
+            _run_stage(f"export {width}", export_cli.main, argv)
+            _note_export(budget, width, read_manifest(out, stage="export"))
+    return exports
+
+
+def _note_export(budget: Budget, width: str, manifest: dict) -> None:
+    rec = (manifest.get("parity") or {}).get("budget") or {}
+    budget.measure("export", **{f"w{width}_wall_s": manifest.get("wall_s"),
+                                f"w{width}_dev_s_per_sentence": rec.get("s_per_sentence")})
+    if "cut" in rec:
+        budget.cut("export", f"w{width} dev sentences of the later checks (packed graph, precision gates)",
+                   rec["dev_total"], rec["dev_sentences"], rec["cut"])
+
+
+def _repo(args, work: Path, redo: set[str], budget: Budget, exports: dict[str, Path]) -> Path:
+    from ofaserve.serve import cli as serve_cli
 
     repo = work / "model_repository"
-    t = time.time()
-    if {"repo", "export"} & redo or not (repo / "manifest.json").is_file():
-        _run_stage("repo", serve_cli.repo_main,
-                   ["--export_dir", *map(str, exports.values()), "--target", "cpu", "--output", str(repo)])
-    else:
-        print(f"\n=== repo: reusing {repo}")
-    timings["repo_s"] = round(time.time() - t, 1)
+    reuse = not ({"repo", "export"} & redo) and (repo / "manifest.json").is_file()
+    argv = ["--export_dir", *map(str, exports.values()), "--target", "cpu", "--output", str(repo)]
+    allot = budget.allot("repo")
+    # half the share times the precision candidates; loading them and writing take the rest
+    auto = None if allot is None else round(min(DEFAULT_AUTO_BUDGET_S, max(1.0, 0.5 * allot / len(exports))))
+    if auto is not None:
+        argv += ["--auto_budget_s", str(auto)]
+    with _Stage(budget, "repo", f"reusing {repo}" if reuse else "ofaserve repo " + " ".join(argv),
+                args.progress_s) as stage:
+        stage.reused = reuse
+        if not reuse:
+            if auto is not None:
+                budget.measure("repo", auto_budget_s=auto)
+                if auto < DEFAULT_AUTO_BUDGET_S:
+                    budget.cut("repo", "seconds timing the precision candidates per export",
+                               DEFAULT_AUTO_BUDGET_S, auto, "half the stage's share (at least 5 rounds each)")
+            _run_stage("repo", serve_cli.repo_main, argv)
+    return repo
 
+
+def _serve_and_bench(args, work: Path, budget: Budget, repo: Path, exports: dict[str, Path]) -> list[dict]:
+    """Start the server, classify a few sentences, run the benchmark; the server stops after."""
+    from ofaserve.serve.client import classify
     from ofaserve.serve.server import TritonServer, free_port
-    grpc_port = args.grpc_port or free_port()
-    print(f"\n=== serve: starting the bundled Triton server on {repo} (gRPC 127.0.0.1:{grpc_port})", flush=True)
-    bench_dir = work / "bench"
-    with TritonServer(repo, grpc_port=grpc_port, http_port=free_port(), metrics_port=free_port()) as server:
-        print(f"ready: gRPC {server.grpc_url}, models: {', '.join(sorted(server.models_ready()))}")
-        from ofaserve.serve.client import classify
-        names = {w: model_name("bert", w) for w in exports}
-        compressed = names[args.width_mult]
-        print(f"\n=== classify over gRPC ({compressed}):")
-        answers = classify(SENTENCES, url=server.grpc_url, model=compressed)
-        for text, ans in zip(SENTENCES, answers):
-            probs = ", ".join(f"{k}={v:.3f}" for k, v in ans["probs"].items())
-            print(f"  {ans['label']:>8}  ({probs})  {text!r}")
-        t = time.time()
-        from ofaserve.benchmarks import run as bench
-        _run_stage("bench", bench.main,
-                   ["--url", server.grpc_url, "--model_repository", str(repo), "--models", ",".join(names.values()),
-                    "--batch_size", "16", "--seq_len", str(args.seq_len), "--real_text", "--concurrency", "1",
-                    "--requests", str(args.requests), "--output_dir", str(bench_dir)])
-        timings["bench_s"] = round(time.time() - t, 1)
-    print("server stopped")
 
+    grpc_port = args.grpc_port or free_port()
+    names = {w: model_name("bert", w) for w in exports}
+    with contextlib.ExitStack() as stack:
+        with _Stage(budget, "serve", f"starting the bundled Triton server on {repo} (gRPC 127.0.0.1:{grpc_port}) "
+                    "and classifying over gRPC", args.progress_s):
+            server = stack.enter_context(TritonServer(repo, grpc_port=grpc_port, http_port=free_port(),
+                                                      metrics_port=free_port()))
+            _say(f"ready: gRPC {server.grpc_url}, models: {', '.join(sorted(server.models_ready()))}")
+            compressed = names[args.width_mult]
+            _say(f"classified by {compressed}:")
+            answers = classify(SENTENCES, url=server.grpc_url, model=compressed)
+            for text, ans in zip(SENTENCES, answers):
+                probs = ", ".join(f"{k}={v:.3f}" for k, v in ans["probs"].items())
+                _say(f"  {ans['label']:>8}  ({probs})  {text!r}")
+        _bench(args, work, budget, server.grpc_url, repo, names)
+    _say("server stopped")
+    return answers
+
+
+def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[str, str]) -> None:
+    from ofaserve.benchmarks import run as bench
+
+    allot = budget.allot("bench")
+    argv = ["--url", url, "--model_repository", str(repo), "--models", ",".join(names.values()),
+            "--batch_size", "16", "--seq_len", str(args.seq_len), "--real_text", "--concurrency", "1",
+            "--requests", str(args.requests), "--output_dir", str(work / "bench"),
+            *([] if allot is None else ["--time_budget_s", _seconds(allot)])]
+    with _Stage(budget, "bench", "ofaserve bench " + " ".join(argv), args.progress_s):
+        _run_stage("bench", bench.main, argv)
+        sizing = json.loads((work / "bench" / "report.json").read_text()).get("time_budget") or {}
+        budget.measure("bench", **{k: sizing[k] for k in ("probe_latency_ms", "requests") if k in sizing})
+        if "cut" in sizing:
+            budget.cut("bench", "measured requests per model/workload", sizing["requests_asked"], sizing["requests"],
+                       sizing["cut"])
+
+
+# --------------------------------------------------------------------------- the whole run
+def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
+    from ofaserve.core.artifacts import read_manifest, write_json
+    from ofaserve.core.tables import results_table
+
+    cm = _compress(args, work, redo, budget)
+    exports = _exports(args, work, redo, budget, cm)
+    repo = _repo(args, work, redo, budget, exports)
+    answers = _serve_and_bench(args, work, budget, repo, exports)
+    bench_dir = work / "bench"
     report = json.loads((bench_dir / "report.json").read_text())
     print(f"\n=== Accuracy per width ({cm['task']}, compress profile {args.profile})\n")
     print(results_table(cm))
-    print(f"\n=== Latency (batch 16, gRPC, this machine)\n")
+    print("\n=== Latency (batch 16, gRPC, this machine)\n")
     print((bench_dir / "report.md").read_text())
-    timings["total_s"] = round(time.time() - t_start, 1)
+    print(_budget_report(budget))
+    timings = {f"{n}_s": round(r.used_s, 1) for n, r in budget.stages.items() if r.used_s is not None}
     summary = {
-        "compress": {"dir": str(compress_dir), "results": cm["results"]},
+        "compress": {"dir": str(work / "compress"), "results": cm["results"], "budget": cm.get("budget")},
         "exports": {w: {"dir": str(p), "manifest": read_manifest(p, stage="export")} for w, p in exports.items()},
         "model_repository": str(repo),
         "classified": [{"text": s, **a} for s, a in zip(SENTENCES, answers)],
         "benchmark": {"dir": str(bench_dir), "report": str(bench_dir / "report.json"),
                       "latency": latency_figures(report)},
-        "timings": timings,
+        "timings": {**timings, "total_s": round(budget.elapsed(), 1)},
+        "budget": budget.record(),
     }
     write_json(work / "summary.json", summary)
-    print(f"\nArtifacts: compress {compress_dir} | exports {', '.join(map(str, exports.values()))} | "
+    print(f"\nArtifacts: compress {work / 'compress'} | exports {', '.join(map(str, exports.values()))} | "
           f"repository {repo} | benchmark {bench_dir} | summary {work / 'summary.json'}")
     return 0
+
+
+def _budget_report(budget: Budget) -> str:
+    """What the budget was, what each stage used, and everything that was cut."""
+    if budget.total_s is None:
+        return f"\n=== Time: {clock_text(budget.elapsed())} (no budget: nothing was cut)"
+    verdict = "within" if budget.elapsed() <= budget.total_s else "OVER"
+    lines = [f"\n=== Time budget {clock_text(budget.total_s)}: used {clock_text(budget.elapsed())} ({verdict})"]
+    for name, r in budget.stages.items():
+        if r.used_s is not None:
+            lines.append(f"  {name:<9} {clock_text(r.used_s):>6} of {clock_text(r.allotted_s or 0):>6}"
+                         f"{'  (reused)' if r.reused else ''}")
+    cuts = budget.cuts()
+    lines.append("  cut to fit:" + ("" if cuts else " nothing"))
+    lines += [f"    {c.line()}" for c in cuts]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

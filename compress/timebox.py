@@ -1,0 +1,222 @@
+"""``--time_budget_s`` for compress: size the training to the time, from measured speed.
+
+The results table (teacher and every width on dev and test) is never cut: its
+evaluations are priced first, from a timed probe of a few dev sentences at each width,
+and reserved. What is left trains. The teacher fine-tune times its first steps, then
+plans both phases (``ofaserve.core.budget.plan_training``: first the per-epoch dev
+evaluations go, then both phases' steps by one fraction); the OFA phase times its own
+first steps and takes what is left, up to the profile's steps. A guard after every step
+shrinks a phase whose projected end would overrun its share (machine load changes).
+Every measurement, plan and cut goes to the manifest's ``budget`` record.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+import numpy as np
+
+from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
+from ofaserve.core.naming import width_key
+
+log = logging.getLogger("ofaserve.compress")
+
+PROBE_STEPS = 4  # steps timed before a phase is sized (after its first, which sets up kernels)
+MIN_STEPS = 8  # fewer training steps than this teach nothing worth reporting: overrun instead
+PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
+RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
+
+
+class StepSizer:
+    """Called by a training loop after each trained step with (step, stats, total); returns
+    the phase's total steps: unchanged until ``PROBE_STEPS`` are timed, then from
+    ``plan(s_per_step, step) -> (total, deadline)``, then shrunk by the guard when the
+    projected end passes that deadline (the last moment that leaves the later work its
+    time: machine load changes, and the time between steps is not in the step timings)."""
+
+    def __init__(self, name: str, plan: Callable[[float, int], tuple[int, float]], min_total: int):
+        self.name, self.plan, self.min_total = name, plan, min_total
+        self.first: tuple[int, float] | None = None
+        self.s_per_step: float | None = None
+        self.deadline: float | None = None
+        self.planned: int | None = None
+        self.shrunk: list[dict] = []
+        self.epoch_selection = True  # the teacher's per-epoch dev evaluations (plan may drop them)
+
+    def __call__(self, step: int, stats, total: int) -> int:
+        if self.first is None:
+            self.first = (stats.steps, stats.seconds)
+            return total
+        timed = stats.steps - self.first[0]
+        if timed < PROBE_STEPS:
+            return total
+        self.s_per_step = (stats.seconds - self.first[1]) / timed
+        if self.planned is None:
+            self.planned, self.deadline = self.plan(self.s_per_step, step)
+            return max(step, self.planned)
+        remaining = self.deadline - time.monotonic()
+        if (total - step) * self.s_per_step <= remaining or total <= self.min_total:
+            return total
+        new = max(step, self.min_total, step + math.floor(max(0.0, remaining) / self.s_per_step))
+        if new < total:
+            self.shrunk.append({"at_step": step, "from": total, "to": new, "s_per_step": round(self.s_per_step, 3)})
+            log.info("%s: behind plan (%.2f s/step), %d -> %d steps", self.name, self.s_per_step, total, new)
+        return new
+
+
+def _floor_note(at_floor: bool) -> str:
+    return f"; kept the minimum of {MIN_STEPS} steps, over the budget" if at_floor else ""
+
+
+class CompressTimebox:
+    """The budget of one compress run; ``attach`` it to the run once the data is loaded."""
+
+    def __init__(self, budget_s: float, n_gpu: int = 1):
+        if budget_s <= 0:
+            raise OfaserveError(f"--time_budget_s must be > 0 (got {budget_s})")
+        if n_gpu > 1:
+            raise OfaserveError("--time_budget_s needs --n_gpu 1: workers sizing their steps apart would not "
+                                "stay in step")
+        self.budget_s, self.t0 = float(budget_s), time.monotonic()
+        self.deadline = self.t0 + self.budget_s - RESERVE_FRACTION * self.budget_s
+        self.measured: dict[str, Any] = {}
+        self.plans: dict[str, Any] = {}
+        self.cuts: list[Cut] = []
+        self.sizers: dict[str, StepSizer] = {}
+        self.run = None
+        self.tokens: dict[str, int] = {}
+        self.s_per_token: dict[str, float] = {}
+
+    def attach(self, run) -> None:
+        from ofaserve.compress.batching import batches
+
+        self.run = run
+        for name, split in (("dev", run.dev), ("test", run.test)):
+            if split:  # padded tokens of an evaluation pass, batched exactly as predict() batches
+                self.tokens[name] = sum(ids.size for ids, *_ in batches(split[0], split[1], 64, length_sorted=True,
+                                                                        tokenizer=run.tokenizer))
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    # ------------------------------------------------------------------ evaluation prices
+    def price(self, key: str, logits_fn) -> float:
+        """Seconds per padded token of ``logits_fn`` on a stride sample of dev."""
+        from ofaserve.compress.batching import batches
+        from ofaserve.compress.train import predict
+
+        texts, labels = self.run.dev
+        pick = np.linspace(0, len(texts) - 1, num=min(PROBE_SENTENCES, len(texts))).astype(int)
+        sample, y = [texts[i] for i in pick], labels[pick]
+        predict(logits_fn, sample[:8], y[:8], self.run.tokenizer)  # first call sets up kernels: not timed
+        t = time.perf_counter()
+        predict(logits_fn, sample, y, self.run.tokenizer)
+        seconds = time.perf_counter() - t
+        tokens = sum(ids.size for ids, *_ in batches(sample, y, 64, length_sorted=True, tokenizer=self.run.tokenizer))
+        self.s_per_token[key] = seconds / max(1, tokens)
+        return self.s_per_token[key]
+
+    def eval_reserve_s(self) -> float:
+        """Seconds of the evaluations the results table needs: teacher and every width on
+        dev and test. Widths not priced yet cost the teacher's price scaled by the width
+        (their matmuls shrink with it)."""
+        teacher = self.s_per_token["teacher"]
+        pass_tokens = sum(self.tokens.values())
+        widths = sum(self.s_per_token.get(width_key(w), teacher * w) for w in self.run.widths)
+        return pass_tokens * (teacher + widths)
+
+    # ------------------------------------------------------------------ phases
+    def teacher_sizer(self, teacher) -> StepSizer:
+        """Prices the teacher's evaluations now; plans both phases once its first steps are timed."""
+        from ofaserve.compress.train import model_logits_fn
+
+        run = self.run
+        teacher.eval()  # no dropout: pricing must not draw from the random stream training uses
+        self.price("teacher", model_logits_fn(teacher))
+        steps_per_epoch = math.ceil(len(run.train[0]) / run.opts.batch_size)
+        profile_steps = max(1, int(round(run.opts.num_teacher_epochs * steps_per_epoch)))
+        epoch_evals = math.ceil(profile_steps / steps_per_epoch)
+        ofa_steps = max(1, round(run.opts.num_train_epochs * math.ceil(len(run.train[0]) / run.opts.batch_size)))
+        ratio = ofa_step_ratio(run.widths)
+
+        def plan(s_per_step: float, step: int) -> tuple[int, float]:
+            reserve = self.eval_reserve_s()
+            reorder = math.ceil(min(run.opts.importance_samples, len(run.train[0])) / run.opts.batch_size) * s_per_step
+            p = plan_training(self.left() - reserve - reorder, teacher_steps=profile_steps - step,
+                              teacher_step_s=s_per_step, ofa_steps=ofa_steps, ofa_step_s=s_per_step * ratio,
+                              epoch_evals=epoch_evals, epoch_eval_s=self.tokens["dev"] * self.s_per_token["teacher"],
+                              min_steps=max(0, MIN_STEPS - step))
+            sizer.epoch_selection = p.teacher_epoch_evals
+            self.measured["teacher_s_per_step"] = round(s_per_step, 4)
+            self.plans["teacher"] = {"at_step": step, "eval_reserve_s": round(reserve, 1),
+                                     "ofa_s_per_step_estimate": round(s_per_step * ratio, 4),
+                                     **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(p).items()}}
+            self._note_plan(p, profile_steps, step, epoch_evals)
+            # the teacher may run until what the OFA phase and the evaluations need is left
+            return step + p.teacher_steps, self.deadline - reserve - reorder - p.ofa_steps * s_per_step * ratio
+
+        sizer = StepSizer("teacher", plan, min_total=MIN_STEPS)
+        self.sizers["teacher"] = sizer
+        return sizer
+
+    def _note_plan(self, p, profile_steps: int, step: int, epoch_evals: int) -> None:
+        why = (f"{p.needed_s:.0f} s of training needed at the measured speed, {max(0, p.available_s):.0f} s left "
+               f"after the results table's evaluations" + _floor_note(p.fraction == 0))
+        if not p.teacher_epoch_evals and epoch_evals > 1:
+            self.cuts.append(Cut("compress", "teacher per-epoch dev evaluations (best-epoch pick)", epoch_evals, 0,
+                                 why + "; the final evaluation still measures the teacher"))
+        if step + p.teacher_steps < profile_steps:
+            self.cuts.append(Cut("compress", "teacher steps", profile_steps, step + p.teacher_steps, why))
+        log.info("time budget: %s left; teacher %d of %d steps planned (%.0f%% of the profile's training)",
+                 clock_text(self.left()), step + p.teacher_steps, profile_steps, 100 * p.fraction)
+
+    def ofa_sizer(self, supernet, teacher, start_step: int) -> StepSizer:
+        """Prices every width's evaluations on the supernet itself, then re-plans the OFA
+        phase from its own measured speed once its first steps are timed."""
+        from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
+
+        run = self.run
+        if "teacher" not in self.s_per_token:  # a reused or resumed teacher was not priced yet
+            self.price("teacher", model_logits_fn(teacher))
+        for w in run.widths:
+            self.price(width_key(w), supernet_logits_fn(supernet, w))
+        supernet.set_width(1.0)
+        profile_steps = max(1, int(round(run.opts.num_train_epochs
+                                         * math.ceil(len(run.train[0]) / run.opts.batch_size))))
+
+        def plan(s_per_step: float, step: int) -> tuple[int, float]:
+            reserve = self.eval_reserve_s()
+            lo = min(profile_steps, MIN_STEPS) - step
+            n = fit_count(self.left() - reserve, s_per_step, lo=max(0, lo), hi=profile_steps - step)
+            self.measured["ofa_s_per_step"] = round(s_per_step, 4)
+            self.plans["ofa"] = {"at_step": step, "eval_reserve_s": round(reserve, 1), "steps": step + n,
+                                 "left_s": round(self.left(), 1)}
+            if step + n < profile_steps:
+                room = self.left() - reserve
+                self.cuts.append(Cut("compress", "OFA steps", profile_steps, step + n,
+                                     f"{s_per_step:.2f} s/step measured, {max(0.0, room):.0f} s left after the "
+                                     f"results table's evaluations" + _floor_note(room < s_per_step * (n - lo))))
+            log.info("time budget: %s left; OFA %d of %d steps planned", clock_text(self.left()), step + n,
+                     profile_steps)
+            return step + n, self.deadline - reserve
+
+        sizer = StepSizer("ofa", plan, min_total=min(profile_steps, max(MIN_STEPS, start_step)))
+        self.sizers["ofa"] = sizer
+        return sizer
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``budget`` record: what was measured, planned and cut."""
+        for name, sizer in self.sizers.items():
+            for s in sizer.shrunk:
+                self.cuts.append(Cut("compress", f"{name} steps (behind plan)", s["from"], s["to"],
+                                     f"{s['s_per_step']} s/step at step {s['at_step']}"))
+            sizer.shrunk = []
+        used = time.monotonic() - self.t0
+        return {"time_budget_s": self.budget_s, "used_s": round(used, 1), "within_budget": used <= self.budget_s,
+                "measured": {**self.measured, "eval_tokens": self.tokens,
+                             "eval_s_per_1k_tokens": {k: round(v * 1000, 4) for k, v in self.s_per_token.items()}},
+                "plans": self.plans, "cuts": [asdict(c) for c in self.cuts]}

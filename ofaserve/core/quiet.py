@@ -1,0 +1,100 @@
+"""Known library noise, silenced at its source; anything else still shows.
+
+A newcomer reads a warning as an error. The libraries the pipeline drives raise a few
+that say nothing about this run (deprecations inside paddle, a compatibility note per
+patched class in paddlenlp, build-tool hints). Each is listed here with the category, the
+module that raises it and the start of its message, and why it is harmless, so a filter
+matches only that warning from that module: the same message from our code, or any other
+warning from those libraries, still shows. ``known_noise_silenced`` applies them for the
+duration of a block and restores the caller's filters afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Known:
+    category: type[Warning]
+    module: str  # regex matched against the whole name of the module the warning is attributed to
+    message: str  # regex matched at the start of the message
+    why: str
+
+
+KNOWN_WARNINGS: tuple[Known, ...] = (
+    Known(UserWarning, r"paddle\.utils\.cpp_extension\.extension_utils", r"No ccache found",
+          "raised by `import paddle` for its C++ extension builder; ofaserve builds no extension"),
+    Known(UserWarning, r"_distutils_hack", r"Setuptools is replacing distutils",
+          "setuptools' notice when paddle imports distutils after setuptools"),
+    Known(UserWarning, r"jieba\._compat", r"pkg_resources is deprecated",
+          "jieba (a paddlenlp dependency for Chinese text, unused here) imports pkg_resources"),
+    Known(UserWarning, r"paddlenlp\.transformers\.utils", r"The `forward` method of .* is patched",
+          "compress/paddleslim_compat.py patches BertModel.forward on purpose (PaddleSlim on paddle 3); "
+          "paddlenlp notes every patched class, once per width"),
+    # paddle's VisibleDeprecationWarning subclasses UserWarning; naming the class would import paddle here
+    Known(UserWarning, r"paddle\.base\.framework", r"(?s).*paddle\.base\.dygraph\.tensor_patch_methods\.gradient",
+          "paddlenlp's head/neuron importance calls Tensor.gradient(), deprecated in paddle but working"),
+    Known(UserWarning, r"paddle\.pir\.math_op_patch", r"Tensor do not have 'place' interface for pir graph mode",
+          "paddle.jit.save traces the model; the traced tensors have no device, as expected"),
+)
+
+# Lines `import paddle` prints to stderr without the warnings module: with OMP_NUM_THREADS
+# above 1 (set on purpose: the pipeline runs paddle on every core it may use) it warns
+# about data-parallel training, which ofaserve does not use on CPU.
+KNOWN_IMPORT_PRINTS: tuple[str, ...] = (
+    r"WARNING: OMP_NUM_THREADS set to \d+, not 1\. ",
+    r"PLEASE USE OMP_NUM_THREADS WISELY\.",
+)
+
+
+# Loggers whose INFO lines narrate library internals, quieted to WARNING (their warnings
+# and errors still show).
+KNOWN_CHATTY_LOGGERS: dict[str, str] = {
+    "paddleslim.nas.ofa.ofa": "'Start to get pruned params/model, please wait...' at every sub-model export",
+}
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _install() -> None:
+    for k in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=k.message, category=k.category, module=k.module + r"\Z")
+
+
+@contextlib.contextmanager
+def known_noise_silenced() -> Iterator[None]:
+    """The known warnings are ignored and the chatty loggers quieted inside the block; the
+    warning filters and logger levels are restored after."""
+    loggers = [logging.getLogger(name) for name in KNOWN_CHATTY_LOGGERS]
+    with warnings.catch_warnings():
+        _install()
+        for lg in loggers:  # a filter, not a level: the library sets its level when it is imported
+            lg.addFilter(_below_warning)
+        try:
+            yield
+        finally:
+            for lg in loggers:
+                lg.removeFilter(_below_warning)
+
+
+@contextlib.contextmanager
+def known_prints_dropped(patterns: tuple[str, ...] = KNOWN_IMPORT_PRINTS) -> Iterator[None]:
+    """Hold what the block prints to ``sys.stderr``; pass on every line except those that
+    match ``patterns`` (for a library that prints its notices instead of warning)."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:  # an error inside the block still shows what was printed before it
+        keep = [line for line in held.getvalue().splitlines(keepends=True)
+                if not any(re.match(p, line) for p in patterns)]
+        sys.stderr.write("".join(keep))

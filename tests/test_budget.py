@@ -1,0 +1,370 @@
+"""The time budget: its arithmetic with injected speeds, each stage's sizing on the tiny
+model, the demo's record of what it cut, and the known-warning filters."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from ofaserve.core.budget import Budget, StageRecord, clock_text, fit_count, ofa_step_ratio, plan_training
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --------------------------------------------------------------------------- arithmetic
+def test_allotments_follow_the_time_left_and_the_shares():
+    clock = FakeClock()
+    b = Budget(100, {"a": 2, "b": 1, "c": 1}, clock=clock)
+    assert b.start("a") == pytest.approx(100 * 2 / 4)
+    clock.t += 40  # a finishes 10 s early: b and c share the 60 s left
+    b.finish("a")
+    assert b.start("b") == pytest.approx(60 * 1 / 2)
+    clock.t += 45  # b overruns its 30 s by 15: c gets only what is left
+    b.finish("b")
+    assert b.start("c") == pytest.approx(100 - 85)
+    clock.t += 20
+    b.finish("c")
+    rec = b.record()
+    assert rec["within_budget"] is False and rec["elapsed_s"] == 105
+    assert [rec["stages"][n]["used_s"] for n in "abc"] == [40, 45, 20]
+    assert b.allot("c") == 0.0  # never negative
+
+
+def test_no_budget_allots_nothing_and_cuts_nothing():
+    b = Budget(None, {"a": 1})
+    assert b.start("a") is None and b.record()["within_budget"] is None
+    assert "demo" in b.progress_line("a") and "left" not in b.progress_line("a")
+
+
+def test_progress_line_says_time_left_then_overrun():
+    clock = FakeClock()
+    b = Budget(600, {"a": 1}, clock=clock)
+    b.start("a")
+    clock.t += 125
+    assert b.progress_line("a") == "[a 2:05, ~7:55 left of its 10:00] demo 2:05 of 10:00"
+    clock.t += 600
+    assert "over its 10:00" in b.progress_line("a")
+    assert clock_text(3725) == "1:02:05" and clock_text(-61) == "-1:01"
+
+
+def test_cuts_are_recorded_per_stage_and_in_order():
+    b = Budget(10, {"x": 1, "y": 1})
+    b.cut("y", "steps", 100, 50, "slow")
+    b.cut("x", "passes", 3, 1, "slower")
+    assert [c.what for c in b.cuts()] == ["passes", "steps"]  # stage order
+    assert b.record()["stages"]["y"]["cuts"][0] == {"stage": "y", "what": "steps", "default": 100, "chosen": 50,
+                                                    "why": "slow"}
+    assert isinstance(b.stages["x"], StageRecord)
+
+
+def test_fit_count_clamps():
+    assert fit_count(100, 10, fixed_s=30) == 7
+    assert fit_count(100, 10, hi=5) == 5
+    assert fit_count(5, 10, lo=3) == 3  # below the floor the caller overruns, visibly
+    assert fit_count(-50, 10, lo=0) == 0
+
+
+def test_plan_keeps_the_profile_when_it_fits():
+    p = plan_training(1000, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6, epoch_evals=2,
+                      epoch_eval_s=30, min_steps=8)
+    assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals, p.fraction) == (100, 50, True, 1.0)
+    assert p.needed_s == 100 * 2 + 50 * 6 + 2 * 30
+
+
+def test_plan_drops_the_epoch_evaluations_first():
+    needed_training = 100 * 2 + 50 * 6
+    p = plan_training(needed_training + 10, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6,
+                      epoch_evals=2, epoch_eval_s=30, min_steps=8)
+    assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals) == (100, 50, False)
+
+
+def test_plan_then_scales_both_phases_by_one_fraction():
+    training = 100 * 2 + 50 * 6
+    p = plan_training(training / 2, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6,
+                      epoch_evals=2, epoch_eval_s=30, min_steps=8)
+    assert p.fraction == pytest.approx(0.5)
+    assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals) == (50, 25, False)
+    floor = plan_training(1, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6, epoch_evals=2,
+                          epoch_eval_s=30, min_steps=8)
+    assert (floor.teacher_steps, floor.ofa_steps) == (8, 8)
+
+
+def test_ofa_step_ratio_counts_the_teacher_forward_and_each_width():
+    assert ofa_step_ratio([1.0]) == pytest.approx(4 / 3)  # teacher forward + one train step
+    assert ofa_step_ratio([1.0, 0.5]) == pytest.approx((1 + 3 * 1.5) / 3)
+
+
+def test_step_sizer_plans_after_its_probe_and_shrinks_when_behind():
+    from ofaserve.compress import timebox
+    from ofaserve.compress.train import PhaseStats
+
+    seen = []
+
+    def plan(s_per_step, step):
+        seen.append((s_per_step, step))
+        return 40, time.monotonic() + 3600
+
+    sizer = timebox.StepSizer("t", plan, min_total=8)
+    stats = PhaseStats()
+    total, step = 100, 0
+    for _ in range(timebox.PROBE_STEPS + 1):
+        step += 1
+        stats.steps += 1
+        stats.seconds += 0.5 if step > 1 else 5.0  # the first step (kernel set-up) is not timed
+        total = sizer(step, stats, total)
+    assert total == 40 and seen == [(0.5, timebox.PROBE_STEPS + 1)]
+    sizer.deadline = time.monotonic() + 3 * 0.5  # the machine slowed: only ~3 more steps fit
+    step += 1
+    stats.steps += 1
+    stats.seconds += 0.5
+    total = sizer(step, stats, total)
+    assert step + 2 <= total <= step + 3 and sizer.shrunk
+
+
+def test_bench_request_count_fits_the_time_left():
+    from ofaserve.benchmarks import timebox
+
+    lat = {("m1", "fixed"): 100.0, ("m2", "fixed"): 50.0}  # ms
+    per_request = (0.1 + 0.05) * (1 + 1)  # one concurrency level + one baseline runtime per cell
+    fixed = (0.1 + 0.05) * (1 * 3 * 3 + 1 * 3)  # warm-up requests and one warm call per round
+    left = timebox.REPORT_RESERVE_S + fixed + 12 * per_request
+    n, rec = timebox.fit_requests(left, lat, concurrency_levels=1, rounds=3, warmup=3,
+                                  baselines={k: 1 for k in lat}, requested=30)
+    assert n == 12 and "cut" in rec and "over_budget_s" not in rec
+    n, rec = timebox.fit_requests(1000, lat, concurrency_levels=1, rounds=3, warmup=3, baselines={}, requested=30)
+    assert n == 30 and "cut" not in rec
+    n, rec = timebox.fit_requests(0, lat, concurrency_levels=1, rounds=3, warmup=3, baselines={}, requested=30)
+    assert n == timebox.MIN_REQUESTS and rec["over_budget_s"] > 0
+
+
+def test_export_dev_subset_is_sized_from_the_first_pass():
+    from ofaserve.export import timebox
+
+    texts = [f"s{i}" for i in range(1000)]
+    dev = (texts, np.arange(1000) % 2)
+    box = timebox.ExportTimebox(100)
+    box.t0 = time.monotonic() - 40  # 60 s left
+    later = box.later_dev(dev, first_pass_s=10.0, passes=4)  # 10 ms/sentence x 4 passes: 1,500 fit
+    assert later.index is None and later.record["dev_sentences"] == 1000
+    box.t0 = time.monotonic() - 92  # 8 s left: 8 / (0.01 x 4) = 200, below the floor
+    later = box.later_dev(dev, first_pass_s=10.0, passes=4)
+    assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev[0])
+    assert later.index[0] == 0 and later.index[-1] == 999 and np.all(np.diff(later.index) > 0)
+    assert later.dev[0][1] == texts[later.index[1]] and "cut" in later.record
+    assert later.logits(np.arange(1000)).tolist() == later.index.tolist()
+    test = ([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
+    assert len(later.same_share(test)[0]) == round(500 * timebox.MIN_DEV_SENTENCES / 1000)
+    assert later.same_share(None) is None and timebox.LaterDev(dev, None, None).same_share(test) is test
+    with_test = timebox.later_passes(packed=True, fp16=False, bf16=True, int8=False, precisions=True, test_ratio=0.5)
+    assert with_test == 1 + 1 + 0.5 * (1 + 1)  # packed check, bf16 gate, fp32 and bf16 on half-size test
+
+
+def test_parity_runtimes_keep_the_reference_and_the_dev_runtime():
+    from ofaserve.core.artifacts import OfaserveError
+    from ofaserve.export import timebox
+
+    available = ["supernet", "sub_model", "paddle_static", "onnx", "openvino_packed"]
+    assert timebox.runtimes_to_check(available, None, "onnx") == available
+    assert timebox.runtimes_to_check(available, ["openvino_packed"], "onnx") == ["supernet", "onnx", "openvino_packed"]
+    with pytest.raises(OfaserveError, match="unknown runtime"):
+        timebox.check_parity_runtimes(["openvino_packd"])
+
+
+# --------------------------------------------------------------------------- warnings
+def _warn_from(module: str, message: str, category=UserWarning) -> None:
+    warnings.warn_explicit(message, category, filename=module.replace(".", "/") + ".py", lineno=1,
+                           module=module, registry={})
+
+
+def test_known_warnings_are_silenced_only_from_their_module():
+    from ofaserve.core import quiet
+
+    patched = "The `forward` method of <class 'BertModel'> is patched and the patch might be old"
+    with quiet.known_noise_silenced(), warnings.catch_warnings(record=True) as got:
+        _warn_from("paddlenlp.transformers.utils", patched)
+        _warn_from("paddle.utils.cpp_extension.extension_utils", "No ccache found. Please be aware")
+        _warn_from("paddle.base.framework", '\x1b[93m\nWarning:\nAPI "paddle.base.dygraph.tensor_patch_methods'
+                                            '.gradient" is deprecated since 2.1.0')
+        _warn_from("ofaserve.compress.train", patched)  # the same words from our code: shown
+        _warn_from("paddlenlp.transformers.utils", "something new")  # another warning of that module: shown
+        _warn_from("paddle.base.framework", "API foo is deprecated")
+    assert [str(w.message) for w in got] == [patched, "something new", "API foo is deprecated"]
+    with warnings.catch_warnings(record=True) as after:  # outside the block the filters are gone
+        _warn_from("paddlenlp.transformers.utils", patched)
+    assert len(after) == 1
+
+
+def test_the_patched_forward_warning_is_silenced_at_its_real_source():
+    """paddlenlp warns when compress patches BertModel.forward; inside the block it does not."""
+    from ofaserve.compress import paddleslim_compat as compat
+    from ofaserve.core import quiet
+
+    def patch_and_record():
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("default")  # every location once, as a fresh process shows them
+            with compat.patched():
+                pass
+        return [w for w in got if "is patched" in str(w.message)]
+
+    assert patch_and_record(), "paddlenlp no longer warns: drop its entry from quiet.KNOWN_WARNINGS"
+    with quiet.known_noise_silenced():
+        with warnings.catch_warnings(record=True) as got:
+            with compat.patched():
+                pass
+    assert not [w for w in got if "is patched" in str(w.message)]
+
+
+def test_known_prints_are_dropped_and_others_kept(monkeypatch):
+    from ofaserve.core import quiet
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    with quiet.known_prints_dropped():
+        print("WARNING: OMP_NUM_THREADS set to 2, not 1. The computation speed ...", file=sys.stderr)
+        print("PLEASE USE OMP_NUM_THREADS WISELY.", file=sys.stderr)
+        print("a real problem", file=sys.stderr)
+    assert out.getvalue() == "a real problem\n"
+    with pytest.raises(RuntimeError):
+        with quiet.known_prints_dropped():
+            print("printed before the error", file=sys.stderr)
+            raise RuntimeError
+    assert out.getvalue().endswith("printed before the error\n")
+
+
+def test_chatty_library_logs_are_quieted_but_warnings_kept(caplog):
+    import logging
+
+    from ofaserve.core import quiet
+
+    name = next(iter(quiet.KNOWN_CHATTY_LOGGERS))
+    lg = logging.getLogger(name)
+    with caplog.at_level(logging.INFO, logger=name):
+        with quiet.known_noise_silenced():
+            lg.setLevel(logging.INFO)  # as the library does when it is imported
+            lg.info("Start to get pruned params, please wait...")
+            lg.warning("a real warning")
+        lg.info("after the block")
+    assert [r.getMessage() for r in caplog.records] == ["a real warning", "after the block"]
+
+
+# --------------------------------------------------------------------------- stages on the tiny model
+def _tiny_options(root, ckpt, train, dev, **kw):
+    from ofaserve.compress.pipeline import CompressOptions
+
+    return CompressOptions(output_dir=str(root), model_name_or_path=str(ckpt), train_file=str(train),
+                           dev_file=str(dev), width_mult_list=[1.0, 0.75, 0.5], max_seq_length=32, batch_size=16,
+                           num_teacher_epochs=3, num_train_epochs=2, importance_samples=32, learning_rate=1e-3,
+                           teacher_learning_rate=1e-3, progress=False, logging_steps=0, **kw)
+
+
+def test_compress_budget_that_cuts_nothing_changes_nothing(tmp_path, tiny_checkpoint):
+    from ofaserve.compress.pipeline import compress_model
+
+    plain = compress_model(_tiny_options(tmp_path / "plain", *tiny_checkpoint))
+    timed = compress_model(_tiny_options(tmp_path / "timed", *tiny_checkpoint, time_budget_s=3600))
+    assert "budget" not in plain and timed["budget"]["cuts"] == []
+    assert timed["results"] == plain["results"]
+    assert timed["budget"]["plans"]["teacher"]["fraction"] == 1.0
+    import paddle  # same weights (the files differ: paddle pickles its per-process tensor names)
+    for ckpt in ("teacher", "supernet"):
+        a = paddle.load(str(tmp_path / "plain" / plain["checkpoints"][ckpt]))
+        b = paddle.load(str(tmp_path / "timed" / timed["checkpoints"][ckpt]))
+        assert a.keys() == b.keys()
+        assert all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), ckpt
+
+
+def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tiny_checkpoint):
+    from ofaserve.compress import timebox
+    from ofaserve.compress.pipeline import compress_model
+
+    m = compress_model(_tiny_options(tmp_path / "out", *tiny_checkpoint, time_budget_s=0.5))
+    cuts = {c["what"]: c for c in m["budget"]["cuts"]}
+    profile_teacher = 3 * math.ceil(96 / 16)
+    assert cuts["teacher steps"]["default"] == profile_teacher
+    assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == timebox.MIN_STEPS
+    assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == timebox.MIN_STEPS
+    assert "teacher per-epoch dev evaluations (best-epoch pick)" in cuts
+    assert m["phases"]["teacher"]["best_dev_accuracy"] is None
+    assert m["budget"]["used_s"] > 0.5  # honest: the minimum overran the budget
+    assert set(m["results"]["widths"]) == {"1.0", "0.75", "0.5"}
+    assert all("dev" in r for r in [m["results"]["teacher"], *m["results"]["widths"].values()])
+    measured = m["budget"]["measured"]
+    assert measured["teacher_s_per_step"] > 0 and measured["ofa_s_per_step"] > 0
+    assert set(measured["eval_s_per_1k_tokens"]) == {"teacher", "1.0", "0.75", "0.5"}
+
+
+def test_lr_schedule_is_the_same_for_a_fixed_and_a_callable_length():
+    import paddle
+
+    from ofaserve.compress.train import make_optimizer
+
+    def lrs(total):
+        layer = paddle.nn.Linear(2, 2)
+        opt, sched = make_optimizer(layer.parameters(), 1e-3, total)
+        out = []
+        for _ in range(12):
+            out.append(opt.get_lr())
+            sched.step()
+        return out
+
+    assert lrs(10) == lrs(lambda: 10)
+
+
+def test_export_under_a_budget_checks_the_served_runtimes_on_a_subset(tmp_path, tiny_compress_dir, monkeypatch):
+    from ofaserve.export import export_subnet, timebox
+
+    monkeypatch.setattr(timebox, "MIN_DEV_SENTENCES", 10)
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "e"), 0.75, progress=False, time_budget_s=0.1,
+                      parity_runtimes=["openvino_packed"], fp16=False, fuse_attention=False, int8=False)
+    p = m["parity"]
+    assert list(p["shapes"]["16x128"]["max_abs_diff"]) == ["onnx", "openvino_packed"]
+    assert set(p["runtimes_not_checked"]) == {"sub_model", "paddle_static", "openvino_f32", "onnx_packed"}
+    n_dev = p["dev_accuracy"]["n"]
+    assert p["dev_accuracy"]["abs_diff"] <= p["dev_accuracy"]["tolerance"]  # the whole dev set, as always
+    assert p["budget"]["dev_sentences"] == 10 < n_dev and "cut" in p["budget"]
+    assert p["packed_dev"]["runtime"] == "openvino_packed" and p["packed_dev"]["n"] == 10
+    assert "skipped" in m["precisions"]["onnx_fp16"] and m["precisions"]["fp32"]["dev_sentences"] == 10
+    assert "onnx_ort_fused" not in m["artifacts"]
+
+
+@pytest.mark.integration
+def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir, capsys):
+    from ofaserve import demo
+
+    work = tmp_path / "demo"
+    shutil.copytree(tiny_compress_dir, work / "compress")
+    argv = ["--workdir", str(work), "--width_mult", "0.75", "--requests", "5", "--seq_len", "32",
+            "--budget_min", "0.05", "--progress_s", "2"]
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((work / "summary.json").read_text())
+    rec = summary["budget"]
+    assert rec["budget_s"] == pytest.approx(3) and rec["within_budget"] is False
+    assert rec["stages"]["compress"]["reused"] is True
+    for name in ("export", "repo", "serve", "bench"):
+        assert rec["stages"][name]["allotted_s"] is not None and rec["stages"][name]["used_s"] > 0
+    cut = {(c["stage"], c["what"]) for c in rec["cuts"]}
+    assert ("export", "parity runtimes") in cut and ("bench", "measured requests per model/workload") in cut
+    report = json.loads((work / "bench" / "report.json").read_text())
+    assert report["time_budget"]["requests"] < 5 == report["time_budget"]["requests_asked"]
+    assert report["settings"]["requests"] == report["time_budget"]["requests"]
+    for export in summary["exports"].values():
+        assert export["manifest"]["options"]["parity_runtimes"] == demo.SERVED_PARITY_RUNTIMES
+    for c in rec["cuts"]:  # every cut is printed, with its reason
+        assert f"{c['what']}: {c['default']} -> {c['chosen']} ({c['why']})" in out
+    assert "=== Time budget 0:03: used" in out and "(OVER)" in out
+    assert "] demo " in out  # progress lines while a stage ran
+    assert "=== Accuracy per width" in out and "| teacher |" in out
