@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+# What `pip install ofaserve` leaves out (the serving install); `ofaserve[train]` adds it.
+TRAINING_STACK = ("paddle", "paddleslim", "paddlenlp", "paddle2onnx", "nncf", "onnx", "safetensors")
+
 COMMANDS = {
     "compress": ("ofaserve.compress.cli", "main", "fine-tune the teacher, then train the OFA supernet over widths"),
     "export": ("ofaserve.export.cli", "main", "slice one width into sub model + Paddle static + ONNX, parity-checked"),
@@ -37,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ofaserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        print(f"ofaserve {name}: {e.name} is not installed; `ofaserve {name}` needs the training stack: "
+              "pip install 'ofaserve[train]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

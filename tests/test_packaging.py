@@ -69,3 +69,19 @@ def test_package_imports_do_no_work():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_training_commands_say_what_to_install_where_paddle_is_missing(tmp_path):
+    """A serving-only install runs `ofaserve compress` to a one-line error, not a traceback."""
+    blocker = tmp_path / "sitecustomize.py"  # makes `import paddle` fail in the child only
+    blocker.write_text("import sys\n"
+                       "class _Block:\n"
+                       "    def find_spec(self, name, path=None, target=None):\n"
+                       "        if name.split('.')[0] == 'paddle':\n"
+                       "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+                       "sys.meta_path.insert(0, _Block())\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "ofaserve", "compress", "--output_dir", str(tmp_path / "c")],
+                       capture_output=True, text=True, timeout=300, cwd="/", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "pip install 'ofaserve[train]'" in r.stderr and "Traceback" not in r.stderr
