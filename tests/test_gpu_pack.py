@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from ofaserve.benchmarks.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
+from tests.conftest import TINY_MAX_SEQ_LENGTH
 
 
 @pytest.fixture(scope="module")
 def full_export_dir(tiny_compress_dir, tmp_path_factory):
+    """Width 1.0 of the same compress output, truncating as ``tiny_export_dir`` does."""
     from ofaserve.export import export_subnet
 
     out = tmp_path_factory.mktemp("export_full") / "w100"
-    export_subnet(str(tiny_compress_dir), str(out), 1.0, progress=False)
+    export_subnet(str(tiny_compress_dir), str(out), 1.0, max_seq_length=TINY_MAX_SEQ_LENGTH, progress=False)
     return out
 
 
