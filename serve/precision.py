@@ -110,6 +110,15 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
     capabilities = runtimes.openvino_capabilities()
     found, skipped = candidates(manifest, capabilities)
     pad_id = int(manifest.get("pad_token_id", 0))
+    if len(found) == 1:  # nothing to choose between: no timing
+        runner = runtimes.load_runner("openvino", export_dir / manifest["artifacts"][found[0].artifact], "fp32",
+                                      threads, pad_id=pad_id)
+        row = {"precision": "fp32", "runtime": "openvino", "artifact": found[0].artifact,
+               "executed": runner.executed.get("precision"), "delta_vs_fp32": 0.0, "agreement_with_fp32": 1.0,
+               "p50_ms": {}, "calls": {}, "score_ms": None}
+        return {"chosen": "fp32", "artifact": found[0].artifact, "candidates": [row], "not_candidates": skipped,
+                "capabilities": capabilities, "threads": threads, "workloads": [], "budget_s": 0.0,
+                "machine": machine_info()}
     loaded = {c.precision: runtimes.load_runner("openvino", export_dir / manifest["artifacts"][c.artifact],
                                                 c.precision, threads, pad_id=pad_id) for c in found}
     workloads = {"fixed_16x128": [fixed_batch(int(manifest["vocab_size"]))]}

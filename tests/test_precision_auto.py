@@ -156,3 +156,20 @@ def test_test_accuracy_is_reported_for_servable_variants(tiny_compress_dir, tiny
         if name in arts:
             assert res[name]["test_delta_vs_fp32"] == pytest.approx(res[name]["test_accuracy"] - m["accuracy"])
     assert ("test_accuracy" in res["openvino_bf16"]) == bool(res["openvino_bf16"].get("gate_passed"))
+
+
+def test_a_lone_candidate_is_not_timed(tiny_export_dir, tmp_path):
+    """Where fp32 is the only candidate (no BF16, no shipped INT8) there is nothing to time."""
+    import shutil
+
+    folder = tmp_path / "exp"
+    shutil.copytree(tiny_export_dir, folder)
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    for key in ("openvino_int8", "openvino_packed_int8"):
+        m["artifacts"].pop(key, None)
+    m["precisions"]["openvino_bf16"] = {"skipped": "as on a CPU without BF16"}
+    choice = choose_precision(folder, m, threads=1, budget_s=60)
+    assert choice["chosen"] == "fp32" and choice["workloads"] == [] and choice["budget_s"] == 0.0
+    assert choice["candidates"][0]["executed"] == "fp32"
+    assert "fp32" in choice_table(choice)
