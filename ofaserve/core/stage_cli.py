@@ -14,13 +14,15 @@ from typing import Any, Callable
 
 from ofaserve.core import artifacts
 from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.quiet import known_noise_silenced
 
 
 def run_stage(work: Callable[[], Any], output_dir: str, resume_hint: str = "") -> tuple[int, Any]:
     """(exit code, what ``work`` returned or None)."""
     artifacts.terminate_like_interrupt()
     try:
-        return 0, work()
+        with known_noise_silenced():  # library warnings known to be harmless; others still show
+            return 0, work()
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, KeyboardInterrupt) or artifacts.interrupted():
             print(artifacts.interrupted_message(output_dir, resume_hint), file=sys.stderr)
