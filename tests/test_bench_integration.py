@@ -54,7 +54,9 @@ def tiny_bench_repository(request, tmp_path) -> Path:
     from ofaserve.serve.repository import build_repository
 
     repo = tmp_path / "repo"
-    build_repository(_export_dirs(request, tmp_path), repo, target="cpu", name="bert")
+    # fp32 pinned: the bench is tested here, not the precision choice (precision auto times
+    # every candidate for its whole budget)
+    build_repository(_export_dirs(request, tmp_path), repo, target="cpu", name="bert", precision="fp32")
     return repo
 
 
@@ -181,7 +183,7 @@ def test_bench_fused_text_pipeline(request, tmp_path):
     from ofaserve.serve.server import free_port
 
     repo = tmp_path / "fused"
-    build_repository(_export_dirs(request, tmp_path)[1:], repo, target="cpu", text_pipeline="fused")
+    build_repository(_export_dirs(request, tmp_path)[1:], repo, target="cpu", precision="fp32", text_pipeline="fused")
     (m,) = [p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file() and not p.name.endswith("_encoder")]
     out = tmp_path / "bench"
     rc = main(["--start_server", "--model_repository", str(repo), "--real_text", "--requests", "4",

@@ -37,7 +37,9 @@ CLEAR_ERRORS = (r"Stub process '.*' is not healthy|Server is stopping|unknown mo
 def repo(tiny_export_dir, tmp_path_factory):
     """cpu repository of the tiny export: (path, ensemble name, repo manifest)."""
     out = tmp_path_factory.mktemp("reliability") / "model_repository"
-    manifest = build_repository([tiny_export_dir], out, target="cpu")
+    # fp32 pinned: what is measured here does not depend on the precision, and choosing one
+    # (precision auto) times every candidate for its whole budget
+    manifest = build_repository([tiny_export_dir], out, target="cpu", precision="fp32")
     (model,) = manifest["models"]
     return out, model, manifest
 
