@@ -6,6 +6,7 @@ import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
+from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage
 
 
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu()  # thread and MKL settings take effect only before paddle is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # paddle warns at import (no ccache, an OMP notice about data parallelism): neither applies
+    with known_noise_silenced(), known_prints_dropped():
+        import paddle  # noqa: F401
+
     from ofaserve.export.exporter import export_subnet
 
     kwargs = {k: v for k, v in vars(args).items()

@@ -10,7 +10,7 @@ rule below was read from the source that enforces it and is named next to it:
   ort       triton-inference-server/onnxruntime_backend r24.10  src/onnxruntime.cc
   trt-ep    microsoft/onnxruntime  tensorrt_execution_provider.cc (cache folder creation)
 
-The deployment recipes (serve/deploy/Dockerfile, triton.yaml, the README's docker command)
+The deployment recipes (serve/deploy/Dockerfile, triton.yaml, serve/README.md's docker command)
 are checked against what the repositories need from the image.
 """
 from __future__ import annotations
@@ -293,7 +293,7 @@ def _dockerfile_runs() -> list[list[str]]:
 
 
 def _readme_docker_command() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "serve" / "README.md").read_text()
     section = text[text.index("### Serving on NVIDIA Triton images"):]
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
@@ -316,7 +316,7 @@ def recipe_cache_folders() -> dict[str, set[str]]:
     k8s = {m["mountPath"] for m in triton["volumeMounts"]}
     readme = set(re.findall(r"-v\s+\S+:(/[^\s:]+)", _readme_docker_command()))
     readme |= set(re.findall(r"mkdir -p ([^\s&;\"]+)", _readme_docker_command()))
-    return {"Dockerfile": docker, "triton.yaml": k8s, "README.md": readme}
+    return {"Dockerfile": docker, "triton.yaml": k8s, "serve/README.md": readme}
 
 
 def _pip_installs(words: list[str]) -> set[str]:
@@ -335,7 +335,7 @@ def recipe_packages() -> dict[str, set[str]]:
         words = part.split()
         if words[:1] in (["pip"], ["pip3"]):
             readme |= _pip_installs(words)
-    return {"Dockerfile": docker, "triton.yaml": k8s, "README.md": readme}
+    return {"Dockerfile": docker, "triton.yaml": k8s, "serve/README.md": readme}
 
 
 @pytest.mark.parametrize("key", IDS)
