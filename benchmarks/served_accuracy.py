@@ -1,5 +1,6 @@
 """Accuracy through the server: every dev sentence sent as text to the served text model
-(ensemble or fused) over gRPC, compared with the exported ONNX model run in-process on
+(ensemble or fused) over gRPC, compared with the served encoder's own runner (its runtime,
+precision and model file) and with the exported FP32 ONNX model, both run in-process on
 the same sentences.
 
     python benchmarks/served_accuracy.py --model_repository runs/full/model_repository \
@@ -45,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(Path(args.export_dir) / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
     session = ort.InferenceSession(f"{args.export_dir}/{manifest['artifacts']['onnx']}",
                                    providers=["CPUExecutionProvider"])
-    local = []
-    for start in range(0, len(texts), args.batch_size):
-        ids, types = encode_batch(tok, texts[start:start + args.batch_size], pad_id=manifest["pad_token_id"])
-        logits = session.run(["logits"], {"input_ids": ids, "token_type_ids": types})[0]
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        local.append(e / e.sum(-1, keepdims=True))
-    local = np.concatenate(local)
+    batches = [encode_batch(tok, texts[start:start + args.batch_size], pad_id=manifest["pad_token_id"])
+               for start in range(0, len(texts), args.batch_size)]
+    local = _softmax(np.concatenate([session.run(["logits"], {"input_ids": i, "token_type_ids": t})[0]
+                                     for i, t in batches]))
+    # the served encoder's own runner (runtime, precision, model file of its config), in-process
+    served_runner, served_params = _served_runner(args.model_repository, args.model)
+    same = (_softmax(np.concatenate([served_runner(i, t) for i, t in batches]))
+            if served_runner is not None else None)
 
     with TritonServer(args.model_repository, grpc_port=free_port(), http_port=free_port(),
                       metrics_port=free_port(), extra_backends=tuple(args.extra_backend)) as server:
@@ -68,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         "export_manifest_dev_accuracy": manifest["dev_accuracy"],
         "max_abs_probs_diff_served_vs_onnx": float(np.abs(served - local).max()),
         "predictions_differing_served_vs_onnx": int((served.argmax(-1) != local.argmax(-1)).sum()),
+        "served_precision": served_params.get("precision"), "served_model_file": served_params.get("model_file"),
+        **({"in_process_served_runner_dev_accuracy": float(accuracy_score(labels, same.argmax(-1))),
+            "max_abs_probs_diff_served_vs_served_runner": float(np.abs(served - same).max()),
+            "predictions_differing_served_vs_served_runner": int((served.argmax(-1) != same.argmax(-1)).sum())}
+           if same is not None else {}),
+        "export_manifest_precisions": {k: {x: v.get(x) for x in ("accuracy", "test_accuracy", "agreement_with_fp32")}
+                                       for k, v in (manifest.get("precisions") or {}).items() if "accuracy" in v},
         # what the served model truncates to (the repository's config, not the export's claim)
         "truncation_served": _served_truncation(args.model_repository, args.model, read_config_parameters),
         "date": now_iso(), "machine": machine_info(), "command": " ".join(["python benchmarks/served_accuracy.py", *(argv or sys.argv[1:])]),
@@ -78,6 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         write_json(args.output, record)
     return 0
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _served_runner(repository: str, model: str):
+    """(runner, parameters) of a python-backend encoder, built from its config exactly as the
+    server builds it; (None, {}) for a native backend's encoder."""
+    from ofaserve.benchmarks.inprocess import read_config_parameters
+    from ofaserve.runtime.runtimes import runner_from_parameters
+
+    encoder = Path(repository) / f"{model}_encoder"
+    params = read_config_parameters(encoder / "config.pbtxt")
+    if not params.get("runtime"):
+        return None, {}
+    return runner_from_parameters(encoder / "1", params), params
 
 
 def _served_truncation(repository: str, model: str, read_config_parameters) -> int:
