@@ -138,6 +138,19 @@ class Horizon:
 
 
 # ----------------------------------------------------------------------------- teacher
+def _step_done(opt, sched, stats, horizon, bar, t0: float, sentences: int, step: int, loss: float) -> None:
+    """The optimizer step and the bookkeeping every training step shares (teacher and OFA)."""
+    opt.step()
+    sched.step()
+    opt.clear_grad()
+    stats.seconds += time.perf_counter() - t0
+    stats.steps += 1
+    stats.sentences += sentences
+    horizon.after_step(step, stats)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
+
+
 def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
                      logging_steps: int, evaluate: Callable, progress: bool = True,
                      sizer=None) -> tuple[dict, PhaseStats]:
@@ -164,12 +177,8 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
             loss = F.cross_entropy(logits, paddle.to_tensor(y))
             loss.backward()
             dist.sync_gradients(model.parameters())
-            opt.step(); sched.step(); opt.clear_grad()
-            stats.seconds += time.perf_counter() - t0
-            stats.steps += 1; stats.sentences += len(y); step += 1
-            horizon.after_step(step, stats)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
+            step += 1
+            _step_done(opt, sched, stats, horizon, bar, t0, len(y), step, float(loss))
             if logging_steps and step % logging_steps == 0:
                 log.info("teacher step %d/%d loss %.4f (%.1f sentences/s)", step, horizon.total, float(loss),
                          stats.sentences / stats.seconds)
@@ -281,13 +290,9 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                         loss.backward()
                         losses[width_key(w)] = float(loss)
                     dist.sync_gradients(supernet.parameters())
-                    opt.step(); sched.step(); opt.clear_grad()
-                    stats.seconds += time.perf_counter() - t0
-                    stats.steps += 1; stats.sentences += len(y); step += 1
-                    horizon.after_step(step, stats)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(list(losses.values())):.3f}",
-                                    sent_s=f"{stats.sentences / stats.seconds:.1f}")
+                    step += 1
+                    _step_done(opt, sched, stats, horizon, bar, t0, len(y), step,
+                               float(np.mean(list(losses.values()))))
                     if logging_steps and step % logging_steps == 0:
                         log.info("ofa step %d/%d losses %s (%.1f sentences/s)", step, horizon.total,
                                  {k: round(v, 4) for k, v in losses.items()}, stats.sentences / stats.seconds)

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the ONNX Runtime BERT-fused model (onnx/model_ort_fused.onnx)")
     p.add_argument("--no_precisions", dest="precisions", action="store_false",
                    help="skip the FP16 / OpenVINO bf16 / INT8 variants and their dev accuracy")
-    p.add_argument("--no_int8", dest="int8", action="store_false", help="skip the dynamic INT8 variant")
+    p.add_argument("--no_int8", dest="int8", action="store_false",
+                   help="skip the OpenVINO INT8 variants (NNCF post-training quantization on train sentences)")
     p.add_argument("--no_fp16", dest="fp16", action="store_false",
                    help="skip the FP16 ONNX variant (the gpu target's; the cpu targets never serve it)")
     p.add_argument("--parity_runtimes", type=_names, default=None,

@@ -16,6 +16,25 @@ def _fail(e: OfaserveError) -> int:
 
 
 # ---------------------------------------------------------------------------- repo
+RUNTIME_HELP = ("encoder runtime; cpu: openvino (default) | paddle | onnxruntime; "
+                "xeon: openvino (default, python backend: packing, pinned precision, dynamic batching of "
+                "any lengths) | openvino-native (Triton's openvino backend; it loads a dynamic sequence "
+                "length only as max_batch_size 0, so every request runs alone: no dynamic batching, no "
+                "packing, and OpenVINO picks bf16 by itself on CPUs with AVX512_BF16/AMX); "
+                "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
+PRECISION_HELP = ("cpu/xeon with openvino: auto (default: times fp32, bf16 and the export's INT8 IR "
+                  "here, among those that passed the export's accuracy gate and that this CPU has, and "
+                  "serves the fastest; build the repository on the serving machine or its twin) | fp32 | "
+                  "bf16 (needs a CPU with BF16) | int8 (the export's NNCF INT8 IR); paddle/onnxruntime: "
+                  "fp32 (default) | bf16 (paddle); xeon openvino-native: cpu-default (default: whatever "
+                  "OpenVINO picks on the serving CPU; the backend cannot pin a precision) | bf16; "
+                  "gpu: fp16 (default) | fp32")
+
+
+def _choices(per_target: dict[str, tuple[str, ...]]) -> list[str]:
+    return sorted({v for values in per_target.values() for v in values})
+
+
 def repo_parser() -> argparse.ArgumentParser:
     from ofaserve.serve.repository import PRECISIONS, RUNTIMES
     p = argparse.ArgumentParser(
@@ -37,23 +56,8 @@ def repo_parser() -> argparse.ArgumentParser:
                    help="encoder instances (default: 1; each gets cores/instances threads)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads per encoder instance (default: cores / instances)")
-    runtimes = sorted({r for rs in RUNTIMES.values() for r in rs})
-    p.add_argument("--runtime", choices=runtimes, default=None,
-                   help="encoder runtime; cpu: openvino (default) | paddle | onnxruntime; "
-                        "xeon: openvino (default, python backend: packing, pinned precision, dynamic batching of "
-                        "any lengths) | openvino-native (Triton's openvino backend; it loads a dynamic sequence "
-                        "length only as max_batch_size 0, so every request runs alone: no dynamic batching, no "
-                        "packing, and OpenVINO picks bf16 by itself on CPUs with AVX512_BF16/AMX); "
-                        "gpu: onnxruntime (default, Triton's backend) | onnxruntime-trt (python backend)")
-    precisions = sorted({r for rs in PRECISIONS.values() for r in rs})
-    p.add_argument("--precision", choices=precisions, default=None,
-                   help="cpu/xeon with openvino: auto (default: times fp32, bf16 and the export's INT8 IR "
-                        "here, among those that passed the export's accuracy gate and that this CPU has, and "
-                        "serves the fastest; build the repository on the serving machine or its twin) | fp32 | "
-                        "bf16 (needs a CPU with BF16) | int8 (the export's NNCF INT8 IR); paddle/onnxruntime: "
-                        "fp32 (default) | bf16 (paddle); xeon openvino-native: cpu-default (default: whatever "
-                        "OpenVINO picks on the serving CPU; the backend cannot pin a precision) | bf16; "
-                        "gpu: fp16 (default) | fp32")
+    p.add_argument("--runtime", choices=_choices(RUNTIMES), default=None, help=RUNTIME_HELP)
+    p.add_argument("--precision", choices=_choices(PRECISIONS), default=None, help=PRECISION_HELP)
     p.add_argument("--auto_budget_s", type=float, default=20.0,
                    help="with --precision auto: seconds spent timing the candidates of each export "
                         "(at least 5 rounds each, whatever the budget; default: 20)")

@@ -63,3 +63,25 @@ def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "w075"
     export_subnet(str(tiny_compress_dir), str(out), 0.75, max_seq_length=TINY_MAX_SEQ_LENGTH, progress=False)
     return out
+
+
+@pytest.fixture
+def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
+    """What ``precision_variants`` takes, for a copy of the tiny export without its INT8 IRs:
+    folder, dev split, tokenizer, FP32 dev logits and accuracy (ONNX Runtime), train texts."""
+    import shutil
+    from types import SimpleNamespace
+
+    from ofaserve.core.tasks import split_of
+    from ofaserve.export import parity, source
+    from ofaserve.export.runners import onnxruntime
+
+    folder = tmp_path / "exp"
+    shutil.copytree(tiny_export_dir, folder)
+    shutil.rmtree(folder / "openvino", ignore_errors=True)
+    src = source.load_compress_output(tiny_compress_dir)
+    dev = source.load_dev(src)
+    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    return SimpleNamespace(folder=folder, dev=dev, tokenizer=tok, fp32_logits=logits, fp32_accuracy=m["accuracy"],
+                           train=split_of(src.manifest, "train")[0])

@@ -494,21 +494,14 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
     assert "onnx_ort_fused" not in m["artifacts"] and m["parity"]["ok"]
 
 
-def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_dir, tmp_path, monkeypatch):
-    from ofaserve.core.tasks import split_of
-    from ofaserve.export import parity, precisions, source
-    from ofaserve.export.runners import onnxruntime
+def test_int8_only_shipped_within_half_a_point(precision_inputs, monkeypatch):
+    from ofaserve.export import precisions
 
-    folder = tmp_path / "exp"
-    shutil.copytree(tiny_export_dir, folder)
-    shutil.rmtree(folder / "openvino", ignore_errors=True)
-    src = source.load_compress_output(tiny_compress_dir)
-    dev = source.load_dev(src)
-    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    p = precision_inputs
+    folder = p.folder
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
-    train = split_of(src.manifest, "train")[0]
-    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"], train_texts=train)
+    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
+                                              train_texts=p.train)
     for name in ("openvino_int8", "openvino_packed_int8"):
         assert res[name]["shipped"] is False and name not in arts
         assert "accuracy drop" in res[name]["not_shipped_because"]
@@ -516,23 +509,15 @@ def test_int8_only_shipped_within_half_a_point(tiny_compress_dir, tiny_export_di
     assert arts["onnx_fp16"] == "onnx/model_fp16.onnx"
 
 
-def test_int8_not_shipped_when_it_changes_too_many_predictions(tiny_compress_dir, tiny_export_dir, tmp_path,
-                                                              monkeypatch):
-    from ofaserve.core.tasks import split_of
-    from ofaserve.export import parity, precisions, source
-    from ofaserve.export.runners import onnxruntime
+def test_int8_not_shipped_when_it_changes_too_many_predictions(precision_inputs, monkeypatch):
+    from ofaserve.export import precisions
 
-    folder = tmp_path / "exp"
-    shutil.copytree(tiny_export_dir, folder)
-    src = source.load_compress_output(tiny_compress_dir)
-    dev = source.load_dev(src)
-    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
+    p = precision_inputs
+    folder = p.folder
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
     monkeypatch.setattr(precisions, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
-    train = split_of(src.manifest, "train")[0]
-    shutil.rmtree(folder / "openvino", ignore_errors=True)
-    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"], train_texts=train)
+    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
+                                              train_texts=p.train)
     for name in ("openvino_int8", "openvino_packed_int8"):
         r = res[name]
         assert r["shipped"] is False and name not in arts

@@ -132,31 +132,20 @@ def test_serve_says_what_runs_and_warns_on_another_cpu(tiny_export_dir, tmp_path
     assert len(warning) == 1 and "rebuild the repository here" in warning[0]
 
 
-def test_test_accuracy_is_reported_for_servable_variants(tiny_compress_dir, tiny_export_dir, tmp_path):
+def test_test_accuracy_is_reported_for_servable_variants(precision_inputs):
     """With a test split, FP32 and every variant that can be served get their test accuracy
     once, through the runner that would serve them (the tiny task's dev split stands in)."""
-    import shutil
+    from ofaserve.export import precisions
 
-    from ofaserve.export import parity, precisions, source
-    from ofaserve.export.runners import onnxruntime
-
-    folder = tmp_path / "exp"
-    shutil.copytree(tiny_export_dir, folder)
-    shutil.rmtree(folder / "openvino", ignore_errors=True)
-    src = source.load_compress_output(tiny_compress_dir)
-    dev = source.load_dev(src)
-    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
-    train = source.split_of(src.manifest, "train")[0]
-    res, arts = precisions.precision_variants(folder, dev, tok, logits, m["accuracy"], train_texts=train,
-                                              fp16=False, test=dev)
-    assert res["fp32"]["test_accuracy"] == m["accuracy"] and res["fp32"]["test_sentences"] == len(dev[0])
+    p = precision_inputs
+    res, arts = precisions.precision_variants(p.folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
+                                              train_texts=p.train, fp16=False, test=p.dev)
+    assert res["fp32"]["test_accuracy"] == p.fp32_accuracy and res["fp32"]["test_sentences"] == len(p.dev[0])
     for name in ("openvino_int8", "openvino_packed_int8"):
         assert ("test_accuracy" in res[name]) == (name in arts)
         if name in arts:
-            assert res[name]["test_delta_vs_fp32"] == pytest.approx(res[name]["test_accuracy"] - m["accuracy"])
+            assert res[name]["test_delta_vs_fp32"] == pytest.approx(res[name]["test_accuracy"] - p.fp32_accuracy)
     assert ("test_accuracy" in res["openvino_bf16"]) == bool(res["openvino_bf16"].get("gate_passed"))
-
 
 def test_a_lone_candidate_is_not_timed(tiny_export_dir, tmp_path):
     """Where fp32 is the only candidate (no BF16, no shipped INT8) there is nothing to time."""

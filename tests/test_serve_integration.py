@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -175,26 +174,13 @@ def test_concurrent_requests_of_different_lengths(server, client, models):
     """Requests of different lengths batched together (ragged encoder) still give each
     sentence its own unpadded result."""
     name, ref = next(iter(models.items()))
+    from tests.test_serve_batching import _send_concurrently
+
     texts = [" ".join(["good"] * k) + " movie" for k in range(1, 17)]
-    results, done = {}, threading.Event()
-
-    from tritonclient.grpc import InferInput
-
-    def callback(i):
-        def cb(result, error):
-            results[i] = error or result.as_numpy("PROBS")[0]
-            if len(results) == len(texts):
-                done.set()
-        return cb
-
-    for i, t in enumerate(texts):
-        inp = InferInput("TEXT", [1, 1], "BYTES")
-        inp.set_data_from_numpy(text_batch(t))
-        client.async_infer(name, [inp], callback(i))
-    assert done.wait(60)
-    for i, t in enumerate(texts):
-        assert not isinstance(results[i], Exception), results[i]
-        assert np.abs(results[i] - ref.probs(t)).max() <= 1e-4
+    results = _send_concurrently(client, name, texts)
+    for got, t in zip(results, texts):
+        assert not isinstance(got, Exception), got
+        assert np.abs(got - ref.probs(t)).max() <= 1e-4
 
 
 # ------------------------------------------------------------------------------ bad input
