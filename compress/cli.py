@@ -9,7 +9,7 @@ from ofaserve.compress.cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage
-from ofaserve.core.tables import results_table
+from ofaserve.core.tables import learning_warning, results_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
     print(results_table(manifest))
+    if warning := learning_warning(manifest):
+        print(warning)
     for phase in ("teacher", "ofa"):
         t = manifest["phases"][phase].get("train", {})
         if t.get("sentences_per_s"):

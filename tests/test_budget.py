@@ -368,3 +368,15 @@ def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir
     assert "=== Time budget 0:03: used" in out and "(OVER)" in out
     assert "] demo " in out  # progress lines while a stage ran
     assert "=== Accuracy per width" in out and "| teacher |" in out
+
+
+def test_a_model_that_did_not_learn_is_called_out():
+    """Every width at the majority-class rate says nothing about compression: say so."""
+    from ofaserve.core.tables import learning_warning
+
+    def manifest(teacher_dev: float) -> dict:
+        return {"results": {"teacher": {"dev": {"accuracy": teacher_dev}}, "majority_class": {"dev": 0.609}}}
+
+    assert "did not learn" in learning_warning(manifest(0.609))
+    assert "did not learn" in learning_warning(manifest(0.615))
+    assert learning_warning(manifest(0.80)) is None

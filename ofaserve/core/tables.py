@@ -16,3 +16,17 @@ def results_table(manifest: dict) -> str:
         rows.append(f"| width {w} | " + " | ".join(f"{r[s]['accuracy']:.4f} | {r[s]['f1']:.4f}" for s in splits)
                     + f" | {ci} |")
     return "\n".join(rows)
+
+
+def learning_warning(manifest: dict) -> str | None:
+    """A warning when the teacher's dev accuracy is within a point of always answering the
+    majority class: then every width shows the same number and the table says nothing
+    about compression (a budget that left too few training steps does this)."""
+    res = manifest["results"]
+    majority = (res.get("majority_class") or {}).get("dev")
+    teacher = res["teacher"]["dev"]["accuracy"]
+    if majority is None or teacher > majority + 0.01:
+        return None
+    return (f"warning: the teacher's dev accuracy {teacher:.4f} is at the majority-class rate {majority:.4f}: "
+            "the model did not learn the task and the widths cannot be compared; give training more time "
+            "(a larger --budget_min, or --budget_min 0 for the whole profile)")
