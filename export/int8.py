@@ -24,8 +24,8 @@ import numpy as np
 from ofaserve.core.artifacts import OfaserveError, sha256_file
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
-# The export's INT8 gate (export/exporter.py): <= 0.5 points of dev accuracy and >= 98% of
-# the FP32 predictions unchanged.
+# The gate every precision variant passes (precisions.py reads it from here): <= 0.5 points
+# of dev accuracy and >= 98% of the FP32 predictions unchanged.
 INT8_MAX_DROP = 0.005
 INT8_MIN_AGREEMENT = 0.98
 # A few hundred sentences calibrate a BERT's activation ranges (NNCF's default subset is

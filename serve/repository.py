@@ -80,13 +80,6 @@ REPO_STAGE = "repo"
 PACKED_ARTIFACTS = ("onnx_packed", "openvino_packed_int8")
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return max(1, os.cpu_count() or 1)
-
-
 def _param(config: mc.ModelConfig, key: str, value: Any) -> None:
     config.parameters[key].string_value = str(value)
 
@@ -434,7 +427,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     instances = instances or 1
     if instances < 1:
         raise OfaserveError(f"instances must be >= 1, got {instances}")
-    threads = threads or max(1, _cores() // instances)
+    threads = threads or max(1, runtimes.default_threads() // instances)
 
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
