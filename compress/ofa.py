@@ -97,6 +97,49 @@ class OfaSupernet:
         from paddleslim.nas.ofa import utils as ofa_utils
         ofa_utils.set_state_dict(self.model, weights)
 
+    # -- one width as a plain model ---------------------------------------------------------
+    def slice_width(self, width: float, config: dict | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """PaddleSlim's ``OFA.export`` of one width -> (sub model config, sliced weights).
+
+        ``config``/``state``: the full-width classifier to slice (default: this supernet's
+        own config and current weights). The result is cross-checked against the prefix
+        rule training ran: the first int(width * heads) heads and the leading FFN neurons.
+        """
+        import contextlib
+        import io
+        import warnings
+
+        from ofaserve.compress.bert import build_classifier
+        from ofaserve.compress.submodel import sub_config_from_state
+
+        width = self.check_width(width)
+        config = dict(config or self.config)
+        state = self.plain_state_dict() if state is None else state
+        origin = build_classifier(config)
+        origin.set_state_dict(state)
+        origin.eval()
+        quiet = io.StringIO()  # paddleslim prints one line per parameter
+        with compat.patched(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+            # OFA.export reloads the full-width state last; paddle warns (and skips) every sliced tensor
+            warnings.filterwarnings("ignore", message="Skip loading for")
+            sub = self.ofa.export(self.net_config(width), input_shapes=[[1, 8], [1, 8]],
+                                  input_dtypes=["int64", "int64"], origin_model=origin)
+        sliced = {k: v.numpy().astype(np.float32) for k, v in sub.state_dict().items()}
+        cfg = sub_config_from_state(config, sliced, width)
+        heads = int(config["num_attention_heads"])
+        head_dim = int(config["hidden_size"]) // heads
+        for i, layer in enumerate(cfg["layers"]):
+            if layer["num_heads"] != int(heads * width):
+                raise OfaserveError(f"layer {i}: OFA.export kept {layer['num_heads']} heads but training ran "
+                                    f"int({heads}*{width}) = {int(heads * width)} (hidden {head_dim} per head)")
+            p = f"bert.encoder.layers.{i}."
+            for name in ("self_attn.q_proj.weight", "linear1.weight"):
+                full, cut = state[p + name], sliced[p + name]
+                if not np.array_equal(np.asarray(full)[:, : cut.shape[1]], cut):
+                    raise OfaserveError(f"OFA.export's {p + name} is not the leading slice of the supernet")
+        return cfg, sliced
+
     # -- importance reordering ------------------------------------------------------------
     def reorder_by_importance(self, batches: Iterable[tuple]) -> dict[str, list]:
         """Sort heads and FFN neurons of every layer by importance (PaddleNLP's scores).

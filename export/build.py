@@ -5,16 +5,13 @@ import contextlib
 import io
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ofaserve.core.artifacts import OfaserveError
 from ofaserve.export import onnx_tools
 from ofaserve.export.source import Source
-from ofaserve.export.submodel import load_sub_model, save_sub_model, sub_config_from_state
+from ofaserve.compress.submodel import load_sub_model, save_sub_model
 
 log = logging.getLogger("ofaserve.export")
 
@@ -30,38 +27,6 @@ def quiet_logs(level: int):
         logging.disable(logging.NOTSET)
 
 
-def slice_width(sn, src: Source, width: float) -> tuple[dict, dict]:
-    """PaddleSlim's ``OFA.export`` (inside the compat patches) -> (sub config, sliced weights)."""
-    from ofaserve.compress import paddleslim_compat as compat
-    from ofaserve.compress.bert import build_classifier
-
-    width = sn.check_width(width)
-    origin = build_classifier(src.config)
-    origin.set_state_dict(src.state)
-    origin.eval()
-    quiet = io.StringIO()  # paddleslim prints one line per parameter
-    with compat.patched(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
-        # OFA.export reloads the full-width state last; paddle warns (and skips) every sliced tensor
-        warnings.filterwarnings("ignore", message="Skip loading for")
-        sub = sn.ofa.export(sn.net_config(width), input_shapes=[[1, 8], [1, 8]],
-                            input_dtypes=["int64", "int64"], origin_model=origin)
-    state = {k: v.numpy().astype(np.float32) for k, v in sub.state_dict().items()}
-    cfg = sub_config_from_state(src.config, state, width)
-    # Cross-check what SuperLinear kept against the prefix rule: the first int(w*heads) heads.
-    heads, hd = int(src.config["num_attention_heads"]), int(src.config["hidden_size"]) // int(
-        src.config["num_attention_heads"])
-    for i, layer in enumerate(cfg["layers"]):
-        if layer["num_heads"] != int(heads * width):
-            raise OfaserveError(f"layer {i}: OFA.export kept {layer['num_heads']} heads but training ran "
-                                f"int({heads}*{width}) = {int(heads * width)} (hidden {hd} per head)")
-        p = f"bert.encoder.layers.{i}."
-        for name in ("self_attn.q_proj.weight", "linear1.weight"):
-            full, cut = src.state[p + name], state[p + name]
-            if not np.array_equal(full[:, : cut.shape[1]], cut):
-                raise OfaserveError(f"OFA.export's {p + name} is not the leading slice of the supernet")
-    return cfg, state
-
-
 def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onnx_model: bool = True,
                     fuse: bool = True) -> dict[str, Any]:
     """sub_model/, static/, onnx/ for one width in ``folder``. Returns info for the manifest."""
@@ -70,7 +35,7 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
     from paddle.static import InputSpec
 
     t0 = time.time()
-    cfg, state = slice_width(sn, src, width)
+    cfg, state = sn.slice_width(width, src.config, src.state)
     save_sub_model(folder / "sub_model", cfg, state)
     model = load_sub_model(folder / "sub_model")  # what users get: rebuilt from config, no OFA patch
     info: dict[str, Any] = {"sub_config": cfg, "artifacts": {"sub_model": "sub_model"}}

@@ -28,7 +28,7 @@ from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eva
 from ofaserve.export.precisions import precision_variants
 from ofaserve.export.selection import RUNTIMES, accuracy_table, select_by_accuracy, select_by_latency, selection_table
 from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
-from ofaserve.export.submodel import count_params_config, flops, full_width_config, load_sub_model
+from ofaserve.compress.submodel import count_params_config, flops, full_width_config, load_sub_model
 from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runtimes, later_passes,
                                      runtimes_to_check)
 

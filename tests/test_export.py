@@ -222,7 +222,7 @@ def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
     """The reference itself: supernet at 0.75 == the reloaded sub model, bit for bit."""
     from ofaserve.export.source import build_supernet, load_compress_output
     from ofaserve.export.runners import dygraph
-    from ofaserve.export.submodel import load_sub_model
+    from ofaserve.compress.submodel import load_sub_model
 
     sn = build_supernet(load_compress_output(tiny_compress_dir))
     ids, types = _ids(seed=3)
@@ -233,7 +233,7 @@ def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
 
 
 def test_loader_refuses_wrong_head_count(tiny_export_dir, tmp_path):
-    from ofaserve.export.submodel import load_sub_model
+    from ofaserve.compress.submodel import load_sub_model
 
     sub = tmp_path / "sub"
     shutil.copytree(tiny_export_dir / "sub_model", sub)
@@ -268,7 +268,7 @@ def test_minilm_sizes_analytic():
     """DESIGN 2.7 / 5: MiniLM-L6 at 0.6667: 22.71M -> 19.17M params (encoder 10.65M -> 7.10M),
     45.9 -> 30.6 GFLOP at 16 x 128."""
     from ofaserve.compress.bert import paddle_config
-    from ofaserve.export.submodel import count_params_config, flops, full_width_config
+    from ofaserve.compress.submodel import count_params_config, flops, full_width_config
 
     base = paddle_config(dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                               intermediate_size=1536), num_labels=2)
