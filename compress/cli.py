@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an output dir that holds other content")
     p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--eval_runtime", choices=["paddle-inference", "dygraph"], default="paddle-inference",
+                   help="how dev/test are scored: each model written as a Paddle static model and run by Paddle "
+                        "Inference (oneDNN, fp32; checked against dygraph on a probe batch first, dygraph where it "
+                        "differs), or paddle dygraph throughout [default: paddle-inference]")
     p.add_argument("--time_budget_s", type=float, default=None,
                    help="finish within about this many seconds: the evaluations of the results table are priced "
                         "and kept, the teacher and OFA steps are sized from the speed measured in their first "
@@ -92,7 +96,8 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
         sampling=args.sampling, logging_steps=args.logging_steps,
         seed=args.seed, teacher_dir=args.teacher_dir, select_width=args.select_width,
         n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
-        progress=not args.no_progress, time_budget_s=args.time_budget_s, **merged)
+        progress=not args.no_progress, eval_runtime=args.eval_runtime, time_budget_s=args.time_budget_s,
+        **merged)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,4 +53,5 @@ class CompressOptions:
     overwrite: bool = False
     profile: str | None = None
     progress: bool = True
+    eval_runtime: str = "paddle-inference"  # or "dygraph" (compress.evaluation)
     time_budget_s: float | None = None  # None: the profile's work as written (compress.timebox)

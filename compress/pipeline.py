@@ -114,6 +114,7 @@ class _Run:
     train: tuple
     dev: tuple
     test: tuple | None
+    scorer: Any = None  # compress.evaluation.Scorer: how whole splits are scored
     timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
 
     def evaluate(self, fn, split=None) -> dict:
@@ -153,6 +154,7 @@ def compress_model(opts: CompressOptions) -> dict:
     if not run.main:
         return {}
     results = _final_evaluation(run, supernet, teacher, keeper.best)
+    run.scorer.close()
     return _write_output(run, config, importance, phases, results)
 
 
@@ -190,7 +192,19 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
              len(dev[0]), len(test[0]) if test else "no", data.labels)
     run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer,
                (train_texts, train_labels), dev, test)
+    run.scorer = _scorer(run)
     return run, teacher, config
+
+
+def _scorer(run: _Run):
+    """Scores whole splits; its probe batch spans dev's short to long sentences."""
+    from ofaserve.compress.evaluation import Scorer
+    from ofaserve.core.tokenizer import encode_batch
+
+    texts = run.dev[0]
+    pick = np.linspace(0, len(texts) - 1, num=min(16, len(texts))).astype(int)
+    probe = encode_batch(run.tokenizer, [texts[i] for i in pick])
+    return Scorer(run.partial / "scoring", probe, static=run.opts.eval_runtime == "paddle-inference")
 
 
 def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
@@ -221,7 +235,8 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
     info, stats = finetune_teacher(
         teacher, run.train, run.dev, run.tokenizer, epochs=opts.num_teacher_epochs,
         batch_size=opts.batch_size, lr=opts.teacher_learning_rate, seed=opts.seed,
-        logging_steps=opts.logging_steps, evaluate=run.evaluate, progress=opts.progress, sizer=sizer)
+        logging_steps=opts.logging_steps, progress=opts.progress, sizer=sizer,
+        evaluate=lambda model, epoch: run.evaluate(run.scorer.teacher(model, version=("epoch", epoch))))
     info["train"] = stats.as_dict()
     info["wall_s"] = round(time.time() - t0, 1)
     if run.main:
@@ -257,8 +272,6 @@ def _reorder(run: _Run, supernet) -> dict:
     """Sort heads and neurons by importance on a few train sentences; the full width must
     compute the same function afterwards (checked and recorded)."""
     from ofaserve.compress.batching import batches
-    from ofaserve.compress.train import supernet_logits_fn
-
     t0 = time.time()
     texts, labels = run.train
     n_imp = min(run.opts.importance_samples, len(texts))
@@ -273,7 +286,7 @@ def _reorder(run: _Run, supernet) -> dict:
     log.info("reordered heads/neurons by importance on %d sentences (full-width logits change %.2e)",
              n_imp, importance["full_width_logits_max_abs_diff_after_reorder"])
     if run.opts.eval_before_ofa:  # what reordering alone keeps, before any OFA training
-        importance["dev_before_ofa"] = {width_key(w): run.evaluate(supernet_logits_fn(supernet, w))
+        importance["dev_before_ofa"] = {width_key(w): run.evaluate(run.scorer.width(supernet, w, "before_ofa"))
                                         for w in run.widths}
     return importance
 
@@ -288,11 +301,9 @@ class _CheckpointKeeper:
         self.best_weights: dict | None = None
 
     def on_save(self, step: int, optimizer_state: dict) -> None:
-        from ofaserve.compress.train import supernet_logits_fn
-
         run = self.run
         self.supernet.eval()
-        dev_res = {width_key(w): run.evaluate(supernet_logits_fn(self.supernet, w)) for w in run.widths}
+        dev_res = {width_key(w): run.evaluate(run.scorer.width(self.supernet, w, version=step)) for w in run.widths}
         score = (dev_res[run.select_key]["accuracy"] if run.select_key is not None
                  else float(np.mean([r["accuracy"] for r in dev_res.values()])))
         entry = {"step": step, "dev": dev_res, "score": score}
@@ -337,19 +348,20 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
 def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
     """Dev figures of every width come from the evaluation of the kept checkpoint (same
     weights); the test split is evaluated once here, with a paired bootstrap vs the teacher."""
-    from ofaserve.compress.train import metrics, model_logits_fn, paired_bootstrap, predict, supernet_logits_fn
+    from ofaserve.compress.train import metrics, paired_bootstrap, predict
 
     test = run.test
-    results: dict[str, Any] = {"teacher": {"dev": run.evaluate(model_logits_fn(teacher))}, "widths": {}}
+    teacher_fn = run.scorer.teacher(teacher, version="final")
+    results: dict[str, Any] = {"teacher": {"dev": run.evaluate(teacher_fn)}, "widths": {}}
     teacher_test = None
     if test:
-        logits = predict(model_logits_fn(teacher), test[0], test[1], run.tokenizer)
+        logits = predict(teacher_fn, test[0], test[1], run.tokenizer)
         teacher_test = logits.argmax(-1)
         results["teacher"]["test"] = metrics(logits, test[1])
     for w in run.widths:
         r = {"dev": best["dev"][width_key(w)]}
         if test:
-            logits = predict(supernet_logits_fn(supernet, w), test[0], test[1], run.tokenizer)
+            logits = predict(run.scorer.width(supernet, w, version=best["step"]), test[0], test[1], run.tokenizer)
             r["test"] = metrics(logits, test[1])
             r["test"]["vs_teacher"] = paired_bootstrap(logits.argmax(-1), teacher_test, test[1])
         results["widths"][width_key(w)] = r
@@ -383,7 +395,8 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
                     "splits": {n: len(s[0]) for n, s in data.splits.items()},
                     "train_sentences_used": len(run.train[0])},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},
-            importance=importance, phases=phases, results=results, machine=machine_info(),
+            importance=importance, phases=phases, results=results, evaluation=run.scorer.record(),
+            machine=machine_info(),
             **({"budget": run.timebox.record()} if run.timebox is not None else {}), finished=now_iso())
     shutil.rmtree(partial, ignore_errors=True)
     return manifest

@@ -1,8 +1,8 @@
 """``--time_budget_s`` for compress: size the training to the time, from measured speed.
 
 The results table (teacher and every width on dev and test) is never cut: its
-evaluations are priced first, from a timed probe of a few dev sentences at each width,
-and reserved. What is left trains. The teacher fine-tune times its first steps, then
+evaluations are priced first (the scorer's static-model set-up per model, plus the
+teacher's seconds per token on a few dev sentences, scaled by width) and reserved. What is left trains. The teacher fine-tune times its first steps, then
 plans both phases (``ofaserve.core.budget.plan_training``: first the per-epoch dev
 evaluations go, then both phases' steps by one fraction); the OFA phase times its own
 first steps and takes what is left, up to the profile's steps. A guard after every step
@@ -122,21 +122,22 @@ class CompressTimebox:
 
     def eval_reserve_s(self) -> float:
         """Seconds of the evaluations the results table needs: teacher and every width on
-        dev and test. Widths not priced yet cost the teacher's price scaled by the width
-        (their matmuls shrink with it)."""
+        dev and test, each model first written and loaded as a static model by the scorer.
+        Widths cost the teacher's price scaled by the width (their matmuls shrink with it)."""
         teacher = self.s_per_token["teacher"]
         pass_tokens = sum(self.tokens.values())
         widths = sum(self.s_per_token.get(width_key(w), teacher * w) for w in self.run.widths)
-        return pass_tokens * (teacher + widths)
+        return pass_tokens * (teacher + widths) + self.setup_s() * (1 + len(self.run.widths))
+
+    def setup_s(self) -> float:
+        return self.run.scorer.expected_setup_s()
 
     # ------------------------------------------------------------------ phases
     def teacher_sizer(self, teacher) -> StepSizer:
         """Prices the teacher's evaluations now; plans both phases once its first steps are timed."""
-        from ofaserve.compress.train import model_logits_fn
-
         run = self.run
         teacher.eval()  # no dropout: pricing must not draw from the random stream training uses
-        self.price("teacher", model_logits_fn(teacher))
+        self.price("teacher", run.scorer.teacher(teacher, version="pretrained"))
         steps_per_epoch = math.ceil(len(run.train[0]) / run.opts.batch_size)
         profile_steps = max(1, int(round(run.opts.num_teacher_epochs * steps_per_epoch)))
         epoch_evals = math.ceil(profile_steps / steps_per_epoch)
@@ -148,7 +149,7 @@ class CompressTimebox:
             reorder = math.ceil(min(run.opts.importance_samples, len(run.train[0])) / run.opts.batch_size) * s_per_step
             p = plan_training(self.left() - reserve - reorder, teacher_steps=profile_steps - step,
                               teacher_step_s=s_per_step, ofa_steps=ofa_steps, ofa_step_s=s_per_step * ratio,
-                              epoch_evals=epoch_evals, epoch_eval_s=self.tokens["dev"] * self.s_per_token["teacher"],
+                              epoch_evals=epoch_evals, epoch_eval_s=self.tokens["dev"] * self.s_per_token["teacher"] + self.setup_s(),
                               min_steps=max(0, MIN_STEPS - step))
             sizer.epoch_selection = p.teacher_epoch_evals
             self.measured["teacher_s_per_step"] = round(s_per_step, 4)
@@ -175,16 +176,12 @@ class CompressTimebox:
                  clock_text(self.left()), step + p.teacher_steps, profile_steps, 100 * p.fraction)
 
     def ofa_sizer(self, supernet, teacher, start_step: int) -> StepSizer:
-        """Prices every width's evaluations on the supernet itself, then re-plans the OFA
-        phase from its own measured speed once its first steps are timed."""
-        from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
-
+        """Plans the OFA phase from its own measured speed once its first steps are timed.
+        (Widths are priced from the teacher's price: timing each would cost a static model
+        per width, written again after training anyway.)"""
         run = self.run
         if "teacher" not in self.s_per_token:  # a reused or resumed teacher was not priced yet
-            self.price("teacher", model_logits_fn(teacher))
-        for w in run.widths:
-            self.price(width_key(w), supernet_logits_fn(supernet, w))
-        supernet.set_width(1.0)
+            self.price("teacher", run.scorer.teacher(teacher, version="pretrained"))
         profile_steps = max(1, int(round(run.opts.num_train_epochs
                                          * math.ceil(len(run.train[0]) / run.opts.batch_size))))
 
@@ -218,5 +215,6 @@ class CompressTimebox:
         used = time.monotonic() - self.t0
         return {"time_budget_s": self.budget_s, "used_s": round(used, 1), "within_budget": used <= self.budget_s,
                 "measured": {**self.measured, "eval_tokens": self.tokens,
-                             "eval_s_per_1k_tokens": {k: round(v * 1000, 4) for k, v in self.s_per_token.items()}},
+                             "eval_s_per_1k_tokens": {k: round(v * 1000, 4) for k, v in self.s_per_token.items()},
+                             "eval_setup_s_per_model": round(self.setup_s(), 2)},
                 "plans": self.plans, "cuts": [asdict(c) for c in self.cuts]}

@@ -154,8 +154,9 @@ def _step_done(opt, sched, stats, horizon, bar, t0: float, sentences: int, step:
 def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
                      logging_steps: int, evaluate: Callable, progress: bool = True,
                      sizer=None) -> tuple[dict, PhaseStats]:
-    """Plain fine-tuning; keeps the weights of the best dev accuracy (evaluated per epoch),
-    unless a time budget's ``sizer`` dropped those evaluations (then the last weights)."""
+    """Plain fine-tuning; keeps the weights of the best dev accuracy (``evaluate(model, epoch)``
+    after each epoch), unless a time budget's ``sizer`` dropped those evaluations (then the
+    last weights)."""
     texts, labels = train
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
@@ -188,7 +189,7 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
         if sizer is not None and not sizer.epoch_selection:
             continue  # the budget dropped the per-epoch dev evaluations
         model.eval()
-        acc = evaluate(model_logits_fn(model))["accuracy"]
+        acc = evaluate(model, epoch)["accuracy"]
         log.info("teacher epoch %d: dev accuracy %.4f", epoch, acc)
         if acc > best:
             best, best_state = acc, {k: v.numpy().copy() for k, v in model.state_dict().items()}

@@ -303,7 +303,9 @@ def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tin
     assert all("dev" in r for r in [m["results"]["teacher"], *m["results"]["widths"].values()])
     measured = m["budget"]["measured"]
     assert measured["teacher_s_per_step"] > 0 and measured["ofa_s_per_step"] > 0
-    assert set(measured["eval_s_per_1k_tokens"]) == {"teacher", "1.0", "0.75", "0.5"}
+    # widths are priced from the teacher's seconds per token; each model adds its static set-up
+    assert set(measured["eval_s_per_1k_tokens"]) == {"teacher"}
+    assert measured["eval_setup_s_per_model"] > 0
 
 
 def test_lr_schedule_is_the_same_for_a_fixed_and_a_callable_length():
