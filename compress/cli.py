@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="truncate sentences to this many WordPiece tokens (batches pad to their longest) "
                         "[default 64; 99%% of the task's sentences fit in 55]")
     p.add_argument("--batch_size", type=int, default=32, help="sentences per training step")
-    p.add_argument("--learning_rate", type=float, default=3e-5, help="OFA training learning rate (AdamW)")
-    p.add_argument("--teacher_learning_rate", type=float, default=5e-5, help="teacher fine-tune learning rate")
+    p.add_argument("--learning_rate", type=float, default=None,
+                   help="OFA training learning rate (AdamW) [default 3e-5]")
+    p.add_argument("--teacher_learning_rate", type=float, default=None,
+                   help="teacher fine-tune learning rate (AdamW, linear warm-up and decay) [quick profile: 2e-4, "
+                        "which learns within a few dozen steps when a time budget cuts the fine-tune; else 5e-5]")
     p.add_argument("--num_train_epochs", type=float, default=None, help="OFA epochs [default 1]")
     p.add_argument("--num_teacher_epochs", type=float, default=None, help="teacher fine-tune epochs [default 2]")
     p.add_argument("--max_train_samples", type=int, default=None, help="use only the first N (shuffled) train sentences")
@@ -84,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> CompressOptions:
     preset = dict(PROFILES[args.profile]) if args.profile else {}
     defaults = dict(max_seq_length=64, num_train_epochs=1, num_teacher_epochs=2, importance_samples=1024,
-                    save_steps=0, max_train_samples=None, eval_before_ofa=False, lambda_ce=0.0)
+                    save_steps=0, max_train_samples=None, eval_before_ofa=False, lambda_ce=0.0,
+                    learning_rate=3e-5, teacher_learning_rate=5e-5)
     merged = {k: (getattr(args, k) if getattr(args, k) is not None else preset.get(k, defaults[k]))
               for k in defaults}
     return CompressOptions(
         output_dir=args.output_dir, model_type=args.model_type, model_name_or_path=args.model_name_or_path,
         task_name=args.task_name, train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
-        width_mult_list=args.width_mult_list, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        teacher_learning_rate=args.teacher_learning_rate, lambda_hidden=args.lambda_hidden,
+        width_mult_list=args.width_mult_list, batch_size=args.batch_size, lambda_hidden=args.lambda_hidden,
         lambda_logit=args.lambda_logit,
         sampling=args.sampling, logging_steps=args.logging_steps,
         seed=args.seed, teacher_dir=args.teacher_dir, select_width=args.select_width,

@@ -76,6 +76,14 @@ def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
     assert (mine.lambda_ce, mine.num_train_epochs) == (0.0, 2)
     plain = options_from_args(build_parser().parse_args(["--output_dir", "x"]))
     assert plain.lambda_ce == 0.0 and plain.num_train_epochs == 1
+    # learning rates: the full recipe's unless a profile or a flag says otherwise
+    assert (full.teacher_learning_rate, full.learning_rate) == (5e-5, 3e-5)
+    assert (plain.teacher_learning_rate, plain.learning_rate) == (5e-5, 3e-5)
+    quick = options_from_args(build_parser().parse_args(["--profile", "quick", "--output_dir", "x"]))
+    assert (quick.teacher_learning_rate, quick.learning_rate) == (2e-4, 3e-5)
+    mine = options_from_args(build_parser().parse_args(
+        ["--profile", "quick", "--teacher_learning_rate", "1e-4", "--output_dir", "x"]))
+    assert mine.teacher_learning_rate == 1e-4
 
 
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):

@@ -1,0 +1,199 @@
+"""Measurements behind compress's choices, each written as a record for benchmarks/results/.
+
+    python -m ofaserve.compress.measure scoring --compress_dir runs/demo/compress \\
+        --output benchmarks/results/compress_eval.json
+    python -m ofaserve.compress.measure teacher-lr --runs 5e-5:40 2e-4:40 \\
+        --output benchmarks/results/teacher_learning_rate.json
+
+``scoring``: for the teacher and every width of a finished compress output, paddle
+dygraph vs the scorer's Paddle Inference path (set-up: slice, write and load the static
+model, probe check; then the passes) on the same dev and test sentences, with the
+accuracy each gives and the largest logits difference. Interleaved per model, one
+process, after a warm-up pass.
+
+``teacher-lr``: the quick profile's teacher fine-tune (its train subset, batch and
+schedule, the training loop compress runs) for LEARNING_RATE:STEPS pairs, each from the
+pretrained weights, scored on dev: how fast each rate learns when a budget cuts steps.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _load(compress_dir: Path):
+    import paddle
+
+    from ofaserve.compress.bert import build_classifier
+    from ofaserve.compress.ofa import OfaSupernet
+    from ofaserve.core.artifacts import read_manifest
+
+    m = read_manifest(compress_dir, stage="compress")
+    teacher = build_classifier(m["model_config"])
+    teacher.set_state_dict(paddle.load(str(compress_dir / m["checkpoints"]["teacher"])))
+    teacher.eval()
+    student = build_classifier(m["model_config"])
+    supernet = OfaSupernet(student, m["width_mult_list"])
+    supernet.load_plain_state_dict(paddle.load(str(compress_dir / m["checkpoints"]["supernet"])))
+    supernet.eval()
+    return m, teacher, supernet
+
+
+def _timed_passes(fn, splits: dict, tokenizer) -> tuple[float, dict]:
+    from ofaserve.compress.train import predict
+
+    t0, logits = time.perf_counter(), {}
+    for name, (texts, labels) in splits.items():
+        logits[name] = predict(fn, texts, labels, tokenizer)
+    return time.perf_counter() - t0, logits
+
+
+def compare(compress_dir: Path) -> dict:
+    from ofaserve.compress.evaluation import Scorer
+    from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
+    from ofaserve.core.artifacts import machine_info
+    from ofaserve.core.naming import width_key
+    from ofaserve.core.tasks import split_of
+    from ofaserve.core.tokenizer import encode_batch, load_tokenizer
+
+    m, teacher, supernet = _load(compress_dir)
+    tokenizer = load_tokenizer(compress_dir / m["tokenizer"]["tokenizer_json"], m["max_seq_length"])
+    splits = {"dev": split_of(m, "dev"), "test": split_of(m, "test")}
+    probe = encode_batch(tokenizer, splits["dev"][0][:16])
+    models = {"teacher": (model_logits_fn(teacher), lambda s: s.teacher(teacher))}
+    for w in supernet.widths:
+        models[width_key(w)] = (supernet_logits_fn(supernet, w), lambda s, w=w: s.width(supernet, w))
+    _timed_passes(models["teacher"][0], {"dev": (splits["dev"][0][:64], splits["dev"][1][:64])}, tokenizer)
+    rows = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        scorer = Scorer(Path(scratch), probe)
+        for key, (dygraph_fn, static_of) in models.items():
+            dy_s, dy_logits = _timed_passes(dygraph_fn, splits, tokenizer)
+            t0 = time.perf_counter()
+            static_fn = static_of(scorer)
+            setup_s = time.perf_counter() - t0
+            st_s, st_logits = _timed_passes(static_fn, splits, tokenizer)
+            rows[key] = {
+                "dygraph_s": round(dy_s, 2), "static_setup_s": round(setup_s, 2), "static_passes_s": round(st_s, 2),
+                "speedup_incl_setup": round(dy_s / (setup_s + st_s), 2),
+                "max_abs_logits_diff": float(max(np.abs(dy_logits[s] - st_logits[s]).max() for s in splits)),
+                "accuracy": {s: {"dygraph": float((dy_logits[s].argmax(-1) == splits[s][1]).mean()),
+                                 "static": float((st_logits[s].argmax(-1) == splits[s][1]).mean())} for s in splits},
+                "predictions_differing": int(sum((dy_logits[s].argmax(-1) != st_logits[s].argmax(-1)).sum()
+                                                 for s in splits))}
+        record = scorer.record()
+        scorer.close()
+    total_dy = sum(r["dygraph_s"] for r in rows.values())
+    total_st = sum(r["static_setup_s"] + r["static_passes_s"] for r in rows.values())
+    return {"what": "scoring the results table (teacher + every width, dev and test): paddle dygraph vs "
+                    "the scorer's Paddle Inference path, same process, interleaved per model",
+            "compress_dir": str(compress_dir), "sentences": {s: len(v[0]) for s, v in splits.items()},
+            "models": rows, "total_s": {"dygraph": round(total_dy, 1), "static_incl_setup": round(total_st, 1)},
+            "scorer": record, "machine": machine_info()}
+
+
+class _FixedSteps:
+    """A ``finetune_teacher`` sizer that keeps the planned steps and drops the per-epoch
+    dev evaluations: each run trains exactly its steps and keeps its last weights."""
+    epoch_selection = False
+
+    def __call__(self, step: int, stats, total: int) -> int:
+        return total
+
+
+def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
+    from ofaserve.compress.bert import load_pretrained_classifier, resolve_model_path
+    from ofaserve.compress.evaluation import Scorer
+    from ofaserve.compress.options import PROFILES
+    from ofaserve.compress.train import finetune_teacher, metrics, predict
+    from ofaserve.core.artifacts import machine_info
+    from ofaserve.core.tasks import load_task
+    from ofaserve.core.tokenizer import encode_batch, make_tokenizer
+
+    quick = PROFILES["quick"]
+    model_dir = resolve_model_path("minilm-l6")
+    data = load_task("rt-polarity")
+    texts, labels = data.split("train")
+    train = (texts[: quick["max_train_samples"]], labels[: quick["max_train_samples"]])
+    dev = data.split("dev")
+    tokenizer = make_tokenizer(model_dir / "vocab.txt", lowercase=True, max_seq_length=quick["max_seq_length"])
+    steps_per_epoch = -(-len(train[0]) // 32)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scorer = Scorer(Path(scratch), encode_batch(tokenizer, dev[0][:16]))
+        for i, (lr, steps) in enumerate(runs):
+            model, _ = load_pretrained_classifier(str(model_dir), len(data.labels), seed=seed)
+            info, stats = finetune_teacher(model, train, dev, tokenizer, epochs=steps / steps_per_epoch,
+                                           batch_size=32, lr=lr, seed=seed, logging_steps=0, evaluate=None,
+                                           progress=False, sizer=_FixedSteps())
+            dev_metrics = metrics(predict(scorer.teacher(model, version=i), *dev, tokenizer), dev[1])
+            rows.append({"learning_rate": lr, "steps": info["steps"], "train_s": round(stats.seconds, 1),
+                         "dev_accuracy": round(dev_metrics["accuracy"], 4), "dev_f1": round(dev_metrics["f1"], 4)})
+            print(f"lr {lr:g}, {info['steps']} steps ({stats.seconds:.0f} s): dev accuracy "
+                  f"{dev_metrics['accuracy']:.4f}", flush=True)
+        scorer.close()
+    majority = float(max(np.mean(dev[1]), 1 - np.mean(dev[1])))
+    return {"what": "teacher fine-tune of the quick profile (2,000 train sentences, batch 32, AdamW with linear "
+                    "warm-up 10% and decay over the run's steps, last weights) at each learning rate and step count",
+            "model": "minilm-l6", "task": data.name, "dev_sentences": len(dev[0]), "dev_majority_class": majority,
+            "runs": rows, "machine": machine_info()}
+
+
+def _run_spec(text: str) -> tuple[float, int]:
+    try:
+        lr, steps = text.split(":")
+        return float(lr), int(steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LEARNING_RATE:STEPS, e.g. 2e-4:40") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ofaserve.compress.measure", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    scoring = sub.add_parser("scoring", help="dygraph vs Paddle Inference scoring of a compress output")
+    scoring.add_argument("--compress_dir", required=True, help="a finished `ofaserve compress` output folder")
+    sweep = sub.add_parser("teacher-lr", help="quick-profile teacher fine-tunes at several learning rates and steps")
+    sweep.add_argument("--runs", type=_run_spec, nargs="+", required=True, metavar="LR:STEPS",
+                       help="learning rate and steps of each run, e.g. 5e-5:40 2e-4:40")
+    for sp in (scoring, sweep):
+        sp.add_argument("--output", default=None, help="write the record here as JSON (default: print a summary only)")
+    return p
+
+
+def _print_scoring(rec: dict) -> None:
+    for key, r in rec["models"].items():
+        print(f"{key:>8}: dygraph {r['dygraph_s']:6.1f} s | static {r['static_setup_s']:4.1f} s set-up + "
+              f"{r['static_passes_s']:5.1f} s ({r['speedup_incl_setup']}x) | max diff {r['max_abs_logits_diff']:.1e} "
+              f"| differing predictions {r['predictions_differing']}")
+    print(f"   total: dygraph {rec['total_s']['dygraph']} s, static {rec['total_s']['static_incl_setup']} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ofaserve.compress.cpu import configure
+    configure()
+    from ofaserve.core.artifacts import OfaserveError, write_json
+    from ofaserve.core.quiet import known_noise_silenced
+    try:
+        with known_noise_silenced():
+            if args.what == "scoring":
+                rec = compare(Path(args.compress_dir))
+                _print_scoring(rec)
+            else:
+                rec = teacher_lr_sweep(args.runs)
+    except OfaserveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        write_json(args.output, rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
