@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
-from ofaserve.core.stage_cli import run_stage
+from ofaserve.core.stage_cli import run_stage, setup_logging
 from ofaserve.core.tables import learning_warning, results_table
 
 
@@ -106,13 +105,13 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu()  # thread and MKL settings take effect only before paddle is imported
+    setup_logging()
     # paddle warns at import (no ccache, an OMP notice about data parallelism): neither applies
     with known_noise_silenced(), known_prints_dropped():
         import paddle  # noqa: F401
 
     from ofaserve.compress.pipeline import compress_model
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code, manifest = run_stage(lambda: compress_model(options_from_args(args)), args.output_dir,
                                "; rerun with --resume to continue")
     if code:

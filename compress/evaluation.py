@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ofaserve.core.naming import width_key
+from ofaserve.core.quiet import known_noise_silenced
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -106,7 +107,7 @@ class Scorer:
         fn = None
         if self.static:
             t0 = time.perf_counter()
-            with _rng_kept():
+            with _rng_kept(), known_noise_silenced():  # paddleslim narrates every slice
                 fn = self._static(key, build(), reference)
             if fn is not None:
                 self.setup_s.append(time.perf_counter() - t0)
@@ -159,9 +160,6 @@ def _save_static(model, prefix: Path) -> None:
     import paddle
     from paddle.static import InputSpec
 
-    from ofaserve.core.quiet import known_noise_silenced
-
     spec = [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "token_type_ids")]
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    with known_noise_silenced():
-        paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(prefix))
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(prefix))

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ofaserve.compress.cpu import configure as configure_cpu
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
-from ofaserve.core.stage_cli import run_stage
+from ofaserve.core.stage_cli import run_stage, setup_logging
 
 
 def _width(value: str):
@@ -93,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_cpu()  # thread and MKL settings take effect only before paddle is imported
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     # paddle warns at import (no ccache, an OMP notice about data parallelism): neither applies
     with known_noise_silenced(), known_prints_dropped():
         import paddle  # noqa: F401

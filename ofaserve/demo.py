@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(args.budget_min * 60 or None, SHARES)  # the clock starts before paddle is imported
     from ofaserve.compress.cpu import configure
     from ofaserve.core import quiet
+    from ofaserve.core.stage_cli import log_to_file
     configure()
+    log_to_file(work / "demo.log")  # the stages' narration; the screen gets the demo's own lines
+    _say(f"ofaserve demo: every stage's log goes to {work / 'demo.log'}")
     from ofaserve.core.artifacts import OfaserveError, terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     try:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -52,6 +54,18 @@ KNOWN_IMPORT_PRINTS: tuple[str, ...] = (
     r"WARNING: OMP_NUM_THREADS set to \d+, not 1\. ",
     r"PLEASE USE OMP_NUM_THREADS WISELY\.",
 )
+
+
+# Lines C++ libraries write straight to file descriptor 2 (glog), past Python's warnings
+# and sys.stderr: (pattern matched at the start of a line, why it is harmless).
+KNOWN_NATIVE_LINES: tuple[tuple[str, str], ...] = (
+    (r"W\d{4} [\d:.]+ +\d+ eager_utils\.cc:\d+\] Paddle static graph\(PIR\) not support input out tensor",
+     "paddle.jit.save, once per model it writes (the scorer's and the export's static models): the traced "
+     "inputs are never written to"),
+)
+# A partial line held until its newline: a glog header (or the start of one). Anything else,
+# e.g. a progress bar redrawn with carriage returns, is passed on at once.
+_GLOG_START = re.compile(rb"[IWEF](\d{0,4}$|\d{4} )")
 
 
 # Loggers whose INFO lines narrate library internals, quieted to WARNING (their warnings
@@ -95,6 +109,64 @@ def known_prints_dropped(patterns: tuple[str, ...] = KNOWN_IMPORT_PRINTS) -> Ite
         with contextlib.redirect_stderr(held):
             yield
     finally:  # an error inside the block still shows what was printed before it
+        _repoint_log_handlers(held, sys.stderr)
         keep = [line for line in held.getvalue().splitlines(keepends=True)
                 if not any(re.match(p, line) for p in patterns)]
         sys.stderr.write("".join(keep))
+
+
+def _repoint_log_handlers(old, new) -> None:
+    """A library that adds a logging handler at import binds it to the stderr of that
+    moment, the holding buffer here; its records must reach the real stderr afterwards."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                handler.setStream(new)
+
+
+@contextlib.contextmanager
+def known_native_lines_dropped(lines: tuple[tuple[str, str], ...] = KNOWN_NATIVE_LINES) -> Iterator[None]:
+    """File descriptor 2 runs through a pipe for the block: known native lines are dropped,
+    everything else is passed on as it arrives (a progress bar's partial line too)."""
+    try:
+        sys.stderr.flush()
+        target = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2: nothing native can reach a screen
+        yield
+        return
+    known = [re.compile(p.encode()) for p, _ in lines]
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    thread = threading.Thread(target=_forward, args=(read_end, target, known), daemon=True,
+                              name="ofaserve-native-stderr")
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(target, 2)  # the pipe's last writer here closes: the thread reads to its end
+        thread.join(timeout=5)
+        if not thread.is_alive():  # else a child process still holds the pipe; the thread keeps forwarding
+            os.close(target)
+
+
+def _forward(read_end: int, target: int, known: list[re.Pattern]) -> None:
+    pending = b""
+    while chunk := os.read(read_end, 65536):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        out = b"".join(line + b"\n" for line in complete if not any(k.match(line) for k in known))
+        if pending and not _GLOG_START.match(pending):
+            out, pending = out + pending, b""
+        _write_all(target, out)
+    if pending and not any(k.match(pending) for k in known):
+        _write_all(target, pending)
+    os.close(read_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]

@@ -9,19 +9,49 @@ its traceback.
 """
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from ofaserve.core import artifacts
 from ofaserve.core.artifacts import OfaserveError
-from ofaserve.core.quiet import known_noise_silenced
+from ofaserve.core.quiet import known_native_lines_dropped, known_noise_silenced
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_log_file: Path | None = None  # set when a caller (the demo) keeps the stages' logs in a file
+
+
+def setup_logging() -> None:
+    """A stage CLI's logging: INFO lines on stderr, unless its caller sends them to a file
+    (``log_to_file``). Called before paddle is imported; ``force`` replaces a root handler
+    a library may have added at import, which can hold a stream that is gone."""
+    if _log_file is None:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True)
+
+
+def log_to_file(path: Path) -> None:
+    """INFO and up to ``path`` (appended), only WARNING and up on stderr: for a driver that
+    prints its own progress lines (the demo) and keeps the stages' narration for later."""
+    global _log_file
+    _log_file = Path(path)
+    _log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(_log_file)
+    to_file.setLevel(logging.INFO)
+    to_screen = logging.StreamHandler(sys.stderr)
+    to_screen.setLevel(logging.WARNING)
+    for handler in (to_file, to_screen):
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_screen], force=True)
 
 
 def run_stage(work: Callable[[], Any], output_dir: str, resume_hint: str = "") -> tuple[int, Any]:
     """(exit code, what ``work`` returned or None)."""
     artifacts.terminate_like_interrupt()
     try:
-        with known_noise_silenced():  # library warnings known to be harmless; others still show
+        # library warnings and native log lines known to be harmless; others still show
+        with known_noise_silenced(), known_native_lines_dropped():
             return 0, work()
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, KeyboardInterrupt) or artifacts.interrupted():
