@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the FP16 / OpenVINO bf16 / INT8 variants and their dev accuracy")
     p.add_argument("--no_int8", dest="int8", action="store_false",
                    help="skip the OpenVINO INT8 variants (NNCF post-training quantization on train sentences)")
+    p.add_argument("--no_int8_plain", dest="int8_plain", action="store_false",
+                   help="quantize only the packed graph when there is one (the python OpenVINO encoder serves the "
+                        "packed INT8 IR; the plain one is its fallback and a cross-check)")
     p.add_argument("--no_fp16", dest="fp16", action="store_false",
                    help="skip the FP16 ONNX variant (the gpu target's; the cpu targets never serve it)")
     p.add_argument("--parity_runtimes", type=_names, default=None,

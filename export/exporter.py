@@ -49,6 +49,7 @@ class ExportOptions:
     fuse_attention: bool = True
     precisions: bool = True
     int8: bool = True
+    int8_plain: bool = True  # also the plain graph's INT8 IR when a packed graph exists
     max_accuracy_drop: float | None = None
     latency_budget_ms: float | None = None
     batch_size: int = 16
@@ -165,6 +166,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             fp32_acc = dev_m["accuracy"] if later.index is None else _accuracy(later.logits(dev_logits), later.dev[1])
             precisions, extra = precision_variants(tmp, later.dev, job.tokenizer, later.logits(dev_logits), fp32_acc,
                                                    train_texts=train_texts, pad_id=job.pad_id, int8=opts.int8,
+                                                   int8_plain=opts.int8_plain,
                                                    fp16=opts.fp16, progress=opts.progress,
                                                    test=later.same_share(load_test(job.src)))
             if later.index is not None:  # every variant's gate ran on this dev subset

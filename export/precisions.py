@@ -56,7 +56,8 @@ class _Recorder:
 
 def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float, *,
                        train_texts: Sequence[str] = (), pad_id: int = 0, int8: bool = True,
-                       progress: bool = False, fp16: bool = True, test=None) -> tuple[dict, dict]:
+                       int8_plain: bool = True, progress: bool = False, fp16: bool = True,
+                       test=None) -> tuple[dict, dict]:
     """(records by variant, shipped artifacts by name) for the export in ``folder``. With
     ``test`` (texts, labels), the test accuracy of FP32 and of every CPU variant that can
     be served is measured once, after the gate was decided on dev."""
@@ -68,7 +69,8 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
                             else {"skipped": "not asked for (--no_fp16: the GPU target's variant)"})
     results["openvino_bf16"] = _bf16(src, record)
     if int8:
-        results.update(_int8(folder, dev, tokenizer, fp32_logits, train_texts, pad_id, artifacts, progress))
+        results.update(_int8(folder, dev, tokenizer, fp32_logits, train_texts, pad_id, artifacts, progress,
+                             int8_plain))
     if test is not None and len(test[0]):
         _test_accuracy(folder, results, artifacts, test, tokenizer, pad_id)
     return results, artifacts
@@ -131,8 +133,9 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
 
 
 def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Sequence[str], pad_id: int,
-          artifacts: dict, progress: bool) -> dict[str, Any]:
-    """NNCF INT8 IR of the plain and packed graphs (``ofaserve.export.int8``)."""
+          artifacts: dict, progress: bool, plain: bool = True) -> dict[str, Any]:
+    """NNCF INT8 IR of the plain and packed graphs (``ofaserve.export.int8``); ``plain``
+    False: of the packed graph only, where there is one."""
     if not train_texts:
         return {"openvino_int8": {"skipped": "no train sentences to calibrate on"}}
     packed = folder / "onnx" / "model_packed.onnx"
@@ -141,7 +144,7 @@ def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Se
             folder / "onnx" / "model.onnx", folder, int8_variant.calibration_batches(train_texts, tokenizer),
             int8_variant.dev_set(dev[0], dev[1], tokenizer), fp32_logits, pad_id=pad_id,
             packed_onnx_path=packed if packed.is_file() else None, max_drop=INT8_MAX_DROP,
-            min_agreement=INT8_MIN_AGREEMENT, progress=progress)
+            min_agreement=INT8_MIN_AGREEMENT, progress=progress, plain=plain or not packed.is_file())
     except Exception as e:  # a precision option, not the contract: the export ships without it
         log.warning("OpenVINO INT8 quantization failed: %s", e)
         return {"openvino_int8": {"error": f"{type(e).__name__}: {e}"}}

@@ -208,7 +208,11 @@ def _served_only(budget: Budget) -> list[str]:
                "the runtimes the demo's cpu repository serves; onnx carries the dev accuracy check")
     budget.cut("export", "FP16 variant and ONNX Runtime fused graph", "built and checked", "skipped",
                "only the gpu target / --runtime onnxruntime serve them")
-    if not _has_fast_int8():
+    if _has_fast_int8():
+        flags.append("--no_int8_plain")
+        budget.cut("export", "INT8 IR of the plain graph", "built and gated", "skipped",
+                   "the cpu repository's OpenVINO encoder serves the packed graph's INT8 IR")
+    else:
         flags.append("--no_int8")
         budget.cut("export", "OpenVINO INT8 variant", "built and gated", "skipped",
                    f"this CPU has none of {', '.join(INT8_FAST_FLAGS)}: INT8 runs slower than f32 here, "

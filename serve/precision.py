@@ -58,8 +58,9 @@ def candidates(manifest: dict, capabilities: list[str]) -> tuple[list[Candidate]
     if "INT8" not in capabilities:
         skipped["int8"] = f"this CPU has no INT8 (OpenVINO capabilities: {' '.join(capabilities)})"
     elif int8_key is None:
-        rec = records.get("openvino_int8") or {}
-        skipped["int8"] = rec.get("not_shipped_because") or rec.get("error") or "the export shipped no INT8 IR"
+        why = [r.get("not_shipped_because") or r.get("error") for r in
+               (records.get("openvino_packed_int8") or {}, records.get("openvino_int8") or {})]
+        skipped["int8"] = next((w for w in why if w), "the export shipped no INT8 IR")
     else:
         found.append(Candidate("int8", int8_key, records.get(int8_key) or {}))
     return found, skipped

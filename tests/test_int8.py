@@ -140,6 +140,22 @@ def test_not_shipped_leaves_no_files(int8_inputs, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_packed_only_quantizes_one_graph_and_says_so(int8_inputs, tmp_path):
+    from ofaserve.export.int8 import quantize_int8
+
+    export, calibration, dev, fp32_logits = int8_inputs
+    record, artifacts = quantize_int8(export / "onnx" / "model.onnx", tmp_path, calibration, dev, fp32_logits,
+                                      pad_id=0, packed_onnx_path=export / "onnx" / "model_packed.onnx", plain=False)
+    assert artifacts == {"openvino_packed_int8": "openvino/model_packed_int8.xml"}
+    assert record["openvino_packed_int8"]["shipped"]
+    assert record["openvino_int8"] == {"skipped": record["openvino_int8"]["skipped"]}
+    assert "--no_int8_plain" in record["openvino_int8"]["skipped"]
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == ["model_packed_int8.bin",
+                                                                         "model_packed_int8.xml"]
+    with pytest.raises(ValueError, match="needs a packed graph"):
+        quantize_int8(export / "onnx" / "model.onnx", tmp_path, calibration, dev, fp32_logits, pad_id=0, plain=False)
+
+
 def test_accuracy_control_returns_a_gated_int8_model(int8_inputs, tmp_path):
     """The fallback path runs NNCF's accuracy control with the gate as its metric; on a
     gate that full quantization already meets it stops there and keeps INT8."""
