@@ -9,7 +9,7 @@ commands are printed. Finished stages are reused on a second run (their manifest
 the proof they finished) unless ``--redo`` names them. The server is stopped on exit,
 Ctrl-C, SIGTERM or failure.
 
-Time budget (``--budget_min``, 20 by default): machines differ several-fold in speed, so
+Time budget (``--budget_min``, 10 by default): machines differ several-fold in speed, so
 instead of a fixed amount of work each stage gets a share of the time left when it
 starts and sizes its work from its own measured speed (compress: training steps; exports:
 the runtimes the demo serves, a dev subset for the later checks; bench: request counts).
@@ -35,7 +35,7 @@ SENTENCES = [
     "I wanted my two hours back.",
     "Un film magnifique 🎬 — 美しい映画",  # non-English and emoji are answered too
 ]
-DEFAULT_BUDGET_MIN = 20.0
+DEFAULT_BUDGET_MIN = 10.0
 # Shares of the time left, fixed when each stage starts. Compress is the only stage whose
 # work scales freely; the exports' build and first dev pass, the repository and the server
 # start are fixed costs, sized to what a 2-core AVX2 CPU needs for them.
