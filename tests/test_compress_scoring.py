@@ -153,3 +153,34 @@ def test_a_static_model_that_cannot_be_written_is_scored_in_dygraph(tmp_path, ti
     scorer = evaluation.Scorer(tmp_path / "scratch", probe)
     scorer.teacher(teacher)
     assert scorer.record()["models"]["teacher"] == {"runtime": "paddle dygraph", "why": "RuntimeError: disk full"}
+
+
+def _iomp_max_threads() -> int | None:
+    """omp_get_max_threads of the Intel OpenMP runtime paddle's MKL runs on, if loaded."""
+    import ctypes
+    import os
+
+    with open(f"/proc/{os.getpid()}/maps") as f:
+        libs = {line.split()[-1] for line in f if line.rstrip().endswith("libiomp5.so")}
+    return ctypes.CDLL(libs.pop()).omp_get_max_threads() if libs else None
+
+
+def test_scoring_leaves_training_its_threads(tmp_path, tiny_models):
+    """A Paddle Inference run drops the process's OpenMP to one thread; dygraph training
+    after it ran ~25% slower on 2 cores until the scorer put the count back."""
+    import paddle
+
+    from ofaserve.compress.evaluation import Scorer, _save_static
+    from ofaserve.runtime.runtimes import default_threads, load_runner
+
+    teacher, _, tok = tiny_models
+    probe = _batches(tok, TEXTS)[0]
+    if _iomp_max_threads() is None or default_threads() < 2:
+        pytest.skip("paddle's libiomp5 is not loaded, or one usable core: nothing to lose")
+    _save_static(teacher, tmp_path / "raw" / "model")
+    load_runner("paddle", tmp_path / "raw" / "model", "fp32")(*probe)  # the runtime alone
+    if _iomp_max_threads() == default_threads():
+        pytest.skip("Paddle Inference no longer changes the thread count: the scorer's reset is moot")
+    paddle.base.core.set_num_threads(default_threads())
+    Scorer(tmp_path / "scratch", probe).teacher(teacher)(*probe)
+    assert _iomp_max_threads() == default_threads()
