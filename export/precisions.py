@@ -149,7 +149,7 @@ def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Se
         log.warning("OpenVINO INT8 quantization failed: %s", e)
         return {"openvino_int8": {"error": f"{type(e).__name__}: {e}"}}
     for name, rec in records.items():
-        if not rec.get("shipped"):
-            log.info("%s not shipped: %s", name, rec.get("not_shipped_because"))
+        if rec.get("not_shipped_because"):
+            log.info("%s not shipped: %s", name, rec["not_shipped_because"])
     artifacts.update(shipped)
     return records

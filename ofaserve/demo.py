@@ -273,8 +273,9 @@ def _repo(args, work: Path, redo: set[str], budget: Budget, exports: dict[str, P
     reuse = not ({"repo", "export"} & redo) and (repo / "manifest.json").is_file()
     argv = ["--export_dir", *map(str, exports.values()), "--target", "cpu", "--output", str(repo)]
     allot = budget.allot("repo")
-    # half the share times the precision candidates; loading them and writing take the rest
-    auto = None if allot is None else round(min(DEFAULT_AUTO_BUDGET_S, max(1.0, 0.5 * allot / len(exports))))
+    # a quarter of the share times the precision candidates (at least MIN_ROUNDS rounds each;
+    # fp32, bf16 and INT8 differ by far more than its noise where they differ at all)
+    auto = None if allot is None else round(min(DEFAULT_AUTO_BUDGET_S, max(1.0, 0.25 * allot / len(exports))))
     if auto is not None:
         argv += ["--auto_budget_s", str(auto)]
     with _Stage(budget, "repo", f"reusing {repo}" if reuse else "ofaserve repo " + " ".join(argv),
@@ -285,7 +286,7 @@ def _repo(args, work: Path, redo: set[str], budget: Budget, exports: dict[str, P
                 budget.measure("repo", auto_budget_s=auto)
                 if auto < DEFAULT_AUTO_BUDGET_S:
                     budget.cut("repo", "seconds timing the precision candidates per export",
-                               DEFAULT_AUTO_BUDGET_S, auto, "half the stage's share (at least 5 rounds each)")
+                               DEFAULT_AUTO_BUDGET_S, auto, "a quarter of the stage's share (at least 5 rounds each)")
             _run_stage("repo", serve_cli.repo_main, argv)
     return repo
 

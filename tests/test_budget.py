@@ -272,6 +272,22 @@ def test_known_native_lines_are_dropped_and_others_kept():
     assert b"not support input out tensor" in got.split(b"after\n")[1]
 
 
+def test_known_native_stdout_lines_are_dropped_and_others_kept():
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os
+        from ofaserve.core.quiet import known_native_lines_dropped
+        with known_native_lines_dropped():
+            os.write(1, b"[Paddle2ONNX] Start parsing the Paddle model file...\\n")
+            print("exported width 0.5", flush=True)
+            os.write(1, b"[Paddle2ONNX] Use opset_version = 14 for ONNX export.\\n[Paddle2ONNX] Oops: op foo unsupported\\n")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True).stdout
+    assert out == b"exported width 0.5\n[Paddle2ONNX] Oops: op foo unsupported\n"
+
+
 def test_stage_logs_reach_stderr_after_paddle_is_imported_quietly():
     """paddle adds a root log handler bound to the stderr of its import; imported inside
     known_prints_dropped that is a buffer, and every INFO line of a stage vanished."""

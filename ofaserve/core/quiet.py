@@ -63,6 +63,12 @@ KNOWN_NATIVE_LINES: tuple[tuple[str, str], ...] = (
      "paddle.jit.save, once per model it writes (the scorer's and the export's static models): the traced "
      "inputs are never written to"),
 )
+# ... and to file descriptor 1: paddle2onnx narrates every conversion from C++.
+KNOWN_NATIVE_STDOUT_LINES: tuple[tuple[str, str], ...] = (
+    (r"\[Paddle2ONNX\] (Start parsing the Paddle model file|Use opset_version = \d+ for ONNX export|"
+     r"PaddlePaddle model is exported as ONNX format now)",
+     "paddle2onnx's progress notes for each export; its warnings and errors still show"),
+)
 # A partial line held until its newline: a glog header (or the start of one). Anything else,
 # e.g. a progress bar redrawn with carriage returns, is passed on at once.
 _GLOG_START = re.compile(rb"[IWEF](\d{0,4}$|\d{4} )")
@@ -127,27 +133,35 @@ def _repoint_log_handlers(old, new) -> None:
 
 
 @contextlib.contextmanager
-def known_native_lines_dropped(lines: tuple[tuple[str, str], ...] = KNOWN_NATIVE_LINES) -> Iterator[None]:
-    """File descriptor 2 runs through a pipe for the block: known native lines are dropped,
+def known_native_lines_dropped() -> Iterator[None]:
+    """Known native lines on stderr and stdout dropped for the block (``_fd_filtered``)."""
+    with _fd_filtered(2, sys.stderr, KNOWN_NATIVE_LINES), _fd_filtered(1, sys.stdout, KNOWN_NATIVE_STDOUT_LINES):
+        yield
+
+
+@contextlib.contextmanager
+def _fd_filtered(fd: int, stream, lines: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """File descriptor ``fd`` runs through a pipe for the block: known lines are dropped,
     everything else is passed on as it arrives (a progress bar's partial line too)."""
     try:
-        sys.stderr.flush()
-        target = os.dup(2)
-    except (OSError, ValueError):  # no usable descriptor 2: nothing native can reach a screen
+        stream.flush()
+        target = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no usable descriptor: nothing native reaches a screen
         yield
         return
     known = [re.compile(p.encode()) for p, _ in lines]
     read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
+    os.dup2(write_end, fd)
     os.close(write_end)
     thread = threading.Thread(target=_forward, args=(read_end, target, known), daemon=True,
-                              name="ofaserve-native-stderr")
+                              name=f"ofaserve-native-fd{fd}")
     thread.start()
     try:
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(target, 2)  # the pipe's last writer here closes: the thread reads to its end
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+        os.dup2(target, fd)  # the pipe's last writer here closes: the thread reads to its end
         thread.join(timeout=5)
         if not thread.is_alive():  # else a child process still holds the pipe; the thread keeps forwarding
             os.close(target)
