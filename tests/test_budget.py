@@ -272,6 +272,38 @@ def test_known_native_lines_are_dropped_and_others_kept():
     assert b"not support input out tensor" in got.split(b"after\n")[1]
 
 
+def test_a_terminal_stays_a_terminal_while_native_lines_are_filtered():
+    """Progress bars draw only on a terminal (tqdm asks isatty): the filter must keep one."""
+    import os
+    import pty
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os
+        from ofaserve.core.quiet import known_native_lines_dropped
+        with known_native_lines_dropped():
+            os.write(2, b"W1130 17:02:36.157928 24631 eager_utils.cc:3584] Paddle static graph(PIR) not support input out tensor for now!!!!!\\n")
+            os.write(2, b"isatty %d\\n" % os.isatty(2))
+    """)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave)
+    os.close(slave)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    assert b"isatty 1" in got and b"not support input out tensor" not in got
+
+
 def test_known_native_stdout_lines_are_dropped_and_others_kept():
     import subprocess
     import textwrap

@@ -150,7 +150,8 @@ def _fd_filtered(fd: int, stream, lines: tuple[tuple[str, str], ...]) -> Iterato
         yield
         return
     known = [re.compile(p.encode()) for p, _ in lines]
-    read_end, write_end = os.pipe()
+    # a terminal stays a terminal (progress bars draw only on one): a pseudo-terminal then
+    read_end, write_end = _terminal_like(fd) if os.isatty(fd) else os.pipe()
     os.dup2(write_end, fd)
     os.close(write_end)
     thread = threading.Thread(target=_forward, args=(read_end, target, known), daemon=True,
@@ -167,9 +168,29 @@ def _fd_filtered(fd: int, stream, lines: tuple[tuple[str, str], ...]) -> Iterato
             os.close(target)
 
 
+def _terminal_like(fd: int) -> tuple[int, int]:
+    """A pseudo-terminal with ``fd``'s window size, passing bytes through unchanged."""
+    import fcntl
+    import termios
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no newline translation: what is written is what arrives
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return master, slave
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # a pseudo-terminal whose last writer closed reads as EIO: its end
+        return b""
+
+
 def _forward(read_end: int, target: int, known: list[re.Pattern]) -> None:
     pending = b""
-    while chunk := os.read(read_end, 65536):
+    while chunk := _read(read_end):
         pending += chunk
         *complete, pending = pending.split(b"\n")
         out = b"".join(line + b"\n" for line in complete if not any(k.match(line) for k in known))
