@@ -15,6 +15,10 @@ starts and sizes its work from its own measured speed (compress: training steps;
 the runtimes the demo serves, a dev subset for the later checks; bench: request counts).
 The results table is never cut: teacher and every width on dev and test. What was cut is
 printed when each stage ends and recorded in ``summary.json`` (``budget``).
+
+Screen: one line when a stage starts, a progress line every ``--progress_s`` (elapsed,
+time left of its share), one line when it ends. The stages' own log lines go to
+``<workdir>/demo.log``; their warnings still reach the screen.
 """
 from __future__ import annotations
 
