@@ -139,6 +139,16 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+def _with_latest(progress: str, width: int = 90) -> None:
+    """A progress line, with what the stage logged last (its phase and step) after it."""
+    from ofaserve.core.stage_cli import latest_log_line
+
+    latest = latest_log_line()
+    if len(latest) > width:
+        latest = latest[: width - 3] + "..."
+    _say(f"{progress} | {latest}" if latest else progress)
+
+
 class _Stage:
     """One line when a stage starts (with its share of the budget), progress lines while
     it runs, one line when it ends (with what it cut)."""
@@ -148,10 +158,13 @@ class _Stage:
         self.reused = False
 
     def __enter__(self) -> "_Stage":
+        from ofaserve.core.stage_cli import latest_log_line
+
+        latest_log_line(forget=True)  # the previous stage's last line says nothing of this one
         allot = self.budget.start(self.name)
         share = "" if allot is None else f"  [{clock_text(allot)} of the {clock_text(self.budget.left())} left]"
         _say(f"\n=== {self.name}: {self.title}{share}")
-        self.beat = Heartbeat(self.budget, self.name, self.every_s, _say).__enter__()
+        self.beat = Heartbeat(self.budget, self.name, self.every_s, _with_latest).__enter__()
         return self
 
     def __exit__(self, exc_type, *rest) -> None:

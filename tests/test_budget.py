@@ -320,6 +320,24 @@ def test_known_native_stdout_lines_are_dropped_and_others_kept():
     assert out == b"exported width 0.5\n[Paddle2ONNX] Oops: op foo unsupported\n"
 
 
+def test_demo_logging_keeps_stage_lines_in_the_file_and_warnings_on_screen(tmp_path):
+    log = tmp_path / "demo.log"
+    got = _stderr_of(f"""
+        import logging, sys
+        from ofaserve.core.stage_cli import latest_log_line, log_to_file, setup_logging
+        log_to_file({str(log)!r})
+        setup_logging()  # a stage CLI run by the demo: leaves the demo's set-up alone
+        logging.getLogger("ofaserve.compress").info("teacher step 3/9")
+        logging.getLogger("paddleslim").info("library chatter")
+        assert latest_log_line() == "teacher step 3/9", latest_log_line()
+        assert latest_log_line(forget=True) == "teacher step 3/9" and latest_log_line() == ""
+        logging.getLogger("ofaserve.export").warning("a real warning")
+    """)
+    text = log.read_text()
+    assert "INFO ofaserve.compress: teacher step 3/9" in text and "a real warning" in text
+    assert b"teacher step" not in got and b"a real warning" in got
+
+
 def test_stage_logs_reach_stderr_after_paddle_is_imported_quietly():
     """paddle adds a root log handler bound to the stderr of its import; imported inside
     known_prints_dropped that is a buffer, and every INFO line of a stage vanished."""

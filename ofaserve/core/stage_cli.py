@@ -31,9 +31,34 @@ def setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True)
 
 
+class _Latest(logging.Handler):
+    """Keeps the newest INFO line of ofaserve's own loggers (what the stage is doing now)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("ofaserve"):
+            self.message = record.getMessage()
+
+
+_latest = _Latest()
+
+
+def latest_log_line(forget: bool = False) -> str:
+    """The newest ofaserve log line since ``log_to_file`` ("" before any); ``forget``:
+    start over (a new stage begins)."""
+    message = _latest.message
+    if forget:
+        _latest.message = ""
+    return message
+
+
 def log_to_file(path: Path) -> None:
     """INFO and up to ``path`` (appended), only WARNING and up on stderr: for a driver that
-    prints its own progress lines (the demo) and keeps the stages' narration for later."""
+    prints its own progress lines (the demo) and keeps the stages' narration for later;
+    ``latest_log_line`` tells it what the stage logged last."""
     global _log_file
     _log_file = Path(path)
     _log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +68,8 @@ def log_to_file(path: Path) -> None:
     to_screen.setLevel(logging.WARNING)
     for handler in (to_file, to_screen):
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_screen], force=True)
+    _latest.message = ""
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_screen, _latest], force=True)
 
 
 def run_stage(work: Callable[[], Any], output_dir: str, resume_hint: str = "") -> tuple[int, Any]:
