@@ -204,7 +204,9 @@ def _scorer(run: _Run):
     texts = run.dev[0]
     pick = np.linspace(0, len(texts) - 1, num=min(16, len(texts))).astype(int)
     probe = encode_batch(run.tokenizer, [texts[i] for i in pick])
-    return Scorer(run.partial / "scoring", probe, static=run.opts.eval_runtime == "paddle-inference")
+    # one scratch folder per data-parallel worker: every worker scores, each writes its own static models
+    scratch = run.partial / ("scoring" if dist.world_size() == 1 else f"scoring_rank{dist.rank()}")
+    return Scorer(scratch, probe, static=run.opts.eval_runtime == "paddle-inference")
 
 
 def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
@@ -272,6 +274,7 @@ def _reorder(run: _Run, supernet) -> dict:
     """Sort heads and neurons by importance on a few train sentences; the full width must
     compute the same function afterwards (checked and recorded)."""
     from ofaserve.compress.batching import batches
+
     t0 = time.time()
     texts, labels = run.train
     n_imp = min(run.opts.importance_samples, len(texts))
