@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ofaserve.compress.submodel import save_static as _save_static
 from ofaserve.core.naming import width_key
 from ofaserve.core.quiet import known_noise_silenced
 
@@ -169,12 +170,3 @@ def _rng_kept() -> Iterator[None]:
         yield
     finally:
         paddle.set_rng_state(state)
-
-
-def _save_static(model, prefix: Path) -> None:
-    import paddle
-    from paddle.static import InputSpec
-
-    spec = [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "token_type_ids")]
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(prefix))

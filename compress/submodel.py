@@ -190,3 +190,14 @@ def flops(cfg: dict[str, Any], batch: int = 16, seq: int = 128) -> int:
         total += 2 * t * h * f * 2          # FFN
     total += 2 * batch * h * h + 2 * batch * h * c  # pooler + classifier
     return int(total)
+
+
+def save_static(model, prefix: Path) -> None:
+    """``model`` as a Paddle static model at ``prefix`` (model.json/.pdmodel + .pdiparams),
+    with dynamic batch and sequence axes. ``to_static`` converts the layer it is given."""
+    import paddle
+    from paddle.static import InputSpec
+
+    spec = [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "token_type_ids")]
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(prefix))

@@ -11,7 +11,7 @@ from typing import Any
 from ofaserve.core.artifacts import OfaserveError
 from ofaserve.export import onnx_tools
 from ofaserve.export.source import Source
-from ofaserve.compress.submodel import load_sub_model, save_sub_model
+from ofaserve.compress.submodel import load_sub_model, save_static, save_sub_model
 
 log = logging.getLogger("ofaserve.export")
 
@@ -31,8 +31,6 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
                     fuse: bool = True) -> dict[str, Any]:
     """sub_model/, static/, onnx/ for one width in ``folder``. Returns info for the manifest."""
     import onnx
-    import paddle
-    from paddle.static import InputSpec
 
     t0 = time.time()
     cfg, state = sn.slice_width(width, src.config, src.state)
@@ -41,10 +39,8 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
     info: dict[str, Any] = {"sub_config": cfg, "artifacts": {"sub_model": "sub_model"}}
 
     static_prefix = folder / "static" / "model"
-    spec = [InputSpec([None, None], "int64", "input_ids"), InputSpec([None, None], "int64", "token_type_ids")]
     try:
-        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-        paddle.jit.save(static, str(static_prefix))
+        save_static(model, static_prefix)
     except Exception as e:
         raise OfaserveError(f"paddle.jit.save of the sub model failed: {type(e).__name__}: {e}") from e
     model_file = static_prefix.with_suffix(".json")

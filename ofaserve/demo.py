@@ -290,8 +290,8 @@ def _repo(args, work: Path, redo: set[str], budget: Budget, exports: dict[str, P
     reuse = not ({"repo", "export"} & redo) and (repo / "manifest.json").is_file()
     argv = ["--export_dir", *map(str, exports.values()), "--target", "cpu", "--output", str(repo)]
     allot = budget.allot("repo")
-    # a quarter of the share times the precision candidates (at least MIN_ROUNDS rounds each;
-    # fp32, bf16 and INT8 differ by far more than its noise where they differ at all)
+    # a quarter of the share times the precision candidates (the timing still runs its
+    # minimum rounds); loading them and writing the repository take the rest
     auto = None if allot is None else round(min(DEFAULT_AUTO_BUDGET_S, max(1.0, 0.25 * allot / len(exports))))
     if auto is not None:
         argv += ["--auto_budget_s", str(auto)]
