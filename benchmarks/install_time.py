@@ -1,0 +1,71 @@
+"""Time `make venv` on a clean clone with each installer, caches cold, and compare what
+each installed (same packages at the same versions, or the record says which differ).
+
+    python benchmarks/install_time.py --output benchmarks/results/install_time.json
+
+Each run clones the repository's HEAD into a scratch folder, so uncommitted changes are
+not measured. Takes ~4 minutes on 2 cores (pip ~2.5, uv ~1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLING = {"pip", "setuptools", "wheel", "uv"}  # the installers themselves, not the project's packages
+
+
+def _installed(venv_python: Path) -> dict[str, str]:
+    out = subprocess.run([str(venv_python), "-m", "pip", "list", "--format", "json", "--exclude-editable"],
+                         check=True, capture_output=True, text=True).stdout
+    return {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(out)
+            if p["name"].lower() not in TOOLING}
+
+
+def time_install(installer: str, scratch: Path) -> dict:
+    clone = scratch / f"clone_{installer}"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {**os.environ, "UV_CACHE_DIR": str(scratch / "uv_cache"), "PIP_NO_CACHE_DIR": "1"}
+    t = time.perf_counter()
+    r = subprocess.run(["make", "venv", f"INSTALLER={installer}"], cwd=clone, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        sys.exit(f"make venv INSTALLER={installer} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return {"installer": installer, "wall_s": round(wall, 1), "packages": _installed(clone / ".venv/bin/python")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="benchmarks/results/install_time.json", help="where the record goes")
+    p.add_argument("--installers", default="pip,uv", help="comma-separated, in run order (default: pip,uv)")
+    args = p.parse_args(argv)
+    from ofaserve.core.artifacts import machine_info, write_json
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="ofaserve-install-") as scratch:
+        runs = [time_install(name, Path(scratch)) for name in args.installers.split(",")]
+    ref = runs[0]["packages"]
+    differ = {r["installer"]: sorted(k for k in set(ref) | set(r["packages"]) if ref.get(k) != r["packages"].get(k))
+              for r in runs[1:]}
+    record = {"what": "`make venv` (everything `make demo` and `make test` install) on a clean clone, per installer, "
+                      "with empty uv and pip caches: wall seconds, and the packages that differ from the first "
+                      "installer's (name or version; the installers themselves excluded)",
+              "command": "python benchmarks/install_time.py", "commit": commit,
+              "runs": [{"installer": r["installer"], "wall_s": r["wall_s"], "packages": len(r["packages"])}
+                       for r in runs],
+              "packages_differing_from_first": differ, "machine": machine_info()}
+    write_json(Path(args.output), record)
+    print(json.dumps({k: record[k] for k in ("runs", "packages_differing_from_first")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
