@@ -4,12 +4,19 @@
         --output benchmarks/results/compress_eval.json
     python -m ofaserve.compress.measure teacher-lr --runs 5e-5:40 2e-4:40 \\
         --output benchmarks/results/teacher_learning_rate.json
+    python -m ofaserve.compress.measure ofa-steps --teacher_steps 40 --steps 8 16 24 \\
+        --workdir runs/ofa_steps --output benchmarks/results/ofa_steps.json
 
 ``scoring``: for the teacher and every width of a finished compress output, paddle
 dygraph vs the scorer's Paddle Inference path (set-up: slice, write and load the static
 model, probe check; then the passes) on the same dev and test sentences, with the
 accuracy each gives and the largest logits difference. Interleaved per model, one
 process, after a warm-up pass.
+
+``ofa-steps``: ``ofaserve compress --profile quick`` with a teacher of TEACHER_STEPS
+steps, then OFA phases of each of STEPS steps from that same teacher (``--teacher_dir``):
+accuracy per width on dev and test, from each run's manifest. Runs already finished in
+``--workdir`` with the same steps are read, not repeated.
 
 ``teacher-lr``: the quick profile's teacher fine-tune (its train subset, batch and
 schedule, the training loop compress runs) for LEARNING_RATE:STEPS pairs, each from the
@@ -144,6 +151,49 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
             "runs": rows, "machine": machine_info()}
 
 
+def _steps_run(workdir: Path, teacher_steps: int, ofa_steps: int, teacher_dir: Path | None) -> dict:
+    """One quick-profile compress run (or its finished output), as a record row."""
+    from ofaserve.compress import cli as compress_cli
+    from ofaserve.compress.options import PROFILES
+    from ofaserve.core.artifacts import OfaserveError, read_manifest
+
+    quick = PROFILES["quick"]
+    steps_per_epoch = -(-quick["max_train_samples"] // 32)
+    out = workdir / f"t{teacher_steps}_o{ofa_steps}"
+    argv = ["--profile", "quick", "--num_train_epochs", f"{round(ofa_steps / steps_per_epoch, 3)}",
+            "--output_dir", str(out), "--overwrite", "--no_progress",
+            *(["--teacher_dir", str(teacher_dir)] if teacher_dir else
+              ["--num_teacher_epochs", f"{round(teacher_steps / steps_per_epoch, 3)}"])]
+    try:
+        m = read_manifest(out, stage="compress")
+    except OfaserveError:
+        if compress_cli.main(argv):
+            raise OfaserveError(f"ofaserve compress {' '.join(argv)} failed (its log is above)") from None
+        m = read_manifest(out, stage="compress")
+    got = (m["phases"]["teacher"]["steps"], m["phases"]["ofa"]["steps"])
+    if got != (teacher_steps, ofa_steps):
+        raise OfaserveError(f"{out} trained {got} (teacher, OFA) steps, not {(teacher_steps, ofa_steps)}: "
+                            "remove it to rerun")
+    r = m["results"]
+    return {"command": "ofaserve compress " + " ".join(argv), "teacher_steps": got[0], "ofa_steps": got[1],
+            "ofa_train": m["phases"]["ofa"].get("train"),
+            "teacher": {s: round(r["teacher"][s]["accuracy"], 4) for s in ("dev", "test")},
+            "widths": {w: {s: round(v[s]["accuracy"], 4) for s in ("dev", "test")} for w, v in r["widths"].items()}}
+
+
+def ofa_steps_sweep(teacher_steps: int, steps: list[int], workdir: Path) -> dict:
+    from ofaserve.core.artifacts import machine_info
+
+    first = workdir / f"t{teacher_steps}_o{steps[0]}"
+    rows = [_steps_run(workdir, teacher_steps, n, None if i == 0 else first) for i, n in enumerate(steps)]
+    for row in rows:
+        print(f"OFA {row['ofa_steps']} steps: dev " + ", ".join(f"{w} {v['dev']:.4f}" for w, v in row["widths"].items()),
+              flush=True)
+    return {"what": f"quick profile: one teacher of {teacher_steps} steps, then OFA phases of {steps} steps from it "
+                    "(--teacher_dir): accuracy per width on dev and test from each run's manifest",
+            "runs": rows, "machine": machine_info()}
+
+
 def _run_spec(text: str) -> tuple[float, int]:
     try:
         lr, steps = text.split(":")
@@ -161,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("teacher-lr", help="quick-profile teacher fine-tunes at several learning rates and steps")
     sweep.add_argument("--runs", type=_run_spec, nargs="+", required=True, metavar="LR:STEPS",
                        help="learning rate and steps of each run, e.g. 5e-5:40 2e-4:40")
-    for sp in (scoring, sweep):
+    ofa = sub.add_parser("ofa-steps", help="quick-profile OFA phases of several lengths from one teacher")
+    ofa.add_argument("--teacher_steps", type=int, default=40, help="steps of the shared teacher (default: 40)")
+    ofa.add_argument("--steps", type=int, nargs="+", required=True, help="OFA steps of each run, e.g. 8 16 24")
+    ofa.add_argument("--workdir", default="runs/ofa_steps", help="where the runs go (default: runs/ofa_steps)")
+    for sp in (scoring, sweep, ofa):
         sp.add_argument("--output", default=None, help="write the record here as JSON (default: print a summary only)")
     return p
 
@@ -185,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.what == "scoring":
                 rec = compare(Path(args.compress_dir))
                 _print_scoring(rec)
+            elif args.what == "ofa-steps":
+                rec = ofa_steps_sweep(args.teacher_steps, args.steps, Path(args.workdir))
             else:
                 rec = teacher_lr_sweep(args.runs)
     except OfaserveError as e:
