@@ -26,7 +26,16 @@ from ofaserve.core.naming import width_key
 log = logging.getLogger("ofaserve.compress")
 
 PROBE_STEPS = 4  # steps timed before a phase is sized (after its first, which sets up kernels)
-MIN_STEPS = 8  # fewer training steps than this teach nothing worth reporting: overrun instead
+# The recent steps whose speed the guard projects with. The first steps of a phase run
+# slower than later ones (the run's first shapes are new to oneDNN); a whole-phase average
+# keeps that slowness in every projection and leaves time unused.
+RATE_WINDOW = 8
+# The fewest steps a budget leaves a phase (capped by the profile's own steps); below them
+# the results would not mean anything, so the run overruns its budget instead and says so.
+# The teacher's: at the quick profile's learning rate 40 steps are the fewest measured that
+# answer better than the majority class (benchmarks/results/teacher_learning_rate.json).
+MIN_TEACHER_STEPS = 40
+MIN_OFA_STEPS = 8
 PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
 
@@ -34,42 +43,53 @@ RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output s
 class StepSizer:
     """Called by a training loop after each trained step with (step, stats, total); returns
     the phase's total steps: unchanged until ``PROBE_STEPS`` are timed, then from
-    ``plan(s_per_step, step) -> (total, deadline)``, then shrunk by the guard when the
-    projected end passes that deadline (the last moment that leaves the later work its
-    time: machine load changes, and the time between steps is not in the step timings)."""
+    ``plan(s_per_step, step) -> (total, deadline)``; after that a guard keeps the projected
+    end at that deadline (the last moment that leaves the later work its time) from the
+    speed of the last ``RATE_WINDOW`` steps: it shrinks the phase when behind (machine load
+    changes, the time between steps is not in the step timings) and gives steps back, up
+    to the phase's own unbudgeted total, when the steps got faster than the plan assumed."""
 
     def __init__(self, name: str, plan: Callable[[float, int], tuple[int, float]], min_total: int):
         self.name, self.plan, self.min_total = name, plan, min_total
-        self.first: tuple[int, float] | None = None
+        self.marks: list[tuple[int, float]] = []  # (steps, seconds) after each timed step
+        self.max_total: int | None = None
         self.s_per_step: float | None = None
         self.deadline: float | None = None
         self.planned: int | None = None
+        self.total: int | None = None  # the last total returned: the steps the phase trains
         self.shrunk: list[dict] = []
         self.epoch_selection = True  # the teacher's per-epoch dev evaluations (plan may drop them)
 
     def __call__(self, step: int, stats, total: int) -> int:
-        if self.first is None:
-            self.first = (stats.steps, stats.seconds)
-            return total
-        timed = stats.steps - self.first[0]
+        self.total = self._total(step, stats, total)
+        return self.total
+
+    def _total(self, step: int, stats, total: int) -> int:
+        if self.max_total is None:
+            self.max_total = total
+        self.marks.append((stats.steps, stats.seconds))
+        timed = len(self.marks) - 1  # the first step sets up kernels: its time is not a rate
         if timed < PROBE_STEPS:
             return total
-        self.s_per_step = (stats.seconds - self.first[1]) / timed
+        (n0, s0), (n1, s1) = self.marks[max(0, len(self.marks) - 1 - RATE_WINDOW)], self.marks[-1]
+        self.s_per_step = (s1 - s0) / max(1, n1 - n0)
         if self.planned is None:
             self.planned, self.deadline = self.plan(self.s_per_step, step)
             return max(step, self.planned)
-        remaining = self.deadline - time.monotonic()
-        if (total - step) * self.s_per_step <= remaining or total <= self.min_total:
-            return total
-        new = max(step, self.min_total, step + math.floor(max(0.0, remaining) / self.s_per_step))
+        fits = step + math.floor(max(0.0, self.deadline - time.monotonic()) / self.s_per_step)
+        new = min(self.max_total, max(step, self.min_total, fits))
         if new < total:
             self.shrunk.append({"at_step": step, "from": total, "to": new, "s_per_step": round(self.s_per_step, 3)})
             log.info("%s: behind plan (%.2f s/step), %d -> %d steps", self.name, self.s_per_step, total, new)
-        return new
+            return new
+        if new > total + 1:  # ahead by more than a step's noise
+            log.info("%s: ahead of plan (%.2f s/step), %d -> %d steps", self.name, self.s_per_step, total, new)
+            return new
+        return total
 
 
-def _floor_note(at_floor: bool) -> str:
-    return f"; kept the minimum of {MIN_STEPS} steps, over the budget" if at_floor else ""
+def _floor_note(floor: int | None) -> str:
+    return f"; kept the minimum of {floor} steps, over the budget" if floor else ""
 
 
 class CompressTimebox:
@@ -150,7 +170,8 @@ class CompressTimebox:
             p = plan_training(self.left() - reserve - reorder, teacher_steps=profile_steps - step,
                               teacher_step_s=s_per_step, ofa_steps=ofa_steps, ofa_step_s=s_per_step * ratio,
                               epoch_evals=epoch_evals, epoch_eval_s=self.tokens["dev"] * self.s_per_token["teacher"] + self.setup_s(),
-                              min_steps=max(0, MIN_STEPS - step))
+                              min_teacher_steps=max(0, min(MIN_TEACHER_STEPS, profile_steps) - step),
+                              min_ofa_steps=min(MIN_OFA_STEPS, ofa_steps))
             sizer.epoch_selection = p.teacher_epoch_evals
             self.measured["teacher_s_per_step"] = round(s_per_step, 4)
             self.plans["teacher"] = {"at_step": step, "eval_reserve_s": round(reserve, 1),
@@ -160,13 +181,13 @@ class CompressTimebox:
             # the teacher may run until what the OFA phase and the evaluations need is left
             return step + p.teacher_steps, self.deadline - reserve - reorder - p.ofa_steps * s_per_step * ratio
 
-        sizer = StepSizer("teacher", plan, min_total=MIN_STEPS)
+        sizer = StepSizer("teacher", plan, min_total=min(MIN_TEACHER_STEPS, profile_steps))
         self.sizers["teacher"] = sizer
         return sizer
 
     def _note_plan(self, p, profile_steps: int, step: int, epoch_evals: int) -> None:
         why = (f"{p.needed_s:.0f} s of training needed at the measured speed, {max(0, p.available_s):.0f} s left "
-               f"after the results table's evaluations" + _floor_note(p.fraction == 0))
+               f"after the results table's evaluations" + _floor_note(step + p.teacher_steps if p.at_floor else None))
         if not p.teacher_epoch_evals and epoch_evals > 1:
             self.cuts.append(Cut("compress", "teacher per-epoch dev evaluations (best-epoch pick)", epoch_evals, 0,
                                  why + "; the final evaluation still measures the teacher"))
@@ -187,34 +208,38 @@ class CompressTimebox:
 
         def plan(s_per_step: float, step: int) -> tuple[int, float]:
             reserve = self.eval_reserve_s()
-            lo = min(profile_steps, MIN_STEPS) - step
-            n = fit_count(self.left() - reserve, s_per_step, lo=max(0, lo), hi=profile_steps - step)
+            lo = max(0, min(profile_steps, MIN_OFA_STEPS) - step)
+            room = self.left() - reserve
+            n = fit_count(room, s_per_step, lo=lo, hi=profile_steps - step)
             self.measured["ofa_s_per_step"] = round(s_per_step, 4)
             self.plans["ofa"] = {"at_step": step, "eval_reserve_s": round(reserve, 1), "steps": step + n,
                                  "left_s": round(self.left(), 1)}
             if step + n < profile_steps:
-                room = self.left() - reserve
+                at_floor = fit_count(room, s_per_step, lo=0) < lo
                 self.cuts.append(Cut("compress", "OFA steps", profile_steps, step + n,
                                      f"{s_per_step:.2f} s/step measured, {max(0.0, room):.0f} s left after the "
-                                     f"results table's evaluations" + _floor_note(room < s_per_step * (n - lo))))
+                                     f"results table's evaluations" + _floor_note(step + n if at_floor else None)))
             log.info("time budget: %s left; OFA %d of %d steps planned", clock_text(self.left()), step + n,
                      profile_steps)
             return step + n, self.deadline - reserve
 
-        sizer = StepSizer("ofa", plan, min_total=min(profile_steps, max(MIN_STEPS, start_step)))
+        sizer = StepSizer("ofa", plan, min_total=min(profile_steps, max(MIN_OFA_STEPS, start_step)))
         self.sizers["ofa"] = sizer
         return sizer
 
     def record(self) -> dict[str, Any]:
         """The manifest's ``budget`` record: what was measured, planned and cut."""
+        cuts = list(self.cuts)
         for name, sizer in self.sizers.items():
-            for s in sizer.shrunk:
-                self.cuts.append(Cut("compress", f"{name} steps (behind plan)", s["from"], s["to"],
-                                     f"{s['s_per_step']} s/step at step {s['at_step']}"))
-            sizer.shrunk = []
+            if sizer.planned is None or sizer.total is None:
+                continue
+            self.plans[name]["steps_trained"] = sizer.total
+            if sizer.total < sizer.planned:
+                cuts.append(Cut("compress", f"{name} steps (re-planned while training)", sizer.planned, sizer.total,
+                                f"{sizer.s_per_step:.3f} s/step over its last {RATE_WINDOW} steps: no time for more"))
         used = time.monotonic() - self.t0
         return {"time_budget_s": self.budget_s, "used_s": round(used, 1), "within_budget": used <= self.budget_s,
                 "measured": {**self.measured, "eval_tokens": self.tokens,
                              "eval_s_per_1k_tokens": {k: round(v * 1000, 4) for k, v in self.s_per_token.items()},
                              "eval_setup_s_per_model": round(self.setup_s(), 2)},
-                "plans": self.plans, "cuts": [asdict(c) for c in self.cuts]}
+                "plans": self.plans, "cuts": [asdict(c) for c in cuts]}

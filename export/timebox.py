@@ -84,7 +84,9 @@ class ExportTimebox:
         n_total = len(dev[0])
         each = first_pass_s / max(1, n_total)
         left = self.budget_s - self.elapsed()
-        n = fit_count(left, each * passes, lo=min(MIN_DEV_SENTENCES, n_total), hi=n_total) if passes else n_total
+        lo = min(MIN_DEV_SENTENCES, n_total)
+        n = fit_count(left, each * passes, lo=lo, hi=n_total) if passes else n_total
+        at_floor = bool(passes) and fit_count(left, each * passes, lo=0) < lo
         record = {"time_budget_s": self.budget_s, "elapsed_s": round(self.elapsed(), 1),
                   "first_dev_pass_s": round(first_pass_s, 2), "s_per_sentence": round(each, 5),
                   "later_passes": passes, "dev_sentences": n, "dev_total": n_total}
@@ -93,7 +95,8 @@ class ExportTimebox:
         idx = spread(n_total, n)
         record["dev_sentences"] = int(len(idx))
         record["cut"] = (f"later dev passes on {len(idx)} of {n_total} sentences: {passes:g} passes at "
-                         f"{each * 1000:.1f} ms/sentence in {max(0.0, left):.0f} s left")
+                         f"{each * 1000:.1f} ms/sentence in {max(0.0, left):.0f} s left"
+                         + (f"; kept the minimum of {lo} sentences, over the budget" if at_floor else ""))
         texts, labels = dev
         return LaterDev(([texts[i] for i in idx], np.asarray(labels)[idx]), idx, record)
 

@@ -9,7 +9,7 @@ commands are printed. Finished stages are reused on a second run (their manifest
 the proof they finished) unless ``--redo`` names them. The server is stopped on exit,
 Ctrl-C, SIGTERM or failure.
 
-Time budget (``--budget_min``, 10 by default): machines differ several-fold in speed, so
+Time budget (``--budget_min``, 6.5 by default): machines differ several-fold in speed, so
 instead of a fixed amount of work each stage gets a share of the time left when it
 starts and sizes its work from its own measured speed (compress: training steps; exports:
 the runtimes the demo serves, a dev subset for the later checks; bench: request counts).
@@ -39,11 +39,14 @@ SENTENCES = [
     "I wanted my two hours back.",
     "Un film magnifique 🎬 — 美しい映画",  # non-English and emoji are answered too
 ]
-DEFAULT_BUDGET_MIN = 10.0
+DEFAULT_BUDGET_MIN = 6.5
 # Shares of the time left, fixed when each stage starts. Compress is the only stage whose
-# work scales freely; the exports' build and first dev pass, the repository and the server
-# start are fixed costs, sized to what a 2-core AVX2 CPU needs for them.
-SHARES = {"compress": 0.52, "export": 0.25, "repo": 0.07, "serve": 0.06, "bench": 0.10}
+# work scales freely above its floors (compress.timebox: the results table, and the fewest
+# training steps that learn); the exports' build and first dev pass, the repository and
+# the server start are fixed costs. Sized from the stages' measured minimums on a 2-core
+# Xeon (benchmarks/results/demo_run.json): a slower CPU overruns the budget at the floors,
+# and the final report says by how much.
+SHARES = {"compress": 0.6, "export": 0.26, "repo": 0.05, "serve": 0.03, "bench": 0.06}
 # What `ofaserve export` checks that the cpu repository never serves (skipped under a budget)
 SERVED_PARITY_RUNTIMES = ["openvino_packed"]
 INT8_FAST_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -388,7 +391,10 @@ def _budget_report(budget: Budget) -> str:
     """What the budget was, what each stage used, and everything that was cut."""
     if budget.total_s is None:
         return f"\n=== Time: {clock_text(budget.elapsed())} (no budget: nothing was cut)"
-    verdict = "within" if budget.elapsed() <= budget.total_s else "OVER"
+    over = budget.elapsed() - budget.total_s
+    verdict = "within" if over <= 0 else (
+        f"OVER by {clock_text(over)}: this machine needs longer than the budget for the stages' minimum work; "
+        "the cuts that say 'kept the minimum' ran at their floor")
     lines = [f"\n=== Time budget {clock_text(budget.total_s)}: used {clock_text(budget.elapsed())} ({verdict})"]
     for name, r in budget.stages.items():
         if r.used_s is not None:

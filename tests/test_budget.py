@@ -79,7 +79,7 @@ def test_fit_count_clamps():
 
 def test_plan_keeps_the_profile_when_it_fits():
     p = plan_training(1000, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6, epoch_evals=2,
-                      epoch_eval_s=30, min_steps=8)
+                      epoch_eval_s=30, min_teacher_steps=40, min_ofa_steps=8)
     assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals, p.fraction) == (100, 50, True, 1.0)
     assert p.needed_s == 100 * 2 + 50 * 6 + 2 * 30
 
@@ -87,19 +87,27 @@ def test_plan_keeps_the_profile_when_it_fits():
 def test_plan_drops_the_epoch_evaluations_first():
     needed_training = 100 * 2 + 50 * 6
     p = plan_training(needed_training + 10, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6,
-                      epoch_evals=2, epoch_eval_s=30, min_steps=8)
+                      epoch_evals=2, epoch_eval_s=30, min_teacher_steps=40, min_ofa_steps=8)
     assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals) == (100, 50, False)
 
 
-def test_plan_then_scales_both_phases_by_one_fraction():
+def test_plan_gives_the_minimums_then_the_teacher_then_the_ofa_phase():
     training = 100 * 2 + 50 * 6
-    p = plan_training(training / 2, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6,
-                      epoch_evals=2, epoch_eval_s=30, min_steps=8)
-    assert p.fraction == pytest.approx(0.5)
-    assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals) == (50, 25, False)
+    kw = dict(teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6, epoch_evals=2, epoch_eval_s=30,
+              min_teacher_steps=40, min_ofa_steps=8)
+    p = plan_training(training / 2, **kw)  # 250 s: minimums 128 s, the teacher's 60 more steps 120 s
+    assert (p.teacher_steps, p.ofa_steps, p.teacher_epoch_evals, p.at_floor) == (100, 8, False, False)
+    assert p.fraction == pytest.approx((100 * 2 + 8 * 6) / training)
+    p = plan_training(150, **kw)  # 22 s above the minimums: 11 more teacher steps, nothing for OFA
+    assert (p.teacher_steps, p.ofa_steps) == (51, 8)
+    p = plan_training(200 + 8 * 6 + 6 * 3 + 5, **kw)  # the teacher whole, then 3 more OFA steps
+    assert (p.teacher_steps, p.ofa_steps) == (100, 11)
     floor = plan_training(1, teacher_steps=100, teacher_step_s=2, ofa_steps=50, ofa_step_s=6, epoch_evals=2,
-                          epoch_eval_s=30, min_steps=8)
-    assert (floor.teacher_steps, floor.ofa_steps) == (8, 8)
+                          epoch_eval_s=30, min_teacher_steps=40, min_ofa_steps=8)
+    assert (floor.teacher_steps, floor.ofa_steps, floor.at_floor) == (40, 8, True)  # each phase's own floor
+    short = plan_training(1, teacher_steps=30, teacher_step_s=2, ofa_steps=5, ofa_step_s=6, epoch_evals=1,
+                          epoch_eval_s=30, min_teacher_steps=40, min_ofa_steps=8)
+    assert (short.teacher_steps, short.ofa_steps) == (30, 5)  # a floor never adds steps to the profile
 
 
 def test_ofa_step_ratio_counts_the_teacher_forward_and_each_width():
@@ -134,6 +142,38 @@ def test_step_sizer_plans_after_its_probe_and_shrinks_when_behind():
     assert step + 2 <= total <= step + 3 and sizer.shrunk
 
 
+def test_step_sizer_projects_from_recent_steps_and_gives_steps_back():
+    """First steps slow (new shapes), later ones fast: the plan made from the slow probe is
+    too short, and the guard, projecting from the last RATE_WINDOW steps, grows the phase
+    back toward what fits, never past the phase's own unbudgeted total."""
+    from ofaserve.compress import timebox
+    from ofaserve.compress.train import PhaseStats
+
+    t0 = time.monotonic()
+
+    def plan(s_per_step, step):  # 20 s to the deadline: at the probe's 2 s/step, 10 more steps
+        return step + int(20 // s_per_step), t0 + 20
+
+    sizer = timebox.StepSizer("t", plan, min_total=4)
+    stats, total, step = PhaseStats(), 60, 0
+    for _ in range(timebox.PROBE_STEPS + 1):
+        step, stats.steps = step + 1, stats.steps + 1
+        stats.seconds += 2.0
+        total = sizer(step, stats, total)
+    assert total == step + 10 and sizer.planned == total
+    for _ in range(timebox.RATE_WINDOW):  # now 0.5 s/step (the clock is not advanced: no time used)
+        step, stats.steps = step + 1, stats.steps + 1
+        stats.seconds += 0.5
+        total = sizer(step, stats, total)
+    assert sizer.s_per_step == pytest.approx(0.5)
+    assert step + 38 <= total <= step + 40  # ~20 s left at 0.5 s/step
+    assert sizer.total == total and not sizer.shrunk
+    sizer.deadline = t0 + 3600
+    step, stats.steps = step + 1, stats.steps + 1
+    stats.seconds += 0.5
+    assert sizer(step, stats, total) == 60  # never past the phase's own steps
+
+
 def test_bench_request_count_fits_the_time_left():
     from ofaserve.benchmarks import timebox
 
@@ -163,7 +203,10 @@ def test_export_dev_subset_is_sized_from_the_first_pass():
     later = box.later_dev(dev, first_pass_s=10.0, passes=4)
     assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev[0])
     assert later.index[0] == 0 and later.index[-1] == 999 and np.all(np.diff(later.index) > 0)
-    assert later.dev[0][1] == texts[later.index[1]] and "cut" in later.record
+    assert later.dev[0][1] == texts[later.index[1]] and "kept the minimum of 300" in later.record["cut"]
+    box.t0 = time.monotonic() - 80  # 20 s left: 500 fit, above the floor: a cut, not an overrun
+    assert "kept the minimum" not in box.later_dev(dev, first_pass_s=10.0, passes=4).record["cut"]
+    box.t0 = time.monotonic() - 92
     assert later.logits(np.arange(1000)).tolist() == later.index.tolist()
     test = ([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
     assert len(later.same_share(test)[0]) == round(500 * timebox.MIN_DEV_SENTENCES / 1000)
@@ -394,16 +437,18 @@ def test_compress_budget_that_cuts_nothing_changes_nothing(tmp_path, tiny_checkp
         assert all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a), ckpt
 
 
-def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tiny_checkpoint):
+def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tiny_checkpoint, monkeypatch):
     from ofaserve.compress import timebox
     from ofaserve.compress.pipeline import compress_model
 
+    monkeypatch.setattr(timebox, "MIN_TEACHER_STEPS", 10)  # below the tiny profile's 18, so it is a cut
     m = compress_model(_tiny_options(tmp_path / "out", *tiny_checkpoint, time_budget_s=0.5))
     cuts = {c["what"]: c for c in m["budget"]["cuts"]}
     profile_teacher = 3 * math.ceil(96 / 16)
     assert cuts["teacher steps"]["default"] == profile_teacher
-    assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == timebox.MIN_STEPS
-    assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == timebox.MIN_STEPS
+    assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == timebox.MIN_TEACHER_STEPS
+    assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == timebox.MIN_OFA_STEPS
+    assert "kept the minimum of" in cuts["teacher steps"]["why"] and "kept the minimum of" in cuts["OFA steps"]["why"]
     assert "teacher per-epoch dev evaluations (best-epoch pick)" in cuts
     assert m["phases"]["teacher"]["best_dev_accuracy"] is None
     assert m["budget"]["used_s"] > 0.5  # honest: the minimum overran the budget
@@ -475,7 +520,7 @@ def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir
         assert export["manifest"]["options"]["parity_runtimes"] == demo.SERVED_PARITY_RUNTIMES
     for c in rec["cuts"]:  # every cut is printed, with its reason
         assert f"{c['what']}: {c['default']} -> {c['chosen']} ({c['why']})" in out
-    assert "=== Time budget 0:03: used" in out and "(OVER)" in out
+    assert "=== Time budget 0:03: used" in out and "(OVER by" in out
     assert "] demo " in out  # progress lines while a stage ran
     assert "=== Accuracy per width" in out and "| teacher |" in out
 
