@@ -51,8 +51,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out.append(f"- machine: {m.get('cpu')} ({m.get('cores')} cores), {m.get('platform')}")
     ls, le = m.get("load_start") or {}, m.get("load_end") or {}
     if ls:
+        busy = ls.get("cpu_busy_percent")
         out.append(f"- load average (1 min) before / after the run: {_f(ls.get('loadavg_1m'), 2)} / "
-                   f"{_f(le.get('loadavg_1m'), 2)}")
+                   f"{_f(le.get('loadavg_1m'), 2)}" + ("" if busy is None else
+                                                       f"; CPU in use just before it: {busy:.0f}%"))
     if m.get("busy_warning"):
         out.append(f"- **warning**: {m['busy_warning']}")
     vers = report.get("versions", {})

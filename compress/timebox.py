@@ -89,7 +89,7 @@ class StepSizer:
 
 
 def _floor_note(floor: int | None) -> str:
-    return f"; kept the minimum of {floor} steps, over the budget" if floor else ""
+    return f"; kept the minimum of {floor} steps (the speed measured then left time for fewer)" if floor else ""
 
 
 class CompressTimebox:
@@ -187,12 +187,13 @@ class CompressTimebox:
 
     def _note_plan(self, p, profile_steps: int, step: int, epoch_evals: int) -> None:
         why = (f"{p.needed_s:.0f} s of training needed at the measured speed, {max(0, p.available_s):.0f} s left "
-               f"after the results table's evaluations" + _floor_note(step + p.teacher_steps if p.at_floor else None))
+               f"after the results table's evaluations")
         if not p.teacher_epoch_evals and epoch_evals > 1:
             self.cuts.append(Cut("compress", "teacher per-epoch dev evaluations (best-epoch pick)", epoch_evals, 0,
                                  why + "; the final evaluation still measures the teacher"))
         if step + p.teacher_steps < profile_steps:
-            self.cuts.append(Cut("compress", "teacher steps", profile_steps, step + p.teacher_steps, why))
+            self.cuts.append(Cut("compress", "teacher steps", profile_steps, step + p.teacher_steps,
+                                 why + _floor_note(step + p.teacher_steps if p.at_floor else None)))
         log.info("time budget: %s left; teacher %d of %d steps planned (%.0f%% of the profile's training)",
                  clock_text(self.left()), step + p.teacher_steps, profile_steps, 100 * p.fraction)
 

@@ -96,7 +96,7 @@ class ExportTimebox:
         record["dev_sentences"] = int(len(idx))
         record["cut"] = (f"later dev passes on {len(idx)} of {n_total} sentences: {passes:g} passes at "
                          f"{each * 1000:.1f} ms/sentence in {max(0.0, left):.0f} s left"
-                         + (f"; kept the minimum of {lo} sentences, over the budget" if at_floor else ""))
+                         + (f"; kept the minimum of {lo} sentences (the time left allowed fewer)" if at_floor else ""))
         texts, labels = dev
         return LaterDev(([texts[i] for i in idx], np.asarray(labels)[idx]), idx, record)
 
