@@ -91,6 +91,8 @@ def _finished(folder: Path, stage: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _screen
+    _screen = sys.stdout
     args = build_parser().parse_args(argv)
     if args.budget_min < 0 or args.progress_s < 0:
         print("error: --budget_min and --progress_s must be >= 0", file=sys.stderr)
@@ -135,11 +137,22 @@ def latency_figures(report: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- screen
+_screen = sys.stdout  # the demo's own lines; set when main() starts (a stage's reports may go to the log)
+
+
 def _say(line: str) -> None:
-    """One line on stdout, drawn above any progress bar (safe from the heartbeat thread)."""
+    """One line on the screen, drawn above any progress bar (safe from the heartbeat thread)."""
     from tqdm import tqdm
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    tqdm.write(line, file=_screen)
+    _screen.flush()
+
+
+@contextlib.contextmanager
+def _reports_to_log(work: Path):
+    """A stage CLI's printed report (the export's parity tables) into demo.log: the screen
+    gets the demo's one-line summary of it instead. Its warnings and errors (stderr) stay."""
+    with open(work / "demo.log", "a") as log, contextlib.redirect_stdout(log):
+        yield
 
 
 def _with_latest(progress: str, width: int = 90) -> None:
@@ -267,14 +280,36 @@ def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict
                 _say(f"export {width}: reusing {out}")
                 continue
             argv = ["--model_name_or_path", str(work / "compress"), "--width_mult", width, "--output_dir", str(out),
-                    "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite", *served_only]
+                    "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite", "--no_progress",
+                    *served_only]
             if budget.total_s is not None:  # this export's part of what is left of the stage's share
                 left = budget.stages["export"].allotted_s - budget.stage_elapsed("export")
                 argv += ["--time_budget_s", _seconds(left / (len(todo) - todo.index(width)))]
             _say(f"export {width}: ofaserve export {' '.join(argv)}")
-            _run_stage(f"export {width}", export_cli.main, argv)
-            _note_export(budget, width, read_manifest(out, stage="export"))
+            with _reports_to_log(work):
+                _run_stage(f"export {width}", export_cli.main, argv)
+            manifest = read_manifest(out, stage="export")
+            _say(export_summary(width, manifest))
+            _note_export(budget, width, manifest)
     return exports
+
+
+def export_summary(width: str, m: dict) -> str:
+    """One line for the screen from an export manifest: parity, dev accuracy, variants."""
+    parity = m.get("parity") or {}
+    dev = parity.get("dev_accuracy") or {}
+    checked = sorted({r for shape in (parity.get("shapes") or {}).values() for r in shape.get("max_abs_diff", {})})
+    line = (f"export {width}: {m['params']['total'] / 1e6:.1f}M params; {', '.join(checked)} match the supernet "
+            f"(max diff {parity.get('max_abs_diff', float('nan')):.1e}); dev accuracy "
+            f"{dev.get('exported', m.get('dev_accuracy', float('nan'))):.4f} through {dev.get('runtime', 'onnx')}, "
+            f"as compress measured")
+    variants = {n: r for n, r in (m.get("precisions") or {}).items() if "delta_vs_fp32" in r}
+    if variants:
+        n = (m["precisions"].get("fp32") or {}).get("dev_sentences") or next(
+            (r.get("n") for r in variants.values() if r.get("n")), None)
+        of = f" on {n} of {dev['n']} dev sentences" if n and dev.get("n") and n < dev["n"] else ""
+        line += f"; variants vs fp32{of}: " + ", ".join(f"{k} {r['delta_vs_fp32']:+.4f}" for k, r in variants.items())
+    return line
 
 
 def _note_export(budget: Budget, width: str, manifest: dict) -> None:

@@ -27,6 +27,10 @@ def test_demo_runs_end_to_end_and_reuses_stages(tmp_path, tiny_compress_dir, cap
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
     assert "=== Accuracy per width" in out and "=== Latency" in out
+    # each export is one summary line on the screen; its parity tables are in demo.log
+    assert "export 0.75: " in out and "match the supernet" in out and "as compress measured" in out
+    assert "| shape | runtime (vs supernet)" not in out
+    assert "| shape | runtime (vs supernet)" in (work / "demo.log").read_text()
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["exports"]) == {"1.0", "0.75"}
     assert len(summary["classified"]) == len(demo.SENTENCES)
