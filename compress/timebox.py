@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +38,7 @@ MIN_TEACHER_STEPS = 40
 MIN_OFA_STEPS = 8
 PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
+STEP_CUTS = {"teacher": "teacher steps", "ofa": "OFA steps"}  # each phase's steps cut, by sizer name
 
 
 class StepSizer:
@@ -192,7 +193,7 @@ class CompressTimebox:
             self.cuts.append(Cut("compress", "teacher per-epoch dev evaluations (best-epoch pick)", epoch_evals, 0,
                                  why + "; the final evaluation still measures the teacher"))
         if step + p.teacher_steps < profile_steps:
-            self.cuts.append(Cut("compress", "teacher steps", profile_steps, step + p.teacher_steps,
+            self.cuts.append(Cut("compress", STEP_CUTS["teacher"], profile_steps, step + p.teacher_steps,
                                  why + _floor_note(step + p.teacher_steps if p.at_floor else None)))
         log.info("time budget: %s left; teacher %d of %d steps planned (%.0f%% of the profile's training)",
                  clock_text(self.left()), step + p.teacher_steps, profile_steps, 100 * p.fraction)
@@ -217,7 +218,7 @@ class CompressTimebox:
                                  "left_s": round(self.left(), 1)}
             if step + n < profile_steps:
                 at_floor = fit_count(room, s_per_step, lo=0) < lo
-                self.cuts.append(Cut("compress", "OFA steps", profile_steps, step + n,
+                self.cuts.append(Cut("compress", STEP_CUTS["ofa"], profile_steps, step + n,
                                      f"{s_per_step:.2f} s/step measured, {max(0.0, room):.0f} s left after the "
                                      f"results table's evaluations" + _floor_note(step + n if at_floor else None)))
             log.info("time budget: %s left; OFA %d of %d steps planned", clock_text(self.left()), step + n,
@@ -230,14 +231,20 @@ class CompressTimebox:
 
     def record(self) -> dict[str, Any]:
         """The manifest's ``budget`` record: what was measured, planned and cut."""
-        cuts = list(self.cuts)
+        cuts = [replace(c) for c in self.cuts]
         for name, sizer in self.sizers.items():
             if sizer.planned is None or sizer.total is None:
                 continue
             self.plans[name]["steps_trained"] = sizer.total
-            if sizer.total < sizer.planned:
-                cuts.append(Cut("compress", f"{name} steps (re-planned while training)", sizer.planned, sizer.total,
-                                f"{sizer.s_per_step:.3f} s/step over its last {RATE_WINDOW} steps: no time for more"))
+            if sizer.total == sizer.planned:
+                continue
+            moved = (f"planned {sizer.planned}, trained {sizer.total}: re-planned while training from the speed of "
+                     f"its last {RATE_WINDOW} steps ({sizer.s_per_step:.2f} s/step)")
+            cut = next((c for c in cuts if c.what == STEP_CUTS[name]), None)
+            if cut is not None:  # the cut says what was trained, not what the first plan said
+                cut.chosen, cut.why = sizer.total, f"{cut.why}; {moved}"
+            elif sizer.total < sizer.max_total:
+                cuts.append(Cut("compress", STEP_CUTS[name], sizer.max_total, sizer.total, moved))
         used = time.monotonic() - self.t0
         return {"time_budget_s": self.budget_s, "used_s": round(used, 1), "within_budget": used <= self.budget_s,
                 "measured": {**self.measured, "eval_tokens": self.tokens,

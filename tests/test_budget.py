@@ -174,6 +174,29 @@ def test_step_sizer_projects_from_recent_steps_and_gives_steps_back():
     assert sizer(step, stats, total) == 60  # never past the phase's own steps
 
 
+def test_budget_record_reports_the_steps_trained_not_the_first_plan():
+    """A plan cut the teacher to 50 steps and the guard trained 53: the cut says 53 and
+    why; a phase whose plan kept the profile but the guard then shrank gets its own cut;
+    record() can be called again without stacking the notes."""
+    from types import SimpleNamespace
+
+    from ofaserve.compress import timebox
+    from ofaserve.core.budget import Cut
+
+    box = timebox.CompressTimebox(100)
+    box.run = SimpleNamespace(scorer=SimpleNamespace(expected_setup_s=lambda: 3.0))
+    box.cuts = [Cut("compress", "teacher steps", 126, 50, "the plan")]
+    for name, planned, total in (("teacher", 50, 53), ("ofa", 63, 60)):
+        sizer = timebox.StepSizer(name, lambda s, k: (0, 0.0), min_total=8)
+        sizer.planned, sizer.total, sizer.max_total, sizer.s_per_step = planned, total, 63, 1.5
+        box.sizers[name], box.plans[name] = sizer, {}
+    for _ in range(2):
+        cuts = {c["what"]: c for c in box.record()["cuts"]}
+        assert cuts["teacher steps"]["chosen"] == 53 and cuts["teacher steps"]["why"].count("planned 50, trained 53") == 1
+        assert (cuts["OFA steps"]["default"], cuts["OFA steps"]["chosen"]) == (63, 60)
+    assert box.plans["teacher"]["steps_trained"] == 53 and box.cuts[0].chosen == 50
+
+
 def test_bench_request_count_fits_the_time_left():
     from ofaserve.benchmarks import timebox
 
