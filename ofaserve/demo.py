@@ -17,8 +17,9 @@ The results table is never cut: teacher and every width on dev and test. What wa
 printed when each stage ends and recorded in ``summary.json`` (``budget``).
 
 Screen: one line when a stage starts, a progress line every ``--progress_s`` (elapsed,
-time left of its share), one line when it ends. The stages' own log lines go to
-``<workdir>/demo.log``; their warnings still reach the screen.
+time left of its share), one line when it ends. The stages' own log lines and printed
+reports (compress's table, the exports' parity tables) go to ``<workdir>/demo.log``; the
+screen gets a one-line summary of each, the tables once at the end, and every warning.
 """
 from __future__ import annotations
 
@@ -214,9 +215,22 @@ def _compress(args, work: Path, redo: set[str], budget: Budget) -> dict:
     with _Stage(budget, "compress", title, args.progress_s) as stage:
         stage.reused = reuse
         if not reuse:
-            _run_stage("compress", compress_cli.main, argv)
-            _note_compress(budget, read_manifest(compress_dir, stage="compress"))
+            with _reports_to_log(work):  # its results table is printed once, at the end
+                _run_stage("compress", compress_cli.main, argv)
+            cm = read_manifest(compress_dir, stage="compress")
+            _say(compress_summary(cm))
+            _note_compress(budget, cm)
     return read_manifest(compress_dir, stage="compress")
+
+
+def compress_summary(cm: dict) -> str:
+    """One line for the screen from a compress manifest: steps trained, dev accuracy."""
+    res, phases = cm["results"], cm["phases"]
+    steps = ", ".join(f"{p} {phases[p]['train']['steps']} steps ({phases[p]['train']['sentences_per_s']} sentences/s)"
+                      for p in ("teacher", "ofa") if (phases[p].get("train") or {}).get("steps"))
+    dev = ", ".join(f"{w} {r['dev']['accuracy']:.4f}" for w, r in res["widths"].items())
+    return (f"compress: {steps or 'no training steps (reused)'}; dev accuracy teacher "
+            f"{res['teacher']['dev']['accuracy']:.4f}, widths {dev} (table at the end)")
 
 
 def _note_compress(budget: Budget, cm: dict) -> None:
