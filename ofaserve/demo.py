@@ -441,9 +441,14 @@ def _budget_report(budget: Budget) -> str:
     if budget.total_s is None:
         return f"\n=== Time: {clock_text(budget.elapsed())} (no budget: nothing was cut)"
     over = budget.elapsed() - budget.total_s
-    verdict = "within" if over <= 0 else (
-        f"OVER by {clock_text(over)}: this machine needs longer than the budget for the stages' minimum work; "
-        "the cuts that say 'kept the minimum' ran at their floor")
+    verdict = "within"
+    if over > 0:
+        late = [f"{n} by {clock_text(r.used_s - r.allotted_s)}" for n, r in budget.stages.items()
+                if r.used_s is not None and r.allotted_s is not None and r.used_s > r.allotted_s]
+        floors = any("kept the minimum" in c.why for c in budget.cuts())
+        verdict = (f"OVER by {clock_text(over)}" + (f"; over their share: {', '.join(late)}" if late else "")
+                   + ("; the cuts that say 'kept the minimum' ran at their floor, which this machine needs longer "
+                      "for" if floors else ""))
     lines = [f"\n=== Time budget {clock_text(budget.total_s)}: used {clock_text(budget.elapsed())} ({verdict})"]
     for name, r in budget.stages.items():
         if r.used_s is not None:
