@@ -27,8 +27,8 @@ log = logging.getLogger("ofaserve.compress")
 
 PROBE_STEPS = 4  # steps timed before a phase is sized (after its first, which sets up kernels)
 # The recent steps whose speed the guard projects with. The first steps of a phase run
-# slower than later ones (the run's first shapes are new to oneDNN); a whole-phase average
-# keeps that slowness in every projection and leaves time unused.
+# slower than later ones (warm-up); a whole-phase average keeps that slowness in every
+# projection and leaves time unused.
 RATE_WINDOW = 8
 # The fewest steps a budget leaves a phase (capped by the profile's own steps); below them
 # the results would not mean anything, so the run overruns its budget instead and says so.
