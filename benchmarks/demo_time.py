@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _accuracy(results: dict) -> dict:
     return {"teacher": {k: results["teacher"][k]["accuracy"] for k in ("dev", "test")},
@@ -54,17 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--make_args", default="", help="extra make arguments, e.g. \"INSTALLER=pip\"")
     p.add_argument("--keep", default=None, help="clone into this folder and keep it (default: a temporary one)")
     args = p.parse_args(argv)
+    from ofaserve.benchmarks.install_time import clean_clone, head_commit
     from ofaserve.core.artifacts import write_json
 
     out = Path(args.output)
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")
     make_args = args.make_args.split()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     with tempfile.TemporaryDirectory(prefix="ofaserve-demo-") as scratch:
         clone = Path(args.keep) if args.keep else Path(scratch) / "clone"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        env = {**os.environ, "UV_CACHE_DIR": str(Path(scratch) / "uv_cache"), "PIP_NO_CACHE_DIR": "1"}
+        env = clean_clone(clone, Path(scratch))
         t = time.perf_counter()
         with open(screen, "w") as f:
             code = subprocess.run(["make", "demo", *make_args], cwd=clone, env=env, stdout=f,

@@ -29,10 +29,21 @@ def _installed(venv_python: Path) -> dict[str, str]:
             if p["name"].lower() not in TOOLING}
 
 
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def clean_clone(clone: Path, scratch: Path) -> dict[str, str]:
+    """Clone HEAD into ``clone``; the environment of a first install there: uv's cache
+    in ``scratch`` (empty), pip's off, as on a machine that never installed these wheels."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    return {**os.environ, "UV_CACHE_DIR": str(scratch / "uv_cache"), "PIP_NO_CACHE_DIR": "1"}
+
+
 def time_install(installer: str, scratch: Path) -> dict:
     clone = scratch / f"clone_{installer}"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    env = {**os.environ, "UV_CACHE_DIR": str(scratch / "uv_cache"), "PIP_NO_CACHE_DIR": "1"}
+    env = clean_clone(clone, scratch)
     t = time.perf_counter()
     r = subprocess.run(["make", "venv", f"INSTALLER={installer}"], cwd=clone, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -48,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from ofaserve.core.artifacts import machine_info, write_json
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     with tempfile.TemporaryDirectory(prefix="ofaserve-install-") as scratch:
         runs = [time_install(name, Path(scratch)) for name in args.installers.split(",")]
     ref = runs[0]["packages"]

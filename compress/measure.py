@@ -116,7 +116,7 @@ class _FixedSteps:
 def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
     from ofaserve.compress.bert import load_pretrained_classifier, resolve_model_path
     from ofaserve.compress.evaluation import Scorer
-    from ofaserve.compress.options import PROFILES
+    from ofaserve.compress.options import PROFILES, CompressOptions
     from ofaserve.compress.train import finetune_teacher, metrics, predict
     from ofaserve.core.artifacts import machine_info
     from ofaserve.core.tasks import load_task
@@ -129,14 +129,15 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
     train = (texts[: quick["max_train_samples"]], labels[: quick["max_train_samples"]])
     dev = data.split("dev")
     tokenizer = make_tokenizer(model_dir / "vocab.txt", lowercase=True, max_seq_length=quick["max_seq_length"])
-    steps_per_epoch = -(-len(train[0]) // 32)
+    batch = CompressOptions.batch_size  # the batch compress trains with
+    steps_per_epoch = -(-len(train[0]) // batch)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         scorer = Scorer(Path(scratch), encode_batch(tokenizer, dev[0][:16]))
         for i, (lr, steps) in enumerate(runs):
             model, _ = load_pretrained_classifier(str(model_dir), len(data.labels), seed=seed)
             info, stats = finetune_teacher(model, train, dev, tokenizer, epochs=steps / steps_per_epoch,
-                                           batch_size=32, lr=lr, seed=seed, logging_steps=0, evaluate=None,
+                                           batch_size=batch, lr=lr, seed=seed, logging_steps=0, evaluate=None,
                                            progress=False, sizer=_FixedSteps())
             dev_metrics = metrics(predict(scorer.teacher(model, version=i), *dev, tokenizer), dev[1])
             rows.append({"learning_rate": lr, "steps": info["steps"], "train_s": round(stats.seconds, 1),
@@ -145,7 +146,7 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
                   f"{dev_metrics['accuracy']:.4f}", flush=True)
         scorer.close()
     majority = float(max(np.mean(dev[1]), 1 - np.mean(dev[1])))
-    return {"what": "teacher fine-tune of the quick profile (2,000 train sentences, batch 32, AdamW with linear "
+    return {"what": f"teacher fine-tune of the quick profile (2,000 train sentences, batch {batch}, AdamW with linear "
                     "warm-up 10% and decay over the run's steps, last weights) at each learning rate and step count",
             "model": "minilm-l6", "task": data.name, "dev_sentences": len(dev[0]), "dev_majority_class": majority,
             "runs": rows, "machine": machine_info()}
@@ -154,11 +155,11 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
 def _steps_run(workdir: Path, teacher_steps: int, ofa_steps: int, teacher_dir: Path | None) -> dict:
     """One quick-profile compress run (or its finished output), as a record row."""
     from ofaserve.compress import cli as compress_cli
-    from ofaserve.compress.options import PROFILES
+    from ofaserve.compress.options import PROFILES, CompressOptions
     from ofaserve.core.artifacts import OfaserveError, read_manifest
 
     quick = PROFILES["quick"]
-    steps_per_epoch = -(-quick["max_train_samples"] // 32)
+    steps_per_epoch = -(-quick["max_train_samples"] // CompressOptions.batch_size)
     out = workdir / f"t{teacher_steps}_o{ofa_steps}"
     argv = ["--profile", "quick", "--num_train_epochs", f"{round(ofa_steps / steps_per_epoch, 3)}",
             "--output_dir", str(out), "--overwrite", "--no_progress",

@@ -194,7 +194,7 @@ class CompressTimebox:
                                  why + "; the final evaluation still measures the teacher"))
         if step + p.teacher_steps < profile_steps:
             self.cuts.append(Cut("compress", STEP_CUTS["teacher"], profile_steps, step + p.teacher_steps,
-                                 why + _floor_note(step + p.teacher_steps if p.at_floor else None)))
+                                 why + _floor_note(step + p.teacher_steps if p.at_floor else None), p.at_floor))
         log.info("time budget: %s left; teacher %d of %d steps planned (%.0f%% of the profile's training)",
                  clock_text(self.left()), step + p.teacher_steps, profile_steps, 100 * p.fraction)
 
@@ -220,7 +220,8 @@ class CompressTimebox:
                 at_floor = fit_count(room, s_per_step, lo=0) < lo
                 self.cuts.append(Cut("compress", STEP_CUTS["ofa"], profile_steps, step + n,
                                      f"{s_per_step:.2f} s/step measured, {max(0.0, room):.0f} s left after the "
-                                     f"results table's evaluations" + _floor_note(step + n if at_floor else None)))
+                                     f"results table's evaluations" + _floor_note(step + n if at_floor else None),
+                                     at_floor))
             log.info("time budget: %s left; OFA %d of %d steps planned", clock_text(self.left()), step + n,
                      profile_steps)
             return step + n, self.deadline - reserve

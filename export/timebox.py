@@ -93,7 +93,7 @@ class ExportTimebox:
         if n >= n_total:
             return LaterDev(dev, None, record)
         idx = spread(n_total, n)
-        record["dev_sentences"] = int(len(idx))
+        record["dev_sentences"], record["at_floor"] = int(len(idx)), at_floor
         record["cut"] = (f"later dev passes on {len(idx)} of {n_total} sentences: {passes:g} passes at "
                          f"{each * 1000:.1f} ms/sentence in {max(0.0, left):.0f} s left"
                          + (f"; kept the minimum of {lo} sentences (the time left allowed fewer)" if at_floor else ""))

@@ -41,6 +41,7 @@ SENTENCES = [
     "Un film magnifique 🎬 — 美しい映画",  # non-English and emoji are answered too
 ]
 DEFAULT_BUDGET_MIN = 6.5
+LOG_NAME = "demo.log"  # in --workdir: the stages' log lines and printed reports
 # Shares of the time left, fixed when each stage starts. Compress is the only stage whose
 # work scales freely above its floors (compress.timebox: the results table, and the fewest
 # training steps that learn); the exports' build and first dev pass, the repository and
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from ofaserve.core import quiet
     from ofaserve.core.stage_cli import log_to_file
     configure()
-    log_to_file(work / "demo.log")  # the stages' narration; the screen gets the demo's own lines
-    _say(f"ofaserve demo: every stage's log goes to {work / 'demo.log'}")
+    log_to_file(work / LOG_NAME)  # the stages' narration; the screen gets the demo's own lines
+    _say(f"ofaserve demo: every stage's log goes to {work / LOG_NAME}")
     from ofaserve.core.artifacts import OfaserveError, terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     try:
@@ -150,9 +151,10 @@ def _say(line: str) -> None:
 
 @contextlib.contextmanager
 def _reports_to_log(work: Path):
-    """A stage CLI's printed report (the export's parity tables) into demo.log: the screen
-    gets the demo's one-line summary of it instead. Its warnings and errors (stderr) stay."""
-    with open(work / "demo.log", "a") as log, contextlib.redirect_stdout(log):
+    """A stage CLI's printed report (compress's table, the export's parity tables) into the
+    demo's log: the screen gets the demo's one-line summary of it instead. Its warnings and
+    errors (stderr) stay."""
+    with open(work / LOG_NAME, "a") as log, contextlib.redirect_stdout(log):
         yield
 
 
@@ -242,7 +244,7 @@ def _note_compress(budget: Budget, cm: dict) -> None:
     rec = cm.get("budget") or {}
     budget.measure("compress", **rec.get("measured", {}))
     for c in rec.get("cuts", []):
-        budget.cut("compress", c["what"], c["default"], c["chosen"], c["why"])
+        budget.cut("compress", c["what"], c["default"], c["chosen"], c["why"], c.get("at_floor", False))
 
 
 def _served_only(budget: Budget) -> list[str]:
@@ -319,9 +321,8 @@ def export_summary(width: str, m: dict) -> str:
             f"as compress measured")
     variants = {n: r for n, r in (m.get("precisions") or {}).items() if "delta_vs_fp32" in r}
     if variants:
-        n = (m["precisions"].get("fp32") or {}).get("dev_sentences") or next(
-            (r.get("n") for r in variants.values() if r.get("n")), None)
-        of = f" on {n} of {dev['n']} dev sentences" if n and dev.get("n") and n < dev["n"] else ""
+        sub = parity.get("budget") or {}  # the dev subset of the later passes, when a budget cut one
+        of = f" on {sub['dev_sentences']} of {sub['dev_total']} dev sentences" if "cut" in sub else ""
         line += f"; variants vs fp32{of}: " + ", ".join(f"{k} {r['delta_vs_fp32']:+.4f}" for k, r in variants.items())
     return line
 
@@ -332,7 +333,7 @@ def _note_export(budget: Budget, width: str, manifest: dict) -> None:
                                 f"w{width}_dev_s_per_sentence": rec.get("s_per_sentence")})
     if "cut" in rec:
         budget.cut("export", f"w{width} dev sentences of the later checks (packed graph, precision gates)",
-                   rec["dev_total"], rec["dev_sentences"], rec["cut"])
+                   rec["dev_total"], rec["dev_sentences"], rec["cut"], rec.get("at_floor", False))
 
 
 def _repo(args, work: Path, redo: set[str], budget: Budget, exports: dict[str, Path]) -> Path:
@@ -398,7 +399,7 @@ def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[s
         budget.measure("bench", **{k: sizing[k] for k in ("probe_latency_ms", "requests") if k in sizing})
         if "cut" in sizing:
             budget.cut("bench", "measured requests per model/workload", sizing["requests_asked"], sizing["requests"],
-                       sizing["cut"])
+                       sizing["cut"], "over_budget_s" in sizing)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -445,10 +446,9 @@ def _budget_report(budget: Budget) -> str:
     if over > 0:
         late = [f"{n} by {clock_text(r.used_s - r.allotted_s)}" for n, r in budget.stages.items()
                 if r.used_s is not None and r.allotted_s is not None and r.used_s > r.allotted_s]
-        floors = any("kept the minimum" in c.why for c in budget.cuts())
+        floors = [f"{c.stage} {c.what}" for c in budget.cuts() if c.at_floor]
         verdict = (f"OVER by {clock_text(over)}" + (f"; over their share: {', '.join(late)}" if late else "")
-                   + ("; the cuts that say 'kept the minimum' ran at their floor, which this machine needs longer "
-                      "for" if floors else ""))
+                   + (f"; kept at the minimum this machine needs longer for: {', '.join(floors)}" if floors else ""))
     lines = [f"\n=== Time budget {clock_text(budget.total_s)}: used {clock_text(budget.elapsed())} ({verdict})"]
     for name, r in budget.stages.items():
         if r.used_s is not None:

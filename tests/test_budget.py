@@ -66,7 +66,7 @@ def test_cuts_are_recorded_per_stage_and_in_order():
     b.cut("x", "passes", 3, 1, "slower")
     assert [c.what for c in b.cuts()] == ["passes", "steps"]  # stage order
     assert b.record()["stages"]["y"]["cuts"][0] == {"stage": "y", "what": "steps", "default": 100, "chosen": 50,
-                                                    "why": "slow"}
+                                                    "why": "slow", "at_floor": False}
     assert isinstance(b.stages["x"], StageRecord)
 
 
@@ -227,8 +227,10 @@ def test_export_dev_subset_is_sized_from_the_first_pass():
     assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev[0])
     assert later.index[0] == 0 and later.index[-1] == 999 and np.all(np.diff(later.index) > 0)
     assert later.dev[0][1] == texts[later.index[1]] and "kept the minimum of 300" in later.record["cut"]
+    assert later.record["at_floor"] is True
     box.t0 = time.monotonic() - 80  # 20 s left: 500 fit, above the floor: a cut, not an overrun
-    assert "kept the minimum" not in box.later_dev(dev, first_pass_s=10.0, passes=4).record["cut"]
+    above = box.later_dev(dev, first_pass_s=10.0, passes=4).record
+    assert "kept the minimum" not in above["cut"] and above["at_floor"] is False
     box.t0 = time.monotonic() - 92
     assert later.logits(np.arange(1000)).tolist() == later.index.tolist()
     test = ([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
@@ -472,6 +474,7 @@ def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tin
     assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == timebox.MIN_TEACHER_STEPS
     assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == timebox.MIN_OFA_STEPS
     assert "kept the minimum of" in cuts["teacher steps"]["why"] and "kept the minimum of" in cuts["OFA steps"]["why"]
+    assert cuts["teacher steps"]["at_floor"] and cuts["OFA steps"]["at_floor"]
     assert "teacher per-epoch dev evaluations (best-epoch pick)" in cuts
     assert m["phases"]["teacher"]["best_dev_accuracy"] is None
     assert m["budget"]["used_s"] > 0.5  # honest: the minimum overran the budget

@@ -34,6 +34,7 @@ class Cut:
     default: Any
     chosen: Any
     why: str
+    at_floor: bool = False  # kept the stage's minimum although the time allowed less (it overran)
 
     def line(self) -> str:
         return f"{self.stage}: {self.what}: {self.default} -> {self.chosen} ({self.why})"
@@ -100,8 +101,8 @@ class Budget:
     def measure(self, stage: str, **values: Any) -> None:
         self.stages[stage].measured.update(values)
 
-    def cut(self, stage: str, what: str, default: Any, chosen: Any, why: str) -> Cut:
-        c = Cut(stage, what, default, chosen, why)
+    def cut(self, stage: str, what: str, default: Any, chosen: Any, why: str, at_floor: bool = False) -> Cut:
+        c = Cut(stage, what, default, chosen, why, at_floor)
         self.stages[stage].cuts.append(c)
         return c
 
