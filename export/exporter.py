@@ -324,11 +324,11 @@ def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> Later
     opts = job.opts
     if job.timebox is None:
         return LaterDev(job.dev, None, None)
-    from ofaserve.runtime.runtimes import openvino_capabilities
+    from ofaserve.runtime import capabilities
 
     test = load_test(job.src)
     passes = later_passes(packed=any(n in fns for n in ("onnx_packed", "openvino_packed")), fp16=opts.fp16,
-                          bf16="BF16" in openvino_capabilities(), int8=opts.int8,
+                          bf16=capabilities.current().bf16, int8=opts.int8,
                           precisions=opts.onnx_model and opts.precisions,
                           test_ratio=len(test[0]) / max(1, len(job.dev[0])) if test else 0.0)
     later = job.timebox.later_dev(job.dev, first_pass_s, passes)

@@ -23,7 +23,8 @@ import numpy as np
 from ofaserve.export import int8 as int8_variant
 from ofaserve.export import runners
 from ofaserve.export.parity import dev_eval
-from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
+from ofaserve.runtime import capabilities as cpu
+from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner
 
 log = logging.getLogger("ofaserve.export")
 
@@ -121,7 +122,7 @@ def _fp16(folder: Path, src: Path, record: _Recorder, artifacts: dict) -> dict[s
 
 def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
     """OpenVINO bf16 on the FP32 graph, recorded only where bf16 really executes."""
-    capabilities = openvino_capabilities()
+    capabilities = list(cpu.current().openvino)
     if "BF16" not in capabilities:
         return {"skipped": f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})",
                 "capabilities": capabilities}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ofaserve.core.budget import Budget, Heartbeat, clock_text
 from ofaserve.core.naming import model_name
+from ofaserve.runtime import capabilities
 
 STAGES = ["compress", "export", "repo", "bench"]
 SENTENCES = [
@@ -51,7 +52,6 @@ LOG_NAME = "demo.log"  # in --workdir: the stages' log lines and printed reports
 SHARES = {"compress": 0.6, "export": 0.26, "repo": 0.05, "serve": 0.03, "bench": 0.06}
 # What `ofaserve export` checks that the cpu repository never serves (skipped under a budget)
 SERVED_PARITY_RUNTIMES = ["openvino_packed"]
-INT8_FAST_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 DEFAULT_AUTO_BUDGET_S = 20  # `ofaserve repo --auto_budget_s`'s default
 
 
@@ -257,25 +257,16 @@ def _served_only(budget: Budget) -> list[str]:
                "the runtimes the demo's cpu repository serves; onnx carries the dev accuracy check")
     budget.cut("export", "FP16 variant and ONNX Runtime fused graph", "built and checked", "skipped",
                "only the gpu target / --runtime onnxruntime serve them")
-    if _has_fast_int8():
+    if capabilities.current().fast_int8:
         flags.append("--no_int8_plain")
         budget.cut("export", "INT8 IR of the plain graph", "built and gated", "skipped",
                    "the cpu repository's OpenVINO encoder serves the packed graph's INT8 IR")
     else:
         flags.append("--no_int8")
         budget.cut("export", "OpenVINO INT8 variant", "built and gated", "skipped",
-                   f"this CPU has none of {', '.join(INT8_FAST_FLAGS)}: INT8 runs slower than f32 here, "
-                   "so `ofaserve repo --precision auto` would not serve it")
+                   f"this CPU has none of {', '.join(capabilities.INT8_FAST_FLAGS)}: INT8 runs slower than "
+                   "f32 here, so `ofaserve repo --precision auto` would not serve it")
     return flags
-
-
-def _has_fast_int8() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return True  # unknown CPU: build the variant and let the repository's timing decide
-    return any(flag in flags for flag in INT8_FAST_FLAGS)
 
 
 def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict[str, Path]:

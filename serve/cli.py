@@ -106,8 +106,8 @@ def precision_lines(repository: Path) -> list[str]:
         lines.append(f"{model}: precision {info['precision']} (auto: fastest of "
                      f"{', '.join(r['precision'] for r in choice['candidates'])} on {choice['machine']['cpu']})")
         if here is None:
-            from ofaserve.runtime.runtimes import openvino_capabilities
-            here = openvino_capabilities()
+            from ofaserve.runtime import capabilities
+            here = list(capabilities.current().openvino)
         if sorted(here) != sorted(choice["capabilities"]):
             lines.append(f"warning: {model}'s precision was timed on a CPU with {' '.join(choice['capabilities'])}; "
                          f"this one has {' '.join(here)}: rebuild the repository here (ofaserve repo) to re-time it")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.artifacts import machine_info
-from ofaserve.runtime import runtimes
+from ofaserve.runtime import capabilities as cpu, runtimes
 
 BATCH = 16
 FIXED_SEQ = 128
@@ -108,7 +108,7 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
                      dev_texts: list[str] | None = None, tokenizer=None) -> dict[str, Any]:
     """Time every candidate of one export with the serving runner; the record names the
     fastest (lowest geometric mean of the p50s over the workloads) and the whole table."""
-    capabilities = runtimes.openvino_capabilities()
+    capabilities = list(cpu.current().openvino)
     found, skipped = candidates(manifest, capabilities)
     pad_id = int(manifest.get("pad_token_id", 0))
     if len(found) == 1:  # nothing to choose between: no timing

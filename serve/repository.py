@@ -38,7 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
                                 sha256_file, write_manifest)
 from ofaserve.core.naming import encoder_name, model_name
-from ofaserve.runtime import runtimes
+from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
 from ofaserve.runtime.runtimes import trt_profile_shapes
 
@@ -488,10 +488,10 @@ def _plan_encoder(model: str, export_dir: Path, manifest: dict, target: str, run
 
 
 def _require_capability(capability: str, precision: str) -> None:
-    capabilities = runtimes.openvino_capabilities()
-    if capability not in capabilities:
+    here = capabilities.current()
+    if capability not in here.openvino:
         raise OfaserveError(f"precision {precision} needs a CPU with {capability} (OpenVINO capabilities here: "
-                            f"{' '.join(capabilities)}): use --precision auto or fp32")
+                            f"{here.describe()}): use --precision auto or fp32")
 
 
 def _dev_text(export_dir: Path, manifest: dict):

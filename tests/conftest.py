@@ -85,3 +85,16 @@ def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
     return SimpleNamespace(folder=folder, dev=dev, tokenizer=tok, fp32_logits=logits, fp32_accuracy=m["accuracy"],
                            train=split_of(src.manifest, "train")[0])
+
+
+@pytest.fixture(params=["avx2", "avx512_bf16_vnni", "amx"])
+def simulated_cpu(request, monkeypatch):
+    """Every decision that reads ``capabilities.current()`` sees one of the CPUs this project
+    meets (AVX2-only EPYC, AVX-512 + bf16 + VNNI EPYC, Xeon with AMX), whatever CPU runs the
+    test. Runners still run on the real CPU: a test must not make one execute a precision
+    this machine lacks."""
+    from ofaserve.runtime import capabilities
+
+    caps = capabilities.PROFILES[request.param]
+    monkeypatch.setattr(capabilities, "current", lambda: caps)
+    return caps

@@ -134,7 +134,11 @@ def test_repository_holds_no_host_paths(repos, serve_exports, target, runtime):
                 f"{cfg_path}: {key} is absolute"
 
 
-def test_precision_and_threads_are_recorded(serve_exports, tmp_path):
+def test_precision_and_threads_are_recorded(serve_exports, tmp_path, monkeypatch):
+    from ofaserve.runtime import capabilities
+
+    # a CPU with bf16, whichever runs the test: building the repository runs no model
+    monkeypatch.setattr(capabilities, "current", lambda: capabilities.PROFILES["avx512_bf16_vnni"])
     build_repository(serve_exports[:1], tmp_path / "r", target="cpu", precision="bf16", instances=2, threads=1)
     (enc_dir,) = [p for p in (tmp_path / "r").iterdir() if p.name.endswith("_encoder")]
     cfg = load_config(enc_dir)

@@ -1,0 +1,114 @@
+"""Every CPU-dependent decision, under the capability sets of each CPU this project meets
+(``simulated_cpu``: AVX2-only, AVX-512 + bf16 + VNNI, AMX), on whichever CPU runs the tests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ofaserve.core.artifacts import OfaserveError, cpu_flags, read_manifest
+from ofaserve.runtime import capabilities, runtimes
+
+
+def test_detected_capabilities_are_this_machines():
+    caps = capabilities.detect()
+    assert caps.openvino == tuple(runtimes.openvino_capabilities())
+    assert caps.flags == frozenset(cpu_flags())
+    assert caps.bf16 == ("BF16" in caps.openvino)
+    assert caps.fast_int8 == bool({"avx512_vnni", "avx_vnni", "amx_int8"} & caps.flags)
+
+
+def test_profiles_differ_where_the_product_branches():
+    avx2, epyc, amx = (capabilities.PROFILES[k] for k in ("avx2", "avx512_bf16_vnni", "amx"))
+    assert (avx2.bf16, avx2.fast_int8, avx2.avx512, avx2.int8) == (False, False, False, True)
+    assert (epyc.bf16, epyc.fast_int8, epyc.avx512) == (True, True, True)
+    assert (amx.bf16, amx.fast_int8) == (True, True) and "amx_int8" in amx.flags
+
+
+def _manifest_with_every_variant() -> dict:
+    return {"artifacts": {"onnx": "onnx/model.onnx", "onnx_packed": "onnx/model_packed.onnx",
+                          "openvino_packed_int8": "openvino/model_packed_int8.xml"},
+            "precisions": {"openvino_bf16": {"gate_passed": True, "delta_vs_fp32": 0.0, "agreement_with_fp32": 1.0},
+                           "openvino_packed_int8": {"shipped": True, "delta_vs_fp32": -0.001,
+                                                    "agreement_with_fp32": 0.99}}}
+
+
+def test_precision_auto_candidates_follow_the_cpu(simulated_cpu):
+    from ofaserve.serve.precision import candidates
+
+    found, skipped = candidates(_manifest_with_every_variant(), list(capabilities.current().openvino))
+    names = [c.precision for c in found]
+    if simulated_cpu.bf16:
+        assert names == ["fp32", "bf16", "int8"] and skipped == {}
+    else:
+        assert names == ["fp32", "int8"]
+        assert skipped["bf16"] == f"this CPU has no BF16 (OpenVINO capabilities: {simulated_cpu.describe()})"
+
+
+def test_forced_bf16_is_refused_where_the_cpu_has_none(simulated_cpu, tiny_export_dir, tmp_path):
+    """``repo --precision bf16``: refused before anything is written on a CPU without bf16;
+    written as asked on one with it (building a repository runs no model)."""
+    from ofaserve.serve.repository import build_repository
+
+    out = tmp_path / "repo"
+    if not simulated_cpu.bf16:
+        with pytest.raises(OfaserveError, match="precision bf16 needs a CPU with BF16 .*FP32 INT8 BIN"):
+            build_repository([tiny_export_dir], out, precision="bf16")
+        assert not out.exists()
+        return
+    manifest = build_repository([tiny_export_dir], out, precision="bf16")
+    assert {m["precision"] for m in manifest["models"].values()} == {"bf16"}
+
+
+def test_export_records_bf16_only_where_it_executed(simulated_cpu, tiny_export_dir):
+    """The export's bf16 record under each CPU: skipped, naming the capabilities, without
+    bf16; with bf16 claimed, either really executed (this CPU has it) or skipped with the
+    runner's refusal (this CPU has none): never an accuracy for bf16 that did not run."""
+    from ofaserve.export import precisions
+
+    src = tiny_export_dir / read_manifest(tiny_export_dir, "export")["artifacts"]["onnx"]
+    calls = []
+
+    def record(run, **fields):
+        calls.append(fields)
+        return {"accuracy": 0.5, **fields}
+
+    rec = precisions._bf16(src, record)
+    assert rec["capabilities"] == list(simulated_cpu.openvino)
+    if not simulated_cpu.bf16:
+        assert rec["skipped"].startswith("this CPU has no BF16") and not calls
+    elif capabilities.detect().bf16:
+        assert calls and rec["executed"]["inference_precision_hint"] == "bf16"
+    else:
+        assert "needs a CPU with BF16" in rec["skipped"] and not calls
+
+
+def test_demo_builds_int8_only_where_it_can_be_fast(simulated_cpu):
+    from ofaserve import demo
+    from ofaserve.core.budget import Budget
+
+    budget = Budget(600, demo.SHARES)
+    flags = demo._served_only(budget)
+    cuts = {c.what: c for c in budget.stages["export"].cuts}
+    if simulated_cpu.fast_int8:
+        assert "--no_int8_plain" in flags and "--no_int8" not in flags
+    else:
+        assert "--no_int8" in flags and "--no_int8_plain" not in flags
+        assert "INT8 runs slower than f32 here" in cuts["OpenVINO INT8 variant"].why
+
+
+def test_serve_warns_when_the_precision_was_timed_on_another_cpu(simulated_cpu, tmp_path):
+    from ofaserve.serve.cli import precision_lines
+
+    timed_on = capabilities.PROFILES["amx"]
+    choice = {"candidates": [{"precision": "fp32"}, {"precision": "int8"}], "machine": {"cpu": "a Xeon"},
+              "capabilities": list(timed_on.openvino)}
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"stage": "repo", "models": {"bert_w67": {"precision": "int8", "precision_choice": choice}}}))
+    lines = precision_lines(tmp_path)
+    assert lines[0] == "bert_w67: precision int8 (auto: fastest of fp32, int8 on a Xeon)"
+    warnings = [line for line in lines if line.startswith("warning")]
+    if sorted(simulated_cpu.openvino) == sorted(timed_on.openvino):
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and simulated_cpu.describe() in warnings[0]
