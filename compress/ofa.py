@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from ofaserve.compress import paddleslim_compat as compat
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 from ofaserve.core.naming import width_key
 
 

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
-                        read_manifest, sha256_file, write_json, write_manifest)
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import now_iso, read_manifest, write_manifest
+from ofaserve.core.files import sha256_file, write_json
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
 from ofaserve.core.naming import width_key

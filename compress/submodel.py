@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 FORMAT = "ofaserve-bert-sub-model/1"
 CONFIG_FILE = "model_config.json"

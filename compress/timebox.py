@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
 from ofaserve.core.naming import width_key
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 from ofaserve.export import onnx_tools
 from ofaserve.export.source import Source
 from ofaserve.compress.submodel import load_sub_model, save_static, save_sub_model

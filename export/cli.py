@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ofaserve.compress.cpu import configure as configure_cpu
+from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage, setup_logging
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, machine_info, now_iso,
-                                     write_manifest)
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import now_iso, write_manifest
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.naming import width_key
 from ofaserve.core.tasks import split_of
-from ofaserve.export import runners
+from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eval, parity_inputs, run_parity
 from ofaserve.export.precisions import precision_variants
@@ -244,22 +246,22 @@ def _stage_tokenizer(job: _Job, tmp: Path) -> dict[str, str]:
     return {"tokenizer": "tokenizer/tokenizer.json", "vocab": "tokenizer/vocab.txt"}
 
 
-def _parity_runners(job: _Job, sn, sub, width: float, tmp: Path, artifacts: dict) -> dict[str, runners.LogitsFn]:
+def _parity_runners(job: _Job, sn, sub, width: float, tmp: Path, artifacts: dict) -> dict[str, artifact_logits.LogitsFn]:
     """The supernet at ``width`` first (the reference), then every artifact through the
     runtime that will run it (only the ``--parity_runtimes`` ones, when given)."""
     makers: dict[str, Any] = {
         "supernet": lambda: (lambda i, t: sn.logits_numpy(i, t, width)),
-        "sub_model": lambda: runners.dygraph(sub),
-        "paddle_static": lambda: runners.paddle_inference(tmp / "static" / "model"),
+        "sub_model": lambda: artifact_logits.dygraph(sub),
+        "paddle_static": lambda: artifact_logits.paddle_inference(tmp / "static" / "model"),
     }
     if job.opts.onnx_model:
-        makers["onnx"] = lambda: runners.onnxruntime(tmp / artifacts["onnx"])
+        makers["onnx"] = lambda: artifact_logits.onnxruntime(tmp / artifacts["onnx"])
         if "onnx_ort_fused" in artifacts:
-            makers["onnx_ort_fused"] = lambda: runners.onnxruntime(tmp / artifacts["onnx_ort_fused"])
-        makers["openvino_f32"] = lambda: runners.openvino(tmp / artifacts["onnx"], "f32")
+            makers["onnx_ort_fused"] = lambda: artifact_logits.onnxruntime(tmp / artifacts["onnx_ort_fused"])
+        makers["openvino_f32"] = lambda: artifact_logits.openvino(tmp / artifacts["onnx"], "f32")
         if "onnx_packed" in artifacts:
-            makers["onnx_packed"] = lambda: runners.packed("onnxruntime", tmp / artifacts["onnx_packed"], job.pad_id)
-            makers["openvino_packed"] = lambda: runners.packed("openvino", tmp / artifacts["onnx_packed"], job.pad_id)
+            makers["onnx_packed"] = lambda: artifact_logits.packed("onnxruntime", tmp / artifacts["onnx_packed"], job.pad_id)
+            makers["openvino_packed"] = lambda: artifact_logits.packed("openvino", tmp / artifacts["onnx_packed"], job.pad_id)
     keep = runtimes_to_check(list(makers), job.opts.parity_runtimes, _eval_runtime(job))
     job.not_checked = tuple(n for n in makers if n not in keep)
     return {name: makers[name]() for name in keep}

@@ -21,7 +21,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError, sha256_file
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.files import sha256_file
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
 # The gate every precision variant passes (precisions.py reads it from here): <= 0.5 points

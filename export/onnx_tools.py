@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 log = logging.getLogger("ofaserve.export")
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
-from ofaserve.export import runners
+from ofaserve.core.errors import OfaserveError
+from ofaserve.export import artifact_logits
 
 PARITY_TOL = 1e-4
 DEV_ACC_TOL = 1e-6
@@ -43,7 +43,7 @@ def parity_inputs(texts: list[str], tokenizer, pad_id: int, max_positions: int) 
     return out
 
 
-def run_parity(fns: dict[str, runners.LogitsFn], inputs: dict[str, tuple], tol: float) -> tuple[dict, str, bool]:
+def run_parity(fns: dict[str, artifact_logits.LogitsFn], inputs: dict[str, tuple], tol: float) -> tuple[dict, str, bool]:
     """Every runtime vs the first (the supernet at this width)."""
     ref_name = next(iter(fns))
     result: dict[str, Any] = {"reference": ref_name, "tolerance": tol, "shapes": {}}

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ofaserve.export import int8 as int8_variant
-from ofaserve.export import runners
+from ofaserve.export import artifact_logits
 from ofaserve.export.parity import dev_eval
 from ofaserve.runtime import capabilities as cpu
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner
@@ -80,13 +80,13 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
 def _test_accuracy(folder: Path, results: dict, artifacts: dict, test, tokenizer, pad_id: int) -> None:
     """Test accuracy, reported once: never used to choose anything."""
     src = folder / "onnx" / "model.onnx"
-    servable = {"fp32": lambda: runners.onnxruntime(src)}
+    servable = {"fp32": lambda: artifact_logits.onnxruntime(src)}
     if results["openvino_bf16"].get("gate_passed"):
-        servable["openvino_bf16"] = lambda: runners.openvino(src, "bf16")
+        servable["openvino_bf16"] = lambda: artifact_logits.openvino(src, "bf16")
     for name in ("openvino_int8", "openvino_packed_int8"):
         if name in artifacts:
             servable[name] = lambda name=name: _int64(load_runner("openvino", folder / artifacts[name], "int8",
-                                                                   runners.threads(), pad_id=pad_id))
+                                                                   artifact_logits.threads(), pad_id=pad_id))
     fp32_test = None
     for name, make in servable.items():
         m, _ = dev_eval(make(), test, tokenizer)
@@ -108,10 +108,10 @@ def _fp16(folder: Path, src: Path, record: _Recorder, artifacts: dict) -> dict[s
         fp16_path = folder / "onnx" / "model_fp16.onnx"
         onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(fp16_path))
         try:
-            r = record(runners.onnxruntime(fp16_path), runtime="onnxruntime-cpu", target="gpu")
+            r = record(artifact_logits.onnxruntime(fp16_path), runtime="onnxruntime-cpu", target="gpu")
         except Exception as e:  # CPU EP may lack fp16 kernels: fall back to OpenVINO running it
             log.info("ORT CPU cannot run the FP16 model (%s); measuring with OpenVINO f32 on fp16 weights", e)
-            r = record(runners.openvino(fp16_path, "f32"),
+            r = record(artifact_logits.openvino(fp16_path, "f32"),
                        runtime="openvino-f32 (fp16 weights; fp16 activations not emulated)", target="gpu")
         artifacts["onnx_fp16"] = "onnx/model_fp16.onnx"
         return r
@@ -127,7 +127,7 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
         return {"skipped": f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})",
                 "capabilities": capabilities}
     try:
-        run = load_runner("openvino", src, "bf16", runners.threads())
+        run = load_runner("openvino", src, "bf16", artifact_logits.threads())
     except RuntimeConfigError as e:
         return {"skipped": str(e), "capabilities": capabilities}
     return record(_int64(run), runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)

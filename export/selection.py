@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError, machine_info
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.machine import machine_info
 from ofaserve.core.naming import width_key
-from ofaserve.export import runners
+from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.source import Source
 
@@ -94,7 +95,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
     for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress or None):
         folder = scratch / f"w{width_key(w)}"
         info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
-        fns[w] = runners.make(runtime, folder, info["artifacts"])
+        fns[w] = artifact_logits.make(runtime, folder, info["artifacts"])
     log.info("measuring %s latency of %d widths at %dx%d (round robin)", runtime, len(fns), batch, seq)
     lat = measure_interleaved(fns, int(src.config["vocab_size"]), batch, seq)
     rows = []
@@ -111,7 +112,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
                     os.cpu_count() or 1)
     sel = {"mode": "latency_budget", "latency_budget_ms": budget_ms, "batch_size": batch, "seq_len": seq,
            "runtime": runtime, "machine": machine_info(), "load_average_1min": load,
-           "threads": runners.threads(), "teacher_dev_accuracy": acc["teacher"], "table": rows}
+           "threads": artifact_logits.threads(), "teacher_dev_accuracy": acc["teacher"], "table": rows}
     print(selection_table(sel))
     chosen = choose_within_budget(rows, budget_ms, f"on {runtime} at {batch}x{seq}")
     sel["chosen"] = chosen["width"]

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ofaserve.core import tokenizer
-from ofaserve.core.artifacts import OfaserveError, read_manifest, sha256_file
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
+from ofaserve.core.files import sha256_file
 from ofaserve.core.tasks import split_of
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import fit_count
 
 # Runtimes the parity check can run, besides the supernet it compares them with.

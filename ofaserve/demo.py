@@ -84,7 +84,8 @@ def _run_stage(label: str, func, argv: list[str]) -> None:
 
 
 def _finished(folder: Path, stage: str) -> bool:
-    from ofaserve.core.artifacts import OfaserveError, read_manifest
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.manifests import read_manifest
     try:
         read_manifest(folder, stage=stage)
         return True
@@ -106,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --redo: unknown stage(s) {sorted(unknown)}; choose from {STAGES} or all", file=sys.stderr)
         return 2
     budget = Budget(args.budget_min * 60 or None, SHARES)  # the clock starts before paddle is imported
-    from ofaserve.compress.cpu import configure
+    from ofaserve.runtime.paddle_cpu import configure
     from ofaserve.core import quiet
     from ofaserve.core.stage_cli import log_to_file
     configure()
     log_to_file(work / LOG_NAME)  # the stages' narration; the screen gets the demo's own lines
     _say(f"ofaserve demo: every stage's log goes to {work / LOG_NAME}")
-    from ofaserve.core.artifacts import OfaserveError, terminate_like_interrupt
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.interrupts import terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     try:
         with quiet.known_noise_silenced():
@@ -206,7 +208,7 @@ def _seconds(allot: float) -> str:
 # --------------------------------------------------------------------------- stages
 def _compress(args, work: Path, redo: set[str], budget: Budget) -> dict:
     from ofaserve.compress import cli as compress_cli
-    from ofaserve.core.artifacts import read_manifest
+    from ofaserve.core.manifests import read_manifest
 
     compress_dir = work / "compress"
     allot = budget.allot("compress")
@@ -270,7 +272,7 @@ def _served_only(budget: Budget) -> list[str]:
 
 
 def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict[str, Path]:
-    from ofaserve.core.artifacts import read_manifest
+    from ofaserve.core.manifests import read_manifest
     from ofaserve.export import cli as export_cli
 
     exports, widths = {}, ("1.0", args.width_mult)
@@ -395,7 +397,8 @@ def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[s
 
 # --------------------------------------------------------------------------- the whole run
 def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
-    from ofaserve.core.artifacts import read_manifest, write_json
+    from ofaserve.core.manifests import read_manifest
+    from ofaserve.core.files import write_json
     from ofaserve.core.tables import learning_warning, results_table
 
     cm = _compress(args, work, redo, budget)

@@ -119,7 +119,7 @@ def tiny_compress(folder: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ofaserve.testing tiny-compress FOLDER``: a tiny compress output for
-    harnesses that must run the stages as separate processes (benchmarks.reliability)."""
+    harnesses that must run the stages as separate processes (ofaserve.benchmarks.reliability)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m ofaserve.testing", description=main.__doc__)

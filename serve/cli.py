@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 
 def _fail(e: OfaserveError) -> int:

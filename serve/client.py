@@ -7,7 +7,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "bert_w67"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ofaserve.core.artifacts import machine_info
+from ofaserve.core.machine import machine_info
 from ofaserve.runtime import capabilities as cpu, runtimes
 
 BATCH = 16

@@ -35,8 +35,10 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, check_output_dir, read_manifest,
-                                sha256_file, write_manifest)
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest, write_manifest
+from ofaserve.core.files import sha256_file
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.naming import encoder_name, model_name
 from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
@@ -369,7 +371,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
         shutil.copy2(RUNTIMES_PY, dest / "runtimes.py")
-        shutil.copy2(SOURCES / "backend_utils.py", dest / "backend_utils.py")
+        shutil.copy2(SOURCES / "python_model_io.py", dest / "python_model_io.py")
     return sha256_file(weights)
 
 
@@ -528,10 +530,10 @@ def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max
     tok = tmp / f"{model}_tokenizer"
     _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
     shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
-    shutil.copy2(SOURCES / "backend_utils.py", tok / "1" / "backend_utils.py")
+    shutil.copy2(SOURCES / "python_model_io.py", tok / "1" / "python_model_io.py")
     shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
     post = tmp / f"{model}_postprocess"
     _write(post, postprocess_config(post.name, manifest, max_batch_size))
     shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
-    shutil.copy2(SOURCES / "backend_utils.py", post / "1" / "backend_utils.py")
+    shutil.copy2(SOURCES / "python_model_io.py", post / "1" / "python_model_io.py")
     _write(tmp / model, ensemble_config(model, manifest, max_batch_size))

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 # Printed by every start on a machine without a CUDA driver; not an error for us.
 _HARMLESS = ("CudaDriverHelper", "cuda driver", "CUDA driver")

@@ -74,7 +74,7 @@ def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
 
     from ofaserve.core.tasks import split_of
     from ofaserve.export import parity, source
-    from ofaserve.export.runners import onnxruntime
+    from ofaserve.export.artifact_logits import onnxruntime
 
     folder = tmp_path / "exp"
     shutil.copytree(tiny_export_dir, folder)

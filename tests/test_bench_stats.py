@@ -12,7 +12,7 @@ from ofaserve.benchmarks import inprocess, stats
 from ofaserve.benchmarks.report import render_markdown, render_plot
 from ofaserve.benchmarks.run import build_parser, main, round_order, split_counts
 from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload, text_tensor
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 
 # --------------------------------------------------------------------------- latency
@@ -302,7 +302,7 @@ def test_cli_errors_exit_2(capsys, tmp_path):
 
 
 def test_compare_reports(tmp_path, capsys):
-    from ofaserve.benchmarks.compare import compare_rows, main as compare_main
+    from benchmarks.records.compare import compare_rows, main as compare_main
     a, b = _fake_report(), _fake_report()
     for r in b["results"]:
         r["latency_ms"] = stats.summarize_latencies([x / 2 for x in (r["latency_ms"]["p50"],)])
@@ -319,7 +319,7 @@ def test_compare_reports(tmp_path, capsys):
 
 
 def test_compare_runs_summary(tmp_path):
-    from ofaserve.benchmarks.compare import main as compare_main, run_summary_rows
+    from benchmarks.records.compare import main as compare_main, run_summary_rows
     a = _fake_report()
     a["models"]["bert_w100"]["composing"] = ["bert_w100_tokenizer", "bert_w100_encoder", "bert_w100_postprocess"]
     a["comparisons"]["real_vs_fixed"] = [{"model": "bert_w100", "concurrency": 1, "ratio": 0.25},

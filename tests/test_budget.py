@@ -241,7 +241,7 @@ def test_export_dev_subset_is_sized_from_the_first_pass():
 
 
 def test_parity_runtimes_keep_the_reference_and_the_dev_runtime():
-    from ofaserve.core.artifacts import OfaserveError
+    from ofaserve.core.errors import OfaserveError
     from ofaserve.export import timebox
 
     available = ["supernet", "sub_model", "paddle_static", "onnx", "openvino_packed"]

@@ -89,16 +89,16 @@ def test_full_profile_is_the_recorded_recipe_and_flags_override_it():
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
     """An error raised while the signal flag is set is the interrupt surfacing inside a
     library: 'interrupted' and exit 130 (resume hint), not a failure with exit 2."""
-    import ofaserve.core.artifacts as artifacts
+    import ofaserve.core.interrupts as interrupts
     import ofaserve.compress.cli as cli
     import ofaserve.compress.pipeline as pipeline
-    from ofaserve.core.artifacts import OfaserveError
+    from ofaserve.core.errors import OfaserveError
 
     def fails(opts):
         raise OfaserveError("paddle failed: RuntimeError")
     monkeypatch.setattr(pipeline, "compress_model", fails)  # the CLI imports it once it has set CPU threads
-    monkeypatch.setattr(artifacts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
+    monkeypatch.setattr(interrupts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
     argv = ["--output_dir", str(tmp_path / "c")]
     assert cli.main(argv) == 2 and "error: paddle failed" in capsys.readouterr().err
-    monkeypatch.setattr(artifacts, "_INTERRUPTED", [15])
+    monkeypatch.setattr(interrupts, "_INTERRUPTED", [15])
     assert cli.main(argv) == 130 and "--resume" in capsys.readouterr().err

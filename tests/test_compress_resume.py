@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from ofaserve.compress import train
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 from ofaserve.compress.pipeline import CompressOptions, compress_model
 from tests.conftest import TINY_WIDTHS
 

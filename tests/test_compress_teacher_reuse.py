@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 from ofaserve.compress.pipeline import compress_model
 from tests.conftest import TINY_WIDTHS
 from tests.test_compress_resume import _opts
@@ -67,7 +68,7 @@ def test_reused_teacher_must_come_from_the_same_data(tmp_path, tiny_checkpoint, 
 def test_lambda_ce_adds_the_gold_label_loss(tmp_path, tiny_checkpoint, tiny_compress_dir, caplog):
     """With every distillation weight at 0 the OFA loss is 0; --lambda_ce alone makes it the
     cross-entropy on the gold labels (positive), and so changes the trained supernet."""
-    from ofaserve.core.artifacts import sha256_file
+    from ofaserve.core.files import sha256_file
     ckpt, train_csv, dev_csv = tiny_checkpoint
     shas, logged = [], []
     for i, ce in enumerate((0.0, 1.0)):

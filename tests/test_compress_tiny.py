@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 from tests.conftest import TINY_WIDTHS
 
 
@@ -55,7 +55,7 @@ def test_atomic_output_dir_keeps_previous_and_cleans_stale(tmp_path):
 
     import pytest
 
-    from ofaserve.core.artifacts import atomic_output_dir
+    from ofaserve.core.outputs import atomic_output_dir
 
     final = tmp_path / "out"
     with atomic_output_dir(final) as tmp:
@@ -87,8 +87,9 @@ def test_ctrl_c_during_the_swap_never_leaves_the_output_missing(tmp_path):
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from pathlib import Path
-import ofaserve.core.artifacts as a
-a.terminate_like_interrupt()
+import ofaserve.core.interrupts as i
+import ofaserve.core.outputs as a
+i.terminate_like_interrupt()
 final = Path({str(tmp_path / 'out')!r})
 with a.atomic_output_dir(final) as tmp:
     (tmp / "a.txt").write_text("old")

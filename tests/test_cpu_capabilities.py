@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from ofaserve.core.artifacts import OfaserveError, cpu_flags, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.machine import cpu_flags
+from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime import capabilities, runtimes
 
 

@@ -69,7 +69,7 @@ def _assert_summary_holds_the_latency_figures(summary: dict, report: dict) -> No
 def test_stage_summaries_are_one_line_each(tiny_compress_dir):
     """What the screen shows of compress and export instead of their printed reports."""
     from ofaserve import demo
-    from ofaserve.core.artifacts import read_manifest
+    from ofaserve.core.manifests import read_manifest
 
     cm = read_manifest(tiny_compress_dir, stage="compress")
     line = demo.compress_summary(cm)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +168,7 @@ def test_precision_records_match_the_artifacts_and_gates(tiny_compress_dir, tiny
     """The recorded dev accuracy and agreement of the FP16 and bf16 variants are what their
     artifacts give now, and every gated variant ships exactly when it meets both limits."""
     from ofaserve.export import parity, precisions, source
-    from ofaserve.export.runners import onnxruntime, openvino
+    from ofaserve.export.artifact_logits import onnxruntime, openvino
 
     m = read_manifest(tiny_export_dir, stage="export")
     pr, arts = m["precisions"], m["artifacts"]
@@ -223,7 +224,7 @@ def test_sub_model_reload_in_fresh_process(tiny_export_dir, tmp_path):
 def test_supernet_matches_fresh_sub_model(tiny_compress_dir, tiny_export_dir):
     """The reference itself: supernet at 0.75 == the reloaded sub model, bit for bit."""
     from ofaserve.export.source import build_supernet, load_compress_output
-    from ofaserve.export.runners import dygraph
+    from ofaserve.export.artifact_logits import dygraph
     from ofaserve.compress.submodel import load_sub_model
 
     sn = build_supernet(load_compress_output(tiny_compress_dir))
@@ -530,15 +531,15 @@ def test_int8_not_shipped_when_it_changes_too_many_predictions(precision_inputs,
 def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path, capsys):
     """A SIGINT during paddle.jit.save can surface as a paddle RuntimeError that export
     wraps; with the signal flag set, the CLI says 'interrupted' and exits 130, not 2."""
-    import ofaserve.core.artifacts as artifacts
+    import ofaserve.core.interrupts as interrupts
     import ofaserve.export.cli as cli
     import ofaserve.export.exporter as exporter
 
     def fails(*args, **kwargs):
         raise OfaserveError("paddle.jit.save of the sub model failed: RuntimeError: (PreconditionNotMet)")
     monkeypatch.setattr(exporter, "export_subnet", fails)
-    monkeypatch.setattr(artifacts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
+    monkeypatch.setattr(interrupts, "terminate_like_interrupt", lambda: None)  # keep pytest's handlers
     argv = ["--model_name_or_path", str(tmp_path / "c"), "--output_dir", str(tmp_path / "e")]
     assert cli.main(argv) == 2 and "error: paddle.jit.save" in capsys.readouterr().err
-    monkeypatch.setattr(artifacts, "_INTERRUPTED", [2])
+    monkeypatch.setattr(interrupts, "_INTERRUPTED", [2])
     assert cli.main(argv) == 130 and "interrupted:" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.benchmarks.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
+from benchmarks.records.gpu_torch import NumpyOps, bert_logits, load_pack_weights, markdown, pack
 from tests.conftest import TINY_MAX_SEQ_LENGTH
 
 
@@ -51,7 +51,9 @@ def test_pack_reproduces_onnx_and_slices(full_export_dir, tiny_export_dir, tmp_p
 def test_pack_refuses_exports_of_different_compress_runs(tiny_export_dir, tmp_path):
     import shutil
 
-    from ofaserve.core.artifacts import OfaserveError, read_manifest, write_json
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.manifests import read_manifest
+    from ofaserve.core.files import write_json
 
     other = tmp_path / "other"
     shutil.copytree(tiny_export_dir, other)
@@ -111,7 +113,7 @@ def test_recorded_gpu_markdown_is_the_rendering_of_its_json():
 
 
 def test_pack_cli_missing_export_is_a_one_line_error(tmp_path, capsys):
-    from ofaserve.benchmarks.gpu_torch import main
+    from benchmarks.records.gpu_torch import main
 
     assert main(["pack", "--export_dirs", str(tmp_path / "nope"), "--output", str(tmp_path / "pack")]) == 2
     err = capsys.readouterr().err.strip()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner
 
 TRT = "TensorrtExecutionProvider"

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ofaserve.core.artifacts import sha256_file
+from ofaserve.core.files import sha256_file
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime.runtimes import PACK_WIDTHS, load_runner, pack_rows
 from tests.conftest import TINY_MAX_SEQ_LENGTH, examples
 

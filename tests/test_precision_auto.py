@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
 from ofaserve.serve.precision import candidates, choice_table, choose_precision, time_interleaved
 

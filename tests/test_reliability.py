@@ -3,7 +3,7 @@
 a killed stub and a killed server under `ofaserve serve`, busy ports, an interrupted
 `ofaserve export`, and the Kubernetes manifests of serve/deploy.
 
-Reduced counts of `python -m benchmarks.reliability` (which records the full runs in
+Reduced counts of `python -m ofaserve.benchmarks.reliability` (which records the full runs in
 benchmarks/results/reliability.md). Every wait is bounded; every server is stopped by a
 finalizer, and anything a failed test leaves (stubs, /dev/shm regions) is removed.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.benchmarks import reliability as rel
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.benchmarks.reliability import export_faults, faults, probes, traffic
+from ofaserve.core.manifests import read_manifest
 from ofaserve.serve.repository import build_repository
 from ofaserve.serve.server import TritonServer
 
@@ -46,7 +46,7 @@ def repo(tiny_export_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    srv = TritonServer(repo[0], **{f"{k}_port": v for k, v in rel.free_ports().items()})
+    srv = TritonServer(repo[0], **{f"{k}_port": v for k, v in faults.free_ports().items()})
     srv.start(timeout=180)
     yield srv
     srv.stop()
@@ -55,10 +55,10 @@ def server(repo):
 @pytest.fixture
 def cli(repo):
     """A factory of `ofaserve serve` subprocesses, all killed (with what they left) at the end."""
-    started: list[rel.ServeCLI] = []
+    started: list[faults.ServeCLI] = []
 
-    def start(poll: float = 0.5) -> rel.ServeCLI:
-        c = rel.ServeCLI(repo[0], rel.free_ports(), poll=poll)
+    def start(poll: float = 0.5) -> faults.ServeCLI:
+        c = faults.ServeCLI(repo[0], faults.free_ports(), poll=poll)
         started.append(c)
         return c.start(ready_timeout=180)
 
@@ -69,7 +69,7 @@ def cli(repo):
 
 @pytest.fixture(scope="module")
 def texts():
-    return rel.dev_sentences(128)
+    return traffic.dev_sentences(128)
 
 
 def _clean(leftovers: dict) -> bool:
@@ -80,7 +80,7 @@ def _clean(leftovers: dict) -> bool:
 # ------------------------------------------------------------------------------ load
 def test_load_every_request_answered_memory_stable(server, repo, texts):
     n = 400
-    r = rel.run_load(server.grpc_url, repo[1], server.process.pid, texts, n_requests=n, concurrency=8,
+    r = traffic.run_load(server.grpc_url, repo[1], server.process.pid, texts, n_requests=n, concurrency=8,
                      batch_size=4, timeout_s=30, sample_interval=0.05)
     assert r["sent"] == n and r["unsent"] == 0
     assert r["balanced"] and r["lost"] == 0
@@ -99,11 +99,11 @@ def test_bad_input_concurrent_with_good_traffic(server, repo, texts, tiny_export
     path, model, manifest = repo
     export = read_manifest(tiny_export_dir, "export")
     good = [texts[i:i + 4] for i in range(0, 48, 4)]
-    reference = rel.answers(server.grpc_url, model, good)  # the idle server's answers
-    cases = rel.bad_input_cases(manifest["max_batch_size"], export["max_seq_length"], export["vocab_size"])
+    reference = traffic.answers(server.grpc_url, model, good)  # the idle server's answers
+    cases = traffic.bad_input_cases(manifest["max_batch_size"], export["max_seq_length"], export["vocab_size"])
     assert len(cases) >= 15
-    case_ref = rel.case_references(server.grpc_url, model, cases)
-    r = rel.mixed_traffic(server.grpc_url, model, good, reference, cases, case_ref, good_workers=3,
+    case_ref = traffic.case_references(server.grpc_url, model, cases)
+    r = traffic.mixed_traffic(server.grpc_url, model, good, reference, cases, case_ref, good_workers=3,
                           bad_workers=2, good_rounds=4, bad_rounds=2, timeout_s=20)
     assert r["hung_workers"] == 0
     g = r["good"]
@@ -116,7 +116,7 @@ def test_bad_input_concurrent_with_good_traffic(server, repo, texts, tiny_export
     assert max(b["max_latency_s"] for b in r["bad"].values()) < 20
     assert all(server.models_ready().values())
     # and the server still gives the idle answers afterwards
-    after = rel.answers(server.grpc_url, model, good[:3])
+    after = traffic.answers(server.grpc_url, model, good[:3])
     assert all(np.abs(a - b).max() <= 1e-4 for a, b in zip(after, reference[:3]))
 
 
@@ -126,7 +126,7 @@ def test_encoder_stub_killed_under_load(repo, texts):
     dead model, says which one, exits 2 and leaves no stub, segment or work dir."""
     path, model, _ = repo
     batches = [texts[i:i + 4] for i in range(0, 64, 4)]
-    r = rel.stub_kill_under_load(path, model, batches, workers=4, timeout_s=10, warm_s=1.0, observe_s=30, poll=0.5)
+    r = faults.stub_kill_under_load(path, model, batches, workers=4, timeout_s=10, warm_s=1.0, observe_s=30, poll=0.5)
     t = r["traffic_until_cli_exit"]
     assert r["cli_exit_code"] == 2, r["cli_stderr"]
     assert "model(s) no longer ready" in r["cli_stderr"] and f"{model}_encoder" in r["cli_stderr"]
@@ -146,16 +146,16 @@ def test_busy_ports_then_killed_server(cli, repo):
     message; SIGKILL of tritonserver makes `ofaserve serve` exit 2 with the reason and
     clean up the orphaned stubs and their /dev/shm regions."""
     first = cli(poll=0.5)
-    busy = rel.busy_port_attempts(repo[0], first)
+    busy = faults.busy_port_attempts(repo[0], first)
     for proto, b in busy.items():
         assert b["exit_code"] == 2, (proto, b)
         assert f"{proto} port {first.ports[proto]}" in b["stderr"] and "already in use" in b["stderr"], b
         assert b["after_s"] < 30
     assert first.proc.poll() is None  # the first server is untouched
-    assert len(first.stubs) == 3 and all(s["shm"].startswith(rel.SHM_PREFIX) for s in first.stubs)
-    assert len(rel.shm_usage(s["shm"] for s in first.stubs)) == 3
+    assert len(first.stubs) == 3 and all(s["shm"].startswith(probes.SHM_PREFIX) for s in first.stubs)
+    assert len(probes.shm_usage(s["shm"] for s in first.stubs)) == 3
 
-    k = rel.kill_server(first, signal.SIGKILL, exit_timeout=30)
+    k = faults.kill_server(first, signal.SIGKILL, exit_timeout=30)
     assert k["cli_exit_code"] == 2, k
     assert "tritonserver exited with code -9" in k["cli_stderr"], k["cli_stderr"]
     assert k["cli_exit_after_s"] < 15
@@ -168,9 +168,9 @@ def test_killed_serve_cli_takes_its_server_down(cli):
     c = cli(poll=0.5)
     c.proc.kill()
     c.wait(10)
-    assert rel.wait_until(lambda: not c.leftovers()["live_processes"], 30), c.leftovers()
-    assert rel.wait_until(lambda: not c.leftovers()["shm_regions"], 10), c.leftovers()
-    assert not rel._port_bound(c.ports["grpc"]) and not rel._port_bound(c.ports["http"])
+    assert probes.wait_until(lambda: not c.leftovers()["live_processes"], 30), c.leftovers()
+    assert probes.wait_until(lambda: not c.leftovers()["shm_regions"], 10), c.leftovers()
+    assert not faults.port_bound(c.ports["grpc"]) and not faults.port_bound(c.ports["http"])
 
 
 # ------------------------------------------------------------------------------ interrupted export
@@ -188,24 +188,24 @@ def test_interrupted_export_keeps_previous_export(tiny_compress_dir, previous_ex
     next run succeeds."""
     out = previous_export
     width = float(read_manifest(out, "export")["width_mult"])
-    original = rel.sha256(out / "manifest.json")
+    original = export_faults.sha256(out / "manifest.json")
     for sig in (signal.SIGINT, signal.SIGTERM):
-        r = rel.interrupt_export(tiny_compress_dir, out, width, sig=sig, delay_s=0.2,
+        r = export_faults.interrupt_export(tiny_compress_dir, out, width, sig=sig, delay_s=0.2,
                                  after_line="sub model + static model written", timeout_s=180)
         assert not r["finished_before_signal"] and r["temp_during"], r  # really interrupted mid-write
         assert r["outcome"].startswith(("interrupted", "killed")), r
         assert r["exit_code"] in (130, -int(sig), 128 + int(sig)), r
         assert r["manifest_unchanged"] and r["export_still_loads"], r
-        assert rel.sha256(out / "manifest.json") == original
+        assert export_faults.sha256(out / "manifest.json") == original
         if sig == signal.SIGINT:
             assert r["temp_after"] == [] and r["new_siblings"] == [], r
             assert any("unchanged" in l for l in r["stderr_tail"]), r
         # SIGTERM: a .NAME.tmp-PID-* folder may stay until the next run removes it
 
-    n = rel.run_export(tiny_compress_dir, out, width, extra=["--no_precisions"], timeout_s=300)
+    n = export_faults.run_export(tiny_compress_dir, out, width, extra=["--no_precisions"], timeout_s=300)
     assert n["exit_code"] == 0, n["stderr_tail"]
     assert n["temp_after"] == [], n  # nothing left, including what a killed run left
-    assert rel.sha256(out / "manifest.json") != original and rel._export_ok(out)
+    assert export_faults.sha256(out / "manifest.json") != original and export_faults.export_ok(out)
 
 
 # ------------------------------------------------------------------------------ deploy manifests
@@ -292,7 +292,7 @@ def test_liveness_check_catches_a_dead_stub(repo, tmp_path):
     check = tmp_path / "check.py"
     check.write_text(cm["data"]["check.py"])
     path, model, _ = repo
-    ports = rel.free_ports()
+    ports = faults.free_ports()
     srv = TritonServer(path, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"])
     try:
         srv.start(timeout=180)
@@ -303,9 +303,9 @@ def test_liveness_check_catches_a_dead_stub(repo, tmp_path):
 
         ok = probe()
         assert ok.returncode == 0, ok.stderr
-        (enc,) = [s for s in rel.stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"]
+        (enc,) = [s for s in probes.stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"]
         os.kill(enc["pid"], signal.SIGKILL)
-        assert rel.wait_until(lambda: not rel.live_pids([enc["pid"]]), 10)
+        assert probes.wait_until(lambda: not probes.live_pids([enc["pid"]]), 10)
         bad = probe()
         assert bad.returncode == 1 and "not live" in bad.stderr and "not healthy" in bad.stderr, bad.stderr
         # Why the probe sends a request: Triton's own liveness still answers 200 with the stub

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 from ofaserve.serve.repository import build_repository
 from ofaserve.serve.server import TritonServer
 from tests.conftest import examples

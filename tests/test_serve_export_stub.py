@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.core.artifacts import read_manifest, write_manifest
+from ofaserve.core.manifests import read_manifest, write_manifest
 
 LABELS = ["rotten", "fresh"]
 MAX_SEQ_LENGTH = 32

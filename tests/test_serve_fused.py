@@ -27,7 +27,7 @@ def fused(serve_exports, tmp_path_factory):
 def test_layout_has_no_ensemble_steps(fused):
     _, name, _, repo = fused
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [name, f"{name}_encoder"]
-    for f in ("model.py", "runtimes.py", "backend_utils.py", "tokenizer.json", "model.onnx"):
+    for f in ("model.py", "runtimes.py", "python_model_io.py", "tokenizer.json", "model.onnx"):
         assert (repo / name / "1" / f).is_file(), f
     assert 'backend: "python"' in (repo / name / "config.pbtxt").read_text()
 

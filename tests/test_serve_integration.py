@@ -17,7 +17,8 @@ import numpy as np
 import psutil
 import pytest
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 from ofaserve.serve.client import classify
 from ofaserve.serve.repository import build_repository
 from ofaserve.serve.server import TritonServer, free_port

@@ -11,7 +11,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 from ofaserve.serve.repository import TRT_CACHE_ROOT, build_repository, runs_in_python_backend
 from ofaserve.runtime import runtimes
 from tests.test_serve_export_stub import serve_exports  # noqa: F401  (fixture)
@@ -401,10 +402,13 @@ def test_every_command_explains_its_flags(command, capsys):
     assert out.startswith("usage:") and "--" in out
 
 
-@pytest.mark.parametrize("module,argv", [("benchmarks.reliability.cli", ["--help"]), ("benchmarks.compare", ["--help"]),
-                                         ("benchmarks.accuracy", ["--help"]), ("benchmarks.served_accuracy", ["--help"]),
-                                         ("benchmarks.gpu_torch", ["pack", "--help"]),
-                                         ("benchmarks.gpu_torch", ["run", "--help"])])
+@pytest.mark.parametrize("module,argv", [("ofaserve.benchmarks.reliability.cli", ["--help"]),
+                                         ("benchmarks.records.compare", ["--help"]),
+                                         ("benchmarks.records.accuracy", ["--help"]),
+                                         ("benchmarks.records.served_accuracy", ["--help"]),
+                                         ("benchmarks.records.compress_measure", ["--help"]),
+                                         ("benchmarks.records.gpu_torch", ["pack", "--help"]),
+                                         ("benchmarks.records.gpu_torch", ["run", "--help"])])
 def test_every_benchmark_tool_explains_its_flags(module, argv, capsys):
     import importlib
 

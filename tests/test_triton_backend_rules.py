@@ -26,7 +26,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest, sha256_file
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
+from ofaserve.core.files import sha256_file
 from ofaserve.runtime import runtimes
 from ofaserve.serve.repository import TRT_CACHE_ROOT, build_repository
 from tests.test_serve_export_stub import make_tiny_export
@@ -215,7 +217,7 @@ ORT_TRT_KEYS = {
 def trt_settings(config: mc.ModelConfig) -> dict[str, str] | None:
     """The TensorRT options a config gives: the onnxruntime backend's accelerator
     parameters, or what our python model passes runtimes._onnxruntime_trt (the profile is
-    derived from max_batch_size and max_seq_length there, as backend_utils.runner_options does)."""
+    derived from max_batch_size and max_seq_length there, as python_model_io.runner_options does)."""
     accs = config.optimization.execution_accelerators.gpu_execution_accelerator
     if accs:
         (acc,) = accs
@@ -341,7 +343,7 @@ def recipe_packages() -> dict[str, set[str]]:
 @pytest.mark.parametrize("key", IDS)
 def test_every_recipe_installs_what_the_python_models_import(repos, key):
     """The image has only Triton's python backend: every third-party module the python models
-    of a repository import (ast of model.py, backend_utils.py, and the encoder runtime's own
+    of a repository import (ast of model.py, python_model_io.py, and the encoder runtime's own
     module) must come from the packages the manifest names, and every recipe for NVIDIA's
     image installs them (onnxruntime-trt is for the pip server on a GPU machine, cpu for
     the pip server here: their packages come from the venv, not these recipes)."""
@@ -349,9 +351,9 @@ def test_every_recipe_installs_what_the_python_models_import(repos, key):
     needed = set(manifest["image_packages"])
     names = {re.split(r"[=<>]", p)[0] for p in needed}
     for model_py in repo.glob("*/1/model.py"):
-        for source in (model_py, model_py.with_name("backend_utils.py")):
+        for source in (model_py, model_py.with_name("python_model_io.py")):
             for module in _imports(source):
-                if module in sys.stdlib_module_names or module in ("triton_python_backend_utils", "backend_utils",
+                if module in sys.stdlib_module_names or module in ("triton_python_backend_utils", "python_model_io",
                                                                   "runtimes"):
                     continue
                 assert module in names, f"{source.relative_to(repo)} imports {module}, not in {sorted(names)}"

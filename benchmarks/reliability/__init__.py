@@ -2,8 +2,8 @@
 
 Run (records benchmarks/results/reliability.json + .md)::
 
-    .venv/bin/python -m benchmarks.reliability                       # tiny model (+ a real export if found)
-    .venv/bin/python -m benchmarks.reliability --export_dir runs/demo/export/w0.6667 --requests 5000
+    .venv/bin/python -m ofaserve.benchmarks.reliability                       # tiny model (+ a real export if found)
+    .venv/bin/python -m ofaserve.benchmarks.reliability --export_dir runs/demo/export/w0.6667 --requests 5000
 
 Scenarios, each on the REAL Triton 2.51 bundled with nvidia-pytriton, on loopback only:
 
@@ -35,34 +35,5 @@ Modules, by concern (each imports only those above it)::
     export_faults   interrupted `ofaserve export`; the tiny and real models the scenarios use
     scenarios       the scenarios above, composed of those helpers
     report          the Markdown report of a run's JSON
-    cli             build_parser, main (`python -m benchmarks.reliability`)
+    cli             build_parser, main (`python -m ofaserve.benchmarks.reliability`)
 """
-from __future__ import annotations
-
-from ofaserve.benchmarks.reliability.probes import (MIB, ROOT, SHM_PREFIX, Sampler, live_pids, memory_summary, ofaserve_command,
-                     processes_mentioning, rss_by_process, shm_usage, stubs_of, wait_until, zombies_of)
-from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, Case, Traffic, answers, bad_input_cases, case_references, dev_sentences,
-                      load_checks, mixed_traffic, run_load, shm_growth_sweep, summarize_traffic, tensor_inputs,
-                      text_inputs)
-from ofaserve.benchmarks.reliability.faults import (ServeCLI, _port_bound, busy_port_attempts, cli_killed, free_ports, kill_server, port_race,
-                     server_kill_under_cli, stub_kill_triton, stub_kill_under_load)
-from ofaserve.benchmarks.reliability.export_faults import (EXPORT_PHASES, REAL_EXPORT_CANDIDATES, _export_ok, describe_export, find_real_export,
-                            interrupt_export, run_export, sha256, temp_entries, tiny_compress, tiny_export)
-from ofaserve.benchmarks.reliability.scenarios import (scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh,
-                        shm_per_instance)
-from ofaserve.benchmarks.reliability.report import to_markdown
-from ofaserve.benchmarks.reliability.cli import build_parser, main
-
-__all__ = [
-    "MIB", "ROOT", "SHM_PREFIX", "Sampler", "live_pids", "memory_summary", "ofaserve_command",
-    "processes_mentioning", "rss_by_process", "shm_usage", "stubs_of", "wait_until", "zombies_of",
-    "LOAD_BOUNDS", "Case", "Traffic", "answers", "bad_input_cases", "case_references", "dev_sentences",
-    "load_checks", "mixed_traffic", "run_load", "shm_growth_sweep", "summarize_traffic", "tensor_inputs",
-    "text_inputs",
-    "ServeCLI", "_port_bound", "busy_port_attempts", "cli_killed", "free_ports", "kill_server", "port_race",
-    "server_kill_under_cli", "stub_kill_triton", "stub_kill_under_load",
-    "EXPORT_PHASES", "REAL_EXPORT_CANDIDATES", "_export_ok", "describe_export", "find_real_export",
-    "interrupt_export", "run_export", "sha256", "temp_entries", "tiny_compress", "tiny_export",
-    "scenario_export", "scenario_faults", "scenario_load_and_bad_input", "scenario_shm_fresh", "shm_per_instance",
-    "to_markdown", "build_parser", "main",
-]

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.reliability`: see benchmarks/reliability/__init__.py."""
+"""`python -m ofaserve.benchmarks.reliability`: see benchmarks/reliability/__init__.py."""
 import sys
 
 from ofaserve.benchmarks.reliability.cli import main

@@ -1,4 +1,4 @@
-"""Command line: `python -m benchmarks.reliability` (flags: --help)."""
+"""Command line: `python -m ofaserve.benchmarks.reliability` (flags: --help)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ofaserve.core.artifacts import machine_info, now_iso, write_json
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import now_iso
+from ofaserve.core.files import write_json
 
 from ofaserve.benchmarks.reliability.export_faults import REAL_EXPORT_CANDIDATES, find_real_export, tiny_compress, tiny_export
 from ofaserve.benchmarks.reliability.probes import ROOT
@@ -19,7 +21,7 @@ from ofaserve.benchmarks.reliability.scenarios import scenario_export, scenario_
 
 def build_parser() -> argparse.ArgumentParser:
     from ofaserve.benchmarks import reliability  # the package docstring (imported by now: it imports this module)
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reliability",
+    p = argparse.ArgumentParser(prog="python -m ofaserve.benchmarks.reliability",
                                 description=reliability.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--export_dir", type=Path, default=None,
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     scenarios = set(args.scenarios.split(","))
     report: dict[str, Any] = {"created": now_iso(), "machine": machine_info(),
-                              "command": " ".join(["python -m benchmarks.reliability"] + list(argv or sys.argv[1:])),
+                              "command": " ".join(["python -m ofaserve.benchmarks.reliability"] + list(argv or sys.argv[1:])),
                               "load_avg_start": os.getloadavg(), "models": []}
     with tempfile.TemporaryDirectory(prefix="ofaserve-reliability-") as tmp:
         work = Path(tmp)

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
 
 from ofaserve.benchmarks.reliability.probes import ROOT, ofaserve_command, wait_until
 
@@ -79,7 +80,7 @@ def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = 
             lines.append((time.monotonic() - t0, "[killed: did not exit within 120 s of the signal]"))
         reader.join(10)
         unchanged = sha256(out / "manifest.json") == before if (out / "manifest.json").is_file() else False
-        loads = _export_ok(out)
+        loads = export_ok(out)
         after = [l for t, l in lines if t >= t_sig]
         done_before = any(l.startswith("exported width") for t, l in lines if t < t_sig)
         done_after = any(l.startswith("exported width") for l in after)
@@ -110,7 +111,7 @@ def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = 
             proc.wait(30)
 
 
-def _export_ok(out: Path) -> bool:
+def export_ok(out: Path) -> bool:
     try:
         m = read_manifest(out, "export")
         return all((out / rel).is_file() for k, rel in m["artifacts"].items()

@@ -264,7 +264,7 @@ def port_race(repo: Path) -> dict[str, Any]:
 
     Bypasses serve.server.port_in_use for the measurement only."""
     import ofaserve.serve.server as server_mod
-    from ofaserve.core.artifacts import OfaserveError
+    from ofaserve.core.errors import OfaserveError
     out = {}
     original = server_mod.port_in_use
     server_mod.port_in_use = lambda host, port: False
@@ -305,11 +305,11 @@ def cli_killed(repo: Path, wait_s: float = 5) -> dict[str, Any]:
         left = cli.leftovers()
         return {"server_alive_5s_after": cli.server_pid in left["live_processes"],
                 "stubs_alive_5s_after": len([p for p in left["live_processes"] if p != cli.server_pid]),
-                "shm_regions_left": len(left["shm_regions"]), "ports_still_bound": _port_bound(cli.ports["grpc"])}
+                "shm_regions_left": len(left["shm_regions"]), "ports_still_bound": port_bound(cli.ports["grpc"])}
     finally:
         cli.kill()
 
 
-def _port_bound(port: int) -> bool:
+def port_bound(port: int) -> bool:
     from ofaserve.serve.server import port_in_use
     return port_in_use("127.0.0.1", port)

@@ -1,4 +1,4 @@
-"""The scenarios `python -m benchmarks.reliability` runs, each composed of the helpers of
+"""The scenarios `python -m ofaserve.benchmarks.reliability` runs, each composed of the helpers of
 probes, traffic, faults and export_faults; each returns the dict recorded in the report."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import signal
 from pathlib import Path
 from typing import Any, Iterable
 
-from ofaserve.core.artifacts import read_manifest
+from ofaserve.core.manifests import read_manifest
 
-from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, _export_ok, describe_export, interrupt_export, run_export
+from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_ok, describe_export, interrupt_export, run_export
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
                      stub_kill_triton, stub_kill_under_load)
 from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
@@ -103,7 +103,7 @@ def scenario_export(compress_dir: Path, work: Path) -> dict[str, Any]:
         result["interrupts"].append(interrupt_export(compress_dir, out_dir, 0.75, sig=sig, delay_s=delay,
                                                      after_line=phase))
     result["next_run"] = run_export(compress_dir, out_dir, 0.75)
-    result["next_run"]["export_loads"] = _export_ok(out_dir)
+    result["next_run"]["export_loads"] = export_ok(out_dir)
     return result
 
 

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ofaserve.core import artifacts
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core import interrupts
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.outputs import interrupted_message
 from ofaserve.core.quiet import known_native_lines_dropped, known_noise_silenced
 
 
@@ -74,14 +75,14 @@ def log_to_file(path: Path) -> None:
 
 def run_stage(work: Callable[[], Any], output_dir: str, resume_hint: str = "") -> tuple[int, Any]:
     """(exit code, what ``work`` returned or None)."""
-    artifacts.terminate_like_interrupt()
+    interrupts.terminate_like_interrupt()
     try:
         # library warnings and native log lines known to be harmless; others still show
         with known_noise_silenced(), known_native_lines_dropped():
             return 0, work()
     except (KeyboardInterrupt, Exception) as e:
-        if isinstance(e, KeyboardInterrupt) or artifacts.interrupted():
-            print(artifacts.interrupted_message(output_dir, resume_hint), file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt) or interrupts.interrupted():
+            print(interrupted_message(output_dir, resume_hint), file=sys.stderr)
             return 130, None
         if isinstance(e, OfaserveError):
             if getattr(e, "table", None):

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Training builds it from ``vocab.txt``; every later stage loads the ``tokenizer.json``
 the compress stage saved, so training, export parity, serving and benchmarks tokenize
 identically. (The Triton python models carry their own copy of the loader in
-``serve/triton_models/backend_utils.py``: generated repositories import nothing from
+``serve/triton_models/python_model_io.py``: generated repositories import nothing from
 this package.)
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 
 def make_tokenizer(vocab_file: str | Path, lowercase: bool = True, max_seq_length: int = 128):

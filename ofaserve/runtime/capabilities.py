@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ofaserve.core.artifacts import cpu_flags
+from ofaserve.core.machine import cpu_flags
 from ofaserve.runtime import runtimes
 
 # Flags whose INT8 dot-product instructions make OpenVINO's INT8 kernels beat f32; without
@@ -24,7 +24,7 @@ INT8_FAST_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 @dataclass(frozen=True)
 class CpuCapabilities:
-    """``flags``: the speed-relevant ``/proc/cpuinfo`` flags (``core.artifacts.SPEED_FLAGS``);
+    """``flags``: the speed-relevant ``/proc/cpuinfo`` flags (``core.machine.SPEED_FLAGS``);
     ``openvino``: OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (``BF16``, ``INT8``, ...)."""
     flags: frozenset[str]
     openvino: tuple[str, ...]

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import (classify_outputs, label_names, load_tokenizer, param as _param,  # noqa: E402
+from python_model_io import (classify_outputs, label_names, load_tokenizer, param as _param,  # noqa: E402
                            request_error as _error, request_texts, runner_options, string_params,
                            text_char_limit)
 from runtimes import run_length_buckets, runner_from_parameters  # noqa: E402

@@ -17,7 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import (param as _param, request_error as _error, runner_options,  # noqa: E402
+from python_model_io import (param as _param, request_error as _error, runner_options,  # noqa: E402
                            string_params)  # (copied next to this file)
 from runtimes import check_inputs, run_length_buckets, runner_from_parameters  # noqa: E402
 

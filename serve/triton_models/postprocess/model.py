@@ -6,7 +6,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import classify_outputs, label_names, request_error as _error  # noqa: E402
+from python_model_io import classify_outputs, label_names, request_error as _error  # noqa: E402
 
 
 class TritonPythonModel:

@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backend_utils import (load_tokenizer, param as _param, request_error as _error,  # noqa: E402
+from python_model_io import (load_tokenizer, param as _param, request_error as _error,  # noqa: E402
                            request_texts, text_char_limit)
 
 

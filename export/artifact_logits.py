@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 from ofaserve.runtime.runtimes import default_threads, load_runner
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -1,4 +1,5 @@
-"""Helpers shared by ofaserve's python-backend models.
+"""What every ofaserve python-backend model reads and answers: config parameters, request
+texts (decoded and validated), per-request errors, the tokenizer, labels and probabilities.
 
 `ofaserve repo` copies this file next to each model.py, so every model folder of a
 repository stays self-contained (no import of the ofaserve package inside Triton).

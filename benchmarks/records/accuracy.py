@@ -1,6 +1,6 @@
 """Record a compress run's accuracy per width in benchmarks/results/accuracy.json (+ .md).
 
-    python benchmarks/accuracy.py --compress_dir runs/full/compress \
+    python -m benchmarks.records.accuracy --compress_dir runs/full/compress \
         --command "ofaserve compress --profile full --output_dir runs/full/compress"
 
 Every figure is copied from the run's manifest (what `ofaserve compress` measured);
@@ -12,7 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ofaserve.core.artifacts import OfaserveError, read_manifest, write_json
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import read_manifest
+from ofaserve.core.files import write_json
 from ofaserve.core.tables import results_table
 
 

@@ -4,7 +4,7 @@ One server serves one repository, and every repository names its models the same
 served runtimes are compared run by run: ``ofaserve bench`` once per repository (e.g.
 openvino fp32, openvino bf16, paddle), then
 
-    python -m benchmarks.compare runs/bench/ov_fp32 runs/bench/ov_bf16 -o runs/bench/compare.md
+    python -m benchmarks.records.compare runs/bench/ov_fp32 runs/bench/ov_bf16 -o runs/bench/compare.md
 
 Only numbers from the reports are printed; the first report's full-width p50 is the
 reference of the cross-report column. Runs at different times see different machine
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ofaserve.benchmarks.report import _f, _ms, md_table
-from ofaserve.core.artifacts import OfaserveError
+from ofaserve.core.errors import OfaserveError
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def run_spread(reports: Sequence[dict[str, Any]], concurrency: int = 1) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.records.compare",
                                 description="Merge several `ofaserve bench` reports into one Markdown table.")
     p.add_argument("reports", nargs="+", help="report folders or report.json files")
     p.add_argument("--labels", default=None, help="comma-separated labels, one per report (default: folder names)")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(labels) != len(reports):
             raise OfaserveError(f"{len(labels)} labels for {len(reports)} reports")
     except OfaserveError as e:
-        print(f"benchmarks.compare: error: {e}", file=sys.stderr)
+        print(f"benchmarks.records.compare: error: {e}", file=sys.stderr)
         return 2
     if args.runs:
         md = (f"# Repeated benchmark runs (concurrency {args.concurrency}, p50)\n\n"

@@ -1,10 +1,10 @@
 """Measurements behind compress's choices, each written as a record for benchmarks/results/.
 
-    python -m ofaserve.compress.measure scoring --compress_dir runs/demo/compress \\
+    python -m benchmarks.records.compress_measure scoring --compress_dir runs/demo/compress \\
         --output benchmarks/results/compress_eval.json
-    python -m ofaserve.compress.measure teacher-lr --runs 5e-5:40 2e-4:40 \\
+    python -m benchmarks.records.compress_measure teacher-lr --runs 5e-5:40 2e-4:40 \\
         --output benchmarks/results/teacher_learning_rate.json
-    python -m ofaserve.compress.measure ofa-steps --teacher_steps 40 --steps 8 16 24 \\
+    python -m benchmarks.records.compress_measure ofa-steps --teacher_steps 40 --steps 8 16 24 \\
         --workdir runs/ofa_steps --output benchmarks/results/ofa_steps.json
 
 ``scoring``: for the teacher and every width of a finished compress output, paddle
@@ -38,7 +38,7 @@ def _load(compress_dir: Path):
 
     from ofaserve.compress.bert import build_classifier
     from ofaserve.compress.ofa import OfaSupernet
-    from ofaserve.core.artifacts import read_manifest
+    from ofaserve.core.manifests import read_manifest
 
     m = read_manifest(compress_dir, stage="compress")
     teacher = build_classifier(m["model_config"])
@@ -63,7 +63,7 @@ def _timed_passes(fn, splits: dict, tokenizer) -> tuple[float, dict]:
 def compare(compress_dir: Path) -> dict:
     from ofaserve.compress.evaluation import Scorer
     from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
-    from ofaserve.core.artifacts import machine_info
+    from ofaserve.core.machine import machine_info
     from ofaserve.core.naming import width_key
     from ofaserve.core.tasks import split_of
     from ofaserve.core.tokenizer import encode_batch, load_tokenizer
@@ -118,7 +118,7 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
     from ofaserve.compress.evaluation import Scorer
     from ofaserve.compress.options import PROFILES, CompressOptions
     from ofaserve.compress.train import finetune_teacher, metrics, predict
-    from ofaserve.core.artifacts import machine_info
+    from ofaserve.core.machine import machine_info
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import encode_batch, make_tokenizer
 
@@ -156,7 +156,8 @@ def _steps_run(workdir: Path, teacher_steps: int, ofa_steps: int, teacher_dir: P
     """One quick-profile compress run (or its finished output), as a record row."""
     from ofaserve.compress import cli as compress_cli
     from ofaserve.compress.options import PROFILES, CompressOptions
-    from ofaserve.core.artifacts import OfaserveError, read_manifest
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.manifests import read_manifest
 
     quick = PROFILES["quick"]
     steps_per_epoch = -(-quick["max_train_samples"] // CompressOptions.batch_size)
@@ -183,7 +184,7 @@ def _steps_run(workdir: Path, teacher_steps: int, ofa_steps: int, teacher_dir: P
 
 
 def ofa_steps_sweep(teacher_steps: int, steps: list[int], workdir: Path) -> dict:
-    from ofaserve.core.artifacts import machine_info
+    from ofaserve.core.machine import machine_info
 
     first = workdir / f"t{teacher_steps}_o{steps[0]}"
     rows = [_steps_run(workdir, teacher_steps, n, None if i == 0 else first) for i, n in enumerate(steps)]
@@ -204,7 +205,7 @@ def _run_spec(text: str) -> tuple[float, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ofaserve.compress.measure", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.records.compress_measure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     scoring = sub.add_parser("scoring", help="dygraph vs Paddle Inference scoring of a compress output")
@@ -231,9 +232,10 @@ def _print_scoring(rec: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ofaserve.compress.cpu import configure
+    from ofaserve.runtime.paddle_cpu import configure
     configure()
-    from ofaserve.core.artifacts import OfaserveError, write_json
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.files import write_json
     from ofaserve.core.quiet import known_noise_silenced
     try:
         with known_noise_silenced():

@@ -11,7 +11,7 @@ compared for parity with the export's own ONNX logits before anything is timed.
 Two steps, because the GPU machine has no paddle, no onnxruntime-gpu and no dataset:
 
   pack  (here, in the project's venv)
-        python -m benchmarks.gpu_torch pack --export_dirs runs/x/export/w1.0 runs/x/export/w0.6667 \
+        python -m benchmarks.records.gpu_torch pack --export_dirs runs/x/export/w1.0 runs/x/export/w0.6667 \
             --output runs/gpu_pack
         writes the sub-model weights (fp32; a tensor that is a leading slice of the same
         tensor of an earlier export is stored as a reference to it; word-embedding rows
@@ -19,7 +19,7 @@ Two steps, because the GPU machine has no paddle, no onnxruntime-gpu and no data
         batches of 16, fixed-length token batches drawn from those tokens, and each
         export's ONNX logits (ONNX Runtime CPU, fp32) on the dev batches.
   run   (on the GPU machine: numpy + torch only, nothing else from this project)
-        python -m benchmarks.gpu_torch run --pack runs/gpu_pack --output report.json
+        python -m benchmarks.records.gpu_torch run --pack runs/gpu_pack --output report.json
         parity per model and precision (max abs logit diff vs the ONNX logits, predictions
         agreeing, dev accuracy), then latency per workload (p50/p90/p99 of host-timed calls:
         copy in, graph replay, copy out) with models interleaved round by round, and the
@@ -164,8 +164,11 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
     import pickle
 
 
-    from ofaserve.core.artifacts import (OfaserveError, atomic_output_dir, machine_info, now_iso,
-                                    read_manifest, write_json)
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.machine import machine_info
+    from ofaserve.core.manifests import now_iso, read_manifest
+    from ofaserve.core.files import write_json
+    from ofaserve.core.outputs import atomic_output_dir
     from ofaserve.core.tasks import split_of
     from ofaserve.core.tokenizer import load_tokenizer
     from ofaserve.runtime.runtimes import load_runner
@@ -239,7 +242,7 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
                     "max_seq_length": first["max_seq_length"], "used_vocab_rows": int(len(used)),
                     "fixed_ids": "drawn from the tokens of the dev sentences (only their embedding rows travel)",
                     "models": entries,
-                    "command": " ".join(["python -m benchmarks.gpu_torch", *sys.argv[1:]])}
+                    "command": " ".join(["python -m benchmarks.records.gpu_torch", *sys.argv[1:]])}
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -414,7 +417,7 @@ def run(pack_dir: str, output: str, rounds: int, per_round: int, pad_multiple: i
     record["fp32_over_fp16_p50"] = {
         w: {m: lat[f"{m}/fp32"]["p50_ms"] / lat[f"{m}/fp16"]["p50_ms"] for m in names}
         for w, lat in record["latency"].items()}
-    record["command"] = " ".join(["python -m benchmarks.gpu_torch", *sys.argv[1:]])
+    record["command"] = " ".join(["python -m benchmarks.records.gpu_torch", *sys.argv[1:]])
     record["date"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -461,7 +464,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_torch", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.records.gpu_torch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
     a = sub.add_parser("pack", help="(here) weights, tokenized dev batches and ONNX reference logits to one folder")
@@ -480,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--pad_multiple", type=int, default=16, help="pad real-text batches to this (default 16)")
     args = p.parse_args(argv)
     if args.step == "pack":
-        from ofaserve.core.artifacts import OfaserveError
+        from ofaserve.core.errors import OfaserveError
         try:
             m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed)
         except OfaserveError as e:

@@ -3,7 +3,7 @@
 precision and model file) and with the exported FP32 ONNX model, both run in-process on
 the same sentences.
 
-    python benchmarks/served_accuracy.py --model_repository runs/full/model_repository \
+    python -m benchmarks.records.served_accuracy --model_repository runs/full/model_repository \
         --export_dir runs/full/export/w0.6667 --model bert_w67 --output benchmarks/results/served_accuracy.json
 
 Reports served accuracy vs the export manifest's dev accuracy, and the max abs difference
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import accuracy_score
 
     from ofaserve.benchmarks.inprocess import read_config_parameters
-    from ofaserve.core.artifacts import machine_info, now_iso, read_manifest, write_json
+    from ofaserve.core.machine import machine_info
+    from ofaserve.core.manifests import now_iso, read_manifest
+    from ofaserve.core.files import write_json
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import encode_batch, load_tokenizer
     from ofaserve.serve.client import classify
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                        for k, v in (manifest.get("precisions") or {}).items() if "accuracy" in v},
         # what the served model truncates to (the repository's config, not the export's claim)
         "truncation_served": _served_truncation(args.model_repository, args.model, read_config_parameters),
-        "date": now_iso(), "machine": machine_info(), "command": " ".join(["python benchmarks/served_accuracy.py", *(argv or sys.argv[1:])]),
+        "date": now_iso(), "machine": machine_info(), "command": " ".join(["python -m benchmarks.records.served_accuracy", *(argv or sys.argv[1:])]),
     }
     for k, v in record.items():
         if k not in ("machine",):

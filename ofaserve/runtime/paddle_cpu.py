@@ -1,4 +1,4 @@
-"""CPU settings for paddle training, applied before paddle is imported.
+"""CPU settings for paddle (training, export and Paddle Inference scoring), applied before paddle is imported.
 
 Paddle's CPU wheel does its GEMMs in Intel MKL (mklml). On AMD CPUs MKL picks a
 generic code path unless told otherwise; ``MKL_DEBUG_CPU_TYPE=5`` selects its AVX2

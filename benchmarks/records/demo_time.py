@@ -2,7 +2,7 @@
 installer caches, wall time including the install, what the budget measured and cut, the
 accuracy table and the latency figures the demo printed.
 
-    python benchmarks/demo_time.py --output benchmarks/results/demo_run.json
+    python -m benchmarks.records.demo_time --output benchmarks/results/demo_run.json
 
 Uncommitted changes are not measured (the clone is of HEAD). The screen output of the run
 is kept next to the record (``--screen``) so what the user saw can be read back.
@@ -33,7 +33,7 @@ def record_from(clone: Path, commit: str, wall_s: float, make_args: list[str]) -
     return {"what": "make demo on a clean clone of main (commit in 'commit'), empty installer caches: wall time "
                     "including the install, what each stage used and cut, the accuracy table it printed, its "
                     "latency figures",
-            "command": "python benchmarks/demo_time.py (git clone <main> && cd <clone> && make demo"
+            "command": "python -m benchmarks.records.demo_time (git clone <main> && cd <clone> && make demo"
                        + "".join(f" {a}" for a in make_args) + ")",
             "commit": commit, "wall_s_including_install": round(wall_s, 1), "demo_s": demo_s,
             "install_s": round(wall_s - demo_s, 1), "budget": summary["budget"], "timings": summary["timings"],
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--make_args", default="", help="extra make arguments, e.g. \"INSTALLER=pip\"")
     p.add_argument("--keep", default=None, help="clone into this folder and keep it (default: a temporary one)")
     args = p.parse_args(argv)
-    from ofaserve.benchmarks.install_time import clean_clone, head_commit
-    from ofaserve.core.artifacts import write_json
+    from benchmarks.records.install_time import clean_clone, head_commit
+    from ofaserve.core.files import write_json
 
     out = Path(args.output)
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")

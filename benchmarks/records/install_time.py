@@ -1,7 +1,7 @@
 """Time `make venv` on a clean clone with each installer, caches cold, and compare what
 each installed (same packages at the same versions, or the record says which differ).
 
-    python benchmarks/install_time.py --output benchmarks/results/install_time.json
+    python -m benchmarks.records.install_time --output benchmarks/results/install_time.json
 
 Each run clones the repository's HEAD into a scratch folder, so uncommitted changes are
 not measured. Takes ~4 minutes on 2 cores (pip ~2.5, uv ~1).
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="benchmarks/results/install_time.json", help="where the record goes")
     p.add_argument("--installers", default="pip,uv", help="comma-separated, in run order (default: pip,uv)")
     args = p.parse_args(argv)
-    from ofaserve.core.artifacts import machine_info, write_json
+    from ofaserve.core.machine import machine_info
+    from ofaserve.core.files import write_json
 
     commit = head_commit()
     with tempfile.TemporaryDirectory(prefix="ofaserve-install-") as scratch:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"what": "`make venv` (everything `make demo` and `make test` install) on a clean clone, per installer, "
                       "with empty uv and pip caches: wall seconds, and the packages that differ from the first "
                       "installer's (name or version; the installers themselves excluded)",
-              "command": "python benchmarks/install_time.py", "commit": commit,
+              "command": "python -m benchmarks.records.install_time", "commit": commit,
               "runs": [{"installer": r["installer"], "wall_s": r["wall_s"], "packages": len(r["packages"])}
                        for r in runs],
               "packages_differing_from_first": differ, "machine": machine_info()}
