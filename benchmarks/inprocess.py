@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import Precision, Runtime
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -40,21 +41,13 @@ def config_params_from_json(config_json: dict[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------- runtime spec
 @dataclass(frozen=True)
 class RuntimeSpec:
-    runtime: str                 # openvino | paddle | onnxruntime | onnxruntime-trt
-    precision: str = "fp32"      # fp32 | bf16 | fp16 | int8
+    runtime: Runtime | str       # a Runtime; the backend's own name for a model ofaserve did not make
+    precision: Precision = Precision.FP32
     threads: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.runtime}/{self.precision}" + (f"/t{self.threads}" if self.threads else "")
-
-
-_RUNTIME_ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "onnxruntime": "onnxruntime",
-                    "ov": "openvino", "openvino": "openvino", "paddle": "paddle",
-                    "paddle_inference": "paddle", "pd": "paddle", "onnxruntime-trt": "onnxruntime-trt",
-                    "trt": "onnxruntime-trt"}
-_PRECISION_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                      "f16": "fp16", "fp16": "fp16", "float16": "fp16", "int8": "int8"}
 
 
 def _threads(v: Any) -> int | None:
@@ -73,21 +66,20 @@ def spec_from_config(config: dict[str, Any]) -> RuntimeSpec:
     backend = (config.get("backend") or "").lower()
     platform = (config.get("platform") or "").lower()
     if params.get("runtime"):
-        rt = _RUNTIME_ALIASES.get(params["runtime"].lower(), params["runtime"].lower())
-        prec = _PRECISION_ALIASES.get(params.get("precision", "fp32").lower(), params.get("precision", "fp32"))
-        return RuntimeSpec(rt, prec, _threads(params.get("threads")))
+        return RuntimeSpec(Runtime.parse(params["runtime"]), Precision.parse(params.get("precision") or "fp32"),
+                           _threads(params.get("threads")))
     if backend == "openvino":
         # without HINT_BF16 the backend lets OpenVINO pick (bf16 on CPUs with AMX/AVX512_BF16)
-        prec = "bf16" if params.get("HINT_BF16", "").upper() == "YES" else "cpu-default"
-        return RuntimeSpec("openvino", prec, _threads(params.get("INFERENCE_NUM_THREADS")))
+        prec = Precision.BF16 if params.get("HINT_BF16", "").upper() == "YES" else Precision.CPU_DEFAULT
+        return RuntimeSpec(Runtime.OPENVINO, prec, _threads(params.get("INFERENCE_NUM_THREADS")))
     if backend == "onnxruntime" or platform == "onnxruntime_onnx":
         accel = ((config.get("optimization") or {}).get("execution_accelerators") or {})
         gpu = accel.get("gpu_execution_accelerator") or []
         if gpu:
             mode = ((gpu[0].get("parameters") or {}).get("precision_mode") or "FP32").lower()
-            return RuntimeSpec("onnxruntime-trt", _PRECISION_ALIASES.get(mode, mode), None)
-        return RuntimeSpec("onnxruntime", "fp32", None)
-    return RuntimeSpec(backend or platform or "unknown", "fp32", None)
+            return RuntimeSpec(Runtime.ONNXRUNTIME_TRT, Precision.parse(mode), None)
+        return RuntimeSpec(Runtime.ONNXRUNTIME, Precision.FP32, None)
+    return RuntimeSpec(backend or platform or "unknown", Precision.FP32, None)
 
 
 def parse_runtime_specs(text: str | None, default_threads: int | None = None) -> list[RuntimeSpec]:
@@ -100,14 +92,15 @@ def parse_runtime_specs(text: str | None, default_threads: int | None = None) ->
         if not item or item == "auto":
             continue
         parts = item.split(":")
-        rt = _RUNTIME_ALIASES.get(parts[0].lower())
-        if rt is None:
-            raise OfaserveError(f"unknown runtime {parts[0]!r} in --runtimes "
-                                "(known: openvino, paddle, onnxruntime, onnxruntime-trt)")
-        prec_in = parts[1].lower() if len(parts) > 1 and parts[1] else "fp32"
-        prec = _PRECISION_ALIASES.get(prec_in)
-        if prec is None:
-            raise OfaserveError(f"unknown precision {prec_in!r} in --runtimes (known: fp32, bf16, fp16, int8)")
+        try:
+            rt = Runtime.parse(parts[0])
+            prec = Precision.parse(parts[1] if len(parts) > 1 and parts[1] else "fp32")
+        except OfaserveError as e:
+            raise OfaserveError(f"--runtimes item {item!r}: {e}") from None
+        if rt == Runtime.OPENVINO_NATIVE or not prec.executes:
+            raise OfaserveError(f"--runtimes item {item!r}: runs in this process, so it names a runtime of "
+                                "runtimes.py (openvino, paddle, onnxruntime, onnxruntime-trt) and a precision it "
+                                "executes (fp32, bf16, fp16, int8)")
         th = _threads(parts[2]) if len(parts) > 2 and parts[2] else default_threads
         if len(parts) > 3 or (len(parts) > 2 and parts[2] and th is None):
             raise OfaserveError(f"bad --runtimes item {item!r}: expected runtime[:precision[:threads]]")
@@ -118,7 +111,8 @@ def parse_runtime_specs(text: str | None, default_threads: int | None = None) ->
 def auto_specs(model_info: dict[str, Any], threads: int | None) -> list[RuntimeSpec]:
     """The candidates ``--precision auto`` timed for one model (repository manifest)."""
     choice = model_info.get("precision_choice") or {}
-    return [RuntimeSpec(r["runtime"], r["precision"], threads) for r in choice.get("candidates", [])]
+    return [RuntimeSpec(Runtime.parse(r["runtime"]), Precision.parse(r["precision"]), threads)
+            for r in choice.get("candidates", [])]
 
 
 # --------------------------------------------------------------------------- loading

@@ -6,9 +6,18 @@ import sys
 
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.width import Width
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage, setup_logging
 from ofaserve.core.tables import learning_warning, results_table
+
+
+def _width(text: str) -> float:
+    try:
+        return Width.parse(text).value
+    except OfaserveError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev_file", help="dev CSV/TSV (text,label), with --train_file")
     p.add_argument("--test_file", help="optional test CSV/TSV (text,label)")
     p.add_argument("--output_dir", required=True, help="where the compress output goes (created atomically)")
-    p.add_argument("--width_mult_list", type=float, nargs="+", default=DEFAULT_WIDTHS,
+    p.add_argument("--width_mult_list", type=_width, nargs="+", default=DEFAULT_WIDTHS,
                    help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
     p.add_argument("--max_seq_length", type=int, default=None,
                    help="truncate sentences to this many WordPiece tokens (batches pad to their longest) "
@@ -63,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher_dir", default=None,
                    help="reuse the fine-tuned teacher of an earlier `ofaserve compress` output (same model and "
                         "data; checksum verified) instead of fine-tuning a new one")
-    p.add_argument("--select_width", type=float, default=None,
+    p.add_argument("--select_width", type=_width, default=None,
                    help="keep the checkpoint with the best dev accuracy at this width (the one you will deploy) "
                         "[default: best mean dev accuracy over all widths]")
     p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")

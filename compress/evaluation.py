@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ofaserve.compress.submodel import save_static as _save_static
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import Width
 from ofaserve.core.quiet import known_noise_silenced
 
 log = logging.getLogger("ofaserve.compress")
@@ -79,7 +79,7 @@ class Scorer:
             sub.eval()
             return sub
 
-        return self._get(width_key(width), version, supernet_logits_fn(supernet, width), build)
+        return self._get(Width(width).key, version, supernet_logits_fn(supernet, width), build)
 
     def record(self) -> dict:
         used = [m for m in self.models.values() if m["runtime"] == RUNTIME]

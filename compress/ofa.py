@@ -16,7 +16,7 @@ import paddle
 
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import Width
 
 
 
@@ -46,12 +46,9 @@ class OfaSupernet:
         self.set_width(1.0)
 
     # -- width selection ------------------------------------------------------------
-    def check_width(self, width: float) -> float:
-        for w in self.widths:
-            if abs(w - float(width)) < 1e-3:
-                return w
-        raise OfaserveError(f"width {width} was not trained: choose one of "
-                            f"{[width_key(w) for w in self.widths]}")
+    def check_width(self, width: Width | float) -> float:
+        """The trained width ``width`` names (within ``Width``'s tolerance)."""
+        return Width.parse(width).among(self.widths).value
 
     def set_width(self, width: float) -> None:
         self.width = self.check_width(width)

@@ -29,7 +29,7 @@ from ofaserve.core.files import sha256_file, write_json
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -95,11 +95,10 @@ def _check_options(opts: CompressOptions) -> tuple[list[float], str | None]:
         raise OfaserveError(f"--n_gpu must be >= 1 (got {opts.n_gpu})")
     if opts.select_width is None:
         return widths, None
-    match = [w for w in widths if abs(opts.select_width - w) < 1e-3]
-    if not match:
-        raise OfaserveError(f"--select_width {opts.select_width} is not in --width_mult_list "
-                            f"{[width_key(w) for w in widths]}")
-    return widths, width_key(match[0])
+    try:
+        return widths, Width.parse(opts.select_width).among(widths).key
+    except OfaserveError as e:
+        raise OfaserveError(f"--select_width: {e} (--width_mult_list)") from None
 
 
 @dataclass
@@ -292,7 +291,7 @@ def _reorder(run: _Run, supernet) -> dict:
     log.info("reordered heads/neurons by importance on %d sentences (full-width logits change %.2e)",
              n_imp, importance["full_width_logits_max_abs_diff_after_reorder"])
     if run.opts.eval_before_ofa:  # what reordering alone keeps, before any OFA training
-        importance["dev_before_ofa"] = {width_key(w): run.evaluate(run.scorer.width(supernet, w, "before_ofa"))
+        importance["dev_before_ofa"] = {Width(w).key: run.evaluate(run.scorer.width(supernet, w, "before_ofa"))
                                         for w in run.widths}
     return importance
 
@@ -309,7 +308,7 @@ class _CheckpointKeeper:
     def on_save(self, step: int, optimizer_state: dict) -> None:
         run = self.run
         self.supernet.eval()
-        dev_res = {width_key(w): run.evaluate(run.scorer.width(self.supernet, w, version=step)) for w in run.widths}
+        dev_res = {Width(w).key: run.evaluate(run.scorer.width(self.supernet, w, version=step)) for w in run.widths}
         score = (dev_res[run.select_key]["accuracy"] if run.select_key is not None
                  else float(np.mean([r["accuracy"] for r in dev_res.values()])))
         entry = {"step": step, "dev": dev_res, "score": score}
@@ -365,12 +364,12 @@ def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
         teacher_test = logits.argmax(-1)
         results["teacher"]["test"] = metrics(logits, test[1])
     for w in run.widths:
-        r = {"dev": best["dev"][width_key(w)]}
+        r = {"dev": best["dev"][Width(w).key]}
         if test:
             logits = predict(run.scorer.width(supernet, w, version=best["step"]), test[0], test[1], run.tokenizer)
             r["test"] = metrics(logits, test[1])
             r["test"]["vs_teacher"] = paired_bootstrap(logits.argmax(-1), teacher_test, test[1])
-        results["widths"][width_key(w)] = r
+        results["widths"][Width(w).key] = r
     splits = {"dev": run.dev, **({"test": test} if test else {})}
     results["majority_class"] = {n: float(max(np.mean(s[1]), 1 - np.mean(s[1]))) if len(run.data.labels) == 2
                                  else None for n, s in splits.items()}

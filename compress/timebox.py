@@ -21,7 +21,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -147,7 +147,7 @@ class CompressTimebox:
         Widths cost the teacher's price scaled by the width (their matmuls shrink with it)."""
         teacher = self.s_per_token["teacher"]
         pass_tokens = sum(self.tokens.values())
-        widths = sum(self.s_per_token.get(width_key(w), teacher * w) for w in self.run.widths)
+        widths = sum(self.s_per_token.get(Width(w).key, teacher * w) for w in self.run.widths)
         return pass_tokens * (teacher + widths) + self.setup_s() * (1 + len(self.run.widths))
 
     def setup_s(self) -> float:

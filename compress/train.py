@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ofaserve.compress import distributed as dist
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.compress.ofa import OfaSupernet
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import Width
 from ofaserve.compress.batching import batches
 
 log = logging.getLogger("ofaserve.compress")
@@ -289,7 +289,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
                         if lambda_ce:
                             loss = loss + lambda_ce * F.cross_entropy(logits, y_t)
                         loss.backward()
-                        losses[width_key(w)] = float(loss)
+                        losses[Width(w).key] = float(loss)
                     dist.sync_gradients(supernet.parameters())
                     step += 1
                     _step_done(opt, sched, stats, horizon, bar, t0, len(y), step,

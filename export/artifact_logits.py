@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime.runtimes import default_threads, load_runner
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -32,10 +33,10 @@ def dygraph(model) -> LogitsFn:
 
 def paddle_inference(prefix: Path, mkldnn: bool = False) -> LogitsFn:
     """Paddle Inference through the serving runner; oneDNN off by default for exact parity."""
-    return _int64_inputs(load_runner("paddle", Path(prefix), "fp32", threads(), mkldnn=mkldnn))
+    return _int64_inputs(load_runner(Runtime.PADDLE, Path(prefix), Precision.FP32, threads(), mkldnn=mkldnn))
 
 
-def _serving_runner(runtime: str, path: Path, precision: str = "fp32", pad_id: int = 0):
+def _serving_runner(runtime: Runtime, path: Path, precision: Precision = Precision.FP32, pad_id: int = 0):
     """The encoder's own runner (ofaserve/runtime/runtimes.py): export checks and times
     each artifact with exactly the session settings the server will use."""
     return load_runner(runtime, path, precision, threads(), pad_id=pad_id)
@@ -46,16 +47,16 @@ def _int64_inputs(run) -> LogitsFn:
 
 
 def onnxruntime(path: Path) -> LogitsFn:
-    return _int64_inputs(_serving_runner("onnxruntime", path))
+    return _int64_inputs(_serving_runner(Runtime.ONNXRUNTIME, path))
 
 
-def openvino(path: Path, precision: str = "f32") -> LogitsFn:
+def openvino(path: Path, precision: Precision = Precision.FP32) -> LogitsFn:
     """OpenVINO CPU with the precision pinned (on CPUs with avx512_bf16 the default
     silently runs bf16)."""
-    return _int64_inputs(_serving_runner("openvino", path, precision))
+    return _int64_inputs(_serving_runner(Runtime.OPENVINO, path, Precision.parse(precision)))
 
 
-def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
+def packed(runtime: Runtime, path: Path, pad_id: int) -> LogitsFn:
     """The packed ONNX graph through the serving runtime's own runner (pack, run, unpack),
     so export's parity covers the exact code the encoder serves with."""
     run = _serving_runner(runtime, path, pad_id=pad_id)
@@ -64,11 +65,11 @@ def packed(runtime: str, path: Path, pad_id: int) -> LogitsFn:
     return _int64_inputs(run)
 
 
-def make(runtime: str, export_dir: Path, manifest_artifacts: dict) -> LogitsFn:
-    if runtime == "openvino":
+def make(runtime: Runtime, export_dir: Path, manifest_artifacts: dict) -> LogitsFn:
+    if runtime == Runtime.OPENVINO:
         return openvino(export_dir / manifest_artifacts["onnx"])
-    if runtime == "onnxruntime":
+    if runtime == Runtime.ONNXRUNTIME:
         return onnxruntime(export_dir / manifest_artifacts.get("onnx_ort_fused", manifest_artifacts["onnx"]))
-    if runtime == "paddle":
+    if runtime == Runtime.PADDLE:
         return paddle_inference(export_dir / manifest_artifacts["paddle_static"], mkldnn=True)
     raise OfaserveError(f"unknown runtime {runtime!r}: choose openvino, onnxruntime or paddle")

@@ -5,17 +5,19 @@ import argparse
 import sys
 
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import Runtime
+from ofaserve.core.width import Width, parse_width_choice
+from ofaserve.export.selection import RUNTIMES as LATENCY_RUNTIMES
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage, setup_logging
 
 
-def _width(value: str):
-    if value == "auto":
-        return value
+def _width(value: str) -> Width | str:
     try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] or 'auto', not {value!r}") from None
+        return parse_width_choice(value)
+    except OfaserveError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or 'auto'") from None
 
 
 def _names(value: str) -> list[str]:
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "accurate one whose median latency is within this budget")
     p.add_argument("--batch_size", type=int, default=16, help="batch size of the latency measurement")
     p.add_argument("--seq_len", type=int, default=128, help="sequence length of the latency measurement")
-    p.add_argument("--runtime", choices=["openvino", "onnxruntime", "paddle"], default="openvino",
+    p.add_argument("--runtime", type=Runtime.parse, choices=LATENCY_RUNTIMES, default=Runtime.OPENVINO,
                    help="runtime of the latency measurement (openvino runs f32)")
     p.add_argument("--max_seq_length", type=int, default=None,
                    help="tokenizer truncation recorded for serving [default: the compress stage's]")

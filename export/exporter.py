@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso, write_manifest
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
-from ofaserve.core.naming import width_key
+from ofaserve.core.width import AUTO, Width, parse_width_choice
 from ofaserve.core.tasks import split_of
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
@@ -41,7 +42,7 @@ log = logging.getLogger("ofaserve.export")
 class ExportOptions:
     model_name_or_path: str
     output_dir: str
-    width_mult: float | str = 1.0
+    width_mult: Width | str = Width(1.0)  # or AUTO: chosen by a rule (see export_subnet)
     model_type: str = "bert"
     max_seq_length: int | None = None
     sub_model_output_dir: str | None = None
@@ -56,7 +57,7 @@ class ExportOptions:
     latency_budget_ms: float | None = None
     batch_size: int = 16
     seq_len: int = 128
-    runtime: str = "openvino"
+    runtime: Runtime = Runtime.OPENVINO
     n_gpu: int = 1
     tolerance: float = PARITY_TOL
     overwrite: bool = False
@@ -65,12 +66,17 @@ class ExportOptions:
     parity_runtimes: list[str] | None = None  # None: every runtime (export.timebox)
     time_budget_s: float | None = None  # None: every dev pass on the whole dev set
 
+    def __post_init__(self) -> None:  # the Python API's edge: names parsed once, here
+        self.width_mult = parse_width_choice(self.width_mult)
+        self.runtime = Runtime.parse(self.runtime)
+
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
-                  width_mult: float | str = 1.0, **kwargs: Any) -> dict[str, Any]:
+                  width_mult: Width | float | str = 1.0, **kwargs: Any) -> dict[str, Any]:
     """Export one width of a compress output to ``output_dir``; returns the export manifest.
 
-    ``width_mult`` is a trained width, or ``"auto"`` with ``max_accuracy_drop`` (narrowest
+    ``width_mult`` is a trained width (a ``Width``, or a number or string it parses), or
+    ``"auto"`` with ``max_accuracy_drop`` (narrowest
     width within that dev accuracy of the teacher) or ``latency_budget_ms`` (most accurate
     width meeting the budget on ``runtime`` at ``batch_size x seq_len``, measured here).
     Other keyword arguments: the fields of ``ExportOptions``.
@@ -86,13 +92,8 @@ def _validate(opts: ExportOptions) -> None:
     if int(opts.opset) < 14:
         raise OfaserveError(f"--opset must be >= 14 (got {opts.opset})")
     if opts.runtime not in RUNTIMES:
-        raise OfaserveError(f"--runtime must be one of {RUNTIMES}, not {opts.runtime!r}")
-    if isinstance(opts.width_mult, str) and opts.width_mult != "auto":
-        try:
-            opts.width_mult = float(opts.width_mult)
-        except ValueError:
-            raise OfaserveError(f"--width_mult must be a number or 'auto', not {opts.width_mult!r}") from None
-    if opts.width_mult == "auto":
+        raise OfaserveError(f"--runtime must be one of {', '.join(RUNTIMES)}, not '{opts.runtime}'")
+    if opts.width_mult == AUTO:
         if (opts.max_accuracy_drop is None) == (opts.latency_budget_ms is None):
             raise OfaserveError("--width_mult auto needs exactly one of --max_accuracy_drop or --latency_budget_ms")
         if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
@@ -101,10 +102,8 @@ def _validate(opts: ExportOptions) -> None:
             raise OfaserveError("--latency_budget_ms must be > 0")
         if opts.batch_size < 1 or opts.seq_len < 2:
             raise OfaserveError("--batch_size must be >= 1 and --seq_len >= 2")
-        if opts.latency_budget_ms is not None and not opts.onnx_model and opts.runtime != "paddle":
+        if opts.latency_budget_ms is not None and not opts.onnx_model and opts.runtime != Runtime.PADDLE:
             raise OfaserveError(f"--runtime {opts.runtime} needs the ONNX model (drop --no_onnx_model)")
-    elif not 0 < float(opts.width_mult) <= 1:
-        raise OfaserveError(f"--width_mult must be in (0, 1] or 'auto' (got {opts.width_mult})")
     elif opts.max_accuracy_drop is not None or opts.latency_budget_ms is not None:
         raise OfaserveError("--max_accuracy_drop / --latency_budget_ms only apply with --width_mult auto")
     if not 0 < opts.tolerance < 1:
@@ -140,13 +139,13 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     job = _prepare(opts)
     job.timebox = timebox
     sn = build_supernet(job.src)
-    if opts.width_mult != "auto":
-        sn.check_width(float(opts.width_mult))  # fail before any work for an untrained width
+    if opts.width_mult != AUTO:
+        sn.check_width(opts.width_mult)  # fail before any work for an untrained width
     # disable=None: no bar when stderr is not a terminal
     with tqdm(total=5, desc="export", disable=not opts.progress or None) as steps, \
             atomic_output_dir(job.out) as tmp:
         width, selection, prebuilt = _choose_width(job, sn, tmp)
-        steps.set_postfix_str(f"width {width_key(width)}: slice + static + onnx")
+        steps.set_postfix_str(f"width {Width(width).key}: slice + static + onnx")
         info = build_artifacts(sn, job.src, width, tmp, opts.opset, opts.onnx_model, opts.fuse_attention)
         if prebuilt is not None:
             shutil.rmtree(tmp / ".select", ignore_errors=True)
@@ -220,18 +219,18 @@ def _choose_width(job: _Job, sn, tmp: Path) -> tuple[float, dict | None, Path | 
     one ``--width_mult auto`` selects by accuracy drop or by latency measured here."""
     opts = job.opts
     selection = prebuilt = None
-    if opts.width_mult == "auto" and opts.max_accuracy_drop is not None:
+    if opts.width_mult == AUTO and opts.max_accuracy_drop is not None:
         width, selection = select_by_accuracy(job.src, float(opts.max_accuracy_drop))
         print(selection_table(selection))
-    elif opts.width_mult == "auto":
+    elif opts.width_mult == AUTO:
         width, selection, prebuilt = select_by_latency(
             sn, job.src, tmp / ".select", float(opts.latency_budget_ms), opts.batch_size, opts.seq_len,
             opts.runtime, opts.opset, opts.progress)
     else:
-        width = float(opts.width_mult)
+        width = opts.width_mult
     width = sn.check_width(width)
     if selection:
-        log.info("auto width: %s", width_key(width))
+        log.info("auto width: %s", Width(width).key)
     return width, selection, prebuilt
 
 
@@ -258,10 +257,10 @@ def _parity_runners(job: _Job, sn, sub, width: float, tmp: Path, artifacts: dict
         makers["onnx"] = lambda: artifact_logits.onnxruntime(tmp / artifacts["onnx"])
         if "onnx_ort_fused" in artifacts:
             makers["onnx_ort_fused"] = lambda: artifact_logits.onnxruntime(tmp / artifacts["onnx_ort_fused"])
-        makers["openvino_f32"] = lambda: artifact_logits.openvino(tmp / artifacts["onnx"], "f32")
+        makers["openvino_f32"] = lambda: artifact_logits.openvino(tmp / artifacts["onnx"], Precision.FP32)
         if "onnx_packed" in artifacts:
-            makers["onnx_packed"] = lambda: artifact_logits.packed("onnxruntime", tmp / artifacts["onnx_packed"], job.pad_id)
-            makers["openvino_packed"] = lambda: artifact_logits.packed("openvino", tmp / artifacts["onnx_packed"], job.pad_id)
+            makers["onnx_packed"] = lambda: artifact_logits.packed(Runtime.ONNXRUNTIME, tmp / artifacts["onnx_packed"], job.pad_id)
+            makers["openvino_packed"] = lambda: artifact_logits.packed(Runtime.OPENVINO, tmp / artifacts["onnx_packed"], job.pad_id)
     keep = runtimes_to_check(list(makers), job.opts.parity_runtimes, _eval_runtime(job))
     job.not_checked = tuple(n for n in makers if n not in keep)
     return {name: makers[name]() for name in keep}
@@ -315,7 +314,7 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     table += (f"\n\ndev accuracy through {eval_name}: {dev_m['accuracy']:.6f}, compress manifest: "
               f"{compress_acc:.6f} ({'ok' if dev_ok else 'FAIL'})")
     if not parity["ok"]:
-        raise ParityError(f"parity check failed for width {width_key(width)}: nothing was written to {job.out}",
+        raise ParityError(f"parity check failed for width {Width(width).key}: nothing was written to {job.out}",
                           table)
     return dev_m, dev_logits, table
 
@@ -360,7 +359,7 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
     src, cfg, sub_cfg = job.src, job.src.config, info["sub_config"]
     layers = sub_cfg["layers"]
     return write_manifest(
-        tmp, "export", width_mult=width, width=width_key(width), model_type="bert",
+        tmp, "export", width_mult=width, width=Width(width).key, model_type="bert",
         labels=list(src.manifest["labels"]), max_seq_length=job.max_seq, do_lower_case=True,
         pad_token_id=job.pad_id, vocab_size=int(cfg["vocab_size"]), num_labels=int(cfg["num_labels"]),
         artifacts=artifacts,

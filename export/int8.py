@@ -23,6 +23,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import sha256_file
+from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
 # The gate every precision variant passes (precisions.py reads it from here): <= 0.5 points
@@ -237,7 +238,7 @@ def _accuracy_control(graph: _Graph, dataset, dev: DevSet, fp32_logits: np.ndarr
 
 def _evaluate(xml: Path, dev: DevSet, fp32_logits: np.ndarray, gate: Gate, pad_id: int) -> tuple[dict, np.ndarray]:
     """Dev through the serving runner (what Triton would run), compared with FP32."""
-    run = load_runner("openvino", xml, precision="int8", pad_id=pad_id)
+    run = load_runner(Runtime.OPENVINO, xml, precision=Precision.INT8, pad_id=pad_id)
     logits = np.zeros(fp32_logits.shape, dtype=np.float32)
     for ids, types, idx in dev.batches:
         logits[idx] = run(ids, types)

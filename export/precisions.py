@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.export import int8 as int8_variant
 from ofaserve.export import artifact_logits
 from ofaserve.export.parity import dev_eval
@@ -82,10 +83,10 @@ def _test_accuracy(folder: Path, results: dict, artifacts: dict, test, tokenizer
     src = folder / "onnx" / "model.onnx"
     servable = {"fp32": lambda: artifact_logits.onnxruntime(src)}
     if results["openvino_bf16"].get("gate_passed"):
-        servable["openvino_bf16"] = lambda: artifact_logits.openvino(src, "bf16")
+        servable["openvino_bf16"] = lambda: artifact_logits.openvino(src, Precision.BF16)
     for name in ("openvino_int8", "openvino_packed_int8"):
         if name in artifacts:
-            servable[name] = lambda name=name: _int64(load_runner("openvino", folder / artifacts[name], "int8",
+            servable[name] = lambda name=name: _int64(load_runner(Runtime.OPENVINO, folder / artifacts[name], Precision.INT8,
                                                                    artifact_logits.threads(), pad_id=pad_id))
     fp32_test = None
     for name, make in servable.items():
@@ -111,7 +112,7 @@ def _fp16(folder: Path, src: Path, record: _Recorder, artifacts: dict) -> dict[s
             r = record(artifact_logits.onnxruntime(fp16_path), runtime="onnxruntime-cpu", target="gpu")
         except Exception as e:  # CPU EP may lack fp16 kernels: fall back to OpenVINO running it
             log.info("ORT CPU cannot run the FP16 model (%s); measuring with OpenVINO f32 on fp16 weights", e)
-            r = record(artifact_logits.openvino(fp16_path, "f32"),
+            r = record(artifact_logits.openvino(fp16_path, Precision.FP32),
                        runtime="openvino-f32 (fp16 weights; fp16 activations not emulated)", target="gpu")
         artifacts["onnx_fp16"] = "onnx/model_fp16.onnx"
         return r
@@ -127,7 +128,7 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
         return {"skipped": f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})",
                 "capabilities": capabilities}
     try:
-        run = load_runner("openvino", src, "bf16", artifact_logits.threads())
+        run = load_runner(Runtime.OPENVINO, src, Precision.BF16, artifact_logits.threads())
     except RuntimeConfigError as e:
         return {"skipped": str(e), "capabilities": capabilities}
     return record(_int64(run), runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)

@@ -12,14 +12,16 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
-from ofaserve.core.naming import width_key
+from ofaserve.core.vocabulary import Runtime
+from ofaserve.core.width import Width
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.source import Source
 
 log = logging.getLogger("ofaserve.export")
 
-RUNTIMES = ("openvino", "onnxruntime", "paddle")
+# the runtimes --latency_budget_ms can time the widths on
+RUNTIMES = (Runtime.OPENVINO, Runtime.ONNXRUNTIME, Runtime.PADDLE)
 
 
 def latency_inputs(vocab_size: int, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,9 +57,9 @@ def accuracy_table(src: Source) -> dict[str, Any]:
     teacher = ((res.get("teacher") or {}).get("dev") or {}).get("accuracy")
     widths = {}
     for w in sorted(float(x) for x in src.manifest["width_mult_list"]):
-        r = ((res.get("widths") or {}).get(width_key(w)) or {}).get("dev")
+        r = ((res.get("widths") or {}).get(Width(w).key) or {}).get("dev")
         if r is None:
-            raise OfaserveError(f"the compress manifest has no dev result for width {width_key(w)}")
+            raise OfaserveError(f"the compress manifest has no dev result for width {Width(w).key}")
         widths[w] = r["accuracy"]
     if teacher is None:
         raise OfaserveError("the compress manifest has no teacher dev accuracy")
@@ -66,7 +68,7 @@ def accuracy_table(src: Source) -> dict[str, Any]:
 
 def select_by_accuracy(src: Source, max_drop: float) -> tuple[float, dict]:
     acc = accuracy_table(src)
-    rows = [{"width": width_key(w), "width_mult": w, "dev_accuracy": a,
+    rows = [{"width": Width(w).key, "width_mult": w, "dev_accuracy": a,
              "drop_vs_teacher": acc["teacher"] - a, "within": acc["teacher"] - a <= max_drop + 1e-12}
             for w, a in acc["widths"].items()]
     ok = [r for r in rows if r["within"]]
@@ -93,14 +95,14 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
     acc = accuracy_table(src)
     fns = {}
     for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress or None):
-        folder = scratch / f"w{width_key(w)}"
+        folder = scratch / f"w{Width(w).key}"
         info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
         fns[w] = artifact_logits.make(runtime, folder, info["artifacts"])
     log.info("measuring %s latency of %d widths at %dx%d (round robin)", runtime, len(fns), batch, seq)
     lat = measure_interleaved(fns, int(src.config["vocab_size"]), batch, seq)
     rows = []
     for w, l in lat.items():
-        rows.append({"width": width_key(w), "width_mult": w, "dev_accuracy": acc["widths"][w],
+        rows.append({"width": Width(w).key, "width_mult": w, "dev_accuracy": acc["widths"][w],
                      "latency_ms": round(l["median_ms"], 3), "latency_min_ms": round(l["min_ms"], 3),
                      "runs": l["runs"], "meets_budget": l["median_ms"] <= budget_ms})
     try:

@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 from ofaserve.core.budget import Budget, Heartbeat, clock_text
-from ofaserve.core.naming import model_name
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities
 
 STAGES = ["compress", "export", "repo", "bench"]
@@ -55,12 +56,21 @@ SERVED_PARITY_RUNTIMES = ["openvino_packed"]
 DEFAULT_AUTO_BUDGET_S = 20  # `ofaserve repo --auto_budget_s`'s default
 
 
+def _width_key(text: str) -> str:
+    """A trained width's canonical label ("2/3" and "0.66667" name "0.6667")."""
+    try:
+        return Width.parse(text).key
+    except OfaserveError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ofaserve demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/demo", help="where every artifact goes (default: runs/demo)")
     p.add_argument("--profile", default="quick", choices=["quick", "full"], help="compress profile (default: quick)")
-    p.add_argument("--width_mult", default="0.6667", help="compressed width to export and serve (default: 0.6667)")
+    p.add_argument("--width_mult", type=_width_key, default="0.6667",
+                   help="compressed width to export and serve (default: 0.6667)")
     p.add_argument("--redo", default="", help=f"comma-separated stages to redo even if finished ({','.join(STAGES)}, or all)")
     p.add_argument("--requests", type=int, default=30,
                    help="measured requests per model/workload in the benchmark (the most; a budget may cut it)")
@@ -84,7 +94,6 @@ def _run_stage(label: str, func, argv: list[str]) -> None:
 
 
 def _finished(folder: Path, stage: str) -> bool:
-    from ofaserve.core.errors import OfaserveError
     from ofaserve.core.manifests import read_manifest
     try:
         read_manifest(folder, stage=stage)
@@ -113,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     log_to_file(work / LOG_NAME)  # the stages' narration; the screen gets the demo's own lines
     _say(f"ofaserve demo: every stage's log goes to {work / LOG_NAME}")
-    from ofaserve.core.errors import OfaserveError
     from ofaserve.core.interrupts import terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     try:
@@ -360,7 +368,7 @@ def _serve_and_bench(args, work: Path, budget: Budget, repo: Path, exports: dict
     from ofaserve.serve.server import TritonServer, free_port
 
     grpc_port = args.grpc_port or free_port()
-    names = {w: model_name("bert", w) for w in exports}
+    names = {w: Width.parse(w).model_name("bert") for w in exports}
     with contextlib.ExitStack() as stack:
         with _Stage(budget, "serve", f"starting the bundled Triton server on {repo} (gRPC 127.0.0.1:{grpc_port}) "
                     "and classifying over gRPC", args.progress_s):

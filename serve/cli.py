@@ -36,7 +36,8 @@ def _choices(per_target: dict[str, tuple[str, ...]]) -> list[str]:
 
 
 def repo_parser() -> argparse.ArgumentParser:
-    from ofaserve.serve.repository import PRECISIONS, RUNTIMES
+    from ofaserve.core.vocabulary import Target, TextPipeline
+    from ofaserve.serve.repository import PRECISIONS, RUNTIMES, TARGETS, TEXT_PIPELINES
     p = argparse.ArgumentParser(
         prog="ofaserve repo", description="Generate a Triton model repository from `ofaserve export` folders: "
         "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%} "
@@ -45,7 +46,7 @@ def repo_parser() -> argparse.ArgumentParser:
                    help="one or more export folders (e.g. full width and compressed, served side by side)")
     p.add_argument("--output", required=True, type=Path,
                    help="repository folder to write (replaced atomically if it is a previous repository)")
-    p.add_argument("--target", choices=("cpu", "xeon", "gpu"), default="cpu",
+    p.add_argument("--target", choices=TARGETS, default=Target.CPU,
                    help="cpu: python-backend encoder, runs on the bundled pip server (default); "
                         "xeon: NVIDIA Triton images on Xeons, the same python-backend OpenVINO encoder (the image "
                         "needs the manifest's image_packages: serve/deploy/Dockerfile); "
@@ -61,7 +62,7 @@ def repo_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto_budget_s", type=float, default=20.0,
                    help="with --precision auto: seconds spent timing the candidates of each export "
                         "(at least 5 rounds each, whatever the budget; default: 20)")
-    p.add_argument("--text_pipeline", choices=("ensemble", "fused"), default="ensemble",
+    p.add_argument("--text_pipeline", choices=TEXT_PIPELINES, default=TextPipeline.ENSEMBLE,
                    help="how {name}_w{width%%} turns text into a label: ensemble (tokenizer -> encoder -> "
                         "postprocess, three python models; default) or fused (one python model doing all "
                         "three, no hops between stubs; python-backend encoders only: cpu, xeon's openvino, "

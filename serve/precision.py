@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.machine import machine_info
+from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime import capabilities as cpu, runtimes
 
 BATCH = 16
@@ -29,40 +30,40 @@ MIN_ROUNDS = 5
 
 @dataclass(frozen=True)
 class Candidate:
-    precision: str  # fp32 | bf16 | int8
+    precision: Precision  # FP32, BF16 or INT8
     artifact: str  # the export manifest's artifacts key the encoder would run
     gate: dict[str, Any]  # the export's dev record of this variant ({} for fp32, the reference)
 
 
-def openvino_artifact(manifest: dict, precision: str) -> str | None:
+def openvino_artifact(manifest: dict, precision: Precision) -> str | None:
     """The export artifact OpenVINO runs at ``precision``: the packed graph where there is
     one (several sentences per row), the NNCF INT8 IR for int8; None when not exported."""
     artifacts = manifest["artifacts"]
-    keys = ("openvino_packed_int8", "openvino_int8") if precision == "int8" else ("onnx_packed", "onnx")
+    keys = ("openvino_packed_int8", "openvino_int8") if precision == Precision.INT8 else ("onnx_packed", "onnx")
     return next((k for k in keys if artifacts.get(k)), None)
 
 
 def candidates(manifest: dict, capabilities: list[str]) -> tuple[list[Candidate], dict[str, str]]:
     """(what can be served here, why each other precision cannot)."""
     records = manifest.get("precisions") or {}
-    found = [Candidate("fp32", openvino_artifact(manifest, "fp32") or "onnx", {})]
+    found = [Candidate(Precision.FP32, openvino_artifact(manifest, Precision.FP32) or "onnx", {})]
     skipped: dict[str, str] = {}
     bf16 = records.get("openvino_bf16") or {}
     if "BF16" not in capabilities:
-        skipped["bf16"] = f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})"
+        skipped[Precision.BF16] = f"this CPU has no BF16 (OpenVINO capabilities: {' '.join(capabilities)})"
     elif not bf16.get("gate_passed"):
-        skipped["bf16"] = bf16.get("gate_failed_because") or bf16.get("skipped") or "not measured by the export"
+        skipped[Precision.BF16] = bf16.get("gate_failed_because") or bf16.get("skipped") or "not measured by the export"
     else:
-        found.append(Candidate("bf16", found[0].artifact, bf16))
-    int8_key = openvino_artifact(manifest, "int8")
+        found.append(Candidate(Precision.BF16, found[0].artifact, bf16))
+    int8_key = openvino_artifact(manifest, Precision.INT8)
     if "INT8" not in capabilities:
-        skipped["int8"] = f"this CPU has no INT8 (OpenVINO capabilities: {' '.join(capabilities)})"
+        skipped[Precision.INT8] = f"this CPU has no INT8 (OpenVINO capabilities: {' '.join(capabilities)})"
     elif int8_key is None:
         why = [r.get("not_shipped_because") or r.get("error") for r in
                (records.get("openvino_packed_int8") or {}, records.get("openvino_int8") or {})]
-        skipped["int8"] = next((w for w in why if w), "the export shipped no INT8 IR")
+        skipped[Precision.INT8] = next((w for w in why if w), "the export shipped no INT8 IR")
     else:
-        found.append(Candidate("int8", int8_key, records.get(int8_key) or {}))
+        found.append(Candidate(Precision.INT8, int8_key, records.get(int8_key) or {}))
     return found, skipped
 
 
@@ -112,15 +113,15 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
     found, skipped = candidates(manifest, capabilities)
     pad_id = int(manifest.get("pad_token_id", 0))
     if len(found) == 1:  # nothing to choose between: no timing
-        runner = runtimes.load_runner("openvino", export_dir / manifest["artifacts"][found[0].artifact], "fp32",
+        runner = runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest["artifacts"][found[0].artifact], Precision.FP32,
                                       threads, pad_id=pad_id)
-        row = {"precision": "fp32", "runtime": "openvino", "artifact": found[0].artifact,
+        row = {"precision": Precision.FP32, "runtime": Runtime.OPENVINO, "artifact": found[0].artifact,
                "executed": runner.executed.get("precision"), "delta_vs_fp32": 0.0, "agreement_with_fp32": 1.0,
                "p50_ms": {}, "calls": {}, "score_ms": None}
-        return {"chosen": "fp32", "artifact": found[0].artifact, "candidates": [row], "not_candidates": skipped,
+        return {"chosen": Precision.FP32, "artifact": found[0].artifact, "candidates": [row], "not_candidates": skipped,
                 "capabilities": capabilities, "threads": threads, "workloads": [], "budget_s": 0.0,
                 "machine": machine_info()}
-    loaded = {c.precision: runtimes.load_runner("openvino", export_dir / manifest["artifacts"][c.artifact],
+    loaded = {c.precision: runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest["artifacts"][c.artifact],
                                                 c.precision, threads, pad_id=pad_id) for c in found}
     workloads = {"fixed_16x128": [fixed_batch(int(manifest["vocab_size"]))]}
     if dev_texts and tokenizer is not None:
@@ -129,7 +130,7 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
     rows = []
     for c in found:
         score = math.exp(statistics.fmean(math.log(t["p50_ms"]) for t in timings[c.precision].values()))
-        rows.append({"precision": c.precision, "runtime": "openvino", "artifact": c.artifact,
+        rows.append({"precision": c.precision, "runtime": Runtime.OPENVINO, "artifact": c.artifact,
                      "executed": getattr(loaded[c.precision], "executed", {}).get("precision"),
                      "delta_vs_fp32": c.gate.get("delta_vs_fp32", 0.0),
                      "agreement_with_fp32": c.gate.get("agreement_with_fp32", 1.0),

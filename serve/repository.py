@@ -39,28 +39,32 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest, write_manifest
 from ofaserve.core.files import sha256_file
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
-from ofaserve.core.naming import encoder_name, model_name
+from ofaserve.core.naming import encoder_name
+from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
+from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
 from ofaserve.runtime.runtimes import trt_profile_shapes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
 RUNTIMES_PY = Path(runtimes.__file__)
-TARGETS = ("cpu", "xeon", "gpu")
-RUNTIMES = {"cpu": ("openvino", "paddle", "onnxruntime"),
-            "xeon": ("openvino", "openvino-native"),
-            "gpu": ("onnxruntime", "onnxruntime-trt")}
+TARGETS = tuple(Target)
+# per target, its runtimes (the first is the default)
+RUNTIMES = {Target.CPU: (Runtime.OPENVINO, Runtime.PADDLE, Runtime.ONNXRUNTIME),
+            Target.XEON: (Runtime.OPENVINO, Runtime.OPENVINO_NATIVE),
+            Target.GPU: (Runtime.ONNXRUNTIME, Runtime.ONNXRUNTIME_TRT)}
 # "auto": the fastest precision that passed the export's accuracy gate, timed on the machine
 # that builds the repository (serve/precision.py); only for our python OpenVINO encoder.
-PRECISIONS = {"cpu": ("auto", "fp32", "bf16", "int8"), "xeon": ("auto", "fp32", "bf16", "int8", "cpu-default"),
-              "gpu": ("fp16", "fp32")}
+P = Precision
+PRECISIONS = {Target.CPU: (P.AUTO, P.FP32, P.BF16, P.INT8), Target.XEON: (P.AUTO, P.FP32, P.BF16, P.INT8, P.CPU_DEFAULT),
+              Target.GPU: (P.FP16, P.FP32)}
 # Triton's openvino backend passes OpenVINO no f32 hint (it reads HINT_BF16=YES only), so
 # OpenVINO picks the CPU's own default: bf16 on CPUs with AVX512_BF16/AMX, f32 elsewhere.
 # "cpu-default" names that honestly; the first entry is the default.
-NATIVE_OPENVINO_PRECISIONS = ("cpu-default", "bf16")
+NATIVE_OPENVINO_PRECISIONS = (P.CPU_DEFAULT, P.BF16)
 PREFERRED_BATCH = 16
 LENGTH_BUCKETS = 3
-TEXT_PIPELINES = ("ensemble", "fused")
+TEXT_PIPELINES = tuple(TextPipeline)
 MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
 # A native backend's dynamic batcher merges only requests of equal shape (Triton core,
 # dynamic_batch_scheduler.cc: a batch ends at the first shape change), so the tokenizer pads
@@ -375,18 +379,20 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
     return sha256_file(weights)
 
 
-def _check_choices(target: str, runtime: str | None, precision: str | None, text_pipeline: str) -> tuple[str, str]:
-    """(runtime, precision) after defaults, or a one-line error for a combination that cannot run."""
-    if target not in TARGETS:
-        raise OfaserveError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    runtime = runtime or RUNTIMES[target][0]
+def _check_choices(target: str, runtime: str | None, precision: str | None,
+                   text_pipeline: str) -> tuple[Target, Runtime, Precision, TextPipeline]:
+    """(target, runtime, precision, text pipeline), parsed, after defaults; or a one-line error
+    for a name or a combination that cannot run."""
+    target, text_pipeline = Target.parse(target), TextPipeline.parse(text_pipeline)
+    runtime = Runtime.parse(runtime) if runtime else RUNTIMES[target][0]
+    precision = Precision.parse(precision) if precision else None
     if runtime not in RUNTIMES[target]:
-        raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not {runtime!r}")
+        raise OfaserveError(f"target {target} supports runtime {'/'.join(RUNTIMES[target])}, not '{runtime}'")
     native_ov = runtime == "openvino-native"
     default = "auto" if runtime == "openvino" else next(p for p in PRECISIONS[target] if p != "auto")
     precision = precision or (NATIVE_OPENVINO_PRECISIONS[0] if native_ov else default)
     if precision not in PRECISIONS[target]:
-        raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not {precision!r}")
+        raise OfaserveError(f"target {target} supports precision {'/'.join(PRECISIONS[target])}, not '{precision}'")
     if native_ov and precision not in NATIVE_OPENVINO_PRECISIONS:
         raise OfaserveError(f"Triton's openvino backend cannot pin {precision} (it passes OpenVINO only HINT_BF16); "
                             "use --precision cpu-default or bf16, or --runtime openvino for a pinned fp32")
@@ -397,12 +403,10 @@ def _check_choices(target: str, runtime: str | None, precision: str | None, text
     if precision in ("int8", "auto") and runtime != "openvino":
         raise OfaserveError(f"precision {precision} runs on runtime openvino (the export's NNCF INT8 IR; "
                             "auto times OpenVINO's candidates)")
-    if text_pipeline not in TEXT_PIPELINES:
-        raise OfaserveError(f"unknown text pipeline {text_pipeline!r}; choose one of {', '.join(TEXT_PIPELINES)}")
     if text_pipeline == "fused" and not runs_in_python_backend(target, runtime):
         raise OfaserveError(f"--text_pipeline fused runs the encoder in the python backend, not on target {target} "
                             f"with runtime {runtime}")
-    return runtime, precision
+    return target, runtime, precision, text_pipeline
 
 
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
@@ -418,7 +422,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way.
     """
-    runtime, precision = _check_choices(target, runtime, precision, text_pipeline)
+    target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)
     if not 1 <= max_batch_size <= 4096:
         raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
@@ -434,7 +438,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
         manifest = _read_export(export_dir)
-        model = model_name(name, manifest['width_mult'])
+        model = Width.parse(manifest['width_mult']).model_name(name)
         if model in exports:
             raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
                                 f"{manifest['width_mult']}: one repository serves each width once")

@@ -64,7 +64,7 @@ def compare(compress_dir: Path) -> dict:
     from ofaserve.compress.evaluation import Scorer
     from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
     from ofaserve.core.machine import machine_info
-    from ofaserve.core.naming import width_key
+    from ofaserve.core.width import Width
     from ofaserve.core.tasks import split_of
     from ofaserve.core.tokenizer import encode_batch, load_tokenizer
 
@@ -74,7 +74,7 @@ def compare(compress_dir: Path) -> dict:
     probe = encode_batch(tokenizer, splits["dev"][0][:16])
     models = {"teacher": (model_logits_fn(teacher), lambda s: s.teacher(teacher))}
     for w in supernet.widths:
-        models[width_key(w)] = (supernet_logits_fn(supernet, w), lambda s, w=w: s.width(supernet, w))
+        models[Width(w).key] = (supernet_logits_fn(supernet, w), lambda s, w=w: s.width(supernet, w))
     _timed_passes(models["teacher"][0], {"dev": (splits["dev"][0][:64], splits["dev"][1][:64])}, tokenizer)
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:

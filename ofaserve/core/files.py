@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ofaserve.core.width import Width
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -49,4 +51,6 @@ def _json_default(o: Any) -> Any:
         pass
     if isinstance(o, Path):
         return str(o)
+    if isinstance(o, Width):
+        return o.value
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

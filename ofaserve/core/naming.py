@@ -1,15 +1,6 @@
-"""Names every stage agrees on: width labels and Triton model names."""
+"""Names every stage agrees on: the Triton models behind a text model (a width's own
+names come from ``core.width.Width``)."""
 from __future__ import annotations
-
-
-def width_key(width: float) -> str:
-    """Canonical short label of a width: 0.6666666666666666 -> '0.6667'."""
-    return f"{float(width):.4f}".rstrip("0").rstrip(".") if float(width) != 1.0 else "1.0"
-
-
-def model_name(name: str, width: float) -> str:
-    """The text model a client calls for one width: ``bert`` at 0.6667 -> ``bert_w67``."""
-    return f"{name}_w{round(float(width) * 100)}"
 
 
 def encoder_name(model: str) -> str:
