@@ -404,7 +404,7 @@ def make_workloads(plan: Plan, infos: dict[str, dict[str, Any]]) -> dict[str, Wo
                                 f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
         wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
     if "real" in plan.workloads:
-        texts, _ = load_task(args.task).split("dev")
+        texts = load_task(args.task).split("dev").texts
         wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
     return wl
 

@@ -8,7 +8,6 @@ Hugging Face layout into PaddleNLP's ``BertForSequenceClassification``.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any

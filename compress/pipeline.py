@@ -29,6 +29,9 @@ from ofaserve.core.files import sha256_file, write_json
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
+from ofaserve.core.batching import batches, predict
+from ofaserve.core.metrics import paired_bootstrap, score
+from ofaserve.core.tasks import Split, TaskData
 from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
@@ -111,19 +114,18 @@ class _Run:
     out: Path
     partial: Path
     model_dir: Path
-    data: Any
+    data: TaskData
     tokenizer: Any
-    train: tuple
-    dev: tuple
-    test: tuple | None
+    train: Split
+    dev: Split
+    test: Split | None
     scorer: Any = None  # compress.evaluation.Scorer: how whole splits are scored
     timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
 
-    def evaluate(self, fn, split=None) -> dict:
-        from ofaserve.compress.train import metrics, predict
-
-        texts, labels = split or self.dev
-        return metrics(predict(fn, texts, labels, self.tokenizer), labels)
+    def evaluate(self, fn, split: Split | None = None) -> dict:
+        """The task's metrics of logits function ``fn`` on ``split`` (default: dev)."""
+        split = split or self.dev
+        return score(self.data.spec, predict(fn, split, self.tokenizer), split.labels)
 
 
 def compress_model(opts: CompressOptions) -> dict:
@@ -174,7 +176,7 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     model_dir = resolve_model_path(opts.model_name_or_path)
     data = load_task(opts.task_name, opts.train_file, opts.dev_file, opts.test_file)
     for split in ("train", "dev"):
-        if len(set(data.split(split)[1].tolist())) < 2:
+        if len(set(data.split(split).labels.tolist())) < 2:
             raise OfaserveError(f"the {split} split of {data.name} has only one class: nothing to learn/evaluate")
     # read the checkpoint before anything is written: a corrupt one fails cleanly
     teacher, config = load_pretrained_classifier(str(model_dir), len(data.labels), seed=opts.seed)
@@ -186,14 +188,13 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     _seed_everything(opts.seed)
     paddle.set_device("cpu")
     tokenizer = make_tokenizer(model_dir / "vocab.txt", lowercase=True, max_seq_length=opts.max_seq_length)
-    train_texts, train_labels = data.split("train")
+    train = data.split("train")
     if opts.max_train_samples:
-        train_texts, train_labels = train_texts[: opts.max_train_samples], train_labels[: opts.max_train_samples]
+        train = train.take(slice(0, opts.max_train_samples))
     dev, test = data.split("dev"), data.splits.get("test")
-    log.info("task %s: %d train / %d dev / %s test sentences, labels %s", data.name, len(train_texts),
-             len(dev[0]), len(test[0]) if test else "no", data.labels)
-    run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer,
-               (train_texts, train_labels), dev, test)
+    log.info("task %s: %d train / %d dev / %s test sentences, labels %s", data.name, len(train),
+             len(dev), len(test) if test else "no", data.labels)
+    run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer, train, dev, test)
     run.scorer = _scorer(run)
     return run, teacher, config
 
@@ -203,9 +204,8 @@ def _scorer(run: _Run):
     from ofaserve.compress.evaluation import Scorer
     from ofaserve.core.tokenizer import encode_batch
 
-    texts = run.dev[0]
-    pick = np.linspace(0, len(texts) - 1, num=min(16, len(texts))).astype(int)
-    probe = encode_batch(run.tokenizer, [texts[i] for i in pick])
+    pick = np.linspace(0, len(run.dev) - 1, num=min(16, len(run.dev))).astype(int)
+    probe = encode_batch(run.tokenizer, run.dev.inputs(pick))
     # one scratch folder per data-parallel worker: every worker scores, each writes its own static models
     scratch = run.partial / ("scoring" if dist.world_size() == 1 else f"scoring_rank{dist.rank()}")
     return Scorer(scratch, probe, static=run.opts.eval_runtime == "paddle-inference")
@@ -275,12 +275,9 @@ def _supernet_phase(run: _Run, teacher):
 def _reorder(run: _Run, supernet) -> dict:
     """Sort heads and neurons by importance on a few train sentences; the full width must
     compute the same function afterwards (checked and recorded)."""
-    from ofaserve.compress.batching import batches
-
     t0 = time.time()
-    texts, labels = run.train
-    n_imp = min(run.opts.importance_samples, len(texts))
-    imp_batches = [(i, t, y) for i, t, y, _ in batches(texts[:n_imp], labels[:n_imp], run.opts.batch_size,
+    n_imp = min(run.opts.importance_samples, len(run.train))
+    imp_batches = [(i, t, y) for i, t, y, _ in batches(run.train.take(slice(0, n_imp)), run.opts.batch_size,
                                                        tokenizer=run.tokenizer)]
     full_before = supernet.logits_numpy(*imp_batches[0][:2], 1.0)
     importance = supernet.reorder_by_importance(imp_batches)
@@ -353,25 +350,22 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
 def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
     """Dev figures of every width come from the evaluation of the kept checkpoint (same
     weights); the test split is evaluated once here, with a paired bootstrap vs the teacher."""
-    from ofaserve.compress.train import metrics, paired_bootstrap, predict
-
-    test = run.test
+    spec, test = run.data.spec, run.test
     teacher_fn = run.scorer.teacher(teacher, version="final")
     results: dict[str, Any] = {"teacher": {"dev": run.evaluate(teacher_fn)}, "widths": {}}
     teacher_test = None
     if test:
-        logits = predict(teacher_fn, test[0], test[1], run.tokenizer)
-        teacher_test = logits.argmax(-1)
-        results["teacher"]["test"] = metrics(logits, test[1])
+        teacher_test = predict(teacher_fn, test, run.tokenizer)
+        results["teacher"]["test"] = score(spec, teacher_test, test.labels)
     for w in run.widths:
         r = {"dev": best["dev"][Width(w).key]}
         if test:
-            logits = predict(run.scorer.width(supernet, w, version=best["step"]), test[0], test[1], run.tokenizer)
-            r["test"] = metrics(logits, test[1])
-            r["test"]["vs_teacher"] = paired_bootstrap(logits.argmax(-1), teacher_test, test[1])
+            logits = predict(run.scorer.width(supernet, w, version=best["step"]), test, run.tokenizer)
+            r["test"] = score(spec, logits, test.labels)
+            r["test"]["vs_teacher"] = paired_bootstrap(spec, logits, teacher_test, test.labels)
         results["widths"][Width(w).key] = r
     splits = {"dev": run.dev, **({"test": test} if test else {})}
-    results["majority_class"] = {n: float(max(np.mean(s[1]), 1 - np.mean(s[1]))) if len(run.data.labels) == 2
+    results["majority_class"] = {n: float(max(np.mean(s.labels), 1 - np.mean(s.labels))) if len(run.data.labels) == 2
                                  else None for n, s in splits.items()}
     return results
 
@@ -389,7 +383,7 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
         run.tokenizer.save(str(tmp / "tokenizer" / "tokenizer.json"))
         write_json(tmp / "results.json", results)
         manifest = write_manifest(
-            tmp, "compress", model_type="bert", task=data.name, labels=data.labels,
+            tmp, "compress", model_type="bert", task=data.name, task_spec=data.spec.to_dict(), labels=data.labels,
             model_config=config, width_mult_list=run.widths, max_seq_length=opts.max_seq_length,
             do_lower_case=True, pad_token_id=int(config["pad_token_id"]),
             checkpoints={"teacher": "teacher/model_state.pdparams", "supernet": "supernet/model_state.pdparams"},
@@ -397,8 +391,8 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
                                "teacher": sha256_file(tmp / "teacher" / "model_state.pdparams")},
             tokenizer={"vocab": "tokenizer/vocab.txt", "tokenizer_json": "tokenizer/tokenizer.json"},
             source={"model": str(opts.model_name_or_path), "model_dir": str(run.model_dir), "data": data.source,
-                    "splits": {n: len(s[0]) for n, s in data.splits.items()},
-                    "train_sentences_used": len(run.train[0])},
+                    "splits": {n: len(s) for n, s in data.splits.items()},
+                    "train_sentences_used": len(run.train)},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},
             importance=importance, phases=phases, results=results, evaluation=run.scorer.record(),
             machine=machine_info(),

@@ -21,6 +21,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
+from ofaserve.core.batching import batches, predict
 from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
@@ -113,12 +114,10 @@ class CompressTimebox:
         self.s_per_token: dict[str, float] = {}
 
     def attach(self, run) -> None:
-        from ofaserve.compress.batching import batches
-
         self.run = run
         for name, split in (("dev", run.dev), ("test", run.test)):
             if split:  # padded tokens of an evaluation pass, batched exactly as predict() batches
-                self.tokens[name] = sum(ids.size for ids, *_ in batches(split[0], split[1], 64, length_sorted=True,
+                self.tokens[name] = sum(ids.size for ids, *_ in batches(split, 64, length_sorted=True,
                                                                         tokenizer=run.tokenizer))
 
     def left(self) -> float:
@@ -127,17 +126,13 @@ class CompressTimebox:
     # ------------------------------------------------------------------ evaluation prices
     def price(self, key: str, logits_fn) -> float:
         """Seconds per padded token of ``logits_fn`` on a stride sample of dev."""
-        from ofaserve.compress.batching import batches
-        from ofaserve.compress.train import predict
-
-        texts, labels = self.run.dev
-        pick = np.linspace(0, len(texts) - 1, num=min(PROBE_SENTENCES, len(texts))).astype(int)
-        sample, y = [texts[i] for i in pick], labels[pick]
-        predict(logits_fn, sample[:8], y[:8], self.run.tokenizer)  # first call sets up kernels: not timed
+        dev = self.run.dev
+        sample = dev.take(np.linspace(0, len(dev) - 1, num=min(PROBE_SENTENCES, len(dev))).astype(int))
+        predict(logits_fn, sample.take(slice(0, 8)), self.run.tokenizer)  # first call sets up kernels: not timed
         t = time.perf_counter()
-        predict(logits_fn, sample, y, self.run.tokenizer)
+        predict(logits_fn, sample, self.run.tokenizer)
         seconds = time.perf_counter() - t
-        tokens = sum(ids.size for ids, *_ in batches(sample, y, 64, length_sorted=True, tokenizer=self.run.tokenizer))
+        tokens = sum(ids.size for ids, *_ in batches(sample, 64, length_sorted=True, tokenizer=self.run.tokenizer))
         self.s_per_token[key] = seconds / max(1, tokens)
         return self.s_per_token[key]
 
@@ -159,15 +154,15 @@ class CompressTimebox:
         run = self.run
         teacher.eval()  # no dropout: pricing must not draw from the random stream training uses
         self.price("teacher", run.scorer.teacher(teacher, version="pretrained"))
-        steps_per_epoch = math.ceil(len(run.train[0]) / run.opts.batch_size)
+        steps_per_epoch = math.ceil(len(run.train) / run.opts.batch_size)
         profile_steps = max(1, int(round(run.opts.num_teacher_epochs * steps_per_epoch)))
         epoch_evals = math.ceil(profile_steps / steps_per_epoch)
-        ofa_steps = max(1, round(run.opts.num_train_epochs * math.ceil(len(run.train[0]) / run.opts.batch_size)))
+        ofa_steps = max(1, round(run.opts.num_train_epochs * math.ceil(len(run.train) / run.opts.batch_size)))
         ratio = ofa_step_ratio(run.widths)
 
         def plan(s_per_step: float, step: int) -> tuple[int, float]:
             reserve = self.eval_reserve_s()
-            reorder = math.ceil(min(run.opts.importance_samples, len(run.train[0])) / run.opts.batch_size) * s_per_step
+            reorder = math.ceil(min(run.opts.importance_samples, len(run.train)) / run.opts.batch_size) * s_per_step
             p = plan_training(self.left() - reserve - reorder, teacher_steps=profile_steps - step,
                               teacher_step_s=s_per_step, ofa_steps=ofa_steps, ofa_step_s=s_per_step * ratio,
                               epoch_evals=epoch_evals, epoch_eval_s=self.tokens["dev"] * self.s_per_token["teacher"] + self.setup_s(),
@@ -206,7 +201,7 @@ class CompressTimebox:
         if "teacher" not in self.s_per_token:  # a reused or resumed teacher was not priced yet
             self.price("teacher", run.scorer.teacher(teacher, version="pretrained"))
         profile_steps = max(1, int(round(run.opts.num_train_epochs
-                                         * math.ceil(len(run.train[0]) / run.opts.batch_size))))
+                                         * math.ceil(len(run.train) / run.opts.batch_size))))
 
         def plan(s_per_step: float, step: int) -> tuple[int, float]:
             reserve = self.eval_reserve_s()

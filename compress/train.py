@@ -10,49 +10,19 @@ from typing import Callable
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
 from ofaserve.compress import distributed as dist
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.compress.ofa import OfaSupernet
 from ofaserve.core.width import Width
-from ofaserve.compress.batching import batches
+from ofaserve.core.batching import batches
+from ofaserve.core.tasks import Split
 
 log = logging.getLogger("ofaserve.compress")
 
 
-# ----------------------------------------------------------------------------- evaluation
-def predict(logits_fn: Callable, texts, labels, tokenizer, batch_size: int = 64) -> np.ndarray:
-    """Logits for every sentence, in input order (length-sorted batches: less padding)."""
-    out = None
-    for ids, types, _, idx in batches(texts, labels, batch_size, length_sorted=True, tokenizer=tokenizer):
-        logits = logits_fn(ids, types)
-        if out is None:
-            out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
-        out[idx] = logits
-    return out
-
-
-def metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    pred = logits.argmax(-1)
-    average = "binary" if logits.shape[-1] == 2 else "macro"
-    return {"accuracy": float(accuracy_score(labels, pred)),
-            "f1": float(f1_score(labels, pred, average=average)), "n": int(len(labels))}
-
-
-def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray, n: int = 2000,
-                     seed: int = 0) -> dict:
-    """95% CI of accuracy(a) - accuracy(b) over the same sentences (paired resampling)."""
-    rng = np.random.default_rng(seed)
-    a = (pred_a == labels).astype(np.float64)
-    b = (pred_b == labels).astype(np.float64)
-    idx = rng.integers(0, len(labels), size=(n, len(labels)))
-    diffs = a[idx].mean(1) - b[idx].mean(1)
-    return {"diff": float(a.mean() - b.mean()), "ci95": [float(np.percentile(diffs, 2.5)),
-                                                       float(np.percentile(diffs, 97.5))]}
-
-
+# ----------------------------------------------------------------------------- logits functions
 def model_logits_fn(model) -> Callable:
     def fn(ids, types):
         with paddle.no_grad():
@@ -151,14 +121,13 @@ def _step_done(opt, sched, stats, horizon, bar, t0: float, sentences: int, step:
     bar.set_postfix(loss=f"{loss:.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
 
 
-def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
+def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
                      logging_steps: int, evaluate: Callable, progress: bool = True,
                      sizer=None) -> tuple[dict, PhaseStats]:
     """Plain fine-tuning; keeps the weights of the best dev accuracy (``evaluate(model, epoch)``
     after each epoch), unless a time budget's ``sizer`` dropped those evaluations (then the
     last weights)."""
-    texts, labels = train
-    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
     # disable=None: tqdm shows no bar when stderr is not a terminal (logs carry the progress)
     bar = tqdm(total=total, desc="teacher", unit="step", disable=not progress or None, dynamic_ncols=True)
@@ -168,8 +137,8 @@ def finetune_teacher(model, train, dev, tokenizer, *, epochs: float, batch_size:
     epoch = 0
     while step < horizon.total:
         model.train()
-        for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer,
-                                          bucket=50):
+        for ids, types, y, _ in batches(train, batch_size, shuffle=True, seed=seed + epoch, tokenizer=tokenizer,
+                                        bucket=50):
             if not dist.usable(len(y)):
                 continue
             ids, types, y = dist.shard(ids, types, y)
@@ -238,19 +207,18 @@ def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator
     return [widths[0], widths[-1], middle[int(rng.integers(len(middle)))]]
 
 
-def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float, batch_size: int, lr: float,
+def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, epochs: float, batch_size: int, lr: float,
               seed: int, lambda_hidden: float, lambda_logit: float, sampling: str, logging_steps: int,
               save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
               progress: bool = True, lambda_ce: float = 0.0, sizer=None) -> tuple[dict, PhaseStats]:
     """OFA width training: every step runs the teacher once (no grad), then each width with
     hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)
     + cross-entropy on the gold labels (x lambda_ce; 0 in the tutorial's recipe)."""
-    texts, labels = train
     n_layers = int(supernet.config["num_hidden_layers"])
     mapping = ["bert.embeddings"] + [f"bert.encoder.layers.{i}" for i in range(n_layers)]
     t_hidden, s_hidden = HiddenStates(teacher, mapping), HiddenStates(supernet.model, mapping)
     teacher.eval()
-    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
     bar = tqdm(total=total, initial=start_step, desc="ofa", unit="step", disable=not progress or None,
                dynamic_ncols=True)
@@ -265,7 +233,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train, tokenizer, *, epochs: float
         with compat.patched():
             while step < horizon.total:
                 supernet.train()
-                for ids, types, y, _ in batches(texts, labels, batch_size, shuffle=True, seed=seed + 1000 + epoch,
+                for ids, types, y, _ in batches(train, batch_size, shuffle=True, seed=seed + 1000 + epoch,
                                                 tokenizer=tokenizer, bucket=50):
                     if not dist.usable(len(y)):
                         continue

@@ -24,7 +24,7 @@ from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso, write_manifest
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.width import AUTO, Width, parse_width_choice
-from ofaserve.core.tasks import split_of
+from ofaserve.core.tasks import Split, split_of
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eval, parity_inputs, run_parity
@@ -120,7 +120,7 @@ class _Job:
     src: Any
     out: Path
     max_seq: int
-    dev: tuple
+    dev: Split
     tokenizer: Any
     tok_path: Path
     pad_id: int
@@ -162,11 +162,13 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         steps.set_postfix_str("precision variants")
         precisions: dict[str, Any] = {}
         if opts.onnx_model and opts.precisions:
-            train_texts = split_of(job.src.manifest, "train")[0] if opts.int8 else ()
+            train = split_of(job.src.manifest, "train") if opts.int8 else None
             later = job.later
-            fp32_acc = dev_m["accuracy"] if later.index is None else _accuracy(later.logits(dev_logits), later.dev[1])
-            precisions, extra = precision_variants(tmp, later.dev, job.tokenizer, later.logits(dev_logits), fp32_acc,
-                                                   train_texts=train_texts, pad_id=job.pad_id, int8=opts.int8,
+            fp32_acc = dev_m["accuracy"] if later.index is None else _accuracy(later.logits(dev_logits),
+                                                                                later.dev.labels)
+            precisions, extra = precision_variants(tmp, later.dev, job.tokenizer, job.src.spec,
+                                                   later.logits(dev_logits), fp32_acc,
+                                                   train=train, pad_id=job.pad_id, int8=opts.int8,
                                                    int8_plain=opts.int8_plain,
                                                    fp16=opts.fp16, progress=opts.progress,
                                                    test=later.same_share(load_test(job.src)))
@@ -277,7 +279,7 @@ def _accuracy(logits: np.ndarray, labels) -> float:
 def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
     """Every runtime against the supernet on real dev sentences at the model's full length."""
     max_pos = int(job.src.config["max_position_embeddings"])
-    inputs = parity_inputs(job.dev[0], load_tokenizer(job.src, max_pos)[0], job.pad_id, max_pos)
+    inputs = parity_inputs(job.dev, load_tokenizer(job.src, max_pos)[0], job.pad_id, max_pos)
     parity, table, ok = run_parity(fns, inputs, job.opts.tolerance)
     parity["ok"] = ok
     if job.not_checked:
@@ -291,7 +293,7 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     compress_acc = accuracy_table(job.src)["widths"].get(width)
     eval_name = _eval_runtime(job)
     t0 = time.perf_counter()
-    dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer)
+    dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer, job.src.spec)
     job.later = _later_dev(job, fns, time.perf_counter() - t0, parity)
     parity["dev_accuracy"] = {"runtime": eval_name, "exported": dev_m["accuracy"], "compress": compress_acc,
                               "abs_diff": abs(dev_m["accuracy"] - compress_acc), "tolerance": DEV_ACC_TOL,
@@ -300,7 +302,7 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     ok = parity["ok"]
     packed = next((n for n in ("onnx_packed", "openvino_packed") if n in fns), None)
     if packed:  # every dev batch packed differently: the packing itself is checked
-        packed_m, packed_logits = dev_eval(fns[packed], job.later.dev, job.tokenizer)
+        packed_m, packed_logits = dev_eval(fns[packed], job.later.dev, job.tokenizer, job.src.spec)
         plain = job.later.logits(dev_logits)
         diff = float(np.abs(packed_logits - plain).max())
         parity["packed_dev"] = {"max_abs_diff_vs_onnx": diff, "accuracy": packed_m["accuracy"],
@@ -331,7 +333,7 @@ def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> Later
     passes = later_passes(packed=any(n in fns for n in ("onnx_packed", "openvino_packed")), fp16=opts.fp16,
                           bf16=capabilities.current().bf16, int8=opts.int8,
                           precisions=opts.onnx_model and opts.precisions,
-                          test_ratio=len(test[0]) / max(1, len(job.dev[0])) if test else 0.0)
+                          test_ratio=len(test) / max(1, len(job.dev)) if test else 0.0)
     later = job.timebox.later_dev(job.dev, first_pass_s, passes)
     parity["budget"] = later.record
     if later.index is not None:

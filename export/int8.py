@@ -23,6 +23,9 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import sha256_file
+from ofaserve.core.batching import batches
+from ofaserve.core.tasks import Split
+from ofaserve.core.tokenizer import encode_batch
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
@@ -70,26 +73,20 @@ class _Graph:
     feeds: Feeds
 
 
-def calibration_batches(train_texts: Sequence[str], tokenizer, sentences: int = CALIBRATION_SENTENCES,
+def calibration_batches(train: Split, tokenizer, sentences: int = CALIBRATION_SENTENCES,
                         batch_size: int = CALIBRATION_BATCH, seed: int = 0) -> list[Batch]:
-    """A seeded random sample of TRAIN sentences as dynamically padded batches, in random
+    """A seeded random sample of TRAIN inputs as dynamically padded batches, in random
     order like serving traffic (never dev or test: the gate is judged on dev)."""
-    from ofaserve.core.tokenizer import encode_batch
-
-    if not train_texts:
+    if not len(train):
         raise OfaserveError("no train sentences to calibrate INT8 on: pass the task's train split")
-    pick = np.random.default_rng(seed).permutation(len(train_texts))[:sentences]
-    texts = [train_texts[i] for i in pick]
-    return [encode_batch(tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    inputs = train.inputs(np.random.default_rng(seed).permutation(len(train))[:sentences])
+    return [encode_batch(tokenizer, inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
 
 
-def dev_set(texts: Sequence[str], labels: np.ndarray, tokenizer, batch_size: int = DEV_BATCH) -> DevSet:
-    """Dev sentences in the length-sorted batches compress.train.predict evaluates."""
-    from ofaserve.compress.batching import batches
-
-    labels = np.asarray(labels)
+def dev_set(dev: Split, tokenizer, batch_size: int = DEV_BATCH) -> DevSet:
+    """Dev inputs in the length-sorted batches ``core.batching.predict`` evaluates."""
     return DevSet([(ids, types, idx) for ids, types, _, idx in
-                   batches(list(texts), labels, batch_size, length_sorted=True, tokenizer=tokenizer)], labels)
+                   batches(dev, batch_size, length_sorted=True, tokenizer=tokenizer)], np.asarray(dev.labels))
 
 
 def quantize_int8(onnx_path: str | Path, out_dir: str | Path, calibration: Sequence[Batch], validation: DevSet,

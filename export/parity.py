@@ -5,7 +5,10 @@ from typing import Any
 
 import numpy as np
 
+from ofaserve.core.batching import predict
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.metrics import score
+from ofaserve.core.tasks import Split, TaskSpec
 from ofaserve.export import artifact_logits
 
 PARITY_TOL = 1e-4
@@ -20,9 +23,12 @@ class ParityError(OfaserveError):
         self.table = table
 
 
-def parity_inputs(texts: list[str], tokenizer, pad_id: int, max_positions: int) -> dict[str, tuple]:
-    """Real dev sentences at 16 x 128 and 3 x 37 (capped at the model's positions), with padding."""
-    encs = [tokenizer.encode(t).ids for t in texts[:512]]
+def parity_inputs(dev: Split, tokenizer, pad_id: int, max_positions: int) -> dict[str, tuple]:
+    """Real dev inputs (sentences, or pairs with their segment ids) at 16 x 128 and 3 x 37
+    (capped at the model's positions), with padding."""
+    encoded = [tokenizer.encode(*x) if isinstance(x, tuple) else tokenizer.encode(x)
+               for x in dev.inputs(range(min(512, len(dev))))]
+    encs, segments = [e.ids for e in encoded], [e.type_ids for e in encoded]
     if not encs:
         raise OfaserveError("no dev sentences to check parity on")
     order = sorted(range(len(encs)), key=lambda i: len(encs[i]))
@@ -35,10 +41,11 @@ def parity_inputs(texts: list[str], tokenizer, pad_id: int, max_positions: int) 
             pick = ([order[-1 - i] for i in range(min(b // 2, len(order)))]  # the longest: late positions
                     + [i % len(encs) for i in range(b - min(b // 2, len(order)))])
         ids = np.full((b, s), pad_id, dtype=np.int64)
+        types = np.zeros_like(ids)
         for r, i in enumerate(pick):
             row = encs[i][:s]
             ids[r, : len(row)] = row
-        types = np.zeros_like(ids)
+            types[r, : len(row)] = segments[i][:s]
         out[f"{b}x{s}"] = (ids, types)
     return out
 
@@ -75,8 +82,7 @@ def run_parity(fns: dict[str, artifact_logits.LogitsFn], inputs: dict[str, tuple
     return result, table, ok
 
 
-def dev_eval(fn, dev, tokenizer) -> tuple[dict, np.ndarray]:
-    from ofaserve.compress.train import metrics, predict
-
-    logits = predict(fn, dev[0], dev[1], tokenizer)
-    return metrics(logits, dev[1]), logits
+def dev_eval(fn, dev: Split, tokenizer, spec: TaskSpec) -> tuple[dict, np.ndarray]:
+    """(the task's metrics, the outputs) of logits function ``fn`` on ``dev``."""
+    outputs = predict(fn, dev, tokenizer)
+    return score(spec, outputs, dev.labels), outputs

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ofaserve.core.tasks import Split, TaskSpec
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.export import int8 as int8_variant
 from ofaserve.export import artifact_logits
@@ -41,11 +42,12 @@ def gate() -> int8_variant.Gate:
 class _Recorder:
     """Dev metrics of one variant against the FP32 logits, with the gate's verdict."""
 
-    def __init__(self, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float):
-        self.dev, self.tokenizer, self.fp32_logits, self.fp32_acc = dev, tokenizer, fp32_logits, fp32_acc
+    def __init__(self, dev: Split, tokenizer, spec: TaskSpec, fp32_logits: np.ndarray, fp32_acc: float):
+        self.dev, self.tokenizer, self.spec = dev, tokenizer, spec
+        self.fp32_logits, self.fp32_acc = fp32_logits, fp32_acc
 
     def __call__(self, fn, **extra) -> dict[str, Any]:
-        m, logits = dev_eval(fn, self.dev, self.tokenizer)
+        m, logits = dev_eval(fn, self.dev, self.tokenizer, self.spec)
         r = {"accuracy": m["accuracy"], "f1": m["f1"], "delta_vs_fp32": m["accuracy"] - self.fp32_acc,
              "agreement_with_fp32": float(np.mean(logits.argmax(-1) == self.fp32_logits.argmax(-1))),
              "max_abs_logits_diff_vs_fp32": float(np.abs(logits - self.fp32_logits).max())}
@@ -56,14 +58,14 @@ class _Recorder:
         return r
 
 
-def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp32_acc: float, *,
-                       train_texts: Sequence[str] = (), pad_id: int = 0, int8: bool = True,
+def precision_variants(folder: Path, dev: Split, tokenizer, spec: TaskSpec, fp32_logits: np.ndarray,
+                       fp32_acc: float, *, train: Split | None = None, pad_id: int = 0, int8: bool = True,
                        int8_plain: bool = True, progress: bool = False, fp16: bool = True,
-                       test=None) -> tuple[dict, dict]:
-    """(records by variant, shipped artifacts by name) for the export in ``folder``. With
-    ``test`` (texts, labels), the test accuracy of FP32 and of every CPU variant that can
-    be served is measured once, after the gate was decided on dev."""
-    record = _Recorder(dev, tokenizer, fp32_logits, fp32_acc)
+                       test: Split | None = None) -> tuple[dict, dict]:
+    """(records by variant, shipped artifacts by name) for the export in ``folder``; INT8
+    calibrates on ``train``. With ``test``, the test accuracy of FP32 and of every CPU
+    variant that can be served is measured once, after the gate was decided on dev."""
+    record = _Recorder(dev, tokenizer, spec, fp32_logits, fp32_acc)
     results: dict[str, Any] = {"fp32": {"accuracy": fp32_acc, "runtime": "onnxruntime"}}
     artifacts: dict[str, str] = {}
     src = folder / "onnx" / "model.onnx"
@@ -71,14 +73,15 @@ def precision_variants(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, fp
                             else {"skipped": "not asked for (--no_fp16: the GPU target's variant)"})
     results["openvino_bf16"] = _bf16(src, record)
     if int8:
-        results.update(_int8(folder, dev, tokenizer, fp32_logits, train_texts, pad_id, artifacts, progress,
+        results.update(_int8(folder, dev, tokenizer, fp32_logits, train, pad_id, artifacts, progress,
                              int8_plain))
-    if test is not None and len(test[0]):
-        _test_accuracy(folder, results, artifacts, test, tokenizer, pad_id)
+    if test is not None and len(test):
+        _test_accuracy(folder, results, artifacts, test, tokenizer, spec, pad_id)
     return results, artifacts
 
 
-def _test_accuracy(folder: Path, results: dict, artifacts: dict, test, tokenizer, pad_id: int) -> None:
+def _test_accuracy(folder: Path, results: dict, artifacts: dict, test: Split, tokenizer, spec: TaskSpec,
+                   pad_id: int) -> None:
     """Test accuracy, reported once: never used to choose anything."""
     src = folder / "onnx" / "model.onnx"
     servable = {"fp32": lambda: artifact_logits.onnxruntime(src)}
@@ -90,7 +93,7 @@ def _test_accuracy(folder: Path, results: dict, artifacts: dict, test, tokenizer
                                                                    artifact_logits.threads(), pad_id=pad_id))
     fp32_test = None
     for name, make in servable.items():
-        m, _ = dev_eval(make(), test, tokenizer)
+        m, _ = dev_eval(make(), test, tokenizer, spec)
         fp32_test = m["accuracy"] if fp32_test is None else fp32_test
         results[name].update(test_accuracy=m["accuracy"], test_delta_vs_fp32=m["accuracy"] - fp32_test,
                              test_sentences=m["n"])
@@ -134,17 +137,17 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
     return record(_int64(run), runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)
 
 
-def _int8(folder: Path, dev, tokenizer, fp32_logits: np.ndarray, train_texts: Sequence[str], pad_id: int,
+def _int8(folder: Path, dev: Split, tokenizer, fp32_logits: np.ndarray, train: Split | None, pad_id: int,
           artifacts: dict, progress: bool, plain: bool = True) -> dict[str, Any]:
     """NNCF INT8 IR of the plain and packed graphs (``ofaserve.export.int8``); ``plain``
     False: of the packed graph only, where there is one."""
-    if not train_texts:
+    if not train:
         return {"openvino_int8": {"skipped": "no train sentences to calibrate on"}}
     packed = folder / "onnx" / "model_packed.onnx"
     try:
         records, shipped = int8_variant.quantize_int8(
-            folder / "onnx" / "model.onnx", folder, int8_variant.calibration_batches(train_texts, tokenizer),
-            int8_variant.dev_set(dev[0], dev[1], tokenizer), fp32_logits, pad_id=pad_id,
+            folder / "onnx" / "model.onnx", folder, int8_variant.calibration_batches(train, tokenizer),
+            int8_variant.dev_set(dev, tokenizer), fp32_logits, pad_id=pad_id,
             packed_onnx_path=packed if packed.is_file() else None, max_drop=INT8_MAX_DROP,
             min_agreement=INT8_MIN_AGREEMENT, progress=progress, plain=plain or not packed.is_file())
     except Exception as e:  # a precision option, not the contract: the export ships without it

@@ -11,7 +11,7 @@ from ofaserve.core import tokenizer
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest
 from ofaserve.core.files import sha256_file
-from ofaserve.core.tasks import split_of
+from ofaserve.core.tasks import Split, TaskSpec, spec_of, split_of
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Source:
     state: dict
     ckpt: Path
     sha256: str
+    spec: TaskSpec
 
 
 def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") -> Source:
@@ -62,7 +63,8 @@ def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") ->
     if missing or bad:
         raise OfaserveError(f"{ckpt} does not fit the manifest's model_config "
                             f"(missing {missing[:3]}, wrong shapes {bad[:3]})")
-    return Source(folder, manifest, config, {k: np.asarray(state[k]) for k in want_shapes}, ckpt, digest)
+    return Source(folder, manifest, config, {k: np.asarray(state[k]) for k in want_shapes}, ckpt, digest,
+                  spec_of(manifest))
 
 
 def build_supernet(src: Source):
@@ -77,11 +79,11 @@ def build_supernet(src: Source):
     return sn
 
 
-def load_dev(src: Source):
+def load_dev(src: Source) -> Split:
     return split_of(src.manifest)
 
 
-def load_test(src: Source):
+def load_test(src: Source) -> Split | None:
     """The task's test split, or None when it has none (a user's CSV task without one)."""
     try:
         return split_of(src.manifest, "test")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import fit_count
+from ofaserve.core.tasks import Split
 
 # Runtimes the parity check can run, besides the supernet it compares them with.
 PARITY_RUNTIMES = ("sub_model", "paddle_static", "onnx", "onnx_ort_fused", "openvino_f32", "onnx_packed",
@@ -48,20 +49,18 @@ def runtimes_to_check(available: list[str], asked: list[str] | None, eval_runtim
 @dataclass
 class LaterDev:
     """The dev sentences of the passes after the first: all of dev, or an even spread."""
-    dev: tuple
+    dev: Split
     index: np.ndarray | None  # None: the whole dev set
     record: dict[str, Any] | None
 
     def logits(self, full: np.ndarray) -> np.ndarray:
         return full if self.index is None else full[self.index]
 
-    def same_share(self, split: tuple | None) -> tuple | None:
+    def same_share(self, split: Split | None) -> Split | None:
         """Another split (the test set the variants report once) cut to the same share as dev."""
         if split is None or self.index is None:
             return split
-        texts, labels = split
-        idx = spread(len(texts), max(1, round(len(texts) * len(self.index) / self.record["dev_total"])))
-        return [texts[i] for i in idx], np.asarray(labels)[idx]
+        return split.take(spread(len(split), max(1, round(len(split) * len(self.index) / self.record["dev_total"]))))
 
 
 def spread(n_total: int, n: int) -> np.ndarray:
@@ -79,9 +78,9 @@ class ExportTimebox:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
-    def later_dev(self, dev: tuple, first_pass_s: float, passes: float) -> LaterDev:
+    def later_dev(self, dev: Split, first_pass_s: float, passes: float) -> LaterDev:
         """Size the dev subset of ``passes`` later passes from the first pass's speed."""
-        n_total = len(dev[0])
+        n_total = len(dev)
         each = first_pass_s / max(1, n_total)
         left = self.budget_s - self.elapsed()
         lo = min(MIN_DEV_SENTENCES, n_total)
@@ -97,8 +96,7 @@ class ExportTimebox:
         record["cut"] = (f"later dev passes on {len(idx)} of {n_total} sentences: {passes:g} passes at "
                          f"{each * 1000:.1f} ms/sentence in {max(0.0, left):.0f} s left"
                          + (f"; kept the minimum of {lo} sentences (the time left allowed fewer)" if at_floor else ""))
-        texts, labels = dev
-        return LaterDev(([texts[i] for i in idx], np.asarray(labels)[idx]), idx, record)
+        return LaterDev(dev.take(idx), idx, record)
 
 
 def later_passes(*, packed: bool, fp16: bool, bf16: bool, int8: bool, precisions: bool,

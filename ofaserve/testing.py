@@ -85,7 +85,8 @@ def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_rt_polarity()
-    (tr, ytr), (dv, ydv) = data.split("train"), data.split("dev")
+    train_split, dev_split = data.split("train"), data.split("dev")
+    (tr, ytr), (dv, ydv) = (train_split.texts, train_split.labels), (dev_split.texts, dev_split.labels)
     names = data.labels
     train = write_csv(folder / "train.csv", tr[:n_train], [names[i] for i in ytr[:n_train]])
     dev = write_csv(folder / "dev.csv", dv[:n_dev], [names[i] for i in ydv[:n_dev]])

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.machine import machine_info
+from ofaserve.core.tasks import Split
+from ofaserve.core.tokenizer import encode_batch
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime import capabilities as cpu, runtimes
 
@@ -74,12 +76,10 @@ def fixed_batch(vocab_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return ids, np.zeros_like(ids)
 
 
-def real_batches(texts: list[str], tokenizer, pad_id: int, count: int, seed: int = 0) -> list[tuple]:
-    """``count`` batches of 16 dev sentences, padded to each batch's longest, as clients send."""
-    from ofaserve.core.tokenizer import encode_batch
-
-    order = np.random.default_rng(seed).permutation(len(texts))
-    return [encode_batch(tokenizer, [texts[i] for i in order[(k * BATCH) % len(texts):][:BATCH]], pad_id)
+def real_batches(dev: Split, tokenizer, pad_id: int, count: int, seed: int = 0) -> list[tuple]:
+    """``count`` batches of 16 dev inputs, padded to each batch's longest, as clients send."""
+    order = np.random.default_rng(seed).permutation(len(dev))
+    return [encode_batch(tokenizer, dev.inputs(order[(k * BATCH) % len(dev):][:BATCH]), pad_id)
             for k in range(count)]
 
 
@@ -106,7 +106,7 @@ def time_interleaved(runners: dict[str, Callable], workloads: dict[str, list[tup
 
 
 def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s: float = 30.0,
-                     dev_texts: list[str] | None = None, tokenizer=None) -> dict[str, Any]:
+                     dev: Split | None = None, tokenizer=None) -> dict[str, Any]:
     """Time every candidate of one export with the serving runner; the record names the
     fastest (lowest geometric mean of the p50s over the workloads) and the whole table."""
     capabilities = list(cpu.current().openvino)
@@ -124,8 +124,8 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
     loaded = {c.precision: runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest["artifacts"][c.artifact],
                                                 c.precision, threads, pad_id=pad_id) for c in found}
     workloads = {"fixed_16x128": [fixed_batch(int(manifest["vocab_size"]))]}
-    if dev_texts and tokenizer is not None:
-        workloads["real_dev_16"] = real_batches(dev_texts, tokenizer, pad_id, count=32)
+    if dev and tokenizer is not None:
+        workloads["real_dev_16"] = real_batches(dev, tokenizer, pad_id, count=32)
     timings = time_interleaved(loaded, workloads, budget_s)
     rows = []
     for c in found:

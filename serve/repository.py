@@ -483,8 +483,8 @@ def _plan_encoder(model: str, export_dir: Path, manifest: dict, target: str, run
         if precision == "bf16" and runtime == "openvino" and target == "cpu":
             _require_capability("BF16", "bf16")
         return {"precision": precision, "artifact": encoder_artifact(manifest, target, runtime, precision)}
-    dev_texts, tokenizer = _dev_text(export_dir, manifest)
-    choice = choose_precision(export_dir, manifest, threads=threads, budget_s=budget_s, dev_texts=dev_texts,
+    dev, tokenizer = _dev_split(export_dir, manifest)
+    choice = choose_precision(export_dir, manifest, threads=threads, budget_s=budget_s, dev=dev,
                               tokenizer=tokenizer)
     print(f"{model}: precision auto on this CPU "
           f"({' '.join(choice['capabilities'])}):\n{choice_table(choice)}")
@@ -500,8 +500,8 @@ def _require_capability(capability: str, precision: str) -> None:
                             f"{here.describe()}): use --precision auto or fp32")
 
 
-def _dev_text(export_dir: Path, manifest: dict):
-    """The export's dev sentences and tokenizer, for timing real text; (None, None) when the
+def _dev_split(export_dir: Path, manifest: dict):
+    """The export's dev split and tokenizer, for timing real text; (None, None) when the
     task is a user's CSV that is not at hand here (then only the fixed shape is timed)."""
     from ofaserve.core.tasks import TASKS, load_task
     from ofaserve.core.tokenizer import load_tokenizer
@@ -510,11 +510,11 @@ def _dev_text(export_dir: Path, manifest: dict):
     if task not in TASKS:
         return None, None
     try:
-        texts, _ = load_task(task).split("dev")
+        dev = load_task(task).split("dev")
     except OfaserveError as e:  # e.g. a serving host without the task's data package
         print(f"precision auto: timing the fixed 16 x 128 batch only ({e})")
         return None, None
-    return list(texts), load_tokenizer(export_dir / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
+    return dev, load_tokenizer(export_dir / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
 
 
 def _write_fused(model_dir: Path, export_dir: Path, manifest: dict, plan: dict, max_batch_size: int, *,

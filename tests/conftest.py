@@ -68,7 +68,7 @@ def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
 @pytest.fixture
 def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     """What ``precision_variants`` takes, for a copy of the tiny export without its INT8 IRs:
-    folder, dev split, tokenizer, FP32 dev logits and accuracy (ONNX Runtime), train texts."""
+    folder, dev split, tokenizer, task, FP32 dev logits and accuracy (ONNX Runtime), train split."""
     import shutil
     from types import SimpleNamespace
 
@@ -82,9 +82,9 @@ def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     src = source.load_compress_output(tiny_compress_dir)
     dev = source.load_dev(src)
     tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
-    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok)
-    return SimpleNamespace(folder=folder, dev=dev, tokenizer=tok, fp32_logits=logits, fp32_accuracy=m["accuracy"],
-                           train=split_of(src.manifest, "train")[0])
+    m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok, src.spec)
+    return SimpleNamespace(folder=folder, dev=dev, tokenizer=tok, spec=src.spec, fp32_logits=logits,
+                           fp32_accuracy=m["accuracy"], train=split_of(src.manifest, "train"))
 
 
 @pytest.fixture(params=["avx2", "avx512_bf16_vnni", "amx"])

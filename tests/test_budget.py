@@ -216,25 +216,27 @@ def test_bench_request_count_fits_the_time_left():
 def test_export_dev_subset_is_sized_from_the_first_pass():
     from ofaserve.export import timebox
 
+    from ofaserve.core.tasks import Split
+
     texts = [f"s{i}" for i in range(1000)]
-    dev = (texts, np.arange(1000) % 2)
+    dev = Split(texts, np.arange(1000) % 2)
     box = timebox.ExportTimebox(100)
     box.t0 = time.monotonic() - 40  # 60 s left
     later = box.later_dev(dev, first_pass_s=10.0, passes=4)  # 10 ms/sentence x 4 passes: 1,500 fit
     assert later.index is None and later.record["dev_sentences"] == 1000
     box.t0 = time.monotonic() - 92  # 8 s left: 8 / (0.01 x 4) = 200, below the floor
     later = box.later_dev(dev, first_pass_s=10.0, passes=4)
-    assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev[0])
+    assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev)
     assert later.index[0] == 0 and later.index[-1] == 999 and np.all(np.diff(later.index) > 0)
-    assert later.dev[0][1] == texts[later.index[1]] and "kept the minimum of 300" in later.record["cut"]
+    assert later.dev.texts[1] == texts[later.index[1]] and "kept the minimum of 300" in later.record["cut"]
     assert later.record["at_floor"] is True
     box.t0 = time.monotonic() - 80  # 20 s left: 500 fit, above the floor: a cut, not an overrun
     above = box.later_dev(dev, first_pass_s=10.0, passes=4).record
     assert "kept the minimum" not in above["cut"] and above["at_floor"] is False
     box.t0 = time.monotonic() - 92
     assert later.logits(np.arange(1000)).tolist() == later.index.tolist()
-    test = ([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
-    assert len(later.same_share(test)[0]) == round(500 * timebox.MIN_DEV_SENTENCES / 1000)
+    test = Split([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
+    assert len(later.same_share(test)) == round(500 * timebox.MIN_DEV_SENTENCES / 1000)
     assert later.same_share(None) is None and timebox.LaterDev(dev, None, None).same_share(test) is test
     with_test = timebox.later_passes(packed=True, fp16=False, bf16=True, int8=False, precisions=True, test_ratio=0.5)
     assert with_test == 1 + 1 + 0.5 * (1 + 1)  # packed check, bf16 gate, fp32 and bf16 on half-size test

@@ -175,13 +175,13 @@ def test_precision_records_match_the_artifacts_and_gates(tiny_compress_dir, tiny
     src = source.load_compress_output(tiny_compress_dir)
     dev = source.load_dev(src)
     tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
-    fp32, fp32_logits = parity.dev_eval(onnxruntime(tiny_export_dir / arts["onnx"]), dev, tok)
+    fp32, fp32_logits = parity.dev_eval(onnxruntime(tiny_export_dir / arts["onnx"]), dev, tok, src.spec)
     assert pr["fp32"]["accuracy"] == fp32["accuracy"]
     runs = {"onnx_fp16": lambda: onnxruntime(tiny_export_dir / arts["onnx_fp16"])}
     if _openvino_bf16_capable()[0]:
         runs["openvino_bf16"] = lambda: openvino(tiny_export_dir / arts["onnx"], "bf16")
     for name, make in runs.items():
-        got, logits = parity.dev_eval(make(), dev, tok)
+        got, logits = parity.dev_eval(make(), dev, tok, src.spec)
         assert pr[name]["accuracy"] == got["accuracy"], name
         assert pr[name]["delta_vs_fp32"] == pytest.approx(got["accuracy"] - fp32["accuracy"], abs=1e-12), name
         assert pr[name]["agreement_with_fp32"] == float(np.mean(logits.argmax(-1) == fp32_logits.argmax(-1))), name
@@ -503,8 +503,8 @@ def test_int8_only_shipped_within_half_a_point(precision_inputs, monkeypatch):
     p = precision_inputs
     folder = p.folder
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", -1.0)  # no INT8 model can meet this
-    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
-                                              train_texts=p.train)
+    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.spec, p.fp32_logits, p.fp32_accuracy,
+                                              train=p.train)
     for name in ("openvino_int8", "openvino_packed_int8"):
         assert res[name]["shipped"] is False and name not in arts
         assert "accuracy drop" in res[name]["not_shipped_because"]
@@ -519,8 +519,8 @@ def test_int8_not_shipped_when_it_changes_too_many_predictions(precision_inputs,
     folder = p.folder
     monkeypatch.setattr(precisions, "INT8_MAX_DROP", 1.0)  # accuracy gate always met ...
     monkeypatch.setattr(precisions, "INT8_MIN_AGREEMENT", 1.01)  # ... agreement gate never
-    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
-                                              train_texts=p.train)
+    res, arts = precisions.precision_variants(folder, p.dev, p.tokenizer, p.spec, p.fp32_logits, p.fp32_accuracy,
+                                              train=p.train)
     for name in ("openvino_int8", "openvino_packed_int8"):
         r = res[name]
         assert r["shipped"] is False and name not in arts

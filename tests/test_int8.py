@@ -23,8 +23,8 @@ def int8_inputs(tiny_checkpoint, tiny_export_dir):
     manifest = json.loads((tiny_export_dir / "manifest.json").read_text())
     data = load_csv_task(str(train_csv), str(dev_csv))
     tokenizer = load_tokenizer(tiny_export_dir / "tokenizer" / "tokenizer.json", manifest["max_seq_length"])
-    calibration = calibration_batches(data.split("train")[0], tokenizer)
-    dev = dev_set(*data.split("dev"), tokenizer)
+    calibration = calibration_batches(data.split("train"), tokenizer)
+    dev = dev_set(data.split("dev"), tokenizer)
     fp32 = load_runner("onnxruntime", tiny_export_dir / "onnx" / "model.onnx")
     fp32_logits = np.zeros((len(dev.labels), manifest["num_labels"]), dtype=np.float32)
     for ids, types, idx in dev.batches:

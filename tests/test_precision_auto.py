@@ -139,9 +139,9 @@ def test_test_accuracy_is_reported_for_servable_variants(precision_inputs):
     from ofaserve.export import precisions
 
     p = precision_inputs
-    res, arts = precisions.precision_variants(p.folder, p.dev, p.tokenizer, p.fp32_logits, p.fp32_accuracy,
-                                              train_texts=p.train, fp16=False, test=p.dev)
-    assert res["fp32"]["test_accuracy"] == p.fp32_accuracy and res["fp32"]["test_sentences"] == len(p.dev[0])
+    res, arts = precisions.precision_variants(p.folder, p.dev, p.tokenizer, p.spec, p.fp32_logits, p.fp32_accuracy,
+                                              train=p.train, fp16=False, test=p.dev)
+    assert res["fp32"]["test_accuracy"] == p.fp32_accuracy and res["fp32"]["test_sentences"] == len(p.dev)
     for name in ("openvino_int8", "openvino_packed_int8"):
         assert ("test_accuracy" in res[name]) == (name in arts)
         if name in arts:

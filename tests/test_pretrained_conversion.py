@@ -51,7 +51,7 @@ def numpy_bert(t, ids, types, n_layers=6, n_heads=12):
 def test_converted_encoder_matches_numpy_forward():
     import paddle
 
-    texts = load_rt_polarity().split("dev")[0][:4]
+    texts = load_rt_polarity().split("dev").texts[:4]
     tok = make_tokenizer(pretrained_dir() / "vocab.txt", max_seq_length=64)
     ids, types = encode_batch(tok, texts)
     assert (ids == 0).any(), "want real padding in the batch"

@@ -52,11 +52,11 @@ def _load(compress_dir: Path):
 
 
 def _timed_passes(fn, splits: dict, tokenizer) -> tuple[float, dict]:
-    from ofaserve.compress.train import predict
+    from ofaserve.core.batching import predict
 
     t0, logits = time.perf_counter(), {}
-    for name, (texts, labels) in splits.items():
-        logits[name] = predict(fn, texts, labels, tokenizer)
+    for name, split in splits.items():
+        logits[name] = predict(fn, split, tokenizer)
     return time.perf_counter() - t0, logits
 
 
@@ -71,11 +71,11 @@ def compare(compress_dir: Path) -> dict:
     m, teacher, supernet = _load(compress_dir)
     tokenizer = load_tokenizer(compress_dir / m["tokenizer"]["tokenizer_json"], m["max_seq_length"])
     splits = {"dev": split_of(m, "dev"), "test": split_of(m, "test")}
-    probe = encode_batch(tokenizer, splits["dev"][0][:16])
+    probe = encode_batch(tokenizer, splits["dev"].texts[:16])
     models = {"teacher": (model_logits_fn(teacher), lambda s: s.teacher(teacher))}
     for w in supernet.widths:
         models[Width(w).key] = (supernet_logits_fn(supernet, w), lambda s, w=w: s.width(supernet, w))
-    _timed_passes(models["teacher"][0], {"dev": (splits["dev"][0][:64], splits["dev"][1][:64])}, tokenizer)
+    _timed_passes(models["teacher"][0], {"dev": splits["dev"].take(slice(0, 64))}, tokenizer)
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         scorer = Scorer(Path(scratch), probe)
@@ -89,8 +89,8 @@ def compare(compress_dir: Path) -> dict:
                 "dygraph_s": round(dy_s, 2), "static_setup_s": round(setup_s, 2), "static_passes_s": round(st_s, 2),
                 "speedup_incl_setup": round(dy_s / (setup_s + st_s), 2),
                 "max_abs_logits_diff": float(max(np.abs(dy_logits[s] - st_logits[s]).max() for s in splits)),
-                "accuracy": {s: {"dygraph": float((dy_logits[s].argmax(-1) == splits[s][1]).mean()),
-                                 "static": float((st_logits[s].argmax(-1) == splits[s][1]).mean())} for s in splits},
+                "accuracy": {s: {"dygraph": float((dy_logits[s].argmax(-1) == splits[s].labels).mean()),
+                                 "static": float((st_logits[s].argmax(-1) == splits[s].labels).mean())} for s in splits},
                 "predictions_differing": int(sum((dy_logits[s].argmax(-1) != st_logits[s].argmax(-1)).sum()
                                                  for s in splits))}
         record = scorer.record()
@@ -99,7 +99,7 @@ def compare(compress_dir: Path) -> dict:
     total_st = sum(r["static_setup_s"] + r["static_passes_s"] for r in rows.values())
     return {"what": "scoring the results table (teacher + every width, dev and test): paddle dygraph vs "
                     "the scorer's Paddle Inference path, same process, interleaved per model",
-            "compress_dir": str(compress_dir), "sentences": {s: len(v[0]) for s, v in splits.items()},
+            "compress_dir": str(compress_dir), "sentences": {s: len(v) for s, v in splits.items()},
             "models": rows, "total_s": {"dygraph": round(total_dy, 1), "static_incl_setup": round(total_st, 1)},
             "scorer": record, "machine": machine_info()}
 
@@ -117,7 +117,9 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
     from ofaserve.compress.bert import load_pretrained_classifier, resolve_model_path
     from ofaserve.compress.evaluation import Scorer
     from ofaserve.compress.options import PROFILES, CompressOptions
-    from ofaserve.compress.train import finetune_teacher, metrics, predict
+    from ofaserve.compress.train import finetune_teacher
+    from ofaserve.core.batching import predict
+    from ofaserve.core.metrics import score
     from ofaserve.core.machine import machine_info
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import encode_batch, make_tokenizer
@@ -125,30 +127,29 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
     quick = PROFILES["quick"]
     model_dir = resolve_model_path("minilm-l6")
     data = load_task("rt-polarity")
-    texts, labels = data.split("train")
-    train = (texts[: quick["max_train_samples"]], labels[: quick["max_train_samples"]])
+    train = data.split("train").take(slice(0, quick["max_train_samples"]))
     dev = data.split("dev")
     tokenizer = make_tokenizer(model_dir / "vocab.txt", lowercase=True, max_seq_length=quick["max_seq_length"])
     batch = CompressOptions.batch_size  # the batch compress trains with
-    steps_per_epoch = -(-len(train[0]) // batch)
+    steps_per_epoch = -(-len(train) // batch)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        scorer = Scorer(Path(scratch), encode_batch(tokenizer, dev[0][:16]))
+        scorer = Scorer(Path(scratch), encode_batch(tokenizer, dev.texts[:16]))
         for i, (lr, steps) in enumerate(runs):
             model, _ = load_pretrained_classifier(str(model_dir), len(data.labels), seed=seed)
             info, stats = finetune_teacher(model, train, dev, tokenizer, epochs=steps / steps_per_epoch,
                                            batch_size=batch, lr=lr, seed=seed, logging_steps=0, evaluate=None,
                                            progress=False, sizer=_FixedSteps())
-            dev_metrics = metrics(predict(scorer.teacher(model, version=i), *dev, tokenizer), dev[1])
+            dev_metrics = score(data.spec, predict(scorer.teacher(model, version=i), dev, tokenizer), dev.labels)
             rows.append({"learning_rate": lr, "steps": info["steps"], "train_s": round(stats.seconds, 1),
                          "dev_accuracy": round(dev_metrics["accuracy"], 4), "dev_f1": round(dev_metrics["f1"], 4)})
             print(f"lr {lr:g}, {info['steps']} steps ({stats.seconds:.0f} s): dev accuracy "
                   f"{dev_metrics['accuracy']:.4f}", flush=True)
         scorer.close()
-    majority = float(max(np.mean(dev[1]), 1 - np.mean(dev[1])))
+    majority = float(max(np.mean(dev.labels), 1 - np.mean(dev.labels)))
     return {"what": f"teacher fine-tune of the quick profile (2,000 train sentences, batch {batch}, AdamW with linear "
                     "warm-up 10% and decay over the run's steps, last weights) at each learning rate and step count",
-            "model": "minilm-l6", "task": data.name, "dev_sentences": len(dev[0]), "dev_majority_class": majority,
+            "model": "minilm-l6", "task": data.name, "dev_sentences": len(dev), "dev_majority_class": majority,
             "runs": rows, "machine": machine_info()}
 
 

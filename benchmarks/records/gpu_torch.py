@@ -181,7 +181,8 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
         if m["max_seq_length"] != first["max_seq_length"]:
             raise OfaserveError("the exports truncate differently (max_seq_length); re-export one of them")
     # the dev split the compress stage evaluated on, read from its manifest (csv tasks too)
-    texts, labels = split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
+    dev = split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
+    texts, labels = dev.texts, dev.labels
     tok = load_tokenizer(Path(export_dirs[0]) / first["artifacts"]["tokenizer"], first["max_seq_length"])
     pad = first["pad_token_id"]
     # every dev sentence, in the benchmark's seeded batches (the last partial batch too)

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from ofaserve.serve.server import TritonServer, free_port
 
     manifest = read_manifest(args.export_dir, stage="export")
-    texts, labels = load_task(manifest["source"]["task"]).split("dev")
+    dev = load_task(manifest["source"]["task"]).split("dev")
+    texts, labels = dev.texts, dev.labels
     tok = load_tokenizer(Path(args.export_dir) / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
     session = ort.InferenceSession(f"{args.export_dir}/{manifest['artifacts']['onnx']}",
                                    providers=["CPUExecutionProvider"])

@@ -27,7 +27,7 @@ def to_markdown(r: dict[str, Any]) -> str:
                   f"{mem['rss_max_mib']:.1f}, end {mem['rss_end_mib']:.1f}; growth after warm-up "
                   f"{mem['growth_after_warmup_mib']:+.1f} MiB; slope {_fmt(mem['slope_mib_per_1000_requests'])} "
                   f"MiB / 1,000 requests",
-                  f"- per process at the end (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem['per_process_end_mib'].items()),
+                  "- per process at the end (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem['per_process_end_mib'].items()),
                   f"- /dev/shm of the stubs: {mem['shm_bytes_start'] / MIB:.1f} MiB at start, max "
                   f"{mem['shm_bytes_max'] / MIB:.1f}, end {mem['shm_bytes_end'] / MIB:.1f}",
                   f"- checks (RSS growth bound {L['bounds']['rss_growth_after_warmup_mib']:.0f} MiB): "

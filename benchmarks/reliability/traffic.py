@@ -47,7 +47,7 @@ def answers(url: str, model: str, batches: list[list[str]], timeout: float = 30)
 def dev_sentences(limit: int = 512) -> list[str]:
     """Real sentences (rt-polarity dev split, bundled with the project)."""
     from ofaserve.core.tasks import load_rt_polarity
-    texts, _ = load_rt_polarity().split("dev")
+    texts = load_rt_polarity().split("dev").texts
     return list(texts)[:limit]
 
 

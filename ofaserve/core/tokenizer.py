@@ -27,8 +27,9 @@ def make_tokenizer(vocab_file: str | Path, lowercase: bool = True, max_seq_lengt
     return tok
 
 
-def encode_batch(tokenizer, texts: list[str], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and segment ids padded to the longest sentence of this batch."""
+def encode_batch(tokenizer, texts: list[str] | list[tuple[str, str]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and segment ids padded to the longest input of this batch; ``texts`` are
+    sentences, or (text, text_pair) tuples encoded as [CLS] a [SEP] b [SEP] with segment ids."""
     encs = tokenizer.encode_batch(list(texts))
     width = max(len(e.ids) for e in encs)
     ids = np.full((len(encs), width), pad_id, dtype=np.int64)

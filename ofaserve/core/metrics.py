@@ -1,0 +1,89 @@
+"""A task's metrics, from the model's outputs: the GLUE set, computed by scikit-learn and scipy.
+
+``score(spec, outputs, labels)`` gives every metric a task reports (``TaskSpec.metrics``;
+the first is its main metric) plus ``n``. ``outputs`` are what the model returns: logits
+[n, classes] for classification, scores [n, 1] (or [n]) for regression.
+``paired_bootstrap`` is the interval of a difference in the main metric between two
+models scored on the same inputs (resampling the inputs, both models together).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from ofaserve.core.errors import OfaserveError
+from ofaserve.core.tasks import TaskSpec, TaskType
+
+BOOTSTRAP_SAMPLES = 2000
+_CHUNK = 100  # bootstrap index rows drawn at a time
+
+
+def predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
+    """Class ids (argmax of the logits) or scores (the one output) per input."""
+    outputs = np.asarray(outputs)
+    if spec.type == TaskType.REGRESSION:
+        return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64)
+    return outputs.argmax(-1)
+
+
+def _f1(labels, pred, classes: int) -> float:
+    """F1 of class 1 for two classes (MRPC, QQP: 'duplicate'), else the macro average."""
+    return float(f1_score(labels, pred, average="binary" if classes == 2 else "macro"))
+
+
+def _correlation(fn) -> Callable[[np.ndarray, np.ndarray, int], float]:
+    def metric(labels, pred, classes: int) -> float:
+        if np.std(pred) == 0 or np.std(labels) == 0:
+            return 0.0  # a constant answer correlates with nothing (scipy warns and gives nan)
+        return float(fn(labels, pred)[0])
+    return metric
+
+
+# metric name -> fn(labels, predictions of ``predictions``, number of classes)
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
+    "accuracy": lambda y, p, classes: float(accuracy_score(y, p)),
+    "f1": _f1,
+    "matthews": lambda y, p, classes: float(matthews_corrcoef(y, p)),
+    "pearson": _correlation(stats.pearsonr),
+    "spearman": _correlation(stats.spearmanr),
+}
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+def check_metrics(spec: TaskSpec) -> None:
+    allowed = CLASSIFICATION_METRICS if spec.type == TaskType.CLASSIFICATION else REGRESSION_METRICS
+    bad = [m for m in spec.metrics if m not in allowed]
+    if bad or not spec.metrics:
+        raise OfaserveError(f"task {spec.name} ({spec.type}): metrics must be among {', '.join(allowed)}, "
+                            f"got {list(spec.metrics)}")
+
+
+def score(spec: TaskSpec, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """Every metric ``spec`` reports, and ``n`` (the number of inputs scored)."""
+    labels = np.asarray(labels)
+    pred = predictions(spec, outputs)
+    if len(pred) != len(labels):
+        raise OfaserveError(f"{len(pred)} outputs for {len(labels)} labels")
+    return {**{m: METRICS[m](labels, pred, len(spec.labels)) for m in spec.metrics}, "n": int(len(labels))}
+
+
+def paired_bootstrap(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarray, labels: np.ndarray,
+                     n: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, float | list[float] | str]:
+    """95% percentile interval of main_metric(a) - main_metric(b) over the same inputs:
+    each resample draws inputs with replacement and scores both models on them."""
+    metric, classes = METRICS[spec.main_metric], len(spec.labels)
+    labels = np.asarray(labels)
+    pa, pb = predictions(spec, outputs_a), predictions(spec, outputs_b)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for start in range(0, n, _CHUNK):  # the index rows in chunks: one stream, bounded memory
+        for idx in rng.integers(0, len(labels), size=(min(_CHUNK, n - start), len(labels))):
+            y = labels[idx]
+            diffs.append(metric(y, pa[idx], classes) - metric(y, pb[idx], classes))
+    return {"metric": spec.main_metric, "diff": metric(labels, pa, classes) - metric(labels, pb, classes),
+            "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+
