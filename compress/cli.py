@@ -36,10 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="`minilm-l6` (bundled offline all-MiniLM-L6-v2 weights) or a folder with "
                         "model.safetensors + vocab.txt (+ config.json)")
     p.add_argument("--task_name", default="rt-polarity",
-                   help="registered task (rt-polarity: Rotten Tomatoes fresh/rotten sentences, split by movie)")
-    p.add_argument("--train_file", help="your own CSV/TSV with columns text,label (instead of --task_name)")
-    p.add_argument("--dev_file", help="dev CSV/TSV (text,label), with --train_file")
-    p.add_argument("--test_file", help="optional test CSV/TSV (text,label)")
+                   help="rt-polarity (bundled offline: Rotten Tomatoes fresh/rotten sentences, split by movie), or a "
+                        "GLUE task with --data_dir: cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte (case-insensitive; "
+                        "their metrics: cola Matthews corr., mrpc F1 then accuracy, sts-b Pearson then Spearman, "
+                        "qqp accuracy then F1, the others accuracy; mnli on dev_matched and dev_mismatched)")
+    p.add_argument("--data_dir", default=None,
+                   help="with a GLUE --task_name: the folder holding GLUE's own train.tsv and dev.tsv "
+                        "(mnli: dev_matched.tsv, dev_mismatched.tsv), in GLUE's column layout")
+    p.add_argument("--train_file", help="your own CSV/TSV (instead of --task_name) with columns text, label and, "
+                                        "for sentence pairs, text_pair")
+    p.add_argument("--dev_file", help="dev CSV/TSV with the train file's columns, with --train_file")
+    p.add_argument("--test_file", help="optional test CSV/TSV with the train file's columns")
+    p.add_argument("--task_type", choices=["classification", "regression"], default=None,
+                   help="with --train_file: classification (label = a class name; accuracy and F1) or regression "
+                        "(label = a score; Pearson and Spearman) [default: classification]")
     p.add_argument("--output_dir", required=True, help="where the compress output goes (created atomically)")
     p.add_argument("--width_mult_list", type=_width, nargs="+", default=DEFAULT_WIDTHS,
                    help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
@@ -101,7 +111,8 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
               for k in defaults}
     return CompressOptions(
         output_dir=args.output_dir, model_type=args.model_type, model_name_or_path=args.model_name_or_path,
-        task_name=args.task_name, train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file,
+        task_name=args.task_name, data_dir=args.data_dir, task_type=args.task_type, train_file=args.train_file,
+        dev_file=args.dev_file, test_file=args.test_file,
         width_mult_list=args.width_mult_list, batch_size=args.batch_size, lambda_hidden=args.lambda_hidden,
         lambda_logit=args.lambda_logit,
         sampling=args.sampling, logging_steps=args.logging_steps,
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                "; rerun with --resume to continue")
     if code:
         return code
-    print(f"\nAccuracy per width ({manifest['task']}), compress output: {args.output_dir}\n")
+    print(f"\nMetrics per width ({manifest['task']}), compress output: {args.output_dir}\n")
     print(results_table(manifest))
     if warning := learning_warning(manifest):
         print(warning)

@@ -138,8 +138,9 @@ class OfaSupernet:
         return cfg, sliced
 
     # -- importance reordering ------------------------------------------------------------
-    def reorder_by_importance(self, batches: Iterable[tuple]) -> dict[str, list]:
-        """Sort heads and FFN neurons of every layer by importance (PaddleNLP's scores).
+    def reorder_by_importance(self, batches: Iterable[tuple], loss_fct=None) -> dict[str, list]:
+        """Sort heads and FFN neurons of every layer by importance (PaddleNLP's scores: the
+        gradient of ``loss_fct(outputs, labels)``, the task's loss; default cross-entropy).
 
         Scored one batch at a time with gradients cleared in between: PaddleSlim's
         loop never clears them, so later batches would add running sums.
@@ -154,7 +155,8 @@ class OfaSupernet:
         with compat.patched():
             for ids, types, labels in batches:
                 batch = [paddle.to_tensor(ids), paddle.to_tensor(types), paddle.to_tensor(labels)]
-                h, n = compute_neuron_head_importance(self.model, [batch], num_layers=n_layers, num_heads=n_heads)
+                h, n = compute_neuron_head_importance(self.model, [batch], num_layers=n_layers, num_heads=n_heads,
+                                                      **({"loss_fct": loss_fct} if loss_fct else {}))
                 self.model.clear_gradients()
                 heads = h if heads is None else heads + h
                 neurons = n if neurons is None else [a + b for a, b in zip(neurons, n)]

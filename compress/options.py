@@ -28,6 +28,8 @@ class CompressOptions:
     model_type: str = "bert"
     model_name_or_path: str = "minilm-l6"
     task_name: str = "rt-polarity"
+    data_dir: str | None = None  # GLUE's files for a GLUE --task_name
+    task_type: str | None = None  # classification | regression, for --train_file tasks
     train_file: str | None = None
     dev_file: str | None = None
     test_file: str | None = None

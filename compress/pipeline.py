@@ -31,7 +31,7 @@ from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
 from ofaserve.core.batching import batches, predict
 from ofaserve.core.metrics import paired_bootstrap, score
-from ofaserve.core.tasks import Split, TaskData
+from ofaserve.core.tasks import Split, TaskData, TaskType, task_name_of
 from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
@@ -46,9 +46,10 @@ def _reusable_teacher(opts: CompressOptions) -> dict:
         raise OfaserveError(f"--teacher_dir {folder}: {ckpt} is missing; re-run the compress stage that made it")
     theirs = manifest["options"]
     same = [("model_name_or_path", manifest["source"]["model"], str(opts.model_name_or_path)),
-            ("train_file", theirs.get("train_file"), opts.train_file)]
-    if not opts.train_file:  # a registered task: its name says which data
-        same.append(("task_name", manifest.get("task"), opts.task_name))
+            ("train_file", theirs.get("train_file"), opts.train_file),
+            ("data_dir", theirs.get("data_dir"), opts.data_dir), ("task_type", theirs.get("task_type"), opts.task_type)]
+    if not opts.train_file:  # a registered or GLUE task: its name says which data
+        same.append(("task_name", manifest.get("task"), task_name_of(opts.task_name)))
     differ = [f"{k} {a!r} vs {b!r}" for k, a, b in same if a != b]
     if differ:
         raise OfaserveError(f"--teacher_dir {folder} was trained on other inputs ({'; '.join(differ)}, theirs vs "
@@ -127,6 +128,18 @@ class _Run:
         split = split or self.dev
         return score(self.data.spec, predict(fn, split, self.tokenizer), split.labels)
 
+    @property
+    def report_split(self) -> str:
+        """Where each width is compared with the teacher (paired bootstrap): test when the
+        task has one (never used to choose anything), else dev (GLUE's test has no labels)."""
+        return "test" if self.test else "dev"
+
+    def final_splits(self) -> dict[str, Split]:
+        """What the final evaluation scores: the report split and the task's other labelled
+        evaluation splits (MNLI's dev_mismatched); dev itself comes from the kept checkpoint."""
+        extra = {n: s for n, s in self.data.splits.items() if n not in ("train", "dev", "test")}
+        return {self.report_split: self.test or self.dev, **extra}
+
 
 def compress_model(opts: CompressOptions) -> dict:
     """Run the whole compress stage; returns the manifest written to ``opts.output_dir``."""
@@ -174,12 +187,13 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     if not main:
         opts.progress = False  # one progress bar, from rank 0
     model_dir = resolve_model_path(opts.model_name_or_path)
-    data = load_task(opts.task_name, opts.train_file, opts.dev_file, opts.test_file)
+    data = load_task(opts.task_name, opts.train_file, opts.dev_file, opts.test_file, data_dir=opts.data_dir,
+                     task_type=opts.task_type)
     for split in ("train", "dev"):
         if len(set(data.split(split).labels.tolist())) < 2:
             raise OfaserveError(f"the {split} split of {data.name} has only one class: nothing to learn/evaluate")
     # read the checkpoint before anything is written: a corrupt one fails cleanly
-    teacher, config = load_pretrained_classifier(str(model_dir), len(data.labels), seed=opts.seed)
+    teacher, config = load_pretrained_classifier(str(model_dir), data.spec.num_outputs, seed=opts.seed)
     partial = out.with_name(out.name + ".partial")
     if main and partial.exists() and not opts.resume:
         log.info("removing stale work folder %s (pass --resume to continue it)", partial)
@@ -237,7 +251,7 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
     t0 = time.time()
     sizer = run.timebox.teacher_sizer(teacher) if run.timebox is not None else None
     info, stats = finetune_teacher(
-        teacher, run.train, run.dev, run.tokenizer, epochs=opts.num_teacher_epochs,
+        teacher, run.train, run.dev, run.tokenizer, spec=run.data.spec, epochs=opts.num_teacher_epochs,
         batch_size=opts.batch_size, lr=opts.teacher_learning_rate, seed=opts.seed,
         logging_steps=opts.logging_steps, progress=opts.progress, sizer=sizer,
         evaluate=lambda model, epoch: run.evaluate(run.scorer.teacher(model, version=("epoch", epoch))))
@@ -255,7 +269,7 @@ def _supernet_phase(run: _Run, teacher):
     from ofaserve.compress.bert import load_pretrained_classifier
     from ofaserve.compress.ofa import OfaSupernet
 
-    student, _ = load_pretrained_classifier(str(run.model_dir), len(run.data.labels), seed=run.opts.seed)
+    student, _ = load_pretrained_classifier(str(run.model_dir), run.data.spec.num_outputs, seed=run.opts.seed)
     student.set_state_dict(teacher.state_dict())
     supernet = OfaSupernet(student, run.widths)
     last = run.partial / "ofa" / "last.pdparams"
@@ -280,7 +294,10 @@ def _reorder(run: _Run, supernet) -> dict:
     imp_batches = [(i, t, y) for i, t, y, _ in batches(run.train.take(slice(0, n_imp)), run.opts.batch_size,
                                                        tokenizer=run.tokenizer)]
     full_before = supernet.logits_numpy(*imp_batches[0][:2], 1.0)
-    importance = supernet.reorder_by_importance(imp_batches)
+    from ofaserve.compress.train import gold_loss
+
+    spec = run.data.spec
+    importance = supernet.reorder_by_importance(imp_batches, loss_fct=lambda out, y: gold_loss(spec, out, y))
     full_after = supernet.logits_numpy(*imp_batches[0][:2], 1.0)
     importance["full_width_logits_max_abs_diff_after_reorder"] = float(np.abs(full_before - full_after).max())
     importance["sentences"] = n_imp
@@ -295,7 +312,7 @@ def _reorder(run: _Run, supernet) -> dict:
 
 class _CheckpointKeeper:
     """Evaluates every width on dev at each save and keeps the best checkpoint by the
-    pre-set rule (``--select_width``'s accuracy, else the mean over widths)."""
+    pre-set rule: the task's main metric at ``--select_width``, else its mean over widths."""
 
     def __init__(self, run: _Run, supernet, history: list[dict]):
         self.run, self.supernet, self.history = run, supernet, history
@@ -306,13 +323,14 @@ class _CheckpointKeeper:
         run = self.run
         self.supernet.eval()
         dev_res = {Width(w).key: run.evaluate(run.scorer.width(self.supernet, w, version=step)) for w in run.widths}
-        score = (dev_res[run.select_key]["accuracy"] if run.select_key is not None
-                 else float(np.mean([r["accuracy"] for r in dev_res.values()])))
-        entry = {"step": step, "dev": dev_res, "score": score}
+        metric = run.data.spec.main_metric
+        value = (dev_res[run.select_key][metric] if run.select_key is not None
+                 else float(np.mean([r[metric] for r in dev_res.values()])))
+        entry = {"step": step, "dev": dev_res, "score": value}
         self.history.append(entry)
-        log.info("step %d dev accuracy %s", step, {k: round(v["accuracy"], 4) for k, v in dev_res.items()})
+        log.info("step %d dev %s %s", step, metric, {k: round(v[metric], 4) for k, v in dev_res.items()})
         weights = self.supernet.plain_state_dict()
-        if score > self.best["score"]:
+        if "step" not in self.best or value > self.best["score"]:
             self.best, self.best_weights = entry, weights
             if run.main:
                 _save_params(weights, run.partial / "ofa" / "best.pdparams")
@@ -335,7 +353,7 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
     sizer = (run.timebox.ofa_sizer(supernet, teacher, resume["start_step"]) if run.timebox is not None
              else None)
     info, stats = train_ofa(
-        supernet, teacher, run.train, run.tokenizer, epochs=opts.num_train_epochs,
+        supernet, teacher, run.train, run.tokenizer, spec=run.data.spec, epochs=opts.num_train_epochs,
         batch_size=opts.batch_size, lr=opts.learning_rate, seed=opts.seed, lambda_hidden=opts.lambda_hidden,
         lambda_logit=opts.lambda_logit, lambda_ce=opts.lambda_ce, sampling=opts.sampling,
         logging_steps=opts.logging_steps, save_steps=opts.save_steps, on_save=keeper.on_save,
@@ -349,25 +367,34 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
 
 def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
     """Dev figures of every width come from the evaluation of the kept checkpoint (same
-    weights); the test split is evaluated once here, with a paired bootstrap vs the teacher."""
-    spec, test = run.data.spec, run.test
+    weights); the report split (test, else dev) and the other evaluation splits are scored
+    here, each width with a paired bootstrap of the main metric against the teacher on the
+    report split."""
+    spec, report = run.data.spec, run.report_split
     teacher_fn = run.scorer.teacher(teacher, version="final")
-    results: dict[str, Any] = {"teacher": {"dev": run.evaluate(teacher_fn)}, "widths": {}}
-    teacher_test = None
-    if test:
-        teacher_test = predict(teacher_fn, test, run.tokenizer)
-        results["teacher"]["test"] = score(spec, teacher_test, test.labels)
+    results: dict[str, Any] = {"metric": spec.main_metric, "report_split": report,
+                               "teacher": {"dev": run.evaluate(teacher_fn)}, "widths": {}}
+    teacher_out = {}
+    for name, split in run.final_splits().items():
+        teacher_out[name] = predict(teacher_fn, split, run.tokenizer)
+        results["teacher"][name] = score(spec, teacher_out[name], split.labels)
     for w in run.widths:
         r = {"dev": best["dev"][Width(w).key]}
-        if test:
-            logits = predict(run.scorer.width(supernet, w, version=best["step"]), test, run.tokenizer)
-            r["test"] = score(spec, logits, test.labels)
-            r["test"]["vs_teacher"] = paired_bootstrap(spec, logits, teacher_test, test.labels)
+        for name, split in run.final_splits().items():
+            outputs = predict(run.scorer.width(supernet, w, version=best["step"]), split, run.tokenizer)
+            r[name] = score(spec, outputs, split.labels)
+            if name == report:
+                r[name]["vs_teacher"] = paired_bootstrap(spec, outputs, teacher_out[name], split.labels)
         results["widths"][Width(w).key] = r
-    splits = {"dev": run.dev, **({"test": test} if test else {})}
-    results["majority_class"] = {n: float(max(np.mean(s.labels), 1 - np.mean(s.labels))) if len(run.data.labels) == 2
-                                 else None for n, s in splits.items()}
+    splits = {"dev": run.dev, **run.final_splits()}
+    results["majority_class"] = {n: _majority_share(s.labels) if spec.type == TaskType.CLASSIFICATION else None
+                                 for n, s in splits.items()}
     return results
+
+
+def _majority_share(labels: np.ndarray) -> float:
+    """The accuracy of always answering the most frequent class."""
+    return float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / max(1, len(labels)))
 
 
 def _write_output(run: _Run, config: dict, importance: dict, phases: dict, results: dict) -> dict:

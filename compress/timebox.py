@@ -115,10 +115,14 @@ class CompressTimebox:
 
     def attach(self, run) -> None:
         self.run = run
-        for name, split in (("dev", run.dev), ("test", run.test)):
-            if split:  # padded tokens of an evaluation pass, batched exactly as predict() batches
-                self.tokens[name] = sum(ids.size for ids, *_ in batches(split, 64, length_sorted=True,
-                                                                        tokenizer=run.tokenizer))
+        # padded tokens of the evaluation passes, batched exactly as predict() batches: dev at
+        # every checkpoint save, then the report split and any other evaluation split at the end
+        def tokens(split) -> int:
+            return sum(ids.size for ids, *_ in batches(split, 64, length_sorted=True, tokenizer=run.tokenizer))
+
+        self.tokens["dev"] = tokens(run.dev)
+        for name, split in run.final_splits().items():
+            self.tokens[f"final {name}"] = tokens(split)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -138,7 +142,8 @@ class CompressTimebox:
 
     def eval_reserve_s(self) -> float:
         """Seconds of the evaluations the results table needs: teacher and every width on
-        dev and test, each model first written and loaded as a static model by the scorer.
+        dev and the final splits (``_Run.final_splits``), each model first written and loaded as
+        a static model by the scorer.
         Widths cost the teacher's price scaled by the width (their matmuls shrink with it)."""
         teacher = self.s_per_token["teacher"]
         pass_tokens = sum(self.tokens.values())

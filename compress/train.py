@@ -17,7 +17,7 @@ from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.compress.ofa import OfaSupernet
 from ofaserve.core.width import Width
 from ofaserve.core.batching import batches
-from ofaserve.core.tasks import Split
+from ofaserve.core.tasks import Split, TaskSpec, TaskType
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -107,6 +107,33 @@ class Horizon:
                 self.bar.refresh()
 
 
+# ----------------------------------------------------------------------------- losses
+def gold_loss(spec: TaskSpec, outputs, labels):
+    """The loss against the gold labels (numpy or a tensor): cross-entropy over the classes,
+    or the squared error of the score (a one-output head, as PaddleNLP and Hugging Face
+    train STS-B)."""
+    regression = spec.type == TaskType.REGRESSION
+    if isinstance(labels, paddle.Tensor):
+        labels = labels.astype("float32" if regression else "int64")
+    else:
+        labels = paddle.to_tensor(np.asarray(labels, dtype=np.float32 if regression else np.int64))
+    if regression:
+        return F.mse_loss(outputs.reshape([-1]), labels.reshape([-1]))
+    return F.cross_entropy(outputs, labels)
+
+
+def soft_cross_entropy(logits, teacher_logits):
+    return -(F.softmax(teacher_logits, axis=-1) * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
+
+
+def distillation_loss(spec: TaskSpec, outputs, teacher_outputs):
+    """The student's outputs against the teacher's: soft cross-entropy on the class
+    distribution (the tutorial's), or the squared error of the score."""
+    if spec.type == TaskType.REGRESSION:
+        return F.mse_loss(outputs, teacher_outputs)
+    return soft_cross_entropy(outputs, teacher_outputs)
+
+
 # ----------------------------------------------------------------------------- teacher
 def _step_done(opt, sched, stats, horizon, bar, t0: float, sentences: int, step: int, loss: float) -> None:
     """The optimizer step and the bookkeeping every training step shares (teacher and OFA)."""
@@ -121,12 +148,12 @@ def _step_done(opt, sched, stats, horizon, bar, t0: float, sentences: int, step:
     bar.set_postfix(loss=f"{loss:.3f}", sent_s=f"{stats.sentences / stats.seconds:.1f}")
 
 
-def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, epochs: float, batch_size: int, lr: float, seed: int,
-                     logging_steps: int, evaluate: Callable, progress: bool = True,
+def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, spec: TaskSpec, epochs: float, batch_size: int,
+                     lr: float, seed: int, logging_steps: int, evaluate: Callable, progress: bool = True,
                      sizer=None) -> tuple[dict, PhaseStats]:
-    """Plain fine-tuning; keeps the weights of the best dev accuracy (``evaluate(model, epoch)``
-    after each epoch), unless a time budget's ``sizer`` dropped those evaluations (then the
-    last weights)."""
+    """Plain fine-tuning on the gold labels (``gold_loss``); keeps the weights of the best
+    dev score in the task's main metric (``evaluate(model, epoch)`` after each epoch), unless
+    a time budget's ``sizer`` dropped those evaluations (then the last weights)."""
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
     # disable=None: tqdm shows no bar when stderr is not a terminal (logs carry the progress)
@@ -144,7 +171,7 @@ def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, epochs: floa
             ids, types, y = dist.shard(ids, types, y)
             t0 = time.perf_counter()
             logits = model(paddle.to_tensor(ids), paddle.to_tensor(types))
-            loss = F.cross_entropy(logits, paddle.to_tensor(y))
+            loss = gold_loss(spec, logits, y)
             loss.backward()
             dist.sync_gradients(model.parameters())
             step += 1
@@ -158,16 +185,16 @@ def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, epochs: floa
         if sizer is not None and not sizer.epoch_selection:
             continue  # the budget dropped the per-epoch dev evaluations
         model.eval()
-        acc = evaluate(model, epoch)["accuracy"]
-        log.info("teacher epoch %d: dev accuracy %.4f", epoch, acc)
-        if acc > best:
-            best, best_state = acc, {k: v.numpy().copy() for k, v in model.state_dict().items()}
+        value = evaluate(model, epoch)[spec.main_metric]
+        log.info("teacher epoch %d: dev %s %.4f", epoch, spec.main_metric, value)
+        if best_state is None or value > best:
+            best, best_state = value, {k: v.numpy().copy() for k, v in model.state_dict().items()}
     bar.close()
     selected = sizer is None or sizer.epoch_selection
     if selected:
         model.set_state_dict(best_state)
     model.eval()
-    return {"best_dev_accuracy": best if selected else None, "epochs": epochs if sizer is None
+    return {"best_dev": {spec.main_metric: best} if selected else None, "epochs": epochs if sizer is None
             else round(horizon.total / steps_per_epoch, 3), "steps": horizon.total}, stats
 
 
@@ -194,10 +221,6 @@ class HiddenStates:
             h.remove()
 
 
-def soft_cross_entropy(logits, teacher_logits):
-    return -(F.softmax(teacher_logits, axis=-1) * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
-
-
 def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator) -> list[float]:
     """``all``: every width each step (the tutorial). ``sandwich``: largest, smallest and one
     random middle width (the sandwich rule: same extremes, ~25% fewer passes with 4 widths)."""
@@ -207,13 +230,15 @@ def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator
     return [widths[0], widths[-1], middle[int(rng.integers(len(middle)))]]
 
 
-def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, epochs: float, batch_size: int, lr: float,
-              seed: int, lambda_hidden: float, lambda_logit: float, sampling: str, logging_steps: int,
+def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: TaskSpec, epochs: float,
+              batch_size: int, lr: float, seed: int, lambda_hidden: float, lambda_logit: float, sampling: str,
+              logging_steps: int,
               save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
               progress: bool = True, lambda_ce: float = 0.0, sizer=None) -> tuple[dict, PhaseStats]:
     """OFA width training: every step runs the teacher once (no grad), then each width with
-    hidden-state MSE (x lambda_hidden) + soft cross-entropy on logits (x lambda_logit)
-    + cross-entropy on the gold labels (x lambda_ce; 0 in the tutorial's recipe)."""
+    hidden-state MSE (x lambda_hidden) + the distillation loss on the outputs (x lambda_logit;
+    ``distillation_loss``) + the loss on the gold labels (x lambda_ce; 0 in the tutorial's
+    recipe; ``gold_loss``)."""
     n_layers = int(supernet.config["num_hidden_layers"])
     mapping = ["bert.embeddings"] + [f"bert.encoder.layers.{i}" for i in range(n_layers)]
     t_hidden, s_hidden = HiddenStates(teacher, mapping), HiddenStates(supernet.model, mapping)
@@ -244,7 +269,6 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, epochs
                     ids, types, y = dist.shard(ids, types, y)
                     t0 = time.perf_counter()
                     ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
-                    y_t = paddle.to_tensor(np.asarray(y, dtype=np.int64)) if lambda_ce else None
                     with paddle.no_grad():
                         t_logits = teacher(ids_t, types_t)
                     t_states = dict(t_hidden.values)
@@ -253,9 +277,9 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, epochs
                         supernet.set_width(w)
                         logits = supernet(ids_t, types_t)
                         rep = sum(F.mse_loss(s_hidden.values[n], t_states[n]) for n in mapping)
-                        loss = lambda_hidden * rep + lambda_logit * soft_cross_entropy(logits, t_logits)
+                        loss = lambda_hidden * rep + lambda_logit * distillation_loss(spec, logits, t_logits)
                         if lambda_ce:
-                            loss = loss + lambda_ce * F.cross_entropy(logits, y_t)
+                            loss = loss + lambda_ce * gold_loss(spec, logits, y)
                         loss.backward()
                         losses[Width(w).key] = float(loss)
                     dist.sync_gradients(supernet.parameters())

@@ -40,14 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder receiving everything: manifest.json, sub_model/, static/, onnx/, tokenizer/ "
                         "(replaced atomically)")
     p.add_argument("--width_mult", type=_width, default=1.0,
-                   help="width to export (a trained one, e.g. 0.6667), or `auto` with --max_accuracy_drop or "
+                   help="width to export (a trained one, e.g. 0.6667), or `auto` with --max_metric_drop or "
                         "--latency_budget_ms")
-    p.add_argument("--max_accuracy_drop", type=float, default=None,
-                   help="with --width_mult auto: the narrowest trained width whose dev accuracy (compress "
-                        "results) is within this of the teacher's, e.g. 0.005")
+    p.add_argument("--max_metric_drop", "--max_accuracy_drop", dest="max_metric_drop", type=float, default=None,
+                   help="with --width_mult auto: the narrowest trained width whose dev score in the task's main "
+                        "metric (compress results: accuracy; Matthews corr. for cola, F1 for mrpc, Pearson for "
+                        "sts-b) is within this of the teacher's, e.g. 0.005")
     p.add_argument("--latency_budget_ms", type=float, default=None,
-                   help="with --width_mult auto: measure every trained width on this machine and pick the most "
-                        "accurate one whose median latency is within this budget")
+                   help="with --width_mult auto: measure every trained width on this machine and pick the one with "
+                        "the best dev score (main metric) whose median latency is within this budget")
     p.add_argument("--batch_size", type=int, default=16, help="batch size of the latency measurement")
     p.add_argument("--seq_len", type=int, default=128, help="sequence length of the latency measurement")
     p.add_argument("--runtime", type=Runtime.parse, choices=LATENCY_RUNTIMES, default=Runtime.OPENVINO,
@@ -110,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      progress=not args.no_progress, **kwargs), args.output_dir)
     if code:
         return code
-    p = manifest["params"]
+    p, dev = manifest["params"], manifest["dev_score"]
     print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "
-          f"({p['encoder_fraction']:.1%} of the encoder), dev accuracy {manifest['dev_accuracy']:.4f}, "
+          f"({p['encoder_fraction']:.1%} of the encoder), dev {dev['metric']} {dev['value']:.4f}, "
           f"{manifest['flops_b16_s128'] / 1e9:.2f} GFLOP at 16x128")
     for name, r in (manifest.get("precisions") or {}).items():
-        if "accuracy" in r:
-            print(f"  {name:<20} dev acc {r['accuracy']:.4f} ({r.get('delta_vs_fp32', 0):+.4f} vs fp32)")
+        if "delta_vs_fp32" in r:
+            print(f"  {name:<20} dev {dev['metric']} {r[dev['metric']]:.4f} ({r['delta_vs_fp32']:+.4f} vs fp32)")
     return 0
 
 

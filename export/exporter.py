@@ -24,12 +24,13 @@ from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso, write_manifest
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.width import AUTO, Width, parse_width_choice
-from ofaserve.core.tasks import Split, split_of
+from ofaserve.core.metrics import predictions, score
+from ofaserve.core.tasks import Split, TaskType, split_of
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
-from ofaserve.export.parity import DEV_ACC_TOL, PARITY_TOL, ParityError, dev_eval, parity_inputs, run_parity
+from ofaserve.export.parity import PARITY_TOL, ParityError, dev_eval, dev_metric_tolerance, parity_inputs, run_parity
 from ofaserve.export.precisions import precision_variants
-from ofaserve.export.selection import RUNTIMES, accuracy_table, select_by_accuracy, select_by_latency, selection_table
+from ofaserve.export.selection import RUNTIMES, dev_scores, select_by_latency, select_by_metric_drop, selection_table
 from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
 from ofaserve.compress.submodel import count_params_config, flops, full_width_config, load_sub_model
 from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runtimes, later_passes,
@@ -53,7 +54,7 @@ class ExportOptions:
     precisions: bool = True
     int8: bool = True
     int8_plain: bool = True  # also the plain graph's INT8 IR when a packed graph exists
-    max_accuracy_drop: float | None = None
+    max_metric_drop: float | None = None
     latency_budget_ms: float | None = None
     batch_size: int = 16
     seq_len: int = 128
@@ -76,7 +77,7 @@ def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.Pa
     """Export one width of a compress output to ``output_dir``; returns the export manifest.
 
     ``width_mult`` is a trained width (a ``Width``, or a number or string it parses), or
-    ``"auto"`` with ``max_accuracy_drop`` (narrowest
+    ``"auto"`` with ``max_metric_drop`` (narrowest
     width within that dev accuracy of the teacher) or ``latency_budget_ms`` (most accurate
     width meeting the budget on ``runtime`` at ``batch_size x seq_len``, measured here).
     Other keyword arguments: the fields of ``ExportOptions``.
@@ -94,18 +95,18 @@ def _validate(opts: ExportOptions) -> None:
     if opts.runtime not in RUNTIMES:
         raise OfaserveError(f"--runtime must be one of {', '.join(RUNTIMES)}, not '{opts.runtime}'")
     if opts.width_mult == AUTO:
-        if (opts.max_accuracy_drop is None) == (opts.latency_budget_ms is None):
-            raise OfaserveError("--width_mult auto needs exactly one of --max_accuracy_drop or --latency_budget_ms")
-        if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
-            raise OfaserveError("--max_accuracy_drop must be >= 0")
+        if (opts.max_metric_drop is None) == (opts.latency_budget_ms is None):
+            raise OfaserveError("--width_mult auto needs exactly one of --max_metric_drop or --latency_budget_ms")
+        if opts.max_metric_drop is not None and opts.max_metric_drop < 0:
+            raise OfaserveError("--max_metric_drop must be >= 0")
         if opts.latency_budget_ms is not None and opts.latency_budget_ms <= 0:
             raise OfaserveError("--latency_budget_ms must be > 0")
         if opts.batch_size < 1 or opts.seq_len < 2:
             raise OfaserveError("--batch_size must be >= 1 and --seq_len >= 2")
         if opts.latency_budget_ms is not None and not opts.onnx_model and opts.runtime != Runtime.PADDLE:
             raise OfaserveError(f"--runtime {opts.runtime} needs the ONNX model (drop --no_onnx_model)")
-    elif opts.max_accuracy_drop is not None or opts.latency_budget_ms is not None:
-        raise OfaserveError("--max_accuracy_drop / --latency_budget_ms only apply with --width_mult auto")
+    elif opts.max_metric_drop is not None or opts.latency_budget_ms is not None:
+        raise OfaserveError("--max_metric_drop / --latency_budget_ms only apply with --width_mult auto")
     if not 0 < opts.tolerance < 1:
         raise OfaserveError("--tolerance must be in (0, 1)")
     check_parity_runtimes(opts.parity_runtimes)
@@ -164,10 +165,11 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         if opts.onnx_model and opts.precisions:
             train = split_of(job.src.manifest, "train") if opts.int8 else None
             later = job.later
-            fp32_acc = dev_m["accuracy"] if later.index is None else _accuracy(later.logits(dev_logits),
-                                                                                later.dev.labels)
+            metric = job.src.spec.main_metric
+            fp32_score = dev_m[metric] if later.index is None else score(job.src.spec, later.logits(dev_logits),
+                                                                         later.dev.labels)[metric]
             precisions, extra = precision_variants(tmp, later.dev, job.tokenizer, job.src.spec,
-                                                   later.logits(dev_logits), fp32_acc,
+                                                   later.logits(dev_logits), fp32_score,
                                                    train=train, pad_id=job.pad_id, int8=opts.int8,
                                                    int8_plain=opts.int8_plain,
                                                    fp16=opts.fp16, progress=opts.progress,
@@ -208,7 +210,7 @@ def _prepare(opts: ExportOptions) -> _Job:
     if max_seq > int(src.config["max_position_embeddings"]):
         raise OfaserveError(f"--max_seq_length {max_seq} exceeds max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
-    accuracy_table(src)  # fail early when the compress results are incomplete
+    dev_scores(src)  # fail early when the compress results are incomplete
     # dev accuracy is compared with compress's, so tokenize exactly as compress did
     compress_seq = int(src.manifest.get("max_seq_length") or max_seq)
     tokenizer, tok_path = load_tokenizer(src, compress_seq)
@@ -221,8 +223,8 @@ def _choose_width(job: _Job, sn, tmp: Path) -> tuple[float, dict | None, Path | 
     one ``--width_mult auto`` selects by accuracy drop or by latency measured here."""
     opts = job.opts
     selection = prebuilt = None
-    if opts.width_mult == AUTO and opts.max_accuracy_drop is not None:
-        width, selection = select_by_accuracy(job.src, float(opts.max_accuracy_drop))
+    if opts.width_mult == AUTO and opts.max_metric_drop is not None:
+        width, selection = select_by_metric_drop(job.src, float(opts.max_metric_drop))
         print(selection_table(selection))
     elif opts.width_mult == AUTO:
         width, selection, prebuilt = select_by_latency(
@@ -272,10 +274,6 @@ def _eval_runtime(job: _Job) -> str:
     return "onnx" if job.opts.onnx_model else "paddle_static"
 
 
-def _accuracy(logits: np.ndarray, labels) -> float:
-    return float(np.mean(logits.argmax(-1) == np.asarray(labels)))
-
-
 def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
     """Every runtime against the supernet on real dev sentences at the model's full length."""
     max_pos = int(job.src.config["max_position_embeddings"])
@@ -288,33 +286,39 @@ def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
 
 
 def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
-    """Dev accuracy through the served graph equals compress's; the packed graph gives the
-    plain graph's logits on every dev batch. Raises ParityError (nothing written) otherwise."""
-    compress_acc = accuracy_table(job.src)["widths"].get(width)
+    """The dev score (main metric) through the served graph equals compress's; the packed graph
+    gives the plain graph's outputs on every dev batch. Raises ParityError (nothing written)
+    otherwise."""
+    spec = job.src.spec
+    metric = spec.main_metric
+    compress_score = dev_scores(job.src)["widths"].get(width)
     eval_name = _eval_runtime(job)
     t0 = time.perf_counter()
-    dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer, job.src.spec)
+    dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer, spec)
     job.later = _later_dev(job, fns, time.perf_counter() - t0, parity)
-    parity["dev_accuracy"] = {"runtime": eval_name, "exported": dev_m["accuracy"], "compress": compress_acc,
-                              "abs_diff": abs(dev_m["accuracy"] - compress_acc), "tolerance": DEV_ACC_TOL,
-                              "n": dev_m["n"]}
-    dev_ok = abs(dev_m["accuracy"] - compress_acc) <= DEV_ACC_TOL
+    tolerance = dev_metric_tolerance(metric)
+    parity["dev_score"] = {"metric": metric, "runtime": eval_name, "exported": dev_m[metric],
+                           "compress": compress_score, "abs_diff": abs(dev_m[metric] - compress_score),
+                           "tolerance": tolerance, "n": dev_m["n"]}
+    dev_ok = abs(dev_m[metric] - compress_score) <= tolerance
     ok = parity["ok"]
     packed = next((n for n in ("onnx_packed", "openvino_packed") if n in fns), None)
     if packed:  # every dev batch packed differently: the packing itself is checked
-        packed_m, packed_logits = dev_eval(fns[packed], job.later.dev, job.tokenizer, job.src.spec)
+        packed_m, packed_logits = dev_eval(fns[packed], job.later.dev, job.tokenizer, spec)
         plain = job.later.logits(dev_logits)
         diff = float(np.abs(packed_logits - plain).max())
-        parity["packed_dev"] = {"max_abs_diff_vs_onnx": diff, "accuracy": packed_m["accuracy"],
-                                "predictions_agreeing": float(np.mean(packed_logits.argmax(-1) == plain.argmax(-1))),
-                                "runtime": packed, "n": packed_m["n"]}
+        parity["packed_dev"] = {"max_abs_diff_vs_onnx": diff, metric: packed_m[metric], "runtime": packed,
+                                "n": packed_m["n"]}
+        if spec.type == TaskType.CLASSIFICATION:
+            parity["packed_dev"]["predictions_agreeing"] = float(np.mean(
+                predictions(spec, packed_logits) == predictions(spec, plain)))
         ok &= diff <= job.opts.tolerance
         subset = "" if job.later.index is None else f" ({packed_m['n']} sentences)"
-        table += (f"\n\ndev set{subset} through {packed}: max abs logits diff vs onnx {diff:.3e} "
+        table += (f"\n\ndev set{subset} through {packed}: max abs output diff vs onnx {diff:.3e} "
                   f"({'ok' if diff <= job.opts.tolerance else 'FAIL'})")
     parity["ok"] = ok and dev_ok
-    table += (f"\n\ndev accuracy through {eval_name}: {dev_m['accuracy']:.6f}, compress manifest: "
-              f"{compress_acc:.6f} ({'ok' if dev_ok else 'FAIL'})")
+    table += (f"\n\ndev {metric} through {eval_name}: {dev_m[metric]:.6f}, compress manifest: "
+              f"{compress_score:.6f} ({'ok' if dev_ok else 'FAIL'})")
     if not parity["ok"]:
         raise ParityError(f"parity check failed for width {Width(width).key}: nothing was written to {job.out}",
                           table)
@@ -375,7 +379,9 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
         flops_b16_s128=flops(sub_cfg, 16, 128), flops_b16_s128_full_width=flops(full_width_config(cfg), 16, 128),
         source={"compress_dir": str(src.folder.resolve()), "checkpoint": str(src.ckpt.resolve()),
                 "sha256": src.sha256, "task": src.manifest.get("task")},
-        dev_accuracy=accuracy_table(src)["widths"].get(width), dev_metrics_exported=dev_m,
+        task_spec=src.spec.to_dict(), dev_score={"metric": src.spec.main_metric,
+                                                 "value": dev_scores(src)["widths"].get(width)},
+        dev_metrics_exported=dev_m,
         onnx=info.get("onnx"), parity=parity, precisions=precisions, selection=selection,
         options={k: v for k, v in vars(job.opts).items() if k != "progress"},
         machine=machine_info(), wall_s=round(wall_s, 1), finished=now_iso())

@@ -3,8 +3,10 @@
 ``quantize_int8`` quantizes the export's FP32 ONNX graph (and its packed graph, so INT8
 and sequence packing compound) with ``nncf.quantize`` on batches of TRAIN sentences,
 saves OpenVINO IR, runs it through the serving runner (``load_runner("openvino", xml,
-"int8")``) on dev and gates it against the FP32 logits with the export's INT8 gate
-(<= ``INT8_MAX_DROP`` dev accuracy, >= ``INT8_MIN_AGREEMENT`` of the FP32 predictions).
+"int8")``) on dev and gates it against the FP32 outputs with the export's gate (``Gate``:
+<= ``INT8_MAX_DROP`` of the task's main metric on dev, and >= ``INT8_MIN_AGREEMENT`` of the
+FP32 predictions for classification or every score within ``MAX_SCORE_DIFF`` of FP32's for
+regression).
 When plain post-training quantization misses the gate it tries
 ``nncf.quantize_with_accuracy_control`` (dev as validation) before giving up; a graph
 that still misses leaves no file behind.
@@ -24,15 +26,20 @@ import numpy as np
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import sha256_file
 from ofaserve.core.batching import batches
-from ofaserve.core.tasks import Split
+from ofaserve.core.metrics import predictions, score
+from ofaserve.core.tasks import Split, TaskSpec, TaskType
 from ofaserve.core.tokenizer import encode_batch
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
 # The gate every precision variant passes (precisions.py reads it from here): <= 0.5 points
-# of dev accuracy and >= 98% of the FP32 predictions unchanged.
+# of the main dev metric and >= 98% of the FP32 predictions unchanged (classification) or no
+# score more than 0.1 from FP32's (regression; STS-B's scores run 0-5).
 INT8_MAX_DROP = 0.005
 INT8_MIN_AGREEMENT = 0.98
+MAX_SCORE_DIFF = 0.1
+# The task of a caller that names none: binary classification by accuracy.
+_DEFAULT_SPEC = TaskSpec("classification", labels=("0", "1"), metrics=("accuracy",))
 # A few hundred sentences calibrate a BERT's activation ranges (NNCF's default subset is
 # 300); batches of 16 are the serving batch size.
 CALIBRATION_SENTENCES = 300
@@ -52,17 +59,55 @@ class DevSet(NamedTuple):
 
 @dataclass(frozen=True)
 class Gate:
+    """What a reduced-precision variant must keep of FP32's answers on dev: the task's main
+    metric within ``max_drop``, and FP32's predictions (``min_agreement`` of them, for
+    classification) or scores (within ``max_score_diff``, for regression)."""
     max_drop: float
     min_agreement: float
+    spec: TaskSpec = _DEFAULT_SPEC
+    max_score_diff: float = MAX_SCORE_DIFF
 
-    def reasons(self, delta: float, agreement: float) -> list[str]:
-        """Why a variant fails the gate (same wording as the exporter's INT8 gate)."""
-        out = []
-        if delta < -self.max_drop:
-            out.append(f"dev accuracy drop {-delta:.4f} > {self.max_drop}")
-        if agreement < self.min_agreement:
-            out.append(f"agrees with FP32 on {agreement:.2%} of dev < {self.min_agreement:.0%}")
+    @property
+    def regression(self) -> bool:
+        return self.spec.type == TaskType.REGRESSION
+
+    def measure(self, outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """The variant's metrics on dev and how far its answers are from FP32's."""
+        got, ref = score(self.spec, outputs, labels), score(self.spec, fp32_outputs, labels)
+        main = self.spec.main_metric
+        out = {**{k: v for k, v in got.items() if k != "n"}, "metric": main, f"fp32_{main}": ref[main],
+               "delta_vs_fp32": got[main] - ref[main],
+               "max_abs_logits_diff_vs_fp32": float(np.abs(outputs - fp32_outputs).max())}
+        if self.regression:
+            out["max_abs_score_diff_vs_fp32"] = out["max_abs_logits_diff_vs_fp32"]
+        else:
+            out["agreement_with_fp32"] = float(np.mean(predictions(self.spec, outputs)
+                                                       == predictions(self.spec, fp32_outputs)))
         return out
+
+    def reasons(self, measured: dict[str, Any]) -> list[str]:
+        """Why a variant fails the gate (the same wording everywhere a gate is reported)."""
+        out = []
+        if measured["delta_vs_fp32"] < -self.max_drop:
+            out.append(f"dev {self.spec.main_metric} drop {-measured['delta_vs_fp32']:.4f} > {self.max_drop}")
+        if self.regression and measured["max_abs_score_diff_vs_fp32"] > self.max_score_diff:
+            out.append(f"a score differs from FP32's by {measured['max_abs_score_diff_vs_fp32']:.4f} "
+                       f"> {self.max_score_diff}")
+        if not self.regression and measured["agreement_with_fp32"] < self.min_agreement:
+            out.append(f"agrees with FP32 on {measured['agreement_with_fp32']:.2%} of dev < "
+                       f"{self.min_agreement:.0%}")
+        return out
+
+    def margin(self, measured: dict[str, Any]) -> float:
+        """How far inside the gate a variant is (>= 0 exactly when it passes)."""
+        second = (self.max_score_diff - measured["max_abs_score_diff_vs_fp32"] if self.regression
+                  else measured["agreement_with_fp32"] - self.min_agreement)
+        return min(measured["delta_vs_fp32"] + self.max_drop, second)
+
+    @property
+    def fp32_margin(self) -> float:
+        """``margin`` of FP32 itself: the most any variant can have."""
+        return min(self.max_drop, self.max_score_diff if self.regression else 1.0 - self.min_agreement)
 
 
 @dataclass(frozen=True)
@@ -93,17 +138,17 @@ def quantize_int8(onnx_path: str | Path, out_dir: str | Path, calibration: Seque
                   fp32_logits: np.ndarray, *, pad_id: int, packed_onnx_path: str | Path | None = None,
                   max_drop: float = INT8_MAX_DROP, min_agreement: float = INT8_MIN_AGREEMENT,
                   accuracy_control: bool = True, progress: bool = False,
-                  plain: bool = True) -> tuple[dict, dict[str, str]]:
+                  plain: bool = True, spec: TaskSpec = _DEFAULT_SPEC) -> tuple[dict, dict[str, str]]:
     """INT8 OpenVINO IR of the plain (and packed) FP32 ONNX graph, gated on dev.
 
     Returns (record, artifacts): record maps each variant (``openvino_int8``,
-    ``openvino_packed_int8``) to its method, calibration, seconds, dev accuracy, delta,
-    agreement and max abs logits diff vs FP32, what executed, shipped (or why not) and the
+    ``openvino_packed_int8``) to its method, calibration, seconds, dev metrics of ``spec``, the
+    gate's measures (``Gate.measure``), what executed, shipped (or why not) and the
     sha256 of its files; artifacts maps each shipped variant to its .xml relative to
     ``out_dir`` (the .bin lies next to it). Unshipped variants leave no file. ``plain``
     False (with a packed graph): the packed graph only; the plain one is recorded as skipped."""
     _check_inputs(calibration, validation, fp32_logits)
-    gate, out_dir = Gate(float(max_drop), float(min_agreement)), Path(out_dir)
+    gate, out_dir = Gate(float(max_drop), float(min_agreement), spec), Path(out_dir)
     if packed_onnx_path is None and not plain:
         raise ValueError("plain=False needs a packed graph to quantize")
     graphs = [_Graph("openvino_int8", Path(onnx_path), "openvino/model_int8.xml",
@@ -123,9 +168,10 @@ def quantize_int8(onnx_path: str | Path, out_dir: str | Path, calibration: Seque
     _remove_unshipped(out_dir, graphs, record)
     if len(logits) == 2:
         plain_logits, packed_logits = logits["openvino_int8"], logits["openvino_packed_int8"]
-        record["openvino_packed_int8"].update(
-            agreement_with_int8=float(np.mean(packed_logits.argmax(-1) == plain_logits.argmax(-1))),
-            max_abs_logits_diff_vs_int8=float(np.abs(packed_logits - plain_logits).max()))
+        record["openvino_packed_int8"]["max_abs_logits_diff_vs_int8"] = float(np.abs(packed_logits - plain_logits).max())
+        if not gate.regression:
+            record["openvino_packed_int8"]["agreement_with_int8"] = float(np.mean(
+                predictions(spec, packed_logits) == predictions(spec, plain_logits)))
     artifacts = {g.name: g.rel for g in graphs if record.get(g.name, {}).get("shipped")}
     if not plain:
         record["openvino_int8"] = {"skipped": "not asked for (--no_int8_plain): the packed graph's INT8 IR is the "
@@ -141,7 +187,7 @@ def _check_inputs(calibration: Sequence[Batch], validation: DevSet, fp32_logits:
     if n == 0 or len(covered) != n or not np.array_equal(np.sort(covered), np.arange(n)):
         raise OfaserveError("the dev batches must cover every dev sentence exactly once (use dev_set)")
     if fp32_logits.ndim != 2 or fp32_logits.shape[0] != n:
-        raise OfaserveError(f"fp32_logits has shape {list(fp32_logits.shape)}, expected [{n}, num_labels] "
+        raise OfaserveError(f"fp32_logits has shape {list(fp32_logits.shape)}, expected [{n}, outputs] "
                             "in the dev sentences' input order")
 
 
@@ -164,13 +210,14 @@ def _quantize_graph(graph: _Graph, out_dir: Path, calibration: Sequence[Batch], 
     quantize_s = round(time.perf_counter() - start, 1)
     result, logits = _evaluate(xml, dev, fp32_logits, gate, pad_id)
     result.update(method="nncf.quantize", quantize_s=quantize_s, quantizers=len(quantized))
-    fp32_meets_gate = min(gate.max_drop, 1.0 - gate.min_agreement) >= 0
+    fp32_meets_gate = gate.fp32_margin >= 0
     if result["shipped"] or not accuracy_control or not fp32_meets_gate:
         if not result["shipped"]:
             result["accuracy_control"] = ("not tried: disabled by the caller" if not accuracy_control else
                                           "not tried: not even FP32 itself meets this gate")
         return {**base, **result, "seconds": round(time.perf_counter() - start, 1)}, logits
-    first = {k: result[k] for k in ("accuracy", "delta_vs_fp32", "agreement_with_fp32", "not_shipped_because")}
+    first = {k: result[k] for k in (gate.spec.main_metric, "delta_vs_fp32", "agreement_with_fp32",
+                                    "max_abs_score_diff_vs_fp32", "not_shipped_because") if k in result}
     ac_start = time.perf_counter()
     with _nncf_output(progress):
         kept = _save(_accuracy_control(graph, dataset, dev, fp32_logits, gate), xml)
@@ -208,28 +255,23 @@ def _save(model, xml: Path) -> set[str]:
 def _accuracy_control(graph: _Graph, dataset, dev: DevSet, fp32_logits: np.ndarray, gate: Gate):
     """``nncf.quantize_with_accuracy_control`` aiming at the gate itself.
 
-    Its metric is the smaller margin of the two gate conditions on the items it is given,
-    min(accuracy - FP32 accuracy + max_drop, agreement - min_agreement): >= 0 exactly when
-    the gate holds, and min(max_drop, 1 - min_agreement) for the FP32 model, so that value
-    as NNCF's absolute max_drop stops it as soon as both conditions hold."""
+    Its metric is the gate's margin (``Gate.margin``) on the items it is given: >= 0 exactly
+    when the gate holds, and ``Gate.fp32_margin`` for the FP32 model, so that value as NNCF's
+    absolute max_drop stops it as soon as every condition holds."""
     import nncf
-
-    fp32_pred = fp32_logits.argmax(-1)
 
     def gate_margin(compiled, items) -> tuple[float, None]:
         output = compiled.output("logits")
-        idx, pred = [], []
+        idx, out = [], []
         for ids, types, index in items:
-            pred.append(np.asarray(compiled(graph.feeds(ids, types))[output]).argmax(-1))
+            out.append(np.asarray(compiled(graph.feeds(ids, types))[output]))
             idx.append(index)
-        idx, pred = np.concatenate(idx), np.concatenate(pred)
-        delta = float(np.mean(pred == dev.labels[idx]) - np.mean(fp32_pred[idx] == dev.labels[idx]))
-        agreement = float(np.mean(pred == fp32_pred[idx]))
-        return min(delta + gate.max_drop, agreement - gate.min_agreement), None
+        idx, out = np.concatenate(idx), np.concatenate(out)
+        return gate.margin(gate.measure(out, fp32_logits[idx], dev.labels[idx])), None
 
     return nncf.quantize_with_accuracy_control(
         _read(graph), dataset, nncf.Dataset(list(dev.batches)), gate_margin,
-        max_drop=min(gate.max_drop, 1.0 - gate.min_agreement), drop_type=nncf.DropType.ABSOLUTE,
+        max_drop=gate.fp32_margin, drop_type=nncf.DropType.ABSOLUTE,
         model_type=nncf.ModelType.TRANSFORMER, subset_size=dataset.get_length())
 
 
@@ -239,15 +281,9 @@ def _evaluate(xml: Path, dev: DevSet, fp32_logits: np.ndarray, gate: Gate, pad_i
     logits = np.zeros(fp32_logits.shape, dtype=np.float32)
     for ids, types, idx in dev.batches:
         logits[idx] = run(ids, types)
-    pred, fp32_pred = logits.argmax(-1), fp32_logits.argmax(-1)
-    accuracy = float(np.mean(pred == dev.labels))
-    fp32_accuracy = float(np.mean(fp32_pred == dev.labels))
-    agreement = float(np.mean(pred == fp32_pred))
-    reasons = gate.reasons(accuracy - fp32_accuracy, agreement)
-    result = {"accuracy": accuracy, "fp32_accuracy": fp32_accuracy, "delta_vs_fp32": accuracy - fp32_accuracy,
-              "agreement_with_fp32": agreement,
-              "max_abs_logits_diff_vs_fp32": float(np.abs(logits - fp32_logits).max()),
-              "n": int(len(dev.labels)), "executed": run.executed, "shipped": not reasons}
+    measured = gate.measure(logits, fp32_logits, dev.labels)
+    reasons = gate.reasons(measured)
+    result = {**measured, "n": int(len(dev.labels)), "executed": run.executed, "shipped": not reasons}
     if reasons:
         result["not_shipped_because"] = "; ".join(reasons)
     return result, logits

@@ -7,10 +7,11 @@
 - ``openvino_int8`` / ``openvino_packed_int8``: NNCF post-training INT8 IR of the plain and
   packed graphs, calibrated on train sentences (``ofaserve.export.int8``).
 
-Every variant passes the same gate to be served: dev accuracy within ``INT8_MAX_DROP`` of
-FP32 and ``INT8_MIN_AGREEMENT`` of FP32's predictions unchanged. Accuracy alone can hide
-churn: ONNX Runtime's dynamic INT8 of the full-profile MiniLM lost only 0.4 points at
-width 1.0 but changed 3.4% of the predictions (benchmarks/results/history/).
+Every variant passes the same gate to be served (``int8.Gate``): the task's main dev metric
+within ``INT8_MAX_DROP`` of FP32, and for classification ``INT8_MIN_AGREEMENT`` of FP32's
+predictions unchanged (the metric alone can hide churn: a variant can lose little accuracy
+while changing many answers; benchmarks/results/history/ has such a case), for regression
+every score within ``int8.MAX_SCORE_DIFF`` of FP32's.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ INT8_MAX_DROP = int8_variant.INT8_MAX_DROP
 INT8_MIN_AGREEMENT = int8_variant.INT8_MIN_AGREEMENT
 
 
-def gate() -> int8_variant.Gate:
+def gate(spec: TaskSpec) -> int8_variant.Gate:
     """Read at call time, so a caller (or a test) that changes the module's limits is obeyed."""
-    return int8_variant.Gate(INT8_MAX_DROP, INT8_MIN_AGREEMENT)
+    return int8_variant.Gate(INT8_MAX_DROP, INT8_MIN_AGREEMENT, spec)
 
 
 class _Recorder:
@@ -47,12 +48,13 @@ class _Recorder:
         self.fp32_logits, self.fp32_acc = fp32_logits, fp32_acc
 
     def __call__(self, fn, **extra) -> dict[str, Any]:
-        m, logits = dev_eval(fn, self.dev, self.tokenizer, self.spec)
-        r = {"accuracy": m["accuracy"], "f1": m["f1"], "delta_vs_fp32": m["accuracy"] - self.fp32_acc,
-             "agreement_with_fp32": float(np.mean(logits.argmax(-1) == self.fp32_logits.argmax(-1))),
-             "max_abs_logits_diff_vs_fp32": float(np.abs(logits - self.fp32_logits).max())}
-        reasons = gate().reasons(r["delta_vs_fp32"], r["agreement_with_fp32"])
-        r.update(extra, gate_passed=not reasons, max_drop=INT8_MAX_DROP, min_agreement=INT8_MIN_AGREEMENT)
+        _, logits = dev_eval(fn, self.dev, self.tokenizer, self.spec)
+        judge = gate(self.spec)
+        r = judge.measure(logits, self.fp32_logits, self.dev.labels)
+        reasons = judge.reasons(r)
+        r.update(extra, gate_passed=not reasons, max_drop=judge.max_drop,
+                 **({"max_score_diff": judge.max_score_diff} if judge.regression
+                    else {"min_agreement": judge.min_agreement}))
         if reasons:
             r["gate_failed_because"] = "; ".join(reasons)
         return r
@@ -66,14 +68,14 @@ def precision_variants(folder: Path, dev: Split, tokenizer, spec: TaskSpec, fp32
     calibrates on ``train``. With ``test``, the test accuracy of FP32 and of every CPU
     variant that can be served is measured once, after the gate was decided on dev."""
     record = _Recorder(dev, tokenizer, spec, fp32_logits, fp32_acc)
-    results: dict[str, Any] = {"fp32": {"accuracy": fp32_acc, "runtime": "onnxruntime"}}
+    results: dict[str, Any] = {"fp32": {spec.main_metric: fp32_acc, "runtime": "onnxruntime"}}
     artifacts: dict[str, str] = {}
     src = folder / "onnx" / "model.onnx"
     results["onnx_fp16"] = (_fp16(folder, src, record, artifacts) if fp16
                             else {"skipped": "not asked for (--no_fp16: the GPU target's variant)"})
     results["openvino_bf16"] = _bf16(src, record)
     if int8:
-        results.update(_int8(folder, dev, tokenizer, fp32_logits, train, pad_id, artifacts, progress,
+        results.update(_int8(folder, dev, tokenizer, spec, fp32_logits, train, pad_id, artifacts, progress,
                              int8_plain))
     if test is not None and len(test):
         _test_accuracy(folder, results, artifacts, test, tokenizer, spec, pad_id)
@@ -94,9 +96,9 @@ def _test_accuracy(folder: Path, results: dict, artifacts: dict, test: Split, to
     fp32_test = None
     for name, make in servable.items():
         m, _ = dev_eval(make(), test, tokenizer, spec)
-        fp32_test = m["accuracy"] if fp32_test is None else fp32_test
-        results[name].update(test_accuracy=m["accuracy"], test_delta_vs_fp32=m["accuracy"] - fp32_test,
-                             test_sentences=m["n"])
+        fp32_test = m[spec.main_metric] if fp32_test is None else fp32_test
+        results[name].update({f"test_{k}": v for k, v in m.items() if k != "n"},
+                             test_delta_vs_fp32=m[spec.main_metric] - fp32_test, test_sentences=m["n"])
 
 
 def _int64(run):
@@ -137,8 +139,8 @@ def _bf16(src: Path, record: _Recorder) -> dict[str, Any]:
     return record(_int64(run), runtime="openvino", artifact="onnx", executed=run.executed, capabilities=capabilities)
 
 
-def _int8(folder: Path, dev: Split, tokenizer, fp32_logits: np.ndarray, train: Split | None, pad_id: int,
-          artifacts: dict, progress: bool, plain: bool = True) -> dict[str, Any]:
+def _int8(folder: Path, dev: Split, tokenizer, spec: TaskSpec, fp32_logits: np.ndarray, train: Split | None,
+          pad_id: int, artifacts: dict, progress: bool, plain: bool = True) -> dict[str, Any]:
     """NNCF INT8 IR of the plain and packed graphs (``ofaserve.export.int8``); ``plain``
     False: of the packed graph only, where there is one."""
     if not train:
@@ -149,7 +151,7 @@ def _int8(folder: Path, dev: Split, tokenizer, fp32_logits: np.ndarray, train: S
             folder / "onnx" / "model.onnx", folder, int8_variant.calibration_batches(train, tokenizer),
             int8_variant.dev_set(dev, tokenizer), fp32_logits, pad_id=pad_id,
             packed_onnx_path=packed if packed.is_file() else None, max_drop=INT8_MAX_DROP,
-            min_agreement=INT8_MIN_AGREEMENT, progress=progress, plain=plain or not packed.is_file())
+            min_agreement=INT8_MIN_AGREEMENT, progress=progress, plain=plain or not packed.is_file(), spec=spec)
     except Exception as e:  # a precision option, not the contract: the export ships without it
         log.warning("OpenVINO INT8 quantization failed: %s", e)
         return {"openvino_int8": {"error": f"{type(e).__name__}: {e}"}}

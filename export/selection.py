@@ -52,32 +52,36 @@ def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: i
             for k, v in times.items()}
 
 
-def accuracy_table(src: Source) -> dict[str, Any]:
-    res = src.manifest.get("results") or {}
-    teacher = ((res.get("teacher") or {}).get("dev") or {}).get("accuracy")
+def dev_scores(src: Source) -> dict[str, Any]:
+    """The compress stage's dev score in the task's main metric: the teacher's and each
+    trained width's (what ``--width_mult auto`` and the export's dev check compare)."""
+    res, metric = src.manifest.get("results") or {}, src.spec.main_metric
+    teacher = ((res.get("teacher") or {}).get("dev") or {}).get(metric)
     widths = {}
     for w in sorted(float(x) for x in src.manifest["width_mult_list"]):
         r = ((res.get("widths") or {}).get(Width(w).key) or {}).get("dev")
-        if r is None:
-            raise OfaserveError(f"the compress manifest has no dev result for width {Width(w).key}")
-        widths[w] = r["accuracy"]
+        if r is None or metric not in r:
+            raise OfaserveError(f"the compress manifest has no dev {metric} for width {Width(w).key}")
+        widths[w] = r[metric]
     if teacher is None:
-        raise OfaserveError("the compress manifest has no teacher dev accuracy")
-    return {"teacher": teacher, "widths": widths}
+        raise OfaserveError(f"the compress manifest has no teacher dev {metric}")
+    return {"metric": metric, "teacher": teacher, "widths": widths}
 
 
-def select_by_accuracy(src: Source, max_drop: float) -> tuple[float, dict]:
-    acc = accuracy_table(src)
-    rows = [{"width": Width(w).key, "width_mult": w, "dev_accuracy": a,
-             "drop_vs_teacher": acc["teacher"] - a, "within": acc["teacher"] - a <= max_drop + 1e-12}
-            for w, a in acc["widths"].items()]
+def select_by_metric_drop(src: Source, max_drop: float) -> tuple[float, dict]:
+    """The narrowest trained width whose dev score is within ``max_drop`` of the teacher's."""
+    scores = dev_scores(src)
+    metric = scores["metric"]
+    rows = [{"width": Width(w).key, "width_mult": w, "dev_score": a,
+             "drop_vs_teacher": scores["teacher"] - a, "within": scores["teacher"] - a <= max_drop + 1e-12}
+            for w, a in scores["widths"].items()]
     ok = [r for r in rows if r["within"]]
-    sel = {"mode": "max_accuracy_drop", "max_accuracy_drop": max_drop, "teacher_dev_accuracy": acc["teacher"],
-           "table": rows}
+    sel = {"mode": "max_metric_drop", "metric": metric, "max_metric_drop": max_drop,
+           "teacher_dev_score": scores["teacher"], "table": rows}
     if not ok:
-        raise OfaserveError(f"no trained width is within {max_drop} dev accuracy of the teacher "
-                            f"({acc['teacher']:.4f}): " + ", ".join(f"{r['width']}: {r['dev_accuracy']:.4f}"
-                                                                     for r in rows))
+        raise OfaserveError(f"no trained width is within {max_drop} dev {metric} of the teacher "
+                            f"({scores['teacher']:.4f}): " + ", ".join(f"{r['width']}: {r['dev_score']:.4f}"
+                                                                       for r in rows))
     chosen = min(ok, key=lambda r: r["width_mult"])
     sel["chosen"] = chosen["width"]
     return chosen["width_mult"], sel
@@ -92,9 +96,9 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
     if seq > int(src.config["max_position_embeddings"]):
         raise OfaserveError(f"--seq_len {seq} exceeds the model's max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
-    acc = accuracy_table(src)
+    scores = dev_scores(src)
     fns = {}
-    for w in tqdm(sorted(acc["widths"], reverse=True), desc="build per width", disable=not progress or None):
+    for w in tqdm(sorted(scores["widths"], reverse=True), desc="build per width", disable=not progress or None):
         folder = scratch / f"w{Width(w).key}"
         info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
         fns[w] = artifact_logits.make(runtime, folder, info["artifacts"])
@@ -102,7 +106,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
     lat = measure_interleaved(fns, int(src.config["vocab_size"]), batch, seq)
     rows = []
     for w, l in lat.items():
-        rows.append({"width": Width(w).key, "width_mult": w, "dev_accuracy": acc["widths"][w],
+        rows.append({"width": Width(w).key, "width_mult": w, "dev_score": scores["widths"][w],
                      "latency_ms": round(l["median_ms"], 3), "latency_min_ms": round(l["min_ms"], 3),
                      "runs": l["runs"], "meets_budget": l["median_ms"] <= budget_ms})
     try:
@@ -114,7 +118,8 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
                     os.cpu_count() or 1)
     sel = {"mode": "latency_budget", "latency_budget_ms": budget_ms, "batch_size": batch, "seq_len": seq,
            "runtime": runtime, "machine": machine_info(), "load_average_1min": load,
-           "threads": artifact_logits.threads(), "teacher_dev_accuracy": acc["teacher"], "table": rows}
+           "threads": artifact_logits.threads(), "metric": scores["metric"], "teacher_dev_score": scores["teacher"],
+           "table": rows}
     print(selection_table(sel))
     chosen = choose_within_budget(rows, budget_ms, f"on {runtime} at {batch}x{seq}")
     sel["chosen"] = chosen["width"]
@@ -122,22 +127,23 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
 
 
 def choose_within_budget(rows: list[dict], budget_ms: float, where: str = "") -> dict:
-    """The most accurate width whose latency meets the budget; ties go to the narrower width."""
+    """The width with the best dev score whose latency meets the budget; ties go to the narrower width."""
     ok = [r for r in rows if r["latency_ms"] <= budget_ms]
     if not ok:
         raise OfaserveError(f"no trained width meets {budget_ms} ms {where} "
                             f"(fastest: {min(r['latency_ms'] for r in rows):.1f} ms)")
-    return max(ok, key=lambda r: (r["dev_accuracy"], -r["width_mult"]))
+    return max(ok, key=lambda r: (r["dev_score"], -r["width_mult"]))
 
 
 def selection_table(sel: dict) -> str:
+    metric = sel.get("metric", "accuracy")
     if sel["mode"] == "latency_budget":
-        head = (f"| width | dev acc | {sel['runtime']} ms ({sel['batch_size']}x{sel['seq_len']}) | "
+        head = (f"| width | dev {metric} | {sel['runtime']} ms ({sel['batch_size']}x{sel['seq_len']}) | "
                 f"<= {sel['latency_budget_ms']} ms |")
-        rows = [f"| {r['width']} | {r['dev_accuracy']:.4f} | {r['latency_ms']:.1f} | "
+        rows = [f"| {r['width']} | {r['dev_score']:.4f} | {r['latency_ms']:.1f} | "
                 f"{'yes' if r['meets_budget'] else 'no'} |" for r in sel["table"]]
     else:
-        head = f"| width | dev acc | drop vs teacher | <= {sel['max_accuracy_drop']} |"
-        rows = [f"| {r['width']} | {r['dev_accuracy']:.4f} | {r['drop_vs_teacher']:+.4f} | "
+        head = f"| width | dev {metric} | drop vs teacher | <= {sel['max_metric_drop']} |"
+        rows = [f"| {r['width']} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | "
                 f"{'yes' if r['within'] else 'no'} |" for r in sel["table"]]
     return "\n".join([head, "|---|---|---|---|"] + rows)

@@ -236,13 +236,14 @@ def _compress(args, work: Path, redo: set[str], budget: Budget) -> dict:
 
 
 def compress_summary(cm: dict) -> str:
-    """One line for the screen from a compress manifest: steps trained, dev accuracy."""
+    """One line for the screen from a compress manifest: steps trained, dev score (main metric)."""
     res, phases = cm["results"], cm["phases"]
+    metric = res.get("metric", "accuracy")
     steps = ", ".join(f"{p} {phases[p]['train']['steps']} steps ({phases[p]['train']['sentences_per_s']} sentences/s)"
                       for p in ("teacher", "ofa") if (phases[p].get("train") or {}).get("steps"))
-    dev = ", ".join(f"{w} {r['dev']['accuracy']:.4f}" for w, r in res["widths"].items())
-    return (f"compress: {steps or 'no training steps (reused)'}; dev accuracy teacher "
-            f"{res['teacher']['dev']['accuracy']:.4f}, widths {dev} (table at the end)")
+    dev = ", ".join(f"{w} {r['dev'][metric]:.4f}" for w, r in res["widths"].items())
+    return (f"compress: {steps or 'no training steps (reused)'}; dev {metric} teacher "
+            f"{res['teacher']['dev'][metric]:.4f}, widths {dev} (table at the end)")
 
 
 def _note_compress(budget: Budget, cm: dict) -> None:
@@ -312,14 +313,13 @@ def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict
 
 
 def export_summary(width: str, m: dict) -> str:
-    """One line for the screen from an export manifest: parity, dev accuracy, variants."""
+    """One line for the screen from an export manifest: parity, dev score, variants."""
     parity = m.get("parity") or {}
-    dev = parity.get("dev_accuracy") or {}
+    dev = parity["dev_score"]
     checked = sorted({r for shape in (parity.get("shapes") or {}).values() for r in shape.get("max_abs_diff", {})})
     line = (f"export {width}: {m['params']['total'] / 1e6:.1f}M params; {', '.join(checked)} match the supernet "
-            f"(max diff {parity.get('max_abs_diff', float('nan')):.1e}); dev accuracy "
-            f"{dev.get('exported', m.get('dev_accuracy', float('nan'))):.4f} through {dev.get('runtime', 'onnx')}, "
-            f"as compress measured")
+            f"(max diff {parity.get('max_abs_diff', float('nan')):.1e}); dev {dev['metric']} "
+            f"{dev['exported']:.4f} through {dev['runtime']}, as compress measured")
     variants = {n: r for n, r in (m.get("precisions") or {}).items() if "delta_vs_fp32" in r}
     if variants:
         sub = parity.get("budget") or {}  # the dev subset of the later passes, when a budget cut one

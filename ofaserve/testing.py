@@ -70,12 +70,100 @@ def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: in
     return folder
 
 
-def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
+def write_csv(path: Path, texts: list[str], labels: list, pairs: list[str] | None = None) -> Path:
+    """A user-style CSV (TSV for a .tsv path): text[, text_pair], label."""
     with open(path, "w", newline="", encoding="utf-8") as f:
-        wr = csv.writer(f)
-        wr.writerow(["text", "label"])
-        wr.writerows(zip(texts, labels))
+        wr = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        if pairs is None:
+            wr.writerow(["text", "label"])
+            wr.writerows(zip(texts, labels))
+        else:
+            wr.writerow(["text", "text_pair", "label"])
+            wr.writerows(zip(texts, pairs, labels))
     return path
+
+
+def _pairs_of(texts: list[str], labels: np.ndarray, seed: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Each sentence with a shuffled partner: (first, second, whether their sentiment agrees)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return list(texts), [texts[i] for i in order], (np.asarray(labels) == np.asarray(labels)[order]).astype(int)
+
+
+def tiny_pair_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48,
+                         regression: bool = False) -> tuple[Path, Path, list[str]]:
+    """Real Rotten Tomatoes sentences paired up, as user-style CSV files with a text_pair
+    column: label "same"/"different" sentiment, or (``regression``) a 0-5 score of how
+    positive the pair is."""
+    from ofaserve.core.tasks import load_rt_polarity
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = load_rt_polarity()
+    out = []
+    for name, split, n, seed in (("train", data.split("train"), n_train, 0), ("dev", data.split("dev"), n_dev, 1)):
+        a, b, agree = _pairs_of(split.texts[:n], split.labels[:n], seed)
+        if regression:
+            labels = [f"{2.5 * (x + y):.2f}" for x, y in zip(split.labels[:n], split.labels[:n][
+                np.random.default_rng(seed).permutation(n)])]
+        else:
+            labels = ["same" if s else "different" for s in agree]
+        out.append(write_csv(folder / f"{name}.csv", a, labels, b))
+    return out[0], out[1], data.split("train").texts[:n_train] + data.split("train").texts[:n_train][::-1]
+
+
+# GLUE's own layouts (as its download script writes them): header line, and the columns
+# before, between and after the sentence(s) and the label, with GLUE's quirks (quotes that
+# are text, MNLI's extra parse and annotator columns, CoLA without a header).
+def write_glue_task(folder: str | Path, task: str, n_train: int = 64, n_dev: int = 32) -> Path:
+    """GLUE-layout train/dev TSV files for ``task`` in ``folder`` (real Rotten Tomatoes
+    sentences standing in for GLUE's), for tests of the GLUE readers."""
+    from ofaserve.core.tasks import load_rt_polarity
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = load_rt_polarity()
+    dev_files = {"mnli": ["dev_matched.tsv", "dev_mismatched.tsv"]}.get(task, ["dev.tsv"])
+    for fname, split, n, seed in [("train.tsv", data.split("train"), n_train, 0)] + [
+            (f, data.split("dev"), n_dev, 1 + i) for i, f in enumerate(dev_files)]:
+        texts = [" ".join(t.split()) + (' "quoted' if i % 7 == 0 else "") for i, t in enumerate(split.texts[:n])]
+        a, b, agree = _pairs_of(texts, split.labels[:n], seed)
+        y = np.asarray(split.labels[:n])
+        lines = _glue_lines(task, a, b, agree, y, dev=fname != "train.tsv")
+        (folder / fname).write_text("\n".join("\t".join(map(str, row)) for row in lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def _glue_lines(task: str, a: list[str], b: list[str], agree: np.ndarray, y: np.ndarray, dev: bool) -> list[list]:
+    nli = {"mnli": ["contradiction", "entailment", "neutral"], "qnli": ["entailment", "not_entailment"],
+           "rte": ["entailment", "not_entailment"]}
+    if task == "cola":
+        return [["gj04", label, "" if label else "*", s] for s, label in zip(a, y)]
+    if task == "sst-2":
+        return [["sentence", "label"]] + [[s, label] for s, label in zip(a, y)]
+    if task == "mrpc":
+        return [["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]] + [
+            [label, 1000 + i, 2000 + i, s, t] for i, (s, t, label) in enumerate(zip(a, b, agree))]
+    if task == "sts-b":
+        head = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                "score"]
+        return [head] + [[i, "main-captions", "MSRvid", "2012test", i, "none", "none", s, t,
+                          f"{2.5 * (x + z):.3f}"] for i, (s, t, x, z) in enumerate(zip(a, b, y, agree))]
+    if task == "qqp":
+        return [["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]] + [
+            [i, 2 * i, 2 * i + 1, s, t, label] for i, (s, t, label) in enumerate(zip(a, b, agree))]
+    if task == "mnli":
+        head = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+        head += ["label1", "label2", "label3", "label4", "label5", "gold_label"] if dev else ["label1", "gold_label"]
+        labels = [nli["mnli"][(x + z) % 3] for x, z in zip(y, agree)]
+        extra = 5 if dev else 1
+        return [head] + [[i, i, f"{i}n", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)", s, t,
+                          *([label] * extra), label] for i, (s, t, label) in enumerate(zip(a, b, labels))]
+    if task in ("qnli", "rte"):
+        cols = ["question", "sentence"] if task == "qnli" else ["sentence1", "sentence2"]
+        return [["index", *cols, "label"]] + [[i, s, t, nli[task][int(1 - g)]]
+                                            for i, (s, t, g) in enumerate(zip(a, b, agree))]
+    raise ValueError(f"no GLUE layout for {task!r}")
 
 
 def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> tuple[Path, Path, list[str]]:

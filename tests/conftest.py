@@ -65,6 +65,53 @@ def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
     return out
 
 
+def _tiny_task_compress(tmp_path_factory, kind: str):
+    import dataclasses
+
+    from ofaserve.compress.pipeline import compress_model
+    from ofaserve.testing import tiny_compress_options, tiny_pair_task_files, write_tiny_hf_checkpoint
+
+    root = tmp_path_factory.mktemp(kind)
+    train, dev, texts = tiny_pair_task_files(root / "data", regression=kind == "regression")
+    ckpt = write_tiny_hf_checkpoint(root / "hf", texts)
+    opts = tiny_compress_options(ckpt, train, dev, root / "compress")
+    if kind == "regression":
+        opts = dataclasses.replace(opts, task_type="regression")
+    compress_model(opts)
+    return root / "compress"
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_compress_dir(tmp_path_factory):
+    """The real compress on a tiny sentence-pair classification CSV (text, text_pair, label)."""
+    return _tiny_task_compress(tmp_path_factory, "pair")
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_compress_dir(tmp_path_factory):
+    """The real compress on a tiny sentence-pair regression CSV (scores 0-5, --task_type regression)."""
+    return _tiny_task_compress(tmp_path_factory, "regression")
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_export_dir(tiny_pair_compress_dir, tmp_path_factory):
+    from ofaserve.export import export_subnet
+
+    out = tmp_path_factory.mktemp("export_pair") / "w075"
+    export_subnet(str(tiny_pair_compress_dir), str(out), 0.75, max_seq_length=TINY_MAX_SEQ_LENGTH, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_export_dir(tiny_regression_compress_dir, tmp_path_factory):
+    from ofaserve.export import export_subnet
+
+    out = tmp_path_factory.mktemp("export_regression") / "w075"
+    export_subnet(str(tiny_regression_compress_dir), str(out), 0.75, max_seq_length=TINY_MAX_SEQ_LENGTH,
+                  progress=False)
+    return out
+
+
 @pytest.fixture
 def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     """What ``precision_variants`` takes, for a copy of the tiny export without its INT8 IRs:

@@ -478,7 +478,7 @@ def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tin
     assert "kept the minimum of" in cuts["teacher steps"]["why"] and "kept the minimum of" in cuts["OFA steps"]["why"]
     assert cuts["teacher steps"]["at_floor"] and cuts["OFA steps"]["at_floor"]
     assert "teacher per-epoch dev evaluations (best-epoch pick)" in cuts
-    assert m["phases"]["teacher"]["best_dev_accuracy"] is None
+    assert m["phases"]["teacher"]["best_dev"] is None
     assert m["budget"]["used_s"] > 0.5  # honest: the minimum overran the budget
     assert set(m["results"]["widths"]) == {"1.0", "0.75", "0.5"}
     assert all("dev" in r for r in [m["results"]["teacher"], *m["results"]["widths"].values()])
@@ -515,8 +515,8 @@ def test_export_under_a_budget_checks_the_served_runtimes_on_a_subset(tmp_path, 
     p = m["parity"]
     assert list(p["shapes"]["16x128"]["max_abs_diff"]) == ["onnx", "openvino_packed"]
     assert set(p["runtimes_not_checked"]) == {"sub_model", "paddle_static", "openvino_f32", "onnx_packed"}
-    n_dev = p["dev_accuracy"]["n"]
-    assert p["dev_accuracy"]["abs_diff"] <= p["dev_accuracy"]["tolerance"]  # the whole dev set, as always
+    n_dev = p["dev_score"]["n"]
+    assert p["dev_score"]["abs_diff"] <= p["dev_score"]["tolerance"]  # the whole dev set, as always
     assert p["budget"]["dev_sentences"] == 10 < n_dev and "cut" in p["budget"]
     assert p["packed_dev"]["runtime"] == "openvino_packed" and p["packed_dev"]["n"] == 10
     assert "skipped" in m["precisions"]["onnx_fp16"] and m["precisions"]["fp32"]["dev_sentences"] == 10
@@ -558,8 +558,21 @@ def test_a_model_that_did_not_learn_is_called_out():
     from ofaserve.core.tables import learning_warning
 
     def manifest(teacher_dev: float) -> dict:
-        return {"results": {"teacher": {"dev": {"accuracy": teacher_dev}}, "majority_class": {"dev": 0.609}}}
+        return {"labels": ["rotten", "fresh"],
+                "results": {"teacher": {"dev": {"accuracy": teacher_dev}}, "majority_class": {"dev": 0.609}}}
 
     assert "did not learn" in learning_warning(manifest(0.609))
     assert "did not learn" in learning_warning(manifest(0.615))
     assert learning_warning(manifest(0.80)) is None
+
+
+def test_a_regression_model_that_did_not_learn_is_called_out():
+    from ofaserve.core.tables import learning_warning
+
+    def manifest(pearson: float) -> dict:
+        return {"labels": [], "task_spec": {"name": "sts-b", "type": "regression", "labels": [], "pair": True,
+                                            "metrics": ["pearson", "spearman"]},
+                "results": {"teacher": {"dev": {"pearson": pearson, "spearman": pearson}}, "majority_class": {}}}
+
+    assert "did not learn" in learning_warning(manifest(0.02))
+    assert learning_warning(manifest(0.6)) is None

@@ -76,10 +76,10 @@ def test_stage_summaries_are_one_line_each(tiny_compress_dir):
     assert "\n" not in line and line.startswith("compress: teacher ")
     assert f"teacher {cm['results']['teacher']['dev']['accuracy']:.4f}" in line
     assert all(f"{w} {r['dev']['accuracy']:.4f}" in line for w, r in cm["results"]["widths"].items())
-    export = {"params": {"total": 1_234_567}, "dev_accuracy": 0.8,
+    export = {"params": {"total": 1_234_567}, "dev_score": {"metric": "accuracy", "value": 0.8},
               "parity": {"ok": True, "max_abs_diff": 2e-6,
                          "shapes": {"16x128": {"max_abs_diff": {"onnx": 1e-6, "openvino_packed": 2e-6}}},
-                         "dev_accuracy": {"runtime": "onnx", "exported": 0.8, "n": 1248},
+                         "dev_score": {"metric": "accuracy", "runtime": "onnx", "exported": 0.8, "n": 1248},
                          "budget": {"dev_sentences": 460, "dev_total": 1248, "cut": "later dev passes on 460 ..."}},
               "precisions": {"fp32": {"accuracy": 0.79, "dev_sentences": 460},
                              "openvino_bf16": {"accuracy": 0.79, "delta_vs_fp32": 0.0},

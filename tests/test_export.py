@@ -47,7 +47,7 @@ def test_manifest_and_layout(tiny_export_dir):
                if k != "paddle_static")  # that one is a path prefix (model.json / model.pdiparams)
     assert all((tiny_export_dir / f).is_file() for f in m["paddle_static_files"])
     assert m["sub_config"]["num_heads"] == [3, 3] and m["sub_config"]["intermediate_size"] == [96, 96]
-    assert m["source"]["sha256"] and m["dev_accuracy"] is not None
+    assert m["source"]["sha256"] and m["dev_score"]["value"] is not None
     assert not [p for p in tiny_export_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
@@ -61,7 +61,7 @@ def test_parity_chain(tiny_export_dir):
                                               "onnx_packed", "openvino_packed"}
         assert max(shape["max_abs_diff"].values()) <= 1e-4
         assert shape["max_abs_diff"]["sub_model"] == 0.0
-    assert p["dev_accuracy"]["abs_diff"] <= 1e-6
+    assert p["dev_score"]["abs_diff"] <= 1e-6 and p["dev_score"]["metric"] == "accuracy"
     # the whole dev set through the packed graph (batches of 64, many sentences per row)
     assert p["packed_dev"]["max_abs_diff_vs_onnx"] <= 1e-4 and p["packed_dev"]["predictions_agreeing"] == 1.0
 
@@ -396,26 +396,26 @@ def _with_results(src_dir: Path, dst: Path, teacher: float, accs: dict[str, floa
 
 
 def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
-    from ofaserve.export.selection import select_by_accuracy
+    from ofaserve.export.selection import select_by_metric_drop
     from ofaserve.export.source import load_compress_output
 
     src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
-    w, sel = select_by_accuracy(src, 0.005)
+    w, sel = select_by_metric_drop(src, 0.005)
     assert w == 0.75 and sel["chosen"] == "0.75"
-    assert select_by_accuracy(src, 0.03)[0] == 0.5
+    assert select_by_metric_drop(src, 0.03)[0] == 0.5
     src2 = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "d", 0.90,
                                               {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
     with pytest.raises(OfaserveError, match="no trained width"):
-        select_by_accuracy(src2, 0.005)
+        select_by_metric_drop(src2, 0.005)
 
 
 def test_choose_within_budget():
     from ofaserve.export.selection import choose_within_budget
 
-    rows = [{"width": "1.0", "width_mult": 1.0, "dev_accuracy": 0.81, "latency_ms": 120.0},
-            {"width": "0.75", "width_mult": 0.75, "dev_accuracy": 0.80, "latency_ms": 90.0},
-            {"width": "0.5", "width_mult": 0.5, "dev_accuracy": 0.80, "latency_ms": 60.0}]
+    rows = [{"width": "1.0", "width_mult": 1.0, "dev_score": 0.81, "latency_ms": 120.0},
+            {"width": "0.75", "width_mult": 0.75, "dev_score": 0.80, "latency_ms": 90.0},
+            {"width": "0.5", "width_mult": 0.5, "dev_score": 0.80, "latency_ms": 60.0}]
     assert choose_within_budget(rows, 200)["width"] == "1.0"
     assert choose_within_budget(rows, 100)["width"] == "0.5"  # accuracy tie: the narrower width
     with pytest.raises(OfaserveError, match="no trained width meets"):
@@ -430,10 +430,10 @@ def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
     sel = m["selection"]
     assert sel["mode"] == "latency_budget" and len(sel["table"]) == 3
     assert all(r["latency_ms"] > 0 and r["meets_budget"] for r in sel["table"])
-    best = max(r["dev_accuracy"] for r in sel["table"])
-    assert m["width_mult"] == min(r["width_mult"] for r in sel["table"] if r["dev_accuracy"] == best)
+    best = max(r["dev_score"] for r in sel["table"])
+    assert m["width_mult"] == min(r["width_mult"] for r in sel["table"] if r["dev_score"] == best)
     assert sel["chosen"] == m["width"]
-    assert "| width | dev acc |" in capsys.readouterr().out
+    assert "| width | dev accuracy |" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == ["manifest.json", "onnx", "static",
                                                                      "sub_model", "tokenizer"]
     with pytest.raises(OfaserveError, match="no trained width meets"):
@@ -449,7 +449,7 @@ def test_help_explains_every_flag():
     assert r.returncode == 0
     for flag in ("--model_type", "--model_name_or_path", "--max_seq_length", "--sub_model_output_dir",
                  "--static_sub_model", "--n_gpu", "--width_mult", "--onnx_model", "--no_onnx_model", "--opset",
-                 "--output_dir", "--max_accuracy_drop", "--latency_budget_ms", "--batch_size", "--seq_len",
+                 "--output_dir", "--max_metric_drop", "--latency_budget_ms", "--batch_size", "--seq_len",
                  "--runtime"):
         assert flag in r.stdout, flag
 
@@ -481,7 +481,7 @@ def test_no_onnx_model(tiny_compress_dir, tmp_path):
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 1.0, onnx_model=False, progress=False)
     assert "onnx" not in m["artifacts"] and not (tmp_path / "out" / "onnx").exists()
     assert set(m["parity"]["shapes"]["3x37"]["max_abs_diff"]) == {"sub_model", "paddle_static"}
-    assert m["parity"]["dev_accuracy"]["runtime"] == "paddle_static" and m["parity"]["ok"]
+    assert m["parity"]["dev_score"]["runtime"] == "paddle_static" and m["parity"]["ok"]
 
 
 def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypatch):

