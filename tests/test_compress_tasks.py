@@ -3,10 +3,8 @@ regression, and a GLUE task with two dev sets, through the real pipeline on tiny
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
-import pytest
 
 from ofaserve.core.manifests import read_manifest
 from ofaserve.core.tables import results_table
