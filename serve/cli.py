@@ -182,26 +182,54 @@ def serve_main(argv: list[str]) -> int:
 def classify_parser() -> argparse.ArgumentParser:
     from ofaserve.serve.client import DEFAULT_MODEL, DEFAULT_URL
     p = argparse.ArgumentParser(prog="ofaserve classify",
-                                description="Classify sentences over gRPC with a served ensemble.")
-    p.add_argument("texts", nargs="*", help="sentences to classify")
-    p.add_argument("--file", type=Path, help="also classify every non-empty line of this UTF-8 file")
+                                description="Send sentences (or sentence pairs) over gRPC to a served text model; "
+                                            "print each label and its class probabilities, or each score of a "
+                                            "regression model, with the input.")
+    p.add_argument("texts", nargs="*", help="sentences to classify (single-sentence models)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("TEXT", "TEXT_PAIR"),
+                   help="a sentence pair for a pair model (repeat for more pairs)")
+    p.add_argument("--file", type=Path,
+                   help="also send every non-empty line of this UTF-8 file: one sentence per line, or for a pair "
+                        "model one 'first<TAB>second' pair per line")
     p.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC endpoint (default: {DEFAULT_URL})")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default: {DEFAULT_MODEL})")
-    p.add_argument("--batch_size", type=int, default=16, help="sentences per request (default: 16)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"text model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--batch_size", type=int, default=16, help="rows per request (default: 16)")
     return p
+
+
+def _classify_inputs(args) -> tuple[list[str], list[str] | None]:
+    """(texts, second sentences or None) from the command line and --file: one kind only."""
+    from ofaserve.serve.client import read_rows
+
+    if args.pair and args.texts:
+        raise OfaserveError("give sentences or --pair pairs, not both (a model reads one kind)")
+    texts = [a for a, _ in args.pair] or list(args.texts)
+    pairs = [b for _, b in args.pair] if args.pair else None
+    if args.file:
+        more, more_pairs = read_rows(args.file)
+        if texts and more and (more_pairs is None) != (pairs is None):
+            raise OfaserveError(f"{args.file} holds {'pairs' if more_pairs is not None else 'single sentences'}, "
+                                "the command line the other kind: a model reads one kind")
+        texts = texts + more
+        pairs = pairs if more_pairs is None else (pairs or []) + more_pairs
+    if not texts:
+        raise OfaserveError("nothing to classify: pass sentences, --pair TEXT TEXT_PAIR, or --file")
+    return texts, pairs
 
 
 def classify_main(argv: list[str]) -> int:
     args = classify_parser().parse_args(argv)
-    from ofaserve.serve.client import classify, read_lines
+    from ofaserve.serve.client import classify
     try:
-        texts = list(args.texts) + (read_lines(args.file) if args.file else [])
-        if not texts:
-            raise OfaserveError("nothing to classify: pass sentences or --file")
-        results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size)
+        texts, pairs = _classify_inputs(args)
+        results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size, text_pairs=pairs)
     except OfaserveError as e:
         return _fail(e)
-    for text, r in zip(texts, results):
+    for i, (text, r) in enumerate(zip(texts, results)):
+        shown = text if pairs is None else f"{text}\t{pairs[i]}"
+        if "score" in r:
+            print(f"{r['score']:.4f}\t{shown}")
+            continue
         probs = "  ".join(f"{k}={v:.4f}" for k, v in r["probs"].items())
-        print(f"{r['label']}\t{probs}\t{text}")
+        print(f"{r['label']}\t{probs}\t{shown}")
     return 0

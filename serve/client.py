@@ -1,4 +1,5 @@
-"""gRPC client for the served ensembles: text in, label and class probabilities out."""
+"""gRPC client for the served text models: text (or text pairs) in; a label and class
+probabilities, or a score, out."""
 from __future__ import annotations
 
 import os
@@ -36,37 +37,68 @@ def _check_model(client, url: str, model: str) -> None:
                             + (f"; served models: {', '.join(names)}" if names else ""))
 
 
+def model_inputs_outputs(client, model: str) -> tuple[list[str], list[str]]:
+    """The names of a served text model's inputs (TEXT, and TEXT_PAIR for a pair model) and
+    outputs (LABEL and PROBS, or SCORE), from its config."""
+    cfg = client.get_model_config(model, as_json=True)["config"]
+    return [i["name"] for i in cfg.get("input", [])], [o["name"] for o in cfg.get("output", [])]
+
+
+def _as_bytes(texts: Iterable[str | bytes]) -> list[bytes]:
+    return [t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts]
+
+
 def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = DEFAULT_MODEL,
              batch_size: int = 16, labels: list[str] | None = None, timeout: float | None = 60.0,
-             client=None) -> list[dict]:
-    """Classify ``texts`` in batches of ``batch_size``: ``[{"label": str, "probs": {label: p}}]``.
-
-    Label names come from the model's LABEL output; ``probs`` is keyed by ``labels``
-    (default: the label list in the model's postprocess config, else ``"0", "1", ...``).
+             client=None, text_pairs: Iterable[str | bytes] | None = None) -> list[dict]:
+    """Send ``texts`` (with ``text_pairs``, one second sentence each, for a sentence-pair model)
+    in batches of ``batch_size``. A classifier answers ``[{"label": str, "probs": {label: p}}]``
+    (label names from the model's LABEL output; ``probs`` keyed by ``labels``, default the
+    label list in the model's config); a regression model answers ``[{"score": float}]``.
     """
     from tritonclient.grpc import InferInput, InferRequestedOutput
     from tritonclient.utils import InferenceServerException
 
-    texts = [t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts]
+    texts = _as_bytes(texts)
+    pairs = None if text_pairs is None else _as_bytes(text_pairs)
     if not texts:
         return []
     if batch_size < 1:
         raise OfaserveError(f"batch_size must be >= 1, got {batch_size}")
+    if pairs is not None and len(pairs) != len(texts):
+        raise OfaserveError(f"{len(texts)} first sentences but {len(pairs)} second ones: give one pair per row")
     own = client is None
     client = client or _connect(url)
     try:
         _check_model(client, url, model)
-        labels = labels or model_labels(client, model)
+        inputs, outputs = model_inputs_outputs(client, model)
+        if "TEXT_PAIR" in inputs and pairs is None:
+            raise OfaserveError(f"{model} reads sentence pairs: pass a second sentence per text (--pair A B, or a "
+                                "file of 'first<TAB>second' lines)")
+        if pairs is not None and "TEXT_PAIR" not in inputs:
+            raise OfaserveError(f"{model} reads single sentences, not pairs: drop the second sentences")
+        regression = "SCORE" in outputs
+        labels = None if regression else (labels or model_labels(client, model))
         results = []
-        outputs = [InferRequestedOutput("LABEL"), InferRequestedOutput("PROBS")]
+        requested = [InferRequestedOutput(o) for o in (["SCORE"] if regression else ["LABEL", "PROBS"])]
         for start in range(0, len(texts), batch_size):
-            batch = np.array(texts[start:start + batch_size], dtype=object).reshape(-1, 1)
-            inp = InferInput("TEXT", list(batch.shape), "BYTES")
-            inp.set_data_from_numpy(batch)
+            rows = {"TEXT": texts[start:start + batch_size]}
+            if pairs is not None:
+                rows["TEXT_PAIR"] = pairs[start:start + batch_size]
+            request = []
+            for name, values in rows.items():
+                batch = np.array(values, dtype=object).reshape(-1, 1)
+                inp = InferInput(name, list(batch.shape), "BYTES")
+                inp.set_data_from_numpy(batch)
+                request.append(inp)
             try:
-                response = client.infer(model, [inp], outputs=outputs, client_timeout=timeout)
+                response = client.infer(model, request, outputs=requested, client_timeout=timeout)
             except InferenceServerException as e:
-                raise OfaserveError(f"{model} rejected sentences {start}..{start + len(batch) - 1}: {e.message()}") from e
+                raise OfaserveError(f"{model} rejected rows {start}..{start + len(rows['TEXT']) - 1}: "
+                                    f"{e.message()}") from e
+            if regression:
+                results += [{"score": float(v)} for v in response.as_numpy("SCORE").reshape(-1)]
+                continue
             label_out = response.as_numpy("LABEL").reshape(-1)
             probs = response.as_numpy("PROBS")
             names = labels or [str(i) for i in range(probs.shape[1])]
@@ -85,6 +117,20 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise OfaserveError(f"input file {path} does not exist")
     return [l for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+
+
+def read_rows(path: str | os.PathLike) -> tuple[list[str], list[str] | None]:
+    """(sentences, second sentences or None) of a UTF-8 file: one sentence per line, or one
+    pair per line as 'first<TAB>second' (every line, for a sentence-pair model)."""
+    lines = read_lines(path)
+    tabs = {line.count("\t") for line in lines}
+    if tabs == {0} or not lines:
+        return lines, None
+    if tabs == {1}:
+        firsts, seconds = zip(*(line.split("\t") for line in lines))
+        return list(firsts), list(seconds)
+    raise OfaserveError(f"{path}: give one sentence per line, or one 'first<TAB>second' pair per line "
+                        f"(found lines with {sorted(tabs)} tabs)")
 
 
 def model_labels(client, model: str) -> list[str] | None:

@@ -40,6 +40,7 @@ from ofaserve.core.manifests import read_manifest, write_manifest
 from ofaserve.core.files import sha256_file
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.naming import encoder_name
+from ofaserve.core.tasks import TaskSpec, TaskType, spec_of
 from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities, runtimes
@@ -127,9 +128,39 @@ def _read_export(export_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _text_inputs(config: mc.ModelConfig, spec: TaskSpec) -> None:
+    """TEXT, and TEXT_PAIR for a sentence-pair task (both required: Triton refuses a request
+    without either, before our model sees it)."""
+    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
+    if spec.pair:
+        config.input.append(_tensor(mc.ModelInput, "TEXT_PAIR", "TYPE_STRING", [1]))
+
+
+def _task_outputs(config: mc.ModelConfig, spec: TaskSpec) -> None:
+    """SCORE for a regression task; LABEL and PROBS for a classifier."""
+    if spec.type == TaskType.REGRESSION:
+        config.output.append(_tensor(mc.ModelOutput, "SCORE", "TYPE_FP32", [1]))
+        return
+    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
+                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [len(spec.labels)])])
+
+
+def _task_params(config: mc.ModelConfig, spec: TaskSpec) -> None:
+    """What our python models read of the task (python_model_io: is_pair, is_regression, label_names)."""
+    _param(config, "text_pair", "true" if spec.pair else "false")
+    _param(config, "task_type", spec.type.value)
+    if spec.type == TaskType.CLASSIFICATION:
+        _param(config, "labels", json.dumps(list(spec.labels)))
+
+
+def task_output_names(spec: TaskSpec) -> list[str]:
+    return ["SCORE"] if spec.type == TaskType.REGRESSION else ["LABEL", "PROBS"]
+
+
 def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
     config = _base(name, max_batch_size, backend="python")
-    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
+    _text_inputs(config, spec_of(manifest))
+    _task_params(config, spec_of(manifest))
     config.output.extend([_tensor(mc.ModelOutput, "input_ids", "TYPE_INT64", [-1]),
                           _tensor(mc.ModelOutput, "token_type_ids", "TYPE_INT64", [-1])])
     _batching(config, max_batch_size)
@@ -142,14 +173,13 @@ def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multipl
 
 
 def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
-    n = len(manifest["labels"])
+    spec = spec_of(manifest)
     config = _base(name, max_batch_size, backend="python")
-    config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [n]))
-    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
-                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [spec.num_outputs]))
+    _task_outputs(config, spec)
+    _task_params(config, spec)
     _batching(config, max_batch_size)
     _instances(config, 1)
-    _param(config, "labels", json.dumps(manifest["labels"]))
     return config
 
 
@@ -222,7 +252,7 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     """The encoder: our python model, Triton's openvino backend (max_batch_size 0: with a
     batch dimension it fixes the batch at max_batch_size and its batch padding drops the
     sequence length, openvino.cc) or the onnxruntime backend with TensorRT."""
-    n, seq = len(manifest["labels"]), int(manifest["max_seq_length"])
+    n, seq = spec_of(manifest).num_outputs, int(manifest["max_seq_length"])
     python = runs_in_python_backend(target, runtime)
     batching = runtime != "openvino-native"
     if python:
@@ -282,37 +312,36 @@ def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precis
 def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime: str, precision: str,
                       instances: int, threads: int, gpu: bool, artifact: str = "onnx",
                       model_sha256: str = "") -> mc.ModelConfig:
-    """The fused text model: TEXT -> LABEL, PROBS in one python model (tokenize + encode +
-    softmax), the alternative to the three-step ensemble."""
-    n = len(manifest["labels"])
+    """The fused text model: TEXT (+ TEXT_PAIR) -> LABEL, PROBS (or SCORE) in one python model
+    (tokenize + encode + softmax), the alternative to the three-step ensemble."""
     config = _base(name, max_batch_size, backend="python")
-    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
-    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
-                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    spec = spec_of(manifest)
+    _text_inputs(config, spec)
+    _task_outputs(config, spec)
+    _task_params(config, spec)
     _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if gpu else "KIND_CPU")
     _runtime_params(config, manifest, runtime, precision, threads, artifact in PACKED_ARTIFACTS,
                     trt_cache_dir(name, model_sha256), model_file_of(artifact, manifest))
     _param(config, "tokenizer_file", "tokenizer.json")
-    _param(config, "labels", json.dumps(manifest["labels"]))
     return config
 
 
 def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
-    n = len(manifest["labels"])
+    spec = spec_of(manifest)
     config = _base(name, max_batch_size, platform="ensemble")
-    config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
-    config.output.extend([_tensor(mc.ModelOutput, "LABEL", "TYPE_STRING", [1]),
-                          _tensor(mc.ModelOutput, "PROBS", "TYPE_FP32", [n])])
+    _text_inputs(config, spec)
+    _task_outputs(config, spec)
+    texts = {"TEXT": "TEXT", **({"TEXT_PAIR": "TEXT_PAIR"} if spec.pair else {})}
     steps = config.ensemble_scheduling.step
     steps.add(model_name=f"{name}_tokenizer", model_version=-1,
-              input_map={"TEXT": "TEXT"},
+              input_map=texts,
               output_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"})
     steps.add(model_name=encoder_name(name), model_version=-1,
               input_map={"input_ids": "input_ids", "token_type_ids": "token_type_ids"},
               output_map={"logits": "logits"})
     steps.add(model_name=f"{name}_postprocess", model_version=-1,
-              input_map={"logits": "logits"}, output_map={"LABEL": "LABEL", "PROBS": "PROBS"})
+              input_map={"logits": "logits"}, output_map={o: o for o in task_output_names(spec)})
     return config
 
 
@@ -468,7 +497,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
             max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
             image_packages=image_packages(target, runtime),
-            models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
+            models={model: {"width_mult": m["width_mult"], "labels": m["labels"], "task_spec": spec_of(m).to_dict(),
                             "max_seq_length": m["max_seq_length"], "encoder_artifact": plans[model]["artifact"],
                             "precision": plans[model]["precision"],
                             **({"precision_choice": plans[model]["choice"]} if "choice" in plans[model] else {}),
@@ -501,17 +530,21 @@ def _require_capability(capability: str, precision: str) -> None:
 
 
 def _dev_split(export_dir: Path, manifest: dict):
-    """The export's dev split and tokenizer, for timing real text; (None, None) when the
-    task is a user's CSV that is not at hand here (then only the fixed shape is timed)."""
-    from ofaserve.core.tasks import TASKS, load_task
+    """The export's dev split and tokenizer, for timing real text: reloaded as the compress
+    stage that trained the model read it (its manifest, where that folder is at hand), else a
+    bundled task's own. (None, None) when neither is here (then only the fixed shape is timed)."""
+    from ofaserve.core.tasks import TASKS, load_task, split_of
     from ofaserve.core.tokenizer import load_tokenizer
 
-    task = (manifest.get("source") or {}).get("task")
-    if task not in TASKS:
-        return None, None
+    source = manifest.get("source") or {}
     try:
-        dev = load_task(task).split("dev")
-    except OfaserveError as e:  # e.g. a serving host without the task's data package
+        try:
+            dev = split_of(read_manifest(Path(source.get("compress_dir") or ""), stage="compress"))
+        except OfaserveError:
+            if source.get("task") not in TASKS:
+                raise
+            dev = load_task(source["task"]).split("dev")
+    except OfaserveError as e:  # e.g. a serving host without the compress output or the task's data
         print(f"precision auto: timing the fixed 16 x 128 batch only ({e})")
         return None, None
     return dev, load_tokenizer(export_dir / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])

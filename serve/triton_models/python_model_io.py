@@ -62,25 +62,74 @@ def load_tokenizer(path, max_seq_length, pad_id, pad_to_multiple_of=None):
     return tok
 
 
-def request_texts(request, max_chars):
-    """Decoded TEXT of one request (list of str), or an error message (str).
+def _decoded_rows(request, name, max_chars):
+    """The rows of BYTES input ``name`` decoded (list of str), None when absent, or an error (str).
 
     Bytes that are not valid UTF-8 become U+FFFD instead of failing the request; text
     longer than ``max_chars`` (see ``text_char_limit``) is cut before tokenizing, which
     bounds the work a huge request can cause."""
-    tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
-        return "missing input TEXT"
+        return None
     raw = tensor.as_numpy()
     if raw.ndim != 2 or raw.shape[1] != 1:
-        return f"TEXT must have shape [batch, 1], got {list(raw.shape)}"
+        return f"{name} must have shape [batch, 1], got {list(raw.shape)}"
     texts = []
     for i, item in enumerate(raw.reshape(-1)):
         text = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
         if not text.strip():
-            return f"TEXT[{i}] is empty or whitespace only: nothing to classify"
+            return f"{name}[{i}] is empty or whitespace only: nothing to classify"
         texts.append(text[:max_chars])
     return texts
+
+
+def request_texts(request, max_chars, pair=False):
+    """What one request asks to classify: a list of sentences (TEXT), or for a sentence-pair
+    model a list of (TEXT, TEXT_PAIR) tuples, row by row; or an error message (str)."""
+    texts = _decoded_rows(request, "TEXT", max_chars)
+    if texts is None:
+        return "missing input TEXT"
+    if isinstance(texts, str) or not pair:
+        return texts
+    pairs = _decoded_rows(request, "TEXT_PAIR", max_chars)
+    if pairs is None:
+        return "missing input TEXT_PAIR: this model reads sentence pairs (TEXT and TEXT_PAIR, one row each)"
+    if isinstance(pairs, str):
+        return pairs
+    if len(pairs) != len(texts):
+        return f"TEXT has {len(texts)} rows but TEXT_PAIR has {len(pairs)}: one second sentence per first"
+    return list(zip(texts, pairs))
+
+
+def is_regression(config):
+    """The model scores (one output, SCORE) rather than classifies (LABEL, PROBS)."""
+    return param(config, "task_type", "classification") == "regression"
+
+
+def is_pair(config):
+    return param(config, "text_pair", "false") == "true"
+
+
+def score_outputs(logits):
+    """SCORE [n,1] float32 from a one-output encoder, or an error message."""
+    if logits.ndim != 2 or logits.shape[1] != 1:
+        return f"a regression encoder gives one output per row, got shape {list(logits.shape)}"
+    if not np.isfinite(logits).all():
+        return "the encoder produced non-finite scores"
+    return logits.astype(np.float32)
+
+
+def task_outputs(logits, labels):
+    """The output tensors of a text model or postprocess step: SCORE for a regression model
+    (``labels`` None), LABEL and PROBS for a classifier; or an error message."""
+    if labels is None:
+        result = score_outputs(logits)
+        return result if isinstance(result, str) else [pb_utils.Tensor("SCORE", result)]
+    result = classify_outputs(logits, labels)
+    if isinstance(result, str):
+        return result
+    label, probs = result
+    return [pb_utils.Tensor("LABEL", label), pb_utils.Tensor("PROBS", probs)]
 
 
 def label_names(config):

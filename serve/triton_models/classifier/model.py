@@ -1,4 +1,5 @@
-"""Triton python model: TEXT -> LABEL, PROBS in one step (tokenize, encode, softmax).
+"""Triton python model: TEXT (+ TEXT_PAIR for a pair model) -> LABEL, PROBS (or SCORE for a
+regression model) in one step (tokenize, encode, softmax).
 
 The same work as the ensemble tokenizer -> encoder -> postprocess, without the two
 extra hops between python stubs: the formed batch is tokenized in one encode_batch,
@@ -15,9 +16,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_model_io import (classify_outputs, label_names, load_tokenizer, param as _param,  # noqa: E402
-                           request_error as _error, request_texts, runner_options, string_params,
-                           text_char_limit)
+from python_model_io import (is_pair, is_regression, label_names, load_tokenizer, param as _param,  # noqa: E402
+                             request_error as _error, request_texts, runner_options, string_params,
+                             task_outputs, text_char_limit)
 from runtimes import run_length_buckets, runner_from_parameters  # noqa: E402
 
 
@@ -29,7 +30,8 @@ class TritonPythonModel:
         self.max_chars = text_char_limit(max_seq_length)
         self.pad_id = int(_param(config, "pad_token_id", "0"))
         self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), max_seq_length, self.pad_id)
-        self.labels = label_names(config)
+        self.labels = None if is_regression(config) else label_names(config)
+        self.pair = is_pair(config)
         self.length_buckets = max(1, int(_param(config, "length_buckets", "1")))
         try:
             self.run = runner_from_parameters(here, string_params(config), **runner_options(config, args, here))
@@ -37,7 +39,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"cannot load the {_param(config, 'runtime')} runtime: {e}") from e
 
     def execute(self, requests):
-        parsed = [request_texts(r, self.max_chars) for r in requests]
+        parsed = [request_texts(r, self.max_chars, self.pair) for r in requests]
         flat = [t for p in parsed if isinstance(p, list) for t in p]
         logits = None
         if flat:
@@ -54,14 +56,12 @@ class TritonPythonModel:
             if isinstance(p, str):
                 responses.append(pb_utils.InferenceResponse(error=_error(p)))
                 continue
-            result = classify_outputs(logits[row:row + len(p)], self.labels)
+            result = task_outputs(logits[row:row + len(p)], self.labels)
             row += len(p)
             if isinstance(result, str):
                 responses.append(pb_utils.InferenceResponse(error=_error(result, "INTERNAL")))
                 continue
-            label, probs = result
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("LABEL", label), pb_utils.Tensor("PROBS", probs)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=result))
         return responses
 
     def finalize(self):

@@ -1,4 +1,5 @@
-"""Triton python model: logits -> LABEL (label name) and PROBS (softmax)."""
+"""Triton python model: logits -> LABEL (label name) and PROBS (softmax), or for a
+regression model the one output -> SCORE."""
 import json
 import sys
 from pathlib import Path
@@ -6,23 +7,20 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_model_io import classify_outputs, label_names, request_error as _error  # noqa: E402
+from python_model_io import is_regression, label_names, request_error as _error, task_outputs  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.labels = label_names(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
+        self.labels = None if is_regression(config) else label_names(config)
 
     def _run(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, "logits")
         if tensor is None:
             return "missing input logits"
-        result = classify_outputs(tensor.as_numpy(), self.labels)
-        if isinstance(result, str):
-            return result
-        label, probs = result
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LABEL", label),
-                                                          pb_utils.Tensor("PROBS", probs)])
+        outputs = task_outputs(tensor.as_numpy(), self.labels)
+        return outputs if isinstance(outputs, str) else pb_utils.InferenceResponse(output_tensors=outputs)
 
     def execute(self, requests):
         out = []
