@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the recorded accuracy, ~70 min). Explicit flags override the preset.")
     p.add_argument("--model_type", default="bert", help="model family (only bert)")
     p.add_argument("--model_name_or_path", default="minilm-l6",
-                   help="`minilm-l6` (bundled offline all-MiniLM-L6-v2 weights) or a folder with "
-                        "model.safetensors + vocab.txt (+ config.json)")
+                   help="`minilm-l6` (bundled offline all-MiniLM-L6-v2 weights) or your BERT's folder: Hugging Face "
+                        "(model.safetensors, config.json, vocab.txt) or PaddleNLP save_pretrained "
+                        "(model_state.pdparams, config.json or model_config.json, vocab.txt); tokenized with its own "
+                        "vocab and casing (tokenizer_config.json's do_lower_case). A fine-tuned "
+                        "BertForSequenceClassification whose outputs fit the task (its id2label names, or their "
+                        "count) is the teacher as it is, measured on dev, not fine-tuned again")
     p.add_argument("--task_name", default="rt-polarity",
                    help="rt-polarity (bundled offline: Rotten Tomatoes fresh/rotten sentences, split by movie), or a "
                         "GLUE task with --data_dir: cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte (case-insensitive; "
@@ -79,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate every width on dev and checkpoint every N OFA steps (0: only at the end)")
     p.add_argument("--eval_before_ofa", action="store_true", default=None,
                    help="also evaluate every width on dev right after the importance reorder (before OFA training)")
+    p.add_argument("--new_head", action="store_true",
+                   help="with a fine-tuned --model_name_or_path: drop its classifier head and fine-tune a new one on "
+                        "this task (needed when its labels do not fit the task)")
     p.add_argument("--teacher_dir", default=None,
                    help="reuse the fine-tuned teacher of an earlier `ofaserve compress` output (same model and "
                         "data; checksum verified) instead of fine-tuning a new one")
@@ -116,7 +123,7 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
         width_mult_list=args.width_mult_list, batch_size=args.batch_size, lambda_hidden=args.lambda_hidden,
         lambda_logit=args.lambda_logit,
         sampling=args.sampling, logging_steps=args.logging_steps,
-        seed=args.seed, teacher_dir=args.teacher_dir, select_width=args.select_width,
+        seed=args.seed, teacher_dir=args.teacher_dir, new_head=args.new_head, select_width=args.select_width,
         n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
         progress=not args.no_progress, eval_runtime=args.eval_runtime, time_budget_s=args.time_budget_s,
         **merged)

@@ -51,6 +51,7 @@ class CompressOptions:
     eval_before_ofa: bool = False
     seed: int = 42
     teacher_dir: str | None = None
+    new_head: bool = False  # a fine-tuned model's own head is dropped and a new one fine-tuned
     select_width: float | None = None
     n_gpu: int = 1
     resume: bool = False

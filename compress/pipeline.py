@@ -120,6 +120,8 @@ class _Run:
     train: Split
     dev: Split
     test: Split | None
+    source: Any = None  # compress.bert.PretrainedModel: the checkpoint as read from its folder
+    head: dict | None = None  # how the model's own fine-tuned head was matched to the task (it is the teacher)
     scorer: Any = None  # compress.evaluation.Scorer: how whole splits are scored
     timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
 
@@ -179,21 +181,24 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     """Load data, tokenizer and the pretrained teacher; set up the ``.partial`` work folder."""
     import paddle
 
-    from ofaserve.compress.bert import load_pretrained_classifier, resolve_model_path
+    from ofaserve.compress.bert import classifier_from, head_for_task, read_pretrained
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import make_tokenizer
 
     main = dist.is_main()
     if not main:
         opts.progress = False  # one progress bar, from rank 0
-    model_dir = resolve_model_path(opts.model_name_or_path)
     data = load_task(opts.task_name, opts.train_file, opts.dev_file, opts.test_file, data_dir=opts.data_dir,
                      task_type=opts.task_type)
     for split in ("train", "dev"):
         if len(set(data.split(split).labels.tolist())) < 2:
-            raise OfaserveError(f"the {split} split of {data.name} has only one class: nothing to learn/evaluate")
-    # read the checkpoint before anything is written: a corrupt one fails cleanly
-    teacher, config = load_pretrained_classifier(str(model_dir), data.spec.num_outputs, seed=opts.seed)
+            raise OfaserveError(f"the {split} split of {data.name} has only one distinct label: nothing to "
+                                "learn or evaluate")
+    # read the checkpoint before anything is written: a corrupt one, or a head that does not fit, fails cleanly
+    source = read_pretrained(opts.model_name_or_path)
+    head, head_record = (None, None) if source.head is None or opts.new_head else head_for_task(source, data.spec)
+    teacher, config = classifier_from(source, data.spec.num_outputs, head, seed=opts.seed)
+    model_dir = source.folder
     partial = out.with_name(out.name + ".partial")
     if main and partial.exists() and not opts.resume:
         log.info("removing stale work folder %s (pass --resume to continue it)", partial)
@@ -201,14 +206,15 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     partial.mkdir(parents=True, exist_ok=True)
     _seed_everything(opts.seed)
     paddle.set_device("cpu")
-    tokenizer = make_tokenizer(model_dir / "vocab.txt", lowercase=True, max_seq_length=opts.max_seq_length)
+    tokenizer = make_tokenizer(source.vocab, lowercase=source.lowercase, max_seq_length=opts.max_seq_length)
     train = data.split("train")
     if opts.max_train_samples:
         train = train.take(slice(0, opts.max_train_samples))
     dev, test = data.split("dev"), data.splits.get("test")
     log.info("task %s: %d train / %d dev / %s test sentences, labels %s", data.name, len(train),
              len(dev), len(test) if test else "no", data.labels)
-    run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer, train, dev, test)
+    run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer, train, dev, test,
+               source=source, head=head_record)
     run.scorer = _scorer(run)
     return run, teacher, config
 
@@ -226,7 +232,8 @@ def _scorer(run: _Run):
 
 
 def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
-    """Fine-tune the teacher, or take it from ``--teacher_dir`` / a resumed run."""
+    """Fine-tune the teacher, or take it from ``--teacher_dir`` / a resumed run / the model's
+    own fine-tuned head."""
     from ofaserve.compress.train import finetune_teacher
 
     opts = run.opts
@@ -248,6 +255,8 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
         teacher.set_state_dict(_load_params(teacher_ckpt))
         log.info("resumed the fine-tuned teacher from %s", teacher_ckpt)
         return json.loads(teacher_info.read_text())
+    if run.head is not None:
+        return _fine_tuned_teacher(run, teacher, teacher_ckpt, teacher_info)
     t0 = time.time()
     sizer = run.timebox.teacher_sizer(teacher) if run.timebox is not None else None
     info, stats = finetune_teacher(
@@ -263,13 +272,31 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
     return info
 
 
+def _fine_tuned_teacher(run: _Run, teacher, teacher_ckpt: Path, teacher_info: Path) -> dict:
+    """The model arrived fine-tuned with a head that fits the task: it is the teacher as it
+    is. Its dev score is measured first and said, so a model fine-tuned on other data or with
+    other labels shows here, before any OFA training."""
+    t0 = time.time()
+    teacher.eval()
+    dev = run.evaluate(run.scorer.teacher(teacher, version="as given"))
+    metric = run.data.spec.main_metric
+    log.info("teacher: the fine-tuned model of %s as it is (head matched %s), not fine-tuned again: dev %s %.4f",
+             run.source.folder, run.head.get("matched", "by its one output"), metric, dev[metric])
+    info = {"fine_tuned_by": "the model's own fine-tuning", "head": run.head, "steps": 0, "epochs": 0,
+            "best_dev": {metric: dev[metric]}, "dev_as_given": dev, "wall_s": round(time.time() - t0, 1)}
+    if run.main:
+        _save_params(teacher.state_dict(), teacher_ckpt)
+        write_json(teacher_info, info)
+    return info
+
+
 def _supernet_phase(run: _Run, teacher):
     """The OFA supernet from the teacher's weights, heads and neurons reordered by importance
     (or the state of a resumed run). Returns (supernet, importance record, resume state)."""
-    from ofaserve.compress.bert import load_pretrained_classifier
+    from ofaserve.compress.bert import classifier_from
     from ofaserve.compress.ofa import OfaSupernet
 
-    student, _ = load_pretrained_classifier(str(run.model_dir), run.data.spec.num_outputs, seed=run.opts.seed)
+    student, _ = classifier_from(run.source, run.data.spec.num_outputs, seed=run.opts.seed)
     student.set_state_dict(teacher.state_dict())
     supernet = OfaSupernet(student, run.widths)
     last = run.partial / "ofa" / "last.pdparams"
@@ -412,12 +439,13 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
         manifest = write_manifest(
             tmp, "compress", model_type="bert", task=data.name, task_spec=data.spec.to_dict(), labels=data.labels,
             model_config=config, width_mult_list=run.widths, max_seq_length=opts.max_seq_length,
-            do_lower_case=True, pad_token_id=int(config["pad_token_id"]),
+            do_lower_case=run.source.lowercase, pad_token_id=int(config["pad_token_id"]),
             checkpoints={"teacher": "teacher/model_state.pdparams", "supernet": "supernet/model_state.pdparams"},
             checkpoint_sha256={"supernet": sha256_file(tmp / "supernet" / "model_state.pdparams"),
                                "teacher": sha256_file(tmp / "teacher" / "model_state.pdparams")},
             tokenizer={"vocab": "tokenizer/vocab.txt", "tokenizer_json": "tokenizer/tokenizer.json"},
-            source={"model": str(opts.model_name_or_path), "model_dir": str(run.model_dir), "data": data.source,
+            source={"model": str(opts.model_name_or_path), "model_dir": str(run.model_dir),
+                    "model_format": run.source.format, "data": data.source,
                     "splits": {n: len(s) for n, s in data.splits.items()},
                     "train_sentences_used": len(run.train)},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},

@@ -70,6 +70,51 @@ def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: in
     return folder
 
 
+def write_tiny_hf_classifier(folder: str | Path, texts: list[str], id2label: dict[int, str] | None = None,
+                             problem_type: str | None = None, lowercase: bool = True, seed: int = 1) -> Path:
+    """A Hugging Face ``BertForSequenceClassification`` folder as ``save_pretrained`` writes
+    it (``bert.``-prefixed tensors, ``classifier.*`` [outputs, hidden], config.json with
+    architectures, id2label/label2id, problem_type; tokenizer_config.json), random weights."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = write_tiny_hf_checkpoint(folder, texts, seed=seed)
+    id2label = id2label or {0: "LABEL_0", 1: "LABEL_1"}
+    tensors = {f"bert.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    rng = np.random.default_rng(seed + 100)
+    hidden = tensors["bert.pooler.dense.bias"].shape[0]
+    tensors["classifier.weight"] = (rng.standard_normal((len(id2label), hidden)) * 0.5).astype(np.float32)
+    tensors["classifier.bias"] = (rng.standard_normal(len(id2label)) * 0.1).astype(np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(architectures=["BertForSequenceClassification"], id2label={str(k): v for k, v in id2label.items()},
+               label2id={v: k for k, v in id2label.items()},
+               **({"problem_type": problem_type} if problem_type else {}))
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lowercase}))
+    return folder
+
+
+def write_tiny_paddlenlp_model(folder: str | Path, texts: list[str], num_labels: int | None = None,
+                               seed: int = 2) -> Path:
+    """A PaddleNLP ``save_pretrained`` folder written by PaddleNLP itself (model_state.pdparams
+    + config.json) for a tiny random ``BertModel``, or with ``num_labels`` a
+    ``BertForSequenceClassification``; plus vocab.txt and tokenizer_config.json."""
+    import paddle
+    from paddlenlp.transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_tiny_vocab(folder / "vocab.txt", texts)
+    paddle.seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, type_vocab_size=2,
+                        **({"num_labels": num_labels} if num_labels else {}))
+    model = BertForSequenceClassification(config) if num_labels else BertModel(config)
+    model.save_pretrained(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    return folder
+
+
 def write_csv(path: Path, texts: list[str], labels: list, pairs: list[str] | None = None) -> Path:
     """A user-style CSV (TSV for a .tsv path): text[, text_pair], label."""
     with open(path, "w", newline="", encoding="utf-8") as f:

@@ -40,6 +40,7 @@ def test_bad_input(case, expect, tmp_path, capsys, tiny_checkpoint):
         bad.mkdir()
         (bad / "model.safetensors").write_bytes(b"\x00garbage" * 10)
         (bad / "vocab.txt").write_text((ckpt / "vocab.txt").read_text())
+        (bad / "config.json").write_text((ckpt / "config.json").read_text())
         argv[1] = str(bad)
     elif case == "unknown_task":
         argv = ["--task_name", "sst-9", "--output_dir", str(tmp_path / "out")]

@@ -1,0 +1,127 @@
+"""--model_name_or_path takes the user's own BERT: a Hugging Face folder (pretrained, or a
+fine-tuned BertForSequenceClassification whose head fits the task and is then the teacher
+as it is), or a PaddleNLP save_pretrained folder; its own vocab and casing tokenize; what
+does not fit is one clear error before anything is written."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from ofaserve.core.errors import OfaserveError
+from ofaserve.testing import (tiny_compress_options, write_tiny_hf_checkpoint, write_tiny_hf_classifier,
+                              write_tiny_paddlenlp_model)
+
+
+@pytest.fixture(scope="module")
+def task_files(tiny_checkpoint):
+    _, train, dev = tiny_checkpoint  # labels "fresh"/"rotten" (sorted: fresh = 0, rotten = 1)
+    return train, dev
+
+
+def _texts(path) -> list[str]:
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["text"] for row in csv.DictReader(f)]
+
+
+def _compress(model_dir, task_files, out, **changes):
+    from ofaserve.compress.pipeline import compress_model
+
+    return compress_model(dataclasses.replace(tiny_compress_options(model_dir, *task_files, out), **changes))
+
+
+def test_read_pretrained_keeps_a_fine_tuned_head_apart(tmp_path, task_files):
+    from ofaserve.compress.bert import read_pretrained
+
+    folder = write_tiny_hf_classifier(tmp_path / "hf", _texts(task_files[0]), {0: "rotten", 1: "fresh"})
+    src = read_pretrained(str(folder))
+    assert src.format == "huggingface" and src.head is not None and src.head.labels == ("rotten", "fresh")
+    assert src.head.weight.shape == (64, 2) and not any(k.startswith(("bert.", "classifier")) for k in src.encoder)
+    from safetensors.numpy import load_file
+    raw = load_file(str(folder / "model.safetensors"))
+    assert np.array_equal(src.head.weight, raw["classifier.weight"].T)  # torch [out, in] -> paddle [in, out]
+
+
+def test_a_fitting_fine_tuned_head_is_the_teacher_as_it_is(tmp_path, task_files):
+    """Its labels name the task's classes in another order: the head is reordered by name and
+    used without fine-tuning; the teacher's dev score is that of the model as given."""
+    from ofaserve.compress.bert import head_for_task, read_pretrained
+    from ofaserve.core.tasks import load_task
+
+    folder = write_tiny_hf_classifier(tmp_path / "hf", _texts(task_files[0]), {0: "rotten", 1: "fresh"})
+    m = _compress(folder, task_files, tmp_path / "c")
+    teacher = m["phases"]["teacher"]
+    assert teacher["steps"] == 0 and teacher["head"]["matched"] == "by name"
+    assert teacher["head"]["model_order"] == ["rotten", "fresh"] and m["labels"] == ["fresh", "rotten"]
+    spec = load_task(None, *map(str, task_files)).spec
+    head, _ = head_for_task(read_pretrained(str(folder)), spec)
+    raw = read_pretrained(str(folder)).head
+    assert np.array_equal(head.weight, raw.weight[:, [1, 0]]) and np.array_equal(head.bias, raw.bias[[1, 0]])
+    assert teacher["dev_as_given"]["accuracy"] == m["results"]["teacher"]["dev"]["accuracy"]
+
+
+def test_a_head_that_does_not_fit_is_one_error_unless_a_new_one_is_asked(tmp_path, task_files):
+    three = write_tiny_hf_classifier(tmp_path / "three", _texts(task_files[0]), {0: "a", 1: "b", 2: "c"})
+    with pytest.raises(OfaserveError, match=r"3 output\(s\) \['a', 'b', 'c'\]; the task has 2 classes .*--new_head"):
+        _compress(three, task_files, tmp_path / "c1")
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "c1.partial").exists()
+    other = write_tiny_hf_classifier(tmp_path / "other", _texts(task_files[0]), {0: "neg", 1: "pos"})
+    with pytest.raises(OfaserveError, match=r"the task's classes are \['fresh', 'rotten'\]"):
+        _compress(other, task_files, tmp_path / "c2")
+    m = _compress(three, task_files, tmp_path / "c3", new_head=True)
+    assert m["phases"]["teacher"]["steps"] > 0 and m["model_config"]["num_labels"] == 2
+
+
+def test_a_paddlenlp_folder_compresses(tmp_path, task_files):
+    """PaddleNLP's own save_pretrained of a BertModel: the encoder is read, a head fine-tuned."""
+    folder = write_tiny_paddlenlp_model(tmp_path / "pd", _texts(task_files[0]))
+    assert (folder / "model_state.pdparams").is_file() and (folder / "config.json").is_file()
+    m = _compress(folder, task_files, tmp_path / "c")
+    assert m["source"]["model_format"] == "paddlenlp" and m["phases"]["teacher"]["steps"] > 0
+
+
+def test_a_fine_tuned_paddlenlp_classifier_with_generic_labels_is_kept_by_position(tmp_path, task_files):
+    from ofaserve.compress.bert import read_pretrained
+
+    folder = write_tiny_paddlenlp_model(tmp_path / "pd", _texts(task_files[0]), num_labels=2)
+    src = read_pretrained(str(folder))
+    assert src.head is not None and src.head.labels == ("LABEL_0", "LABEL_1") and not src.head.named
+    m = _compress(folder, task_files, tmp_path / "c")
+    assert m["phases"]["teacher"]["steps"] == 0 and m["phases"]["teacher"]["head"]["matched"].startswith("by position")
+
+
+def test_the_models_own_casing_tokenizes(tmp_path, task_files):
+    folder = write_tiny_hf_classifier(tmp_path / "cased", _texts(task_files[0]), lowercase=False)
+    from ofaserve.compress.bert import read_pretrained
+    assert read_pretrained(str(folder)).lowercase is False
+    m = _compress(folder, task_files, tmp_path / "c", new_head=True)
+    assert m["do_lower_case"] is False
+    from ofaserve.core.tokenizer import load_tokenizer
+    tok = load_tokenizer(tmp_path / "c" / m["tokenizer"]["tokenizer_json"], 32)
+    assert tok.encode("The").tokens != tok.encode("the").tokens  # not lowercased
+
+
+@pytest.mark.parametrize("case,message", [
+    ("roberta", "holds a 'roberta' model"),
+    ("no_vocab", "holds no vocab.txt"),
+    ("torch_only", "pytorch_model.bin needs torch"),
+    ("regression_head", "the task has 2 classes"),
+])
+def test_what_is_not_a_usable_bert_is_one_error(tmp_path, task_files, case, message):
+    folder = write_tiny_hf_checkpoint(tmp_path / case, _texts(task_files[0]))
+    if case == "roberta":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
+    elif case == "no_vocab":
+        (folder / "vocab.txt").unlink()
+    elif case == "torch_only":
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    else:
+        folder = write_tiny_hf_classifier(tmp_path / "reg", _texts(task_files[0]), {0: "score"},
+                                          problem_type="regression")
+    with pytest.raises(OfaserveError, match=message):
+        _compress(folder, task_files, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
