@@ -9,7 +9,9 @@ from ofaserve.benchmarks.reliability.probes import MIB
 
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Reliability report ({r['created']})", "",
-             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; Triton {r.get('triton', '2.51.0')} "
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores"
+             + (f" ({' '.join(r['machine']['cpu_flags'])})" if r['machine'].get('cpu_flags') else "")
+             + f"; Triton {r.get('triton', '2.51.0')} "
              f"(nvidia-pytriton wheel), python backend, loopback gRPC.", "",
              f"Command: `{r['command']}`", ""]
     for m in r.get("models", []):
