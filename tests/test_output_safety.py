@@ -26,7 +26,6 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest, write_manifest
 from ofaserve.serve import repository
 from ofaserve.serve.cli import classify_main, repo_main
-from tests.test_outputs import held_by_another_process  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 OFASERVE = [sys.executable, "-m", "ofaserve.cli"]

@@ -7,19 +7,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ofaserve.core import outputs
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.files import confined_path, write_json
+from ofaserve.core import files
 from ofaserve.core.manifests import read_manifest, write_manifest
 from ofaserve.core.stage_cli import run_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _listing(folder: Path) -> list[str]:
@@ -149,7 +146,7 @@ def test_swapped_output_is_synced_before_the_rename_and_its_parent_after(tmp_pat
 
 def test_write_json_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
     events = _record_fsyncs(monkeypatch)
-    write_json(tmp_path / "manifest.json", {"stage": "x"})
+    files.write_json(tmp_path / "manifest.json", {"stage": "x"})
     kinds = [k for k, _ in events]
     assert kinds == ["fsync", "replace", "fsync"], events
     assert events[0][1].startswith(str(tmp_path / ".manifest.json."))  # the temp file, before the rename
@@ -158,34 +155,6 @@ def test_write_json_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ lock
-HOLDER = """
-import sys, time
-sys.path.insert(0, {root!r})
-from ofaserve.core.outputs import output_lock
-with output_lock({out!r}):
-    print("held", flush=True)
-    sys.stdin.readline()
-"""
-
-
-@pytest.fixture
-def held_by_another_process(tmp_path):
-    """A real second process holding the lock on tmp_path/out until the test ends."""
-    procs = []
-
-    def hold(out: Path) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=str(ROOT), out=str(out))],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        assert p.stdout.readline().strip() == "held"
-        return p
-
-    yield hold
-    for p in procs:
-        p.stdin.close()
-        p.wait(30)
-
-
 def test_second_run_on_an_output_stops_naming_the_first(tmp_path, held_by_another_process):
     out = tmp_path / "out"
     other = held_by_another_process(out)
@@ -246,7 +215,7 @@ def test_manifest_paths_stay_in_their_folder(rel, expect, tmp_path):
     with pytest.raises(OfaserveError, match=expect):
         read_manifest(export, "export")
     with pytest.raises(OfaserveError, match=expect):
-        confined_path(export, rel, "artifacts['onnx']")
+        files.confined_path(export, rel, "artifacts['onnx']")
 
 
 def test_every_path_field_is_checked(tmp_path):
