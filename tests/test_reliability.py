@@ -116,6 +116,19 @@ def test_memory_growth_within_limit_and_the_leaking_control_exceeds_it(repo, tex
     assert "_KEPT_FOR_THE_CONTROL" in (tmp_path / f"{path.name}_leaking" / enc / "1" / "model.py").read_text()
 
 
+def test_memory_growth_record_is_the_rendering_of_its_json():
+    """benchmarks/results/memory_growth.md holds what its JSON renders to (no figure by hand),
+    and the recorded check passed with its control over the limit."""
+    from ofaserve.benchmarks.reliability.report import to_markdown
+
+    record = probes.ROOT / "benchmarks" / "results" / "memory_growth.json"
+    r = json.loads(record.read_text())
+    assert to_markdown(r) == record.with_suffix(".md").read_text()
+    (g,) = r["memory_growth"]
+    assert g["ok"] and g["normal"]["within_limit"] and g["control"]["exceeded_limit"]
+    assert r["machine"]["cpu"] and "--scenarios memory" in r["command"]
+
+
 # ------------------------------------------------------------------------------ bad input
 def test_bad_input_concurrent_with_good_traffic(server, repo, texts, tiny_export_dir):
     path, model, manifest = repo
