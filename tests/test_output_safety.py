@@ -189,27 +189,34 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _interrupted(argv: list[str], ready, what: str, sig: int = signal.SIGINT, settle_s: float = 0.0,
+                 timeout: float = 180) -> tuple[int, str, str]:
+    """Run `ofaserve ARGV`, send ``sig`` once ``ready()`` (and ``settle_s`` more) while it still
+    works; (exit code, stdout, stderr)."""
+    proc = subprocess.Popen(OFASERVE + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        _wait_for(lambda: ready() or proc.poll() is not None, timeout, what)
+        time.sleep(settle_s)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err, err
+    return proc.returncode, out, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_repo_interrupted_exits_130_and_keeps_the_previous_repository(sig, tiny_export_dir, tmp_path, capsys):
     out = tmp_path / "repo"
     assert repo_main(_repo_argv(tiny_export_dir, out)) == 0
     before = _snapshot(out)
     # precision auto times the candidates for --auto_budget_s: the signal arrives while it does
-    proc = subprocess.Popen(OFASERVE + ["repo", "--export_dir", str(tiny_export_dir), "--output", str(out),
-                                        "--auto_budget_s", "120"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        _wait_for(lambda: outputs.lock_path(out).exists() or proc.poll() is not None, 120, "the run's lock")
-        time.sleep(1.0)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == f"interrupted: {out} is unchanged", err
-    assert "Traceback" not in err
+    rc, _, err = _interrupted(["repo", "--export_dir", str(tiny_export_dir), "--output", str(out),
+                               "--auto_budget_s", "120"], outputs.lock_path(out).exists, "the run's lock", sig,
+                              settle_s=1.0)
+    assert rc == 130 and err.strip().splitlines()[-1] == f"interrupted: {out} is unchanged", err
     assert _snapshot(out) == before and _no_temp_next_to(out) == []
 
 
@@ -240,19 +247,12 @@ def test_classify_interrupted_exits_130_with_one_line(served, tmp_path):
         return sum(s.inference_stats.success.count for s in stats)
 
     start = answered()
-    proc = subprocess.Popen(OFASERVE + ["classify", "--url", srv.grpc_url, "--model", model, "--file", str(lines),
-                                        "--batch_size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
     try:
-        _wait_for(lambda: answered() > start + 20 or proc.poll() is not None, 120, "classify's first answers")
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        rc, out, err = _interrupted(["classify", "--url", srv.grpc_url, "--model", model, "--file", str(lines),
+                                     "--batch_size", "1"], lambda: answered() > start + 20, "classify's first answers")
     finally:
-        if proc.poll() is None:
-            proc.kill()
         client.close()
-    assert proc.returncode == 130 and err.strip() == "interrupted", err
+    assert rc == 130 and err.strip() == "interrupted", err
     assert out == ""  # no half of the answers
     assert all(srv.models_ready().values())
 
@@ -396,18 +396,8 @@ def test_compress_full_disk_is_one_line(tiny_checkpoint, tmp_path, monkeypatch, 
 
 def test_compress_interrupted_exits_130_and_keeps_its_work_folder(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(OFASERVE + ["compress", *_compress_argv(*tiny_checkpoint, out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        _wait_for(lambda: (outputs.work_dir(out) / outputs.WORK_MARKER).exists() or proc.poll() is not None, 180,
-                  "the work folder")
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    rc, _, err = _interrupted(["compress", *_compress_argv(*tiny_checkpoint, out)],
+                              (outputs.work_dir(out) / outputs.WORK_MARKER).exists, "the work folder")
+    assert rc == 130, err
     assert err.strip().splitlines()[-1] == f"interrupted: {out} is unchanged; rerun with --resume to continue", err
-    assert "Traceback" not in err
     assert not out.exists() and outputs.work_dir(out).is_dir() and not outputs.lock_path(out).exists()
