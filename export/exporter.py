@@ -207,11 +207,12 @@ def _prepare(opts: ExportOptions, held: contextlib.ExitStack) -> _Job:
     paddle.set_device("cpu")
     src_dir = Path(opts.model_name_or_path)
     out = check_output_dir(opts.output_dir, stage="export", overwrite=opts.overwrite, inputs=[src_dir])
-    for folder in (out, *_extra_sub_model(opts, out)):
-        if folder != out:
-            check_output_dir(folder, stage=SUB_MODEL_STAGE, overwrite=opts.overwrite, inputs=[src_dir, out])
-        held.enter_context(output_lock(folder))
+    copies = _extra_sub_model(opts, out)
+    for folder in copies:
+        check_output_dir(folder, stage=SUB_MODEL_STAGE, overwrite=opts.overwrite, inputs=[src_dir, out])
     check_output_files(_extra_static_files(opts, out), overwrite=opts.overwrite)
+    for folder in (out, *copies):
+        held.enter_context(output_lock(folder))
     src = load_compress_output(src_dir, opts.model_type)
     max_seq = int(opts.max_seq_length or src.manifest.get("max_seq_length") or 128)
     if max_seq > int(src.config["max_position_embeddings"]):
@@ -417,13 +418,13 @@ def _extra_copies(opts: ExportOptions, out: Path) -> None:
     wanted = {p.suffix: p for p in _extra_static_files(opts, out)}
     staged = []
     try:
-        for f in sorted((out / "static").iterdir()):
-            if f.suffix in wanted:
-                wanted[f.suffix].parent.mkdir(parents=True, exist_ok=True)
-                tmp = wanted[f.suffix].with_name(f".{wanted[f.suffix].name}.tmp-{os.getpid()}")
-                staged.append((tmp, wanted[f.suffix]))
-                shutil.copy2(f, tmp)
-                fsync_path(tmp)
+        for f in sorted(p for p in (out / "static").iterdir() if p.suffix in wanted):
+            dst = wanted[f.suffix]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+            staged.append((tmp, dst))
+            shutil.copy2(f, tmp)
+            fsync_path(tmp)
         for tmp, dst in staged:
             os.replace(tmp, dst)
             fsync_path(dst.parent)

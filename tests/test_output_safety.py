@@ -272,6 +272,24 @@ def test_classify_unreadable_file_is_one_line(tmp_path, monkeypatch, capsys):
     assert _one_error(capsys) == f"error: Permission denied: {lines}"
 
 
+def test_serve_full_disk_is_one_line(tiny_export_dir, tmp_path, monkeypatch, capsys):
+    """No room for the server's work folder: one line, exit 2, nothing left running."""
+    from ofaserve.serve import server
+    from ofaserve.serve.cli import serve_main
+
+    repo = tmp_path / "repo"
+    repository.build_repository([tiny_export_dir], repo, precision="fp32")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/tmp/ofaserve-triton-x")
+
+    monkeypatch.setattr(server.tempfile, "mkdtemp", full)
+    ports = [str(server.free_port()) for _ in range(3)]
+    assert serve_main(["--model_repository", str(repo), "--grpc_port", ports[0], "--http_port", ports[1],
+                       "--metrics_port", ports[2]]) == 2
+    assert _one_error(capsys) == "error: No space left on device: /tmp/ofaserve-triton-x"
+
+
 # ============================================================================ export
 def _export_argv(compress_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--model_name_or_path", str(compress_dir), "--output_dir", str(out), "--width_mult", "0.5",
