@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task_type", choices=["classification", "regression"], default=None,
                    help="with --train_file: classification (label = a class name; accuracy and F1) or regression "
                         "(label = a score; Pearson and Spearman) [default: classification]")
-    p.add_argument("--output_dir", required=True, help="where the compress output goes (created atomically)")
+    p.add_argument("--output_dir", required=True,
+                   help="where the compress output goes: new, empty or a previous compress output (replaced "
+                        "atomically; checked before any work; work in progress in <output_dir>.partial)")
     p.add_argument("--width_mult_list", type=_width, nargs="+", default=DEFAULT_WIDTHS,
                    help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
     p.add_argument("--max_seq_length", type=int, default=None,
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")
     p.add_argument("--seed", type=int, default=42, help="random seed (data order, dropout, head)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
-    p.add_argument("--overwrite", action="store_true", help="allow replacing an output dir that holds other content")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing an output dir that holds other content, and a <output_dir>.partial that "
+                        "compress did not make")
     p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--eval_runtime", choices=["paddle-inference", "dygraph"], default="paddle-inference",
                    help="how dev/test are scored: each model written as a Paddle static model and run by Paddle "

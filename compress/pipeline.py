@@ -11,6 +11,7 @@ swapped in atomically, so an interrupted run never damages a previous good outpu
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -26,7 +27,7 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso, read_manifest, write_manifest
 from ofaserve.core.files import sha256_file, write_json
-from ofaserve.core.outputs import atomic_output_dir, check_output_dir
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_work_dir, fresh_work_dir, output_lock
 from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
 from ofaserve.core.batching import batches, predict
@@ -144,14 +145,33 @@ class _Run:
 
 
 def compress_model(opts: CompressOptions) -> dict:
-    """Run the whole compress stage; returns the manifest written to ``opts.output_dir``."""
+    """Run the whole compress stage; returns the manifest written to ``opts.output_dir``.
+
+    The output folder and its ``.partial`` work folder are checked before any work and
+    locked for the whole run (by the launching process under data parallelism)."""
     widths, select_key = _check_options(opts)
+    # the teacher is copied into the work folder before the swap: --teacher_dir may be the output
+    inputs = [opts.model_name_or_path, opts.train_file, opts.dev_file, opts.test_file,
+              *([opts.teacher_dir] if opts.teacher_dir and not _same(opts.teacher_dir, opts.output_dir) else [])]
+    out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite, inputs=inputs)
+    check_work_dir(out, stage="compress", keep_it=opts.resume or opts.overwrite)
+    with contextlib.ExitStack() as held:
+        if dist.world_size() == 1:
+            held.enter_context(output_lock(out))
+        return _compress(opts, widths, select_key, out)
+
+
+def _same(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _compress(opts: CompressOptions, widths: list[float], select_key: str | None, out: Path) -> dict:
+    """The phases of ``compress_model``, run once its output is checked and locked."""
     timebox = None
     if opts.time_budget_s is not None:  # the clock starts before any work
         from ofaserve.compress.timebox import CompressTimebox
         timebox = CompressTimebox(opts.time_budget_s, opts.n_gpu)
     reused = _reusable_teacher(opts) if opts.teacher_dir else None
-    out = check_output_dir(opts.output_dir, stage="compress", overwrite=opts.overwrite)
     if opts.n_gpu > 1 and dist.world_size() == 1:
         from ofaserve.compress.bert import resolve_model_path
 
@@ -199,11 +219,7 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     head, head_record = (None, None) if source.head is None or opts.new_head else head_for_task(source, data.spec)
     teacher, config = classifier_from(source, data.spec.num_outputs, head, seed=opts.seed)
     model_dir = source.folder
-    partial = out.with_name(out.name + ".partial")
-    if main and partial.exists() and not opts.resume:
-        log.info("removing stale work folder %s (pass --resume to continue it)", partial)
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = fresh_work_dir(out, stage="compress", resume=opts.resume or not main)
     _seed_everything(opts.seed)
     paddle.set_device("cpu")
     tokenizer = make_tokenizer(source.vocab, lowercase=source.lowercase, max_seq_length=opts.max_seq_length)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the output folder of `ofaserve compress` (manifest.json + supernet checkpoint)")
     p.add_argument("--output_dir", required=True,
                    help="folder receiving everything: manifest.json, sub_model/, static/, onnx/, tokenizer/ "
-                        "(replaced atomically)")
+                        "(new, empty or a previous export: replaced atomically; checked before any work)")
     p.add_argument("--width_mult", type=_width, default=1.0,
                    help="width to export (a trained one, e.g. 0.6667), or `auto` with --max_metric_drop or "
                         "--latency_budget_ms")
@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seq_length", type=int, default=None,
                    help="tokenizer truncation recorded for serving [default: the compress stage's]")
     p.add_argument("--sub_model_output_dir", default=None,
-                   help="also copy the sub model (model_state.pdparams + model_config.json) here "
+                   help="also copy the sub model (model_state.pdparams + model_config.json + a manifest.json "
+                        "naming the export) here: new, empty or an earlier copy, replaced atomically "
                         "[default: only <output_dir>/sub_model]")
     p.add_argument("--static_sub_model", default=None,
                    help="also copy the Paddle static model to this path prefix (writes PREFIX.json/.pdmodel + "
-                        "PREFIX.pdiparams) [default: only <output_dir>/static/model]")
+                        "PREFIX.pdiparams; existing files are replaced only with --overwrite) "
+                        "[default: only <output_dir>/static/model]")
     p.add_argument("--onnx_model", dest="onnx_model", action="store_true", default=True,
                    help="convert to ONNX (default on)")
     p.add_argument("--no_onnx_model", dest="onnx_model", action="store_false",
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs logits diff allowed between runtimes")
     p.add_argument("--n_gpu", type=int, default=1, help="accepted for tutorial compatibility; export runs on CPU")
     p.add_argument("--overwrite", action="store_true",
-                   help="allow replacing an output dir that holds something other than an export")
+                   help="allow replacing an output dir (or --sub_model_output_dir) that holds something other "
+                        "than an export (a sub model copy), and existing --static_sub_model files")
     p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
     return p
 

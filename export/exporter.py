@@ -7,10 +7,10 @@ what is at ``output_dir``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +21,9 @@ import numpy as np
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.core.machine import machine_info
+from ofaserve.core.files import fsync_path
 from ofaserve.core.manifests import now_iso, write_manifest
-from ofaserve.core.outputs import atomic_output_dir, check_output_dir
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_output_files, output_lock
 from ofaserve.core.width import AUTO, Width, parse_width_choice
 from ofaserve.core.metrics import predictions, score
 from ofaserve.core.tasks import Split, TaskType, split_of
@@ -37,6 +38,10 @@ from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runti
                                      runtimes_to_check)
 
 log = logging.getLogger("ofaserve.export")
+# The manifest stage of a --sub_model_output_dir copy: a later export may replace it.
+SUB_MODEL_STAGE = "export_sub_model"
+# What paddle.jit.save writes for a prefix (paddle 3: .json; paddle 2.6: .pdmodel).
+STATIC_SUFFIXES = (".json", ".pdmodel", ".pdiparams")
 
 
 @dataclass
@@ -133,12 +138,19 @@ class _Job:
 def run_export(opts: ExportOptions) -> dict[str, Any]:
     """Load -> choose width -> build -> validate (parity, dev accuracy) -> precisions -> manifest,
     all inside a temp folder that replaces ``output_dir`` only when every check passed."""
-    from tqdm.auto import tqdm
-
     t_start = time.time()
     timebox = ExportTimebox(opts.time_budget_s) if opts.time_budget_s else None
-    job = _prepare(opts)
-    job.timebox = timebox
+    with contextlib.ExitStack() as held:
+        job = _prepare(opts, held)
+        job.timebox = timebox
+        return _export(job, t_start)
+
+
+def _export(job: _Job, t_start: float) -> dict[str, Any]:
+    """The phases of ``run_export``, run while it holds the outputs' locks."""
+    from tqdm.auto import tqdm
+
+    opts = job.opts
     sn = build_supernet(job.src)
     if opts.width_mult != AUTO:
         sn.check_width(opts.width_mult)  # fail before any work for an untrained width
@@ -186,8 +198,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     return manifest
 
 
-def _prepare(opts: ExportOptions) -> _Job:
-    """Validate options and the output folder, then load what every phase reads."""
+def _prepare(opts: ExportOptions, held: contextlib.ExitStack) -> _Job:
+    """Validate options and every output (the folder, the sub model copy, the static
+    prefix's files) and lock the folders in ``held``, then load what every phase reads."""
     import paddle
 
     _validate(opts)
@@ -196,15 +209,13 @@ def _prepare(opts: ExportOptions) -> _Job:
                  opts.n_gpu)
     paddle.set_device("cpu")
     src_dir = Path(opts.model_name_or_path)
-    out = Path(opts.output_dir)
-    if out.resolve() == src_dir.resolve():
-        raise OfaserveError("--output_dir must differ from --model_name_or_path (the compress output)")
-    try:
-        out = check_output_dir(out, stage="export", overwrite=opts.overwrite)
-        probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent))
-        probe.rmdir()
-    except OSError as e:
-        raise OfaserveError(f"cannot write the output dir {out}: {e.strerror or e}") from e
+    out = check_output_dir(opts.output_dir, stage="export", overwrite=opts.overwrite, inputs=[src_dir])
+    copies = _extra_sub_model(opts, out)
+    for folder in copies:
+        check_output_dir(folder, stage=SUB_MODEL_STAGE, overwrite=opts.overwrite, inputs=[src_dir, out])
+    check_output_files(_extra_static_files(opts, out), overwrite=opts.overwrite)
+    for folder in (out, *copies):
+        held.enter_context(output_lock(folder))
     src = load_compress_output(src_dir, opts.model_type)
     max_seq = int(opts.max_seq_length or src.manifest.get("max_seq_length") or 128)
     if max_seq > int(src.config["max_position_embeddings"]):
@@ -387,17 +398,44 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
         machine=machine_info(), wall_s=round(wall_s, 1), finished=now_iso())
 
 
-def _extra_copies(opts: ExportOptions, out: Path) -> None:
-    """The tutorial's --sub_model_output_dir / --static_sub_model, when they point elsewhere."""
+def _extra_sub_model(opts: ExportOptions, out: Path) -> list[Path]:
+    """The tutorial's --sub_model_output_dir, when it points elsewhere than <out>/sub_model."""
     if opts.sub_model_output_dir and Path(opts.sub_model_output_dir).resolve() != (out / "sub_model").resolve():
-        with atomic_output_dir(opts.sub_model_output_dir) as t:
+        return [Path(opts.sub_model_output_dir)]
+    return []
+
+
+def _extra_static_files(opts: ExportOptions, out: Path) -> list[Path]:
+    """The files the tutorial's --static_sub_model PREFIX gets, when it is not <out>/static/model."""
+    if not opts.static_sub_model or Path(opts.static_sub_model).resolve() == (out / "static" / "model").resolve():
+        return []
+    prefix = Path(opts.static_sub_model)
+    return [prefix.with_name(prefix.name + ext) for ext in STATIC_SUFFIXES]
+
+
+def _extra_copies(opts: ExportOptions, out: Path) -> None:
+    """The copies ``_prepare`` checked: the sub model folder (swapped in whole, with a
+    manifest that says an export made it) and the static files (all written, synced, then
+    renamed)."""
+    for folder in _extra_sub_model(opts, out):
+        with atomic_output_dir(folder) as t:
             for f in (out / "sub_model").iterdir():
                 shutil.copy2(f, t / f.name)
-    if opts.static_sub_model and Path(opts.static_sub_model).resolve() != (out / "static" / "model").resolve():
-        prefix = Path(opts.static_sub_model)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        for f in (out / "static").iterdir():
-            dst = prefix.with_name(prefix.name + f.suffix)
-            tmp = dst.with_name(f".{dst.name}.tmp")
+            write_manifest(t, SUB_MODEL_STAGE, export_dir=str(out.resolve()))
+    wanted = {p.suffix: p for p in _extra_static_files(opts, out)}
+    staged = []
+    try:
+        for f in sorted(p for p in (out / "static").iterdir() if p.suffix in wanted):
+            dst = wanted[f.suffix]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+            staged.append((tmp, dst))
             shutil.copy2(f, tmp)
+            fsync_path(tmp)
+        for tmp, dst in staged:
             os.replace(tmp, dst)
+            fsync_path(dst.parent)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()

@@ -45,7 +45,10 @@ def repo_parser() -> argparse.ArgumentParser:
     p.add_argument("--export_dir", nargs="+", required=True, type=Path, metavar="DIR",
                    help="one or more export folders (e.g. full width and compressed, served side by side)")
     p.add_argument("--output", required=True, type=Path,
-                   help="repository folder to write (replaced atomically if it is a previous repository)")
+                   help="repository folder to write: new, empty, or a previous repository (replaced atomically; "
+                        "a README.md in it is kept); checked before any work")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output even if it holds something other than a previous repository")
     p.add_argument("--target", choices=TARGETS, default=Target.CPU,
                    help="cpu: python-backend encoder, runs on the bundled pip server (default); "
                         "xeon: NVIDIA Triton images on Xeons, the same python-backend OpenVINO encoder (the image "
@@ -72,14 +75,16 @@ def repo_parser() -> argparse.ArgumentParser:
 
 def repo_main(argv: list[str]) -> int:
     args = repo_parser().parse_args(argv)
+    from ofaserve.core.stage_cli import run_stage
     from ofaserve.serve.repository import build_repository
-    try:
-        manifest = build_repository(args.export_dir, args.output, target=args.target, name=args.name,
-                                    max_batch_size=args.max_batch_size, instances=args.instances,
-                                    runtime=args.runtime, precision=args.precision, threads=args.threads,
-                                    text_pipeline=args.text_pipeline, auto_budget_s=args.auto_budget_s)
-    except OfaserveError as e:
-        return _fail(e)
+    code, manifest = run_stage(
+        lambda: build_repository(args.export_dir, args.output, target=args.target, name=args.name,
+                                 max_batch_size=args.max_batch_size, instances=args.instances,
+                                 runtime=args.runtime, precision=args.precision, threads=args.threads,
+                                 text_pipeline=args.text_pipeline, auto_budget_s=args.auto_budget_s,
+                                 overwrite=args.overwrite), str(args.output))
+    if code:
+        return code
     served = ", ".join(f"{m} {info['precision']}" for m, info in manifest["models"].items())
     print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
           f"precision {manifest['precision']}: {served}; text pipeline {manifest['text_pipeline']})")
@@ -172,6 +177,12 @@ def serve_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted while starting; Triton stopped", file=sys.stderr)
         return 130
+    except OSError as e:  # e.g. no space for the server's work folder
+        from ofaserve.core.stage_cli import environment_error, environment_message
+        if (refused := environment_error(e)) is None:
+            raise
+        print(f"error: {environment_message(refused, None)}", file=sys.stderr)
+        return 2
     finally:
         server.stop()
         for s, handler in previous.items():
@@ -219,12 +230,18 @@ def _classify_inputs(args) -> tuple[list[str], list[str] | None]:
 
 def classify_main(argv: list[str]) -> int:
     args = classify_parser().parse_args(argv)
+    from ofaserve.core.stage_cli import run_stage
     from ofaserve.serve.client import classify
-    try:
+
+    def work():
         texts, pairs = _classify_inputs(args)
-        results = classify(texts, url=args.url, model=args.model, batch_size=args.batch_size, text_pairs=pairs)
-    except OfaserveError as e:
-        return _fail(e)
+        return texts, pairs, classify(texts, url=args.url, model=args.model, batch_size=args.batch_size,
+                                      text_pairs=pairs)
+
+    code, answered = run_stage(work, None)
+    if code:
+        return code
+    texts, pairs, results = answered
     for i, (text, r) in enumerate(zip(texts, results)):
         shown = text if pairs is None else f"{text}\t{pairs[i]}"
         if "score" in r:

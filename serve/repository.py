@@ -38,7 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest, write_manifest
 from ofaserve.core.files import sha256_file
-from ofaserve.core.outputs import atomic_output_dir, check_output_dir
+from ofaserve.core.outputs import atomic_output_dir, check_output_dir, output_lock
 from ofaserve.core.naming import encoder_name
 from ofaserve.core.tasks import TaskSpec, TaskType, spec_of
 from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
@@ -83,6 +83,8 @@ IMAGE_PACKAGES = {"": ("tokenizers==0.23.3", "numpy==1.26.4"),
                   "openvino": ("openvino==2026.4.1",), "onnxruntime": ("onnxruntime==1.32.0",),
                   "paddle": ("paddlepaddle==3.3.1",), "onnxruntime-trt": ("onnxruntime-gpu",)}
 REPO_STAGE = "repo"
+# Kept when a repository replaces the folder's content: model_repository/'s tracked README.
+REPO_KEEPS = ("README.md",)
 # Export artifacts holding the packed graph (several sentences per row).
 PACKED_ARTIFACTS = ("onnx_packed", "openvino_packed_int8")
 
@@ -441,7 +443,8 @@ def _check_choices(target: str, runtime: str | None, precision: str | None,
 def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
                      precision: str | None = None, threads: int | None = None,
-                     text_pipeline: str = "ensemble", auto_budget_s: float = 20.0) -> dict[str, Any]:
+                     text_pipeline: str = "ensemble", auto_budget_s: float = 20.0,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
     ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
@@ -449,7 +452,9 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
     using every core this process may run on. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
-    three (python-backend runtimes only); {m}_encoder is there either way.
+    three (python-backend runtimes only); {m}_encoder is there either way. ``output`` is
+    checked (and locked) before any work: a new or empty folder, a previous repository, or
+    with ``overwrite`` anything else; a README.md in it stays (``REPO_KEEPS``).
     """
     target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)
@@ -462,7 +467,12 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     instances = instances or 1
     if instances < 1:
         raise OfaserveError(f"instances must be >= 1, got {instances}")
+    if threads is not None and threads < 1:
+        raise OfaserveError(f"threads must be >= 1, got {threads}")
+    if precision == "auto" and not auto_budget_s > 0:
+        raise OfaserveError(f"auto_budget_s must be > 0, got {auto_budget_s}")
     threads = threads or max(1, runtimes.default_threads() // instances)
+    output = check_output_dir(output, stage=REPO_STAGE, overwrite=overwrite, inputs=export_dirs, keep=REPO_KEEPS)
 
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
@@ -473,36 +483,37 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                                 f"{manifest['width_mult']}: one repository serves each width once")
         exports[model] = (export_dir, manifest)
 
-    plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
-             for model, (d, m) in exports.items()}
-    output = check_output_dir(output, stage=REPO_STAGE)
-    with atomic_output_dir(output) as tmp:
-        for model, (export_dir, manifest) in exports.items():
-            plan = plans[model]
-            enc = tmp / encoder_name(model)
-            sha = _copy_model_files(export_dir, manifest, enc / "1", plan["artifact"],
-                                    "encoder" if python_encoder else None)
-            for other in plan.get("other_candidates", ()):  # so `ofaserve bench --runtimes auto` can re-time them
-                _copy_model_files(export_dir, manifest, enc / "1", other, None)
-            _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
-                                       precision=plan["precision"], instances=instances, threads=threads,
-                                       artifact=plan["artifact"], model_sha256=sha))
-            if text_pipeline == "fused":
-                _write_fused(tmp / model, export_dir, manifest, plan, max_batch_size, runtime=runtime,
-                             instances=instances, threads=threads, gpu=target == "gpu")
-            else:
-                _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime))
-        # Triton only treats folders as models; this file is for people and the benchmarks.
-        return write_manifest(
-            tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
-            max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
-            image_packages=image_packages(target, runtime),
-            models={model: {"width_mult": m["width_mult"], "labels": m["labels"], "task_spec": spec_of(m).to_dict(),
-                            "max_seq_length": m["max_seq_length"], "encoder_artifact": plans[model]["artifact"],
-                            "precision": plans[model]["precision"],
-                            **({"precision_choice": plans[model]["choice"]} if "choice" in plans[model] else {}),
-                            "source_export": os.path.basename(os.path.normpath(d))}
-                    for model, (d, m) in exports.items()})
+    with output_lock(output):  # a second run on this output stops here, before any timing
+        plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
+                 for model, (d, m) in exports.items()}
+        with atomic_output_dir(output, keep=REPO_KEEPS) as tmp:
+            for model, (export_dir, manifest) in exports.items():
+                plan = plans[model]
+                enc = tmp / encoder_name(model)
+                sha = _copy_model_files(export_dir, manifest, enc / "1", plan["artifact"],
+                                        "encoder" if python_encoder else None)
+                for other in plan.get("other_candidates", ()):  # so `ofaserve bench --runtimes auto` can re-time them
+                    _copy_model_files(export_dir, manifest, enc / "1", other, None)
+                _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
+                                           precision=plan["precision"], instances=instances, threads=threads,
+                                           artifact=plan["artifact"], model_sha256=sha))
+                if text_pipeline == "fused":
+                    _write_fused(tmp / model, export_dir, manifest, plan, max_batch_size, runtime=runtime,
+                                 instances=instances, threads=threads, gpu=target == "gpu")
+                else:
+                    _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime))
+            # Triton only treats folders as models; this file is for people and the benchmarks.
+            return write_manifest(
+                tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
+                max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
+                image_packages=image_packages(target, runtime),
+                models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
+                                "task_spec": spec_of(m).to_dict(),
+                                "max_seq_length": m["max_seq_length"], "encoder_artifact": plans[model]["artifact"],
+                                "precision": plans[model]["precision"],
+                                **({"precision_choice": plans[model]["choice"]} if "choice" in plans[model] else {}),
+                                "source_export": os.path.basename(os.path.normpath(d))}
+                        for model, (d, m) in exports.items()})
 
 
 def _plan_encoder(model: str, export_dir: Path, manifest: dict, target: str, runtime: str, precision: str,

@@ -145,3 +145,36 @@ def simulated_cpu(request, monkeypatch):
     caps = capabilities.PROFILES[request.param]
     monkeypatch.setattr(capabilities, "current", lambda: caps)
     return caps
+
+
+# A second process that holds ``core.outputs.output_lock`` on a path until the test ends.
+_LOCK_HOLDER = """
+import sys
+from ofaserve.core.outputs import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def held_by_another_process():
+    """``hold(out)`` starts a real second run holding the lock on ``out`` (a stage running
+    elsewhere); it lets go when its stdin closes, at the latest when the test ends."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(out):
+        p = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(out)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield hold
+    for p in procs:
+        if p.stdin and not p.stdin.closed:
+            p.stdin.close()
+        p.wait(30)

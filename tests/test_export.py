@@ -470,7 +470,9 @@ def test_cli_tutorial_flags_and_opset(tiny_compress_dir, tmp_path, capsys):
     assert m["width_mult"] == 0.5 and m["max_seq_length"] == 48 and m["sub_config"]["num_heads"] == [2, 2]
     assert onnx.load(str(out / "onnx" / "model.onnx")).opset_import[0].version == 15
     assert "onnx_fp16" not in m["artifacts"] and m["precisions"] == {}
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["model_config.json", "model_state.pdparams"]
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["manifest.json", "model_config.json",
+                                                                    "model_state.pdparams"]
+    assert read_manifest(tmp_path / "sub", stage="export_sub_model")["export_dir"] == str(out.resolve())
     assert (tmp_path / "st" / "float.pdiparams").is_file()
     assert "exported width 0.5" in capsys.readouterr().out
 

@@ -119,3 +119,24 @@ def test_pack_cli_missing_export_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "error:" in err and "nope" in err and "\n" not in err
     assert not (tmp_path / "pack").exists()
+
+
+def test_pack_replaces_only_a_previous_pack(tiny_export_dir, tmp_path, capsys):
+    """--output is checked before any work: a folder holding something else is refused
+    (kept as it was) unless --overwrite; a previous pack is replaced."""
+    from benchmarks.records.gpu_torch import main
+
+    argv = ["pack", "--export_dirs", str(tiny_export_dir), "--batch_size", "4", "--seq_len", "8", "--big_batch", "8"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(argv + ["--output", str(mine)]) == 2
+    assert "holds other content" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "pack"
+    assert main(argv + ["--output", str(out)]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["stage"] == "gpu_pack"
+    assert main(argv + ["--output", str(out)]) == 0  # its own earlier pack
+    assert json.loads((out / "manifest.json").read_text())["created"] >= first["created"]
+    assert main(argv + ["--output", str(mine), "--overwrite"]) == 0
+    assert not (mine / "notes.txt").exists() and (mine / "manifest.json").is_file()

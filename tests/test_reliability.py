@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofaserve.benchmarks.reliability import export_faults, faults, probes, traffic
+from ofaserve.benchmarks.reliability import export_faults, faults, memory, probes, traffic
 from ofaserve.core.manifests import read_manifest
 from ofaserve.serve.repository import build_repository
 from ofaserve.serve.server import TritonServer
@@ -92,6 +92,41 @@ def test_load_every_request_answered_memory_stable(server, repo, texts):
     assert mem["shm_bytes_end"] == mem["shm_bytes_start"], mem  # regions did not grow under ordinary load
     assert r["latency_ms"]["max"] < 30_000
     assert all(server.models_ready().values())
+
+
+# ------------------------------------------------------------------------------ memory growth
+def test_memory_growth_within_limit_and_the_leaking_control_exceeds_it(repo, texts, tmp_path):
+    """Triton's L0_memory_growth in small: the repository's servers stay within the growth
+    limit after the warm-up half; a copy whose encoder keeps memory per request goes over
+    it under the same load (or the check could not fail); the repository itself is untouched."""
+    path, model, _ = repo
+    encoder_py = path / f"{model}_encoder" / "1" / "model.py"
+    original = encoder_py.read_bytes()
+    r = memory.memory_growth_check(path, model, texts, tmp_path, n_requests=2000, concurrency=8, batch_size=4)
+    n, c = r["normal"], r["control"]
+    assert r["every_request_answered"], (n["error_examples"], c["error_examples"])
+    assert n["samples_after_warmup"] >= 3 and c["samples_after_warmup"] >= 3
+    assert n["rss_after_warmup_mib"] > 50  # tritonserver + its stubs, really measured
+    assert n["within_limit"] and n["growth_mib"] < r["limit_mib"], n
+    assert c["exceeded_limit"] and c["growth_mib"] > r["limit_mib"], c
+    enc = f"{model}_encoder"  # the leak shows where it is: in the encoder's stub
+    assert max(c["per_process_growth_mib"], key=c["per_process_growth_mib"].get).startswith(enc), c
+    assert r["ok"]
+    assert encoder_py.read_bytes() == original
+    assert "_KEPT_FOR_THE_CONTROL" in (tmp_path / f"{path.name}_leaking" / enc / "1" / "model.py").read_text()
+
+
+def test_memory_growth_record_is_the_rendering_of_its_json():
+    """benchmarks/results/memory_growth.md holds what its JSON renders to (no figure by hand),
+    and the recorded check passed with its control over the limit."""
+    from ofaserve.benchmarks.reliability.report import to_markdown
+
+    record = probes.ROOT / "benchmarks" / "results" / "memory_growth.json"
+    r = json.loads(record.read_text())
+    assert to_markdown(r) == record.with_suffix(".md").read_text()
+    (g,) = r["memory_growth"]
+    assert g["ok"] and g["normal"]["within_limit"] and g["control"]["exceeded_limit"]
+    assert r["machine"]["cpu"] and "--scenarios memory" in r["command"]
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 PACK_FORMAT = "ofaserve-gpu-pack/1"
+PACK_STAGE = "gpu_pack"  # the manifest's stage: a later pack may replace the folder
 WORD = "bert.embeddings.word_embeddings.weight"
 POS = "bert.embeddings.position_embeddings.weight"
 TYPE = "bert.embeddings.token_type_embeddings.weight"
@@ -160,9 +161,20 @@ def _leading_slice(small: np.ndarray, big: np.ndarray) -> bool:
 
 
 def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big_batch: int,
-         seed: int) -> dict[str, Any]:
-    import pickle
+         seed: int, overwrite: bool = False) -> dict[str, Any]:
+    """Write the pack to ``output``: a new or empty folder, a previous pack, or with
+    ``overwrite`` anything else (checked and locked before any work)."""
+    from ofaserve.core.outputs import check_output_dir, output_lock
 
+    check_output_dir(output, stage=PACK_STAGE, overwrite=overwrite, inputs=export_dirs)
+    with output_lock(output):
+        return _pack(export_dirs, output, batch_size, seq_len, big_batch, seed)
+
+
+def _pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big_batch: int,
+          seed: int) -> dict[str, Any]:
+    """What ``pack`` writes, once its output is checked and locked."""
+    import pickle
 
     from ofaserve.core.errors import OfaserveError
     from ofaserve.core.machine import machine_info
@@ -236,7 +248,7 @@ def pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, big
                             "numpy_forward_vs_onnx_max_abs": diff,
                             "onnx_sha256": m.get("onnx", {}).get("sha256")})
         np.savez(tmp / "inputs.npz", **real, **fixed)
-        manifest = {"format": PACK_FORMAT, "created": now_iso(), "machine": machine_info(),
+        manifest = {"stage": PACK_STAGE, "format": PACK_FORMAT, "created": now_iso(), "machine": machine_info(),
                     "task": first["source"]["task"], "labels": first["labels"], "pad_token_id": pad,
                     "batch_size": batch_size, "seq_len": seq_len, "big_batch": big_batch, "seed": seed,
                     "n_real_batches": n_real, "dev_sentences": len(texts),
@@ -471,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("pack", help="(here) weights, tokenized dev batches and ONNX reference logits to one folder")
     a.add_argument("--export_dirs", nargs="+", required=True,
                    help="export folders, full width first (the ratio is first / last)")
-    a.add_argument("--output", required=True, help="pack folder to write (written whole or not at all)")
+    a.add_argument("--output", required=True,
+                   help="pack folder to write (written whole or not at all): new, empty or a previous pack")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace --output even if it holds something other than a previous pack")
     a.add_argument("--batch_size", type=int, default=16, help="sentences per batch (default 16)")
     a.add_argument("--seq_len", type=int, default=128, help="fixed-length workload's tokens (default 128)")
     a.add_argument("--big_batch", type=int, default=256, help="rows of the large fixed batch (default 256)")
@@ -486,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "pack":
         from ofaserve.core.errors import OfaserveError
         try:
-            m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed)
+            m = pack(args.export_dirs, args.output, args.batch_size, args.seq_len, args.big_batch, args.seed,
+                     overwrite=args.overwrite)
         except OfaserveError as e:
             print(f"benchmarks.gpu_torch: error: {e}", file=sys.stderr)
             return 2

@@ -23,6 +23,10 @@ faults      SIGKILL the encoder's stub mid-load under `ofaserve serve`: how the
 export      SIGINT / SIGTERM to `ofaserve export` mid-run on a tiny compress output:
             a previous export must stay intact (manifest sha256), no temp folder left.
 shm         /dev/shm bytes per python-backend instance (sizes of the deploy manifest).
+memory      ``--memory_requests`` requests on a fresh server: the RSS of tritonserver + stubs
+            may grow at most the limit over the second half; then the same on a copy of the
+            repository whose encoder leaks per request (the control), which must exceed it
+            (Triton's L0_memory_growth, reliability.memory). Exit 1 when the check fails.
 
 The helpers are imported by tests/test_reliability.py (reduced counts, hard bounds).
 Every loop here is bounded in count and in time; every server started here is stopped.
@@ -32,6 +36,7 @@ Modules, by concern (each imports only those above it)::
     probes          processes, RSS and /dev/shm of a running server; bounded waits; ROOT, MIB
     traffic         request helpers, the load run and its checks, bad-input cases, background traffic
     faults          `ofaserve serve` / tritonserver / stub kills, busy ports (ServeCLI)
+    memory          the memory-growth check and its leaking control
     export_faults   interrupted `ofaserve export`; the tiny and real models the scenarios use
     scenarios       the scenarios above, composed of those helpers
     report          the Markdown report of a run's JSON

@@ -16,7 +16,7 @@ from ofaserve.benchmarks.reliability.export_faults import REAL_EXPORT_CANDIDATES
 from ofaserve.benchmarks.reliability.probes import ROOT
 from ofaserve.benchmarks.reliability.report import to_markdown
 from ofaserve.benchmarks.reliability.scenarios import scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh, \
-    shm_per_instance
+    scenario_memory_growth, shm_per_instance
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bad-input scenario: passes over the good batches per good worker, sent while the bad cases run")
     p.add_argument("--bad_rounds", type=int, default=3,
                    help="bad-input scenario: times each bad case is sent per bad worker")
-    p.add_argument("--scenarios", default="load,shm,faults,export",
-                   help="comma-separated: load (includes bad input), shm, faults, export")
+    p.add_argument("--memory_requests", type=int, default=20000,
+                   help="memory scenario: requests per server (the repository, then its leaking control); the "
+                        "growth is measured over the second half")
+    p.add_argument("--scenarios", default="load,shm,faults,export,memory",
+                   help="comma-separated: load (includes bad input), shm, faults, export, memory (growth check "
+                        "with a leaking control)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
     return p
 
@@ -74,8 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             report["faults"] = scenario_faults(exports[0][0], work)
         if "export" in scenarios:
             report["export"] = scenario_export(compress_dir, work)
+        if "memory" in scenarios:
+            report["memory_growth"] = [scenario_memory_growth(export, kind, work, args) for export, kind in exports]
     report["load_avg_end"] = os.getloadavg()
     write_json(args.output, report)
     args.output.with_suffix(".md").write_text(to_markdown(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
+    failed = [m["served_name"] for m in report.get("memory_growth", []) if not m["ok"]]
+    if failed:
+        print(f"memory growth check FAILED for {', '.join(failed)} (see the report)", file=sys.stderr)
+        return 1
     return 0

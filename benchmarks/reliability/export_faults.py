@@ -14,6 +14,7 @@ from typing import Any
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest
+from ofaserve.core.outputs import lock_path
 
 from ofaserve.benchmarks.reliability.probes import ROOT, ofaserve_command, wait_until
 
@@ -27,8 +28,10 @@ def sha256(path: Path) -> str:
 
 
 def temp_entries(out: Path) -> list[str]:
-    """Entries next to ``out`` that the atomic writer makes (.NAME.tmp-*, .probe-*, .old-*)."""
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+    """Entries next to ``out`` that the atomic writer makes (.NAME.tmp-*, .probe-*, .old-*).
+    Not the lock file: a run that dies leaves it, holding nothing (the kernel drops the lock)."""
+    return sorted(p.name for p in out.parent.iterdir()
+                  if p.name.startswith(f".{out.name}.") and p.name != lock_path(out).name)
 
 
 EXPORT_PHASES = ("Start to get pruned model", "sub model + static model written", "ONNX written",

@@ -146,8 +146,9 @@ class Sampler:
 
 
 def memory_summary(samples: list[dict[str, Any]], warmup_done: int) -> dict[str, Any]:
-    """Start / after warm-up / max / end RSS and the slope after warm-up (MiB per 1,000
-    requests, least squares on (requests done, RSS))."""
+    """Start / after warm-up / max / end RSS, the largest rise above the after-warm-up RSS,
+    and the slope after warm-up (MiB per 1,000 requests, least squares on (requests done,
+    RSS))."""
     rss = [s["rss_mib"] for s in samples]
     warm = [s for s in samples if (s["done"] or 0) >= warmup_done] or samples[-1:]
     x = np.array([s["done"] or 0 for s in warm], dtype=float)
@@ -158,6 +159,8 @@ def memory_summary(samples: list[dict[str, Any]], warmup_done: int) -> dict[str,
     return {
         "n_samples": len(samples), "rss_start_mib": rss[0], "rss_after_warmup_mib": warm[0]["rss_mib"],
         "rss_max_mib": max(rss), "rss_end_mib": rss[-1], "growth_after_warmup_mib": rss[-1] - warm[0]["rss_mib"],
+        "max_growth_after_warmup_mib": float(y.max() - y[0]), "samples_after_warmup": len(warm),
+        "after_warmup_at_request": warm[0]["done"],
         "slope_mib_per_1000_requests": slope,
         "per_process_growth_mib": {k: per_process_end.get(k, 0) - v for k, v in per_process_start.items()},
         "per_process_end_mib": per_process_end,

@@ -9,7 +9,9 @@ from ofaserve.benchmarks.reliability.probes import MIB
 
 def to_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Reliability report ({r['created']})", "",
-             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; Triton {r.get('triton', '2.51.0')} "
+             f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores"
+             + (f" ({' '.join(r['machine']['cpu_flags'])})" if r['machine'].get('cpu_flags') else "")
+             + f"; Triton {r.get('triton', '2.51.0')} "
              f"(nvidia-pytriton wheel), python backend, loopback gRPC.", "",
              f"Command: `{r['command']}`", ""]
     for m in r.get("models", []):
@@ -90,6 +92,28 @@ def to_markdown(r: dict[str, Any]) -> str:
         n = e["next_run"]
         lines += ["", f"- next run: exit {n['exit_code']} in {n['wall_s']:.1f} s, loads: {n['export_loads']}, "
                       f"temp entries left: {n['temp_after']}", ""]
+    for g in r.get("memory_growth", []):
+        n, c = g["normal"], g["control"]
+        lines += [f"## Memory growth: {g['model']['kind']} ({g['served_name']})", "",
+                  f"{g['requests']} ensemble requests x {g['batch_size']} sentences per server, concurrency "
+                  f"{g['concurrency']}; RSS of tritonserver + every python-backend stub; growth = highest total in the "
+                  f"second half minus the total at the middle ({g['measured_requests']} requests measured); limit "
+                  f"{g['limit_mib']:.0f} MiB. The control is a copy of the repository whose encoder keeps "
+                  f"{c['leak_bytes_per_request']:,} bytes per request ({c['leak_added_after_warmup_mib']:.0f} MiB over "
+                  f"the measured half); a leak above {g['smallest_leak_over_limit_bytes_per_request']:,} bytes per "
+                  "request exceeds the limit.", "",
+                  "| server | ok / sent | errors | RSS after warm-up MiB | max MiB | growth MiB | slope MiB / 1,000 req "
+                  "| verdict |", "|---|---|---|---|---|---|---|---|"]
+        for name, run, verdict in (("repository", n, "within limit" if n["within_limit"] else "OVER LIMIT"),
+                                   ("control (leaking copy)", c,
+                                    "exceeded, as it must" if c["exceeded_limit"] else "DID NOT EXCEED")):
+            lines.append(f"| {name} | {run['ok']} / {run['sent']} | {run['errors']} | "
+                         f"{run['rss_after_warmup_mib']:.1f} | {run['rss_max_mib']:.1f} | {run['growth_mib']:+.1f} | "
+                         f"{_fmt(run['slope_mib_per_1000_requests'])} | {verdict} |")
+        lines += ["", "- growth per process in the repository's run (MiB): "
+                  + ", ".join(f"{k} {v:+.1f}" for k, v in n["per_process_growth_mib"].items()),
+                  f"- check: {'PASS' if g['ok'] else 'FAIL'} (every request answered: {g['every_request_answered']})",
+                  ""]
     if r.get("shm"):
         sh = r["shm"]
         lines += ["## /dev/shm per python-backend instance", ""]

@@ -12,6 +12,7 @@ from ofaserve.core.manifests import read_manifest
 from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_ok, describe_export, interrupt_export, run_export
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
                      stub_kill_triton, stub_kill_under_load)
+from ofaserve.benchmarks.reliability.memory import memory_growth_check
 from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
 from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
                       mixed_traffic, run_load, shm_growth_sweep)
@@ -62,6 +63,24 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
         out["shm_after_bad_input"] = {s["instance"]: shm_end.get(s["shm"]) for s in stubs_of(srv.process.pid)}
         out["rss_end_mib"] = rss_by_process(srv.process.pid)
     return out
+
+
+def scenario_memory_growth(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
+    """The memory-growth check and its leaking control (reliability.memory) on one export."""
+    from ofaserve.serve.repository import build_repository
+    tag = kind.split()[0]
+    repo = work / f"repo_memory_{tag}"
+    # fp32 pinned: memory growth does not depend on the precision, and precision auto would
+    # time every candidate first
+    (model,) = build_repository([export], repo, target="cpu", precision="fp32")["models"]
+    print(f"[{tag}] memory growth: {args.memory_requests} requests x {args.batch_size} sentences, concurrency "
+          f"{args.concurrency}, on the repository and on a copy with a leaking encoder (the control)", flush=True)
+    r = memory_growth_check(repo, model, dev_sentences(), work, n_requests=args.memory_requests,
+                            concurrency=args.concurrency, batch_size=args.batch_size)
+    print(f"[{tag}]   growth after warm-up {r['normal']['growth_mib']:+.1f} MiB, control "
+          f"{r['control']['growth_mib']:+.1f} MiB, limit {r['limit_mib']:.0f} MiB: {'PASS' if r['ok'] else 'FAIL'}",
+          flush=True)
+    return {"model": describe_export(export, kind), "served_name": model, **r}
 
 
 def scenario_faults(export: Path, work: Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Files written whole: JSON by temp file + rename (a reader never sees half a file), and
-the checksums stages record for the files they hand on."""
+"""Files written whole and durable: JSON by temp file + fsync + rename (a reader never sees
+half a file, a power cut never leaves an empty one), the checksums stages record for the
+files they hand on, and the rule that a path a manifest names stays inside its folder."""
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +8,10 @@ import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ofaserve.core.errors import OfaserveError
 from ofaserve.core.width import Width
 
 
@@ -21,8 +23,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries) to the disk. A rename
+    is durable only once the folder holding it is synced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    """Write JSON atomically and durably: temp file, fsync, rename, fsync of the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -33,11 +45,34 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_path(path.parent)
+
+
+def confined_path(folder: str | os.PathLike, rel: str, what: str) -> Path:
+    """``folder / rel`` for a path read from ``folder``'s manifest, refused unless it stays
+    inside ``folder``: no absolute path, no ``..``, no symlink that leads out. A manifest
+    is data; without this, one that names ``/etc/...`` or ``../..`` would make the next
+    stage read (and a repository copy) files from anywhere."""
+    folder = Path(folder)
+    if not isinstance(rel, str) or not rel:
+        raise OfaserveError(f"{folder}/manifest.json: {what} is {rel!r}, not a relative path")
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise OfaserveError(f"{folder}/manifest.json: {what} {rel!r} leaves its folder (absolute or '..' path); "
+                            "a stage's manifest names only files inside the stage's folder")
+    path = folder / rel
+    base = folder.resolve()
+    if not path.resolve().is_relative_to(base):
+        raise OfaserveError(f"{folder}/manifest.json: {what} {rel!r} is a symlink to {path.resolve()}, outside "
+                            f"{folder}; a stage's manifest names only files inside the stage's folder")
+    return path
 
 
 def _json_default(o: Any) -> Any:

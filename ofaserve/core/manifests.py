@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.files import write_json
+from ofaserve.core.files import confined_path, write_json
 
 MANIFEST = "manifest.json"
 VERSION = "0.1.0"
+# Fields whose values name files of the stage's own folder; every read checks they stay in it.
+PATH_FIELDS = ("artifacts", "checkpoints", "tokenizer", "paddle_static_files")
 
 
 def now_iso() -> str:
@@ -37,6 +39,11 @@ def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[s
         raise OfaserveError(
             f"{folder} was written by stage {manifest.get('stage')!r}, expected {stage!r}: "
             f"pass the output folder of `ofaserve {stage}`")
+    for field in PATH_FIELDS:
+        value = manifest.get(field)
+        named = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, rel in named:
+            confined_path(folder, rel, f"{field}[{key!r}]")
     return manifest
 
 

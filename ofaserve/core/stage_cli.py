@@ -1,7 +1,9 @@
 """The one way a stage's CLI turns its outcome into output and an exit code.
 
 0: done. 2: an error the user can fix (``OfaserveError``), printed as one line (with its
-``table`` first when it carries one, e.g. a parity report). 130: interrupted (Ctrl-C or
+``table`` first when it carries one, e.g. a parity report), or the machine refusing a
+write or a read (disk full, permission denied, read-only file system: ``environment_error``),
+printed as one line that says what is at the output path. 130: interrupted (Ctrl-C or
 SIGTERM), saying what is at the output path. A signal can also surface as another error
 raised inside a library (paddle wraps it in its own RuntimeError): the flag that
 ``terminate_like_interrupt`` leaves tells the two apart. Anything else is a bug and keeps
@@ -9,6 +11,7 @@ its traceback.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any, Callable
 
 from ofaserve.core import interrupts
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.outputs import interrupted_message
+from ofaserve.core.outputs import forget_replaced, interrupted_message, output_state
 from ofaserve.core.quiet import known_native_lines_dropped, known_noise_silenced
 
 
@@ -73,20 +76,50 @@ def log_to_file(path: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[to_file, to_screen, _latest], force=True)
 
 
-def run_stage(work: Callable[[], Any], output_dir: str, resume_hint: str = "") -> tuple[int, Any]:
-    """(exit code, what ``work`` returned or None)."""
+# What the machine may refuse a stage that is not a bug in it: the user frees space, fixes
+# permissions or picks a writable folder, as for any other bad input.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def environment_error(e: BaseException) -> OSError | None:
+    """The OSError of ``ENVIRONMENT_ERRNOS`` behind ``e`` (itself, or what a library wrapped),
+    or None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def environment_message(e: OSError, output_dir: str | None) -> str:
+    """One line: what was refused, on which file, and what is at the output now."""
+    where = f": {e.filename}" if e.filename else ""
+    state = f"; {output_state(output_dir)}" if output_dir else ""
+    return f"{e.strerror or e}{where}{state}"
+
+
+def run_stage(work: Callable[[], Any], output_dir: str | None, resume_hint: str = "") -> tuple[int, Any]:
+    """(exit code, what ``work`` returned or None). ``output_dir``: what the stage writes, for
+    the message after an interrupt or a refused write (None: it writes nothing)."""
     interrupts.terminate_like_interrupt()
+    if output_dir:
+        forget_replaced(output_dir)
     try:
         # library warnings and native log lines known to be harmless; others still show
         with known_noise_silenced(), known_native_lines_dropped():
             return 0, work()
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, KeyboardInterrupt) or interrupts.interrupted():
-            print(interrupted_message(output_dir, resume_hint), file=sys.stderr)
+            print(interrupted_message(output_dir, resume_hint) if output_dir else "interrupted", file=sys.stderr)
             return 130, None
         if isinstance(e, OfaserveError):
             if getattr(e, "table", None):
                 print(e.table, file=sys.stderr)
             print(f"error: {e}", file=sys.stderr)
+            return 2, None
+        if (refused := environment_error(e)) is not None:
+            print(f"error: {environment_message(refused, output_dir)}", file=sys.stderr)
             return 2, None
         raise
