@@ -42,7 +42,7 @@ from ofaserve.core.outputs import atomic_output_dir, check_output_dir
 from ofaserve.core.naming import encoder_name, model_name
 from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
-from ofaserve.runtime.runtimes import trt_profile_shapes
+from ofaserve.runtime.runtimes import padded_length, trt_profile_shapes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
 RUNTIMES_PY = Path(runtimes.__file__)
@@ -73,10 +73,12 @@ NATIVE_PAD_MULTIPLE = 16
 # (serve/deploy/triton.yaml) and the README's docker command all provide this folder.
 TRT_CACHE_ROOT = "/tmp/ofaserve_trt_cache"
 # pip packages the python models import, per encoder runtime ("" for the tokenizer and
-# postprocess models every repository has); versions as installed and tested here.
+# postprocess models every repository has); the pins of pyproject.toml (tests/test_locks.py),
+# locked with hashes for the images' Python in serve/deploy/image-requirements.txt.
 IMAGE_PACKAGES = {"": ("tokenizers==0.23.3", "numpy==1.26.4"),
                   "openvino": ("openvino==2026.4.1",), "onnxruntime": ("onnxruntime==1.32.0",),
-                  "paddle": ("paddlepaddle==3.3.1",), "onnxruntime-trt": ("onnxruntime-gpu",)}
+                  "paddle": ("paddlepaddle==3.3.1",),
+                  "onnxruntime-trt": ("onnxruntime-gpu==1.31.1", "tensorrt-cu13==10.16.1.11")}
 REPO_STAGE = "repo"
 # Export artifacts holding the packed graph (several sentences per row).
 PACKED_ARTIFACTS = ("onnx_packed", "openvino_packed_int8")
@@ -231,6 +233,9 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     if batching:
         _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if target == "gpu" else "KIND_CPU")
+    # The tokenizer pads after truncating: in front of a native encoder max_seq_length 50
+    # arrives as 64, which a TensorRT profile ending at 50 would refuse on every such request.
+    seq = padded_length(seq, _pad_multiple(target, runtime))
     shapes = [(1, seq), (min(PREFERRED_BATCH, max_batch_size), seq)]
     if target == "gpu":  # build and size the engine for the largest batch at load, not under traffic
         shapes.append((max_batch_size, seq))
