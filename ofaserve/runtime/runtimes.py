@@ -305,8 +305,9 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
     cache_dir = cache_dir or str(path.parent / "trt_cache")
     os.makedirs(cache_dir, exist_ok=True)  # all levels: the TensorRT EP itself creates only the last
     trt = {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
-           # LayerNorm exported as ReduceMean/Pow/Sqrt overflows or loses precision in FP16;
-           # this keeps those layers in FP32 inside the FP16 engine.
+           # The exported LayerNorm is ReduceMean, Sub, Pow, ReduceMean, ...: its sum of squares
+           # overflows FP16. The provider forces every Pow layer directly followed by a Reduce
+           # layer (the square and its mean) to FP32; the rest of the LayerNorm stays FP16.
            "trt_layer_norm_fp32_fallback": precision == "fp16",
            "trt_max_workspace_size": max_workspace_size,
            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
