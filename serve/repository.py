@@ -125,6 +125,27 @@ def _read_export(export_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _verified(export_dir: Path, manifest: dict, path: Path) -> Path:
+    """``path``, a file of ``export_dir``, if its sha256 is the one the export recorded.
+    Export and compress folders are trusted input (sub_model/ holds paddle pickles, the
+    repository gets the models the server runs): a file changed since `ofaserve export`
+    wrote it is refused, not copied into a repository."""
+    recorded = manifest.get("files_sha256")
+    if recorded is None:
+        raise OfaserveError(f"{export_dir}/manifest.json records no sha256 of its files (an export from before "
+                            "ofaserve recorded them): re-run `ofaserve export`")
+    try:
+        rel = path.resolve().relative_to(export_dir.resolve()).as_posix()
+    except ValueError:
+        raise OfaserveError(f"{path} is outside the export folder {export_dir}: re-run `ofaserve export`") from None
+    if rel not in recorded:
+        raise OfaserveError(f"{path} is not among the files {export_dir}/manifest.json records: re-run `ofaserve export`")
+    if sha256_file(path) != recorded[rel]:
+        raise OfaserveError(f"{path} does not match the sha256 {export_dir}/manifest.json records for it (changed "
+                            "since the export wrote it): restore it or re-run `ofaserve export`")
+    return path
+
+
 def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
     config = _base(name, max_batch_size, backend="python")
     config.input.append(_tensor(mc.ModelInput, "TEXT", "TYPE_STRING", [1]))
@@ -362,7 +383,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
             raise OfaserveError(f"{export_dir} lacks a Paddle static model at {prefix}: re-run `ofaserve export`")
         (dest / "static").mkdir()
         for f in files:
-            shutil.copy2(f, dest / "static" / f"model{f.suffix}")
+            shutil.copy2(_verified(export_dir, manifest, f), dest / "static" / f"model{f.suffix}")
         weights = dest / "static" / "model.pdiparams"
     else:
         src = export_dir / artifacts[artifact]
@@ -371,7 +392,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
         if missing:
             raise OfaserveError(f"{export_dir} lacks {missing[0]} (artifact {artifact}): re-run `ofaserve export`")
         for f in pair:
-            shutil.copy2(f, dest / f"model{f.suffix}")
+            shutil.copy2(_verified(export_dir, manifest, f), dest / f"model{f.suffix}")
         weights = dest / f"model{pair[-1].suffix}"
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
@@ -525,13 +546,14 @@ def _write_fused(model_dir: Path, export_dir: Path, manifest: dict, plan: dict, 
     _write(model_dir, classifier_config(model_dir.name, manifest, max_batch_size, runtime=runtime,
                                         precision=plan["precision"], instances=instances, threads=threads,
                                         gpu=gpu, artifact=plan["artifact"], model_sha256=sha))
-    shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], model_dir / "1" / "tokenizer.json")
+    shutil.copy2(_verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"]),
+                 model_dir / "1" / "tokenizer.json")
 
 
 def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max_batch_size: int,
                     pad_multiple: int) -> None:
     """tokenizer -> encoder -> postprocess, and the ensemble {model} that chains them."""
-    tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
+    tokenizer_json = _verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"])
     tok = tmp / f"{model}_tokenizer"
     _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
     shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
