@@ -74,7 +74,7 @@ def _cuda_and_tensorrt() -> str | None:
     if not Path("/proc/driver/nvidia/version").exists():
         return "needs a CUDA GPU (no NVIDIA driver on this machine)"
     if TRT not in _providers():
-        return f"needs onnxruntime-gpu with TensorRT (pip install onnxruntime-gpu tensorrt); this one offers {_providers()}"
+        return f"needs onnxruntime-gpu with TensorRT (pip install 'ofaserve[gpu]' in place of [cpu]); this one offers {_providers()}"
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import re
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -90,7 +91,10 @@ def test_the_venv_is_exactly_the_full_lock():
     """`make venv` installed locks/full.txt (plus ofaserve itself and, with uv, the locked uv),
     nothing else."""
     locked = {n: v for n, (v, _) in read_lock(LOCKS["full"]).items()}
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
+    # the venv's site-packages only: once something imported setuptools, sys.path also holds
+    # its _vendor folder, whose copies of wheel, zipp, ... are not installed packages
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions(path=site)}
     installed.pop("ofaserve")
     installed.pop("pip")  # the venv's own, from python -m venv
     if "uv" in installed:  # INSTALLER=pip installs no uv

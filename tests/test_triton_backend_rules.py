@@ -11,7 +11,9 @@ rule below was read from the source that enforces it and is named next to it:
   trt-ep    microsoft/onnxruntime  tensorrt_execution_provider.cc (cache folder creation)
 
 The deployment recipes (serve/deploy/Dockerfile, triton.yaml, serve/README.md's docker command)
-are checked against what the repositories need from the image.
+are checked against what the repositories need from the image. They run the 26.06 image:
+there, onnxruntime_backend r26.06 reads the r24.10 TensorRT keys below plus trt_bf16_enable
+(compared source to source); the core and openvino rules were read at r24.10 only.
 """
 from __future__ import annotations
 
