@@ -139,8 +139,16 @@ def connect(url: str, timeout: float = 10.0):
     return client
 
 
-def repository_index(client) -> dict[str, str]:
-    idx = client.get_model_repository_index(as_json=True).get("models", []) or []
+def repository_index(client, url: str) -> dict[str, str]:
+    """{model: state}. The index is an API `ofaserve serve` restricts: the key comes from
+    the key file of a server this user runs here, or from $OFASERVE_TRITON_KEY."""
+    from tritonclient.utils import InferenceServerException
+    from ofaserve.serve.server import KEY_ENV, admin_headers
+    try:
+        idx = client.get_model_repository_index(headers=admin_headers(url), as_json=True).get("models", []) or []
+    except InferenceServerException as e:
+        raise OfaserveError(f"the server at {url} refused its model index ({_short(e)}): "
+                            f"set {KEY_ENV} to the server's key") from e
     out: dict[str, str] = {}
     for m in idx:
         out[m["name"]] = m.get("state", "") or out.get(m["name"], "")
@@ -377,7 +385,7 @@ def open_server(stack: ExitStack, plan: Plan) -> tuple[str, Any]:
 def discover(client, url: str, plan: Plan) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """(models, full width first; what each serves), checked against the workloads."""
     args = plan.args
-    index = repository_index(client)
+    index = repository_index(client, url)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else discover_models(index)
     if not models:
         raise OfaserveError(f"no {{m}}_encoder models in the repository of the server at {url} "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.files import files_sha256
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.core.machine import machine_info
 from ofaserve.core.files import fsync_path
@@ -380,6 +381,7 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
         labels=list(src.manifest["labels"]), max_seq_length=job.max_seq, do_lower_case=True,
         pad_token_id=job.pad_id, vocab_size=int(cfg["vocab_size"]), num_labels=int(cfg["num_labels"]),
         artifacts=artifacts,
+        files_sha256=files_sha256(tmp),  # `ofaserve repo` copies only files that still match
         sub_config={"num_layers": len(layers), "hidden_size": int(cfg["hidden_size"]),
                     "num_heads": [l["num_heads"] for l in layers], "head_dim": layers[0]["head_dim"],
                     "intermediate_size": [l["intermediate_size"] for l in layers],

@@ -138,7 +138,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: list[str]) -> int:
     args = serve_parser().parse_args(argv)
-    from ofaserve.serve.server import TritonServer
+    from ofaserve.serve.server import RESTRICTED_APIS, TritonServer
     server = TritonServer(args.model_repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
     stop = {"signal": None, "ready": False}
@@ -157,6 +157,8 @@ def serve_main(argv: list[str]) -> int:
         print(f"models: {', '.join(models)}")
         for line in precision_lines(args.model_repository):
             print(line)
+        print(f"restricted APIs ({', '.join(RESTRICTED_APIS)}): key for this launch in {server.key_path} "
+              "(read by ofaserve's own clients)")
         print(f"server log: {server.log_path}", flush=True)
         # The server's health endpoint stays 200 when a python stub dies: watch each model.
         while stop["signal"] is None:

@@ -29,8 +29,9 @@ def _check_model(client, url: str, model: str) -> None:
     except InferenceServerException as e:
         raise OfaserveError(f"Triton at {url} is not reachable ({e.message()}): is `ofaserve serve` running?") from e
     if not ready:
-        try:
-            names = sorted({m.name for m in client.get_model_repository_index().models})
+        from ofaserve.serve.server import admin_headers
+        try:  # the index is a restricted API: the key of a local server is in its key file
+            names = sorted({m.name for m in client.get_model_repository_index(headers=admin_headers(url)).models})
         except InferenceServerException:
             names = []
         raise OfaserveError(f"model {model!r} is not ready on {url}"

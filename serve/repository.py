@@ -45,7 +45,7 @@ from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
-from ofaserve.runtime.runtimes import trt_profile_shapes
+from ofaserve.runtime.runtimes import padded_length, trt_profile_shapes
 
 SOURCES = Path(__file__).resolve().parent / "triton_models"
 RUNTIMES_PY = Path(runtimes.__file__)
@@ -78,10 +78,12 @@ NATIVE_PAD_MULTIPLE = 16
 # (serve/deploy/triton.yaml) and the README's docker command all provide this folder.
 TRT_CACHE_ROOT = "/tmp/ofaserve_trt_cache"
 # pip packages the python models import, per encoder runtime ("" for the tokenizer and
-# postprocess models every repository has); versions as installed and tested here.
+# postprocess models every repository has); the pins of pyproject.toml (tests/test_locks.py),
+# locked with hashes for the images' Python in serve/deploy/image-requirements.txt.
 IMAGE_PACKAGES = {"": ("tokenizers==0.23.3", "numpy==1.26.4"),
                   "openvino": ("openvino==2026.4.1",), "onnxruntime": ("onnxruntime==1.32.0",),
-                  "paddle": ("paddlepaddle==3.3.1",), "onnxruntime-trt": ("onnxruntime-gpu",)}
+                  "paddle": ("paddlepaddle==3.3.1",),
+                  "onnxruntime-trt": ("onnxruntime-gpu==1.31.1", "tensorrt-cu13==10.16.1.11")}
 REPO_STAGE = "repo"
 # Kept when a repository replaces the folder's content: model_repository/'s tracked README.
 REPO_KEEPS = ("README.md",)
@@ -157,6 +159,27 @@ def _task_params(config: mc.ModelConfig, spec: TaskSpec) -> None:
 
 def task_output_names(spec: TaskSpec) -> list[str]:
     return ["SCORE"] if spec.type == TaskType.REGRESSION else ["LABEL", "PROBS"]
+
+
+def _verified(export_dir: Path, manifest: dict, path: Path) -> Path:
+    """``path``, a file of ``export_dir``, if its sha256 is the one the export recorded.
+    Export and compress folders are trusted input (sub_model/ holds paddle pickles, the
+    repository gets the models the server runs): a file changed since `ofaserve export`
+    wrote it is refused, not copied into a repository."""
+    recorded = manifest.get("files_sha256")
+    if recorded is None:
+        raise OfaserveError(f"{export_dir}/manifest.json records no sha256 of its files (an export from before "
+                            "ofaserve recorded them): re-run `ofaserve export`")
+    try:
+        rel = path.resolve().relative_to(export_dir.resolve()).as_posix()
+    except ValueError:
+        raise OfaserveError(f"{path} is outside the export folder {export_dir}: re-run `ofaserve export`") from None
+    if rel not in recorded:
+        raise OfaserveError(f"{path} is not among the files {export_dir}/manifest.json records: re-run `ofaserve export`")
+    if sha256_file(path) != recorded[rel]:
+        raise OfaserveError(f"{path} does not match the sha256 {export_dir}/manifest.json records for it (changed "
+                            "since the export wrote it): restore it or re-run `ofaserve export`")
+    return path
 
 
 def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
@@ -267,6 +290,9 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     if batching:
         _batching(config, max_batch_size)
     _instances(config, instances, "KIND_GPU" if target == "gpu" else "KIND_CPU")
+    # The tokenizer pads after truncating: in front of a native encoder max_seq_length 50
+    # arrives as 64, which a TensorRT profile ending at 50 would refuse on every such request.
+    seq = padded_length(seq, _pad_multiple(target, runtime))
     shapes = [(1, seq), (min(PREFERRED_BATCH, max_batch_size), seq)]
     if target == "gpu":  # build and size the engine for the largest batch at load, not under traffic
         shapes.append((max_batch_size, seq))
@@ -392,7 +418,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
             raise OfaserveError(f"{export_dir} lacks a Paddle static model at {prefix}: re-run `ofaserve export`")
         (dest / "static").mkdir()
         for f in files:
-            shutil.copy2(f, dest / "static" / f"model{f.suffix}")
+            shutil.copy2(_verified(export_dir, manifest, f), dest / "static" / f"model{f.suffix}")
         weights = dest / "static" / "model.pdiparams"
     else:
         src = export_dir / artifacts[artifact]
@@ -401,7 +427,7 @@ def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: st
         if missing:
             raise OfaserveError(f"{export_dir} lacks {missing[0]} (artifact {artifact}): re-run `ofaserve export`")
         for f in pair:
-            shutil.copy2(f, dest / f"model{f.suffix}")
+            shutil.copy2(_verified(export_dir, manifest, f), dest / f"model{f.suffix}")
         weights = dest / f"model{pair[-1].suffix}"
     if python:
         shutil.copy2(SOURCES / python / "model.py", dest / "model.py")
@@ -568,13 +594,14 @@ def _write_fused(model_dir: Path, export_dir: Path, manifest: dict, plan: dict, 
     _write(model_dir, classifier_config(model_dir.name, manifest, max_batch_size, runtime=runtime,
                                         precision=plan["precision"], instances=instances, threads=threads,
                                         gpu=gpu, artifact=plan["artifact"], model_sha256=sha))
-    shutil.copy2(export_dir / manifest["artifacts"]["tokenizer"], model_dir / "1" / "tokenizer.json")
+    shutil.copy2(_verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"]),
+                 model_dir / "1" / "tokenizer.json")
 
 
 def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max_batch_size: int,
                     pad_multiple: int) -> None:
     """tokenizer -> encoder -> postprocess, and the ensemble {model} that chains them."""
-    tokenizer_json = export_dir / manifest["artifacts"]["tokenizer"]
+    tokenizer_json = _verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"])
     tok = tmp / f"{model}_tokenizer"
     _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
     shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")

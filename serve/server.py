@@ -6,26 +6,90 @@ backends/ and caches/ into a work dir, drop the python backend stub for this Pyt
 into backends/python/, and start the binary with libtritonserver.so (renamed, in
 nvidia_pytriton.libs) and this venv's libpython on LD_LIBRARY_PATH and the venv's bin
 first on PATH (the stub finds its Python home, and so numpy, through `python3`).
+
+Like pytriton's launcher, every start puts Triton's admin APIs behind a key made for that
+launch (``--grpc-restricted-protocol`` / ``--http-restricted-api``): shared memory, the
+model repository, trace and logging. Shared-memory registration is the way into
+python-backend models that NVIDIA's August 2025 bulletin describes for Triton releases
+before 25.07, this one (2.51) included. What ofaserve's clients call stays open:
+inference, health, metadata, model config and statistics (the benchmark reads them; the
+metrics port publishes the same counters without any key). The key reaches this user's
+own clients without being typed: it is written to a private file (folder 0700, file
+0600) named by the gRPC port, which ``admin_headers(url)`` reads.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ofaserve.core.errors import OfaserveError
 
 # Printed by every start on a machine without a CUDA driver; not an error for us.
 _HARMLESS = ("CudaDriverHelper", "cuda driver", "CUDA driver")
+
+# Triton's API groups (tritonserver --help: health, metadata, inference, shared-memory,
+# model-config, model-repository, statistics, trace, logging) that need the launch's key.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "trace", "logging")
+# pytriton's header name, so its clients' access_token works too. Triton checks it as is
+# on HTTP and prefixed with "triton-grpc-protocol-" on gRPC (HTTP/2 headers are lowercase).
+KEY_HEADER = "triton-access-token"
+GRPC_KEY_HEADER = f"triton-grpc-protocol-{KEY_HEADER}"
+# The key of a server started elsewhere (e.g. the Kubernetes Secret of serve/deploy/).
+KEY_ENV = "OFASERVE_TRITON_KEY"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def restriction_flags(key: str) -> list[str]:
+    """The server flags that put RESTRICTED_APIS behind ``key`` on gRPC and HTTP."""
+    value = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={key}"
+    return [f"--grpc-restricted-protocol={value}", f"--http-restricted-api={value}"]
+
+
+def key_dir() -> Path:
+    """This user's private folder for the keys of the servers it runs (created 0700).
+
+    In the shared temp folder another user could have made it first: a folder that is not
+    ours, not a real folder or open to others is refused rather than used."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    folder = Path(base) / f"ofaserve-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OfaserveError(f"{folder} should be a folder only this user can read (owner uid {st.st_uid}, "
+                            f"mode {stat.filemode(st.st_mode)}): remove it and start again")
+    return folder
+
+
+def key_path(grpc_port: int) -> Path:
+    return key_dir() / f"triton-grpc-{int(grpc_port)}.key"
+
+
+def admin_headers(url: str) -> dict[str, str]:
+    """gRPC headers that unlock the restricted APIs of the server at ``url`` ("host:port"):
+    the key in $OFASERVE_TRITON_KEY, else, for a loopback address, the key file of the
+    server this user started on that port; {} when there is neither."""
+    if os.environ.get(KEY_ENV):
+        return {GRPC_KEY_HEADER: os.environ[KEY_ENV]}
+    parts = urlsplit(url if "//" in url else f"//{url}")
+    if parts.hostname not in _LOOPBACK or parts.port is None:
+        return {}
+    with contextlib.suppress(OSError, OfaserveError):
+        return {GRPC_KEY_HEADER: key_path(parts.port).read_text().strip()}
+    return {}
 
 
 def _site_packages_dir(package: str) -> Path:
@@ -102,6 +166,8 @@ class TritonServer:
         self._shm: set[str] = set()
         self._children: set[int] = set()
         self._stubs_at_start: dict[str, int] = {}
+        self.key: str | None = None
+        self.key_path: Path | None = None
 
     # -- endpoints -------------------------------------------------------------------
     @property
@@ -119,6 +185,13 @@ class TritonServer:
     @property
     def _connect_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that unlock this launch's restricted APIs (RESTRICTED_APIS)."""
+        if self.key is None:
+            raise OfaserveError("server not started: it has no key yet")
+        return {GRPC_KEY_HEADER: self.key}
 
     # -- lifecycle -------------------------------------------------------------------
     def _prepare_workdir(self) -> list[str]:
@@ -140,11 +213,31 @@ class TritonServer:
                 f"--cache-directory={self.workdir / 'caches'}",
                 "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
                 "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
-                f"--log-verbose={int(self.log_verbose)}"]
+                f"--log-verbose={int(self.log_verbose)}", *restriction_flags(self.key)]
         for proto, port in self.ports.items():
             args += [f"--{proto}-address={self.host}" if proto != "http" else f"--http-address={self.host}",
                      f"--{proto}-port={port}"]
         return args
+
+    def _write_key(self) -> None:
+        """A new key for this launch, in this user's key folder (0600, written whole, then
+        renamed into place so a client never reads half of it)."""
+        self.key = secrets.token_urlsafe(32)
+        path = key_path(self.ports["grpc"])
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.key + "\n")
+        os.replace(tmp, path)
+        self.key_path = path
+
+    def _remove_key(self) -> None:
+        """Delete the key file if it still holds this launch's key."""
+        if self.key_path is not None:
+            with contextlib.suppress(OSError):
+                if self.key_path.read_text().strip() == self.key:
+                    self.key_path.unlink()
+            self.key_path = None
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -166,19 +259,20 @@ class TritonServer:
             if port_in_use(self.host, port):
                 raise OfaserveError(f"{proto} port {port} on {self.host} is already in use: "
                                     f"stop what holds it or pass --{proto}_port")
-        args = self._prepare_workdir()
-        self.log_path = self.workdir / "tritonserver.log"
-        log = open(self.log_path, "wb")
         try:
-            # Own session: stop() can signal the server and every stub it spawned at once.
-            # Parent-death signal: if this process is SIGKILLed (OOM killer, kill -9), the
-            # kernel sends Triton SIGTERM, so it shuts down and frees ports, stubs and /dev/shm.
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self._environment(), cwd=self.workdir, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
-        finally:
-            log.close()
+            self._write_key()
+        except OSError as e:
+            raise OfaserveError(f"cannot write the server's key file: {e}") from e
         try:
+            args = self._prepare_workdir()
+            self.log_path = self.workdir / "tritonserver.log"
+            with open(self.log_path, "wb") as log:
+                # Own session: stop() can signal the server and every stub it spawned at once.
+                # Parent-death signal: if this process is SIGKILLed (OOM killer, kill -9), the
+                # kernel sends Triton SIGTERM, so it shuts down and frees ports, stubs and /dev/shm.
+                self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                env=self._environment(), cwd=self.workdir, start_new_session=True,
+                                                preexec_fn=_die_with_parent)
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -290,6 +384,7 @@ class TritonServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._shm.clear()
+        self._remove_key()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -56,3 +56,151 @@ def test_the_validation_rejects_what_a_cluster_rejects():
     for bad in (typo, wrong_type):
         with pytest.raises(kv.ValidationError):
             kv.validate(bad, version, strict=True)
+
+
+# --------------------------------------------------------------------------- hardening
+def _kinds() -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for _, d in _documents():
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def _pod() -> dict:
+    (dep,) = _kinds()["Deployment"]
+    return dep["spec"]["template"]
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return pod_spec["containers"] + pod_spec.get("initContainers", [])
+
+
+def _image_tags() -> dict[str, str]:
+    """Where each recipe names NVIDIA's Triton image, and the tag it names."""
+    import re
+    from tests.test_triton_backend_rules import _readme_docker_command
+    found = {f"triton.yaml {c['name']}": c["image"] for c in _containers(_pod()["spec"])}
+    found["Dockerfile"] = re.search(r"^FROM (\S+)", (DEPLOY / "Dockerfile").read_text(), re.M).group(1)
+    found["serve/README.md"] = re.search(r"nvcr\.io/nvidia/tritonserver:\S+", _readme_docker_command()).group(0)
+    prefix = "nvcr.io/nvidia/tritonserver:"
+    assert all(image.startswith(prefix) for image in found.values()), found
+    return {where: image[len(prefix):] for where, image in found.items()}
+
+
+def test_every_recipe_runs_one_pinned_patched_triton_release():
+    """One tag everywhere, at or after 25.07 (the first release outside NVIDIA's August 2025
+    bulletin) and so after 24.04 (the first onnxruntime backend that reads the
+    trt_profile_* and trt_layer_norm_fp32_fallback keys the gpu target writes)."""
+    import re
+    tags = _image_tags()
+    assert len(set(tags.values())) == 1, tags
+    (tag,) = set(tags.values())
+    found = re.fullmatch(r"(\d\d)\.(\d\d)-py3", tag)
+    assert found, f"{tag}: pin a release tag, not a moving one"
+    release = (int(found.group(1)), int(found.group(2)))
+    assert release >= (25, 7) and release >= (24, 4), tag
+
+
+def test_pod_runs_unprivileged():
+    pod = _pod()["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    ctx = pod["securityContext"]
+    assert ctx["runAsNonRoot"] is True and int(ctx["runAsUser"]) != 0 and int(ctx["runAsGroup"]) != 0
+    assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+    for c in _containers(pod):
+        sc = c.get("securityContext", {})
+        assert sc.get("allowPrivilegeEscalation") is False, c["name"]
+        assert sc.get("readOnlyRootFilesystem") is True, c["name"]
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc["capabilities"].get("add"), c["name"]
+        assert not sc.get("privileged") and sc.get("runAsUser", 1) != 0, c["name"]
+
+
+def test_what_triton_writes_is_a_volume_on_a_read_only_root():
+    """/tmp, the TensorRT cache and /dev/shm are the places Triton and its stubs write."""
+    from ofaserve.serve.repository import TRT_CACHE_ROOT
+    pod = _pod()["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (triton,) = [c for c in pod["containers"] if c["name"] == "triton"]
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in triton["volumeMounts"]}
+    for path in ("/tmp", TRT_CACHE_ROOT, "/dev/shm"):
+        assert "emptyDir" in mounts[path] or "hostPath" in mounts[path] or "persistentVolumeClaim" in mounts[path], path
+    for c in pod.get("initContainers", []):
+        writes = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
+        assert all("emptyDir" in volumes[m["name"]] for m in writes), c["name"]
+
+
+def test_server_command_restricts_the_admin_apis_with_a_secret_key():
+    from ofaserve.serve.server import restriction_flags
+    (triton,) = [c for c in _pod()["spec"]["containers"] if c["name"] == "triton"]
+    args = triton.get("command", []) + triton.get("args", [])
+    assert set(restriction_flags("$(OFASERVE_TRITON_KEY)")) <= set(args), args
+    env = {e["name"]: e for e in triton["env"]}
+    assert env["OFASERVE_TRITON_KEY"]["valueFrom"]["secretKeyRef"]["name"]  # never a literal in the manifest
+    assert "value" not in env["OFASERVE_TRITON_KEY"]
+
+
+def test_network_policy_admits_only_clients_and_the_scraper():
+    pod = _pod()
+    (policy,) = _kinds()["NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    (triton,) = [c for c in pod["spec"]["containers"] if c["name"] == "triton"]
+    ports = {p["name"] for p in triton["ports"]} | {p["containerPort"] for p in triton["ports"]}
+    for rule in spec["ingress"]:
+        assert rule.get("from") and all(peer for peer in rule["from"]), rule  # no rule open to every source
+        assert rule.get("ports") and {p["port"] for p in rule["ports"]} <= ports, rule
+    admitted = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
+    assert {"grpc", "metrics"} <= admitted
+
+
+def test_documented_docker_command_publishes_on_loopback_and_restricts():
+    import re
+    import shlex
+    from ofaserve.serve.server import restriction_flags
+    from tests.test_triton_backend_rules import _readme_docker_command
+    command = _readme_docker_command()
+    published = re.findall(r"(?:^|\s)(?:-p|--publish)[= ]?(\S+)", command)
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
+    words = shlex.split(command)
+    inner = shlex.split(words[-1])  # bash -c '...'
+    assert set(restriction_flags("$OFASERVE_TRITON_KEY")) <= set(inner), inner
+    for flag in ("--read-only", "--cap-drop", "no-new-privileges", "--user"):
+        assert flag in words, flag
+
+
+# --------------------------------------------------------------------------- gpu variant
+def _gpu_deployment() -> dict:
+    import json
+
+    import jsonpatch
+    (dep,) = _kinds()["Deployment"]
+    patch = jsonpatch.JsonPatch(json.loads((DEPLOY / "gpu-patch.json").read_text()))
+    return patch.apply(copy.deepcopy(dep))
+
+
+def test_gpu_variant_requests_a_gpu_and_stays_valid():
+    """A --target gpu repository's encoders are KIND_GPU instances, which Triton fails to
+    load in a container that sees no GPU: the gpu patch requests one, the base does not."""
+    gpu = _gpu_deployment()
+    kv.validate(gpu, kv.latest_version(), strict=True)
+    (triton,) = [c for c in gpu["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == "1" == triton["resources"]["requests"]["nvidia.com/gpu"]
+    (base,) = [c for c in _pod()["spec"]["containers"] if c["name"] == "triton"]
+    assert "nvidia.com/gpu" not in base["resources"]["limits"]
+
+
+def test_gpu_patch_is_what_kubectl_applies():
+    """kubectl (where installed) applies the same patch offline to the same result."""
+    import json
+    import shutil
+    import subprocess
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("no kubectl here; test_gpu_variant_requests_a_gpu_and_stays_valid applies the patch itself")
+    (dep,) = _kinds()["Deployment"]
+    r = subprocess.run([kubectl, "patch", "--local", "-f", "-", "--type", "json", "--patch-file",
+                        str(DEPLOY / "gpu-patch.json"), "-o", "json"], input=json.dumps(dep), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["spec"] == _gpu_deployment()["spec"]

@@ -26,13 +26,69 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
-def test_wheel_has_one_top_level_import_name(tmp_path):
-    src = _source_copy(tmp_path / "src")
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip wheel` builds from the files git tracks."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = _source_copy(tmp / "src")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+                        "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("ofaserve-*.whl")
+    (built,) = (tmp / "dist").glob("ofaserve-*.whl")
+    return built
+
+
+def _metadata(wheel: Path):
+    from email.parser import Parser
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return Parser().parsestr(z.read(name).decode())
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_license_it_declares(wheel):
+    """pyproject says Apache-2.0: the canonical text (apache.org/licenses/LICENSE-2.0.txt,
+    whose md5 is the one below) ships in the wheel's dist-info."""
+    import hashlib
+    text = (ROOT / "LICENSE").read_bytes()
+    assert hashlib.md5(text).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"
+    with zipfile.ZipFile(wheel) as z:
+        (licence,) = [n for n in z.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert z.read(licence) == text
+    meta = _metadata(wheel)
+    assert meta["License-Expression"] == "Apache-2.0" and meta.get_all("License-File") == ["LICENSE"]
+
+
+ORT_MODULE_PROVIDERS = ("onnxruntime", "onnxruntime-gpu")  # both install the one `onnxruntime` module
+
+
+def _resolved(wheel: Path, extras: set[str]) -> set[str]:
+    """The distributions the wheel requires with ``extras`` (what pip resolves at the top
+    level; neither ONNX Runtime build is required by anything else we install)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    out = set()
+    for text in _metadata(wheel).get_all("Requires-Dist"):
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+            out.add(canonicalize_name(req.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extras", [set(), {"cpu"}, {"gpu"}, {"train", "cpu"}, {"train", "gpu"}, {"test", "cpu"}])
+def test_an_install_gets_at_most_one_onnx_runtime(wheel, extras):
+    """[cpu] brings onnxruntime, [gpu] onnxruntime-gpu with TensorRT, the serving install
+    neither; no extra on its own brings both."""
+    got = _resolved(wheel, extras) & set(ORT_MODULE_PROVIDERS)
+    want = {"cpu": {"onnxruntime"}, "gpu": {"onnxruntime-gpu"}}
+    assert got == set().union(*(want.get(e, set()) for e in extras)), (extras, got)
+    if "gpu" in extras:
+        assert "tensorrt-cu13" in _resolved(wheel, extras)
+
+
+@pytest.mark.slow
+def test_wheel_has_one_top_level_import_name(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         top_level = next(n for n in names if n.endswith(".dist-info/top_level.txt"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ofaserve.core.files import files_sha256
 from ofaserve.core.manifests import read_manifest, write_manifest
 
 LABELS = ["rotten", "fresh"]
@@ -74,7 +75,8 @@ def make_tiny_export(out: Path, width_mult: float = 1.0, seed: int = 0) -> Path:
                    vocab_size=config["vocab_size"],
                    artifacts={"sub_model": "sub_model", "paddle_static": "static/model",
                               "onnx": "onnx/model.onnx", "tokenizer": "tokenizer/tokenizer.json",
-                              "vocab": "tokenizer/vocab.txt"})
+                              "vocab": "tokenizer/vocab.txt"},
+                   files_sha256=files_sha256(out))
     return out
 
 

@@ -11,7 +11,9 @@ rule below was read from the source that enforces it and is named next to it:
   trt-ep    microsoft/onnxruntime  tensorrt_execution_provider.cc (cache folder creation)
 
 The deployment recipes (serve/deploy/Dockerfile, triton.yaml, serve/README.md's docker command)
-are checked against what the repositories need from the image.
+are checked against what the repositories need from the image. They run the 26.06 image:
+there, onnxruntime_backend r26.06 reads the r24.10 TensorRT keys below plus trt_bf16_enable
+(compared source to source); the core and openvino rules were read at r24.10 only.
 """
 from __future__ import annotations
 
@@ -247,8 +249,9 @@ def test_tensorrt_options_load_and_cover_every_shape_served(repos, key):
     parameter ... for TensorRT Execution Accelerator"). Without an explicit profile the
     TensorRT EP builds for the shapes it has seen and rebuilds the engine, blocking the
     instance, for the first request outside them: the profile spans 1..max_batch x
-    1..max_seq, its opt is a shape served, and every warmup lies inside it. FP16 keeps
-    LayerNorm in FP32 (a decomposed LayerNorm is the known FP16 accuracy risk)."""
+    1..the longest length the tokenizer sends, its opt is a shape served, and every warmup
+    lies inside it. FP16 sets trt_layer_norm_fp32_fallback (trt-ep: Pow layers directly
+    followed by a Reduce, the variance of a decomposed LayerNorm, run in FP32)."""
     manifest, repo = repos[key]
     for name, c in encoders(repo).items():
         trt = trt_settings(c)
@@ -256,6 +259,9 @@ def test_tensorrt_options_load_and_cover_every_shape_served(repos, key):
         if c.platform == "onnxruntime_onnx":
             assert set(trt) <= ORT_TRT_KEYS, f"{name}: unknown to the onnxruntime backend: {set(trt) - ORT_TRT_KEYS}"
         max_seq = int(manifest["models"][name.removesuffix("_encoder")]["max_seq_length"])
+        tokenizer = configs(repo).get(name.replace("_encoder", "_tokenizer"))
+        if tokenizer is not None:  # the longest length the tokenizer sends (it pads after truncating)
+            max_seq = runtimes.padded_length(max_seq, int(tokenizer.parameters["pad_to_multiple_of"].string_value))
         low, opt, high = (_profile(trt[f"trt_profile_{k}_shapes"]) for k in ("min", "opt", "max"))
         assert low == (1, 1) and high == (c.max_batch_size, max_seq), name
         assert low <= opt <= high and opt in warmup_shapes(c), name
@@ -322,9 +328,17 @@ def recipe_cache_folders() -> dict[str, set[str]]:
 
 
 def _pip_installs(words: list[str]) -> set[str]:
+    """What a pip command installs: its named packages, and the pins of a `-r` file, which
+    each recipe takes from this folder (the hash-locked image-requirements.txt)."""
     if "install" not in words:
         return set()
-    return {w for w in words[words.index("install") + 1:] if not w.startswith("-")}
+    args = words[words.index("install") + 1:]
+    locked = {args[i + 1] for i, w in enumerate(args[:-1]) if w == "-r"}
+    out = {w for w in args if not w.startswith("-") and w not in locked}
+    for path in locked:
+        text = re.sub(r"\\\n\s*", " ", (DEPLOY / Path(path).name).read_text())
+        out |= {line.split()[0] for line in text.splitlines() if line and not line.startswith(("#", " "))}
+    return out
 
 
 def recipe_packages() -> dict[str, set[str]]:
@@ -333,7 +347,7 @@ def recipe_packages() -> dict[str, set[str]]:
     init = [c for c in _triton_yaml().get("initContainers", []) if c["name"] == "python-deps"]
     k8s = set().union(*(_pip_installs(c["command"]) for c in init))
     readme = set()
-    for part in re.split(r"&&|;|\"", _readme_docker_command()):
+    for part in re.split(r"&&|;|\"|'", _readme_docker_command()):
         words = part.split()
         if words[:1] in (["pip"], ["pip3"]):
             readme |= _pip_installs(words)

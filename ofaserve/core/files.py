@@ -33,6 +33,13 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def files_sha256(folder: str | os.PathLike, skip: tuple[str, ...] = ("manifest.json",)) -> dict[str, str]:
+    """{path relative to ``folder``: sha256} of every file under it but ``skip`` (top level)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).as_posix() not in skip}
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically and durably: temp file, fsync, rename, fsync of the folder."""
     path = Path(path)

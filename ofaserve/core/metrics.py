@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.tasks import TaskSpec, TaskType
@@ -29,26 +27,38 @@ def predictions(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
     return outputs.argmax(-1)
 
 
+# scikit-learn and scipy are imported on first use, not with this module: importing
+# scikit-learn sets OpenMP environment variables, and a stage's CLI sets paddle's CPU
+# threads before anything like that may happen (tests/test_packaging.py).
+def _accuracy(labels, pred, classes: int) -> float:
+    from sklearn.metrics import accuracy_score
+    return float(accuracy_score(labels, pred))
+
+
 def _f1(labels, pred, classes: int) -> float:
     """F1 of class 1 for two classes (MRPC, QQP: 'duplicate'), else the macro average."""
+    from sklearn.metrics import f1_score
     return float(f1_score(labels, pred, average="binary" if classes == 2 else "macro"))
 
 
-def _correlation(fn) -> Callable[[np.ndarray, np.ndarray, int], float]:
+def _matthews(labels, pred, classes: int) -> float:
+    from sklearn.metrics import matthews_corrcoef
+    return float(matthews_corrcoef(labels, pred))
+
+
+def _correlation(name: str) -> Callable[[np.ndarray, np.ndarray, int], float]:
     def metric(labels, pred, classes: int) -> float:
+        from scipy import stats
         if np.std(pred) == 0 or np.std(labels) == 0:
             return 0.0  # a constant answer correlates with nothing (scipy warns and gives nan)
-        return float(fn(labels, pred)[0])
+        return float(getattr(stats, name)(labels, pred)[0])
     return metric
 
 
 # metric name -> fn(labels, predictions of ``predictions``, number of classes)
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
-    "accuracy": lambda y, p, classes: float(accuracy_score(y, p)),
-    "f1": _f1,
-    "matthews": lambda y, p, classes: float(matthews_corrcoef(y, p)),
-    "pearson": _correlation(stats.pearsonr),
-    "spearman": _correlation(stats.spearmanr),
+    "accuracy": _accuracy, "f1": _f1, "matthews": _matthews,
+    "pearson": _correlation("pearsonr"), "spearman": _correlation("spearmanr"),
 }
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")

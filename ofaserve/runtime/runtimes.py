@@ -229,8 +229,19 @@ def _ort_run(session, pad_id: int = 0) -> Runner:
     return Runner(run, executed={"providers": session.get_providers()})
 
 
+def _import_onnxruntime():
+    """onnxruntime, or the one line saying which extra brings it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RuntimeConfigError("ONNX Runtime is not installed: pip install 'ofaserve[cpu]' on a CPU host or "
+                                 "'ofaserve[gpu]' on a GPU host (one of them: both install the onnxruntime module)"
+                                 ) from e
+    return onnxruntime
+
+
 def ort_cpu_options(threads: int):
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -246,7 +257,7 @@ def ort_cpu_options(threads: int):
 
 
 def _onnxruntime(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runner:
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     _require_file(path)
     return _ort_run(ort.InferenceSession(str(path), ort_cpu_options(threads), providers=["CPUExecutionProvider"]),
@@ -256,12 +267,20 @@ def _onnxruntime(path: Path, precision: str, threads: int, pad_id: int = 0) -> R
 TRT_OPT_BATCH = 16  # the batch the seed's workload and the dynamic batcher's preferred size use
 
 
+def padded_length(max_seq: int, multiple: int = 0) -> int:
+    """The longest sequence a tokenizer that truncates to ``max_seq`` and then pads to a
+    multiple of ``multiple`` (0 or 1: no such padding) sends: 50 with 16 sends up to 64."""
+    return -(-max_seq // multiple) * multiple if multiple > 1 else max_seq
+
+
 def trt_profile_shapes(max_batch: int, max_seq: int, opt_batch: int = TRT_OPT_BATCH) -> dict[str, str]:
     """TensorRT optimisation profile for the encoder's inputs, in ONNX Runtime's option
     syntax ("input_ids:1x1,token_type_ids:1x1"): every batch 1..max_batch and length
     1..max_seq, tuned for ``opt_batch`` x max_seq. Without an explicit profile the TensorRT
     EP builds for the shapes it has seen and rebuilds the engine (blocking the instance)
-    the first time a request falls outside them."""
+    the first time a request falls outside them; with one, a request outside it fails. So
+    ``max_seq`` is the longest length the encoder is sent (padded_length), not the export's
+    max_seq_length."""
     def shapes(batch: int, seq: int) -> str:
         return ",".join(f"{name}:{batch}x{seq}" for name in ("input_ids", "token_type_ids"))
     return {"trt_profile_min_shapes": shapes(1, 1),
@@ -274,7 +293,7 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
                      max_batch: int = 64, max_seq: int = 128) -> Runner:
     """onnxruntime-gpu with TensorRT (FP16 by default), CUDA EP as the fallback for
     nodes TensorRT cannot take. Engines are cached so only the first load builds them."""
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     _require_file(path)
     available = ort.get_available_providers()
@@ -282,12 +301,13 @@ def _onnxruntime_trt(path: Path, precision: str, threads: int, pad_id: int = 0, 
         # both wheels install the same `onnxruntime` module: the CPU one must go first
         raise RuntimeConfigError(
             "runtime 'onnxruntime-trt' needs onnxruntime-gpu and TensorRT in place of the CPU onnxruntime "
-            f"(pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt); this one offers {available}")
+            f"(pip uninstall -y onnxruntime && pip install 'ofaserve[gpu]'); this one offers {available}")
     cache_dir = cache_dir or str(path.parent / "trt_cache")
     os.makedirs(cache_dir, exist_ok=True)  # all levels: the TensorRT EP itself creates only the last
     trt = {"device_id": device_id, "trt_fp16_enable": precision == "fp16",
-           # LayerNorm exported as ReduceMean/Pow/Sqrt overflows or loses precision in FP16;
-           # this keeps those layers in FP32 inside the FP16 engine.
+           # The exported LayerNorm is ReduceMean, Sub, Pow, ReduceMean, ...: its sum of squares
+           # overflows FP16. The provider forces every Pow layer directly followed by a Reduce
+           # layer (the square and its mean) to FP32; the rest of the LayerNorm stays FP16.
            "trt_layer_norm_fp32_fallback": precision == "fp16",
            "trt_max_workspace_size": max_workspace_size,
            "trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir,
