@@ -48,7 +48,10 @@ def faster_sentence(entry: Mapping[str, Any], key: str, subject: str, reference:
         return (f"{subject} vs {reference}: {x:.2f}x from only {entry.get('fewest_requests')} measured requests "
                 f"in a cell (fewer than {MIN_RATIO_REQUESTS}: not a measurement)")
     ci = entry.get("ci95")
-    return f"{subject} is {x:.2f}x faster than {reference}" + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+    if not ci:
+        return f"{subject} is {x:.2f}x faster than {reference}"
+    tie = ": it holds 1, no difference this run can tell" if ci[0] <= 1 <= ci[1] else ""
+    return f"{subject} is {x:.2f}x faster than {reference} (95% CI {ci[0]:.2f}-{ci[1]:.2f}{tie})"
 
 
 def _few_note(entries: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -596,7 +596,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                    desc="bench", file=sys.stderr, dynamic_ncols=True,
                                    disable=None)  # None: no bar when stderr is not a terminal
             stack.callback(measurement.bar.close)
-        load_start = _load(sample_s=1.0)
+        load_start = _load(sample_s=timebox.CPU_SAMPLE_S)
         run_wall = measurement.run()
         load_end = _load()
         if measurement.bar is not None:

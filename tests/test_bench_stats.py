@@ -208,6 +208,9 @@ def test_a_ratio_from_fewer_than_20_requests_is_marked():
     assert ratio_cell(enough, "faster_than_full_x") == f"1.50x [{lo:.2f}, {hi:.2f}]"
     assert faster_sentence(enough, "faster_than_full_x", "w67", "w100") == (
         f"w67 is 1.50x faster than w100 (95% CI {lo:.2f}-{hi:.2f})")
+    tie = dict(enough, ci95=[0.97, 1.04], faster_than_full_x=1.01)
+    assert faster_sentence(tie, "faster_than_full_x", "w67", "w100") == (
+        "w67 is 1.01x faster than w100 (95% CI 0.97-1.04: it holds 1, no difference this run can tell)")
     text = faster_sentence(few, "faster_than_full_x", "w67", "w100")
     assert "not a measurement" in text and "19 measured requests" in text and "faster than" not in text
 
