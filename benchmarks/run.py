@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--time_budget_s", type=float, default=None,
                    help="about this many seconds for the whole run: a few probe requests per model and workload "
                         "price a request, and the measured requests (and in-process calls) per cell are cut to "
-                        "fit, never above --requests; report.json's time_budget records the sizing "
+                        f"fit, never above --requests nor below {stats.MIN_RATIO_REQUESTS} (fewer give ratios that "
+                        "mean nothing: the run overruns instead); report.json's time_budget records the sizing "
                         "[default: no budget]")
     l.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
     l.add_argument("--rounds", type=int, default=3,
