@@ -404,19 +404,21 @@ def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[s
                        sizing["cut"], bool(sizing.get("at_floor")))
 
 
-def _compress_model_config(args, work: Path, redo: set[str]) -> dict:
-    """The model the demo will serve, as a config: the finished compress run's, else the
-    pretrained model its compress stage starts from."""
+def _served_model(args, work: Path, redo: set[str]) -> tuple[dict, int]:
+    """(config, max_seq_length) of the model the demo will serve: the finished compress
+    run's, else what its compress stage will train (the pretrained model, the profile's
+    sequence length)."""
     from ofaserve.compress import cli as compress_cli
     from ofaserve.compress.bert import hf_config, paddle_config, resolve_model_path
     from ofaserve.core.manifests import read_manifest
 
     if "compress" not in redo and _finished(work / "compress", "compress"):
-        return read_manifest(work / "compress", stage="compress")["model_config"]
-    name = compress_cli.build_parser().parse_args(["--profile", args.profile, "--output_dir",
-                                                   str(work / "compress")]).model_name_or_path
+        cm = read_manifest(work / "compress", stage="compress")
+        return cm["model_config"], int(cm["max_seq_length"])
+    opts = compress_cli.options_from_args(compress_cli.build_parser().parse_args(
+        ["--profile", args.profile, "--output_dir", str(work / "compress")]))
     # the classifier head's size is nothing next to the encoder's: one label prices it
-    return paddle_config(hf_config(resolve_model_path(name)), num_labels=1)
+    return paddle_config(hf_config(resolve_model_path(opts.model_name_or_path)), num_labels=1), opts.max_seq_length
 
 
 def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
@@ -424,17 +426,21 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     that was priced). Priced before any model exists, so each request's latency is
     estimated: the model's FLOPs at the bench's shape (a width's FLOPs scale with it: every
     matmul of a layer is linear in its heads and FFN neurons) over this CPU's measured
-    matmul speed. Real text costs at most a fixed-length request (it is never longer)."""
+    matmul speed. A real-text request is priced at the longest sequence the exports serve
+    (the tokenizer truncates there), which bounds it from above."""
     from ofaserve.benchmarks import run as bench
     from ofaserve.benchmarks import timebox
     from ofaserve.compress.submodel import flops, full_width_config
 
     names = {w: model_name("bert", w) for w in ("1.0", args.width_mult)}
     settings = bench.build_parser().parse_args(bench_argv(args, work, "", work, list(names.values()), None))
+    config, max_seq_length = _served_model(args, work, redo)
+    full = full_width_config(config)
+    seq = {"fixed": settings.seq_len, "real": max(settings.seq_len, max_seq_length)}  # as _exports serves
     workloads = ([] if settings.no_fixed else ["fixed"]) + (["real"] if settings.real_text else [])
     gflops = timebox.gemm_gflops()
-    full = flops(full_width_config(_compress_model_config(args, work, redo)), settings.batch_size, settings.seq_len)
-    latency = {(m, wl): float(w) * full / gflops / 1e6 for w, m in names.items() for wl in workloads}
+    latency = {(m, wl): float(w) * flops(full, settings.batch_size, seq[wl]) / gflops / 1e6
+               for w, m in names.items() for wl in workloads}
     requests = min(timebox.MIN_REQUESTS, settings.requests)
     floor = timebox.floor_seconds(latency, requests=requests, concurrency_levels=len(settings.concurrency),
                                   rounds=settings.rounds, warmup=settings.warmup, baselines={k: 1 for k in latency})

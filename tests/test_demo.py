@@ -116,18 +116,21 @@ def test_demo_bench_arguments_and_the_floor_it_reserves(tmp_path, tiny_compress_
 
     monkeypatch.setattr(timebox, "gemm_gflops", lambda: 2.0)  # a slow CPU, so the floor is well above its margins
     floor, priced = demo.bench_floor(args, work, redo=set())
-    full_ms = flops(full_width_config(read_manifest(work / "compress", stage="compress")["model_config"]), 16, 32) / 2e6
-    assert priced["estimated_latency_ms"] == {"bert_w100/fixed": round(full_ms, 1), "bert_w100/real": round(full_ms, 1),
-                                              "bert_w75/fixed": round(0.75 * full_ms, 1),
-                                              "bert_w75/real": round(0.75 * full_ms, 1)}
+    cm = read_manifest(work / "compress", stage="compress")
+    full = full_width_config(cm["model_config"])
+    fixed_ms = flops(full, 16, 32) / 2e6  # real text: at the longest sequence the exports serve
+    real_ms = flops(full, 16, max(32, cm["max_seq_length"])) / 2e6
+    expect = {("bert_w100", "fixed"): fixed_ms, ("bert_w100", "real"): real_ms,
+              ("bert_w75", "fixed"): 0.75 * fixed_ms, ("bert_w75", "real"): 0.75 * real_ms}
+    assert priced["estimated_latency_ms"] == {f"{m}/{w}": round(v, 1) for (m, w), v in expect.items()}
     assert priced["requests_at_floor"] == timebox.MIN_REQUESTS == 20 and priced["gemm_gflops"] == 2.0
-    at_floor = {(m, w): ms for m in ("bert_w100", "bert_w75") for w in ("fixed", "real")
-                for ms in [full_ms * (1.0 if m == "bert_w100" else 0.75)]}
-    assert floor == pytest.approx(timebox.floor_seconds(at_floor, requests=20, concurrency_levels=1, rounds=3, warmup=3,
-                                                        baselines={k: 1 for k in at_floor}))
+    assert floor == pytest.approx(timebox.floor_seconds(expect, requests=20, concurrency_levels=1, rounds=3, warmup=3,
+                                                        baselines={k: 1 for k in expect}))
     few = demo.build_parser().parse_args(["--workdir", str(work), "--width_mult", "0.75", "--requests", "8"])
     assert demo.bench_floor(few, work, redo=set())[1]["requests_at_floor"] == 8  # never more than asked for
     from ofaserve.compress.bert import hf_config, resolve_model_path
-    retrain = demo._compress_model_config(args, work, {"compress"})  # compress will run: the model it starts from
+    retrain, seq = demo._served_model(args, work, {"compress"})  # compress will run: the model it starts from
     assert retrain["hidden_size"] == hf_config(resolve_model_path("minilm-l6"))["hidden_size"] != \
-        read_manifest(work / "compress", stage="compress")["model_config"]["hidden_size"]
+        cm["model_config"]["hidden_size"]
+    from ofaserve.compress.options import PROFILES
+    assert seq == PROFILES[args.profile]["max_seq_length"]
