@@ -10,8 +10,8 @@ baseline call of about the same cost, so the count that fits is
 capped at ``--requests`` (the count asked for) and floored at ``MIN_REQUESTS``: below it
 a ratio means nothing (benchmarks/stats.py marks it), so the run overruns instead and
 says so. ``floor_seconds`` is the same arithmetic the other way round: what a caller (the
-demo) must leave the bench, priced from latencies it estimated (``gemm_gflops``) before any
-model exists.
+demo) must leave the bench, priced from latencies it estimated (``matmul_gflops``) before
+any model exists.
 """
 from __future__ import annotations
 
@@ -93,22 +93,30 @@ def floor_seconds(latency_ms: dict[tuple[str, str], float], *, requests: int, co
     return SETUP_RESERVE_S + probe_s + fixed + CPU_SAMPLE_S + requests * per_request + REPORT_RESERVE_S
 
 
-def gemm_gflops(seconds: float = 0.3, seed: int = 0) -> float:
-    """This machine's float32 matmul speed now, in GFLOP/s (numpy's BLAS, on the threads it
-    uses), on a BERT layer's FFN shape at batch 16 x seq 128. A BERT forward is almost all
-    such matmuls, which a CPU runs near its peak, so their FLOPs over this speed price a
-    request before any model is exported."""
+def matmul_gflops(seconds: float = 0.3, seed: int = 0) -> tuple[float, str]:
+    """(GFLOP/s, precision) of a BERT layer's FFN matmul at batch 16 x seq 128 (2048 x 384 by
+    384 x 1536), compiled by OpenVINO for this CPU with its defaults: bf16 where the CPU has
+    it, else f32, the speed class `ofaserve repo --precision auto` serves from there. A BERT
+    forward is almost all such matmuls, which OpenVINO runs near the CPU's peak, so their
+    FLOPs over this speed price a request before any model is exported."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((2048, 384), dtype=np.float32)
-    b = rng.standard_normal((384, 1536), dtype=np.float32)
-    a @ b  # the first call sets up the BLAS threads
+    x = ops.parameter([2048, 384], np.float32)
+    w = ops.constant(rng.standard_normal((384, 1536)).astype(np.float32))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, w, False, False)], [x]), "CPU")
+    request = compiled.create_infer_request()
+    data = rng.standard_normal((2048, 384)).astype(np.float32)
+    request.infer([data])  # the first call sets up the threads
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while not times or time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        a @ b
+        request.infer([data])
         times.append(time.perf_counter() - t0)
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / float(np.median(times)) / 1e9
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return 2 * 2048 * 384 * 1536 / float(np.median(times)) / 1e9, precision
 
 
 class BenchClock:

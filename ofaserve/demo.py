@@ -426,7 +426,7 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     that was priced). Priced before any model exists, so each request's latency is
     estimated: the model's FLOPs at the bench's shape (a width's FLOPs scale with it: every
     matmul of a layer is linear in its heads and FFN neurons) over this CPU's measured
-    matmul speed. A real-text request is priced at the longest sequence the exports serve
+    matmul speed in OpenVINO (``timebox.matmul_gflops``). A real-text request is priced at the longest sequence the exports serve
     (the tokenizer truncates there), which bounds it from above."""
     from ofaserve.benchmarks import run as bench
     from ofaserve.benchmarks import timebox
@@ -438,13 +438,14 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     full = full_width_config(config)
     seq = {"fixed": settings.seq_len, "real": max(settings.seq_len, max_seq_length)}  # as _exports serves
     workloads = ([] if settings.no_fixed else ["fixed"]) + (["real"] if settings.real_text else [])
-    gflops = timebox.gemm_gflops()
+    gflops, precision = timebox.matmul_gflops()
     latency = {(m, wl): float(w) * flops(full, settings.batch_size, seq[wl]) / gflops / 1e6
                for w, m in names.items() for wl in workloads}
     requests = min(timebox.MIN_REQUESTS, settings.requests)
     floor = timebox.floor_seconds(latency, requests=requests, concurrency_levels=len(settings.concurrency),
                                   rounds=settings.rounds, warmup=settings.warmup, baselines={k: 1 for k in latency})
-    return floor, {"gemm_gflops": round(gflops, 1), "requests_at_floor": requests, "floor_s": round(floor, 1),
+    return floor, {"matmul_gflops": round(gflops, 1), "matmul_precision": precision, "requests_at_floor": requests,
+                   "floor_s": round(floor, 1),
                    "estimated_latency_ms": {f"{m}/{wl}": round(v, 1) for (m, wl), v in latency.items()}}
 
 
