@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS, pick_full, ratio_entries
+
 
 def _f(v: Any, nd: int = 1, suffix: str = "") -> str:
     if v is None:
@@ -22,6 +24,41 @@ def _ms(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def ratio_cell(entry: Mapping[str, Any], key: str, nd: int = 2) -> str:
+    """A ratio for a table: ``1.40x [1.35, 1.46]`` (its 95% interval); in parentheses with
+    its request count, and no interval, when a cell had too few requests to mean anything."""
+    x = entry.get(key)
+    if x is None:
+        return "-"
+    if entry.get("few_requests"):
+        return f"({x:.{nd}f}x; {entry.get('fewest_requests')} req.)"
+    ci = entry.get("ci95")
+    return f"{x:.{nd}f}x [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else f"{x:.{nd}f}x"
+
+
+def faster_sentence(entry: Mapping[str, Any], key: str, subject: str, reference: str) -> str:
+    """``subject is 1.40x faster than reference (95% CI 1.35-1.46)``, or what makes the
+    ratio meaningless (too few requests per cell)."""
+    x = entry.get(key)
+    if x is None:
+        return f"{subject} vs {reference}: no ratio (a cell has no latency)"
+    if entry.get("few_requests"):
+        return (f"{subject} vs {reference}: {x:.2f}x from only {entry.get('fewest_requests')} measured requests "
+                f"in a cell (fewer than {MIN_RATIO_REQUESTS}: not a measurement)")
+    ci = entry.get("ci95")
+    if not ci:
+        return f"{subject} is {x:.2f}x faster than {reference}"
+    tie = ": it holds 1, no difference this run can tell" if ci[0] <= 1 <= ci[1] else ""
+    return f"{subject} is {x:.2f}x faster than {reference} (95% CI {ci[0]:.2f}-{ci[1]:.2f}{tie})"
+
+
+def _few_note(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not any(e.get("few_requests") for e in entries):
+        return []
+    return [f"Ratios in parentheses come from fewer than {MIN_RATIO_REQUESTS} measured requests in a cell: "
+            "too few to mean anything, so no interval is given for them.", ""]
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -41,6 +78,13 @@ def _speedup_lookup(report: Mapping[str, Any]) -> dict:
         key = (s["model"], s["workload"], s.get("concurrency"), s.get("runtime"))
         out[key] = s
     return out
+
+
+def _speedup_cell(report: Mapping[str, Any], spd: dict, model: str, key: tuple) -> str:
+    """The "faster than full" cell of a row: the full-width model is the reference."""
+    if model == pick_full({m: (i or {}).get("width") for m, i in report.get("models", {}).items()}):
+        return "reference"
+    return ratio_cell(spd.get(key, {}), "faster_than_full_x")
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -71,6 +115,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out.append(f"- workload `{wname}`: {desc}")
     out.append("- queue / compute ms: Triton's statistics per request (deltas over the measured requests), "
                "summed over tokenizer + encoder + postprocess for the ensemble")
+    method = (report.get("comparisons") or {}).get("method") or {}
+    if method:
+        out.append(f"- ratios: \"N.NNx faster\" is {method['ratio']}; [lo, hi] is its {method['interval']}")
+    few = [e for e in ratio_entries(report.get("comparisons") or {}) if e.get("few_requests")]
+    if few:
+        out.append(f"- **warning**: {len(few)} ratio(s) come from fewer than {MIN_RATIO_REQUESTS} measured requests "
+                   f"in a cell (fewest: {min(e['fewest_requests'] for e in few)}): they are in parentheses and mean "
+                   "nothing; rerun with more --requests (or a larger --time_budget_s)")
     out.append("")
 
     spd = _speedup_lookup(report)
@@ -87,16 +139,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             for r in [r for r in results if r["workload"] == wname and r["concurrency"] == c]:
                 lat = r["latency_ms"]
                 ss = r.get("server_pipeline") or {}
-                sp = spd.get((r["model"], wname, c, None), {})
                 acc = r["accounting"]
                 rows.append([r["model"], _width(report, r["model"]), r.get("runtime", "-"), c,
                              _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), _ms(lat["mean"]),
                              _f(r.get("throughput_sps")),
-                             _f(sp.get("speedup"), 2, "x"),
+                             _speedup_cell(report, spd, r["model"], (r["model"], wname, c, None)),
                              _f(ss.get("queue_ms"), 2), _f(ss.get("compute_ms"), 1),
                              f"{acc['sent']}/{acc['ok']}/{acc['errors']}"])
         out.append(md_table(["model", "width", "runtime", "conc", "p50 ms", "p90 ms", "p99 ms", "mean ms",
-                             "sent/s", "speedup (p50)", "queue ms", "compute ms", "sent/ok/err"], rows))
+                             "sent/s", "faster than full (p50, 95% CI)", "queue ms", "compute ms", "sent/ok/err"],
+                            rows))
         out.append("")
 
     base = report.get("baselines", [])
@@ -106,37 +158,41 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         rows = []
         for b in base:
             lat = b["latency_ms"]
-            sp = spd.get((b["model"], b["workload"], None, b["runtime"]), {})
             rows.append([b["model"], _width(report, b["model"]), b["workload"], b["runtime"],
                          "yes" if b.get("served_runtime") else "no",
                          _ms(lat["p50"]), _ms(lat["p90"]), _ms(lat["p99"]), _f(b.get("throughput_sps")),
-                         _f(sp.get("speedup"), 2, "x")])
+                         _speedup_cell(report, spd, b["model"], (b["model"], b["workload"], None, b["runtime"]))])
         out.append(md_table(["model", "width", "workload", "runtime", "served", "p50 ms", "p90 ms", "p99 ms",
-                             "sent/s", "speedup (p50)"], rows))
+                             "sent/s", "faster than full (p50, 95% CI)"], rows))
         out.append("")
 
     cmp_ = report.get("comparisons", {})
     if cmp_.get("serving_overhead"):
-        out.append("## Serving overhead (Triton gRPC p50 at concurrency 1 / in-process p50)")
+        out.append("## Serving overhead: how much faster in-process is than Triton gRPC (p50, concurrency 1)")
         out.append("")
-        out.append(md_table(["model", "workload", "runtime", "triton p50 ms", "in-process p50 ms", "ratio", "added ms"],
+        out.append(md_table(["model", "workload", "runtime", "triton p50 ms", "in-process p50 ms",
+                             "in-process faster (95% CI)", "added ms"],
                             [[o["model"], o["workload"], o["runtime"], _ms(o["triton_ms"]), _ms(o["in_process_ms"]),
-                              _f(o["ratio"], 3, "x"), _ms(o["added_ms"])] for o in cmp_["serving_overhead"]]))
+                              ratio_cell(o, "in_process_faster_x", 3), _ms(o["added_ms"])]
+                             for o in cmp_["serving_overhead"]]))
         out.append("")
     if cmp_.get("real_vs_fixed"):
-        out.append(f"## Real text vs fixed seq {s.get('seq_len')} (p50 ratio, same model and concurrency)")
+        out.append(f"## Real text vs fixed seq {s.get('seq_len')}: how much faster a real-text request is "
+                   "(p50, same model and concurrency)")
         out.append("")
-        out.append(md_table(["model", "conc", "real p50 ms", "fixed p50 ms", "ratio"],
-                            [[x["model"], x["concurrency"], _ms(x["real_ms"]), _ms(x["fixed_ms"]), _f(x["ratio"], 3, "x")]
-                             for x in cmp_["real_vs_fixed"]]))
+        out.append(md_table(["model", "conc", "real p50 ms", "fixed p50 ms", "real text faster (95% CI)"],
+                            [[x["model"], x["concurrency"], _ms(x["real_ms"]), _ms(x["fixed_ms"]),
+                              ratio_cell(x, "real_faster_x")] for x in cmp_["real_vs_fixed"]]))
         out.append("")
     if cmp_.get("runtimes"):
-        out.append("## Runtimes and precisions in-process (speedup over the served runtime, p50)")
+        out.append("## Runtimes and precisions in-process: how much faster than the served runtime (p50)")
         out.append("")
-        out.append(md_table(["model", "workload", "runtime", "p50 ms", "served runtime", "served p50 ms", "speedup"],
+        out.append(md_table(["model", "workload", "runtime", "p50 ms", "served runtime", "served p50 ms",
+                             "faster than served (95% CI)"],
                             [[x["model"], x["workload"], x["runtime"], _ms(x["runtime_ms"]), x["served_runtime"],
-                              _ms(x["served_ms"]), _f(x["speedup_vs_served"], 2, "x")] for x in cmp_["runtimes"]]))
+                              _ms(x["served_ms"]), ratio_cell(x, "faster_than_served_x")] for x in cmp_["runtimes"]]))
         out.append("")
+    out += _few_note(ratio_entries(cmp_))
     notes = report.get("baseline_notes") or []
     if notes:
         out.append("Notes: " + "; ".join(notes))
@@ -149,14 +205,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             out.append(f"- {r['model']} {r['workload']} c={r['concurrency']}: {r['accounting']['errors_by_kind']} "
                        f"e.g. {r['accounting']['error_examples']}")
         out.append("")
-    out.append(f"Plot: `{report.get('plot', 'latency.png')}`. Raw per-request latencies are in report.json.")
+    no_panel = "" if concurrency_panel(results) else " (no latency-vs-concurrency panel: one concurrency level measured)"
+    out.append(f"Plot: `{report.get('plot', 'latency.png')}`{no_panel}. Raw per-request latencies are in report.json.")
     return "\n".join(out) + "\n"
+
+
+def concurrency_panel(results: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the plot has a latency-vs-concurrency panel: only with two or more levels
+    (one level is one point per line, which says nothing about concurrency)."""
+    return len({r["concurrency"] for r in results}) >= 2
 
 
 def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     """One panel per workload: p50 latency by width for each runtime/precision (Triton at
-    the lowest concurrency and in-process), and one of p50 latency (whisker up to p99)
-    vs concurrency."""
+    the lowest concurrency and in-process), and, when two or more concurrency levels were
+    measured, one of p50 latency (whisker up to p99) vs concurrency."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -165,7 +228,8 @@ def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     base = report.get("baselines", [])
     models = list(report.get("models", {}))
     workloads = list(dict.fromkeys([r["workload"] for r in results] + [b["workload"] for b in base]))
-    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(6.5 * (len(workloads) + 1), 4.8), squeeze=False)
+    panels = max(1, len(workloads) + concurrency_panel(results))
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.8), squeeze=False)
     axes = axes[0]
     cmin = min((x["concurrency"] for x in results), default=1)
 
@@ -196,8 +260,18 @@ def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylim(0, top * (1.15 + 0.07 * n))  # room for the legend above the bars
         ax.legend(fontsize=7, loc="upper right")
 
-    # last panel: latency vs concurrency
-    ax = axes[-1]
+    if concurrency_panel(results):
+        _latency_vs_concurrency(axes[-1], models, results)
+    fig.suptitle(f"{report.get('machine', {}).get('cpu')} | {report.get('date')}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latency_vs_concurrency(ax, models: Sequence[str], results: Sequence[Mapping[str, Any]]) -> None:
+    """p50 latency per model and workload against concurrency, with a whisker up to p99."""
     for mname in models:
         for wname in dict.fromkeys(r["workload"] for r in results):
             rows = sorted((r for r in results if r["model"] == mname and r["workload"] == wname
@@ -214,9 +288,3 @@ def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("latency per batch (ms)")
     ax.set_title("Triton gRPC latency vs concurrency")
     ax.legend(fontsize=7)
-    fig.suptitle(f"{report.get('machine', {}).get('cpu')} | {report.get('date')}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -34,7 +34,7 @@ from ofaserve.core.files import write_json
 from ofaserve.core.tasks import load_task
 
 PROG = "ofaserve bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every ratio reads 'N.NNx faster' (>1: faster) and carries its interval
 
 
 # --------------------------------------------------------------------------- CLI
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--time_budget_s", type=float, default=None,
                    help="about this many seconds for the whole run: a few probe requests per model and workload "
                         "price a request, and the measured requests (and in-process calls) per cell are cut to "
-                        "fit, never above --requests; report.json's time_budget records the sizing "
+                        f"fit, never above --requests nor below {stats.MIN_RATIO_REQUESTS} (fewer give ratios that "
+                        "mean nothing: the run overruns instead); report.json's time_budget records the sizing "
                         "[default: no budget]")
     l.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
     l.add_argument("--rounds", type=int, default=3,
@@ -604,7 +605,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                    desc="bench", file=sys.stderr, dynamic_ncols=True,
                                    disable=None)  # None: no bar when stderr is not a terminal
             stack.callback(measurement.bar.close)
-        load_start = _load(sample_s=1.0)
+        load_start = _load(sample_s=timebox.CPU_SAMPLE_S)
         run_wall = measurement.run()
         load_end = _load()
         if measurement.bar is not None:
@@ -679,19 +680,27 @@ def _totals(results: list[dict[str, Any]], warm: stats.Accounting) -> dict[str, 
 
 
 def _print_summary(report: dict[str, Any]) -> None:
-    f = lambda v, nd=1: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
-    for s in report["comparisons"]["speedup"]:
-        if s["model"] != s["full_model"] and s.get("concurrency") in (1, None):
+    """The run's ratios, one line each, in the report's one convention (N.NNx faster)."""
+    from ofaserve.benchmarks.report import faster_sentence
+
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    cmp_ = report["comparisons"]
+    for s in cmp_["speedup"]:
+        if s.get("concurrency") in (1, None):
             where = f"in-process {s['runtime']}" if s.get("in_process") else f"triton c={s['concurrency']}"
-            print(f"  {s['model']} vs {s['full_model']} [{s['workload']}, {where}]: p50 {f(s['model_ms'])} vs "
-                  f"{f(s['full_ms'])} ms, speedup {f(s['speedup'], 2)}x")
-    for o in report["comparisons"]["serving_overhead"]:
-        print(f"  serving overhead {o['model']} [{o['workload']}, {o['runtime']}]: {f(o['triton_ms'])} / "
-              f"{f(o['in_process_ms'])} ms = {f(o['ratio'], 3)}x")
-    for x in report["comparisons"]["real_vs_fixed"]:
+            print(f"  [{s['workload']}, {where}] p50 {f(s['model_ms'])} vs {f(s['full_ms'])} ms: "
+                  + faster_sentence(s, "faster_than_full_x", s["model"], s["full_model"]))
+    for o in cmp_["serving_overhead"]:
+        print(f"  serving overhead {o['model']} [{o['workload']}, {o['runtime']}] p50 {f(o['in_process_ms'])} vs "
+              f"{f(o['triton_ms'])} ms: " + faster_sentence(o, "in_process_faster_x", "in-process", "Triton gRPC"))
+    for x in cmp_["real_vs_fixed"]:
         if x["concurrency"] == min(report["settings"]["concurrency"]):
-            print(f"  real text vs fixed {x['model']} c={x['concurrency']}: {f(x['real_ms'])} / {f(x['fixed_ms'])} ms"
-                  f" = {f(x['ratio'], 3)}x")
+            print(f"  {x['model']} c={x['concurrency']} p50 {f(x['real_ms'])} vs {f(x['fixed_ms'])} ms: "
+                  + faster_sentence(x, "real_faster_x", "real text", f"fixed seq {report['settings']['seq_len']}"))
+    few = [e["fewest_requests"] for e in stats.ratio_entries(cmp_) if e.get("few_requests")]
+    if few:
+        print(f"{PROG}: warning: {len(few)} ratio(s) from fewer than {stats.MIN_RATIO_REQUESTS} measured requests "
+              f"in a cell (fewest {min(few)}): marked in report.md, not measurements", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

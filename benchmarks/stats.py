@@ -205,47 +205,109 @@ def pick_full(widths: Mapping[str, float | None]) -> str | None:
 
 
 # --------------------------------------------------------------------------- comparisons
-def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[str, Any]],
-            widths: Mapping[str, float | None], stat: str = "p50") -> dict[str, list[dict[str, Any]]]:
-    """Derive the ratios the report asks for from measured rows.
+# Every ratio reads "subject is N.NNx faster than reference": reference latency / subject
+# latency, so greater than 1 always means faster, whichever pair it compares.
+STAT = "p50"
+MIN_RATIO_REQUESTS = 20  # fewer measured requests in either cell: the ratio is marked, never quoted
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+_BOOTSTRAP_CELLS = 2_000_000  # resampled values held at once (memory), whatever the request count
 
-    * ``speedup``: full-width latency / model latency, same workload and concurrency.
-    * ``serving_overhead``: Triton gRPC latency / in-process latency, same model,
-      workload and runtime, at concurrency 1.
-    * ``real_vs_fixed``: real-text (ensemble) latency / fixed-length encoder latency.
-    * ``runtimes``: in-process speedup of each extra runtime/precision over the served one.
+
+def comparison_method(stat: str = STAT) -> dict[str, Any]:
+    """What every ratio in ``compare`` is, said once in the report."""
+    return {"statistic": stat,
+            "ratio": f"reference {stat} / subject {stat}: greater than 1 means the subject is faster",
+            "interval": f"{CI_LEVEL:.0%} percentile bootstrap over requests of the same run: each cell's "
+                        f"latencies resampled with replacement, {BOOTSTRAP_RESAMPLES} resamples, numpy seed "
+                        f"{BOOTSTRAP_SEED}",
+            "min_requests": MIN_RATIO_REQUESTS}
+
+
+def _resampled_percentile(values: np.ndarray, q: float, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Percentile ``q`` of ``resamples`` bootstrap resamples of ``values``."""
+    out = np.empty(resamples)
+    rows = max(1, _BOOTSTRAP_CELLS // values.size)
+    for i in range(0, resamples, rows):
+        k = min(rows, resamples - i)
+        out[i:i + k] = np.percentile(values[rng.integers(0, values.size, (k, values.size))], q, axis=1)
+    return out
+
+
+def bootstrap_ratio_ci(reference_ms: Sequence[float], subject_ms: Sequence[float], stat: str = STAT,
+                       level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """Percentile-bootstrap interval of ``stat(reference) / stat(subject)``: the two cells
+    were measured apart, so each is resampled on its own. None with fewer than 2
+    latencies in a cell (nothing to resample)."""
+    ref, sub = np.asarray(reference_ms, dtype=np.float64), np.asarray(subject_ms, dtype=np.float64)
+    if ref.size < 2 or sub.size < 2:
+        return None
+    q = float(stat.lstrip("p"))
+    rng = np.random.default_rng(seed)
+    num = _resampled_percentile(ref, q, resamples, rng)
+    den = _resampled_percentile(sub, q, resamples, rng)
+    keep = den > 0
+    if not keep.any():
+        return None
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(num[keep] / den[keep], [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def faster(subject: Mapping[str, Any], reference: Mapping[str, Any], key: str, sides: tuple[str, str],
+           stat: str = STAT) -> dict[str, Any]:
+    """``{key}``: how many times faster ``subject`` is than ``reference`` (``stat`` latency of
+    the reference / of the subject), its interval, and each side's latency and request
+    count under the names in ``sides`` (subject's, reference's): ``{side}_ms``, ``{side}_n``.
+    ``few_requests``: a cell has fewer than ``MIN_RATIO_REQUESTS`` measured requests."""
+    def cell(row: Mapping[str, Any]) -> tuple[float | None, list[float]]:
+        return (row.get("latency_ms") or {}).get(stat), list(row.get("latencies_ms") or [])
+
+    (s_ms, s_lat), (r_ms, r_lat) = cell(subject), cell(reference)
+    n = (len(s_lat), len(r_lat))
+    return {"stat": stat, f"{sides[0]}_ms": s_ms, f"{sides[1]}_ms": r_ms, key: ratio(r_ms, s_ms),
+            "ci95": bootstrap_ratio_ci(r_lat, s_lat, stat) if s_ms and r_ms else None,
+            f"{sides[0]}_n": n[0], f"{sides[1]}_n": n[1], "fewest_requests": min(n),
+            "few_requests": min(n) < MIN_RATIO_REQUESTS}
+
+
+def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[str, Any]],
+            widths: Mapping[str, float | None], stat: str = STAT) -> dict[str, Any]:
+    """The ratios the report asks for, from measured rows (each with its ``latencies_ms``).
+
+    * ``speedup``: ``faster_than_full_x``, each compressed model against the full width,
+      same workload and concurrency (and in-process, same runtime).
+    * ``serving_overhead``: ``in_process_faster_x``, in-process against Triton gRPC at
+      concurrency 1, same model, workload and runtime; ``added_ms`` is what serving adds.
+    * ``real_vs_fixed``: ``real_faster_x``, a real-text request against a fixed-length one.
+    * ``runtimes``: ``faster_than_served_x``, each extra in-process runtime/precision
+      against the served one.
     """
     results = list(results)
     baselines = list(baselines)
     full = pick_full(widths)
     by_key = {(r["model"], r["workload"], r["concurrency"]): r for r in results}
 
-    def lat(row: Mapping[str, Any] | None) -> float | None:
-        if not row:
-            return None
-        return (row.get("latency_ms") or {}).get(stat)
-
     speedup = []
     if full is not None:
         for r in results:
             ref = by_key.get((full, r["workload"], r["concurrency"]))
-            if ref is None:
+            if ref is None or r["model"] == full:
                 continue
             speedup.append({"model": r["model"], "full_model": full, "width": widths.get(r["model"]),
-                            "workload": r["workload"], "concurrency": r["concurrency"], "stat": stat,
-                            "model_ms": lat(r), "full_ms": lat(ref),
-                            "speedup": ratio(lat(ref), lat(r)),
-                            "throughput_ratio": ratio(r.get("throughput_sps"), ref.get("throughput_sps"))})
+                            "workload": r["workload"], "concurrency": r["concurrency"],
+                            **faster(r, ref, "faster_than_full_x", ("model", "full"), stat)})
         # the same for in-process baselines: the compression gain without any serving
         base_by = {(b["model"], b["workload"], b["runtime"]): b for b in baselines}
         for b in baselines:
             ref = base_by.get((full, b["workload"], b["runtime"]))
-            if ref is None:
+            if ref is None or b["model"] == full:
                 continue
             speedup.append({"model": b["model"], "full_model": full, "width": widths.get(b["model"]),
                             "workload": b["workload"], "concurrency": None, "runtime": b["runtime"],
-                            "in_process": True, "stat": stat, "model_ms": lat(b), "full_ms": lat(ref),
-                            "speedup": ratio(lat(ref), lat(b))})
+                            "in_process": True, **faster(b, ref, "faster_than_full_x", ("model", "full"), stat)})
 
     overhead = []
     for b in baselines:
@@ -254,10 +316,11 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
         r = by_key.get((b["model"], b["workload"], 1))
         if r is None:
             continue
-        overhead.append({"model": b["model"], "workload": b["workload"], "runtime": b["runtime"],
-                         "stat": stat, "triton_ms": lat(r), "in_process_ms": lat(b),
-                         "ratio": ratio(lat(r), lat(b)),
-                         "added_ms": (lat(r) - lat(b)) if lat(r) is not None and lat(b) is not None else None})
+        row = {"model": b["model"], "workload": b["workload"], "runtime": b["runtime"],
+               **faster(b, r, "in_process_faster_x", ("in_process", "triton"), stat)}
+        t, i = row["triton_ms"], row["in_process_ms"]
+        row["added_ms"] = t - i if t is not None and i is not None else None
+        overhead.append(row)
 
     runtimes = []  # each in-process runtime/precision against the served one (e.g. bf16 vs fp32)
     served = {(b["model"], b["workload"]): b for b in baselines if b.get("served_runtime")}
@@ -266,8 +329,8 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
         if ref is None or b is ref:
             continue
         runtimes.append({"model": b["model"], "workload": b["workload"], "runtime": b["runtime"],
-                         "served_runtime": ref["runtime"], "stat": stat, "runtime_ms": lat(b),
-                         "served_ms": lat(ref), "speedup_vs_served": ratio(lat(ref), lat(b))})
+                         "served_runtime": ref["runtime"],
+                         **faster(b, ref, "faster_than_served_x", ("runtime", "served"), stat)})
 
     real_vs_fixed = []
     for r in results:
@@ -276,10 +339,15 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
         f = by_key.get((r["model"], "fixed", r["concurrency"]))
         if f is None:
             continue
-        real_vs_fixed.append({"model": r["model"], "concurrency": r["concurrency"], "stat": stat,
-                              "real_ms": lat(r), "fixed_ms": lat(f), "ratio": ratio(lat(r), lat(f))})
-    return {"speedup": speedup, "serving_overhead": overhead, "real_vs_fixed": real_vs_fixed,
-            "runtimes": runtimes}
+        real_vs_fixed.append({"model": r["model"], "concurrency": r["concurrency"],
+                              **faster(r, f, "real_faster_x", ("real", "fixed"), stat)})
+    return {"method": comparison_method(stat), "speedup": speedup, "serving_overhead": overhead,
+            "real_vs_fixed": real_vs_fixed, "runtimes": runtimes}
+
+
+def ratio_entries(comparisons: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every ratio entry of ``compare``'s result (all sections, in order)."""
+    return [e for k in ("speedup", "serving_overhead", "real_vs_fixed", "runtimes") for e in comparisons.get(k, [])]
 
 
 def check_wall_consistency(latencies_ms: Sequence[float], wall_s: float, concurrency: int,

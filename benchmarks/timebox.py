@@ -7,7 +7,11 @@ baseline call of about the same cost, so the count that fits is
 
     n = (time left - warm-up requests) / sum over cells of latency x (concurrency levels + baselines)
 
-capped at ``--requests`` (the count asked for) and floored at ``MIN_REQUESTS``.
+capped at ``--requests`` (the count asked for) and floored at ``MIN_REQUESTS``: below it
+a ratio means nothing (benchmarks/stats.py marks it), so the run overruns instead and
+says so. ``floor_seconds`` is the same arithmetic the other way round: what a caller (the
+demo) must leave the bench, priced from latencies it estimated (``matmul_gflops``) before
+any model exists.
 """
 from __future__ import annotations
 
@@ -15,9 +19,15 @@ import math
 import time
 from typing import Any
 
+import numpy as np
+
+from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
+
 PROBE_REQUESTS = 2
-MIN_REQUESTS = 3  # one per ABBA round at the default 3 rounds; fewer gives no percentile worth printing
+MIN_REQUESTS = MIN_RATIO_REQUESTS  # the fewest per cell whose ratios the report quotes
+CPU_SAMPLE_S = 1.0  # the machine's CPU use, sampled just before the measured rounds
 REPORT_RESERVE_S = 5.0  # the report, its plot and the server's shutdown after the last request
+SETUP_RESERVE_S = 5.0  # before the probe: the in-process runners' compile and the dev sentences
 
 
 def probe(url: str, targets: dict[tuple[str, str], Any], timeout_s: float) -> dict[tuple[str, str], float]:
@@ -38,23 +48,75 @@ def fit_requests(left_s: float, latency_ms: dict[tuple[str, str], float], *, con
                  warmup: int, baselines: dict[tuple[str, str], int], requested: int) -> tuple[int, dict[str, Any]]:
     """(measured requests per model/workload/concurrency, the arithmetic as a record).
     ``baselines``: in-process runtimes per (model, workload); each makes as many calls as
-    the served cell has requests, plus one warm call per round."""
+    the served cell has requests, plus one warm call per round. Never fewer than
+    ``MIN_REQUESTS`` (or ``requested``, if that is fewer): ``at_floor`` then says the run
+    kept that minimum past the budget."""
+    per_request, fixed = request_costs(latency_ms, concurrency_levels=concurrency_levels, rounds=rounds,
+                                       warmup=warmup, baselines=baselines)
+    fixed += CPU_SAMPLE_S
+    room = left_s - REPORT_RESERVE_S - fixed
+    floor = min(MIN_REQUESTS, requested)
+    fits = requested if per_request <= 0 else math.floor(max(0.0, room) / per_request)
+    n = max(floor, min(requested, fits))
+    record = {"left_s": round(left_s, 1), "probe_latency_ms": {f"{m}/{w}": round(v, 2) for (m, w), v in latency_ms.items()},
+              "s_per_request_of_each_cell": round(per_request, 3), "warmup_and_reserve_s": round(fixed + REPORT_RESERVE_S, 1),
+              "requests_asked": requested, "requests": n, "at_floor": fits < floor}
+    if n < requested:
+        why = (f"kept the minimum of {floor} (fewer give ratios that mean nothing; the time left allowed {fits})"
+               if fits < floor else f"{per_request:.2f} s per request across the cells, {max(0.0, room):.0f} s left")
+        record["cut"] = f"{n} measured requests per model/workload instead of {requested}: {why}"
+    if per_request * n + fixed + REPORT_RESERVE_S > left_s:
+        record["over_budget_s"] = round(per_request * n + fixed + REPORT_RESERVE_S - left_s, 1)
+    return n, record
+
+
+def request_costs(latency_ms: dict[tuple[str, str], float], *, concurrency_levels: int, rounds: int, warmup: int,
+                  baselines: dict[tuple[str, str], int]) -> tuple[float, float]:
+    """(seconds that one more measured request per cell costs across every cell and its
+    in-process calls, seconds of the warm-up requests and warm calls), from the latency in
+    ms of one request per (model, workload)."""
     per_request = fixed = 0.0
     for key, ms in latency_ms.items():
         s, b = ms / 1000, baselines.get(key, 0)
         per_request += s * (concurrency_levels + b)
         fixed += s * (concurrency_levels * rounds * warmup + b * rounds)
-    room = left_s - REPORT_RESERVE_S - fixed
-    n = requested if per_request <= 0 else max(MIN_REQUESTS, min(requested, math.floor(max(0.0, room) / per_request)))
-    record = {"left_s": round(left_s, 1), "probe_latency_ms": {f"{m}/{w}": round(v, 2) for (m, w), v in latency_ms.items()},
-              "s_per_request_of_each_cell": round(per_request, 3), "warmup_and_reserve_s": round(fixed + REPORT_RESERVE_S, 1),
-              "requests_asked": requested, "requests": n}
-    if n < requested:
-        record["cut"] = (f"{n} measured requests per model/workload instead of {requested}: "
-                         f"{per_request:.2f} s per request across the cells, {max(0.0, room):.0f} s left")
-    if per_request * n + fixed + REPORT_RESERVE_S > left_s:
-        record["over_budget_s"] = round(per_request * n + fixed + REPORT_RESERVE_S - left_s, 1)
-    return n, record
+    return per_request, fixed
+
+
+def floor_seconds(latency_ms: dict[tuple[str, str], float], *, requests: int, concurrency_levels: int, rounds: int,
+                  warmup: int, baselines: dict[tuple[str, str], int]) -> float:
+    """Seconds a budgeted run needs for ``requests`` measured requests per cell: set-up, the
+    probe, warm-up, the measured requests and their in-process calls, the report."""
+    per_request, fixed = request_costs(latency_ms, concurrency_levels=concurrency_levels,
+                                       rounds=min(rounds, requests), warmup=warmup, baselines=baselines)
+    probe_s = sum(latency_ms.values()) / 1000 * (1 + PROBE_REQUESTS)
+    return SETUP_RESERVE_S + probe_s + fixed + CPU_SAMPLE_S + requests * per_request + REPORT_RESERVE_S
+
+
+def matmul_gflops(seconds: float = 0.3, seed: int = 0) -> tuple[float, str]:
+    """(GFLOP/s, precision) of a BERT layer's FFN matmul at batch 16 x seq 128 (2048 x 384 by
+    384 x 1536), compiled by OpenVINO for this CPU with its defaults: bf16 where the CPU has
+    it, else f32, the speed class `ofaserve repo --precision auto` serves from there. A BERT
+    forward is almost all such matmuls, which OpenVINO runs near the CPU's peak, so their
+    FLOPs over this speed price a request before any model is exported."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(seed)
+    x = ops.parameter([2048, 384], np.float32)
+    w = ops.constant(rng.standard_normal((384, 1536)).astype(np.float32))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(x, w, False, False)], [x]), "CPU")
+    request = compiled.create_infer_request()
+    data = rng.standard_normal((2048, 384)).astype(np.float32)
+    request.infer([data])  # the first call sets up the threads
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while not times or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        request.infer([data])
+        times.append(time.perf_counter() - t0)
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return 2 * 2048 * 384 * 1536 / float(np.median(times)) / 1e9, precision
 
 
 class BenchClock:

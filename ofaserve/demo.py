@@ -13,8 +13,11 @@ Time budget (``--budget_min``, 6.5 by default): machines differ several-fold in 
 instead of a fixed amount of work each stage gets a share of the time left when it
 starts and sizes its work from its own measured speed (compress: training steps; exports:
 the runtimes the demo serves, a dev subset for the later checks; bench: request counts).
-The results table is never cut: teacher and every width on dev and test. What was cut is
-printed when each stage ends and recorded in ``summary.json`` (``budget``).
+The results table is never cut: teacher and every width on dev and test. The benchmark's
+minimum (enough requests per cell for its ratios to mean something) is priced before
+compress starts and set aside, so the stages before it cannot eat it: compress's share
+shrinks instead. What was cut is printed when each stage ends and recorded in
+``summary.json`` (``budget``).
 
 Screen: one line when a stage starts, a progress line every ``--progress_s`` (elapsed,
 time left of its share), one line when it ends. The stages' own log lines and printed
@@ -29,7 +32,8 @@ import json
 import sys
 from pathlib import Path
 
-from ofaserve.core.budget import Budget, Heartbeat, clock_text
+from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
+from ofaserve.core.budget import Budget, Heartbeat, clock_text, print_above_bars
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities
@@ -49,7 +53,8 @@ LOG_NAME = "demo.log"  # in --workdir: the stages' log lines and printed reports
 # training steps that learn); the exports' build and first dev pass, the repository and
 # the server start are fixed costs. Sized from the stages' measured minimums on a 2-core
 # Xeon (benchmarks/results/demo_run.json): a slower CPU overruns the budget at the floors,
-# and the final report says by how much.
+# and the final report says by how much. The bench gets its share on top of its reserved
+# minimum (bench_floor).
 SHARES = {"compress": 0.6, "export": 0.26, "repo": 0.05, "serve": 0.03, "bench": 0.06}
 # What `ofaserve export` checks that the cpu repository never serves (skipped under a budget)
 SERVED_PARITY_RUNTIMES = ["openvino_packed"]
@@ -73,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compressed width to export and serve (default: 0.6667)")
     p.add_argument("--redo", default="", help=f"comma-separated stages to redo even if finished ({','.join(STAGES)}, or all)")
     p.add_argument("--requests", type=int, default=30,
-                   help="measured requests per model/workload in the benchmark (the most; a budget may cut it)")
+                   help="measured requests per model/workload in the benchmark (the most; a budget may cut it, "
+                        f"never below {MIN_RATIO_REQUESTS}, the fewest whose ratios the report quotes)")
     p.add_argument("--seq_len", type=int, default=128,
                    help="sequence length of the fixed-length benchmark (the seed's 128); exports serve up to it")
     p.add_argument("--grpc_port", type=int, default=0, help="gRPC port of the demo server (default: a free port)")
@@ -141,7 +147,7 @@ def latency_figures(report: dict) -> dict:
     """The figures of the latency tables the demo prints (report.md), from report.json."""
     def row(r: dict, **extra) -> dict:
         return {"model": r["model"], "workload": r["workload"], **extra, "runtime": r.get("runtime"),
-                **{k: r["latency_ms"][k] for k in ("p50", "p90", "p99", "mean")},
+                **{k: r["latency_ms"][k] for k in ("n", "p50", "p90", "p99", "mean")},
                 "throughput_sps": r.get("throughput_sps")}
     return {"triton_grpc": [row(r, concurrency=r["concurrency"]) for r in report.get("results", [])],
             "in_process": [row(b) for b in report.get("baselines", [])],
@@ -154,9 +160,7 @@ _screen = sys.stdout  # the demo's own lines; set when main() starts (a stage's 
 
 def _say(line: str) -> None:
     """One line on the screen, drawn above any progress bar (safe from the heartbeat thread)."""
-    from tqdm import tqdm
-    tqdm.write(line, file=_screen)
-    _screen.flush()
+    print_above_bars(line, _screen)
 
 
 @contextlib.contextmanager
@@ -386,21 +390,71 @@ def _serve_and_bench(args, work: Path, budget: Budget, repo: Path, exports: dict
     return answers
 
 
-def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[str, str]) -> None:
-    from ofaserve.benchmarks import run as bench
-
-    allot = budget.allot("bench")
-    argv = ["--url", url, "--model_repository", str(repo), "--models", ",".join(names.values()),
+def bench_argv(args, work: Path, url: str, repo: Path, models: list[str], allot: float | None) -> list[str]:
+    """The demo's `ofaserve bench` command line: both widths, batch 16, fixed and real text,
+    concurrency 1, at most ``--requests`` per cell, sized to ``allot`` seconds."""
+    return ["--url", url, "--model_repository", str(repo), "--models", ",".join(models),
             "--batch_size", "16", "--seq_len", str(args.seq_len), "--real_text", "--concurrency", "1",
             "--requests", str(args.requests), "--output_dir", str(work / "bench"),
             *([] if allot is None else ["--time_budget_s", _seconds(allot)])]
+
+
+def _bench(args, work: Path, budget: Budget, url: str, repo: Path, names: dict[str, str]) -> None:
+    from ofaserve.benchmarks import run as bench
+
+    argv = bench_argv(args, work, url, repo, list(names.values()), budget.allot("bench"))
     with _Stage(budget, "bench", "ofaserve bench " + " ".join(argv), args.progress_s):
         _run_stage("bench", bench.main, argv)
         sizing = json.loads((work / "bench" / "report.json").read_text()).get("time_budget") or {}
         budget.measure("bench", **{k: sizing[k] for k in ("probe_latency_ms", "requests") if k in sizing})
         if "cut" in sizing:
             budget.cut("bench", "measured requests per model/workload", sizing["requests_asked"], sizing["requests"],
-                       sizing["cut"], "over_budget_s" in sizing)
+                       sizing["cut"], bool(sizing.get("at_floor")))
+
+
+def _served_model(args, work: Path, redo: set[str]) -> tuple[dict, int]:
+    """(config, max_seq_length) of the model the demo will serve: the finished compress
+    run's, else what its compress stage will train (the pretrained model, the profile's
+    sequence length)."""
+    from ofaserve.compress import cli as compress_cli
+    from ofaserve.compress.bert import hf_config, paddle_config, resolve_model_path
+    from ofaserve.core.manifests import read_manifest
+
+    if "compress" not in redo and _finished(work / "compress", "compress"):
+        cm = read_manifest(work / "compress", stage="compress")
+        return cm["model_config"], int(cm["max_seq_length"])
+    opts = compress_cli.options_from_args(compress_cli.build_parser().parse_args(
+        ["--profile", args.profile, "--output_dir", str(work / "compress")]))
+    # the classifier head's size is nothing next to the encoder's: one label prices it
+    return paddle_config(hf_config(resolve_model_path(opts.model_name_or_path)), num_labels=1), opts.max_seq_length
+
+
+def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
+    """(seconds the bench needs for ``MIN_REQUESTS`` per cell, or ``--requests`` if fewer; how
+    that was priced). Priced before any model exists, so each request's latency is
+    estimated: the model's FLOPs at the bench's shape (a width's FLOPs scale with it: every
+    matmul of a layer is linear in its heads and FFN neurons) over this CPU's measured
+    matmul speed in OpenVINO (``timebox.matmul_gflops``). A real-text request is priced at the longest sequence the exports serve
+    (the tokenizer truncates there), which bounds it from above."""
+    from ofaserve.benchmarks import run as bench
+    from ofaserve.benchmarks import timebox
+    from ofaserve.compress.submodel import flops, full_width_config
+
+    names = {w: Width.parse(w).model_name("bert") for w in ("1.0", args.width_mult)}
+    settings = bench.build_parser().parse_args(bench_argv(args, work, "", work, list(names.values()), None))
+    config, max_seq_length = _served_model(args, work, redo)
+    full = full_width_config(config)
+    seq = {"fixed": settings.seq_len, "real": max(settings.seq_len, max_seq_length)}  # as _exports serves
+    workloads = ([] if settings.no_fixed else ["fixed"]) + (["real"] if settings.real_text else [])
+    gflops, precision = timebox.matmul_gflops()
+    latency = {(m, wl): float(w) * flops(full, settings.batch_size, seq[wl]) / gflops / 1e6
+               for w, m in names.items() for wl in workloads}
+    requests = min(timebox.MIN_REQUESTS, settings.requests)
+    floor = timebox.floor_seconds(latency, requests=requests, concurrency_levels=len(settings.concurrency),
+                                  rounds=settings.rounds, warmup=settings.warmup, baselines={k: 1 for k in latency})
+    return floor, {"matmul_gflops": round(gflops, 1), "matmul_precision": precision, "requests_at_floor": requests,
+                   "floor_s": round(floor, 1),
+                   "estimated_latency_ms": {f"{m}/{wl}": round(v, 1) for (m, wl), v in latency.items()}}
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -409,6 +463,10 @@ def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
     from ofaserve.core.files import write_json
     from ofaserve.core.tables import learning_warning, results_table
 
+    if budget.total_s is not None:  # set aside before compress sizes itself: its share shrinks instead
+        floor, priced = bench_floor(args, work, redo)
+        budget.reserve("bench", floor)
+        budget.measure("bench", floor=priced)
     cm = _compress(args, work, redo, budget)
     exports = _exports(args, work, redo, budget, cm)
     repo = _repo(args, work, redo, budget, exports)
@@ -447,7 +505,7 @@ def _budget_report(budget: Budget) -> str:
     verdict = "within"
     if over > 0:
         late = [f"{n} by {clock_text(r.used_s - r.allotted_s)}" for n, r in budget.stages.items()
-                if r.used_s is not None and r.allotted_s is not None and r.used_s > r.allotted_s]
+                if r.used_s is not None and r.allotted_s is not None and r.used_s > r.allotted_s and not r.reused]
         floors = [f"{c.stage} {c.what}" for c in budget.cuts() if c.at_floor]
         verdict = (f"OVER by {clock_text(over)}" + (f"; over their share: {', '.join(late)}" if late else "")
                    + (f"; kept at the minimum this machine needs longer for: {', '.join(floors)}" if floors else ""))
@@ -455,7 +513,8 @@ def _budget_report(budget: Budget) -> str:
     for name, r in budget.stages.items():
         if r.used_s is not None:
             lines.append(f"  {name:<9} {clock_text(r.used_s):>6} of {clock_text(r.allotted_s or 0):>6}"
-                         f"{'  (reused)' if r.reused else ''}")
+                         f"{'  (reused)' if r.reused else ''}"
+                         f"{f'  (at least {clock_text(r.reserve_s)} reserved)' if r.reserve_s else ''}")
     cuts = budget.cuts()
     lines.append("  cut to fit:" + ("" if cuts else " nothing"))
     lines += [f"    {c.line()}" for c in cuts]

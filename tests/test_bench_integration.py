@@ -120,13 +120,21 @@ def test_bench_against_real_server(server, tiny_bench_repository, tmp_path, caps
         assert len(b["latencies_ms"]) == 4 and all(x > 0 for x in b["latencies_ms"])
         assert sum(b["latencies_ms"]) / 1e3 <= b["wall_s"] * 1.05
     cmp_ = rep["comparisons"]
-    assert {x["model"] for x in cmp_["speedup"]} == set(models)
-    assert all(x["ratio"] > 0 for x in cmp_["serving_overhead"]) and len(cmp_["serving_overhead"]) == 4
+    assert {x["model"] for x in cmp_["speedup"]} == {small}  # each compressed width against the full one
+    assert all(x["in_process_faster_x"] > 0 for x in cmp_["serving_overhead"]) and len(cmp_["serving_overhead"]) == 4
     assert len(cmp_["real_vs_fixed"]) == 2 * len(CONCURRENCY)
+    # every ratio has its bootstrap interval from this run's requests, and REQUESTS < 20 marks each
+    from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS, ratio_entries
+    assert REQUESTS < MIN_RATIO_REQUESTS
+    for e in ratio_entries(cmp_):
+        assert e["ci95"] is not None and e["ci95"][0] <= e["ci95"][1] and e["few_requests"], e
+        in_process = e.get("in_process") or "in_process_ms" in e  # the baselines made 4 calls
+        assert e["fewest_requests"] == (4 if in_process else REQUESTS), e
 
     md = (out / "report.md").read_text()
     assert f"| {small} | {rep['models'][small]['width']:.4g} |" in md
-    assert "Serving overhead" in md and "Real text vs fixed" in md
+    assert "Serving overhead: how much faster in-process is" in md and "Real text vs fixed" in md
+    assert "Ratios in parentheses come from fewer than 20 measured requests" in md
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
 
     # clear one-line errors, exit code 2

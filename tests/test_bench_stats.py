@@ -130,33 +130,89 @@ def test_flatten_missing_fields():
 
 
 # --------------------------------------------------------------------------- naming, comparisons
-def _row(model, workload, c, p50, tput=100.0):
-    return {"model": model, "workload": workload, "concurrency": c, "latency_ms": {"p50": p50},
-            "throughput_sps": tput}
+def _row(model, workload, c, p50, n=40, spread=0.05, seed=0):
+    """A measured row: ``n`` latencies around ``p50`` (its exact median) and their summary."""
+    rng = np.random.default_rng(seed)
+    lat = list(p50 * (1 + spread * rng.standard_normal(n)))
+    lat = [x - float(np.median(lat)) + p50 for x in lat]
+    return {"model": model, "workload": workload, "concurrency": c, "latency_ms": stats.summarize_latencies(lat),
+            "latencies_ms": lat, "throughput_sps": 100.0}
 
 
-def test_compare_speedup_overhead_real_vs_fixed():
+def _base(model, runtime, p50, served, n=40, seed=0):
+    row = _row(model, "fixed", None, p50, n=n, seed=seed)
+    del row["concurrency"]
+    return {**row, "runtime": runtime, "served_runtime": served}
+
+
+def test_compare_every_ratio_reads_faster_with_its_interval():
+    """One convention: each ratio is reference p50 / subject p50, so > 1 means the subject
+    is faster (real text against fixed too: the old report printed 0.375x for this), and
+    each carries a 95% bootstrap interval around it."""
     widths = {"bert_w100": 1.0, "bert_w67": 0.67}
-    results = [_row("bert_w100", "fixed", 1, 120.0, 133.0), _row("bert_w67", "fixed", 1, 80.0, 200.0),
-               _row("bert_w100", "real", 1, 40.0), _row("bert_w67", "real", 1, 30.0)]
-    baselines = [{"model": "bert_w100", "workload": "fixed", "runtime": "openvino/fp32/t2",
-                  "served_runtime": True, "latency_ms": {"p50": 100.0}},
-                 {"model": "bert_w67", "workload": "fixed", "runtime": "openvino/fp32/t2",
-                  "served_runtime": True, "latency_ms": {"p50": 70.0}},
-                 {"model": "bert_w67", "workload": "fixed", "runtime": "openvino/bf16/t2",
-                  "served_runtime": False, "latency_ms": {"p50": 35.0}}]
+    results = [_row("bert_w100", "fixed", 1, 120.0), _row("bert_w67", "fixed", 1, 80.0, seed=1),
+               _row("bert_w100", "real", 1, 40.0, seed=2), _row("bert_w67", "real", 1, 30.0, seed=3)]
+    baselines = [_base("bert_w100", "openvino/fp32/t2", 100.0, True), _base("bert_w67", "openvino/fp32/t2", 70.0, True, seed=4),
+                 _base("bert_w67", "openvino/bf16/t2", 35.0, False, seed=5)]
     c = stats.compare(results, baselines, widths)
     sp = {(s["model"], s["workload"], s.get("runtime")): s for s in c["speedup"]}
-    assert sp[("bert_w67", "fixed", None)]["speedup"] == pytest.approx(1.5)
-    assert sp[("bert_w67", "fixed", None)]["throughput_ratio"] == pytest.approx(200 / 133)
-    assert sp[("bert_w100", "fixed", None)]["speedup"] == 1.0
-    assert sp[("bert_w67", "fixed", "openvino/fp32/t2")]["speedup"] == pytest.approx(100 / 70)
+    assert sp[("bert_w67", "fixed", None)]["faster_than_full_x"] == pytest.approx(1.5)
+    assert sp[("bert_w67", "fixed", "openvino/fp32/t2")]["faster_than_full_x"] == pytest.approx(100 / 70)
+    assert ("bert_w100", "fixed", None) not in sp  # full width against itself is no comparison
     assert ("bert_w67", "fixed", "openvino/bf16/t2") not in sp  # no full-width bf16 row to compare to
     ov = {o["model"]: o for o in c["serving_overhead"]}
-    assert ov["bert_w100"]["ratio"] == pytest.approx(1.2) and ov["bert_w100"]["added_ms"] == pytest.approx(20)
+    assert ov["bert_w100"]["in_process_faster_x"] == pytest.approx(1.2) and ov["bert_w100"]["added_ms"] == pytest.approx(20)
     rvf = {x["model"]: x for x in c["real_vs_fixed"]}
-    assert rvf["bert_w67"]["ratio"] == pytest.approx(30 / 80)
-    assert c["runtimes"][0]["speedup_vs_served"] == pytest.approx(2.0)
+    assert rvf["bert_w67"]["real_faster_x"] == pytest.approx(80 / 30)
+    assert c["runtimes"][0]["faster_than_served_x"] == pytest.approx(2.0)
+    entries = stats.ratio_entries(c)
+    assert len(entries) == 3 + 2 + 2 + 1  # speedup (2 served, 1 in-process), overhead, real text, runtimes
+    for e in entries:
+        x = next(v for k, v in e.items() if k.endswith("_x"))
+        lo, hi = e["ci95"]
+        assert lo < x < hi and hi - lo < 0.25 * x, e  # 5% noise on 40 requests: a tight interval
+        assert e["fewest_requests"] == 40 and e["few_requests"] is False and e["stat"] == "p50"
+    assert c["method"]["statistic"] == "p50" and "95% percentile bootstrap" in c["method"]["interval"]
+    assert c["method"]["min_requests"] == stats.MIN_RATIO_REQUESTS == 20
+
+
+def test_bootstrap_interval_resamples_each_cell_with_a_fixed_seed(monkeypatch):
+    rng = np.random.default_rng(7)
+    ref, sub = list(rng.gamma(20, 6.0, 60)), list(rng.gamma(20, 4.0, 45))
+    got = stats.bootstrap_ratio_ci(ref, sub)
+    assert got == stats.bootstrap_ratio_ci(ref, sub)  # seeded: the same run gives the same interval
+    # the same interval, computed the plain way: 2000 resamples of each cell, then the 2.5/97.5 percentiles
+    draw = np.random.default_rng(stats.BOOTSTRAP_SEED)
+    r = np.array(ref)[draw.integers(0, len(ref), (stats.BOOTSTRAP_RESAMPLES, len(ref)))]
+    s = np.array(sub)[draw.integers(0, len(sub), (stats.BOOTSTRAP_RESAMPLES, len(sub)))]
+    expect = np.percentile(np.median(r, axis=1) / np.median(s, axis=1), [2.5, 97.5])
+    assert got == pytest.approx(list(expect))
+    monkeypatch.setattr(stats, "_BOOTSTRAP_CELLS", 1000)  # many small chunks: still the same draws
+    assert stats.bootstrap_ratio_ci(ref, sub) == pytest.approx(got)
+    wide = stats.bootstrap_ratio_ci(ref[:10], sub[:10])
+    assert wide[1] - wide[0] > got[1] - got[0]  # fewer requests, a wider interval
+    assert stats.bootstrap_ratio_ci([5.0], sub) is None and stats.bootstrap_ratio_ci(ref, []) is None
+
+
+def test_a_ratio_from_fewer_than_20_requests_is_marked():
+    widths = {"bert_w100": 1.0, "bert_w67": 0.67}
+    few = stats.compare([_row("bert_w100", "fixed", 1, 120.0, n=19), _row("bert_w67", "fixed", 1, 80.0, n=40)],
+                        [], widths)["speedup"][0]
+    enough = stats.compare([_row("bert_w100", "fixed", 1, 120.0, n=20), _row("bert_w67", "fixed", 1, 80.0, n=20)],
+                           [], widths)["speedup"][0]
+    assert (few["few_requests"], few["fewest_requests"], few["full_n"], few["model_n"]) == (True, 19, 19, 40)
+    assert (enough["few_requests"], enough["fewest_requests"]) == (False, 20)
+    from ofaserve.benchmarks.report import faster_sentence, ratio_cell
+    assert ratio_cell(few, "faster_than_full_x") == "(1.50x; 19 req.)"
+    lo, hi = enough["ci95"]
+    assert ratio_cell(enough, "faster_than_full_x") == f"1.50x [{lo:.2f}, {hi:.2f}]"
+    assert faster_sentence(enough, "faster_than_full_x", "w67", "w100") == (
+        f"w67 is 1.50x faster than w100 (95% CI {lo:.2f}-{hi:.2f})")
+    tie = dict(enough, ci95=[0.97, 1.04], faster_than_full_x=1.01)
+    assert faster_sentence(tie, "faster_than_full_x", "w67", "w100") == (
+        "w67 is 1.01x faster than w100 (95% CI 0.97-1.04: it holds 1, no difference this run can tell)")
+    text = faster_sentence(few, "faster_than_full_x", "w67", "w100")
+    assert "not a measurement" in text and "19 measured requests" in text and "faster than" not in text
 
 
 def test_pick_full():
@@ -234,22 +290,21 @@ def test_real_text_workload():
 
 
 # --------------------------------------------------------------------------- report
-def _fake_report():
-    lat_a = [120.0, 125.0, 130.0, 140.0]
-    lat_b = [80.0, 82.0, 85.0, 90.0]
+def _fake_report(n=30, concurrency=(1, 2)):
+    """A report as run.py builds it, from ``n`` latencies per cell (seeded noise around
+    125 ms for full width and 84 ms for width 0.67)."""
     res = []
-    for m, lat in (("bert_w100", lat_a), ("bert_w67", lat_b)):
-        for c in (1, 2):
-            res.append({"model": m, "workload": "fixed", "concurrency": c, "infer_model": f"{m}_encoder",
-                        "runtime": "openvino/fp32/t2", "latency_ms": stats.summarize_latencies([x * c for x in lat]),
-                        "throughput_sps": 100.0, "server_pipeline": {"queue_ms": 0.1, "compute_ms": 100.0},
-                        "accounting": stats.Accounting(4, 4).to_dict()})
-    base = [{"model": "bert_w100", "workload": "fixed", "runtime": "openvino/fp32/t2", "served_runtime": True,
-             "latency_ms": stats.summarize_latencies([110.0, 112.0]), "throughput_sps": 140.0}]
+    for i, (m, p50) in enumerate((("bert_w100", 125.0), ("bert_w67", 84.0))):
+        for c in concurrency:
+            row = _row(m, "fixed", c, p50 * c, n=n, seed=i * 10 + c)
+            res.append({**row, "infer_model": f"{m}_encoder", "runtime": "openvino/fp32/t2",
+                        "server_pipeline": {"queue_ms": 0.1, "compute_ms": 100.0},
+                        "accounting": stats.Accounting(n, n).to_dict()})
+    base = [_base("bert_w100", "openvino/fp32/t2", 111.0, True, n=n, seed=99)]
     widths = {"bert_w100": 1.0, "bert_w67": 0.67}
     return {"date": "2026-01-01T00:00:00+00:00", "command": "ofaserve bench --x", "machine": {"cpu": "AMD EPYC", "cores": 2},
             "versions": {"numpy": "1.26.4"}, "server": {"version": "2.51.0", "url": "127.0.0.1:8001"},
-            "settings": {"batch_size": 16, "seq_len": 128, "concurrency": [1, 2], "requests": 4, "rounds": 2,
+            "settings": {"batch_size": 16, "seq_len": 128, "concurrency": list(concurrency), "requests": n, "rounds": 2,
                          "warmup": 1, "seed": 0},
             "workloads": {"fixed": {"seq_len": 128}}, "models": {m: {"width": w} for m, w in widths.items()},
             "results": res, "baselines": base, "comparisons": stats.compare(res, base, widths)}
@@ -262,9 +317,40 @@ def test_render_markdown_has_tables_from_data():
     w67 = next(line for line in md.splitlines() if line.startswith("| bert_w67 | 0.67 | openvino/fp32/t2 | 1 |"))
     p50 = rep["results"][2]["latency_ms"]["p50"]
     full = rep["results"][0]["latency_ms"]["p50"]
-    assert f"{p50:.1f}" in w67 and f"{full / p50:.2f}x" in w67
-    assert "Serving overhead" in md and "2.51.0" in md and "ofaserve bench --x" in md
+    sp = next(x for x in rep["comparisons"]["speedup"] if x["concurrency"] == 1)
+    lo, hi = sp["ci95"]
+    assert f"{p50:.1f}" in w67 and f"| {full / p50:.2f}x [{lo:.2f}, {hi:.2f}] |" in w67
+    w100 = next(line for line in md.splitlines() if line.startswith("| bert_w100 | 1 | openvino/fp32/t2 | 1 |"))
+    assert "| reference |" in w100
+    (ov,) = rep["comparisons"]["serving_overhead"]
+    assert "## Serving overhead: how much faster in-process is than Triton gRPC" in md
+    assert f"| {ov['in_process_faster_x']:.3f}x [{ov['ci95'][0]:.3f}, {ov['ci95'][1]:.3f}] |" in md
+    assert "greater than 1 means the subject is faster" in md and "95% percentile bootstrap" in md
+    assert "fewer than 20" not in md and "(no latency-vs-concurrency panel" not in md
+    assert "2.51.0" in md and "ofaserve bench --x" in md
     json.dumps(rep)  # the report is JSON-serialisable as built
+
+
+def test_report_marks_every_ratio_from_too_few_requests():
+    md = render_markdown(_fake_report(n=5))
+    assert "**warning**: 3 ratio(s) come from fewer than 20 measured requests in a cell (fewest: 5)" in md
+    assert "Ratios in parentheses come from fewer than 20 measured requests" in md
+    ratio_cells = [c.strip() for line in md.splitlines() if line.startswith("| bert_") for c in line.split("|")
+                   if c.strip().endswith(("x", "req.)", "]"))]
+    assert ratio_cells and all(c.startswith("(") and c.endswith("; 5 req.)") for c in ratio_cells), ratio_cells
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_plot_draws_no_concurrency_panel_for_one_level(tmp_path):
+    """One concurrency level is one point per line: that panel is left out, and report.md says so."""
+    two = render_plot(_fake_report(concurrency=(1, 2)), tmp_path / "two.png")
+    one_report = _fake_report(concurrency=(1,))
+    one = render_plot(one_report, tmp_path / "one.png")
+    assert _png_width(two) == 2 * _png_width(one)  # a bar panel for the workload, plus the concurrency panel
+    assert "(no latency-vs-concurrency panel: one concurrency level measured)" in render_markdown(one_report)
 
 
 def test_render_plot_writes_png(tmp_path):
@@ -309,7 +395,7 @@ def test_compare_reports(tmp_path, capsys):
         r["runtime"] = "openvino/bf16/t2"
     rows = compare_rows([a, b], ["fp32", "bf16"])
     assert [r[0] for r in rows] == ["fp32", "fp32", "bf16", "bf16"]
-    assert rows[2][8] == "2.00x"   # bf16 full width vs the first run's full width
+    assert rows[2][8] == "2.00x"   # bf16 full width: 2x faster than the first run's full width
     for name, rep in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps(rep))
@@ -322,23 +408,31 @@ def test_compare_runs_summary(tmp_path):
     from benchmarks.records.compare import main as compare_main, run_summary_rows
     a = _fake_report()
     a["models"]["bert_w100"]["composing"] = ["bert_w100_tokenizer", "bert_w100_encoder", "bert_w100_postprocess"]
-    a["comparisons"]["real_vs_fixed"] = [{"model": "bert_w100", "concurrency": 1, "ratio": 0.25},
-                                         {"model": "bert_w67", "concurrency": 1, "ratio": 0.5}]
+    a["comparisons"]["real_vs_fixed"] = [{"model": "bert_w100", "concurrency": 1, "real_faster_x": 4.0},
+                                         {"model": "bert_w67", "concurrency": 1, "real_faster_x": 2.0}]
     (row,) = run_summary_rows([a], ["r1"])
     speed = next(s for s in a["comparisons"]["speedup"] if s["model"] == "bert_w67" and s["workload"] == "fixed"
                  and s.get("concurrency") == 1 and not s.get("in_process"))
-    assert row[:2] == ["r1", "ensemble"] and row[2] == f"bert_w67 {speed['speedup']:.2f}x"  # no reference row
+    assert row[:2] == ["r1", "ensemble"] and row[2] == f"bert_w67 {speed['faster_than_full_x']:.2f}x"
     assert row[3] == "bert_w100 4.00x, bert_w67 2.00x"
-    over = {x["model"]: x["ratio"] for x in a["comparisons"]["serving_overhead"] if x["workload"] == "fixed"}
+    over = {x["model"]: x["in_process_faster_x"] for x in a["comparisons"]["serving_overhead"] if x["workload"] == "fixed"}
     assert over and row[4] == ", ".join(f"{m} {over[m]:.3f}x" for m in a["models"] if m in over)
+    # a report from before schema 2 (history/): its ratios are read in the same convention
+    old = _fake_report()
+    old["comparisons"] = {"speedup": [{"model": "bert_w67", "workload": "fixed", "concurrency": 1, "speedup": 1.5}],
+                          "real_vs_fixed": [{"model": "bert_w67", "concurrency": 1, "ratio": 0.25}],
+                          "serving_overhead": [{"model": "bert_w67", "workload": "fixed", "ratio": 1.02}]}
+    (row_old,) = run_summary_rows([old], ["r0"])
+    assert row_old[2:5] == ["bert_w67 1.50x", "bert_w67 4.00x", "bert_w67 1.020x"]
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text(json.dumps(a))
     assert compare_main(["--runs", str(tmp_path / "a"), "-o", str(tmp_path / "runs.md")]) == 0
     text = (tmp_path / "runs.md").read_text()
     assert "| a | ensemble |" in text
-    assert f"compressed vs full, fixed: {speed['speedup']:.2f}x-{speed['speedup']:.2f}x" in text
-    assert "fixed / real text latency: 2.00x-4.00x, median 3.00x over 2" in text
-    assert f"serving overhead, fixed: {min(over.values()):.3f}x-{max(over.values()):.3f}x" in text
+    f = speed["faster_than_full_x"]
+    assert f"compressed faster than full, fixed: {f:.2f}x-{f:.2f}x" in text
+    assert "real text faster than fixed: 2.00x-4.00x, median 3.00x over 2" in text
+    assert f"in-process faster than served, fixed: {min(over.values()):.3f}x-{max(over.values()):.3f}x" in text
 
 
 def test_busy_warning_reads_cpu_in_use_not_the_load_average():

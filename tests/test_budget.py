@@ -43,6 +43,30 @@ def test_allotments_follow_the_time_left_and_the_shares():
     assert b.allot("c") == 0.0  # never negative
 
 
+def test_a_reserve_is_a_floor_the_stages_before_cannot_eat():
+    """The demo reserves the bench's minimum before compress sizes itself: the earlier
+    stages share only the time above it, and the bench gets it even after they overran."""
+    clock = FakeClock()
+    b = Budget(100, {"a": 2, "b": 1, "c": 1}, clock=clock)
+    b.reserve("c", 30)
+    assert b.start("a") == pytest.approx((100 - 30) * 2 / 4)  # a's share shrinks, not c's floor
+    clock.t += 35
+    b.finish("a")
+    assert b.start("b") == pytest.approx((65 - 30) * 1 / 2)
+    clock.t += 17.5
+    b.finish("b")
+    assert b.start("c") == pytest.approx(30 + 17.5) == pytest.approx(b.left())  # its floor and its share
+    late = Budget(100, {"a": 2, "b": 1, "c": 1}, clock=clock)
+    late.reserve("c", 30)
+    late.start("a")
+    clock.t += 90  # a overran by 55 s: b gets nothing above the reserve, c still gets its 30 s
+    late.finish("a")
+    assert late.start("b") == 0.0
+    late.finish("b")
+    assert late.start("c") == pytest.approx(30) and late.left() == pytest.approx(10)
+    assert late.record()["stages"]["c"]["reserve_s"] == 30 and late.record()["stages"]["a"]["reserve_s"] == 0
+
+
 def test_no_budget_allots_nothing_and_cuts_nothing():
     b = Budget(None, {"a": 1})
     assert b.start("a") is None and b.record()["within_budget"] is None
@@ -197,20 +221,39 @@ def test_budget_record_reports_the_steps_trained_not_the_first_plan():
     assert box.plans["teacher"]["steps_trained"] == 53 and box.cuts[0].chosen == 50
 
 
-def test_bench_request_count_fits_the_time_left():
+def test_bench_request_count_fits_the_time_left_down_to_its_floor():
     from ofaserve.benchmarks import timebox
 
     lat = {("m1", "fixed"): 100.0, ("m2", "fixed"): 50.0}  # ms
     per_request = (0.1 + 0.05) * (1 + 1)  # one concurrency level + one baseline runtime per cell
-    fixed = (0.1 + 0.05) * (1 * 3 * 3 + 1 * 3)  # warm-up requests and one warm call per round
-    left = timebox.REPORT_RESERVE_S + fixed + 12 * per_request
-    n, rec = timebox.fit_requests(left, lat, concurrency_levels=1, rounds=3, warmup=3,
-                                  baselines={k: 1 for k in lat}, requested=30)
-    assert n == 12 and "cut" in rec and "over_budget_s" not in rec
-    n, rec = timebox.fit_requests(1000, lat, concurrency_levels=1, rounds=3, warmup=3, baselines={}, requested=30)
+    fixed = (0.1 + 0.05) * (1 * 3 * 3 + 1 * 3) + timebox.CPU_SAMPLE_S  # warm-up, warm calls, the CPU sample
+    kw = dict(concurrency_levels=1, rounds=3, warmup=3, baselines={k: 1 for k in lat})
+    n, rec = timebox.fit_requests(timebox.REPORT_RESERVE_S + fixed + 25 * per_request + 0.01, lat, requested=30, **kw)
+    assert n == 25 and "cut" in rec and not rec["at_floor"] and "over_budget_s" not in rec
+    n, rec = timebox.fit_requests(timebox.REPORT_RESERVE_S + fixed + 12 * per_request + 0.01, lat, requested=30, **kw)
+    assert n == timebox.MIN_REQUESTS == 20  # room for 12: the ratios need 20, the run overruns
+    assert rec["at_floor"] and "kept the minimum of 20" in rec["cut"] and "allowed 12" in rec["cut"]
+    assert rec["over_budget_s"] == pytest.approx(8 * per_request, abs=0.1)
+    n, rec = timebox.fit_requests(1000, lat, requested=30, **kw)
     assert n == 30 and "cut" not in rec
-    n, rec = timebox.fit_requests(0, lat, concurrency_levels=1, rounds=3, warmup=3, baselines={}, requested=30)
-    assert n == timebox.MIN_REQUESTS and rec["over_budget_s"] > 0
+    n, rec = timebox.fit_requests(0, lat, requested=5, **kw)  # fewer asked for than the floor: that many
+    assert n == 5 and "cut" not in rec and rec["at_floor"]
+
+
+def test_bench_floor_seconds_is_what_its_sizing_needs():
+    """What the demo sets aside (floor_seconds, before the bench starts) is what the bench's
+    own sizing (fit_requests, after its set-up and probe) needs for the floor: no more cut."""
+    from ofaserve.benchmarks import timebox
+
+    lat = {("m1", "fixed"): 400.0, ("m1", "real"): 90.0, ("m2", "fixed"): 280.0, ("m2", "real"): 65.0}
+    kw = dict(concurrency_levels=1, rounds=3, warmup=3, baselines={k: 1 for k in lat})
+    floor = timebox.floor_seconds(lat, requests=timebox.MIN_REQUESTS, **kw)
+    probe_s = sum(lat.values()) / 1000 * (1 + timebox.PROBE_REQUESTS)
+    n, rec = timebox.fit_requests(floor - timebox.SETUP_RESERVE_S - probe_s + 0.01, lat, requested=30, **kw)
+    assert n == timebox.MIN_REQUESTS and not rec["at_floor"] and "over_budget_s" not in rec
+    assert timebox.floor_seconds(lat, requests=30, **kw) - floor == pytest.approx(10 * sum(lat.values()) / 1000 * 2)
+    gflops, precision = timebox.matmul_gflops(seconds=0.05)
+    assert 0 < gflops < 1e5 and precision in ("f32", "bf16")  # a speed this CPU can have, as OpenVINO runs it
 
 
 def test_export_dev_subset_is_sized_from_the_first_pass():
@@ -374,6 +417,69 @@ def test_a_terminal_stays_a_terminal_while_native_lines_are_filtered():
     assert b"isatty 1" in got and b"not support input out tensor" not in got
 
 
+def _terminal_rows(code: str, columns: int = 120) -> list[str]:
+    """The rows a terminal shows after ``code`` ran with stdout and stderr on it (a
+    pseudo-terminal read through pyte, a VT100 emulator), blank rows left out."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    import pyte
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the last writer closed
+            break
+        if not chunk:
+            break
+        got += chunk
+    assert proc.wait(timeout=60) == 0, got.decode(errors="replace")
+    os.close(master)
+    screen = pyte.Screen(columns, 1000)
+    pyte.ByteStream(screen).feed(got)
+    return [row.rstrip() for row in screen.display if row.strip()]
+
+
+def test_status_lines_and_a_progress_bar_share_a_terminal_without_interleaving():
+    """The demo's heartbeat writes its line while a stage's tqdm bar redraws on the same
+    terminal, with the stage's stdout sent to the demo's log and both descriptors filtered
+    (as the demo runs compress): every status line is a whole row, the bar its own row."""
+    import re
+    import textwrap
+
+    rows = _terminal_rows(textwrap.dedent("""
+        import contextlib, os, sys, time
+        from tqdm.auto import tqdm
+        from ofaserve.core.budget import Budget, Heartbeat, print_above_bars
+        from ofaserve.core.quiet import known_native_lines_dropped
+        screen = sys.stdout
+        budget = Budget(60, {"compress": 1})
+        budget.start("compress")
+        with open(os.devnull, "w") as log, contextlib.redirect_stdout(log), known_native_lines_dropped():
+            with Heartbeat(budget, "compress", 0.03, lambda line: print_above_bars(line, screen)):
+                bar = tqdm(total=60, desc="teacher", unit="step", dynamic_ncols=True)
+                for _ in range(60):
+                    time.sleep(0.01)
+                    bar.update(1)
+                bar.close()
+        print_above_bars("=== compress: done", screen)
+    """))
+    status = re.compile(r"\[compress \d:\d\d, ~\d:\d\d left of its 1:00\] demo \d:\d\d of 1:00")
+    beats = [r for r in rows if status.fullmatch(r)]
+    assert len(beats) >= 5, rows  # the heartbeat ran while the bar drew
+    others = [r for r in rows if not status.fullmatch(r)]
+    assert others[:-2] == [] and others[-2].startswith("teacher: 100%|") and others[-1] == "=== compress: done", rows
+
+
 def test_known_native_stdout_lines_are_dropped_and_others_kept():
     import subprocess
     import textwrap
@@ -525,11 +631,15 @@ def test_export_under_a_budget_checks_the_served_runtimes_on_a_subset(tmp_path, 
 
 @pytest.mark.integration
 def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir, capsys):
+    """A 3-second budget: every stage overruns, but the bench still gets the minimum that
+    was set aside for it, and its report holds at least 20 measured requests per cell and
+    an interval for every ratio."""
     from ofaserve import demo
+    from ofaserve.benchmarks import stats
 
     work = tmp_path / "demo"
     shutil.copytree(tiny_compress_dir, work / "compress")
-    argv = ["--workdir", str(work), "--width_mult", "0.75", "--requests", "5", "--seq_len", "32",
+    argv = ["--workdir", str(work), "--width_mult", "0.75", "--seq_len", "32",
             "--budget_min", "0.05", "--progress_s", "2"]
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
@@ -539,16 +649,22 @@ def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir
     assert rec["stages"]["compress"]["reused"] is True
     for name in ("export", "repo", "serve", "bench"):
         assert rec["stages"][name]["allotted_s"] is not None and rec["stages"][name]["used_s"] > 0
+    bench_rec = rec["stages"]["bench"]
+    assert bench_rec["reserve_s"] == bench_rec["measured"]["floor"]["floor_s"] > 3  # priced before compress ...
+    assert bench_rec["allotted_s"] >= bench_rec["reserve_s"]  # ... and not eaten by the stages that overran
     cut = {(c["stage"], c["what"]) for c in rec["cuts"]}
-    assert ("export", "parity runtimes") in cut and ("bench", "measured requests per model/workload") in cut
+    assert ("export", "parity runtimes") in cut
     report = json.loads((work / "bench" / "report.json").read_text())
-    assert report["time_budget"]["requests"] < 5 == report["time_budget"]["requests_asked"]
-    assert report["settings"]["requests"] == report["time_budget"]["requests"]
+    assert report["settings"]["requests"] >= stats.MIN_RATIO_REQUESTS
+    assert all(r["latency_ms"]["n"] >= stats.MIN_RATIO_REQUESTS for r in report["results"] + report["baselines"])
+    entries = stats.ratio_entries(report["comparisons"])
+    assert entries and all(e["ci95"] and not e["few_requests"] for e in entries)
+    assert " faster than " in out and "(95% CI " in out and "not a measurement" not in out
     for export in summary["exports"].values():
         assert export["manifest"]["options"]["parity_runtimes"] == demo.SERVED_PARITY_RUNTIMES
     for c in rec["cuts"]:  # every cut is printed, with its reason
         assert f"{c['what']}: {c['default']} -> {c['chosen']} ({c['why']})" in out
-    assert "=== Time budget 0:03: used" in out and "(OVER by" in out
+    assert "=== Time budget 0:03: used" in out and "(OVER by" in out and "reserved)" in out
     assert "] demo " in out  # progress lines while a stage ran
     assert "=== Accuracy per width" in out and "| teacher |" in out
 

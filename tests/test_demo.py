@@ -8,6 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ofaserve.benchmarks import stats
+
 
 def _tritons(serving: Path) -> set[int]:
     """Triton servers whose model repository lies under ``serving`` (other test runs'
@@ -38,6 +40,9 @@ def test_demo_runs_end_to_end_and_reuses_stages(tmp_path, tiny_compress_dir, cap
     report = json.loads((work / "bench" / "report.json").read_text())
     assert report["results"], "the benchmark measured something"
     _assert_summary_holds_the_latency_figures(summary, report)
+    # 3 requests per cell: every ratio is marked on the screen and in the report, none quoted
+    assert "fewer than 20: not a measurement" in out and " faster than " not in out.split("=== Latency")[0]
+    assert all(e["few_requests"] for e in stats.ratio_entries(report["comparisons"]))
     assert not _tritons(work.resolve()), "the demo must stop its server"
 
     # second run: every finished stage is reused
@@ -88,3 +93,44 @@ def test_stage_summaries_are_one_line_each(tiny_compress_dir):
     assert "\n" not in line and "onnx, openvino_packed match the supernet (max diff 2.0e-06)" in line
     assert "dev accuracy 0.8000 through onnx" in line and "on 460 of 1248 dev sentences: openvino_bf16 +0.0000" in line
     assert "onnx_fp16" not in line
+
+
+def test_demo_bench_arguments_and_the_floor_it_reserves(tmp_path, tiny_compress_dir, monkeypatch):
+    """The bench the demo runs (both widths, fixed and real text, concurrency 1, --requests
+    at most, sized to its allotment) and the seconds it sets aside for the bench's minimum:
+    each request priced from the served model's FLOPs at a measured matmul speed."""
+    from ofaserve import demo
+    from ofaserve.benchmarks import run as bench
+    from ofaserve.benchmarks import timebox
+    from ofaserve.compress.submodel import flops, full_width_config
+    from ofaserve.core.manifests import read_manifest
+
+    work = tmp_path / "demo"
+    shutil.copytree(tiny_compress_dir, work / "compress")
+    args = demo.build_parser().parse_args(["--workdir", str(work), "--width_mult", "0.75", "--seq_len", "32"])
+    argv = demo.bench_argv(args, work, "127.0.0.1:9", work / "repo", ["bert_w100", "bert_w75"], 41.4)
+    got = bench.build_parser().parse_args(argv)
+    assert (got.models, got.concurrency, got.real_text, got.no_fixed) == ("bert_w100,bert_w75", [1], True, False)
+    assert (got.requests, got.time_budget_s, got.batch_size, got.seq_len) == (30, 41.0, 16, 32)
+    assert "--time_budget_s" not in demo.bench_argv(args, work, "u", work, ["m"], None)
+
+    monkeypatch.setattr(timebox, "matmul_gflops", lambda: (2.0, "f32"))  # a slow CPU: the floor is well above its margins
+    floor, priced = demo.bench_floor(args, work, redo=set())
+    cm = read_manifest(work / "compress", stage="compress")
+    full = full_width_config(cm["model_config"])
+    fixed_ms = flops(full, 16, 32) / 2e6  # real text: at the longest sequence the exports serve
+    real_ms = flops(full, 16, max(32, cm["max_seq_length"])) / 2e6
+    expect = {("bert_w100", "fixed"): fixed_ms, ("bert_w100", "real"): real_ms,
+              ("bert_w75", "fixed"): 0.75 * fixed_ms, ("bert_w75", "real"): 0.75 * real_ms}
+    assert priced["estimated_latency_ms"] == {f"{m}/{w}": round(v, 1) for (m, w), v in expect.items()}
+    assert priced["requests_at_floor"] == timebox.MIN_REQUESTS == 20 and priced["matmul_gflops"] == 2.0
+    assert floor == pytest.approx(timebox.floor_seconds(expect, requests=20, concurrency_levels=1, rounds=3, warmup=3,
+                                                        baselines={k: 1 for k in expect}))
+    few = demo.build_parser().parse_args(["--workdir", str(work), "--width_mult", "0.75", "--requests", "8"])
+    assert demo.bench_floor(few, work, redo=set())[1]["requests_at_floor"] == 8  # never more than asked for
+    from ofaserve.compress.bert import hf_config, resolve_model_path
+    retrain, seq = demo._served_model(args, work, {"compress"})  # compress will run: the model it starts from
+    assert retrain["hidden_size"] == hf_config(resolve_model_path("minilm-l6"))["hidden_size"] != \
+        cm["model_config"]["hidden_size"]
+    from ofaserve.compress.options import PROFILES
+    assert seq == PROFILES[args.profile]["max_seq_length"]

@@ -31,6 +31,15 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise OfaserveError(f"cannot read benchmark report {p}: {e}") from e
 
 
+def _faster(entry: dict[str, Any], key: str, old_key: str, old_inverted: bool = False) -> float | None:
+    """An entry's "N.NNx faster" ratio; reports before schema 2 kept it as ``old_key``, the
+    real-text one as real / fixed latency (``old_inverted``)."""
+    if key in entry:
+        return entry[key]
+    old = entry.get(old_key)
+    return (1 / old if old else None) if old_inverted else old
+
+
 def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workload: str = "fixed",
                  concurrency: int = 1) -> list[list[str]]:
     rows = []
@@ -48,34 +57,37 @@ def compare_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str], workl
             width = (rep.get("models", {}).get(r["model"]) or {}).get("width")
             rows.append([label, r["model"], "-" if width is None else f"{width:.4g}", r.get("runtime", "-"),
                          _ms(p50), _ms(r["latency_ms"]["p99"]), _f(r.get("throughput_sps")),
-                         _f(speed.get((r["model"], workload, concurrency), {}).get("speedup"), 2, "x"),
+                         _f(_faster(speed.get((r["model"], workload, concurrency), {}), "faster_than_full_x",
+                                    "speedup"), 2, "x"),
                          _f((ref / p50) if ref and p50 else None, 2, "x"),
-                         _f(over.get((r["model"], workload), {}).get("ratio"), 3, "x"),
+                         _f(_faster(over.get((r["model"], workload), {}), "in_process_faster_x", "ratio"), 3, "x"),
                          rep.get("date", "-")])
     return rows
 
 
 def _run_figures(rep: dict[str, Any], concurrency: int) -> tuple[dict[str, float], dict[str, float],
                                                                    dict[str, float]]:
-    """One report's ({model: compressed-vs-full speedup on fixed input}, {model: fixed latency
-    / real-text latency}, {model: serving overhead on fixed input}), read from its
-    comparisons; the first model is the reference."""
+    """One report's ({model: how much faster than full width on fixed input}, {model: how
+    much faster real text is than fixed}, {model: how much faster in-process is than
+    served, fixed input}), read from its comparisons; the first model is the reference."""
     cmp_ = rep.get("comparisons", {})
     first = next(iter(rep.get("models", {})), None)
-    speed = {s["model"]: s["speedup"] for s in cmp_.get("speedup", [])
+    speed = {s["model"]: _faster(s, "faster_than_full_x", "speedup") for s in cmp_.get("speedup", [])
              if not s.get("in_process") and s["workload"] == "fixed" and s.get("concurrency") == concurrency
-             and s["model"] != first and s.get("speedup")}
-    real = {x["model"]: 1 / x["ratio"] for x in cmp_.get("real_vs_fixed", [])
-            if x.get("concurrency") == concurrency and x.get("ratio")}
-    overhead = {x["model"]: x["ratio"] for x in cmp_.get("serving_overhead", [])
-                if x["workload"] == "fixed" and x.get("ratio")}
-    return speed, real, overhead
+             and s["model"] != first}
+    real = {x["model"]: _faster(x, "real_faster_x", "ratio", old_inverted=True) for x in cmp_.get("real_vs_fixed", [])
+            if x.get("concurrency") == concurrency}
+    overhead = {x["model"]: _faster(x, "in_process_faster_x", "ratio") for x in cmp_.get("serving_overhead", [])
+                if x["workload"] == "fixed"}
+    return ({m: v for m, v in speed.items() if v}, {m: v for m, v in real.items() if v},
+            {m: v for m, v in overhead.items() if v})
 
 
 def run_summary_rows(reports: Sequence[dict[str, Any]], labels: Sequence[str],
                      concurrency: int = 1) -> list[list[str]]:
-    """One row per report: the compressed-vs-full speedup on fixed input and, per model,
-    fixed latency / real-text latency (the same run's comparisons), to show run-to-run spread."""
+    """One row per report: how much faster the compressed widths are than full width on
+    fixed input and, per model, how much faster real text is than fixed (the same run's
+    comparisons), to show run-to-run spread."""
     rows = []
     for rep, label in zip(reports, labels):
         speed, real, overhead = _run_figures(rep, concurrency)
@@ -93,8 +105,8 @@ def run_spread(reports: Sequence[dict[str, Any]], concurrency: int = 1) -> str:
     import numpy as np
 
     figures = [_run_figures(rep, concurrency) for rep in reports]
-    columns = (("compressed vs full, fixed", 0, 2), ("fixed / real text latency", 1, 2),
-               ("serving overhead, fixed", 2, 3))
+    columns = (("compressed faster than full, fixed", 0, 2), ("real text faster than fixed", 1, 2),
+               ("in-process faster than served, fixed", 2, 3))
     parts = []
     for name, i, digits in columns:
         v = [x for fig in figures for x in fig[i].values()]
@@ -126,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.runs:
         md = (f"# Repeated benchmark runs (concurrency {args.concurrency}, p50)\n\n"
-              + md_table(["run", "text pipeline", "compressed vs full, fixed", "fixed / real text latency",
-                          "serving overhead, fixed (gRPC / in-process p50)", "date"],
+              + md_table(["run", "text pipeline", "compressed faster than full, fixed", "real text faster than fixed",
+                          "serving overhead, fixed: in-process faster than gRPC", "date"],
                          run_summary_rows(reports, labels, args.concurrency)) + "\n\n"
               + run_spread(reports, args.concurrency) + "\n")
     else:
         rows = compare_rows(reports, labels, args.workload, args.concurrency)
         md = (f"# Served runtimes compared ({args.workload}, concurrency {args.concurrency}, p50)\n\n"
-              + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "speedup in run",
-                          "vs first run's full width", "serving overhead", "date"], rows) + "\n")
+              + md_table(["run", "model", "width", "runtime", "p50 ms", "p99 ms", "sent/s", "faster than full in run",
+                          "faster than first run's full width", "serving overhead: in-process faster", "date"],
+                         rows) + "\n")
     if args.output:
         Path(args.output).write_text(md)
     else:

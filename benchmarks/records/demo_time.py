@@ -28,8 +28,8 @@ def record_from(clone: Path, commit: str, wall_s: float, make_args: list[str]) -
     summary = json.loads((clone / "runs/demo/summary.json").read_text())
     manifest = json.loads((clone / "runs/demo/compress/manifest.json").read_text())
     demo_s = summary["timings"]["total_s"]
-    latency = [{k: r[k] for k in ("model", "workload", "concurrency", "runtime", "p50", "p90", "p99", "mean",
-                                  "throughput_sps")} for r in summary["benchmark"]["latency"]["triton_grpc"]]
+    latency = [{k: r.get(k) for k in ("model", "workload", "concurrency", "runtime", "n", "p50", "p90", "p99", "mean",
+                                      "throughput_sps")} for r in summary["benchmark"]["latency"]["triton_grpc"]]
     return {"what": "make demo on a clean clone of main (commit in 'commit'), empty installer caches: wall time "
                     "including the install, what each stage used and cut, the accuracy table it printed, its "
                     "latency figures",
@@ -39,7 +39,8 @@ def record_from(clone: Path, commit: str, wall_s: float, make_args: list[str]) -
             "install_s": round(wall_s - demo_s, 1), "budget": summary["budget"], "timings": summary["timings"],
             "accuracy": _accuracy(summary["compress"]["results"]),
             "compress_phases": {p: manifest["phases"][p].get("train") for p in ("teacher", "ofa")},
-            "scoring": manifest.get("evaluation"), "latency": latency, "machine": manifest["machine"]}
+            "scoring": manifest.get("evaluation"), "latency": latency,
+            "latency_ratios": summary["benchmark"]["latency"]["comparisons"], "machine": manifest["machine"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 
 def clock_text(seconds: float) -> str:
@@ -49,15 +49,18 @@ class StageRecord:
     measured: dict[str, Any] = field(default_factory=dict)
     cuts: list[Cut] = field(default_factory=list)
     reused: bool = False
+    reserve_s: float = 0.0  # the least the stage gets, whatever the stages before it used
 
 
 class Budget:
     """``total_s`` seconds from construction, split between named stages by ``shares``.
 
-    A stage's allotment is fixed when it starts: its share of the time left, among the
-    stages not started yet. A stage that finishes early leaves its time to the later
-    ones; one that overruns takes it from them. ``total_s`` None: no budget (every
-    allotment is None and nothing is cut).
+    A stage's allotment is fixed when it starts: its reserve (``reserve``, 0 unless set)
+    plus its share of the time left above the reserves of the stages not started yet. A
+    stage that finishes early leaves its time to the later ones; one that overruns takes
+    it from their shares but never from their reserves (a reserve is a floor: a stage
+    below which the work means nothing gets it even past the budget, visibly). ``total_s``
+    None: no budget (every allotment is None and nothing is cut).
     """
 
     def __init__(self, total_s: float | None, shares: dict[str, float], clock: Callable[[], float] = time.monotonic):
@@ -75,13 +78,18 @@ class Budget:
     def left(self) -> float | None:
         return None if self.total_s is None else self.total_s - self.elapsed()
 
+    def reserve(self, stage: str, seconds: float) -> None:
+        """Set aside ``seconds`` for ``stage`` before the stages ahead of it size their work."""
+        self.stages[stage].reserve_s = max(0.0, float(seconds))
+
     def allot(self, stage: str) -> float | None:
-        """Seconds for ``stage`` if it started now (never negative)."""
+        """Seconds for ``stage`` if it started now (never below its reserve, never negative)."""
         if self.total_s is None:
             return None
         waiting = [n for n, r in self.stages.items() if r.started_s is None or n == stage]
+        above = max(0.0, self.left() - sum(self.stages[n].reserve_s for n in waiting))
         share = self.stages[stage].share / sum(self.stages[n].share for n in waiting)
-        return max(0.0, self.left() * share)
+        return self.stages[stage].reserve_s + above * share
 
     def start(self, stage: str) -> float | None:
         rec = self.stages[stage]
@@ -113,7 +121,8 @@ class Budget:
         r2 = lambda v: None if v is None else round(v, 1)  # noqa: E731
         return {"budget_s": self.total_s, "elapsed_s": r2(self.elapsed()),
                 "within_budget": None if self.total_s is None else self.elapsed() <= self.total_s,
-                "stages": {n: {"share": r.share, "allotted_s": r2(r.allotted_s), "started_s": r2(r.started_s),
+                "stages": {n: {"share": r.share, "reserve_s": r2(r.reserve_s), "allotted_s": r2(r.allotted_s),
+                               "started_s": r2(r.started_s),
                                "used_s": r2(r.used_s), "reused": r.reused, "measured": r.measured,
                                "cuts": [asdict(c) for c in r.cuts]}
                            for n, r in self.stages.items()},
@@ -130,9 +139,35 @@ class Budget:
         return f"[{stage} {clock_text(done)}, {left}] demo {clock_text(self.elapsed())} of {clock_text(self.total_s)}"
 
 
+def print_above_bars(line: str, screen: TextIO) -> None:
+    """``line`` on ``screen``, above any progress bar drawn on the same terminal.
+
+    A bar redraws its line in place; text written to that terminal by anyone else lands in
+    the middle of it. ``tqdm.write`` clears the bars of the stream it writes to and draws
+    them again after the line, but only in order when line and bar go through one stream:
+    under a stage, stdout and stderr each pass through their own filter (core/quiet.py) and
+    the demo's stdout may be its log. So when a bar is on a terminal and ``screen`` is a
+    terminal too, the line goes through the bar's own stream."""
+    from tqdm import tqdm
+
+    with tqdm.get_lock():
+        # every bar shown now (a disabled bar, e.g. one off a terminal, leaves this set)
+        bars = [b for b in list(getattr(tqdm, "_instances", ())) if not getattr(b, "disable", True)]
+        out = next((b.fp for b in bars if _is_terminal(b.fp)), None) if _is_terminal(screen) else None
+        tqdm.write(line, file=out or screen, nolock=True)
+        (out or screen).flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed, or no file behind it
+        return False
+
+
 class Heartbeat:
     """Prints ``budget.progress_line(stage)`` every ``every_s`` seconds while a stage runs
-    (a background thread; ``write`` must be safe to call from it)."""
+    (a background thread; ``write`` must be safe to call from it, e.g. ``print_above_bars``)."""
 
     def __init__(self, budget: Budget, stage: str, every_s: float, write: Callable[[str], None]):
         self.budget, self.stage, self.every_s, self.write = budget, stage, every_s, write
