@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.benchmarks.stats import Accounting, error_kind
-from ofaserve.benchmarks.workloads import Workload, text_tensor
+from ofaserve.benchmarks.workloads import Workload, text_tensors
 
 
 @dataclass
@@ -27,11 +27,14 @@ class Target:
 
     @property
     def input_names(self) -> list[str]:
-        return ["input_ids", "token_type_ids"] if self.workload.name == "fixed" else ["TEXT"]
+        if self.workload.name == "fixed":
+            return ["input_ids", "token_type_ids"]
+        return ["TEXT", "TEXT_PAIR"] if self.workload.info.get("pairs") else ["TEXT"]
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits"] if self.workload.name == "fixed" else ["LABEL", "PROBS"]
+        return ["logits"] if self.workload.name == "fixed" else list(self.workload.info.get("outputs",
+                                                                                          ["LABEL", "PROBS"]))
 
     def build_inputs(self, grpcclient, i: int) -> list[Any]:
         b = self.workload.batch(i)
@@ -42,10 +45,12 @@ class Target:
             inputs[0].set_data_from_numpy(ids)
             inputs[1].set_data_from_numpy(tt)
             return inputs
-        arr = text_tensor(b)
-        inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
-        inp.set_data_from_numpy(arr)
-        return [inp]
+        inputs = []
+        for name, arr in text_tensors(b).items():
+            inp = grpcclient.InferInput(name, list(arr.shape), "BYTES")
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        return inputs
 
     def check(self, result: Any) -> str | None:
         """None when the answer has the expected outputs and shapes, else an error kind."""

@@ -31,7 +31,8 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso
 from ofaserve.core.files import write_json
-from ofaserve.core.tasks import load_task
+from ofaserve.core.manifests import read_manifest
+from ofaserve.core.tasks import TaskType, load_task, spec_of, split_of
 
 PROG = "ofaserve bench"
 SCHEMA_VERSION = 2  # 2: every ratio reads 'N.NNx faster' (>1: faster) and carries its interval
@@ -76,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also send real dev sentences as text to the {m} ensemble (tokenized server-side, "
                         "padded to the batch's longest); gives the real-text vs fixed-length ratio")
     w.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
-    w.add_argument("--task", default="rt-polarity", help="task whose dev split supplies --real_text sentences")
+    w.add_argument("--task", default="rt-polarity",
+                   help="bundled task whose dev split supplies the --real_text sentences (see --compress_dir)")
+    w.add_argument("--compress_dir", default=None,
+                   help="with --real_text: the dev inputs of the task this `ofaserve compress` output ran on "
+                        "(a GLUE task's or your own files, sentence pairs included), instead of --task")
     w.add_argument("--vocab_size", type=int, default=None,
                    help="upper bound of the random token ids; unset: the smallest vocab_size in the "
                         "encoders' configs, else 100 (valid for any BERT vocab; ids do not change the cost)")
@@ -413,8 +418,14 @@ def make_workloads(plan: Plan, infos: dict[str, dict[str, Any]]) -> dict[str, Wo
                                 f"({min(i['vocab_size'] for i in infos.values() if i['vocab_size'])})")
         wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
     if "real" in plan.workloads:
-        texts = load_task(args.task).split("dev").texts
-        wl["real"] = real_text_workload(list(texts), args.batch_size, args.seed, source=f"{args.task} dev")
+        if args.compress_dir:
+            manifest = read_manifest(args.compress_dir, stage="compress")
+            dev, spec, source = split_of(manifest), spec_of(manifest), f"{manifest['task']} dev ({args.compress_dir})"
+        else:
+            data = load_task(args.task)
+            dev, spec, source = data.split("dev"), data.spec, f"{args.task} dev"
+        wl["real"] = real_text_workload(dev, args.batch_size, args.seed, source=source,
+                                        outputs=("SCORE",) if spec.type == TaskType.REGRESSION else ("LABEL", "PROBS"))
     return wl
 
 

@@ -1,9 +1,9 @@
 """Request payloads for the benchmark: seeded fixed-length token batches and real text.
 
 ``fixed``: batch x seq_len random token ids (the seed tutorial's batch-16 x seq-128
-setting) sent straight to the ``{m}_encoder`` model. ``real``: dev sentences of the task
-sent as text to the ``{m}`` ensemble (tokenized server-side, padded to the batch's
-longest sentence). Both are built once from the seed and reused for every model, so
+setting) sent straight to the ``{m}_encoder`` model. ``real``: dev inputs of the task
+(sentences, or sentence pairs) sent as text to the ``{m}`` text model (tokenized
+server-side, padded to the batch's longest input). Both are built once from the seed and reused for every model, so
 full width and compressed see exactly the same inputs.
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ofaserve.core.tasks import Split
+
 
 @dataclass
 class Workload:
     name: str                      # "fixed" | "real"
     batch_size: int
-    batches: list[Any]             # fixed: (input_ids, token_type_ids); real: list[str]
+    batches: list[Any]             # fixed: (input_ids, token_type_ids); real: list[str] or list[(str, str)]
     info: dict[str, Any] = field(default_factory=dict)
 
     def batch(self, i: int) -> Any:
@@ -48,22 +50,28 @@ def fixed_workload(batch_size: int, seq_len: int, vocab_size: int, seed: int,
                      "n_distinct_batches": n_batches, "seed": seed})
 
 
-def real_text_workload(texts: list[str], batch_size: int, seed: int, source: str = "",
-                       max_batches: int | None = None) -> Workload:
-    """Shuffle (seeded) and cut the sentences into full batches of ``batch_size``."""
-    if len(texts) < batch_size:
-        raise ValueError(f"need at least {batch_size} sentences for one batch, got {len(texts)}")
-    order = np.random.default_rng(seed).permutation(len(texts))
-    n = len(texts) // batch_size
+def real_text_workload(dev: Split, batch_size: int, seed: int, source: str = "", max_batches: int | None = None,
+                       outputs: tuple[str, ...] = ("LABEL", "PROBS")) -> Workload:
+    """Shuffle (seeded) and cut the dev inputs (sentences, or pairs for a pair task) into full
+    batches of ``batch_size``; ``outputs``: what the text model answers (SCORE for regression)."""
+    if len(dev) < batch_size:
+        raise ValueError(f"need at least {batch_size} sentences for one batch, got {len(dev)}")
+    order = np.random.default_rng(seed).permutation(len(dev))
+    n = len(dev) // batch_size
     if max_batches:
         n = min(n, max_batches)
-    batches = [[texts[j] for j in order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
-    words = [len(t.split()) for b in batches for t in b]
+    batches = [dev.inputs(order[i * batch_size:(i + 1) * batch_size]) for i in range(n)]
+    words = [sum(len(s.split()) for s in (x if isinstance(x, tuple) else (x,))) for b in batches for x in b]
     return Workload("real", batch_size, batches,
                     {"source": source, "n_sentences": n * batch_size, "n_distinct_batches": n,
+                     "pairs": dev.text_pairs is not None, "outputs": list(outputs),
                      "mean_words": float(np.mean(words)), "seed": seed})
 
 
-def text_tensor(texts: list[str]) -> np.ndarray:
-    """The ensemble's ``TEXT`` input: BYTES [batch, 1]."""
-    return np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+def text_tensors(batch: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """The text model's inputs, BYTES [batch, 1] each: TEXT, and TEXT_PAIR for pairs."""
+    def column(values) -> np.ndarray:
+        return np.array([[v.encode("utf-8")] for v in values], dtype=object)
+    if batch and isinstance(batch[0], tuple):
+        return {"TEXT": column(a for a, _ in batch), "TEXT_PAIR": column(b for _, b in batch)}
+    return {"TEXT": column(batch)}

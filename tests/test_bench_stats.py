@@ -11,7 +11,8 @@ import pytest
 from ofaserve.benchmarks import inprocess, stats
 from ofaserve.benchmarks.report import render_markdown, render_plot
 from ofaserve.benchmarks.run import build_parser, main, round_order, split_counts
-from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload, text_tensor
+from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload, text_tensors
+from ofaserve.core.tasks import Split
 from ofaserve.core.errors import OfaserveError
 
 
@@ -280,13 +281,27 @@ def test_fixed_workload_seeded():
 
 def test_real_text_workload():
     texts = [f"sentence {i}" for i in range(50)]
-    w = real_text_workload(texts, 16, seed=0)
+    w = real_text_workload(Split(texts, np.zeros(50, np.int64)), 16, seed=0)
     assert len(w.batches) == 3 and all(len(b) == 16 for b in w.batches)
-    assert len({t for b in w.batches for t in b}) == 48
-    arr = text_tensor(w.batch(0))
+    assert len({t for b in w.batches for t in b}) == 48 and not w.info["pairs"]
+    (arr,) = text_tensors(w.batch(0)).values()
     assert arr.shape == (16, 1) and arr.dtype == object and isinstance(arr[0, 0], bytes)
     with pytest.raises(ValueError):
-        real_text_workload(texts[:3], 16, seed=0)
+        real_text_workload(Split(texts[:3], np.zeros(3, np.int64)), 16, seed=0)
+
+
+def test_real_text_workload_of_pairs_sends_both_sentences():
+    from ofaserve.benchmarks.loadgen import Target
+
+    texts = [f"first {i}" for i in range(32)]
+    w = real_text_workload(Split(texts, np.zeros(32, np.float32), [f"second {i}" for i in range(32)]), 16, seed=0,
+                           outputs=("SCORE",))
+    tensors = text_tensors(w.batch(1))
+    assert set(tensors) == {"TEXT", "TEXT_PAIR"} and all(a.shape == (16, 1) for a in tensors.values())
+    firsts = [t.decode()[6:] for t in tensors["TEXT"][:, 0]]
+    assert [t.decode()[7:] for t in tensors["TEXT_PAIR"][:, 0]] == firsts  # rows stay paired
+    target = Target("m", w, "m")
+    assert target.input_names == ["TEXT", "TEXT_PAIR"] and target.output_names == ["SCORE"]
 
 
 # --------------------------------------------------------------------------- report

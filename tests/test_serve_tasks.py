@@ -128,3 +128,24 @@ def test_classify_cli_sends_pairs_and_prints_scores(server, tmp_path, capsys):
     assert len(out) == 2 and out[0].startswith(("same\t", "different\t"))
     assert classify_main(["--url", server.grpc_url, "--model", "pair_fused_w75", "one sentence"]) == 2
     assert "reads sentence pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind,compress", [("pair", "tiny_pair_compress_dir"), ("reg", "tiny_regression_compress_dir")])
+def test_bench_sends_the_tasks_own_pairs(server, kind, compress, request, tmp_path):
+    """The bench's real-text workload is the task's own dev pairs (TEXT and TEXT_PAIR), and
+    a regression model's answers are checked as SCORE."""
+    import json
+
+    from ofaserve.benchmarks.run import main
+
+    out = tmp_path / "bench"
+    rc = main(["--url", server.grpc_url, "--models", f"{kind}_ensemble_w75", "--real_text", "--no_fixed",
+               "--compress_dir", str(request.getfixturevalue(compress)), "--requests", "4", "--rounds", "1",
+               "--concurrency", "1", "--warmup", "1", "--baseline_requests", "0", "--output_dir", str(out),
+               "--no_progress"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    (r,) = rep["results"]
+    assert r["workload"] == "real" and r["accounting"]["ok"] == r["accounting"]["sent"] and r["accounting"]["errors"] == 0
+    info = rep["workloads"]["real"]
+    assert info["pairs"] is True and info["outputs"] == (["SCORE"] if kind == "reg" else ["LABEL", "PROBS"])

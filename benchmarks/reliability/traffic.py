@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ofaserve.core.tasks import Split
+
 from ofaserve.benchmarks.reliability.probes import MIB, Sampler, memory_summary, shm_usage, stubs_of
 
 
@@ -60,7 +62,8 @@ def run_load(url: str, model: str, server_pid: int, texts: list[str], n_requests
     from ofaserve.benchmarks.stats import summarize_latencies
     from ofaserve.benchmarks.workloads import real_text_workload
 
-    workload = real_text_workload(texts, batch_size, seed=0, source="rt-polarity dev")
+    workload = real_text_workload(Split(list(texts), np.zeros(len(texts), np.int64)), batch_size, seed=0,
+                                  source="rt-polarity dev")
     done = [0]
     lock = threading.Lock()
 
