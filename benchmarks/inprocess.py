@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import RepoModel
 from ofaserve.core.vocabulary import Precision, Runtime
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -108,9 +109,9 @@ def parse_runtime_specs(text: str | None, default_threads: int | None = None) ->
     return out
 
 
-def auto_specs(model_info: dict[str, Any], threads: int | None) -> list[RuntimeSpec]:
+def auto_specs(model: RepoModel | None, threads: int | None) -> list[RuntimeSpec]:
     """The candidates ``--precision auto`` timed for one model (repository manifest)."""
-    choice = model_info.get("precision_choice") or {}
+    choice = (model.precision_choice if model is not None else None) or {}
     return [RuntimeSpec(Runtime.parse(r["runtime"]), Precision.parse(r["precision"]), threads)
             for r in choice.get("candidates", [])]
 

@@ -31,8 +31,8 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso
 from ofaserve.core.files import write_json
-from ofaserve.core.manifests import read_manifest
-from ofaserve.core.tasks import TaskType, load_task, spec_of, split_of
+from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel
+from ofaserve.core.tasks import TaskType, load_task
 
 PROG = "ofaserve bench"
 SCHEMA_VERSION = 2  # 2: every ratio reads 'N.NNx faster' (>1: faster) and carries its interval
@@ -181,17 +181,17 @@ def check_models(client, index: dict[str, str], models: list[str], workloads: li
                                 "check the server log")
 
 
-def read_repo_manifest(repo: Path | None) -> dict[str, Any]:
+def read_repo_manifest(repo: Path | None) -> RepoManifest | None:
+    """The repository's manifest, or None (no --model_repository, or a repository ofaserve did not write)."""
     if repo is None or not (repo / "manifest.json").is_file():
-        return {}
+        return None
     try:
-        import json
-        return json.loads((repo / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
+        return RepoManifest.read(repo)
+    except OfaserveError:
+        return None
 
 
-def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any]) -> dict[str, Any]:
+def model_info(client, m: str, repo: Path | None, repo_manifest: RepoManifest | None) -> dict[str, Any]:
     info: dict[str, Any] = {"encoder": f"{m}_encoder", "ensemble": m}
     enc_cfg = client.get_model_config(f"{m}_encoder", as_json=True).get("config", {})
     params = inprocess.config_params_from_json(enc_cfg)
@@ -204,7 +204,7 @@ def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any])
                            for g in enc_cfg.get("instance_group", []) or []],
                 dynamic_batching=enc_cfg.get("dynamic_batching") is not None)
     sources = {"encoder config": params.get("width_mult"),
-               "repository manifest": (repo_manifest.get("models", {}).get(m) or {}).get("width_mult")}
+               "repository manifest": served.width_mult if (served := _repo_model(repo_manifest, m)) else None}
     info["width_source"], width = next(((k, v) for k, v in sources.items() if v not in (None, "")), (None, None))
     info["width"] = float(width) if width is not None else None
     try:
@@ -215,8 +215,12 @@ def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any])
         info["composing"] = []
     info["vocab_size"] = _int_or_none(params.get("vocab_size"))
     info["max_seq_length"] = _int_or_none(params.get("max_seq_length")) or _int_or_none(
-        (repo_manifest.get("models", {}).get(m) or {}).get("max_seq_length"))
+        served.max_seq_length if (served := _repo_model(repo_manifest, m)) else None)
     return info
+
+
+def _repo_model(manifest: RepoManifest | None, model: str) -> RepoModel | None:
+    return manifest.models.get(model) if manifest is not None else None
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -338,7 +342,7 @@ class Plan:
     extra_specs: list
     out_dir: Path
     n_base: int
-    repo_manifest: dict[str, Any]
+    repo_manifest: RepoManifest | None
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -419,8 +423,8 @@ def make_workloads(plan: Plan, infos: dict[str, dict[str, Any]]) -> dict[str, Wo
         wl["fixed"] = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
     if "real" in plan.workloads:
         if args.compress_dir:
-            manifest = read_manifest(args.compress_dir, stage="compress")
-            dev, spec, source = split_of(manifest), spec_of(manifest), f"{manifest['task']} dev ({args.compress_dir})"
+            manifest = CompressManifest.read(args.compress_dir)
+            dev, spec, source = manifest.split("dev"), manifest.spec, f"{manifest.task} dev ({args.compress_dir})"
         else:
             data = load_task(args.task)
             dev, spec, source = data.split("dev"), data.spec, f"{args.task} dev"
@@ -452,7 +456,7 @@ def make_baselines(client, plan: Plan, models: list[str], infos: dict, wl: dict[
         specs = [served] + [sp if sp.threads else inprocess.RuntimeSpec(sp.runtime, sp.precision, served.threads)
                             for sp in plan.extra_specs]
         if "auto" in [x.strip() for x in (plan.args.runtimes or "").split(",")]:
-            specs += inprocess.auto_specs(plan.repo_manifest.get("models", {}).get(m) or {}, served.threads)
+            specs += inprocess.auto_specs(_repo_model(plan.repo_manifest, m), served.threads)
         encode = None
         if "real" in wl:
             try:

@@ -10,7 +10,6 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.width import Width
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage, setup_logging
-from ofaserve.core.tables import learning_warning, results_table
 
 
 def _width(text: str) -> float:
@@ -147,15 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                                "; rerun with --resume to continue")
     if code:
         return code
-    print(f"\nMetrics per width ({manifest['task']}), compress output: {args.output_dir}\n")
-    print(results_table(manifest))
-    if warning := learning_warning(manifest):
+    print(f"\nMetrics per width ({manifest.task}), compress output: {args.output_dir}\n")
+    print(manifest.results_table())
+    if warning := manifest.learning_warning():
         print(warning)
     for phase in ("teacher", "ofa"):
-        t = manifest["phases"][phase].get("train", {})
-        if t.get("sentences_per_s"):
-            print(f"{phase}: {t['steps']} steps, {t['sentences']} sentences in {t['seconds']:.0f} s "
-                  f"({t['sentences_per_s']:.1f} sentences/s)")
+        if line := manifest.training_line(phase):
+            print(line)
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
-from ofaserve.core.manifests import now_iso, read_manifest, write_manifest
+from ofaserve.core.manifests import CompressManifest, now_iso
 from ofaserve.core.files import sha256_file, write_json
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_work_dir, fresh_work_dir, output_lock
 from ofaserve.compress import distributed as dist
@@ -41,25 +41,25 @@ def _reusable_teacher(opts: CompressOptions) -> dict:
     """The fine-tuned teacher of an earlier compress output (``--teacher_dir``), checked to
     come from the same model and data, with its checksum verified."""
     folder = opts.teacher_dir
-    manifest = read_manifest(folder, stage="compress")
-    ckpt = Path(folder) / manifest["checkpoints"]["teacher"]
+    manifest = CompressManifest.read(folder)
+    ckpt = manifest.checkpoint(folder, "teacher")
     if not ckpt.is_file():
         raise OfaserveError(f"--teacher_dir {folder}: {ckpt} is missing; re-run the compress stage that made it")
-    theirs = manifest["options"]
-    same = [("model_name_or_path", manifest["source"]["model"], str(opts.model_name_or_path)),
+    theirs = manifest.options
+    same = [("model_name_or_path", manifest.source["model"], str(opts.model_name_or_path)),
             ("train_file", theirs.get("train_file"), opts.train_file),
             ("data_dir", theirs.get("data_dir"), opts.data_dir), ("task_type", theirs.get("task_type"), opts.task_type)]
     if not opts.train_file:  # a registered or GLUE task: its name says which data
-        same.append(("task_name", manifest.get("task"), task_name_of(opts.task_name)))
+        same.append(("task_name", manifest.task, task_name_of(opts.task_name)))
     differ = [f"{k} {a!r} vs {b!r}" for k, a, b in same if a != b]
     if differ:
         raise OfaserveError(f"--teacher_dir {folder} was trained on other inputs ({'; '.join(differ)}, theirs vs "
                             "this run's): pass a compress output of the same model and data")
     sha = sha256_file(ckpt)
-    if sha != manifest["checkpoint_sha256"]["teacher"]:
+    if sha != manifest.checkpoint_sha256.get("teacher"):
         raise OfaserveError(f"--teacher_dir {folder}: {ckpt} does not match its manifest checksum (corrupted?)")
-    info = {**manifest["phases"]["teacher"],
-            "reused_from": {"dir": str(Path(folder).resolve()), "sha256": sha, "created": manifest.get("created")}}
+    info = {**manifest.phases["teacher"],
+            "reused_from": {"dir": str(Path(folder).resolve()), "sha256": sha, "created": manifest.created}}
     return {"checkpoint": ckpt, "info": info}
 
 
@@ -144,8 +144,9 @@ class _Run:
         return {self.report_split: self.test or self.dev, **extra}
 
 
-def compress_model(opts: CompressOptions) -> dict:
-    """Run the whole compress stage; returns the manifest written to ``opts.output_dir``.
+def compress_model(opts: CompressOptions) -> CompressManifest | None:
+    """Run the whole compress stage; returns the manifest written to ``opts.output_dir``
+    (None in a data-parallel worker other than the first).
 
     The output folder and its ``.partial`` work folder are checked before any work and
     locked for the whole run (by the launching process under data parallelism)."""
@@ -165,7 +166,8 @@ def _same(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _compress(opts: CompressOptions, widths: list[float], select_key: str | None, out: Path) -> dict:
+def _compress(opts: CompressOptions, widths: list[float], select_key: str | None,
+              out: Path) -> CompressManifest | None:
     """The phases of ``compress_model``, run once its output is checked and locked."""
     timebox = None
     if opts.time_budget_s is not None:  # the clock starts before any work
@@ -179,7 +181,7 @@ def _compress(opts: CompressOptions, widths: list[float], select_key: str | None
         resolve_model_path(opts.model_name_or_path)  # fail fast, before spawning
         log.info("launching %d data-parallel workers (paddle.distributed)", opts.n_gpu)
         dist.launch(compress_model, opts, opts.n_gpu)
-        return read_manifest(out, stage="compress")
+        return CompressManifest.read(out)
     run, teacher, config = _prepare(opts, widths, select_key, out)
     if timebox is not None:
         run.timebox = timebox
@@ -191,7 +193,7 @@ def _compress(opts: CompressOptions, widths: list[float], select_key: str | None
     phases["ofa"] = _ofa_phase(run, supernet, teacher, keeper, resume)
     keeper.load_best()
     if not run.main:
-        return {}
+        return None
     results = _final_evaluation(run, supernet, teacher, keeper.best)
     run.scorer.close()
     return _write_output(run, config, importance, phases, results)
@@ -440,7 +442,7 @@ def _majority_share(labels: np.ndarray) -> float:
     return float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / max(1, len(labels)))
 
 
-def _write_output(run: _Run, config: dict, importance: dict, phases: dict, results: dict) -> dict:
+def _write_output(run: _Run, config: dict, importance: dict, phases: dict, results: dict) -> CompressManifest:
     """Swap the finished output into place atomically; drop the work folder."""
     opts, data, partial = run.opts, run.data, run.partial
     with atomic_output_dir(run.out) as tmp:
@@ -452,8 +454,8 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
         run.tokenizer.no_truncation()
         run.tokenizer.save(str(tmp / "tokenizer" / "tokenizer.json"))
         write_json(tmp / "results.json", results)
-        manifest = write_manifest(
-            tmp, "compress", model_type="bert", task=data.name, task_spec=data.spec.to_dict(), labels=data.labels,
+        manifest = CompressManifest(
+            model_type="bert", task=data.name, task_spec=data.spec, labels=data.labels,
             model_config=config, width_mult_list=run.widths, max_seq_length=opts.max_seq_length,
             do_lower_case=run.source.lowercase, pad_token_id=int(config["pad_token_id"]),
             checkpoints={"teacher": "teacher/model_state.pdparams", "supernet": "supernet/model_state.pdparams"},
@@ -466,7 +468,8 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
                     "train_sentences_used": len(run.train)},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},
             importance=importance, phases=phases, results=results, evaluation=run.scorer.record(),
-            machine=machine_info(),
-            **({"budget": run.timebox.record()} if run.timebox is not None else {}), finished=now_iso())
+            machine=machine_info(), budget=run.timebox.record() if run.timebox is not None else None,
+            finished=now_iso())
+        manifest.write(tmp)
     shutil.rmtree(partial, ignore_errors=True)
     return manifest

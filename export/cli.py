@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                                                      progress=not args.no_progress, **kwargs), args.output_dir)
     if code:
         return code
-    p, dev = manifest["params"], manifest["dev_score"]
-    print(f"\nexported width {manifest['width']} to {args.output_dir}: {p['total']:,} params "
+    p, dev = manifest.params, manifest.dev_score
+    print(f"\nexported width {manifest.width} to {args.output_dir}: {p['total']:,} params "
           f"({p['encoder_fraction']:.1%} of the encoder), dev {dev['metric']} {dev['value']:.4f}, "
-          f"{manifest['flops_b16_s128'] / 1e9:.2f} GFLOP at 16x128")
-    for name, r in (manifest.get("precisions") or {}).items():
+          f"{manifest.flops_b16_s128 / 1e9:.2f} GFLOP at 16x128")
+    for name, r in manifest.precisions.items():
         if "delta_vs_fp32" in r:
             print(f"  {name:<20} dev {dev['metric']} {r[dev['metric']]:.4f} ({r['delta_vs_fp32']:+.4f} vs fp32)")
     return 0

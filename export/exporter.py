@@ -23,16 +23,16 @@ from ofaserve.core.files import files_sha256
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.core.machine import machine_info
 from ofaserve.core.files import fsync_path
-from ofaserve.core.manifests import now_iso, write_manifest
+from ofaserve.core.manifests import ExportManifest, now_iso, write_manifest
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_output_files, output_lock
 from ofaserve.core.width import AUTO, Width, parse_width_choice
 from ofaserve.core.metrics import predictions, score
-from ofaserve.core.tasks import Split, TaskType, split_of
+from ofaserve.core.tasks import Split, TaskType
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.parity import PARITY_TOL, ParityError, dev_eval, dev_metric_tolerance, parity_inputs, run_parity
 from ofaserve.export.precisions import precision_variants
-from ofaserve.export.selection import RUNTIMES, dev_scores, select_by_latency, select_by_metric_drop, selection_table
+from ofaserve.export.selection import RUNTIMES, select_by_latency, select_by_metric_drop, selection_table
 from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
 from ofaserve.compress.submodel import count_params_config, flops, full_width_config, load_sub_model
 from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runtimes, later_passes,
@@ -79,7 +79,7 @@ class ExportOptions:
 
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
-                  width_mult: Width | float | str = 1.0, **kwargs: Any) -> dict[str, Any]:
+                  width_mult: Width | float | str = 1.0, **kwargs: Any) -> ExportManifest:
     """Export one width of a compress output to ``output_dir``; returns the export manifest.
 
     ``width_mult`` is a trained width (a ``Width``, or a number or string it parses), or
@@ -136,7 +136,7 @@ class _Job:
     not_checked: tuple = ()  # runtimes left out by --parity_runtimes
 
 
-def run_export(opts: ExportOptions) -> dict[str, Any]:
+def run_export(opts: ExportOptions) -> ExportManifest:
     """Load -> choose width -> build -> validate (parity, dev accuracy) -> precisions -> manifest,
     all inside a temp folder that replaces ``output_dir`` only when every check passed."""
     t_start = time.time()
@@ -147,7 +147,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         return _export(job, t_start)
 
 
-def _export(job: _Job, t_start: float) -> dict[str, Any]:
+def _export(job: _Job, t_start: float) -> ExportManifest:
     """The phases of ``run_export``, run while it holds the outputs' locks."""
     from tqdm.auto import tqdm
 
@@ -176,7 +176,7 @@ def _export(job: _Job, t_start: float) -> dict[str, Any]:
         steps.set_postfix_str("precision variants")
         precisions: dict[str, Any] = {}
         if opts.onnx_model and opts.precisions:
-            train = split_of(job.src.manifest, "train") if opts.int8 else None
+            train = job.src.manifest.split("train") if opts.int8 else None
             later = job.later
             metric = job.src.spec.main_metric
             fp32_score = dev_m[metric] if later.index is None else score(job.src.spec, later.logits(dev_logits),
@@ -218,13 +218,13 @@ def _prepare(opts: ExportOptions, held: contextlib.ExitStack) -> _Job:
     for folder in (out, *copies):
         held.enter_context(output_lock(folder))
     src = load_compress_output(src_dir, opts.model_type)
-    max_seq = int(opts.max_seq_length or src.manifest.get("max_seq_length") or 128)
+    max_seq = int(opts.max_seq_length or src.manifest.max_seq_length)
     if max_seq > int(src.config["max_position_embeddings"]):
         raise OfaserveError(f"--max_seq_length {max_seq} exceeds max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
-    dev_scores(src)  # fail early when the compress results are incomplete
+    src.manifest.dev_scores()  # fail early when the compress results are incomplete
     # dev accuracy is compared with compress's, so tokenize exactly as compress did
-    compress_seq = int(src.manifest.get("max_seq_length") or max_seq)
+    compress_seq = int(src.manifest.max_seq_length or max_seq)
     tokenizer, tok_path = load_tokenizer(src, compress_seq)
     return _Job(opts, src, out, max_seq, load_dev(src), tokenizer, tok_path,
                 int(src.config.get("pad_token_id", 0)))
@@ -254,7 +254,7 @@ def _stage_tokenizer(job: _Job, tmp: Path) -> dict[str, str]:
     """Ship the tokenizer (and vocab) compress trained with: serving tokenizes identically."""
     (tmp / "tokenizer").mkdir()
     shutil.copy2(job.tok_path, tmp / "tokenizer" / "tokenizer.json")
-    vocab_rel = (job.src.manifest.get("tokenizer") or {}).get("vocab", "tokenizer/vocab.txt")
+    vocab_rel = job.src.manifest.tokenizer.get("vocab", "tokenizer/vocab.txt")
     if not (job.src.folder / vocab_rel).is_file():
         raise OfaserveError(f"{job.src.folder / vocab_rel} is missing: the compress output has no vocab.txt")
     shutil.copy2(job.src.folder / vocab_rel, tmp / "tokenizer" / "vocab.txt")
@@ -303,7 +303,7 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     otherwise."""
     spec = job.src.spec
     metric = spec.main_metric
-    compress_score = dev_scores(job.src)["widths"].get(width)
+    compress_score = job.src.manifest.dev_scores()["widths"].get(width)
     eval_name = _eval_runtime(job)
     t0 = time.perf_counter()
     dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer, spec)
@@ -373,12 +373,12 @@ def _params_record(sub_cfg: dict, cfg: dict, sub_model) -> dict[str, Any]:
 
 def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: dict, parity: dict,
                     dev_m: dict, precisions: dict, selection: dict | None, params: dict,
-                    wall_s: float) -> dict[str, Any]:
+                    wall_s: float) -> ExportManifest:
     src, cfg, sub_cfg = job.src, job.src.config, info["sub_config"]
     layers = sub_cfg["layers"]
-    return write_manifest(
-        tmp, "export", width_mult=width, width=Width(width).key, model_type="bert",
-        labels=list(src.manifest["labels"]), max_seq_length=job.max_seq, do_lower_case=True,
+    manifest = ExportManifest(
+        width_mult=width, width=Width(width).key, model_type="bert",
+        labels=list(src.manifest.labels), max_seq_length=job.max_seq, do_lower_case=src.manifest.do_lower_case,
         pad_token_id=job.pad_id, vocab_size=int(cfg["vocab_size"]), num_labels=int(cfg["num_labels"]),
         artifacts=artifacts,
         files_sha256=files_sha256(tmp),  # `ofaserve repo` copies only files that still match
@@ -391,13 +391,15 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
         params=params,
         flops_b16_s128=flops(sub_cfg, 16, 128), flops_b16_s128_full_width=flops(full_width_config(cfg), 16, 128),
         source={"compress_dir": str(src.folder.resolve()), "checkpoint": str(src.ckpt.resolve()),
-                "sha256": src.sha256, "task": src.manifest.get("task")},
-        task_spec=src.spec.to_dict(), dev_score={"metric": src.spec.main_metric,
-                                                 "value": dev_scores(src)["widths"].get(width)},
+                "sha256": src.sha256, "task": src.manifest.task},
+        task_spec=src.spec, dev_score={"metric": src.spec.main_metric,
+                                       "value": src.manifest.dev_scores()["widths"].get(width)},
         dev_metrics_exported=dev_m,
         onnx=info.get("onnx"), parity=parity, precisions=precisions, selection=selection,
         options={k: v for k, v in vars(job.opts).items() if k != "progress"},
         machine=machine_info(), wall_s=round(wall_s, 1), finished=now_iso())
+    manifest.write(tmp)
+    return manifest
 
 
 def _extra_sub_model(opts: ExportOptions, out: Path) -> list[Path]:

@@ -52,25 +52,9 @@ def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: i
             for k, v in times.items()}
 
 
-def dev_scores(src: Source) -> dict[str, Any]:
-    """The compress stage's dev score in the task's main metric: the teacher's and each
-    trained width's (what ``--width_mult auto`` and the export's dev check compare)."""
-    res, metric = src.manifest.get("results") or {}, src.spec.main_metric
-    teacher = ((res.get("teacher") or {}).get("dev") or {}).get(metric)
-    widths = {}
-    for w in sorted(float(x) for x in src.manifest["width_mult_list"]):
-        r = ((res.get("widths") or {}).get(Width(w).key) or {}).get("dev")
-        if r is None or metric not in r:
-            raise OfaserveError(f"the compress manifest has no dev {metric} for width {Width(w).key}")
-        widths[w] = r[metric]
-    if teacher is None:
-        raise OfaserveError(f"the compress manifest has no teacher dev {metric}")
-    return {"metric": metric, "teacher": teacher, "widths": widths}
-
-
 def select_by_metric_drop(src: Source, max_drop: float) -> tuple[float, dict]:
     """The narrowest trained width whose dev score is within ``max_drop`` of the teacher's."""
-    scores = dev_scores(src)
+    scores = src.manifest.dev_scores()
     metric = scores["metric"]
     rows = [{"width": Width(w).key, "width_mult": w, "dev_score": a,
              "drop_vs_teacher": scores["teacher"] - a, "within": scores["teacher"] - a <= max_drop + 1e-12}
@@ -96,7 +80,7 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
     if seq > int(src.config["max_position_embeddings"]):
         raise OfaserveError(f"--seq_len {seq} exceeds the model's max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
-    scores = dev_scores(src)
+    scores = src.manifest.dev_scores()
     fns = {}
     for w in tqdm(sorted(scores["widths"], reverse=True), desc="build per width", disable=not progress or None):
         folder = scratch / f"w{Width(w).key}"

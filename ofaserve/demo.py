@@ -35,6 +35,7 @@ from pathlib import Path
 from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
 from ofaserve.core.budget import Budget, Heartbeat, clock_text, print_above_bars
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import CompressManifest, ExportManifest
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities
 
@@ -99,10 +100,10 @@ def _run_stage(label: str, func, argv: list[str]) -> None:
         raise SystemExit(f"demo: stage {label} failed (exit {code}); fix the error above and rerun `make demo`")
 
 
-def _finished(folder: Path, stage: str) -> bool:
-    from ofaserve.core.manifests import read_manifest
+def _finished(folder: Path, manifest_type) -> bool:
+    """``folder`` holds a finished output of the stage ``manifest_type`` writes."""
     try:
-        read_manifest(folder, stage=stage)
+        manifest_type.read(folder)
         return True
     except OfaserveError:
         return False
@@ -218,45 +219,33 @@ def _seconds(allot: float) -> str:
 
 
 # --------------------------------------------------------------------------- stages
-def _compress(args, work: Path, redo: set[str], budget: Budget) -> dict:
+def _compress(args, work: Path, redo: set[str], budget: Budget) -> CompressManifest:
     from ofaserve.compress import cli as compress_cli
-    from ofaserve.core.manifests import read_manifest
 
     compress_dir = work / "compress"
     allot = budget.allot("compress")
     argv = ["--profile", args.profile, "--output_dir", str(compress_dir), "--overwrite",
             *([] if allot is None else ["--time_budget_s", _seconds(allot)])]
-    reuse = "compress" not in redo and _finished(compress_dir, "compress")
+    reuse = "compress" not in redo and _finished(compress_dir, CompressManifest)
     title = f"reusing {compress_dir} (--redo compress to retrain)" if reuse else "ofaserve compress " + " ".join(argv)
     with _Stage(budget, "compress", title, args.progress_s) as stage:
         stage.reused = reuse
         if not reuse:
             with _reports_to_log(work):  # its results table is printed once, at the end
                 _run_stage("compress", compress_cli.main, argv)
-            cm = read_manifest(compress_dir, stage="compress")
-            _say(compress_summary(cm))
+            cm = CompressManifest.read(compress_dir)
+            _say(cm.summary_line())
             _note_compress(budget, cm)
-    return read_manifest(compress_dir, stage="compress")
+    return CompressManifest.read(compress_dir)
 
 
-def compress_summary(cm: dict) -> str:
-    """One line for the screen from a compress manifest: steps trained, dev score (main metric)."""
-    res, phases = cm["results"], cm["phases"]
-    metric = res.get("metric", "accuracy")
-    steps = ", ".join(f"{p} {phases[p]['train']['steps']} steps ({phases[p]['train']['sentences_per_s']} sentences/s)"
-                      for p in ("teacher", "ofa") if (phases[p].get("train") or {}).get("steps"))
-    dev = ", ".join(f"{w} {r['dev'][metric]:.4f}" for w, r in res["widths"].items())
-    return (f"compress: {steps or 'no training steps (reused)'}; dev {metric} teacher "
-            f"{res['teacher']['dev'][metric]:.4f}, widths {dev} (table at the end)")
-
-
-def _note_compress(budget: Budget, cm: dict) -> None:
+def _note_compress(budget: Budget, cm: CompressManifest) -> None:
     """The compress run's own measurements and cuts, in the demo's budget record."""
     for phase in ("teacher", "ofa"):
-        train = cm["phases"][phase].get("train") or {}
+        train = cm.phases[phase].get("train") or {}
         budget.measure("compress", **{f"{phase}_sentences_per_s": train.get("sentences_per_s"),
                                       f"{phase}_steps": train.get("steps")})
-    rec = cm.get("budget") or {}
+    rec = cm.budget or {}
     budget.measure("compress", **rec.get("measured", {}))
     for c in rec.get("cuts", []):
         budget.cut("compress", c["what"], c["default"], c["chosen"], c["why"], c.get("at_floor", False))
@@ -284,12 +273,11 @@ def _served_only(budget: Budget) -> list[str]:
     return flags
 
 
-def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict[str, Path]:
-    from ofaserve.core.manifests import read_manifest
+def _exports(args, work: Path, redo: set[str], budget: Budget, cm: CompressManifest) -> dict[str, Path]:
     from ofaserve.export import cli as export_cli
 
     exports, widths = {}, ("1.0", args.width_mult)
-    todo = [w for w in widths if "export" in redo or not _finished(work / "export" / f"w{w}", "export")]
+    todo = [w for w in widths if "export" in redo or not _finished(work / "export" / f"w{w}", ExportManifest)]
     title = f"widths {', '.join(widths)}" + (f" (reusing {', '.join(w for w in widths if w not in todo)})"
                                              if len(todo) < len(widths) else "")
     with _Stage(budget, "export", title, args.progress_s) as stage:
@@ -302,7 +290,7 @@ def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict
                 _say(f"export {width}: reusing {out}")
                 continue
             argv = ["--model_name_or_path", str(work / "compress"), "--width_mult", width, "--output_dir", str(out),
-                    "--max_seq_length", str(max(args.seq_len, cm["max_seq_length"])), "--overwrite", "--no_progress",
+                    "--max_seq_length", str(max(args.seq_len, cm.max_seq_length)), "--overwrite", "--no_progress",
                     *served_only]
             if budget.total_s is not None:  # this export's part of what is left of the stage's share
                 left = budget.stages["export"].allotted_s - budget.stage_elapsed("export")
@@ -310,31 +298,15 @@ def _exports(args, work: Path, redo: set[str], budget: Budget, cm: dict) -> dict
             _say(f"export {width}: ofaserve export {' '.join(argv)}")
             with _reports_to_log(work):
                 _run_stage(f"export {width}", export_cli.main, argv)
-            manifest = read_manifest(out, stage="export")
-            _say(export_summary(width, manifest))
+            manifest = ExportManifest.read(out)
+            _say(manifest.summary_line())
             _note_export(budget, width, manifest)
     return exports
 
 
-def export_summary(width: str, m: dict) -> str:
-    """One line for the screen from an export manifest: parity, dev score, variants."""
-    parity = m.get("parity") or {}
-    dev = parity["dev_score"]
-    checked = sorted({r for shape in (parity.get("shapes") or {}).values() for r in shape.get("max_abs_diff", {})})
-    line = (f"export {width}: {m['params']['total'] / 1e6:.1f}M params; {', '.join(checked)} match the supernet "
-            f"(max diff {parity.get('max_abs_diff', float('nan')):.1e}); dev {dev['metric']} "
-            f"{dev['exported']:.4f} through {dev['runtime']}, as compress measured")
-    variants = {n: r for n, r in (m.get("precisions") or {}).items() if "delta_vs_fp32" in r}
-    if variants:
-        sub = parity.get("budget") or {}  # the dev subset of the later passes, when a budget cut one
-        of = f" on {sub['dev_sentences']} of {sub['dev_total']} dev sentences" if "cut" in sub else ""
-        line += f"; variants vs fp32{of}: " + ", ".join(f"{k} {r['delta_vs_fp32']:+.4f}" for k, r in variants.items())
-    return line
-
-
-def _note_export(budget: Budget, width: str, manifest: dict) -> None:
-    rec = (manifest.get("parity") or {}).get("budget") or {}
-    budget.measure("export", **{f"w{width}_wall_s": manifest.get("wall_s"),
+def _note_export(budget: Budget, width: str, manifest: ExportManifest) -> None:
+    rec = manifest.parity.get("budget") or {}
+    budget.measure("export", **{f"w{width}_wall_s": manifest.wall_s,
                                 f"w{width}_dev_s_per_sentence": rec.get("s_per_sentence")})
     if "cut" in rec:
         budget.cut("export", f"w{width} dev sentences of the later checks (packed graph, precision gates)",
@@ -418,11 +390,10 @@ def _served_model(args, work: Path, redo: set[str]) -> tuple[dict, int]:
     sequence length)."""
     from ofaserve.compress import cli as compress_cli
     from ofaserve.compress.bert import hf_config, paddle_config, resolve_model_path
-    from ofaserve.core.manifests import read_manifest
 
-    if "compress" not in redo and _finished(work / "compress", "compress"):
-        cm = read_manifest(work / "compress", stage="compress")
-        return cm["model_config"], int(cm["max_seq_length"])
+    if "compress" not in redo and _finished(work / "compress", CompressManifest):
+        cm = CompressManifest.read(work / "compress")
+        return cm.model_config, int(cm.max_seq_length)
     opts = compress_cli.options_from_args(compress_cli.build_parser().parse_args(
         ["--profile", args.profile, "--output_dir", str(work / "compress")]))
     # the classifier head's size is nothing next to the encoder's: one label prices it
@@ -459,9 +430,7 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
 
 # --------------------------------------------------------------------------- the whole run
 def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
-    from ofaserve.core.manifests import read_manifest
     from ofaserve.core.files import write_json
-    from ofaserve.core.tables import learning_warning, results_table
 
     if budget.total_s is not None:  # set aside before compress sizes itself: its share shrinks instead
         floor, priced = bench_floor(args, work, redo)
@@ -473,17 +442,17 @@ def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
     answers = _serve_and_bench(args, work, budget, repo, exports)
     bench_dir = work / "bench"
     report = json.loads((bench_dir / "report.json").read_text())
-    print(f"\n=== Accuracy per width ({cm['task']}, compress profile {args.profile})\n")
-    print(results_table(cm))
-    if warning := learning_warning(cm):
+    print(f"\n=== Accuracy per width ({cm.task}, compress profile {args.profile})\n")
+    print(cm.results_table())
+    if warning := cm.learning_warning():
         print(warning)
     print("\n=== Latency (batch 16, gRPC, this machine)\n")
     print((bench_dir / "report.md").read_text())
     print(_budget_report(budget))
     timings = {f"{n}_s": round(r.used_s, 1) for n, r in budget.stages.items() if r.used_s is not None}
     summary = {
-        "compress": {"dir": str(work / "compress"), "results": cm["results"], "budget": cm.get("budget")},
-        "exports": {w: {"dir": str(p), "manifest": read_manifest(p, stage="export")} for w, p in exports.items()},
+        "compress": {"dir": str(work / "compress"), "results": cm.results, "budget": cm.budget},
+        "exports": {w: {"dir": str(p), "manifest": ExportManifest.read(p).to_dict()} for w, p in exports.items()},
         "model_repository": str(repo),
         "classified": [{"text": s, **a} for s, a in zip(SENTENCES, answers)],
         "benchmark": {"dir": str(bench_dir), "report": str(bench_dir / "report.json"),

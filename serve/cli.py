@@ -85,11 +85,11 @@ def repo_main(argv: list[str]) -> int:
                                  overwrite=args.overwrite), str(args.output))
     if code:
         return code
-    served = ", ".join(f"{m} {info['precision']}" for m, info in manifest["models"].items())
-    print(f"wrote {args.output} (target {manifest['target']}, runtime {manifest['runtime']}, "
-          f"precision {manifest['precision']}: {served}; text pipeline {manifest['text_pipeline']})")
-    if manifest["target"] != "cpu":
-        print(f"NVIDIA Triton images need: pip install {' '.join(manifest['image_packages'])}")
+    served = ", ".join(f"{m} {info.precision}" for m, info in manifest.models.items())
+    print(f"wrote {args.output} (target {manifest.target}, runtime {manifest.runtime}, "
+          f"precision {manifest.precision}: {served}; text pipeline {manifest.text_pipeline})")
+    if manifest.target != "cpu":
+        print(f"NVIDIA Triton images need: pip install {' '.join(manifest.image_packages)}")
     return 0
 
 
@@ -97,19 +97,19 @@ def repo_main(argv: list[str]) -> int:
 def precision_lines(repository: Path) -> list[str]:
     """What each encoder runs, and a warning when this CPU differs from the one whose
     timings chose that precision (``--precision auto``)."""
-    import json
+    from ofaserve.core.manifests import RepoManifest
 
     try:
-        models = json.loads((Path(repository) / "manifest.json").read_text()).get("models", {})
-    except (OSError, ValueError):
+        models = RepoManifest.read(repository).models
+    except OfaserveError:  # a repository ofaserve did not write: nothing to say about precisions
         return []
     lines, here = [], None
     for model, info in models.items():
-        choice = info.get("precision_choice")
+        choice = info.precision_choice
         if not choice:
-            lines.append(f"{model}: precision {info.get('precision', '?')}")
+            lines.append(f"{model}: precision {info.precision}")
             continue
-        lines.append(f"{model}: precision {info['precision']} (auto: fastest of "
+        lines.append(f"{model}: precision {info.precision} (auto: fastest of "
                      f"{', '.join(r['precision'] for r in choice['candidates'])} on {choice['machine']['cpu']})")
         if here is None:
             from ofaserve.runtime import capabilities

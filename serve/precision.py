@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import ExportManifest
 from ofaserve.core.tasks import Split
 from ofaserve.core.tokenizer import encode_batch
 from ofaserve.core.vocabulary import Precision, Runtime
@@ -37,17 +38,17 @@ class Candidate:
     gate: dict[str, Any]  # the export's dev record of this variant ({} for fp32, the reference)
 
 
-def openvino_artifact(manifest: dict, precision: Precision) -> str | None:
+def openvino_artifact(manifest: ExportManifest, precision: Precision) -> str | None:
     """The export artifact OpenVINO runs at ``precision``: the packed graph where there is
     one (several sentences per row), the NNCF INT8 IR for int8; None when not exported."""
-    artifacts = manifest["artifacts"]
+    artifacts = manifest.artifacts
     keys = ("openvino_packed_int8", "openvino_int8") if precision == Precision.INT8 else ("onnx_packed", "onnx")
     return next((k for k in keys if artifacts.get(k)), None)
 
 
-def candidates(manifest: dict, capabilities: list[str]) -> tuple[list[Candidate], dict[str, str]]:
+def candidates(manifest: ExportManifest, capabilities: list[str]) -> tuple[list[Candidate], dict[str, str]]:
     """(what can be served here, why each other precision cannot)."""
-    records = manifest.get("precisions") or {}
+    records = manifest.precisions
     found = [Candidate(Precision.FP32, openvino_artifact(manifest, Precision.FP32) or "onnx", {})]
     skipped: dict[str, str] = {}
     bf16 = records.get("openvino_bf16") or {}
@@ -105,15 +106,15 @@ def time_interleaved(runners: dict[str, Callable], workloads: dict[str, list[tup
                 for w, v in per.items()} for n, per in times.items()}
 
 
-def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s: float = 30.0,
+def choose_precision(export_dir: Path, manifest: ExportManifest, *, threads: int, budget_s: float = 30.0,
                      dev: Split | None = None, tokenizer=None) -> dict[str, Any]:
     """Time every candidate of one export with the serving runner; the record names the
     fastest (lowest geometric mean of the p50s over the workloads) and the whole table."""
     capabilities = list(cpu.current().openvino)
     found, skipped = candidates(manifest, capabilities)
-    pad_id = int(manifest.get("pad_token_id", 0))
+    pad_id = int(manifest.pad_token_id)
     if len(found) == 1:  # nothing to choose between: no timing
-        runner = runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest["artifacts"][found[0].artifact], Precision.FP32,
+        runner = runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest.artifacts[found[0].artifact], Precision.FP32,
                                       threads, pad_id=pad_id)
         row = {"precision": Precision.FP32, "runtime": Runtime.OPENVINO, "artifact": found[0].artifact,
                "executed": runner.executed.get("precision"), "delta_vs_fp32": 0.0, "agreement_with_fp32": 1.0,
@@ -121,9 +122,9 @@ def choose_precision(export_dir: Path, manifest: dict, *, threads: int, budget_s
         return {"chosen": Precision.FP32, "artifact": found[0].artifact, "candidates": [row], "not_candidates": skipped,
                 "capabilities": capabilities, "threads": threads, "workloads": [], "budget_s": 0.0,
                 "machine": machine_info()}
-    loaded = {c.precision: runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest["artifacts"][c.artifact],
+    loaded = {c.precision: runtimes.load_runner(Runtime.OPENVINO, export_dir / manifest.artifacts[c.artifact],
                                                 c.precision, threads, pad_id=pad_id) for c in found}
-    workloads = {"fixed_16x128": [fixed_batch(int(manifest["vocab_size"]))]}
+    workloads = {"fixed_16x128": [fixed_batch(int(manifest.vocab_size))]}
     if dev and tokenizer is not None:
         workloads["real_dev_16"] = real_batches(dev, tokenizer, pad_id, count=32)
     timings = time_interleaved(loaded, workloads, budget_s)

@@ -36,11 +36,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.manifests import read_manifest, write_manifest
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import CompressManifest, ExportManifest, RepoManifest, RepoModel, now_iso
 from ofaserve.core.files import sha256_file
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, output_lock
 from ofaserve.core.naming import encoder_name
-from ofaserve.core.tasks import TaskSpec, TaskType, spec_of
+from ofaserve.core.tasks import TaskSpec, TaskType
 from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities, runtimes
@@ -120,13 +121,10 @@ def _write(model_dir: Path, config: mc.ModelConfig) -> None:
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
-def _read_export(export_dir: Path) -> dict[str, Any]:
-    manifest = read_manifest(export_dir, stage="export")
-    missing = [k for k in ("width_mult", "labels", "max_seq_length", "vocab_size", "artifacts") if k not in manifest]
-    if missing:
-        raise OfaserveError(f"{export_dir}/manifest.json lacks {', '.join(missing)}: re-run `ofaserve export`")
+def _read_export(export_dir: Path) -> ExportManifest:
+    manifest = ExportManifest.read(export_dir)  # checks the stage and the fields a repository needs
     for key in ("onnx", "tokenizer"):
-        rel = manifest["artifacts"].get(key)
+        rel = manifest.artifacts.get(key)
         if not rel or not (export_dir / rel).is_file():
             raise OfaserveError(f"{export_dir} lacks its {key} artifact ({rel}): re-run `ofaserve export`")
     return manifest
@@ -161,12 +159,12 @@ def task_output_names(spec: TaskSpec) -> list[str]:
     return ["SCORE"] if spec.type == TaskType.REGRESSION else ["LABEL", "PROBS"]
 
 
-def _verified(export_dir: Path, manifest: dict, path: Path) -> Path:
+def _verified(export_dir: Path, manifest: ExportManifest, path: Path) -> Path:
     """``path``, a file of ``export_dir``, if its sha256 is the one the export recorded.
     Export and compress folders are trusted input (sub_model/ holds paddle pickles, the
     repository gets the models the server runs): a file changed since `ofaserve export`
     wrote it is refused, not copied into a repository."""
-    recorded = manifest.get("files_sha256")
+    recorded = manifest.files_sha256
     if recorded is None:
         raise OfaserveError(f"{export_dir}/manifest.json records no sha256 of its files (an export from before "
                             "ofaserve recorded them): re-run `ofaserve export`")
@@ -182,23 +180,23 @@ def _verified(export_dir: Path, manifest: dict, path: Path) -> Path:
     return path
 
 
-def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
+def tokenizer_config(name: str, manifest: ExportManifest, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
     config = _base(name, max_batch_size, backend="python")
-    _text_inputs(config, spec_of(manifest))
-    _task_params(config, spec_of(manifest))
+    _text_inputs(config, manifest.spec)
+    _task_params(config, manifest.spec)
     config.output.extend([_tensor(mc.ModelOutput, "input_ids", "TYPE_INT64", [-1]),
                           _tensor(mc.ModelOutput, "token_type_ids", "TYPE_INT64", [-1])])
     _batching(config, max_batch_size)
     _instances(config, 1)
     _param(config, "tokenizer_file", "tokenizer.json")
-    _param(config, "max_seq_length", manifest["max_seq_length"])
-    _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
+    _param(config, "max_seq_length", manifest.max_seq_length)
+    _param(config, "pad_token_id", manifest.pad_token_id)
     _param(config, "pad_to_multiple_of", pad_multiple)
     return config
 
 
-def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
-    spec = spec_of(manifest)
+def postprocess_config(name: str, manifest: ExportManifest, max_batch_size: int) -> mc.ModelConfig:
+    spec = manifest.spec
     config = _base(name, max_batch_size, backend="python")
     config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [spec.num_outputs]))
     _task_outputs(config, spec)
@@ -271,13 +269,13 @@ def _tensorrt(config: mc.ModelConfig, precision: str, cache_dir: str, max_batch_
         trt.parameters["trt_layer_norm_fp32_fallback"] = "1"
 
 
-def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: str, runtime: str,
+def encoder_config(name: str, manifest: ExportManifest, max_batch_size: int, *, target: str, runtime: str,
                    precision: str, instances: int, threads: int, artifact: str = "onnx",
                    model_sha256: str = "") -> mc.ModelConfig:
     """The encoder: our python model, Triton's openvino backend (max_batch_size 0: with a
     batch dimension it fixes the batch at max_batch_size and its batch padding drops the
     sequence length, openvino.cc) or the onnxruntime backend with TensorRT."""
-    n, seq = spec_of(manifest).num_outputs, int(manifest["max_seq_length"])
+    n, seq = manifest.spec.num_outputs, int(manifest.max_seq_length)
     python = runs_in_python_backend(target, runtime)
     batching = runtime != "openvino-native"
     if python:
@@ -308,25 +306,25 @@ def encoder_config(name: str, manifest: dict, max_batch_size: int, *, target: st
     return config
 
 
-def model_file_of(artifact: str, manifest: dict) -> str:
+def model_file_of(artifact: str, manifest: ExportManifest) -> str:
     """The encoder's model file inside its version folder, as _copy_model_files names it."""
     if artifact == "paddle_static":
         return "static/model"
-    return "model.xml" if manifest["artifacts"][artifact].endswith(".xml") else "model.onnx"
+    return "model.xml" if manifest.artifacts[artifact].endswith(".xml") else "model.onnx"
 
 
-def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precision: str, threads: int,
+def _runtime_params(config: mc.ModelConfig, manifest: ExportManifest, runtime: str, precision: str, threads: int,
                     packed: bool = False, cache_dir: str = "", model_file: str = "model.onnx") -> None:
     """Parameters our python models read to build their runtime (runtimes.py)."""
     _param(config, "runtime", runtime)
     _param(config, "precision", precision)
     _param(config, "threads", threads)
     _param(config, "model_file", model_file)
-    _param(config, "vocab_size", manifest["vocab_size"])
-    _param(config, "width_mult", manifest["width_mult"])  # what the bench asks the server, not the name
-    _param(config, "max_seq_length", manifest["max_seq_length"])
-    _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
-    _param(config, "type_vocab_size", manifest.get("type_vocab_size", 2))
+    _param(config, "vocab_size", manifest.vocab_size)
+    _param(config, "width_mult", manifest.width_mult)  # what the bench asks the server, not the name
+    _param(config, "max_seq_length", manifest.max_seq_length)
+    _param(config, "pad_token_id", manifest.pad_token_id)
+    _param(config, "type_vocab_size", manifest.type_vocab_size)
     # Run a formed batch as this many length-sorted chunks (equal row counts) when that
     # cuts the padded tokens by >= 20%: on real dev batches of 16, 3 chunks were the
     # fastest of 1..8 for both widths (fewer padded tokens against more calls).
@@ -337,13 +335,13 @@ def _runtime_params(config: mc.ModelConfig, manifest: dict, runtime: str, precis
         _param(config, "trt_cache_dir", cache_dir)
 
 
-def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime: str, precision: str,
+def classifier_config(name: str, manifest: ExportManifest, max_batch_size: int, *, runtime: str, precision: str,
                       instances: int, threads: int, gpu: bool, artifact: str = "onnx",
                       model_sha256: str = "") -> mc.ModelConfig:
     """The fused text model: TEXT (+ TEXT_PAIR) -> LABEL, PROBS (or SCORE) in one python model
     (tokenize + encode + softmax), the alternative to the three-step ensemble."""
     config = _base(name, max_batch_size, backend="python")
-    spec = spec_of(manifest)
+    spec = manifest.spec
     _text_inputs(config, spec)
     _task_outputs(config, spec)
     _task_params(config, spec)
@@ -355,8 +353,8 @@ def classifier_config(name: str, manifest: dict, max_batch_size: int, *, runtime
     return config
 
 
-def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
-    spec = spec_of(manifest)
+def ensemble_config(name: str, manifest: ExportManifest, max_batch_size: int) -> mc.ModelConfig:
+    spec = manifest.spec
     config = _base(name, max_batch_size, platform="ensemble")
     _text_inputs(config, spec)
     _task_outputs(config, spec)
@@ -373,7 +371,7 @@ def ensemble_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelC
     return config
 
 
-def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) -> str:
+def encoder_artifact(manifest: ExportManifest, target: str, runtime: str, precision: str) -> str:
     """Which export artifact the encoder runs.
 
     ONNX Runtime on CPU gets the export's ORT-fused graph when there is one (attention and
@@ -384,7 +382,7 @@ def encoder_artifact(manifest: dict, target: str, runtime: str, precision: str) 
     buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged).
     Everything else reads the plain ONNX graph: Triton's own openvino backend converts it
     itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
-    artifacts = manifest["artifacts"]
+    artifacts = manifest.artifacts
     if runtime == "paddle":
         return "paddle_static"
     if target == "cpu" and runtime == "onnxruntime" and artifacts.get("onnx_ort_fused"):
@@ -404,11 +402,11 @@ def _pad_multiple(target: str, runtime: str) -> int:
     return 0 if runs_in_python_backend(target, runtime) or runtime == "openvino-native" else NATIVE_PAD_MULTIPLE
 
 
-def _copy_model_files(export_dir: Path, manifest: dict, dest: Path, artifact: str, python: str | None) -> str:
+def _copy_model_files(export_dir: Path, manifest: ExportManifest, dest: Path, artifact: str, python: str | None) -> str:
     """The encoder artifact into ``dest``; with ``python`` (a folder of triton_models) also
     that model.py plus the runtime and helper modules it imports. Returns the sha256 of the
     copied model weights (model.onnx or model.pdiparams)."""
-    artifacts = manifest["artifacts"]
+    artifacts = manifest.artifacts
     dest.mkdir(parents=True, exist_ok=True)
     if artifact == "paddle_static":
         prefix = export_dir / artifacts.get("paddle_static", "static/model")
@@ -470,7 +468,7 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
                      precision: str | None = None, threads: int | None = None,
                      text_pipeline: str = "ensemble", auto_budget_s: float = 20.0,
-                     overwrite: bool = False) -> dict[str, Any]:
+                     overwrite: bool = False) -> RepoManifest:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
     ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
@@ -503,10 +501,10 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
         manifest = _read_export(export_dir)
-        model = Width.parse(manifest['width_mult']).model_name(name)
+        model = Width.parse(manifest.width_mult).model_name(name)
         if model in exports:
             raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
-                                f"{manifest['width_mult']}: one repository serves each width once")
+                                f"{manifest.width_mult}: one repository serves each width once")
         exports[model] = (export_dir, manifest)
 
     with output_lock(output):  # a second run on this output stops here, before any timing
@@ -529,20 +527,20 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                 else:
                     _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime))
             # Triton only treats folders as models; this file is for people and the benchmarks.
-            return write_manifest(
-                tmp, REPO_STAGE, target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
+            repo = RepoManifest(
+                target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
                 max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
-                image_packages=image_packages(target, runtime),
-                models={model: {"width_mult": m["width_mult"], "labels": m["labels"],
-                                "task_spec": spec_of(m).to_dict(),
-                                "max_seq_length": m["max_seq_length"], "encoder_artifact": plans[model]["artifact"],
-                                "precision": plans[model]["precision"],
-                                **({"precision_choice": plans[model]["choice"]} if "choice" in plans[model] else {}),
-                                "source_export": os.path.basename(os.path.normpath(d))}
+                image_packages=image_packages(target, runtime), machine=machine_info(), finished=now_iso(),
+                models={model: RepoModel(width_mult=m.width_mult, labels=m.labels, task_spec=m.spec,
+                                         max_seq_length=m.max_seq_length, encoder_artifact=plans[model]["artifact"],
+                                         precision=plans[model]["precision"], precision_choice=plans[model].get("choice"),
+                                         source_export=os.path.basename(os.path.normpath(d)))
                         for model, (d, m) in exports.items()})
+            repo.write(tmp)
+            return repo
 
 
-def _plan_encoder(model: str, export_dir: Path, manifest: dict, target: str, runtime: str, precision: str,
+def _plan_encoder(model: str, export_dir: Path, manifest: ExportManifest, target: str, runtime: str, precision: str,
                   threads: int, budget_s: float) -> dict[str, Any]:
     """The precision and artifact one encoder serves; ``auto`` times the candidates here."""
     if precision != "auto":
@@ -566,17 +564,17 @@ def _require_capability(capability: str, precision: str) -> None:
                             f"{here.describe()}): use --precision auto or fp32")
 
 
-def _dev_split(export_dir: Path, manifest: dict):
+def _dev_split(export_dir: Path, manifest: ExportManifest):
     """The export's dev split and tokenizer, for timing real text: reloaded as the compress
     stage that trained the model read it (its manifest, where that folder is at hand), else a
     bundled task's own. (None, None) when neither is here (then only the fixed shape is timed)."""
-    from ofaserve.core.tasks import TASKS, load_task, split_of
+    from ofaserve.core.tasks import TASKS, load_task
     from ofaserve.core.tokenizer import load_tokenizer
 
-    source = manifest.get("source") or {}
+    source = manifest.source
     try:
         try:
-            dev = split_of(read_manifest(Path(source.get("compress_dir") or ""), stage="compress"))
+            dev = CompressManifest.read(Path(source.get("compress_dir") or "")).split("dev")
         except OfaserveError:
             if source.get("task") not in TASKS:
                 raise
@@ -584,24 +582,24 @@ def _dev_split(export_dir: Path, manifest: dict):
     except OfaserveError as e:  # e.g. a serving host without the compress output or the task's data
         print(f"precision auto: timing the fixed 16 x 128 batch only ({e})")
         return None, None
-    return dev, load_tokenizer(export_dir / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
+    return dev, load_tokenizer(export_dir / manifest.artifacts["tokenizer"], manifest.max_seq_length)
 
 
-def _write_fused(model_dir: Path, export_dir: Path, manifest: dict, plan: dict, max_batch_size: int, *,
+def _write_fused(model_dir: Path, export_dir: Path, manifest: ExportManifest, plan: dict, max_batch_size: int, *,
                  runtime: str, instances: int, threads: int, gpu: bool) -> None:
     """The fused text model: tokenize + encode + softmax in one python model."""
     sha = _copy_model_files(export_dir, manifest, model_dir / "1", plan["artifact"], "classifier")
     _write(model_dir, classifier_config(model_dir.name, manifest, max_batch_size, runtime=runtime,
                                         precision=plan["precision"], instances=instances, threads=threads,
                                         gpu=gpu, artifact=plan["artifact"], model_sha256=sha))
-    shutil.copy2(_verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"]),
+    shutil.copy2(_verified(export_dir, manifest, export_dir / manifest.artifacts["tokenizer"]),
                  model_dir / "1" / "tokenizer.json")
 
 
-def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max_batch_size: int,
+def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: ExportManifest, max_batch_size: int,
                     pad_multiple: int) -> None:
     """tokenizer -> encoder -> postprocess, and the ensemble {model} that chains them."""
-    tokenizer_json = _verified(export_dir, manifest, export_dir / manifest["artifacts"]["tokenizer"])
+    tokenizer_json = _verified(export_dir, manifest, export_dir / manifest.artifacts["tokenizer"])
     tok = tmp / f"{model}_tokenizer"
     _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
     shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")

@@ -119,7 +119,6 @@ def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     import shutil
     from types import SimpleNamespace
 
-    from ofaserve.core.tasks import split_of
     from ofaserve.export import parity, source
     from ofaserve.export.artifact_logits import onnxruntime
 
@@ -128,10 +127,10 @@ def precision_inputs(tiny_compress_dir, tiny_export_dir, tmp_path):
     shutil.rmtree(folder / "openvino", ignore_errors=True)
     src = source.load_compress_output(tiny_compress_dir)
     dev = source.load_dev(src)
-    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    tok, _ = source.load_tokenizer(src, src.manifest.max_seq_length)
     m, logits = parity.dev_eval(onnxruntime(folder / "onnx" / "model.onnx"), dev, tok, src.spec)
     return SimpleNamespace(folder=folder, dev=dev, tokenizer=tok, spec=src.spec, fp32_logits=logits,
-                           fp32_accuracy=m["accuracy"], train=split_of(src.manifest, "train"))
+                           fp32_accuracy=m["accuracy"], train=src.manifest.split("train"))
 
 
 @pytest.fixture(params=["avx2", "avx512_bf16_vnni", "amx"])

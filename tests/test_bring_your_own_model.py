@@ -30,7 +30,7 @@ def _texts(path) -> list[str]:
 def _compress(model_dir, task_files, out, **changes):
     from ofaserve.compress.pipeline import compress_model
 
-    return compress_model(dataclasses.replace(tiny_compress_options(model_dir, *task_files, out), **changes))
+    return compress_model(dataclasses.replace(tiny_compress_options(model_dir, *task_files, out), **changes)).to_dict()
 
 
 def test_read_pretrained_keeps_a_fine_tuned_head_apart(tmp_path, task_files):

@@ -557,8 +557,8 @@ def _tiny_options(root, ckpt, train, dev, **kw):
 def test_compress_budget_that_cuts_nothing_changes_nothing(tmp_path, tiny_checkpoint):
     from ofaserve.compress.pipeline import compress_model
 
-    plain = compress_model(_tiny_options(tmp_path / "plain", *tiny_checkpoint))
-    timed = compress_model(_tiny_options(tmp_path / "timed", *tiny_checkpoint, time_budget_s=3600))
+    plain = compress_model(_tiny_options(tmp_path / "plain", *tiny_checkpoint)).to_dict()
+    timed = compress_model(_tiny_options(tmp_path / "timed", *tiny_checkpoint, time_budget_s=3600)).to_dict()
     assert "budget" not in plain and timed["budget"]["cuts"] == []
     assert timed["results"] == plain["results"]
     assert timed["budget"]["plans"]["teacher"]["fraction"] == 1.0
@@ -575,7 +575,7 @@ def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tin
     from ofaserve.compress.pipeline import compress_model
 
     monkeypatch.setattr(timebox, "MIN_TEACHER_STEPS", 10)  # below the tiny profile's 18, so it is a cut
-    m = compress_model(_tiny_options(tmp_path / "out", *tiny_checkpoint, time_budget_s=0.5))
+    m = compress_model(_tiny_options(tmp_path / "out", *tiny_checkpoint, time_budget_s=0.5)).to_dict()
     cuts = {c["what"]: c for c in m["budget"]["cuts"]}
     profile_teacher = 3 * math.ceil(96 / 16)
     assert cuts["teacher steps"]["default"] == profile_teacher
@@ -617,7 +617,7 @@ def test_export_under_a_budget_checks_the_served_runtimes_on_a_subset(tmp_path, 
 
     monkeypatch.setattr(timebox, "MIN_DEV_SENTENCES", 10)
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "e"), 0.75, progress=False, time_budget_s=0.1,
-                      parity_runtimes=["openvino_packed"], fp16=False, fuse_attention=False, int8=False)
+                      parity_runtimes=["openvino_packed"], fp16=False, fuse_attention=False, int8=False).to_dict()
     p = m["parity"]
     assert list(p["shapes"]["16x128"]["max_abs_diff"]) == ["onnx", "openvino_packed"]
     assert set(p["runtimes_not_checked"]) == {"sub_model", "paddle_static", "openvino_f32", "onnx_packed"}
@@ -671,24 +671,27 @@ def test_demo_with_a_tiny_budget_records_what_it_cut(tmp_path, tiny_compress_dir
 
 def test_a_model_that_did_not_learn_is_called_out():
     """Every width at the majority-class rate says nothing about compression: say so."""
-    from ofaserve.core.tables import learning_warning
+    from ofaserve.core.manifests import CompressManifest
 
-    def manifest(teacher_dev: float) -> dict:
-        return {"labels": ["rotten", "fresh"],
-                "results": {"teacher": {"dev": {"accuracy": teacher_dev}}, "majority_class": {"dev": 0.609}}}
+    def manifest(teacher_dev: float) -> CompressManifest:
+        return CompressManifest.from_dict({
+            "stage": "compress", "labels": ["rotten", "fresh"], "model_config": {}, "checkpoints": {},
+            "width_mult_list": [1.0],
+            "results": {"teacher": {"dev": {"accuracy": teacher_dev}}, "majority_class": {"dev": 0.609}}})
 
-    assert "did not learn" in learning_warning(manifest(0.609))
-    assert "did not learn" in learning_warning(manifest(0.615))
-    assert learning_warning(manifest(0.80)) is None
+    assert "did not learn" in manifest(0.609).learning_warning()
+    assert "did not learn" in manifest(0.615).learning_warning()
+    assert manifest(0.80).learning_warning() is None
 
 
 def test_a_regression_model_that_did_not_learn_is_called_out():
-    from ofaserve.core.tables import learning_warning
+    from ofaserve.core.manifests import CompressManifest
+    from ofaserve.core.tasks import TaskSpec, TaskType
 
-    def manifest(pearson: float) -> dict:
-        return {"labels": [], "task_spec": {"name": "sts-b", "type": "regression", "labels": [], "pair": True,
-                                            "metrics": ["pearson", "spearman"]},
-                "results": {"teacher": {"dev": {"pearson": pearson, "spearman": pearson}}, "majority_class": {}}}
+    def manifest(pearson: float) -> CompressManifest:
+        return CompressManifest(task_spec=TaskSpec("sts-b", TaskType.REGRESSION, (), True, ("pearson", "spearman")),
+                                results={"teacher": {"dev": {"pearson": pearson, "spearman": pearson}},
+                                         "majority_class": {}})
 
-    assert "did not learn" in learning_warning(manifest(0.02))
-    assert learning_warning(manifest(0.6)) is None
+    assert "did not learn" in manifest(0.02).learning_warning()
+    assert manifest(0.6).learning_warning() is None

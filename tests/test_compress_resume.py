@@ -42,7 +42,7 @@ def test_interrupt_then_resume(tmp_path, tiny_checkpoint, tiny_compress_dir, mon
 
     monkeypatch.setattr(train, "soft_cross_entropy", real)
     with caplog.at_level(logging.INFO, logger="ofaserve.compress"):
-        manifest = compress_model(_opts(out, ckpt, train_csv, dev_csv, resume=True))
+        manifest = compress_model(_opts(out, ckpt, train_csv, dev_csv, resume=True)).to_dict()
     assert "resumed the fine-tuned teacher" in caplog.text
     assert "resumed OFA training at step 2" in caplog.text
     assert read_manifest(out, stage="compress")["created"] == manifest["created"] != before

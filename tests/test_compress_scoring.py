@@ -26,8 +26,8 @@ def test_static_scoring_equals_dygraph_and_trains_the_same_weights(tmp_path, tin
     from ofaserve.compress.evaluation import RUNTIME
     from ofaserve.compress.pipeline import compress_model
 
-    static = compress_model(_options(tmp_path / "static", *tiny_checkpoint))
-    dygraph = compress_model(_options(tmp_path / "dygraph", *tiny_checkpoint, eval_runtime="dygraph"))
+    static = compress_model(_options(tmp_path / "static", *tiny_checkpoint)).to_dict()
+    dygraph = compress_model(_options(tmp_path / "dygraph", *tiny_checkpoint, eval_runtime="dygraph")).to_dict()
     rec = static["evaluation"]
     assert rec["runtime"] == RUNTIME and rec["dygraph_fallbacks"] == 0
     assert set(rec["models"]) == {"teacher", "1.0", "0.75", "0.5"}

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from ofaserve.core.manifests import read_manifest
-from ofaserve.core.tables import results_table
+from ofaserve.core.manifests import CompressManifest
 
 
 def test_pair_classification_compress(tiny_pair_compress_dir):
@@ -16,7 +16,7 @@ def test_pair_classification_compress(tiny_pair_compress_dir):
     assert m["results"]["metric"] == "accuracy" and m["results"]["report_split"] == "dev"
     for w, r in m["results"]["widths"].items():
         assert {"accuracy", "f1", "n"} <= set(r["dev"]) and "ci95" in r["dev"]["vs_teacher"], w
-    assert "| model | dev acc | dev F1 | dev acc - teacher (95% CI) |" in results_table(m)
+    assert "| model | dev acc | dev F1 | dev acc - teacher (95% CI) |" in CompressManifest.from_dict(m).results_table()
 
 
 def test_regression_compress_trains_a_one_output_head(tiny_regression_compress_dir):
@@ -28,7 +28,7 @@ def test_regression_compress_trains_a_one_output_head(tiny_regression_compress_d
     assert set(teacher) == {"pearson", "spearman", "n"} and -1 <= teacher["pearson"] <= 1
     vs = m["results"]["widths"]["0.5"]["dev"]["vs_teacher"]
     assert vs["metric"] == "pearson" and vs["ci95"][0] <= vs["diff"] <= vs["ci95"][1]
-    assert "dev Pearson - teacher" in results_table(m)
+    assert "dev Pearson - teacher" in CompressManifest.from_dict(m).results_table()
 
 
 def test_glue_task_with_two_dev_sets(tiny_checkpoint, tmp_path):
@@ -41,11 +41,11 @@ def test_glue_task_with_two_dev_sets(tiny_checkpoint, tmp_path):
     opts = dataclasses.replace(tiny_compress_options(ckpt, None, None, tmp_path / "c"), train_file=None,
                                dev_file=None, task_name="MNLI", data_dir=str(data_dir))
     m = compress_model(opts)
-    assert m["task"] == "mnli" and m["model_config"]["num_labels"] == 3 and m["task_spec"]["pair"]
-    for r in [m["results"]["teacher"], *m["results"]["widths"].values()]:
+    assert m.task == "mnli" and m.model_config["num_labels"] == 3 and m.spec.pair
+    for r in [m.results["teacher"], *m.results["widths"].values()]:
         assert r["dev_mismatched"]["n"] == 24 and 0 <= r["dev_mismatched"]["accuracy"] <= 1
-    assert "dev_mismatched acc" in results_table(m)
-    assert m["options"]["data_dir"] == str(data_dir)
+    assert "dev_mismatched acc" in m.results_table()
+    assert m.options["data_dir"] == str(data_dir)
 
 
 def test_regression_export_checks_scores(tiny_regression_export_dir, tiny_regression_compress_dir):

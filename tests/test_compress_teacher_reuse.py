@@ -16,7 +16,7 @@ def test_reused_teacher_and_width_selection(tmp_path, tiny_checkpoint, tiny_comp
     ckpt, train_csv, dev_csv = tiny_checkpoint
     with caplog.at_level(logging.INFO, logger="ofaserve.compress"):
         manifest = compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, teacher_dir=str(tiny_compress_dir),
-                                        select_width=TINY_WIDTHS[-1]))
+                                        select_width=TINY_WIDTHS[-1])).to_dict()
     assert "reusing the fine-tuned teacher" in caplog.text
     old = read_manifest(tiny_compress_dir, stage="compress")
     assert manifest["checkpoint_sha256"]["teacher"] == old["checkpoint_sha256"]["teacher"]
@@ -51,7 +51,7 @@ def test_select_width_close_to_a_trained_width_is_that_width(tmp_path, tiny_chec
     """0.5004 is accepted as 0.5 (like 0.667 for 0.6666...) and must select on that width."""
     ckpt, train_csv, dev_csv = tiny_checkpoint
     manifest = compress_model(_opts(tmp_path / "out", ckpt, train_csv, dev_csv, teacher_dir=str(tiny_compress_dir),
-                                    select_width=TINY_WIDTHS[-1] + 4e-4))
+                                    select_width=TINY_WIDTHS[-1] + 4e-4)).to_dict()
     key = list(manifest["results"]["widths"])[-1]
     assert all(h["score"] == h["dev"][key]["accuracy"] for h in manifest["phases"]["ofa"]["history"])
 

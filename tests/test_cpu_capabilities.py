@@ -2,11 +2,11 @@
 (``simulated_cpu``: AVX2-only, AVX-512 + bf16 + VNNI, AMX), on whichever CPU runs the tests."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import ExportManifest, RepoManifest, RepoModel
 from ofaserve.core.machine import cpu_flags
 from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime import capabilities, runtimes
@@ -28,11 +28,12 @@ def test_profiles_differ_where_the_product_branches():
 
 
 def _manifest_with_every_variant() -> dict:
-    return {"artifacts": {"onnx": "onnx/model.onnx", "onnx_packed": "onnx/model_packed.onnx",
-                          "openvino_packed_int8": "openvino/model_packed_int8.xml"},
-            "precisions": {"openvino_bf16": {"gate_passed": True, "delta_vs_fp32": 0.0, "agreement_with_fp32": 1.0},
-                           "openvino_packed_int8": {"shipped": True, "delta_vs_fp32": -0.001,
-                                                    "agreement_with_fp32": 0.99}}}
+    return ExportManifest(artifacts={"onnx": "onnx/model.onnx", "onnx_packed": "onnx/model_packed.onnx",
+                                     "openvino_packed_int8": "openvino/model_packed_int8.xml"},
+                          precisions={"openvino_bf16": {"gate_passed": True, "delta_vs_fp32": 0.0,
+                                                        "agreement_with_fp32": 1.0},
+                                      "openvino_packed_int8": {"shipped": True, "delta_vs_fp32": -0.001,
+                                                               "agreement_with_fp32": 0.99}})
 
 
 def test_precision_auto_candidates_follow_the_cpu(simulated_cpu):
@@ -58,7 +59,7 @@ def test_forced_bf16_is_refused_where_the_cpu_has_none(simulated_cpu, tiny_expor
             build_repository([tiny_export_dir], out, precision="bf16")
         assert not out.exists()
         return
-    manifest = build_repository([tiny_export_dir], out, precision="bf16")
+    manifest = build_repository([tiny_export_dir], out, precision="bf16").to_dict()
     assert {m["precision"] for m in manifest["models"].values()} == {"bf16"}
 
 
@@ -105,8 +106,9 @@ def test_serve_warns_when_the_precision_was_timed_on_another_cpu(simulated_cpu, 
     timed_on = capabilities.PROFILES["amx"]
     choice = {"candidates": [{"precision": "fp32"}, {"precision": "int8"}], "machine": {"cpu": "a Xeon"},
               "capabilities": list(timed_on.openvino)}
-    (tmp_path / "manifest.json").write_text(json.dumps(
-        {"stage": "repo", "models": {"bert_w67": {"precision": "int8", "precision_choice": choice}}}))
+    RepoManifest(target="cpu", runtime="openvino", precision="auto", models={"bert_w67": RepoModel(
+        width_mult=0.6667, labels=["a", "b"], max_seq_length=128, encoder_artifact="openvino_packed_int8",
+        precision="int8", source_export="w0.6667", precision_choice=choice)}).write(tmp_path)
     lines = precision_lines(tmp_path)
     assert lines[0] == "bert_w67: precision int8 (auto: fastest of fp32, int8 on a Xeon)"
     warnings = [line for line in lines if line.startswith("warning")]

@@ -72,24 +72,26 @@ def _assert_summary_holds_the_latency_figures(summary: dict, report: dict) -> No
 
 
 def test_stage_summaries_are_one_line_each(tiny_compress_dir):
-    """What the screen shows of compress and export instead of their printed reports."""
-    from ofaserve import demo
-    from ofaserve.core.manifests import read_manifest
+    """What the screen shows of compress and export instead of their printed reports: the
+    manifests' own one-line summaries."""
+    from ofaserve.core.manifests import CompressManifest, ExportManifest
 
-    cm = read_manifest(tiny_compress_dir, stage="compress")
-    line = demo.compress_summary(cm)
+    cm = CompressManifest.read(tiny_compress_dir)
+    line = cm.summary_line()
     assert "\n" not in line and line.startswith("compress: teacher ")
-    assert f"teacher {cm['results']['teacher']['dev']['accuracy']:.4f}" in line
-    assert all(f"{w} {r['dev']['accuracy']:.4f}" in line for w, r in cm["results"]["widths"].items())
-    export = {"params": {"total": 1_234_567}, "dev_score": {"metric": "accuracy", "value": 0.8},
-              "parity": {"ok": True, "max_abs_diff": 2e-6,
-                         "shapes": {"16x128": {"max_abs_diff": {"onnx": 1e-6, "openvino_packed": 2e-6}}},
-                         "dev_score": {"metric": "accuracy", "runtime": "onnx", "exported": 0.8, "n": 1248},
-                         "budget": {"dev_sentences": 460, "dev_total": 1248, "cut": "later dev passes on 460 ..."}},
-              "precisions": {"fp32": {"accuracy": 0.79, "dev_sentences": 460},
-                             "openvino_bf16": {"accuracy": 0.79, "delta_vs_fp32": 0.0},
-                             "onnx_fp16": {"skipped": "not asked for"}}}
-    line = demo.export_summary("0.75", export)
+    assert f"teacher {cm.results['teacher']['dev']['accuracy']:.4f}" in line
+    assert all(f"{w} {r['dev']['accuracy']:.4f}" in line for w, r in cm.results["widths"].items())
+    export = ExportManifest(
+        width="0.75", params={"total": 1_234_567}, dev_score={"metric": "accuracy", "value": 0.8},
+        parity={"ok": True, "max_abs_diff": 2e-6,
+                "shapes": {"16x128": {"max_abs_diff": {"onnx": 1e-6, "openvino_packed": 2e-6}}},
+                "dev_score": {"metric": "accuracy", "runtime": "onnx", "exported": 0.8, "n": 1248},
+                "budget": {"dev_sentences": 460, "dev_total": 1248, "cut": "later dev passes on 460 ..."}},
+        precisions={"fp32": {"accuracy": 0.79, "dev_sentences": 460},
+                    "openvino_bf16": {"accuracy": 0.79, "delta_vs_fp32": 0.0},
+                    "onnx_fp16": {"skipped": "not asked for"}})
+    line = export.summary_line()
+    assert line.startswith("export 0.75: 1.2M params")
     assert "\n" not in line and "onnx, openvino_packed match the supernet (max diff 2.0e-06)" in line
     assert "dev accuracy 0.8000 through onnx" in line and "on 460 of 1248 dev sentences: openvino_bf16 +0.0000" in line
     assert "onnx_fp16" not in line

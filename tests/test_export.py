@@ -174,7 +174,7 @@ def test_precision_records_match_the_artifacts_and_gates(tiny_compress_dir, tiny
     pr, arts = m["precisions"], m["artifacts"]
     src = source.load_compress_output(tiny_compress_dir)
     dev = source.load_dev(src)
-    tok, _ = source.load_tokenizer(src, src.manifest["max_seq_length"])
+    tok, _ = source.load_tokenizer(src, src.manifest.max_seq_length)
     fp32, fp32_logits = parity.dev_eval(onnxruntime(tiny_export_dir / arts["onnx"]), dev, tok, src.spec)
     assert pr["fp32"]["accuracy"] == fp32["accuracy"]
     runs = {"onnx_fp16": lambda: onnxruntime(tiny_export_dir / arts["onnx_fp16"])}
@@ -426,7 +426,7 @@ def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
     from ofaserve.export import export_subnet
 
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "auto"), "auto", latency_budget_ms=10_000,
-                      runtime="onnxruntime", batch_size=2, seq_len=16, progress=False, precisions=False)
+                      runtime="onnxruntime", batch_size=2, seq_len=16, progress=False, precisions=False).to_dict()
     sel = m["selection"]
     assert sel["mode"] == "latency_budget" and len(sel["table"]) == 3
     assert all(r["latency_ms"] > 0 and r["meets_budget"] for r in sel["table"])
@@ -480,7 +480,7 @@ def test_cli_tutorial_flags_and_opset(tiny_compress_dir, tmp_path, capsys):
 def test_no_onnx_model(tiny_compress_dir, tmp_path):
     from ofaserve.export import export_subnet
 
-    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 1.0, onnx_model=False, progress=False)
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 1.0, onnx_model=False, progress=False).to_dict()
     assert "onnx" not in m["artifacts"] and not (tmp_path / "out" / "onnx").exists()
     assert set(m["parity"]["shapes"]["3x37"]["max_abs_diff"]) == {"sub_model", "paddle_static"}
     assert m["parity"]["dev_score"]["runtime"] == "paddle_static" and m["parity"]["ok"]
@@ -494,7 +494,7 @@ def test_unfusable_graph_ships_plain_onnx(tiny_compress_dir, tmp_path, monkeypat
         raise OfaserveError("pattern not found (test)")
 
     monkeypatch.setattr(onnx_tools, "rewrite_attention", refuse)
-    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 0.75, progress=False, precisions=False)
+    m = export_subnet(str(tiny_compress_dir), str(tmp_path / "out"), 0.75, progress=False, precisions=False).to_dict()
     assert m["onnx"]["rewrite"] == {"applied": False, "reason": "pattern not found (test)"}
     assert "onnx_ort_fused" not in m["artifacts"] and m["parity"]["ok"]
 

@@ -226,7 +226,7 @@ def served(tiny_export_dir, tmp_path_factory):
     from ofaserve.serve.server import TritonServer, free_port
 
     repo = tmp_path_factory.mktemp("classify") / "repo"
-    (model,) = repository.build_repository([tiny_export_dir], repo, precision="fp32")["models"]
+    (model,) = repository.build_repository([tiny_export_dir], repo, precision="fp32").to_dict()["models"]
     srv = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     srv.start(timeout=180)
     yield srv, model

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.manifests import ExportManifest
 from ofaserve.core.manifests import read_manifest
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
 from ofaserve.serve.precision import candidates, choice_table, choose_precision, time_interleaved
@@ -14,14 +15,14 @@ from ofaserve.serve.precision import candidates, choice_table, choose_precision,
 ALL = ["BF16", "FP32", "INT8"]
 
 
-def _manifest(bf16_gate: bool = True, int8: bool = True) -> dict:
+def _manifest(bf16_gate: bool = True, int8: bool = True) -> ExportManifest:
     artifacts = {"onnx": "onnx/model.onnx", "onnx_packed": "onnx/model_packed.onnx"}
     records = {"openvino_bf16": {"gate_passed": bf16_gate, "delta_vs_fp32": 0.001, "agreement_with_fp32": 0.99,
                                  **({} if bf16_gate else {"gate_failed_because": "dev accuracy drop 0.0100 > 0.005"})},
                "openvino_packed_int8": {"shipped": int8, "delta_vs_fp32": -0.002, "agreement_with_fp32": 0.985}}
     if int8:
         artifacts["openvino_packed_int8"] = "openvino/model_packed_int8.xml"
-    return {"artifacts": artifacts, "precisions": records}
+    return ExportManifest(artifacts=artifacts, precisions=records)
 
 
 def test_candidates_follow_the_gate_and_the_cpu():
@@ -74,7 +75,7 @@ def test_export_records_only_precisions_that_executed(tiny_export_dir):
 
 
 def test_choose_precision_times_the_real_candidates(tiny_export_dir):
-    m = read_manifest(tiny_export_dir, "export")
+    m = ExportManifest.read(tiny_export_dir)
     choice = choose_precision(tiny_export_dir, m, threads=1, budget_s=0.5)
     names = [r["precision"] for r in choice["candidates"]]
     expected, _ = candidates(m, openvino_capabilities())
@@ -91,7 +92,7 @@ def test_repository_auto_serves_the_choice_and_keeps_the_others(tiny_export_dir,
     from ofaserve.serve.repository import build_repository
     from ofaserve.benchmarks.inprocess import read_config_parameters
 
-    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.5)
+    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.5).to_dict()
     (model,) = manifest["models"]
     info = manifest["models"][model]
     choice = info["precision_choice"]
@@ -119,7 +120,7 @@ def test_serve_says_what_runs_and_warns_on_another_cpu(tiny_export_dir, tmp_path
     from ofaserve.serve.cli import precision_lines
     from ofaserve.serve.repository import build_repository
 
-    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.2)
+    manifest = build_repository([tiny_export_dir], tmp_path / "repo", auto_budget_s=0.2).to_dict()
     (model,) = manifest["models"]
     chosen = manifest["models"][model]["precision"]
     lines = precision_lines(tmp_path / "repo")
@@ -159,7 +160,7 @@ def test_a_lone_candidate_is_not_timed(tiny_export_dir, tmp_path):
     for key in ("openvino_int8", "openvino_packed_int8"):
         m["artifacts"].pop(key, None)
     m["precisions"]["openvino_bf16"] = {"skipped": "as on a CPU without BF16"}
-    choice = choose_precision(folder, m, threads=1, budget_s=60)
+    choice = choose_precision(folder, ExportManifest.from_dict(m), threads=1, budget_s=60)
     assert choice["chosen"] == "fp32" and choice["workloads"] == [] and choice["budget_s"] == 0.0
     assert choice["candidates"][0]["executed"] == "fp32"
     assert "fp32" in choice_table(choice)

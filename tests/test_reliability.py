@@ -39,7 +39,7 @@ def repo(tiny_export_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("reliability") / "model_repository"
     # fp32 pinned: what is measured here does not depend on the precision, and choosing one
     # (precision auto) times every candidate for its whole budget
-    manifest = build_repository([tiny_export_dir], out, target="cpu", precision="fp32")
+    manifest = build_repository([tiny_export_dir], out, target="cpu", precision="fp32").to_dict()
     (model,) = manifest["models"]
     return out, model, manifest
 

@@ -10,7 +10,7 @@ import pytest
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import sha256_file
-from ofaserve.core.manifests import read_manifest
+from ofaserve.core.manifests import ExportManifest, read_manifest
 from ofaserve.serve.repository import build_repository, encoder_artifact
 
 
@@ -33,10 +33,10 @@ def test_the_export_records_the_sha256_of_every_file_it_wrote(tiny_export_dir):
 
 @pytest.mark.parametrize("artifact", ["encoder", "tokenizer"])
 def test_a_tampered_artifact_is_refused(export, tmp_path, artifact):
-    manifest = read_manifest(export, "export")
+    manifest = ExportManifest.read(export)
     if artifact == "encoder":  # the graph this repository's encoder gets
         artifact = encoder_artifact(manifest, "cpu", "onnxruntime", "fp32")
-    path = export / manifest["artifacts"][artifact]
+    path = export / manifest.artifacts[artifact]
     with open(path, "ab") as f:
         f.write(b" ")
     out = tmp_path / "repo"
@@ -55,5 +55,5 @@ def test_an_export_without_recorded_hashes_is_refused(export, tmp_path):
 
 
 def test_an_untouched_export_builds(export, tmp_path):
-    manifest = build_repository([export], tmp_path / "repo", target="cpu", runtime="onnxruntime", precision="fp32")
+    manifest = build_repository([export], tmp_path / "repo", target="cpu", runtime="onnxruntime", precision="fp32").to_dict()
     assert manifest["models"]

@@ -32,7 +32,7 @@ def served(tiny_export_dir, tmp_path_factory):
     """(server, ensemble name, repository manifest, export manifest) for the tiny export alone."""
     out = tmp_path_factory.mktemp("batching") / "model_repository"
     # fp32 pinned: the property is equality with the f32 graph, whatever precision is fastest here
-    manifest = build_repository([tiny_export_dir], out, target="cpu", precision="fp32")
+    manifest = build_repository([tiny_export_dir], out, target="cpu", precision="fp32").to_dict()
     assert manifest["max_batch_size"] == MAX_ROWS  # the strategies draw up to this many rows
     (name,) = manifest["models"]
     assert manifest["models"][name]["encoder_artifact"] == "onnx_packed"

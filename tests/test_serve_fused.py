@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def fused(serve_exports, tmp_path_factory):
     out = tmp_path_factory.mktemp("fused") / "model_repository"
-    manifest = build_repository(serve_exports[1:], out, target="cpu", precision="fp32", text_pipeline="fused")
+    manifest = build_repository(serve_exports[1:], out, target="cpu", precision="fp32", text_pipeline="fused").to_dict()
     (name,) = manifest["models"]
     with TritonServer(out, **ports()) as srv:
         yield srv, name, Reference(serve_exports[1]), out

@@ -63,7 +63,7 @@ class Reference:
 def repo(serve_exports, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve") / "model_repository"
     # fp32 pinned: answers are compared with the exported f32 ONNX within 1e-4
-    manifest = build_repository(serve_exports, out, target="cpu", precision="fp32")
+    manifest = build_repository(serve_exports, out, target="cpu", precision="fp32").to_dict()
     return out, manifest
 
 
@@ -372,7 +372,7 @@ def test_other_runtimes_serve_the_same_probabilities(serve_exports, tmp_path, ru
     export = serve_exports[0]
     if precision == "int8":
         export, runtime = _with_int8(export, tmp_path / "export")
-    manifest = build_repository([export], tmp_path / "r", runtime=runtime, precision=precision)
+    manifest = build_repository([export], tmp_path / "r", runtime=runtime, precision=precision).to_dict()
     (name,) = manifest["models"]
     ref = Reference(export)
     with TritonServer(tmp_path / "r", **ports()) as srv:

@@ -33,7 +33,7 @@ def model_names(exports: list[Path], name: str = "bert") -> list[str]:
 def repos(serve_exports, tmp_path_factory):
     """One repository per (target, runtime), each holding both exports."""
     root = tmp_path_factory.mktemp("repos")
-    return {(t, r): (build_repository(serve_exports, root / f"{t}-{r}", target=t, runtime=r), root / f"{t}-{r}")
+    return {(t, r): (build_repository(serve_exports, root / f"{t}-{r}", target=t, runtime=r).to_dict(), root / f"{t}-{r}")
             for t, r in TARGETS}
 
 
@@ -149,7 +149,7 @@ def test_precision_and_threads_are_recorded(serve_exports, tmp_path, monkeypatch
     build_repository(serve_exports[:1], tmp_path / "x", target="xeon", precision="bf16")
     (enc_dir,) = [p for p in (tmp_path / "x").iterdir() if p.name.endswith("_encoder")]
     assert load_config(enc_dir).parameters["precision"].string_value == "bf16"
-    manifest = build_repository(serve_exports[:1], tmp_path / "n", target="xeon", runtime="openvino-native")
+    manifest = build_repository(serve_exports[:1], tmp_path / "n", target="xeon", runtime="openvino-native").to_dict()
     (enc_dir,) = [p for p in (tmp_path / "n").iterdir() if p.name.endswith("_encoder")]
     assert manifest["precision"] == "cpu-default" and "HINT_BF16" not in load_config(enc_dir).parameters
     build_repository(serve_exports[:1], tmp_path / "n", target="xeon", runtime="openvino-native", precision="bf16")
@@ -203,25 +203,26 @@ def test_bad_arguments_are_one_line_errors(serve_exports, tmp_path, kwargs, mess
 
 
 def test_encoder_artifact_follows_runtime_and_precision(serve_exports, tmp_path):
+    from ofaserve.core.manifests import ExportManifest
     from ofaserve.serve.repository import encoder_artifact
     arts = {"onnx": "a", "onnx_ort_fused": "b", "openvino_int8": "c.xml", "paddle_static": "d"}
-    m = {"artifacts": arts}
+    m = ExportManifest(artifacts=arts)
     assert encoder_artifact(m, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
     assert encoder_artifact(m, "cpu", "openvino", "int8") == "openvino_int8"  # NNCF's INT8 IR
-    with_packed_int8 = {"artifacts": {**arts, "onnx_packed": "e", "openvino_packed_int8": "f.xml"}}
+    with_packed_int8 = ExportManifest(artifacts={**arts, "onnx_packed": "e", "openvino_packed_int8": "f.xml"})
     assert encoder_artifact(with_packed_int8, "cpu", "openvino", "int8") == "openvino_packed_int8"
     assert encoder_artifact(m, "cpu", "openvino", "fp32") == "onnx"  # contrib ops: ORT only
-    packed = {"artifacts": {**arts, "onnx_packed": "e"}}
+    packed = ExportManifest(artifacts={**arts, "onnx_packed": "e"})
     assert encoder_artifact(packed, "cpu", "openvino", "bf16") == "onnx_packed"  # our python encoder packs
     assert encoder_artifact(packed, "xeon", "openvino", "fp32") == "onnx_packed"  # the same python encoder
     assert encoder_artifact(packed, "xeon", "openvino-native", "cpu-default") == "onnx"  # Triton's own cannot pack
     assert encoder_artifact(packed, "cpu", "onnxruntime", "fp32") == "onnx_ort_fused"
     assert encoder_artifact(m, "cpu", "paddle", "fp32") == "paddle_static"
     assert encoder_artifact(m, "gpu", "onnxruntime", "fp16") == "onnx"  # TRT builds FP16 from FP32 ONNX
-    assert encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "onnxruntime", "fp32") == "onnx"
+    assert encoder_artifact(ExportManifest(artifacts={"onnx": "a"}), "cpu", "onnxruntime", "fp32") == "onnx"
     with pytest.raises(OfaserveError, match="shipped no INT8 IR"):
-        encoder_artifact({"artifacts": {"onnx": "a"}}, "cpu", "openvino", "int8")
-    manifest = build_repository(serve_exports, tmp_path / "r", runtime="onnxruntime")
+        encoder_artifact(ExportManifest(artifacts={"onnx": "a"}), "cpu", "openvino", "int8")
+    manifest = build_repository(serve_exports, tmp_path / "r", runtime="onnxruntime").to_dict()
     for model, export in zip(manifest["models"], serve_exports):
         expected = "onnx_ort_fused" if read_manifest(export, "export")["artifacts"].get("onnx_ort_fused") else "onnx"
         assert manifest["models"][model]["encoder_artifact"] == expected

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.tasks import GLUE_TASKS, TaskType, load_task, split_of
+from ofaserve.core.manifests import CompressManifest
+from ofaserve.core.tasks import GLUE_TASKS, TaskType, load_task
 from ofaserve.testing import tiny_pair_task_files, write_csv, write_glue_task
 
 EXPECTED = {  # task: (type, pair, labels, metrics, dev splits)
@@ -106,6 +107,6 @@ def test_every_file_needs_the_same_columns(tmp_path):
 
 def test_later_stages_reload_the_split_compress_used(tmp_path):
     folder = write_glue_task(tmp_path / "mnli", "mnli", n_train=12, n_dev=8)
-    manifest = {"task": "mnli", "labels": ["contradiction", "entailment", "neutral"],
-                "options": {"task_name": "MNLI", "data_dir": str(folder)}}
-    assert len(split_of(manifest, "dev_mismatched")) == 8 and split_of(manifest).text_pairs is not None
+    manifest = CompressManifest(task="mnli", labels=["contradiction", "entailment", "neutral"],
+                                options={"task_name": "MNLI", "data_dir": str(folder)})
+    assert len(manifest.split("dev_mismatched")) == 8 and manifest.split().text_pairs is not None

@@ -59,7 +59,7 @@ def built(exports, tmp_path_factory):
     for (target, runtime, precision), key in zip(VARIANTS, IDS):
         try:
             out[key] = (build_repository(exports, root / key, target=target, runtime=runtime, precision=precision,
-                                         max_batch_size=MAX_BATCH), root / key)
+                                         max_batch_size=MAX_BATCH).to_dict(), root / key)
         except OfaserveError as e:
             out[key] = e
     return out
@@ -456,7 +456,7 @@ def test_native_openvino_on_the_real_backend(exports, tmp_path):
                             extra_backends=(backend,))
 
     manifest = build_repository(exports[:1], tmp_path / "new", target="xeon", runtime="openvino-native",
-                                max_batch_size=16)
+                                max_batch_size=16).to_dict()
     (model,) = manifest["models"]
     with server(tmp_path / "new") as srv:
         answers = classify(SENTENCES, url=srv.grpc_url, model=model, batch_size=3)

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.manifests import read_manifest
+from ofaserve.core.manifests import CompressManifest, read_manifest
 from ofaserve.core.files import write_json
-from ofaserve.core.tables import results_table
 
 
 def accuracy_record(manifest: dict, command: str) -> dict:
@@ -53,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     record = accuracy_record(manifest, args.command)
+    table = CompressManifest.from_dict(manifest).results_table()
     write_json(args.output, record)
     md = Path(args.output).with_suffix(".md")
     md.write_text(f"# Accuracy per width ({manifest['task']})\n\n{record['date']} on {record['machine']['cpu']} "
-                  f"({record['machine']['cores']} cores)\n\n`{args.command}`\n\n{results_table(manifest)}\n")
-    print(results_table(manifest))
+                  f"({record['machine']['cores']} cores)\n\n`{args.command}`\n\n{table}\n")
+    print(table)
     print(f"\nwrote {args.output} and {md}")
     return 0
 

@@ -65,12 +65,13 @@ def compare(compress_dir: Path) -> dict:
     from ofaserve.compress.train import model_logits_fn, supernet_logits_fn
     from ofaserve.core.machine import machine_info
     from ofaserve.core.width import Width
-    from ofaserve.core.tasks import split_of
+    from ofaserve.core.manifests import CompressManifest
     from ofaserve.core.tokenizer import encode_batch, load_tokenizer
 
     m, teacher, supernet = _load(compress_dir)
     tokenizer = load_tokenizer(compress_dir / m["tokenizer"]["tokenizer_json"], m["max_seq_length"])
-    splits = {"dev": split_of(m, "dev"), "test": split_of(m, "test")}
+    typed = CompressManifest.from_dict(m)
+    splits = {"dev": typed.split("dev"), "test": typed.split("test")}
     probe = encode_batch(tokenizer, splits["dev"].texts[:16])
     models = {"teacher": (model_logits_fn(teacher), lambda s: s.teacher(teacher))}
     for w in supernet.widths:

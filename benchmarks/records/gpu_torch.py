@@ -181,7 +181,7 @@ def _pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, bi
     from ofaserve.core.manifests import now_iso, read_manifest
     from ofaserve.core.files import write_json
     from ofaserve.core.outputs import atomic_output_dir
-    from ofaserve.core.tasks import split_of
+    from ofaserve.core.manifests import CompressManifest
     from ofaserve.core.tokenizer import load_tokenizer
     from ofaserve.runtime.runtimes import load_runner
 
@@ -193,7 +193,7 @@ def _pack(export_dirs: list[str], output: str, batch_size: int, seq_len: int, bi
         if m["max_seq_length"] != first["max_seq_length"]:
             raise OfaserveError("the exports truncate differently (max_seq_length); re-export one of them")
     # the dev split the compress stage evaluated on, read from its manifest (csv tasks too)
-    dev = split_of(read_manifest(first["source"]["compress_dir"], stage="compress"))
+    dev = CompressManifest.read(first["source"]["compress_dir"]).split("dev")
     texts, labels = dev.texts, dev.labels
     tok = load_tokenizer(Path(export_dirs[0]) / first["artifacts"]["tokenizer"], first["max_seq_length"])
     pad = first["pad_token_id"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.manifests import read_manifest
+from ofaserve.core.manifests import ExportManifest
 from ofaserve.core.outputs import lock_path
 
 from ofaserve.benchmarks.reliability.probes import ROOT, ofaserve_command, wait_until
@@ -116,9 +116,8 @@ def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = 
 
 def export_ok(out: Path) -> bool:
     try:
-        m = read_manifest(out, "export")
-        return all((out / rel).is_file() for k, rel in m["artifacts"].items()
-                   if k in ("onnx", "tokenizer") and rel)
+        m = ExportManifest.read(out)
+        return all(m.artifact(out, k).is_file() for k in ("onnx", "tokenizer"))
     except Exception:
         return False
 
@@ -163,7 +162,7 @@ def find_real_export() -> Path | None:
 
 
 def describe_export(export: Path, kind: str) -> dict[str, Any]:
-    m = read_manifest(export, "export")
-    return {"kind": kind, "path": str(export), "width_mult": m.get("width_mult"), "model_type": m.get("model_type"),
-            "max_seq_length": m.get("max_seq_length"), "vocab_size": m.get("vocab_size"),
-            "params": (m.get("params") or {}).get("total"), "source": m.get("source") or m.get("compress_dir")}
+    m = ExportManifest.read(export)
+    return {"kind": kind, "path": str(export), "width_mult": m.width_mult, "model_type": m.model_type,
+            "max_seq_length": m.max_seq_length, "vocab_size": m.vocab_size, "params": m.params.get("total"),
+            "source": m.source}

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any, Iterable
 
-from ofaserve.core.manifests import read_manifest
+from ofaserve.core.manifests import ExportManifest
 
 from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_ok, describe_export, interrupt_export, run_export
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
@@ -24,11 +24,11 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
     tag = kind.split()[0]  # short name for paths and log lines; ``kind`` describes the model
     repo = work / f"repo_{tag}"
     manifest = build_repository([export], repo, target="cpu")
-    (model,) = manifest["models"]
-    info = manifest["models"][model]
+    (model,) = manifest.models
+    info = manifest.models[model]
     texts = dev_sentences()
     out: dict[str, Any] = {"model": describe_export(export, kind), "served_name": model,
-                           "repository": {k: manifest[k] for k in ("target", "runtime", "precision",
+                           "repository": {k: getattr(manifest, k) for k in ("target", "runtime", "precision",
                                                                    "max_batch_size", "encoder_instances",
                                                                    "encoder_threads")}}
     p = free_ports()
@@ -51,8 +51,7 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
         out["shm_growth"] = shm_growth_sweep(srv.grpc_url, model, srv.process.pid)
         good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
         reference = answers(srv.grpc_url, model, good_batches)
-        cases = bad_input_cases(manifest["max_batch_size"], info["max_seq_length"],
-                                read_manifest(export, "export")["vocab_size"])
+        cases = bad_input_cases(manifest.max_batch_size, info.max_seq_length, ExportManifest.read(export).vocab_size)
         case_ref = case_references(srv.grpc_url, model, cases)
         print(f"[{tag}] bad input concurrent with good traffic", flush=True)
         mixed = mixed_traffic(srv.grpc_url, model, good_batches, reference, cases, case_ref,
@@ -72,7 +71,7 @@ def scenario_memory_growth(export: Path, kind: str, work: Path, args) -> dict[st
     repo = work / f"repo_memory_{tag}"
     # fp32 pinned: memory growth does not depend on the precision, and precision auto would
     # time every candidate first
-    (model,) = build_repository([export], repo, target="cpu", precision="fp32")["models"]
+    (model,) = build_repository([export], repo, target="cpu", precision="fp32").models
     print(f"[{tag}] memory growth: {args.memory_requests} requests x {args.batch_size} sentences, concurrency "
           f"{args.concurrency}, on the repository and on a copy with a leaking encoder (the control)", flush=True)
     r = memory_growth_check(repo, model, dev_sentences(), work, n_requests=args.memory_requests,
@@ -87,7 +86,7 @@ def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
     from ofaserve.serve.repository import build_repository
     repo = work / "repo_faults"
     manifest = build_repository([export], repo, target="cpu")
-    (model,) = manifest["models"]
+    (model,) = manifest.models
     texts = dev_sentences(64)
     batches = [texts[i:i + 4] for i in range(0, 64, 4)]
     out: dict[str, Any] = {}
@@ -131,7 +130,7 @@ def scenario_shm_fresh(export: Path, work: Path, sizes_mb: Iterable[float] = (1,
     from ofaserve.serve.repository import build_repository
     from ofaserve.serve.server import TritonServer
     repo = work / "repo_shm"
-    (model,) = build_repository([export], repo, target="cpu")["models"]
+    (model,) = build_repository([export], repo, target="cpu").models
     rows = []
     for mb in sizes_mb:
         p = free_ports()

@@ -1,17 +1,16 @@
 """Tables printed by several stages, from their manifests."""
 from __future__ import annotations
 
-from ofaserve.core.tasks import TaskType, spec_of
+from ofaserve.core.tasks import TaskSpec, TaskType
 
 _SHORT = {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 _SPLIT_ORDER = ("dev", "dev_mismatched", "test")
 
 
-def results_table(manifest: dict) -> str:
-    """The metrics-per-width table (markdown) of a compress manifest: every metric of the
-    task on every evaluation split, and each width's difference from the teacher in the main
-    metric on the report split with its 95% interval."""
-    res, spec = manifest["results"], spec_of(manifest)
+def results_table(res: dict, spec: TaskSpec) -> str:
+    """The metrics-per-width table (markdown) of a compress run's ``results``: every metric of
+    the task on every evaluation split, and each width's difference from the teacher in the
+    main metric on the report split with its 95% interval."""
     splits = [s for s in _SPLIT_ORDER if s in res["teacher"]]
     splits += [s for s in res["teacher"] if s not in splits]
     report = res.get("report_split", "test")
@@ -32,12 +31,11 @@ def results_table(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def learning_warning(manifest: dict) -> str | None:
+def learning_warning(res: dict, spec: TaskSpec) -> str | None:
     """A warning when the teacher did not learn the task: its dev accuracy within a point of
     always answering the majority class (classification), or its dev correlation near zero
     (regression). Then every width shows the same number and the table says nothing about
     compression (a budget that left too few training steps does this)."""
-    res, spec = manifest["results"], spec_of(manifest)
     dev = res["teacher"]["dev"]
     advice = "give training more time (a larger --budget_min, or --budget_min 0 for the whole profile)"
     if spec.type == TaskType.REGRESSION:

@@ -391,28 +391,3 @@ def load_task(task_name: str | None, train_file: str | None = None, dev_file: st
     if data_dir:
         raise OfaserveError(f"--data_dir applies to GLUE tasks, not {task_name}")
     return TASKS[task_name]()
-
-
-def spec_of(manifest: dict) -> TaskSpec:
-    """The task a compress or export manifest was made for (manifests written before the
-    task spec was recorded: a classification task with accuracy and F1)."""
-    if manifest.get("task_spec"):
-        return TaskSpec.from_dict(manifest["task_spec"])
-    task = manifest.get("task") or (manifest.get("source") or {}).get("task") or "csv"
-    return TaskSpec(task, labels=tuple(manifest["labels"]))
-
-
-def split_of(compress_manifest: dict, split: str = "dev") -> Split:
-    """One split of the task the compress stage ran on, reloaded from what its manifest
-    records (a bundled task, GLUE files, or the user's CSV files), checked against its labels."""
-    opts = compress_manifest.get("options") or {}
-    task = opts.get("task_name") or compress_manifest.get("task")
-    try:
-        data = load_task(task, opts.get("train_file"), opts.get("dev_file"), opts.get("test_file"),
-                         data_dir=opts.get("data_dir"), task_type=opts.get("task_type"))
-    except OfaserveError as e:
-        raise OfaserveError(f"cannot load the {split} sentences the compress stage used: {e}") from e
-    if list(data.labels) != list(compress_manifest["labels"]):
-        raise OfaserveError(f"the task's labels {data.labels} differ from the compress manifest's "
-                            f"{compress_manifest['labels']}")
-    return data.split(split)
