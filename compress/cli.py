@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ofaserve compress",
         description="Fine-tune the pretrained BERT on the task (the teacher), reorder attention heads and FFN "
                     "neurons by importance, then train it as a PaddleSlim once-for-all supernet over widths, "
-                    "distilled from the teacher. Every width is evaluated on dev (accuracy, F1).",
+                    "distilled from the teacher. Every width is evaluated on dev with the task's metrics (see --task_name).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="preset: quick (~10 min on 2 CPU cores: 2,000 sentences, 1 OFA epoch) or full (all "
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
     p.add_argument("--max_seq_length", type=int, default=None,
                    help="truncate sentences to this many WordPiece tokens (batches pad to their longest) "
-                        "[default 64; 99%% of the task's sentences fit in 55]")
+                        "[default 64, which 99%% of rt-polarity's sentences fit in; GLUE's pair tasks want 128]")
     p.add_argument("--batch_size", type=int, default=32, help="sentences per training step")
     p.add_argument("--learning_rate", type=float, default=None,
                    help="OFA training learning rate (AdamW) [default 3e-5]")

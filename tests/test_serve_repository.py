@@ -407,6 +407,7 @@ def test_every_command_explains_its_flags(command, capsys):
                                          ("benchmarks.records.compare", ["--help"]),
                                          ("benchmarks.records.accuracy", ["--help"]),
                                          ("benchmarks.records.served_accuracy", ["--help"]),
+                                         ("benchmarks.records.task_run", ["--help"]),
                                          ("benchmarks.records.compress_measure", ["--help"]),
                                          ("benchmarks.records.gpu_torch", ["pack", "--help"]),
                                          ("benchmarks.records.gpu_torch", ["run", "--help"])])

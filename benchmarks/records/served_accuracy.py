@@ -1,14 +1,15 @@
-"""Accuracy through the server: every dev sentence sent as text to the served text model
-(ensemble or fused) over gRPC, compared with the served encoder's own runner (its runtime,
-precision and model file) and with the exported FP32 ONNX model, both run in-process on
-the same sentences.
+"""The task's metric through the server: every dev input (a sentence, or a sentence pair)
+sent as text to the served text model (ensemble or fused) over gRPC, compared with the
+served encoder's own runner (its runtime, precision and model file) and with the exported
+FP32 ONNX model, both run in-process on the same inputs.
 
     python -m benchmarks.records.served_accuracy --model_repository runs/full/model_repository \
         --export_dir runs/full/export/w0.6667 --model bert_w67 --output benchmarks/results/served_accuracy.json
 
-Reports served accuracy vs the export manifest's dev accuracy, and the max abs difference
-between served PROBS and the in-process ONNX Runtime softmax (same tokenizer file, same
-truncation, the same batches of 16).
+Reports the served dev score (every metric of the task; its main metric first) against the
+export manifest's dev score, and the largest difference between what the server answered
+(PROBS, or SCORE for a regression task) and the in-process ONNX Runtime outputs (same
+tokenizer file, same truncation, the same batches of 16).
 """
 from __future__ import annotations
 
@@ -18,89 +19,114 @@ from pathlib import Path
 
 import numpy as np
 
+from ofaserve.benchmarks.inprocess import read_config_parameters
+from ofaserve.core.files import write_json
+from ofaserve.core.machine import machine_info
+from ofaserve.core.manifests import CompressManifest, ExportManifest, now_iso
+from ofaserve.core.metrics import predictions, score
+from ofaserve.core.tasks import Split, TaskSpec, TaskType
+from ofaserve.core.tokenizer import encode_batch, load_tokenizer
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_repository", required=True, help="repository to serve (the bundled server is started)")
     p.add_argument("--export_dir", required=True, help="the export folder the served model was built from")
     p.add_argument("--model", required=True, help="text model name, e.g. bert_w67")
-    p.add_argument("--batch_size", type=int, default=16, help="sentences per gRPC request")
+    p.add_argument("--batch_size", type=int, default=16, help="inputs per gRPC request")
     p.add_argument("--output", help="write the record (JSON) here")
     p.add_argument("--extra_backend", action="append", default=[], metavar="DIR",
                    help="a native Triton backend folder (holding libtriton_<name>.so, built for Triton 2.51) "
                         "to serve next to the python backend, e.g. the openvino backend (repeatable)")
     args = p.parse_args(argv)
-
-    import onnxruntime as ort
-    from sklearn.metrics import accuracy_score
-
-    from ofaserve.benchmarks.inprocess import read_config_parameters
-    from ofaserve.core.machine import machine_info
-    from ofaserve.core.manifests import now_iso, read_manifest
-    from ofaserve.core.files import write_json
-    from ofaserve.core.tasks import load_task
-    from ofaserve.core.tokenizer import encode_batch, load_tokenizer
-    from ofaserve.serve.client import classify
-    from ofaserve.serve.server import TritonServer, free_port
-
-    manifest = read_manifest(args.export_dir, stage="export")
-    dev = load_task(manifest["source"]["task"]).split("dev")
-    texts, labels = dev.texts, dev.labels
-    tok = load_tokenizer(Path(args.export_dir) / manifest["artifacts"]["tokenizer"], manifest["max_seq_length"])
-    session = ort.InferenceSession(f"{args.export_dir}/{manifest['artifacts']['onnx']}",
-                                   providers=["CPUExecutionProvider"])
-    batches = [encode_batch(tok, texts[start:start + args.batch_size], pad_id=manifest["pad_token_id"])
-               for start in range(0, len(texts), args.batch_size)]
-    local = _softmax(np.concatenate([session.run(["logits"], {"input_ids": i, "token_type_ids": t})[0]
-                                     for i, t in batches]))
-    # the served encoder's own runner (runtime, precision, model file of its config), in-process
-    served_runner, served_params = _served_runner(args.model_repository, args.model)
-    same = (_softmax(np.concatenate([served_runner(i, t) for i, t in batches]))
-            if served_runner is not None else None)
-
-    with TritonServer(args.model_repository, grpc_port=free_port(), http_port=free_port(),
-                      metrics_port=free_port(), extra_backends=tuple(args.extra_backend)) as server:
-        answers = classify(texts, url=server.grpc_url, model=args.model, batch_size=args.batch_size)
-    names = manifest["labels"]
-    served = np.array([[a["probs"][n] for n in names] for a in answers], dtype=np.float32)
-    served_labels = [a["label"] for a in answers]
-    assert served_labels == [names[i] for i in served.argmax(-1)], "LABEL must be the argmax of PROBS"
-    record = {
-        "model": args.model, "export_dir": args.export_dir, "width": manifest["width"],
-        "dev_sentences": len(texts),
-        "served_dev_accuracy": float(accuracy_score(labels, served.argmax(-1))),
-        "in_process_onnx_dev_accuracy": float(accuracy_score(labels, local.argmax(-1))),
-        "export_manifest_dev_accuracy": manifest["dev_accuracy"],
-        "max_abs_probs_diff_served_vs_onnx": float(np.abs(served - local).max()),
-        "predictions_differing_served_vs_onnx": int((served.argmax(-1) != local.argmax(-1)).sum()),
-        "served_precision": served_params.get("precision"), "served_model_file": served_params.get("model_file"),
-        **({"in_process_served_runner_dev_accuracy": float(accuracy_score(labels, same.argmax(-1))),
-            "max_abs_probs_diff_served_vs_served_runner": float(np.abs(served - same).max()),
-            "predictions_differing_served_vs_served_runner": int((served.argmax(-1) != same.argmax(-1)).sum())}
-           if same is not None else {}),
-        "export_manifest_precisions": {k: {x: v.get(x) for x in ("accuracy", "test_accuracy", "agreement_with_fp32")}
-                                       for k, v in (manifest.get("precisions") or {}).items() if "accuracy" in v},
-        # what the served model truncates to (the repository's config, not the export's claim)
-        "truncation_served": _served_truncation(args.model_repository, args.model, read_config_parameters),
-        "date": now_iso(), "machine": machine_info(), "command": " ".join(["python -m benchmarks.records.served_accuracy", *(argv or sys.argv[1:])]),
-    }
+    record = measure(args.model_repository, args.export_dir, args.model, args.batch_size, tuple(args.extra_backend))
+    record["command"] = " ".join(["python -m benchmarks.records.served_accuracy", *(argv or sys.argv[1:])])
     for k, v in record.items():
-        if k not in ("machine",):
+        if k != "machine":
             print(f"{k}: {v}")
     if args.output:
         write_json(args.output, record)
     return 0
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def measure(repository: str, export_dir: str, model: str, batch_size: int = 16,
+            extra_backends: tuple[str, ...] = ()) -> dict:
+    """The served dev score of ``model`` against its export's, and the outputs' differences."""
+    import onnxruntime as ort
+
+    from ofaserve.serve.server import TritonServer, free_port
+
+    manifest = ExportManifest.read(export_dir)
+    spec = manifest.spec
+    dev = CompressManifest.read(manifest.source["compress_dir"]).split("dev")
+    tok = load_tokenizer(manifest.artifact(export_dir, "tokenizer"), manifest.max_seq_length)
+    session = ort.InferenceSession(str(manifest.artifact(export_dir, "onnx")), providers=["CPUExecutionProvider"])
+    batches = [encode_batch(tok, dev.inputs(range(start, min(start + batch_size, len(dev)))),
+                            pad_id=manifest.pad_token_id) for start in range(0, len(dev), batch_size)]
+    local = _answers(spec, np.concatenate([session.run(["logits"], {"input_ids": i, "token_type_ids": t})[0]
+                                           for i, t in batches]))
+    # the served encoder's own runner (runtime, precision, model file of its config), in-process
+    served_runner, served_params = _served_runner(repository, model)
+    same = (_answers(spec, np.concatenate([served_runner(i, t) for i, t in batches]))
+            if served_runner is not None else None)
+
+    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(),
+                      metrics_port=free_port(), extra_backends=extra_backends) as server:
+        served = _served_answers(spec, dev, manifest.labels, server.grpc_url, model, batch_size)
+    record = {
+        "model": model, "export_dir": export_dir, "width": manifest.width, "task": spec.name,
+        "task_type": str(spec.type), "metric": spec.main_metric, "dev_inputs": len(dev),
+        "served_dev": score(spec, served, dev.labels),
+        "in_process_onnx_dev": score(spec, local, dev.labels),
+        "export_manifest_dev_score": manifest.dev_score,
+        **_differences(spec, served, local, "onnx"),
+        "served_precision": served_params.get("precision"), "served_model_file": served_params.get("model_file"),
+        **({"in_process_served_runner_dev": score(spec, same, dev.labels), **_differences(spec, served, same, "served_runner")}
+           if same is not None else {}),
+        "export_manifest_precisions": {k: {x: v[x] for x in (spec.main_metric, "delta_vs_fp32", "agreement_with_fp32",
+                                                              "max_abs_score_diff_vs_fp32") if x in v}
+                                       for k, v in manifest.precisions.items() if isinstance(v, dict)},
+        # what the served model truncates to (the repository's config, not the export's claim)
+        "truncation_served": _served_truncation(repository, model),
+        "date": now_iso(), "machine": machine_info(),
+    }
+    return record
+
+
+def _answers(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """What the server answers for these logits: class probabilities, or the score."""
+    if spec.type == TaskType.REGRESSION:
+        return logits.reshape(len(logits), -1)[:, :1].astype(np.float32)
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def _served_answers(spec: TaskSpec, dev: Split, labels: list[str], url: str, model: str,
+                    batch_size: int) -> np.ndarray:
+    """PROBS [n, classes] in the manifest's label order, or SCORE [n, 1], from the server."""
+    from ofaserve.serve.client import classify
+
+    answers = classify(dev.texts, url=url, model=model, batch_size=batch_size, text_pairs=dev.text_pairs)
+    if spec.type == TaskType.REGRESSION:
+        return np.array([[a["score"]] for a in answers], dtype=np.float32)
+    probs = np.array([[a["probs"][n] for n in labels] for a in answers], dtype=np.float32)
+    if [a["label"] for a in answers] != [labels[i] for i in probs.argmax(-1)]:
+        raise SystemExit(f"{model}: a LABEL is not the argmax of its PROBS")
+    return probs
+
+
+def _differences(spec: TaskSpec, served: np.ndarray, other: np.ndarray, name: str) -> dict:
+    out = {f"max_abs_{'score' if spec.type == TaskType.REGRESSION else 'probs'}_diff_served_vs_{name}":
+           float(np.abs(served - other).max())}
+    if spec.type == TaskType.CLASSIFICATION:
+        out[f"predictions_differing_served_vs_{name}"] = int(
+            (predictions(spec, served) != predictions(spec, other)).sum())
+    return out
 
 
 def _served_runner(repository: str, model: str):
     """(runner, parameters) of a python-backend encoder, built from its config exactly as the
     server builds it; (None, {}) for a native backend's encoder."""
-    from ofaserve.benchmarks.inprocess import read_config_parameters
     from ofaserve.runtime.runtimes import runner_from_parameters
 
     encoder = Path(repository) / f"{model}_encoder"
@@ -110,7 +136,7 @@ def _served_runner(repository: str, model: str):
     return runner_from_parameters(encoder / "1", params), params
 
 
-def _served_truncation(repository: str, model: str, read_config_parameters) -> int:
+def _served_truncation(repository: str, model: str) -> int:
     """max_seq_length of the served encoder's config (python encoders), else its tokenizer's
     (native encoders take no parameters of ours)."""
     for suffix in ("_encoder", "_tokenizer"):

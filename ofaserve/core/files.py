@@ -41,7 +41,12 @@ def files_sha256(folder: str | os.PathLike, skip: tuple[str, ...] = ("manifest.j
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically and durably: temp file, fsync, rename, fsync of the folder."""
+    """Write JSON atomically and durably (``write_text``)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically and durably: temp file, fsync, rename, fsync of the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -49,9 +54,8 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be read
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
