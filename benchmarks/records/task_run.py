@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "is comparable with the export's FP32 dev score)")
     p.add_argument("--requests", type=int, default=200, help="bench --requests (per model and concurrency)")
     p.add_argument("--concurrency", default="1,4", help="bench --concurrency")
+    p.add_argument("--stop_after", choices=STAGES, help="run the stages up to this one, then stop (no record)")
+    p.add_argument("--note", default="", help="what else the record should say (e.g. other load on the machine)")
     p.add_argument("--redo", action="append", default=[], choices=STAGES, help="repeat this stage (repeatable)")
     return p
 
@@ -58,45 +60,74 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     commands = _read_json(work / COMMANDS) or {}
-    ofaserve = [sys.executable, "-m", "ofaserve"]
-    compress_dir, repo = work / "compress", work / "model_repository"
     exports = {w: work / "export" / f"w{Width(float(w)).key}" for w in args.widths}
-
-    compress = [*ofaserve, "compress", "--task_name", args.task_name, "--data_dir", args.data_dir,
-                "--model_name_or_path", args.model_name_or_path, "--profile", args.profile,
-                "--max_seq_length", str(args.max_seq_length), *_flags(args.compress_flag),
-                "--output_dir", str(compress_dir), "--overwrite"]
-    _stage(commands, work, "compress", compress, done=_finished(CompressManifest, compress_dir),
-           redo="compress" in args.redo)
-    for w, out in exports.items():
-        _stage(commands, work, f"export {w}",
-               [*ofaserve, "export", "--model_name_or_path", str(compress_dir), "--width_mult", w,
-                "--output_dir", str(out), "--overwrite"],
-               done=_finished(ExportManifest, out), redo="export" in args.redo)
-    _stage(commands, work, "repo",
-           [*ofaserve, "repo", "--export_dir", *map(str, exports.values()), "--target", "cpu", "--precision", args.precision,
-            "--output", str(repo), "--overwrite"], done=_finished(RepoManifest, repo), redo="repo" in args.redo)
-    models = {m.source_export: name for name, m in RepoManifest.read(repo).models.items()}
-    for w, out in exports.items():
-        name = _model_of(models, out)
-        record = work / f"served_{name}.json"
-        _stage(commands, work, f"served {w}",
-               [sys.executable, "-m", "benchmarks.records.served_accuracy", "--model_repository", str(repo),
-                "--export_dir", str(out), "--model", name, "--output", str(record)],
-               done=record.is_file(), redo="served" in args.redo)
-    _stage(commands, work, "bench",
-           [sys.executable, "benchmarks/run.py", "--start_server", "--model_repository", str(repo),
-            "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
-            "--models", ",".join(_model_of(models, out) for out in exports.values()),
-            "--real_text", "--no_fixed", "--compress_dir", str(compress_dir), "--requests", str(args.requests),
-            "--concurrency", args.concurrency, "--output_dir", str(work / "bench"), "--no_progress"],
-           done=(work / "bench" / "report.json").is_file(), redo="bench" in args.redo)
-
-    record = assemble(args, work, commands, exports, models)
+    stages = {"compress": _compress_stage, "export": _export_stage, "repo": _repo_stage,
+              "served": _served_stage, "bench": _bench_stage}
+    for name, run in stages.items():
+        run(args, work, exports, commands)
+        if args.stop_after == name:
+            return 0
+    record = assemble(args, work, commands, exports, _served_models(work))
     write_json(args.output, record)
     write_text(Path(args.output).with_suffix(".md"), render(record))
     print(render(record))
     return 0
+
+
+OFASERVE = [sys.executable, "-m", "ofaserve"]
+
+
+def _compress_stage(args, work: Path, exports: dict[str, Path], commands: dict) -> None:
+    _stage(commands, work, "compress",
+           [*OFASERVE, "compress", "--task_name", args.task_name, "--data_dir", args.data_dir,
+            "--model_name_or_path", args.model_name_or_path, "--profile", args.profile,
+            "--max_seq_length", str(args.max_seq_length), *_flags(args.compress_flag),
+            "--output_dir", str(work / "compress"), "--overwrite"],
+           done=_finished(CompressManifest, work / "compress"), redo="compress" in args.redo)
+
+
+def _export_stage(args, work: Path, exports: dict[str, Path], commands: dict) -> None:
+    for w, out in exports.items():
+        _stage(commands, work, f"export {w}",
+               [*OFASERVE, "export", "--model_name_or_path", str(work / "compress"), "--width_mult", w,
+                "--output_dir", str(out), "--overwrite"],
+               done=_finished(ExportManifest, out), redo="export" in args.redo)
+
+
+def _repo_stage(args, work: Path, exports: dict[str, Path], commands: dict) -> None:
+    repo = work / "model_repository"
+    _stage(commands, work, "repo",
+           [*OFASERVE, "repo", "--export_dir", *map(str, exports.values()), "--target", "cpu",
+            "--precision", args.precision, "--output", str(repo), "--overwrite"],
+           done=_finished(RepoManifest, repo), redo="repo" in args.redo)
+
+
+def _served_models(work: Path) -> dict[str, str]:
+    """export folder name -> the text model the repository serves it as."""
+    return {m.source_export: name for name, m in RepoManifest.read(work / "model_repository").models.items()}
+
+
+def _served_stage(args, work: Path, exports: dict[str, Path], commands: dict) -> None:
+    models = _served_models(work)
+    for w, out in exports.items():
+        name = _model_of(models, out)
+        record = work / f"served_{name}.json"
+        _stage(commands, work, f"served {w}",
+               [sys.executable, "-m", "benchmarks.records.served_accuracy",
+                "--model_repository", str(work / "model_repository"), "--export_dir", str(out), "--model", name,
+                "--output", str(record)],
+               done=record.is_file(), redo="served" in args.redo)
+
+
+def _bench_stage(args, work: Path, exports: dict[str, Path], commands: dict) -> None:
+    models = _served_models(work)
+    _stage(commands, work, "bench",
+           [sys.executable, "benchmarks/run.py", "--start_server", "--model_repository", str(work / "model_repository"),
+            "--grpc_port", str(free_port()), "--http_port", str(free_port()), "--metrics_port", str(free_port()),
+            "--models", ",".join(_model_of(models, out) for out in exports.values()),
+            "--real_text", "--no_fixed", "--compress_dir", str(work / "compress"), "--requests", str(args.requests),
+            "--concurrency", args.concurrency, "--output_dir", str(work / "bench"), "--no_progress"],
+           done=(work / "bench" / "report.json").is_file(), redo="bench" in args.redo)
 
 
 def _flags(pairs: list[str]) -> list[str]:
@@ -160,7 +191,7 @@ def assemble(args, work: Path, commands: dict, exports: dict[str, Path], models:
                 "the task's metric per width and served, bench latency on the task's dev inputs",
         "task": cm.spec.to_dict(), "data_source": args.source, "data_files": _files(args.data_dir),
         "rows": {s: len(cm.split(s)) for s in ("train", "dev") if cm.has_split(s)},
-        "profile": args.profile, "metric": metric,
+        "profile": args.profile, "metric": metric, **({"note": args.note} if args.note else {}),
         "compress": {"results": cm.results, "options": cm.options, "phases": cm.phases,
                      "table": cm.results_table()},
         "exports": {w: {"dev_score": (m := ExportManifest.read(out)).dev_score, "params": m.params,
@@ -185,7 +216,8 @@ def render(record: dict) -> str:
     cpu = f"{record['machine'].get('cpu') or 'unknown CPU'} ({record['cpu_capabilities']})"
     out = [f"# {record['task']['name']}: compress -> export -> served -> bench ({record['profile']} profile)", "",
            f"- data: {record['data_source']}; rows {record['rows']}",
-           f"- machine: {cpu}; date {record['date']}", f"- command: `{record['command']}`", "",
+           f"- machine: {cpu}; date {record['date']}", f"- command: `{record['command']}`",
+           *([f"- note: {record['note']}"] if record.get("note") else []), "",
            "## Dev metric per width (teacher = the model compress started from, fine-tuned on the task)", "",
            record["compress"]["table"], "", f"## Served over gRPC vs the export's dev {metric}", "",
            f"| width | model | served dev {metric} | export dev {metric} | equal | max abs diff vs ONNX |",
