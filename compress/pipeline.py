@@ -204,6 +204,7 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     import paddle
 
     from ofaserve.compress.bert import classifier_from, head_for_task, read_pretrained
+    from ofaserve.compress.submodel import check_widths_fit
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import make_tokenizer
 
@@ -220,6 +221,7 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     source = read_pretrained(opts.model_name_or_path)
     head, head_record = (None, None) if source.head is None or opts.new_head else head_for_task(source, data.spec)
     teacher, config = classifier_from(source, data.spec.num_outputs, head, seed=opts.seed)
+    check_widths_fit(widths, config)
     model_dir = source.folder
     partial = fresh_work_dir(out, stage="compress", resume=opts.resume or not main)
     _seed_everything(opts.seed)

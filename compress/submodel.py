@@ -26,6 +26,21 @@ WEIGHTS_FILE = "model_state.pdparams"
 
 
 # ----------------------------------------------------------------------------- config
+def check_widths_fit(widths: list[float], base_config: dict[str, Any]) -> None:
+    """Each width must keep whole attention heads: PaddleSlim slices the q/k/v projections to
+    ``int(width * hidden_size)`` outputs, which the attention then splits into heads of the
+    full model's head size."""
+    hidden, heads = int(base_config["hidden_size"]), int(base_config["num_attention_heads"])
+    head_dim = hidden // heads
+    bad = [w for w in widths if int(w * hidden) % head_dim]
+    if bad:
+        fitting = " ".join(f"{w:.4g}" for w in (1.0, 5 / 6, 3 / 4, 2 / 3, 1 / 2, 1 / 4) if not int(w * hidden) % head_dim)
+        raise OfaserveError(
+            f"width(s) {', '.join(f'{w:.4g}' for w in bad)} keep part of an attention head of this model "
+            f"({heads} heads of {head_dim} in {hidden}: width x {hidden} must be a multiple of {head_dim}); "
+            f"use widths that are multiples of 1/{heads}, e.g. {fitting}")
+
+
 def sub_config_from_state(base_config: dict[str, Any], state: dict[str, Any], width_mult: float) -> dict[str, Any]:
     """Per-layer heads / head_dim / FFN size read off the sliced weights' shapes."""
     hidden = int(base_config["hidden_size"])

@@ -71,13 +71,15 @@ def write_tiny_hf_checkpoint(folder: str | Path, texts: list[str], *, hidden: in
 
 
 def write_tiny_hf_classifier(folder: str | Path, texts: list[str], id2label: dict[int, str] | None = None,
-                             problem_type: str | None = None, lowercase: bool = True, seed: int = 1) -> Path:
+                             problem_type: str | None = None, lowercase: bool = True, seed: int = 1,
+                             **shape: int) -> Path:
     """A Hugging Face ``BertForSequenceClassification`` folder as ``save_pretrained`` writes
     it (``bert.``-prefixed tensors, ``classifier.*`` [outputs, hidden], config.json with
-    architectures, id2label/label2id, problem_type; tokenizer_config.json), random weights."""
+    architectures, id2label/label2id, problem_type; tokenizer_config.json), random weights;
+    ``shape``: ``write_tiny_hf_checkpoint``'s sizes (hidden, heads, ...)."""
     from safetensors.numpy import load_file, save_file
 
-    folder = write_tiny_hf_checkpoint(folder, texts, seed=seed)
+    folder = write_tiny_hf_checkpoint(folder, texts, seed=seed, **shape)
     id2label = id2label or {0: "LABEL_0", 1: "LABEL_1"}
     tensors = {f"bert.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
     rng = np.random.default_rng(seed + 100)

@@ -125,3 +125,40 @@ def test_what_is_not_a_usable_bert_is_one_error(tmp_path, task_files, case, mess
     with pytest.raises(OfaserveError, match=message):
         _compress(folder, task_files, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_tutorials_qqp_command_line_runs(tmp_path):
+    """The tutorial's QQP command as typed (a fine-tuned classifier, GLUE's files, its flags),
+    through the CLI: the classifier is the teacher as it is, OFA trains with the given
+    recipe and every width is scored with QQP's metrics. Tiny model, tiny files."""
+    from ofaserve.compress import cli as compress_cli
+    from ofaserve.core.manifests import CompressManifest
+    from ofaserve.core.tasks import load_task
+    from ofaserve.testing import write_glue_task
+
+    data = write_glue_task(tmp_path / "QQP", "qqp", n_train=64, n_dev=32)
+    train = load_task("qqp", data_dir=str(data)).split("train")
+    # 6 heads of 8: the tutorial's widths keep whole heads (5, 4 and 3 of them)
+    model = write_tiny_hf_classifier(tmp_path / "finetuned", train.texts + train.text_pairs, hidden=48, heads=6)
+    widths = ["1.0", "0.8333333333333334", "0.6666666666666666", "0.5"]
+    code = compress_cli.main(["--task_name", "QQP", "--data_dir", str(data), "--model_name_or_path", str(model),
+                              "--max_seq_length", "128", "--batch_size", "32", "--learning_rate", "2e-5",
+                              "--num_train_epochs", "6", "--width_mult_list", *widths,
+                              "--output_dir", str(tmp_path / "out"), "--importance_samples", "32", "--no_progress"])
+    assert code == 0
+    m = CompressManifest.read(tmp_path / "out")
+    assert m.spec.name == "qqp" and m.spec.metrics[:2] == ("accuracy", "f1")
+    assert m.phases["teacher"]["steps"] == 0 and m.phases["teacher"]["head"]["matched"].startswith("by position")
+    assert m.options["learning_rate"] == 2e-5 and m.options["num_train_epochs"] == 6
+    assert m.options["batch_size"] == 32 and m.max_seq_length == 128
+    assert m.phases["ofa"]["train"]["steps"] == 6 * 2  # 64 pairs, batch 32, 6 epochs
+    assert sorted(m.dev_scores()["widths"]) == sorted(float(w) for w in widths)
+
+
+def test_widths_that_split_an_attention_head_are_one_error(tmp_path, task_files):
+    """4 heads of 16: width 0.8333 would keep 53 of 64 attention dims, 3.3 heads."""
+    with pytest.raises(OfaserveError, match=r"width\(s\) 0.8333 keep part of an attention head .*4 heads of 16.*"
+                                            r"e\.g\. 1 0\.75 0\.5 0\.25"):
+        _compress(tiny_hf := write_tiny_hf_checkpoint(tmp_path / "hf", _texts(task_files[0])), task_files,
+                  tmp_path / "c", width_mult_list=[1.0, 0.8333333333333334, 0.5])
+    assert tiny_hf.is_dir() and not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
