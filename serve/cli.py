@@ -58,7 +58,9 @@ def repo_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="bert", help="model name prefix (default: bert)")
     p.add_argument("--max_batch_size", type=int, default=64, help="max batch size of every model (default: 64)")
     p.add_argument("--instances", type=int, default=None,
-                   help="encoder instances (default: 1; each gets cores/instances threads)")
+                   help="encoder instances (and fused-model instances; default: 2 with a queue limit, at least 2 "
+                        "there: Triton's batcher stalls after each batch of a lone instance whose queue is full; 1 "
+                        "with --max_queue_size 0; each gets cores/instances threads)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads per encoder instance (default: cores / instances)")
     p.add_argument("--runtime", choices=_choices(RUNTIMES), default=None, help=RUNTIME_HELP)
@@ -84,9 +86,10 @@ def repo_parser() -> argparse.ArgumentParser:
                              "any text is decoded (default: --max_batch_size rows of --max_text_bytes, twice that "
                              "for a sentence-pair model)")
     limits.add_argument("--max_queue_size", type=int, default=None,
-                        help="requests that may wait for each model (tokenizer, encoder, postprocess, fused model); "
-                             "Triton refuses more at once with 'Exceeds maximum queue size' (default: "
-                             "--max_batch_size: one full batch of one-sentence requests behind the running one)")
+                        help="requests that may wait for the tokenizer, the encoder and the fused model each; Triton "
+                             "refuses more at once with 'Exceeds maximum queue size' (default: --max_batch_size: one "
+                             "full batch of one-sentence requests behind the running ones; 0: no limit). The "
+                             "tokenizer gets two instances under a limit or timeout")
     limits.add_argument("--queue_timeout_ms", type=float, default=0.0,
                         help="a request that waited this long in a queue is refused ('Request timeout expired'); "
                              "0: no timeout (default; how long a batch runs depends on the serving CPU)")

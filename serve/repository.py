@@ -113,24 +113,49 @@ def _base(name: str, max_batch_size: int, *, backend: str = "", platform: str = 
     return config
 
 
+# Instances of a model that has a queue policy. Any policy turns off the dynamic batcher's
+# payload prefetching (Triton core scheduler_utils.cc: support_prefetching_ needs no timeout and
+# max_queue_size 0), and then a batch is formed only for an instance already waiting for one
+# (rate_limiter.cc PayloadSlotAvailable). An instance that finishes wakes the batcher before it
+# waits again (payload.cc Execute, then DequeuePayload), and a request refused by a full queue
+# wakes nothing (dynamic_batch_scheduler.cc Enqueue): with one instance and a full queue the
+# batcher sleeps out its 500 ms default wait after every batch (measured on 2.51: goodput fell
+# to a tenth under overload; the same code is in Triton's main branch). With two, the one that
+# finishes next wakes the batcher for the other.
+QUEUED_MODEL_INSTANCES = 2
+
+
 @dataclass(frozen=True)
 class QueuePolicy:
-    """How many requests may wait for each batching model, and for how long, before Triton
-    refuses more (``UNAVAILABLE``: "Exceeds maximum queue size", "Request timeout expired").
+    """How many requests may wait for the tokenizer, the encoder and the fused model, and for
+    how long, before Triton refuses more (``UNAVAILABLE``: "Exceeds maximum queue size",
+    "Request timeout expired"); ``max_queue_size`` 0 and no timeout: no policy (Triton's
+    unbounded queue).
 
     The default queue holds ``max_batch_size`` requests: one full batch of one-sentence
-    requests waits behind the batch that runs, so an instance never idles for want of work
+    requests waits behind the batches that run, so an instance never idles for want of work
     under load, and an accepted request waits behind at most that many others (plus the
-    batches Triton's scheduler has already handed to the instances). Requests of B rows fill
-    a batch B times sooner, so a full queue of them is about B executions long. No timeout by
+    batches the scheduler has already handed to the instances). Requests of B rows fill a
+    batch B times sooner, so a full queue of them is about B executions long. No timeout by
     default: how long an execution takes depends on the CPU and the model, which the
-    repository does not know; give one (``--queue_timeout_ms``) from a latency target."""
+    repository does not know; give one (``--queue_timeout_ms``) from a latency target. The
+    postprocess model has no policy: it runs on what the encoder answers, so its queue is
+    bounded by the encoder's."""
     max_queue_size: int
     timeout_us: int = 0
 
+    @property
+    def active(self) -> bool:
+        return bool(self.max_queue_size or self.timeout_us)
+
+    @property
+    def instances(self) -> int:
+        """Instances of a model under this policy (``QUEUED_MODEL_INSTANCES`` when active)."""
+        return QUEUED_MODEL_INSTANCES if self.active else 1
+
     def to_dict(self) -> dict[str, Any]:
         return {"max_queue_size": self.max_queue_size, "queue_timeout_ms": self.timeout_us / 1000,
-                "timeout_action": "REJECT"}
+                "timeout_action": "REJECT" if self.active else None, "queued_model_instances": self.instances}
 
 
 @dataclass(frozen=True)
@@ -167,10 +192,13 @@ def _text_limit_params(config: mc.ModelConfig, limits: TextLimits) -> None:
     _param(config, "max_request_bytes", limits.max_request_bytes)
 
 
-def _batching(config: mc.ModelConfig, max_batch_size: int, queue: QueuePolicy) -> None:
+def _batching(config: mc.ModelConfig, max_batch_size: int, queue: QueuePolicy | None = None) -> None:
+    """Dynamic batching, and ``queue``'s policy when it has one."""
     db = config.dynamic_batching
     db.preferred_batch_size.append(min(PREFERRED_BATCH, max_batch_size))
     db.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    if queue is None or not queue.active:
+        return
     policy = db.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
     policy.max_queue_size = queue.max_queue_size
@@ -257,7 +285,7 @@ def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multipl
                           _tensor(mc.ModelOutput, "token_type_ids", "TYPE_INT64", [-1])])
     _batching(config, max_batch_size, queue)
     _text_limit_params(config, limits)
-    _instances(config, 1)
+    _instances(config, queue.instances)
     _param(config, "tokenizer_file", "tokenizer.json")
     _param(config, "max_seq_length", manifest["max_seq_length"])
     _param(config, "pad_token_id", manifest.get("pad_token_id", 0))
@@ -265,13 +293,15 @@ def tokenizer_config(name: str, manifest: dict, max_batch_size: int, pad_multipl
     return config
 
 
-def postprocess_config(name: str, manifest: dict, max_batch_size: int, *, queue: QueuePolicy) -> mc.ModelConfig:
+def postprocess_config(name: str, manifest: dict, max_batch_size: int) -> mc.ModelConfig:
+    """logits -> LABEL, PROBS (or SCORE). No queue policy (``QueuePolicy``): its input comes
+    at the rate the encoder answers."""
     spec = spec_of(manifest)
     config = _base(name, max_batch_size, backend="python")
     config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [spec.num_outputs]))
     _task_outputs(config, spec)
     _task_params(config, spec)
-    _batching(config, max_batch_size, queue)
+    _batching(config, max_batch_size)
     _instances(config, 1)
     return config
 
@@ -551,16 +581,17 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
 
     ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
     backend at precision ``auto``, the fastest candidate that passed the export's accuracy
-    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
-    using every core this process may run on. ``text_pipeline``: the text model {m} is an
+    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to
+    ``QueuePolicy.instances`` encoder instances (two under a queue policy, one without) sharing
+    every core this process may run on. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way. ``output`` is
     checked (and locked) before any work: a new or empty folder, a previous repository, or
     with ``overwrite`` anything else; a README.md in it stays (``REPO_KEEPS``).
     ``max_text_bytes`` / ``max_request_bytes``: bytes of text per row / per request of the
     text models (default per export: ``text_limits``). ``max_queue_size`` (default
-    ``max_batch_size``) and ``queue_timeout_ms`` (default 0: none): the queue policy of every
-    batching model (``QueuePolicy``).
+    ``max_batch_size``; 0: no limit) and ``queue_timeout_ms`` (default 0: none): the queue
+    policy of the tokenizer, the encoder and the fused model (``QueuePolicy``).
     """
     target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)
@@ -570,20 +601,27 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         raise OfaserveError("pass at least one export folder")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise OfaserveError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
-    instances = instances or 1
-    if instances < 1:
+    if instances is not None and instances < 1:
         raise OfaserveError(f"instances must be >= 1, got {instances}")
     if threads is not None and threads < 1:
         raise OfaserveError(f"threads must be >= 1, got {threads}")
     if precision == "auto" and not auto_budget_s > 0:
         raise OfaserveError(f"auto_budget_s must be > 0, got {auto_budget_s}")
-    for flag, value in (("max_text_bytes", max_text_bytes), ("max_request_bytes", max_request_bytes),
-                        ("max_queue_size", max_queue_size)):
+    for flag, value in (("max_text_bytes", max_text_bytes), ("max_request_bytes", max_request_bytes)):
         if value is not None and value < 1:
             raise OfaserveError(f"{flag} must be >= 1, got {value}")
+    if max_queue_size is not None and max_queue_size < 0:
+        raise OfaserveError(f"max_queue_size must be >= 0 (0: no limit), got {max_queue_size}")
     if not queue_timeout_ms >= 0:
         raise OfaserveError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {queue_timeout_ms}")
-    queue = QueuePolicy(max_queue_size or max_batch_size, round(queue_timeout_ms * 1000))
+    queue = QueuePolicy(max_batch_size if max_queue_size is None else max_queue_size, round(queue_timeout_ms * 1000))
+    # Triton's openvino backend loads only without a batch dimension: no batcher, no queue policy.
+    encoder_queue = queue if runtime != "openvino-native" else QueuePolicy(0)
+    if instances is not None and instances < encoder_queue.instances:
+        raise OfaserveError(f"a model with a queue limit needs at least {queue.instances} instances (Triton's batcher "
+                            "stalls for 500 ms after each batch of a single instance whose queue is full): pass "
+                            f"--instances {queue.instances} or more, or --max_queue_size 0 for an unbounded queue")
+    instances = instances or encoder_queue.instances
     threads = threads or max(1, runtimes.default_threads() // instances)
     output = check_output_dir(output, stage=REPO_STAGE, overwrite=overwrite, inputs=export_dirs, keep=REPO_KEEPS)
 
@@ -701,7 +739,7 @@ def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: dict, max
     shutil.copy2(SOURCES / "python_model_io.py", tok / "1" / "python_model_io.py")
     shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
     post = tmp / f"{model}_postprocess"
-    _write(post, postprocess_config(post.name, manifest, max_batch_size, queue=queue))
+    _write(post, postprocess_config(post.name, manifest, max_batch_size))
     shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
     shutil.copy2(SOURCES / "python_model_io.py", post / "1" / "python_model_io.py")
     _write(tmp / model, ensemble_config(model, manifest, max_batch_size, limits))
