@@ -111,6 +111,7 @@ def _overload(repo, model, manifest, texts, rate_per_s=None):
     return r
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("pipeline", ["ensemble", "fused"])
 def test_overload_is_refused_fast_and_accepted_latency_stays_bounded(tiny_export_dir, tmp_path, pipeline):
     texts = traffic.dev_sentences(1024)
