@@ -119,9 +119,9 @@ def _base(name: str, max_batch_size: int, *, backend: str = "", platform: str = 
 # (rate_limiter.cc PayloadSlotAvailable). An instance that finishes wakes the batcher before it
 # waits again (payload.cc Execute, then DequeuePayload), and a request refused by a full queue
 # wakes nothing (dynamic_batch_scheduler.cc Enqueue): with one instance and a full queue the
-# batcher sleeps out its 500 ms default wait after every batch (measured on 2.51: goodput fell
-# to a tenth under overload; the same code is in Triton's main branch). With two, the one that
-# finishes next wakes the batcher for the other.
+# batcher sleeps out its 500 ms default wait after every batch (the same code is in Triton's
+# main branch; the reliability harness's overload scenario runs a lone-instance copy to show
+# it). With two, the one that finishes next usually wakes the batcher for the other.
 QUEUED_MODEL_INSTANCES = 2
 
 

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overload scenario: ofaserve repo --max_queue_size (None: its default)")
     p.add_argument("--overload_instances", type=int, default=None,
                    help="overload scenario: ofaserve repo --instances (None: its default)")
+    p.add_argument("--no_overload_lone_instance", dest="overload_lone_instance", action="store_false",
+                   help="overload scenario: skip the run on a copy whose queued models have one instance each")
     p.add_argument("--oversized_requests", type=int, default=40,
                    help="oversized scenario: requests far over the text limits, sent 4 at a time")
     p.add_argument("--oversized_mib", type=float, default=8.0,

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,3 +231,21 @@ def _latency_over_time(log: list[dict[str, Any]], duration_s: float, windows: in
                     "refused_share": (sum(e["kind"] in REFUSALS for e in part) / len(part)) if part else None,
                     "accepted_p99_ms": float(np.percentile(ok, 99)) if ok else None})
     return out
+
+
+def lone_instance_copy(repo: Path, dest: Path) -> Path:
+    """``repo`` copied to ``dest`` with every model under a queue policy cut to one instance:
+    what the queue policy does without the second instance ``ofaserve repo`` gives it (the
+    batcher's missed wake-up, serve/repository.py QUEUED_MODEL_INSTANCES). The product's
+    files are not touched."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    shutil.copytree(repo, dest)
+    for path in dest.glob("*/config.pbtxt"):
+        config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        if config.dynamic_batching.HasField("default_queue_policy"):
+            for group in config.instance_group:
+                group.count = 1
+            path.write_text(text_format.MessageToString(config))
+    return dest

@@ -183,11 +183,23 @@ def _overload_lines(runs: list[dict[str, Any]]) -> list[str]:
                           f"the open-loop rate above is {o['factor']:g}x that: outcomes {c['open_loop']['counts']}; "
                           f"accepted latency ms: {_lat(c['accepted_latency_ms'])}; over the check's "
                           f"{_fmt(o['accepted_check_ms'], 0)} ms: {c['exceeded_check']}.", "",
-                      "| seconds | sent | accepted p99 ms (control) |", "|---|---|---|"]
-            lines += [f"| {w['from_s']:g}-{w['to_s']:g} | {w['sent']} | {_fmt(w['accepted_p99_ms'], 1)} |"
-                      for w in c["latency_over_time"]]
+                      *_accepted_p99_table("control", c["latency_over_time"])]
+        lone = o.get("lone_instance")
+        if lone and "error" not in lone:
+            lc = lone["open_loop"]["counts"]
+            lines += ["", "Lone-instance copy: the same repository with each queued model cut to one instance "
+                          f"(what two instances avoid), the same rate: outcomes {lc}; answered "
+                          f"{lc['ok'] / lone['open_loop']['duration_s']:.0f} requests/s against "
+                          f"{loop['counts']['ok'] / loop['duration_s']:.0f} with {q['instances']} instances; accepted "
+                          f"latency ms: {_lat(lone['accepted_latency_ms'])}.", "",
+                      *_accepted_p99_table("lone instance", lone["latency_over_time"])]
         lines += ["", "- checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in o["checks"].items()), ""]
     return lines
+
+
+def _accepted_p99_table(label: str, windows: list[dict[str, Any]]) -> list[str]:
+    return ["| seconds | sent | accepted p99 ms (" + label + ") |", "|---|---|---|",
+            *(f"| {w['from_s']:g}-{w['to_s']:g} | {w['sent']} | {_fmt(w['accepted_p99_ms'], 1)} |" for w in windows)]
 
 
 def _oversized_lines(runs: list[dict[str, Any]]) -> list[str]:

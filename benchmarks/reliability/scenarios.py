@@ -13,7 +13,7 @@ from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
                      stub_kill_triton, stub_kill_under_load)
 from ofaserve.benchmarks.reliability.memory import memory_growth_check
-from ofaserve.benchmarks.reliability.overload import overload_run
+from ofaserve.benchmarks.reliability.overload import lone_instance_copy, overload_run
 from ofaserve.benchmarks.reliability.oversized import oversized_check
 from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
 from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
@@ -100,9 +100,10 @@ def scenario_overload(export: Path, kind: str, work: Path, args) -> list[dict[st
         if "error" in control:
             runs.append({**control, "model": describe_export(export, kind)})
             continue
-        r = _overload_on(export, work / f"repo_overload_{tag}_{pipeline}", pipeline, args,
-                         max_queue_size=args.overload_max_queue_size, instances=args.overload_instances,
-                         rate_per_s=control["open_loop"]["rate_per_s"])
+        rate = control["open_loop"]["rate_per_s"]
+        repo = work / f"repo_overload_{tag}_{pipeline}"
+        r = _overload_on(export, repo, pipeline, args, max_queue_size=args.overload_max_queue_size,
+                         instances=args.overload_instances, rate_per_s=rate)
         r["model"] = describe_export(export, kind)
         if "error" not in r:
             exceeded = (r["accepted_check_ms"] is not None
@@ -110,33 +111,56 @@ def scenario_overload(export: Path, kind: str, work: Path, args) -> list[dict[st
             r["control"] = {**control, "exceeded_check": exceeded}
             r["checks"]["control_exceeds_the_bound"] = exceeded
             r["ok"] = all(r["checks"].values())
+            if args.overload_lone_instance:  # why two instances: the same policy with one, same rate
+                lone = _overload_on(export, repo, pipeline, args, max_queue_size=args.overload_max_queue_size,
+                                    instances=args.overload_instances, rate_per_s=rate,
+                                    serve_from=lone_instance_copy(repo, work / f"{repo.name}_lone"))
+                r["lone_instance"] = lone
+                print(f"[{tag}]   lone-instance copy (queue policy, one instance): {_overload_line(lone)}", flush=True)
         print(f"[{tag}]   {_overload_line(r)}", flush=True)
         runs.append(r)
     return runs
 
 
 def _overload_on(export: Path, repo: Path, pipeline: str, args, *, max_queue_size: int | None,
-                 instances: int | None, rate_per_s: float | None = None) -> dict[str, Any]:
+                 instances: int | None, rate_per_s: float | None = None,
+                 serve_from: Path | None = None) -> dict[str, Any]:
+    """One overload run on a repository of ``export`` built at ``repo`` (or, with
+    ``serve_from``, already built there and served from that copy of it)."""
+    from ofaserve.core.manifests import read_manifest
     from ofaserve.serve.repository import build_repository
     from ofaserve.serve.server import TritonServer
-    # fp32 pinned: the queues do not depend on the precision, and auto would time candidates first
-    manifest = build_repository([export], repo, target="cpu", precision="fp32", text_pipeline=pipeline,
-                                max_queue_size=max_queue_size, instances=instances)
+    if serve_from is None:
+        # fp32 pinned: the queues do not depend on the precision, and auto would time candidates first
+        build_repository([export], repo, target="cpu", precision="fp32", text_pipeline=pipeline,
+                         max_queue_size=max_queue_size, instances=instances)
+    served = serve_from or repo
+    manifest = read_manifest(served, stage="repo")
     (model,) = manifest["models"]
     queue = manifest["queue_policy"]
+    instances_served = _encoder_instances(served, model)
     print(f"overload ({pipeline}): {f'{rate_per_s:.0f} requests/s' if rate_per_s else f'{args.overload_factor}x capacity'}"
           f" for {args.overload_seconds} s, {args.batch_size} sentences per request, queue {queue['max_queue_size']}, "
-          f"{manifest['encoder_instances']} encoder instances", flush=True)
+          f"{instances_served} encoder instances", flush=True)
     p = free_ports()
-    with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+    with TritonServer(served, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
         r = overload_run(srv.grpc_url, model, dev_sentences(), batch_size=args.batch_size,
                          max_batch_size=manifest["max_batch_size"], max_queue_size=queue["max_queue_size"],
-                         instances=manifest["encoder_instances"], queue_timeout_ms=queue["queue_timeout_ms"],
+                         instances=instances_served, queue_timeout_ms=queue["queue_timeout_ms"],
                          factor=args.overload_factor, duration_s=args.overload_seconds, rate_per_s=rate_per_s)
     r.update({"served_name": model, "text_pipeline": pipeline,
-              "repository": {k: manifest[k] for k in ("target", "runtime", "precision", "max_batch_size",
-                                                      "encoder_instances", "encoder_threads", "queue_policy")}})
+              "repository": {**{k: manifest[k] for k in ("target", "runtime", "precision", "max_batch_size",
+                                                         "encoder_threads", "queue_policy")},
+                             "encoder_instances": instances_served}})
     return r
+
+
+def _encoder_instances(repo: Path, model: str) -> int:
+    """Instances of the model that encodes (the fused model or the encoder), as served."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+    config = text_format.Parse((repo / f"{model}_encoder" / "config.pbtxt").read_text(), mc.ModelConfig())
+    return sum(g.count for g in config.instance_group)
 
 
 def _overload_line(r: dict[str, Any]) -> str:
