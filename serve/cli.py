@@ -37,7 +37,8 @@ def _choices(per_target: dict[str, tuple[str, ...]]) -> list[str]:
 
 def repo_parser() -> argparse.ArgumentParser:
     from ofaserve.core.vocabulary import Target, TextPipeline
-    from ofaserve.serve.repository import PRECISIONS, RUNTIMES, TARGETS, TEXT_PIPELINES
+    from ofaserve.serve.repository import (MIN_TEXT_BYTES, PRECISIONS, RUNTIMES, TARGETS, TEXT_BYTES_PER_TOKEN,
+                                           TEXT_PIPELINES)
     p = argparse.ArgumentParser(
         prog="ofaserve repo", description="Generate a Triton model repository from `ofaserve export` folders: "
         "per width a tokenizer, an encoder, a postprocess model and an ensemble {name}_w{width%} "
@@ -57,7 +58,9 @@ def repo_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="bert", help="model name prefix (default: bert)")
     p.add_argument("--max_batch_size", type=int, default=64, help="max batch size of every model (default: 64)")
     p.add_argument("--instances", type=int, default=None,
-                   help="encoder instances (default: 1; each gets cores/instances threads)")
+                   help="encoder instances (and fused-model instances; default: 2 with a queue limit, at least 2 "
+                        "there: Triton's batcher stalls after each batch of a lone instance whose queue is full; 1 "
+                        "with --max_queue_size 0; each gets cores/instances threads)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads per encoder instance (default: cores / instances)")
     p.add_argument("--runtime", choices=_choices(RUNTIMES), default=None, help=RUNTIME_HELP)
@@ -70,6 +73,26 @@ def repo_parser() -> argparse.ArgumentParser:
                         "postprocess, three python models; default) or fused (one python model doing all "
                         "three, no hops between stubs; python-backend encoders only: cpu, xeon's openvino, "
                         "gpu's onnxruntime-trt)")
+    limits = p.add_argument_group(
+        "request limits and backpressure", "what the text models and the queues of every batching model admit; "
+        "recorded in the repository's manifest.json (text_limits per model, queue_policy)")
+    limits.add_argument("--max_text_bytes", type=int, default=None,
+                        help="bytes one text (one row of TEXT or TEXT_PAIR) may hold; a request with a longer one is "
+                             f"refused before any text is decoded (default: {TEXT_BYTES_PER_TOKEN} per token of the "
+                             f"export's max_seq_length, which is what the tokenizer keeps, and at least "
+                             f"{MIN_TEXT_BYTES:,})")
+    limits.add_argument("--max_request_bytes", type=int, default=None,
+                        help="bytes of text one request may hold, all rows and inputs together; more is refused before "
+                             "any text is decoded (default: --max_batch_size rows of --max_text_bytes, twice that "
+                             "for a sentence-pair model)")
+    limits.add_argument("--max_queue_size", type=int, default=None,
+                        help="requests that may wait for the tokenizer, the encoder and the fused model each; Triton "
+                             "refuses more at once with 'Exceeds maximum queue size' (default: --max_batch_size: one "
+                             "full batch of one-sentence requests behind the running ones; 0: no limit). The "
+                             "tokenizer gets two instances under a limit or timeout")
+    limits.add_argument("--queue_timeout_ms", type=float, default=0.0,
+                        help="a request that waited this long in a queue is refused ('Request timeout expired'); "
+                             "0: no timeout (default; how long a batch runs depends on the serving CPU)")
     return p
 
 
@@ -82,7 +105,9 @@ def repo_main(argv: list[str]) -> int:
                                  max_batch_size=args.max_batch_size, instances=args.instances,
                                  runtime=args.runtime, precision=args.precision, threads=args.threads,
                                  text_pipeline=args.text_pipeline, auto_budget_s=args.auto_budget_s,
-                                 overwrite=args.overwrite), str(args.output))
+                                 overwrite=args.overwrite, max_text_bytes=args.max_text_bytes,
+                                 max_request_bytes=args.max_request_bytes, max_queue_size=args.max_queue_size,
+                                 queue_timeout_ms=args.queue_timeout_ms), str(args.output))
     if code:
         return code
     served = ", ".join(f"{m} {info.precision}" for m, info in manifest.models.items())

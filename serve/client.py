@@ -3,6 +3,7 @@ probabilities, or a score, out."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -38,11 +39,52 @@ def _check_model(client, url: str, model: str) -> None:
                             + (f"; served models: {', '.join(names)}" if names else ""))
 
 
-def model_inputs_outputs(client, model: str) -> tuple[list[str], list[str]]:
-    """The names of a served text model's inputs (TEXT, and TEXT_PAIR for a pair model) and
-    outputs (LABEL and PROBS, or SCORE), from its config."""
+@dataclass(frozen=True)
+class TextModel:
+    """What a served text model reads and answers, from its config: input names (TEXT, and
+    TEXT_PAIR for a pair model), output names (LABEL and PROBS, or SCORE) and the byte limits
+    its text models enforce (``ofaserve repo --max_text_bytes / --max_request_bytes``; None
+    for a model whose config names none)."""
+    inputs: list[str]
+    outputs: list[str]
+    max_text_bytes: int | None
+    max_request_bytes: int | None
+
+
+def text_model(client, model: str) -> TextModel:
     cfg = client.get_model_config(model, as_json=True)["config"]
-    return [i["name"] for i in cfg.get("input", [])], [o["name"] for o in cfg.get("output", [])]
+    params = cfg.get("parameters", {})
+
+    def limit(key: str) -> int | None:
+        value = params.get(key, {}).get("string_value")
+        return int(value) if value else None
+
+    return TextModel([i["name"] for i in cfg.get("input", [])], [o["name"] for o in cfg.get("output", [])],
+                     limit("max_text_bytes"), limit("max_request_bytes"))
+
+
+def request_rows(rows: list[tuple[bytes, ...]], batch_size: int, model: str, info: TextModel) -> list[range]:
+    """``rows`` (each a text, or a text and its pair) cut into consecutive requests of at most
+    ``batch_size`` rows and ``info.max_request_bytes`` bytes of text; a text over
+    ``info.max_text_bytes`` (or a row over the request limit by itself) is refused here, before
+    anything is sent, with the limit the server would refuse it by."""
+    per_text, per_request = info.max_text_bytes, info.max_request_bytes
+    batches, start, size = [], 0, 0
+    for i, row in enumerate(rows):
+        longest = max(len(t) for t in row)
+        if per_text is not None and longest > per_text:
+            raise OfaserveError(f"text {i + 1} of {len(rows)} is {longest:,} bytes, which exceeds {model}'s limit of "
+                                f"{per_text:,} bytes per text (max_text_bytes in its config): shorten it, or rebuild "
+                                "the repository with a larger ofaserve repo --max_text_bytes")
+        row_size = sum(len(t) for t in row)
+        if per_request is not None and row_size > per_request:
+            raise OfaserveError(f"row {i + 1} of {len(rows)} is {row_size:,} bytes of text, which exceeds {model}'s "
+                                f"limit of {per_request:,} bytes per request (max_request_bytes in its config)")
+        if i > start and (i - start == batch_size or (per_request is not None and size + row_size > per_request)):
+            batches.append(range(start, i))
+            start, size = i, 0
+        size += row_size
+    return batches + [range(start, len(rows))] if rows else batches
 
 
 def _as_bytes(texts: Iterable[str | bytes]) -> list[bytes]:
@@ -53,9 +95,11 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
              batch_size: int = 16, labels: list[str] | None = None, timeout: float | None = 60.0,
              client=None, text_pairs: Iterable[str | bytes] | None = None) -> list[dict]:
     """Send ``texts`` (with ``text_pairs``, one second sentence each, for a sentence-pair model)
-    in batches of ``batch_size``. A classifier answers ``[{"label": str, "probs": {label: p}}]``
-    (label names from the model's LABEL output; ``probs`` keyed by ``labels``, default the
-    label list in the model's config); a regression model answers ``[{"score": float}]``.
+    in batches of ``batch_size`` rows (fewer where the model's max_request_bytes needs; a text
+    over its max_text_bytes is refused before anything is sent). A classifier answers
+    ``[{"label": str, "probs": {label: p}}]`` (label names from the model's LABEL output;
+    ``probs`` keyed by ``labels``, default the label list in the model's config); a regression
+    model answers ``[{"score": float}]``.
     """
     from tritonclient.grpc import InferInput, InferRequestedOutput
     from tritonclient.utils import InferenceServerException
@@ -72,20 +116,24 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
     client = client or _connect(url)
     try:
         _check_model(client, url, model)
-        inputs, outputs = model_inputs_outputs(client, model)
+        info = text_model(client, model)
+        inputs, outputs = info.inputs, info.outputs
         if "TEXT_PAIR" in inputs and pairs is None:
             raise OfaserveError(f"{model} reads sentence pairs: pass a second sentence per text (--pair A B, or a "
                                 "file of 'first<TAB>second' lines)")
         if pairs is not None and "TEXT_PAIR" not in inputs:
             raise OfaserveError(f"{model} reads single sentences, not pairs: drop the second sentences")
+        batches = request_rows(list(zip(texts, pairs)) if pairs is not None else [(t,) for t in texts],
+                               batch_size, model, info)
         regression = "SCORE" in outputs
         labels = None if regression else (labels or model_labels(client, model))
         results = []
         requested = [InferRequestedOutput(o) for o in (["SCORE"] if regression else ["LABEL", "PROBS"])]
-        for start in range(0, len(texts), batch_size):
-            rows = {"TEXT": texts[start:start + batch_size]}
+        for span in batches:
+            start = span.start
+            rows = {"TEXT": texts[span.start:span.stop]}
             if pairs is not None:
-                rows["TEXT_PAIR"] = pairs[start:start + batch_size]
+                rows["TEXT_PAIR"] = pairs[span.start:span.stop]
             request = []
             for name, values in rows.items():
                 batch = np.array(values, dtype=object).reshape(-1, 1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ PREFERRED_BATCH = 16
 LENGTH_BUCKETS = 3
 TEXT_PIPELINES = tuple(TextPipeline)
 MAX_QUEUE_DELAY_US = 500  # small: a lone request waits at most 0.5 ms for company
+# Bytes of text a request may bring (python_model_io.size_error refuses more, before decoding).
+# The tokenizer keeps 100 characters per token of max_seq_length (python_model_io.
+# text_char_limit): beyond that a text cannot change the answer. So a text may hold 100 bytes
+# per token (a character is at least one byte), and never fewer than a 128-token export's
+# 12,800 (about 2,000 words: a long review), so a shorter export accepts the same texts.
+TEXT_BYTES_PER_TOKEN = 100
+MIN_TEXT_BYTES = TEXT_BYTES_PER_TOKEN * 128
 # A native backend's dynamic batcher merges only requests of equal shape (Triton core,
 # dynamic_batch_scheduler.cc: a batch ends at the first shape change), so the tokenizer pads
 # to a multiple of this in front of a batching native encoder; python encoders take ragged input.
@@ -106,10 +114,96 @@ def _base(name: str, max_batch_size: int, *, backend: str = "", platform: str = 
     return config
 
 
-def _batching(config: mc.ModelConfig, max_batch_size: int) -> None:
+# Instances of a model that has a queue policy. Any policy turns off the dynamic batcher's
+# payload prefetching (Triton core scheduler_utils.cc: support_prefetching_ needs no timeout and
+# max_queue_size 0), and then a batch is formed only for an instance already waiting for one
+# (rate_limiter.cc PayloadSlotAvailable). An instance that finishes wakes the batcher before it
+# waits again (payload.cc Execute, then DequeuePayload), and a request refused by a full queue
+# wakes nothing (dynamic_batch_scheduler.cc Enqueue): with one instance and a full queue the
+# batcher sleeps out its 500 ms default wait after every batch (the same code is in Triton's
+# main branch; the reliability harness's overload scenario runs a lone-instance copy to show
+# it). With two, the one that finishes next usually wakes the batcher for the other.
+QUEUED_MODEL_INSTANCES = 2
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """How many requests may wait for the tokenizer, the encoder and the fused model, and for
+    how long, before Triton refuses more (``UNAVAILABLE``: "Exceeds maximum queue size",
+    "Request timeout expired"); ``max_queue_size`` 0 and no timeout: no policy (Triton's
+    unbounded queue).
+
+    The default queue holds ``max_batch_size`` requests: one full batch of one-sentence
+    requests waits behind the batches that run, so an instance never idles for want of work
+    under load, and an accepted request waits behind at most that many others (plus the
+    batches the scheduler has already handed to the instances). Requests of B rows fill a
+    batch B times sooner, so a full queue of them is about B executions long. No timeout by
+    default: how long an execution takes depends on the CPU and the model, which the
+    repository does not know; give one (``--queue_timeout_ms``) from a latency target. The
+    postprocess model has no policy: it runs on what the encoder answers, so its queue is
+    bounded by the encoder's."""
+    max_queue_size: int
+    timeout_us: int = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_queue_size or self.timeout_us)
+
+    @property
+    def instances(self) -> int:
+        """Instances of a model under this policy (``QUEUED_MODEL_INSTANCES`` when active)."""
+        return QUEUED_MODEL_INSTANCES if self.active else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_queue_size": self.max_queue_size, "queue_timeout_ms": self.timeout_us / 1000,
+                "timeout_action": "REJECT" if self.active else None, "queued_model_instances": self.instances}
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """Bytes of text one row, and one request, of a text model may hold (``python_model_io.
+    size_error`` refuses a request over either before it decodes any text)."""
+    max_text_bytes: int
+    max_request_bytes: int
+
+
+def text_limits(manifest: ExportManifest, max_batch_size: int, max_text_bytes: int | None = None,
+                max_request_bytes: int | None = None) -> TextLimits:
+    """The limits of one export's text models: the given ones, or by default
+    ``TEXT_BYTES_PER_TOKEN`` per token of its max_seq_length (at least ``MIN_TEXT_BYTES``) per
+    text and a full batch of such texts (both sentences of a pair) per request; a default per
+    text is cut to a smaller given per-request limit."""
+    per_request = max_request_bytes or (max_batch_size * (max_text_bytes or _default_text_bytes(manifest))
+                                        * (2 if manifest.spec.pair else 1))
+    per_text = max_text_bytes or min(_default_text_bytes(manifest), per_request)
+    if per_text > per_request:
+        raise OfaserveError(f"max_text_bytes {per_text:,} is more than max_request_bytes {per_request:,}: one text "
+                            "cannot be larger than the request that carries it")
+    return TextLimits(per_text, per_request)
+
+
+def _default_text_bytes(manifest: ExportManifest) -> int:
+    return max(MIN_TEXT_BYTES, TEXT_BYTES_PER_TOKEN * int(manifest.max_seq_length))
+
+
+def _text_limit_params(config: mc.ModelConfig, limits: TextLimits) -> None:
+    """What the text models check (python_model_io.text_limits) and clients read to split or
+    refuse their input before sending (serve/client.py)."""
+    _param(config, "max_text_bytes", limits.max_text_bytes)
+    _param(config, "max_request_bytes", limits.max_request_bytes)
+
+
+def _batching(config: mc.ModelConfig, max_batch_size: int, queue: QueuePolicy | None = None) -> None:
+    """Dynamic batching, and ``queue``'s policy when it has one."""
     db = config.dynamic_batching
     db.preferred_batch_size.append(min(PREFERRED_BATCH, max_batch_size))
     db.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    if queue is None or not queue.active:
+        return
+    policy = db.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.max_queue_size = queue.max_queue_size
+    policy.default_timeout_microseconds = queue.timeout_us
 
 
 def _instances(config: mc.ModelConfig, count: int, kind: str = "KIND_CPU") -> None:
@@ -180,14 +274,16 @@ def _verified(export_dir: Path, manifest: ExportManifest, path: Path) -> Path:
     return path
 
 
-def tokenizer_config(name: str, manifest: ExportManifest, max_batch_size: int, pad_multiple: int) -> mc.ModelConfig:
+def tokenizer_config(name: str, manifest: ExportManifest, max_batch_size: int, pad_multiple: int, *, queue: QueuePolicy,
+                     limits: TextLimits) -> mc.ModelConfig:
     config = _base(name, max_batch_size, backend="python")
     _text_inputs(config, manifest.spec)
     _task_params(config, manifest.spec)
     config.output.extend([_tensor(mc.ModelOutput, "input_ids", "TYPE_INT64", [-1]),
                           _tensor(mc.ModelOutput, "token_type_ids", "TYPE_INT64", [-1])])
-    _batching(config, max_batch_size)
-    _instances(config, 1)
+    _batching(config, max_batch_size, queue)
+    _text_limit_params(config, limits)
+    _instances(config, queue.instances)
     _param(config, "tokenizer_file", "tokenizer.json")
     _param(config, "max_seq_length", manifest.max_seq_length)
     _param(config, "pad_token_id", manifest.pad_token_id)
@@ -196,6 +292,8 @@ def tokenizer_config(name: str, manifest: ExportManifest, max_batch_size: int, p
 
 
 def postprocess_config(name: str, manifest: ExportManifest, max_batch_size: int) -> mc.ModelConfig:
+    """logits -> LABEL, PROBS (or SCORE). No queue policy (``QueuePolicy``): its input comes
+    at the rate the encoder answers."""
     spec = manifest.spec
     config = _base(name, max_batch_size, backend="python")
     config.input.append(_tensor(mc.ModelInput, "logits", "TYPE_FP32", [spec.num_outputs]))
@@ -270,11 +368,13 @@ def _tensorrt(config: mc.ModelConfig, precision: str, cache_dir: str, max_batch_
 
 
 def encoder_config(name: str, manifest: ExportManifest, max_batch_size: int, *, target: str, runtime: str,
-                   precision: str, instances: int, threads: int, artifact: str = "onnx",
+                   precision: str, instances: int, threads: int, queue: QueuePolicy, artifact: str = "onnx",
                    model_sha256: str = "") -> mc.ModelConfig:
     """The encoder: our python model, Triton's openvino backend (max_batch_size 0: with a
     batch dimension it fixes the batch at max_batch_size and its batch padding drops the
-    sequence length, openvino.cc) or the onnxruntime backend with TensorRT."""
+    sequence length, openvino.cc) or the onnxruntime backend with TensorRT. The queue policy
+    needs the dynamic batcher, which a max_batch_size-0 model cannot have: Triton bounds no
+    queue of the openvino-native encoder."""
     n, seq = manifest.spec.num_outputs, int(manifest.max_seq_length)
     python = runs_in_python_backend(target, runtime)
     batching = runtime != "openvino-native"
@@ -286,7 +386,7 @@ def encoder_config(name: str, manifest: ExportManifest, max_batch_size: int, *, 
         config = _base(name, max_batch_size, platform="onnxruntime_onnx")
     _encoder_io(config, n, batching=batching, ragged=python)
     if batching:
-        _batching(config, max_batch_size)
+        _batching(config, max_batch_size, queue)
     _instances(config, instances, "KIND_GPU" if target == "gpu" else "KIND_CPU")
     # The tokenizer pads after truncating: in front of a native encoder max_seq_length 50
     # arrives as 64, which a TensorRT profile ending at 50 would refuse on every such request.
@@ -336,8 +436,8 @@ def _runtime_params(config: mc.ModelConfig, manifest: ExportManifest, runtime: s
 
 
 def classifier_config(name: str, manifest: ExportManifest, max_batch_size: int, *, runtime: str, precision: str,
-                      instances: int, threads: int, gpu: bool, artifact: str = "onnx",
-                      model_sha256: str = "") -> mc.ModelConfig:
+                      instances: int, threads: int, gpu: bool, queue: QueuePolicy, limits: TextLimits,
+                      artifact: str = "onnx", model_sha256: str = "") -> mc.ModelConfig:
     """The fused text model: TEXT (+ TEXT_PAIR) -> LABEL, PROBS (or SCORE) in one python model
     (tokenize + encode + softmax), the alternative to the three-step ensemble."""
     config = _base(name, max_batch_size, backend="python")
@@ -345,7 +445,8 @@ def classifier_config(name: str, manifest: ExportManifest, max_batch_size: int, 
     _text_inputs(config, spec)
     _task_outputs(config, spec)
     _task_params(config, spec)
-    _batching(config, max_batch_size)
+    _batching(config, max_batch_size, queue)
+    _text_limit_params(config, limits)
     _instances(config, instances, "KIND_GPU" if gpu else "KIND_CPU")
     _runtime_params(config, manifest, runtime, precision, threads, artifact in PACKED_ARTIFACTS,
                     trt_cache_dir(name, model_sha256), model_file_of(artifact, manifest))
@@ -353,11 +454,14 @@ def classifier_config(name: str, manifest: ExportManifest, max_batch_size: int, 
     return config
 
 
-def ensemble_config(name: str, manifest: ExportManifest, max_batch_size: int) -> mc.ModelConfig:
+def ensemble_config(name: str, manifest: ExportManifest, max_batch_size: int, limits: TextLimits) -> mc.ModelConfig:
+    """TEXT (+ TEXT_PAIR) -> tokenizer -> encoder -> postprocess. The ensemble has no queue of
+    its own (each step's batcher queues); it carries its tokenizer's text limits for clients."""
     spec = manifest.spec
     config = _base(name, max_batch_size, platform="ensemble")
     _text_inputs(config, spec)
     _task_outputs(config, spec)
+    _text_limit_params(config, limits)
     texts = {"TEXT": "TEXT", **({"TEXT_PAIR": "TEXT_PAIR"} if spec.pair else {})}
     steps = config.ensemble_scheduling.step
     steps.add(model_name=f"{name}_tokenizer", model_version=-1,
@@ -468,17 +572,24 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
                      precision: str | None = None, threads: int | None = None,
                      text_pipeline: str = "ensemble", auto_budget_s: float = 20.0,
-                     overwrite: bool = False) -> RepoManifest:
+                     overwrite: bool = False, max_text_bytes: int | None = None,
+                     max_request_bytes: int | None = None, max_queue_size: int | None = None,
+                     queue_timeout_ms: float = 0.0) -> RepoManifest:
     """Write a Triton model repository for ``export_dirs`` to ``output``; returns its manifest.
 
     ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
     backend at precision ``auto``, the fastest candidate that passed the export's accuracy
-    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to one encoder instance
-    using every core this process may run on. ``text_pipeline``: the text model {m} is an
+    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to
+    ``QueuePolicy.instances`` encoder instances (two under a queue policy, one without) sharing
+    every core this process may run on. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way. ``output`` is
     checked (and locked) before any work: a new or empty folder, a previous repository, or
     with ``overwrite`` anything else; a README.md in it stays (``REPO_KEEPS``).
+    ``max_text_bytes`` / ``max_request_bytes``: bytes of text per row / per request of the
+    text models (default per export: ``text_limits``). ``max_queue_size`` (default
+    ``max_batch_size``; 0: no limit) and ``queue_timeout_ms`` (default 0: none): the queue
+    policy of the tokenizer, the encoder and the fused model (``QueuePolicy``).
     """
     target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)
@@ -488,13 +599,27 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
         raise OfaserveError("pass at least one export folder")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise OfaserveError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
-    instances = instances or 1
-    if instances < 1:
+    if instances is not None and instances < 1:
         raise OfaserveError(f"instances must be >= 1, got {instances}")
     if threads is not None and threads < 1:
         raise OfaserveError(f"threads must be >= 1, got {threads}")
     if precision == "auto" and not auto_budget_s > 0:
         raise OfaserveError(f"auto_budget_s must be > 0, got {auto_budget_s}")
+    for flag, value in (("max_text_bytes", max_text_bytes), ("max_request_bytes", max_request_bytes)):
+        if value is not None and value < 1:
+            raise OfaserveError(f"{flag} must be >= 1, got {value}")
+    if max_queue_size is not None and max_queue_size < 0:
+        raise OfaserveError(f"max_queue_size must be >= 0 (0: no limit), got {max_queue_size}")
+    if not queue_timeout_ms >= 0:
+        raise OfaserveError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {queue_timeout_ms}")
+    queue = QueuePolicy(max_batch_size if max_queue_size is None else max_queue_size, round(queue_timeout_ms * 1000))
+    # Triton's openvino backend loads only without a batch dimension: no batcher, no queue policy.
+    encoder_queue = queue if runtime != "openvino-native" else QueuePolicy(0)
+    if instances is not None and instances < encoder_queue.instances:
+        raise OfaserveError(f"a model with a queue limit needs at least {queue.instances} instances (Triton's batcher "
+                            "stalls for 500 ms after each batch of a single instance whose queue is full): pass "
+                            f"--instances {queue.instances} or more, or --max_queue_size 0 for an unbounded queue")
+    instances = instances or encoder_queue.instances
     threads = threads or max(1, runtimes.default_threads() // instances)
     output = check_output_dir(output, stage=REPO_STAGE, overwrite=overwrite, inputs=export_dirs, keep=REPO_KEEPS)
 
@@ -506,6 +631,8 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
             raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
                                 f"{manifest.width_mult}: one repository serves each width once")
         exports[model] = (export_dir, manifest)
+    limits = {model: text_limits(m, max_batch_size, max_text_bytes, max_request_bytes)
+              for model, (_, m) in exports.items()}
 
     with output_lock(output):  # a second run on this output stops here, before any timing
         plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
@@ -520,20 +647,24 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                     _copy_model_files(export_dir, manifest, enc / "1", other, None)
                 _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
                                            precision=plan["precision"], instances=instances, threads=threads,
-                                           artifact=plan["artifact"], model_sha256=sha))
+                                           queue=queue, artifact=plan["artifact"], model_sha256=sha))
                 if text_pipeline == "fused":
                     _write_fused(tmp / model, export_dir, manifest, plan, max_batch_size, runtime=runtime,
-                                 instances=instances, threads=threads, gpu=target == "gpu")
+                                 instances=instances, threads=threads, gpu=target == "gpu", queue=queue,
+                                 limits=limits[model])
                 else:
-                    _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime))
+                    _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime),
+                                    queue=queue, limits=limits[model])
             # Triton only treats folders as models; this file is for people and the benchmarks.
             repo = RepoManifest(
                 target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
                 max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
-                image_packages=image_packages(target, runtime), machine=machine_info(), finished=now_iso(),
+                queue_policy=queue.to_dict(), image_packages=image_packages(target, runtime), machine=machine_info(),
+                finished=now_iso(),
                 models={model: RepoModel(width_mult=m.width_mult, labels=m.labels, task_spec=m.spec,
                                          max_seq_length=m.max_seq_length, encoder_artifact=plans[model]["artifact"],
                                          precision=plans[model]["precision"], precision_choice=plans[model].get("choice"),
+                                         text_limits=asdict(limits[model]),
                                          source_export=os.path.basename(os.path.normpath(d)))
                         for model, (d, m) in exports.items()})
             repo.write(tmp)
@@ -586,22 +717,24 @@ def _dev_split(export_dir: Path, manifest: ExportManifest):
 
 
 def _write_fused(model_dir: Path, export_dir: Path, manifest: ExportManifest, plan: dict, max_batch_size: int, *,
-                 runtime: str, instances: int, threads: int, gpu: bool) -> None:
+                 runtime: str, instances: int, threads: int, gpu: bool, queue: QueuePolicy,
+                 limits: TextLimits) -> None:
     """The fused text model: tokenize + encode + softmax in one python model."""
     sha = _copy_model_files(export_dir, manifest, model_dir / "1", plan["artifact"], "classifier")
     _write(model_dir, classifier_config(model_dir.name, manifest, max_batch_size, runtime=runtime,
                                         precision=plan["precision"], instances=instances, threads=threads,
-                                        gpu=gpu, artifact=plan["artifact"], model_sha256=sha))
+                                        gpu=gpu, queue=queue, limits=limits, artifact=plan["artifact"],
+                                        model_sha256=sha))
     shutil.copy2(_verified(export_dir, manifest, export_dir / manifest.artifacts["tokenizer"]),
                  model_dir / "1" / "tokenizer.json")
 
 
 def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: ExportManifest, max_batch_size: int,
-                    pad_multiple: int) -> None:
+                    pad_multiple: int, *, queue: QueuePolicy, limits: TextLimits) -> None:
     """tokenizer -> encoder -> postprocess, and the ensemble {model} that chains them."""
     tokenizer_json = _verified(export_dir, manifest, export_dir / manifest.artifacts["tokenizer"])
     tok = tmp / f"{model}_tokenizer"
-    _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple))
+    _write(tok, tokenizer_config(tok.name, manifest, max_batch_size, pad_multiple, queue=queue, limits=limits))
     shutil.copy2(SOURCES / "tokenizer" / "model.py", tok / "1" / "model.py")
     shutil.copy2(SOURCES / "python_model_io.py", tok / "1" / "python_model_io.py")
     shutil.copy2(tokenizer_json, tok / "1" / "tokenizer.json")
@@ -609,4 +742,4 @@ def _write_ensemble(tmp: Path, model: str, export_dir: Path, manifest: ExportMan
     _write(post, postprocess_config(post.name, manifest, max_batch_size))
     shutil.copy2(SOURCES / "postprocess" / "model.py", post / "1" / "model.py")
     shutil.copy2(SOURCES / "python_model_io.py", post / "1" / "python_model_io.py")
-    _write(tmp / model, ensemble_config(model, manifest, max_batch_size))
+    _write(tmp / model, ensemble_config(model, manifest, max_batch_size, limits))

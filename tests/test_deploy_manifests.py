@@ -75,11 +75,14 @@ def _containers(pod_spec: dict) -> list[dict]:
     return pod_spec["containers"] + pod_spec.get("initContainers", [])
 
 
+PROXY = "request-cap"  # the Envoy container in front of Triton
+
+
 def _image_tags() -> dict[str, str]:
     """Where each recipe names NVIDIA's Triton image, and the tag it names."""
     import re
     from tests.test_triton_backend_rules import _readme_docker_command
-    found = {f"triton.yaml {c['name']}": c["image"] for c in _containers(_pod()["spec"])}
+    found = {f"triton.yaml {c['name']}": c["image"] for c in _containers(_pod()["spec"]) if c["name"] != PROXY}
     found["Dockerfile"] = re.search(r"^FROM (\S+)", (DEPLOY / "Dockerfile").read_text(), re.M).group(1)
     found["serve/README.md"] = re.search(r"nvcr\.io/nvidia/tritonserver:\S+", _readme_docker_command()).group(0)
     prefix = "nvcr.io/nvidia/tritonserver:"
@@ -145,8 +148,8 @@ def test_network_policy_admits_only_clients_and_the_scraper():
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
-    (triton,) = [c for c in pod["spec"]["containers"] if c["name"] == "triton"]
-    ports = {p["name"] for p in triton["ports"]} | {p["containerPort"] for p in triton["ports"]}
+    declared = [p for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    ports = {p["name"] for p in declared} | {p["containerPort"] for p in declared}
     for rule in spec["ingress"]:
         assert rule.get("from") and all(peer for peer in rule["from"]), rule  # no rule open to every source
         assert rule.get("ports") and {p["port"] for p in rule["ports"]} <= ports, rule
@@ -204,3 +207,117 @@ def test_gpu_patch_is_what_kubectl_applies():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["spec"] == _gpu_deployment()["spec"]
+
+
+# --------------------------------------------------------------------------- request-size cap
+def _proxy() -> tuple[dict, dict]:
+    """(the proxy container, its Envoy config) of the pod."""
+    pod = _pod()["spec"]
+    (proxy,) = [c for c in pod["containers"] if c["name"] == PROXY]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_path = proxy["args"][proxy["args"].index("-c") + 1]
+    mount = next(m for m in proxy["volumeMounts"] if config_path.startswith(m["mountPath"] + "/"))
+    (cm,) = [d for d in _kinds()["ConfigMap"] if d["metadata"]["name"] == volumes[mount["name"]]["configMap"]["name"]]
+    return proxy, yaml.safe_load(cm["data"][config_path[len(mount["mountPath"]) + 1:]])
+
+
+def _largest_default_request_bytes() -> int:
+    """The gRPC message of the largest request the default limits of `ofaserve repo` accept
+    for a 128-token sentence-pair export at the default max_batch_size: every row of both
+    inputs a text of max_text_bytes (the 5-byte gRPC frame prefix included)."""
+    import numpy as np
+    from tritonclient.grpc import InferInput
+    from tritonclient.grpc._utils import _get_inference_request
+    from ofaserve.serve.cli import repo_parser
+    from ofaserve.serve.repository import text_limits
+
+    batch = repo_parser().get_default("max_batch_size")
+    from ofaserve.core.manifests import ExportManifest
+    from ofaserve.core.tasks import TaskSpec
+    manifest = ExportManifest(max_seq_length=128, labels=["a", "b"], task_spec=TaskSpec("t", labels=("a", "b"), pair=True))
+    limits = text_limits(manifest, batch)
+    per_row = min(limits.max_text_bytes, limits.max_request_bytes // (2 * batch))
+    inputs = []
+    for name in ("TEXT", "TEXT_PAIR"):
+        arr = np.array([[b"x" * per_row]] * batch, dtype=object)
+        inputs.append(InferInput(name, list(arr.shape), "BYTES"))
+        inputs[-1].set_data_from_numpy(arr)
+    request = _get_inference_request("bert_w100", inputs, "", "", None, 0, False, False, 0, None, None)
+    return request.ByteSize() + 5
+
+
+def _listeners(envoy: dict) -> dict[int, dict]:
+    return {l["address"]["socket_address"]["port_value"]: l for l in envoy["static_resources"]["listeners"]}
+
+
+def test_every_byte_reaches_triton_through_the_request_cap():
+    """Triton's gRPC server has no message-size flag (it takes up to 2 GiB): the proxy caps
+    every body before Triton sees it, and Triton listens only on the pod's loopback."""
+    proxy, envoy = _proxy()
+    pod = _pod()["spec"]
+    (triton,) = [c for c in pod["containers"] if c["name"] == "triton"]
+    args = triton["args"]
+    assert "--grpc-address=127.0.0.1" in args and "--http-address=127.0.0.1" in args
+    triton_ports = {int(a.split("=")[1]) for a in args if a.startswith(("--grpc-port=", "--http-port="))}
+    clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
+    caps = set()
+    for port, listener in _listeners(envoy).items():
+        (chain,) = listener["filter_chains"]
+        (hcm,) = chain["filters"]
+        filters = [f["name"] for f in hcm["typed_config"]["http_filters"]]
+        assert filters == ["envoy.filters.http.buffer", "envoy.filters.http.router"], (port, filters)  # cap first
+        caps.add(hcm["typed_config"]["http_filters"][0]["typed_config"]["max_request_bytes"])
+        (vhost,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
+        (cluster,) = {r["route"]["cluster"] for r in vhost["routes"]}
+        (endpoint,) = [e["endpoint"]["address"]["socket_address"] for g in clusters[cluster]["load_assignment"]["endpoints"]
+                       for e in g["lb_endpoints"]]
+        assert endpoint["address"] == "127.0.0.1" and endpoint["port_value"] in triton_ports, (port, endpoint)
+    (cap,) = caps
+    # what the Service and the NetworkPolicy send clients to is the proxy, for both protocols
+    proxy_ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert set(proxy_ports) == {"http", "grpc"} and set(proxy_ports.values()) == set(_listeners(envoy))
+    (svc,) = _kinds()["Service"]
+    targets = {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]}
+    assert all(targets[n] in (n, proxy_ports[n]) for n in ("http", "grpc")), targets
+    # the gRPC listener speaks HTTP/2 to Triton
+    (grpc_route,) = {r["route"]["cluster"] for l in [_listeners(envoy)[proxy_ports["grpc"]]]
+                     for r in l["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]}
+    opts = clusters[grpc_route]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in opts["explicit_http_config"]
+    # Triton's own HTTP server refuses the same size (its --http-max-input-size exists from 2.59)
+    assert f"--http-max-input-size={cap}" in args
+    # the probes reach Triton through the proxy, as clients do
+    for probe in ("startupProbe", "readinessProbe"):
+        assert triton[probe]["httpGet"]["port"] == proxy_ports["http"], probe
+
+
+def test_the_cap_admits_what_the_default_limits_accept_and_little_more():
+    """The cap is sized from the text limits, not picked: it admits the largest request the
+    default limits accept (so those get the model's own clear error, not a proxy's 413) and
+    is not more than twice that."""
+    _, envoy = _proxy()
+    (cap,) = {f["typed_config"]["max_request_bytes"] for l in _listeners(envoy).values()
+              for f in l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+              if f["name"] == "envoy.filters.http.buffer"}
+    largest = _largest_default_request_bytes()
+    assert largest <= cap <= 2 * largest, (largest, cap)
+
+
+def test_documented_docker_command_caps_http_bodies_like_the_pod():
+    import shlex
+    from tests.test_triton_backend_rules import _readme_docker_command
+    _, envoy = _proxy()
+    (cap,) = {f["typed_config"]["max_request_bytes"] for l in _listeners(envoy).values()
+              for f in l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+              if f["name"] == "envoy.filters.http.buffer"}
+    inner = shlex.split(shlex.split(_readme_docker_command())[-1])
+    assert f"--http-max-input-size={cap}" in inner, inner
+
+
+def test_the_proxy_runs_a_pinned_release_and_writes_nothing():
+    import re
+    proxy, envoy = _proxy()
+    assert re.fullmatch(r"envoyproxy/envoy(-distroless)?:v\d+\.\d+\.\d+", proxy["image"]), proxy["image"]
+    assert "admin" not in envoy  # no admin interface on the pod's network
+    assert "--disable-hot-restart" in proxy["args"]  # hot restart needs /dev/shm, which the proxy has not
+    assert all(m.get("readOnly") for m in proxy["volumeMounts"])

@@ -135,8 +135,10 @@ def test_bad_input_concurrent_with_good_traffic(server, repo, texts, tiny_export
     export = read_manifest(tiny_export_dir, "export")
     good = [texts[i:i + 4] for i in range(0, 48, 4)]
     reference = traffic.answers(server.grpc_url, model, good)  # the idle server's answers
-    cases = traffic.bad_input_cases(manifest["max_batch_size"], export["max_seq_length"], export["vocab_size"])
-    assert len(cases) >= 15
+    (info,) = manifest["models"].values()
+    cases = traffic.bad_input_cases(manifest["max_batch_size"], export["max_seq_length"], export["vocab_size"],
+                                    info["text_limits"]["max_text_bytes"])
+    assert len(cases) >= 17
     case_ref = traffic.case_references(server.grpc_url, model, cases)
     r = traffic.mixed_traffic(server.grpc_url, model, good, reference, cases, case_ref, good_workers=3,
                           bad_workers=2, good_rounds=4, bad_rounds=2, timeout_s=20)
@@ -176,6 +178,13 @@ def test_encoder_stub_killed_under_load(repo, texts):
     assert _clean(r["leftovers"]), r["leftovers"]
 
 
+def _python_instances(repo: Path) -> int:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+    configs = [text_format.Parse(c.read_text(), mc.ModelConfig()) for c in repo.glob("*/config.pbtxt")]
+    return sum(g.count for c in configs if c.backend == "python" for g in c.instance_group)
+
+
 def test_busy_ports_then_killed_server(cli, repo):
     """A second `ofaserve serve` on any busy port fails at once with the port in the
     message; SIGKILL of tritonserver makes `ofaserve serve` exit 2 with the reason and
@@ -187,8 +196,9 @@ def test_busy_ports_then_killed_server(cli, repo):
         assert f"{proto} port {first.ports[proto]}" in b["stderr"] and "already in use" in b["stderr"], b
         assert b["after_s"] < 30
     assert first.proc.poll() is None  # the first server is untouched
-    assert len(first.stubs) == 3 and all(s["shm"].startswith(probes.SHM_PREFIX) for s in first.stubs)
-    assert len(probes.shm_usage(s["shm"] for s in first.stubs)) == 3
+    n = _python_instances(repo[0])  # one stub, and one /dev/shm region, per python-backend instance
+    assert len(first.stubs) == n and all(s["shm"].startswith(probes.SHM_PREFIX) for s in first.stubs)
+    assert len(probes.shm_usage(s["shm"] for s in first.stubs)) == n
 
     k = faults.kill_server(first, signal.SIGKILL, exit_timeout=30)
     assert k["cli_exit_code"] == 2, k
@@ -278,9 +288,12 @@ def test_deploy_manifests_parse_and_hang_together():
             and repo_volume["persistentVolumeClaim"]["claimName"] == kinds["PersistentVolumeClaim"]["metadata"]["name"]
             ) or spec.get("initContainers")
 
-    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    # clients reach gRPC and HTTP through the request-size proxy, which forwards to Triton's
+    # loopback ports (tests/test_deploy_manifests.py checks the proxy itself)
+    ports = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
     assert {"http", "grpc", "metrics"} <= set(ports)
-    assert f"--http-port={ports['http']}" in args and f"--grpc-port={ports['grpc']}" in args
+    assert f"--metrics-port={ports['metrics']}" in args
+    assert re.search(r"--http-port=\d+", args) and re.search(r"--grpc-port=\d+", args)
     assert "--strict-readiness=true" in args
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["readinessProbe"]["httpGet"]["port"] in ("http", ports["http"])
@@ -314,38 +327,66 @@ def _bytes(q: str | int) -> int:
     return int(q)
 
 
-def test_liveness_check_catches_a_dead_stub(repo, tmp_path):
-    """The manifest's liveness check passes on a healthy server and fails once the
-    encoder stub is dead, which Triton's own /v2/health/live does not report."""
-    import os
-    import subprocess
-    import sys
-    import urllib.request
-
+def _liveness_check(tmp_path) -> Path:
     yaml = pytest.importorskip("yaml")
     (cm,) = [d for d in yaml.safe_load_all((DEPLOY / "triton.yaml").read_text()) if d and d["kind"] == "ConfigMap"]
     check = tmp_path / "check.py"
     check.write_text(cm["data"]["check.py"])
-    path, model, _ = repo
+    return check
+
+
+def _probe(check: Path, http_port: int, repository: Path, models: str):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_HTTP_PORT=str(http_port), OFASERVE_MODELS=models, PROBE_TIMEOUT_S="5",
+               OFASERVE_MODEL_REPOSITORY=str(repository))
+    return subprocess.run([sys.executable, str(check)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_liveness_check_catches_a_dead_stub(repo, tmp_path):
+    """The manifest's liveness check passes on a healthy server and fails once one of the
+    encoder's two stubs is dead, which Triton's own /v2/health/live does not report (and a
+    single request can miss: it may reach the other instance)."""
+    import os
+    import urllib.request
+
+    check = _liveness_check(tmp_path)
+    path, model = tmp_path / "repo", repo[1]
+    shutil.copytree(repo[0], path)  # its own path: the stubs of the module's server are not this one's
     ports = faults.free_ports()
     srv = TritonServer(path, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"])
     try:
         srv.start(timeout=180)
-        env = dict(os.environ, TRITON_HTTP_PORT=str(ports["http"]), OFASERVE_MODELS=model, PROBE_TIMEOUT_S="5")
-
-        def probe() -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, str(check)], env=env, capture_output=True, text=True, timeout=30)
-
-        ok = probe()
+        ok = _probe(check, ports["http"], path, model)
         assert ok.returncode == 0, ok.stderr
-        (enc,) = [s for s in probes.stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"]
-        os.kill(enc["pid"], signal.SIGKILL)
-        assert probes.wait_until(lambda: not probes.live_pids([enc["pid"]]), 10)
-        bad = probe()
-        assert bad.returncode == 1 and "not live" in bad.stderr and "not healthy" in bad.stderr, bad.stderr
-        # Why the probe sends a request: Triton's own liveness still answers 200 with the stub
+        encoders = [s for s in probes.stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"]
+        assert len(encoders) == 2  # the queue policy's two instances
+        os.kill(encoders[0]["pid"], signal.SIGKILL)
+        assert probes.wait_until(lambda: not probes.live_pids([encoders[0]["pid"]]), 10)
+        bad = _probe(check, ports["http"], path, model)
+        assert bad.returncode == 1 and "not live" in bad.stderr, bad.stderr
+        assert f"{model}_encoder: 1 of its 2 python backend stubs alive" in bad.stderr, bad.stderr
+        # Why the probe counts stubs: Triton's own liveness still answers 200 with the stub
         # dead (urlopen raises for any error status, so this fails if Triton ever says otherwise).
         with urllib.request.urlopen(f"{srv.http_url}/v2/health/live", timeout=5) as r:
             assert r.status == 200
     finally:
         srv.stop()
+
+
+def test_liveness_check_counts_a_full_queue_as_live(tiny_export_dir, tmp_path):
+    """Under overload the probe's own request is refused for the full queue: the pod is busy,
+    not dead, and the check says live (a restart would only add to the overload)."""
+    check = _liveness_check(tmp_path)
+    path = tmp_path / "repo"
+    # a queue of one request of 64 rows: the flood below keeps it full
+    (model,) = build_repository([tiny_export_dir], path, precision="fp32", max_queue_size=1)["models"]
+    ports = faults.free_ports()
+    texts = [("a long and winding film " * 20)[:500]] * 64
+    with TritonServer(path, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"]) as srv:
+        with traffic.Traffic(srv.grpc_url, model, [texts], workers=12, timeout_s=30):
+            results = [_probe(check, ports["http"], path, model) for _ in range(10)]
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert any(r.stdout.startswith(f"busy: {model} refused the probe's request") for r in results), \
+        [r.stdout for r in results]

@@ -54,7 +54,10 @@ def test_fused_bad_text_is_a_request_error_and_server_stays_up(fused):
             infer(c, name, {"TEXT": text_batch("fine", "   ")})
         with pytest.raises(InferenceServerException, match="shape"):
             infer(c, name, {"TEXT": np.array([b"a", b"b"], dtype=object).reshape(1, 2)})
-        out = infer(c, name, {"TEXT": text_batch("x" * 200_000, "a good film")})  # huge text is cut, not fatal
+        with pytest.raises(InferenceServerException, match="exceeds this model's limit of .* bytes per text"):
+            infer(c, name, {"TEXT": text_batch("x" * 200_000, "a good film")})  # refused, not cut
+        limit = int(c.get_model_config(name).config.parameters["max_text_bytes"].string_value)
+        out = infer(c, name, {"TEXT": text_batch("x" * limit, "a good film")})  # at the limit: cut by the tokenizer
         assert out.as_numpy("PROBS").shape == (2, len(ref.labels))
         assert c.is_model_ready(name)
     finally:

@@ -27,6 +27,16 @@ memory      ``--memory_requests`` requests on a fresh server: the RSS of tritons
             may grow at most the limit over the second half; then the same on a copy of the
             repository whose encoder leaks per request (the control), which must exceed it
             (Triton's L0_memory_growth, reliability.memory). Exit 1 when the check fails.
+overload    per text pipeline: open-loop traffic (reliability.overload) at ``--overload_factor`` x
+            the capacity of the control (the repository with Triton's unbounded queue, one
+            instance), then the same rate on the repository with ofaserve repo's queue policy:
+            the excess must be refused fast ("Exceeds maximum queue size") and the accepted p99
+            stay within a bound derived from the settings and a measured single-request time,
+            which the control must exceed; and on a copy whose queued models have one instance
+            each (why they get two). Timed: run it on a quiet machine. Exit 1 when it fails.
+oversized   a flood of requests far over the text limits (reliability.oversized): RSS and
+            /dev/shm of tritonserver + stubs before and after, on the default limits and on
+            the same repository without limits; every request refused with the limit's error.
 
 The helpers are imported by tests/test_reliability.py (reduced counts, hard bounds).
 Every loop here is bounded in count and in time; every server started here is stopped.
@@ -37,6 +47,8 @@ Modules, by concern (each imports only those above it)::
     traffic         request helpers, the load run and its checks, bad-input cases, background traffic
     faults          `ofaserve serve` / tritonserver / stub kills, busy ports (ServeCLI)
     memory          the memory-growth check and its leaking control
+    overload        open-loop load above capacity, the bound on accepted latency, the lone-instance copy
+    oversized       the flood of requests over the text limits and its unlimited control
     export_faults   interrupted `ofaserve export`; the tiny and real models the scenarios use
     scenarios       the scenarios above, composed of those helpers
     report          the Markdown report of a run's JSON

@@ -16,7 +16,7 @@ from ofaserve.benchmarks.reliability.export_faults import REAL_EXPORT_CANDIDATES
 from ofaserve.benchmarks.reliability.probes import ROOT
 from ofaserve.benchmarks.reliability.report import to_markdown
 from ofaserve.benchmarks.reliability.scenarios import scenario_export, scenario_faults, scenario_load_and_bad_input, scenario_shm_fresh, \
-    scenario_memory_growth, shm_per_instance
+    scenario_memory_growth, scenario_overload, scenario_oversized, shm_per_instance
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory_requests", type=int, default=20000,
                    help="memory scenario: requests per server (the repository, then its leaking control); the "
                         "growth is measured over the second half")
+    p.add_argument("--overload_factor", type=float, default=3.0,
+                   help="overload scenario: open-loop rate as a multiple of the capacity measured closed loop")
+    p.add_argument("--overload_seconds", type=float, default=20.0, help="overload scenario: seconds of open-loop traffic")
+    p.add_argument("--overload_pipelines", default="ensemble,fused",
+                   help="overload scenario: comma-separated text pipelines to build and overload (ensemble, fused)")
+    p.add_argument("--overload_max_queue_size", type=int, default=None,
+                   help="overload scenario: ofaserve repo --max_queue_size (None: its default)")
+    p.add_argument("--overload_instances", type=int, default=None,
+                   help="overload scenario: ofaserve repo --instances (None: its default)")
+    p.add_argument("--no_overload_lone_instance", dest="overload_lone_instance", action="store_false",
+                   help="overload scenario: skip the run on a copy whose queued models have one instance each")
+    p.add_argument("--oversized_requests", type=int, default=40,
+                   help="oversized scenario: requests far over the text limits, sent 4 at a time")
+    p.add_argument("--oversized_mib", type=float, default=8.0,
+                   help="oversized scenario: MiB of text per request (64 rows)")
     p.add_argument("--scenarios", default="load,shm,faults,export,memory",
                    help="comma-separated: load (includes bad input), shm, faults, export, memory (growth check "
-                        "with a leaking control)")
+                        "with a leaking control), overload (open loop at --overload_factor x capacity against the "
+                        "queue limits; timed: run it on a quiet machine), oversized (memory before/after a flood "
+                        "of requests over the text limits, and without the limits)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
     return p
 
@@ -80,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
             report["export"] = scenario_export(compress_dir, work)
         if "memory" in scenarios:
             report["memory_growth"] = [scenario_memory_growth(export, kind, work, args) for export, kind in exports]
+        if "overload" in scenarios:
+            report["overload"] = [r for export, kind in exports for r in scenario_overload(export, kind, work, args)]
+        if "oversized" in scenarios:
+            report["oversized"] = [scenario_oversized(export, kind, work, args) for export, kind in exports]
     report["load_avg_end"] = os.getloadavg()
     write_json(args.output, report)
     args.output.with_suffix(".md").write_text(to_markdown(report))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
-    failed = [m["served_name"] for m in report.get("memory_growth", []) if not m["ok"]]
+    failed = [f"{check} ({m['served_name']})" for check in ("memory_growth", "overload", "oversized")
+              for m in report.get(check, []) if not m.get("ok")]
     if failed:
-        print(f"memory growth check FAILED for {', '.join(failed)} (see the report)", file=sys.stderr)
+        print(f"checks FAILED: {', '.join(failed)} (see the report)", file=sys.stderr)
         return 1
     return 0

@@ -114,6 +114,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                   + ", ".join(f"{k} {v:+.1f}" for k, v in n["per_process_growth_mib"].items()),
                   f"- check: {'PASS' if g['ok'] else 'FAIL'} (every request answered: {g['every_request_answered']})",
                   ""]
+    lines += _overload_lines(r.get("overload", []))
+    lines += _oversized_lines(r.get("oversized", []))
     if r.get("shm"):
         sh = r["shm"]
         lines += ["## /dev/shm per python-backend instance", ""]
@@ -140,3 +142,87 @@ def _traffic_around_kill(k: dict, t: dict, after: str) -> list[str]:
             f"- sent {after}: {t['after']}, outcomes {t['after_outcomes']}; latency median {_fmt(lat.get('median'))} s, "
             f"max {_fmt(lat.get('max'))} s; client timeouts {t['timeouts']}",
             f"- sent {k['sent']}, answered {k['answered']}, stuck client threads {k['stuck_workers']}"]
+
+
+def _lat(d: dict[str, Any]) -> str:
+    return "none" if not d.get("n") else f"p50 {d['p50']:.1f}, p99 {d['p99']:.1f}, max {d['max']:.1f} (n {d['n']})"
+
+
+def _overload_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for o in runs:
+        if "error" in o:
+            lines += [f"## Overload: {o.get('served_name')}", "", f"- not run: {o['error']}", ""]
+            continue
+        q, loop, cap = o["queue"], o["open_loop"], o["capacity"]
+        lines += [f"## Overload: {o['model']['kind']} ({o['served_name']}, {o['text_pipeline']})", "",
+                  f"Queue policy: max_queue_size {q['max_queue_size']}, timeout {q['queue_timeout_ms']:g} ms, "
+                  f"{q['instances']} encoder instances, max_batch_size {q['max_batch_size']}; requests of "
+                  f"{o['batch_size']} sentences. One request alone: {o['single_request_ms']:.1f} ms. Capacity (closed "
+                  f"loop, concurrency {cap['concurrency']}, {cap['duration_s']:g} s): {cap['per_s']:.0f} requests/s. Open "
+                  f"loop (Poisson, seed {loop['seed']}) at {loop['rate_per_s']:.0f} requests/s for "
+                  f"{loop['duration_s']:g} s ({o['factor']:g}x the control's capacity): offered "
+                  f"{loop['offered_per_s']:.0f} requests/s (send lag p99 {loop['send_lag_ms']['p99']:.1f} ms).", "",
+                  f"- outcomes: {loop['counts']}" + (f"; other errors: {loop['error_examples']}"
+                                                     if loop["error_examples"] else ""),
+                  f"- accepted latency ms: {_lat(o['accepted_latency_ms'])}",
+                  f"- refused latency ms: {_lat(o['refused_latency_ms'])}",
+                  f"- bound from the settings: {_fmt(o['accepted_bound_ms'], 1)} ms (the queue and the batches held "
+                  f"outside it at the measured capacity, plus one request alone); the check allows "
+                  f"{o['bound_slack']:g}x that plus {o['batcher_idle_waits_allowed']} batcher idle waits of "
+                  f"{o['batcher_idle_wait_ms']:.0f} ms (Triton's dynamic batcher; serve/README.md): "
+                  f"{_fmt(o['accepted_check_ms'], 0)} ms; accepted requests over {o['bound_slack']:g}x the bound: "
+                  f"{o['accepted_over_slack_bound']}", "",
+                  "| seconds | sent | refused share | accepted p99 ms |", "|---|---|---|---|"]
+        lines += [f"| {w['from_s']:g}-{w['to_s']:g} | {w['sent']} | {_fmt(w['refused_share'])} | "
+                  f"{_fmt(w['accepted_p99_ms'], 1)} |" for w in o["latency_over_time"]]
+        c = o.get("control")
+        if c and "error" not in c:
+            lines += ["", f"Control: the same repository with Triton's unbounded queue and one encoder instance "
+                          f"(`ofaserve repo --max_queue_size 0`), run first: capacity {c['capacity']['per_s']:.0f} requests/s, "
+                          f"the open-loop rate above is {o['factor']:g}x that: outcomes {c['open_loop']['counts']}; "
+                          f"accepted latency ms: {_lat(c['accepted_latency_ms'])}; over the check's "
+                          f"{_fmt(o['accepted_check_ms'], 0)} ms: {c['exceeded_check']}.", "",
+                      *_accepted_p99_table("control", c["latency_over_time"])]
+        lone = o.get("lone_instance")
+        if lone and "error" not in lone:
+            lc = lone["open_loop"]["counts"]
+            lines += ["", "Lone-instance copy: the same repository with each queued model cut to one instance "
+                          f"(what two instances avoid), the same rate: outcomes {lc}; answered "
+                          f"{lc['ok'] / lone['open_loop']['duration_s']:.0f} requests/s against "
+                          f"{loop['counts']['ok'] / loop['duration_s']:.0f} with {q['instances']} instances; accepted "
+                          f"latency ms: {_lat(lone['accepted_latency_ms'])}.", "",
+                      *_accepted_p99_table("lone instance", lone["latency_over_time"])]
+        lines += ["", "- checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in o["checks"].items()), ""]
+    return lines
+
+
+def _accepted_p99_table(label: str, windows: list[dict[str, Any]]) -> list[str]:
+    return ["| seconds | sent | accepted p99 ms (" + label + ") |", "|---|---|---|",
+            *(f"| {w['from_s']:g}-{w['to_s']:g} | {w['sent']} | {_fmt(w['accepted_p99_ms'], 1)} |" for w in windows)]
+
+
+def _oversized_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for o in runs:
+        lines += [f"## Oversized requests: {o['model']['kind']} ({o['served_name']})", "",
+                  f"{o['requests']} requests of {o['request_mib']:g} MiB of text ({o['rows']} rows each), "
+                  f"{o['concurrency']} at a time, on a fresh server per repository; memory measured idle (after "
+                  "a few good requests) and a few seconds after the flood. RSS of tritonserver + every "
+                  "python-backend stub; /dev/shm regions of the stubs.", "",
+                  "| repository | text limits (per text / per request, bytes) | outcome | RSS idle MiB | RSS after MiB "
+                  "| /dev/shm idle MiB | /dev/shm after MiB | good answers unchanged |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, run in o["runs"].items():
+            lim = run["text_limits"]
+            outcome = "; ".join(f"{n} x {k[:90]}" for k, n in run["flood"]["outcomes"].items()).replace("|", "/")
+            lines.append(f"| {label} | {lim['max_text_bytes']:,} / {lim['max_request_bytes']:,} | {outcome} | "
+                         f"{run['idle']['rss_total_mib']:.0f} | {run['after']['rss_total_mib']:.0f} | "
+                         f"{run['idle']['shm_total_mib']:.0f} | {run['after']['shm_total_mib']:.0f} | "
+                         f"{run['models_ready_after'] and run['good_answers_max_abs_diff'] <= 1e-4} |")
+        lines.append("")
+        for label, run in o["runs"].items():
+            lines.append(f"- RSS growth per process, {label} (MiB): "
+                         + ", ".join(f"{k} {v:+.0f}" for k, v in run["rss_growth_by_process_mib"].items()))
+        lines += ["", "- checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in o["checks"].items()), ""]
+    return lines

@@ -13,6 +13,8 @@ from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
                      stub_kill_triton, stub_kill_under_load)
 from ofaserve.benchmarks.reliability.memory import memory_growth_check
+from ofaserve.benchmarks.reliability.overload import lone_instance_copy, overload_run
+from ofaserve.benchmarks.reliability.oversized import oversized_check
 from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
 from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
                       mixed_traffic, run_load, shm_growth_sweep)
@@ -51,7 +53,8 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
         out["shm_growth"] = shm_growth_sweep(srv.grpc_url, model, srv.process.pid)
         good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
         reference = answers(srv.grpc_url, model, good_batches)
-        cases = bad_input_cases(manifest.max_batch_size, info.max_seq_length, ExportManifest.read(export).vocab_size)
+        cases = bad_input_cases(manifest.max_batch_size, info.max_seq_length, ExportManifest.read(export).vocab_size,
+                                info.text_limits["max_text_bytes"])
         case_ref = case_references(srv.grpc_url, model, cases)
         print(f"[{tag}] bad input concurrent with good traffic", flush=True)
         mixed = mixed_traffic(srv.grpc_url, model, good_batches, reference, cases, case_ref,
@@ -80,6 +83,109 @@ def scenario_memory_growth(export: Path, kind: str, work: Path, args) -> dict[st
           f"{r['control']['growth_mib']:+.1f} MiB, limit {r['limit_mib']:.0f} MiB: {'PASS' if r['ok'] else 'FAIL'}",
           flush=True)
     return {"model": describe_export(export, kind), "served_name": model, **r}
+
+
+def scenario_overload(export: Path, kind: str, work: Path, args) -> list[dict[str, Any]]:
+    """Per text pipeline, first the control: the repository with Triton's unbounded queue and
+    one instance (``--max_queue_size 0``, what ``ofaserve repo`` wrote before it had a queue
+    policy) under open-loop traffic at ``args.overload_factor`` x its capacity; then the same
+    rate on the repository with the queue policy ``ofaserve repo`` writes (reliability.overload),
+    which must pass its checks while the control's accepted p99 exceeds their bound."""
+    tag = kind.split()[0]
+    runs = []
+    for pipeline in args.overload_pipelines.split(","):
+        control = _overload_on(export, work / f"repo_overload_{tag}_{pipeline}_control", pipeline, args,
+                               max_queue_size=0, instances=1)
+        print(f"[{tag}]   control (unbounded queue, one instance): {_overload_line(control)}", flush=True)
+        if "error" in control:
+            runs.append({**control, "model": describe_export(export, kind)})
+            continue
+        rate = control["open_loop"]["rate_per_s"]
+        repo = work / f"repo_overload_{tag}_{pipeline}"
+        r = _overload_on(export, repo, pipeline, args, max_queue_size=args.overload_max_queue_size,
+                         instances=args.overload_instances, rate_per_s=rate)
+        r["model"] = describe_export(export, kind)
+        if "error" not in r:
+            exceeded = (r["accepted_check_ms"] is not None
+                        and (control["accepted_latency_ms"]["p99"] or 0) > r["accepted_check_ms"])
+            r["control"] = {**control, "exceeded_check": exceeded}
+            r["checks"]["control_exceeds_the_bound"] = exceeded
+            r["ok"] = all(r["checks"].values())
+            if args.overload_lone_instance:  # why two instances: the same policy with one, same rate
+                lone = _overload_on(export, repo, pipeline, args, max_queue_size=args.overload_max_queue_size,
+                                    instances=args.overload_instances, rate_per_s=rate,
+                                    serve_from=lone_instance_copy(repo, work / f"{repo.name}_lone"))
+                r["lone_instance"] = lone
+                print(f"[{tag}]   lone-instance copy (queue policy, one instance): {_overload_line(lone)}", flush=True)
+        print(f"[{tag}]   {_overload_line(r)}", flush=True)
+        runs.append(r)
+    return runs
+
+
+def _overload_on(export: Path, repo: Path, pipeline: str, args, *, max_queue_size: int | None,
+                 instances: int | None, rate_per_s: float | None = None,
+                 serve_from: Path | None = None) -> dict[str, Any]:
+    """One overload run on a repository of ``export`` built at ``repo`` (or, with
+    ``serve_from``, already built there and served from that copy of it)."""
+    from ofaserve.core.manifests import read_manifest
+    from ofaserve.serve.repository import build_repository
+    from ofaserve.serve.server import TritonServer
+    if serve_from is None:
+        # fp32 pinned: the queues do not depend on the precision, and auto would time candidates first
+        build_repository([export], repo, target="cpu", precision="fp32", text_pipeline=pipeline,
+                         max_queue_size=max_queue_size, instances=instances)
+    served = serve_from or repo
+    manifest = read_manifest(served, stage="repo")
+    (model,) = manifest["models"]
+    queue = manifest["queue_policy"]
+    instances_served = _encoder_instances(served, model)
+    print(f"overload ({pipeline}): {f'{rate_per_s:.0f} requests/s' if rate_per_s else f'{args.overload_factor}x capacity'}"
+          f" for {args.overload_seconds} s, {args.batch_size} sentences per request, queue {queue['max_queue_size']}, "
+          f"{instances_served} encoder instances", flush=True)
+    p = free_ports()
+    with TritonServer(served, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
+        r = overload_run(srv.grpc_url, model, dev_sentences(), batch_size=args.batch_size,
+                         max_batch_size=manifest["max_batch_size"], max_queue_size=queue["max_queue_size"],
+                         instances=instances_served, queue_timeout_ms=queue["queue_timeout_ms"],
+                         factor=args.overload_factor, duration_s=args.overload_seconds, rate_per_s=rate_per_s)
+    r.update({"served_name": model, "text_pipeline": pipeline,
+              "repository": {**{k: manifest[k] for k in ("target", "runtime", "precision", "max_batch_size",
+                                                         "encoder_threads", "queue_policy")},
+                             "encoder_instances": instances_served}})
+    return r
+
+
+def _encoder_instances(repo: Path, model: str) -> int:
+    """Instances of the model that encodes (the fused model or the encoder), as served."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+    config = text_format.Parse((repo / f"{model}_encoder" / "config.pbtxt").read_text(), mc.ModelConfig())
+    return sum(g.count for g in config.instance_group)
+
+
+def _overload_line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return r["error"]
+    return (f"capacity {r['capacity']['per_s']:.0f} req/s; open loop {r['open_loop']['counts']}; accepted p99 "
+            f"{r['accepted_latency_ms']['p99']:.0f} ms (check {_ms(r['accepted_check_ms'])}): "
+            f"{'PASS' if r.get('ok') else 'FAIL'}")
+
+
+def _ms(v: float | None) -> str:
+    return "none" if v is None else f"{v:.0f} ms"
+
+
+def scenario_oversized(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
+    """A flood of requests far over the text limits, on the defaults and without limits (reliability.oversized)."""
+    tag = kind.split()[0]
+    print(f"[{tag}] oversized: {args.oversized_requests} requests of {args.oversized_mib} MiB of text, on the "
+          "default limits and on a copy without them", flush=True)
+    r = oversized_check(export, work, dev_sentences(64), n_requests=args.oversized_requests,
+                        request_mib=args.oversized_mib)
+    for label, run in r["runs"].items():
+        print(f"[{tag}]   {label}: RSS {run['idle']['rss_total_mib']:.0f} -> {run['after']['rss_total_mib']:.0f} MiB, "
+              f"/dev/shm {run['idle']['shm_total_mib']:.0f} -> {run['after']['shm_total_mib']:.0f} MiB", flush=True)
+    return {"model": describe_export(export, kind), **r}
 
 
 def scenario_faults(export: Path, work: Path) -> dict[str, Any]:

@@ -132,10 +132,14 @@ class Case:
     reference: list[str] | None = None   # ensemble: texts whose idle-server answer it must equal
 
 
-def bad_input_cases(max_batch_size: int, max_seq_length: int, vocab_size: int) -> list[Case]:
-    """The requests a client may send by mistake or malice, and what each must get."""
+def bad_input_cases(max_batch_size: int, max_seq_length: int, vocab_size: int, max_text_bytes: int) -> list[Case]:
+    """The requests a client may send by mistake or malice, and what each must get
+    (``max_text_bytes``: the text models' limit per text, the repository manifest's text_limits)."""
     long_text = ("good movie but a bad plot " * 400)[:10_000]
     huge = [(f"{i} " + "a fine but long film " * 5000)[:100_000] for i in range(max_batch_size)]
+    at_limit = ("a fine film " * (max_text_bytes // 12 + 1))[:max_text_bytes]
+    too_long = at_limit + "!"
+    limit = "exceeds this model's limit"
     invalid_utf8 = b"caf\xc3\xa9 \xff\xfe not utf-8 \xc3"
     emoji_cjk = "😀🎬 电影很好 映画 ñandú"
     ids = np.array([[2, 5, 3]], np.int64)
@@ -154,7 +158,9 @@ def bad_input_cases(max_batch_size: int, max_seq_length: int, vocab_size: int) -
         Case("10,000-char text", "ensemble", texts(long_text), "ok", [long_text]),
         Case("invalid UTF-8 bytes", "ensemble", texts(invalid_utf8), "ok", [invalid_utf8]),
         Case("emoji / CJK", "ensemble", texts(emoji_cjk), "ok", [emoji_cjk]),
-        Case(f"{max_batch_size} x 100,000 chars (6.4 MB)", "ensemble", texts(*huge), "ok", huge),
+        Case(f"text of max_text_bytes ({max_text_bytes:,})", "ensemble", texts(at_limit), "ok", [at_limit]),
+        Case("text 1 byte over max_text_bytes", "ensemble", texts("fine film", too_long), limit + ".*per text"),
+        Case(f"{max_batch_size} x 100,000 chars (6.4 MB)", "ensemble", texts(*huge), limit + ".*per request"),
         Case(f"batch {max_batch_size + 1} > max_batch_size", "ensemble",
              texts(*(["good"] * (max_batch_size + 1))), r"batch.size|max.batch|exceeds"),
         Case("TEXT as INT64", "ensemble", lambda: tensor_inputs({"TEXT": np.array([[1]], np.int64)}),

@@ -320,6 +320,7 @@ class RepoModel:
     source_export: str
     task_spec: TaskSpec | None = None
     precision_choice: dict[str, Any] | None = None
+    text_limits: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -334,8 +335,9 @@ class RepoModel:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["task_spec"] = self.task_spec.to_dict() if self.task_spec else None
-        if out["precision_choice"] is None:
-            out.pop("precision_choice")
+        for optional in ("precision_choice", "text_limits"):
+            if out[optional] is None:
+                out.pop(optional)
         return {**out, **self.extra}
 
 
@@ -352,6 +354,7 @@ class RepoManifest(StageManifest):
     max_batch_size: int = 0
     encoder_instances: int = 1
     encoder_threads: int = 1
+    queue_policy: dict[str, Any] = field(default_factory=dict)
     image_packages: list[str] = field(default_factory=list)
     models: dict[str, RepoModel] = field(default_factory=dict)
 

@@ -62,20 +62,54 @@ def load_tokenizer(path, max_seq_length, pad_id, pad_to_multiple_of=None):
     return tok
 
 
-def _decoded_rows(request, name, max_chars):
-    """The rows of BYTES input ``name`` decoded (list of str), None when absent, or an error (str).
+def text_limits(config):
+    """(max_text_bytes, max_request_bytes) from config.pbtxt: the bytes one text may hold, and
+    the bytes all the texts of one request may hold together (``ofaserve repo`` writes both)."""
+    return int(param(config, "max_text_bytes")), int(param(config, "max_request_bytes"))
 
-    Bytes that are not valid UTF-8 become U+FFFD instead of failing the request; text
-    longer than ``max_chars`` (see ``text_char_limit``) is cut before tokenizing, which
-    bounds the work a huge request can cause."""
+
+def _raw_rows(request, name):
+    """The rows of BYTES input ``name`` as they arrived (1-D object array of bytes), None when
+    absent, or an error (str)."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return None
     raw = tensor.as_numpy()
     if raw.ndim != 2 or raw.shape[1] != 1:
         return f"{name} must have shape [batch, 1], got {list(raw.shape)}"
+    return raw.reshape(-1)
+
+
+def _byte_size(item):
+    return len(item) if isinstance(item, bytes) else len(str(item).encode("utf-8"))
+
+
+def size_error(inputs, limits):
+    """Why the texts of one request are too large (str), or None. ``inputs`` maps input names
+    to their raw rows; ``limits`` is (max_text_bytes, max_request_bytes). Only the lengths of
+    the raw bytes are read: nothing is decoded or copied for a request refused here."""
+    max_text, max_request = limits
+    sizes = {name: [_byte_size(item) for item in rows] for name, rows in inputs.items()}
+    total = sum(sum(s) for s in sizes.values())
+    if total > max_request:
+        return (f"this request holds {total:,} bytes of text, which exceeds this model's limit of {max_request:,} "
+                "bytes per request (max_request_bytes in its config): send fewer or shorter texts per request")
+    for name, row_sizes in sizes.items():
+        for i, size in enumerate(row_sizes):
+            if size > max_text:
+                return (f"{name}[{i}] is {size:,} bytes, which exceeds this model's limit of {max_text:,} bytes "
+                        "per text (max_text_bytes in its config): shorten it")
+    return None
+
+
+def _decoded(name, rows, max_chars):
+    """The rows decoded (list of str), or an error (str).
+
+    Bytes that are not valid UTF-8 become U+FFFD instead of failing the request; text
+    longer than ``max_chars`` (see ``text_char_limit``) is cut before tokenizing, which
+    bounds the tokenizer's work where max_text_bytes allows more than it keeps."""
     texts = []
-    for i, item in enumerate(raw.reshape(-1)):
+    for i, item in enumerate(rows):
         text = item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
         if not text.strip():
             return f"{name}[{i}] is empty or whitespace only: nothing to classify"
@@ -83,22 +117,33 @@ def _decoded_rows(request, name, max_chars):
     return texts
 
 
-def request_texts(request, max_chars, pair=False):
+def request_texts(request, max_chars, limits, pair=False):
     """What one request asks to classify: a list of sentences (TEXT), or for a sentence-pair
-    model a list of (TEXT, TEXT_PAIR) tuples, row by row; or an error message (str)."""
-    texts = _decoded_rows(request, "TEXT", max_chars)
-    if texts is None:
-        return "missing input TEXT"
-    if isinstance(texts, str) or not pair:
-        return texts
-    pairs = _decoded_rows(request, "TEXT_PAIR", max_chars)
-    if pairs is None:
-        return "missing input TEXT_PAIR: this model reads sentence pairs (TEXT and TEXT_PAIR, one row each)"
-    if isinstance(pairs, str):
-        return pairs
-    if len(pairs) != len(texts):
-        return f"TEXT has {len(texts)} rows but TEXT_PAIR has {len(pairs)}: one second sentence per first"
-    return list(zip(texts, pairs))
+    model a list of (TEXT, TEXT_PAIR) tuples, row by row; or an error message (str). A request
+    over ``limits`` (see ``text_limits``) is refused before any of its text is decoded."""
+    names = ("TEXT", "TEXT_PAIR") if pair else ("TEXT",)
+    inputs = {}
+    for name in names:
+        rows = _raw_rows(request, name)
+        if rows is None:
+            return ("missing input TEXT_PAIR: this model reads sentence pairs (TEXT and TEXT_PAIR, one row each)"
+                    if name == "TEXT_PAIR" else "missing input TEXT")
+        if isinstance(rows, str):
+            return rows
+        inputs[name] = rows
+    if pair and len(inputs["TEXT_PAIR"]) != len(inputs["TEXT"]):
+        return (f"TEXT has {len(inputs['TEXT'])} rows but TEXT_PAIR has {len(inputs['TEXT_PAIR'])}: "
+                "one second sentence per first")
+    too_large = size_error(inputs, limits)
+    if too_large:
+        return too_large
+    decoded = []
+    for name, rows in inputs.items():
+        texts = _decoded(name, rows, max_chars)
+        if isinstance(texts, str):
+            return texts
+        decoded.append(texts)
+    return decoded[0] if not pair else list(zip(*decoded))
 
 
 def is_regression(config):

@@ -6,7 +6,8 @@ extra hops between python stubs: the formed batch is tokenized in one encode_bat
 padded once to its longest sentence and run on the encoder's runtime (runtimes.py,
 copied next to this file): a packed graph packs the sentences into shared rows, other
 graphs run as length-sorted chunks when that saves padding (``length_buckets``). Then
-the logits become labels and probabilities. Invalid requests get a per-request error; the others still run.
+the logits become labels and probabilities. Invalid requests (the tokenizer model's rules,
+byte limits included) get a per-request error; the others still run.
 """
 import json
 import sys
@@ -18,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from python_model_io import (is_pair, is_regression, label_names, load_tokenizer, param as _param,  # noqa: E402
                              request_error as _error, request_texts, runner_options, string_params,
-                             task_outputs, text_char_limit)
+                             task_outputs, text_char_limit, text_limits)
 from runtimes import run_length_buckets, runner_from_parameters  # noqa: E402
 
 
@@ -28,6 +29,7 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         max_seq_length = int(_param(config, "max_seq_length"))
         self.max_chars = text_char_limit(max_seq_length)
+        self.limits = text_limits(config)
         self.pad_id = int(_param(config, "pad_token_id", "0"))
         self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), max_seq_length, self.pad_id)
         self.labels = None if is_regression(config) else label_names(config)
@@ -39,7 +41,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"cannot load the {_param(config, 'runtime')} runtime: {e}") from e
 
     def execute(self, requests):
-        parsed = [request_texts(r, self.max_chars, self.pair) for r in requests]
+        parsed = [request_texts(r, self.max_chars, self.limits, self.pair) for r in requests]
         flat = [t for p in parsed if isinstance(p, list) for t in p]
         logits = None
         if flat:

@@ -6,7 +6,9 @@ in one execute() call is tokenized in a single encode_batch and padded once, to 
 longest sentence of that formed batch (optionally rounded up to a multiple, so that a
 downstream batcher that needs equal shapes can merge requests). Truncates to
 max_seq_length (pairs longest-first, as the tokenizer compress trained with). Empty or
-whitespace-only text, and a TEXT_PAIR missing or of another row count, are rejected per request.
+whitespace-only text, a TEXT_PAIR missing or of another row count, and a request over the
+byte limits of config.pbtxt (max_text_bytes, max_request_bytes: checked before any text is
+decoded) are rejected per request.
 """
 import json
 import sys
@@ -17,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from python_model_io import (is_pair, load_tokenizer, param as _param, request_error as _error,  # noqa: E402
-                             request_texts, text_char_limit)
+                             request_texts, text_char_limit, text_limits)
 
 
 class TritonPythonModel:
@@ -26,13 +28,14 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(_param(config, "max_seq_length"))
         self.max_chars = text_char_limit(self.max_seq_length)
+        self.limits = text_limits(config)
         self.pair = is_pair(config)
         self.tokenizer = load_tokenizer(here / _param(config, "tokenizer_file"), self.max_seq_length,
                                         int(_param(config, "pad_token_id", "0")),
                                         int(_param(config, "pad_to_multiple_of", "0")))
 
     def execute(self, requests):
-        parsed = [request_texts(r, self.max_chars, self.pair) for r in requests]
+        parsed = [request_texts(r, self.max_chars, self.limits, self.pair) for r in requests]
         flat = [t for p in parsed if isinstance(p, list) for t in p]
         encodings = self.tokenizer.encode_batch(flat, add_special_tokens=True) if flat else []
         responses, start = [], 0
