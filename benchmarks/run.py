@@ -202,6 +202,8 @@ def model_info(client, m: str, repo: Path | None, repo_manifest: dict[str, Any])
                "repository manifest": (repo_manifest.get("models", {}).get(m) or {}).get("width_mult")}
     info["width_source"], width = next(((k, v) for k, v in sources.items() if v not in (None, "")), (None, None))
     info["width"] = float(width) if width is not None else None
+    depth = params.get("depth_mult") or (repo_manifest.get("models", {}).get(m) or {}).get("depth_mult")
+    info["depth"] = float(depth) if depth not in (None, "") else 1.0
     try:
         ens = client.get_model_config(m, as_json=True).get("config", {})
         steps = (ens.get("ensemble_scheduling") or {}).get("step", []) or []
@@ -399,7 +401,8 @@ def discover(client, url: str, plan: Plan) -> tuple[list[str], dict[str, dict[st
         raise OfaserveError(f"--seq_len {args.seq_len} exceeds the max_seq_length of "
                             + ", ".join(f"{m} ({n})" for m, n in too_long.items())
                             + "; pass a --seq_len within it")
-    models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))  # full width first in tables and ABBA order
+    # the full model first in tables and ABBA order
+    models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), -infos[m]["depth"], m))
     return models, {m: infos[m] for m in models}
 
 
@@ -632,7 +635,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "results": results,
             "baselines": baselines_out,
             "baseline_notes": baseline_notes,
-            "comparisons": stats.compare(results, baselines_out, {m: infos[m]["width"] for m in models}),
+            "comparisons": stats.compare(results, baselines_out, {m: infos[m]["width"] for m in models},
+                                         depths={m: infos[m]["depth"] for m in models}),
             "warmup_accounting": measurement.warm.to_dict(),
             "totals": _totals(results, measurement.warm),
             "run_wall_s": run_wall,

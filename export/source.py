@@ -11,6 +11,7 @@ from ofaserve.core import tokenizer
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import read_manifest
 from ofaserve.core.files import sha256_file
+from ofaserve.core.subnet import manifest_depths
 from ofaserve.core.tasks import Split, TaskSpec, spec_of, split_of
 
 
@@ -74,7 +75,7 @@ def build_supernet(src: Source):
     model = build_classifier(src.config)
     model.set_state_dict(src.state)
     model.eval()
-    sn = OfaSupernet(model, src.manifest["width_mult_list"])
+    sn = OfaSupernet(model, src.manifest["width_mult_list"], manifest_depths(src.manifest))
     sn.eval()
     return sn
 
