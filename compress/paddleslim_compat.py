@@ -166,13 +166,15 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def patched(patches: list[Patch] = ALL) -> Iterator[None]:
-    """Apply ``patches``; restore each original (even on error) on exit.
+def patched(patches: list[Patch] | None = None) -> Iterator[None]:
+    """Apply ``patches`` (default: ``ALL``, read when entered); restore each original (even on
+    error) on exit.
 
     Restoring in reverse order makes nesting and re-entry safe: patching
     ``BertModel.forward`` twice cannot stack (the second patch would wrap the first and
     fail on its keyword arguments).
     """
+    patches = ALL if patches is None else patches
     originals: list[tuple[Patch, Any]] = []
     try:
         for p in patches:
