@@ -238,7 +238,7 @@ def render(record: dict[str, Any]) -> str:
         f"- {record['settings']['requests']} measured requests per side at concurrency 1, batch "
         f"{record['settings']['batch_size']}, in {record['settings']['rounds']} ABBA rounds", "",
         *rows, "",
-        "ofaserve's default is " + faster_sentence(sp, "speedup_x", "the default", "the tutorial's setting") + ".",
+        faster_sentence(sp, "speedup_x", "ofaserve's default", "the tutorial's setting") + ".",
         f"Default minus tutorial, {metric} (95% paired-bootstrap interval): " + "; ".join(diffs) + ".", ""])
 
 

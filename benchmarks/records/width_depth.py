@@ -102,6 +102,7 @@ def grid_record(manifest: dict, report: dict, subnets: list[Subnet], command: st
                and not s.get("in_process")}
     layers = int(manifest["model_config"]["num_hidden_layers"])
     teacher = res["teacher"][split][metric]
+    served = served_key(report["settings"])
     configs = []
     for sub in subnets:
         if sub.key not in models:
@@ -114,7 +115,7 @@ def grid_record(manifest: dict, report: dict, subnets: list[Subnet], command: st
             "layers": sub.depth.layers(layers), f"dev_{metric}": r["dev"][metric],
             f"{split}_{metric}": r[split][metric], f"teacher_{split}_{metric}": teacher,
             f"{split}_{metric}_minus_teacher": {"diff": vs["diff"], "ci95": vs["ci95"]},
-            "served_16x128_fp32_p50_ms": p50[model],
+            served: p50[model],
             "speedup_vs_full_fp32": (None if s is None else {k: s[k] for k in ("faster_than_full_x", "ci95",
                                                                                "few_requests", "fewest_requests")}),
         })
@@ -132,9 +133,16 @@ def grid_record(manifest: dict, report: dict, subnets: list[Subnet], command: st
     }
 
 
+def served_key(settings: dict[str, Any]) -> str:
+    """The latency field's name, from the bench's settings: ``served_16x128_fp32_p50_ms``."""
+    return f"served_{settings['batch_size']}x{settings['seq_len']}_fp32_p50_ms"
+
+
 def render(record: dict[str, Any]) -> str:
     metric, split = record["metric"], record["report_split"]
-    rows = [f"| width | depth (layers) | {split} {metric} | - teacher (95% CI) | p50 16x128 fp32 ms | faster than full |",
+    served = served_key(record["bench"]["settings"])
+    shape = served.split("_")[1]
+    rows = [f"| width | depth (layers) | {split} {metric} | - teacher (95% CI) | p50 {shape} fp32 ms | faster than full |",
             "|---|---|---|---|---|---|"]
     for c in record["configs"]:
         vs, s = c[f"{split}_{metric}_minus_teacher"], c["speedup_vs_full_fp32"]
@@ -143,7 +151,7 @@ def render(record: dict[str, Any]) -> str:
             + (" (few requests)" if s.get("few_requests") else ""))
         rows.append(f"| {c['width_mult']:.4g} | {c['depth_mult']:.4g} ({len(c['layers'])}) | {c[f'{split}_{metric}']:.4f} "
                     f"| {vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}] | "
-                    f"{c['served_16x128_fp32_p50_ms']:.1f} | {faster} |")
+                    f"{c[served]:.1f} | {faster} |")
     m = record["machine"]
     return "\n".join([f"# Width x depth grid ({record['task']})", "",
                       f"{record['date']} on {m.get('cpu')} ({m.get('cores')} cores; flags "
