@@ -8,8 +8,9 @@ The two sides, each on its own Triton server (a repository holds one precision c
   the full-width export). Its latency requests are 16 x 128 token batches sent to
   ``{m}_encoder`` with no pad token in them: a padded batch costs the same whatever its
   tokens, and the served encoder, which drops pads, then runs all 128 positions as the
-  tutorial's static graph does. Its accuracy is measured on the task's real dev and test
-  sentences, tokenized here and padded to 128.
+  tutorial's static graph does (a packed graph, given no pads, keeps the 16 rows of 128 as
+  they are; ``sides.tutorial.encoder_artifact`` says which graph served). Its accuracy is
+  measured on the task's real dev and test sentences, tokenized here and padded to 128.
 * **default**: the subnet ``ofaserve export --width_mult auto`` chose, at the precision
   ``ofaserve repo --precision auto`` chose, with the served encoder's packing: the task's
   real dev sentences sent as text to the ``{m}`` text model, 16 per request.

@@ -16,7 +16,7 @@ from ofaserve.compress import distributed as dist
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.compress.ofa import OfaSupernet
 from ofaserve.core.batching import batches
-from ofaserve.core.subnet import Depth, Subnet, teacher_layers
+from ofaserve.core.subnet import Depth, teacher_layers
 from ofaserve.core.tasks import Split, TaskSpec, TaskType
 
 log = logging.getLogger("ofaserve.compress")
@@ -229,7 +229,7 @@ def subnets_for_step(subnets: list, sampling: str, rng: np.random.Generator) -> 
     """``all``: every subnet each step (the tutorial; DynaBERT's every width at every depth).
     ``sandwich``: the largest, the smallest and one random other (the sandwich rule: same
     extremes, ~25% fewer passes with 4 widths). ``subnets`` go largest first, smallest last
-    (``core.subnet.grid``); widths alone (floats) work the same way."""
+    (``core.subnet.grid``)."""
     if sampling == "all" or len(subnets) <= 3:
         return list(subnets)
     middle = subnets[1:-1]
@@ -264,8 +264,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
     mapping = [s for s, _ in distillation_pairs(n_layers)]
     pairs = {d: distillation_pairs(n_layers, d) for d in supernet.depths}
     t_hidden, s_hidden = HiddenStates(teacher, mapping), HiddenStates(supernet.model, mapping)
-    # width-only: the widths, keyed and sampled as before depths existed
-    subnets = supernet.widths if supernet.depths == [1.0] else supernet.subnets
+    subnets = supernet.subnets  # width-only: the widths in their order, so sampled as before depths existed
     teacher.eval()
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
@@ -298,7 +297,6 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
                     t_states = dict(t_hidden.values)
                     losses = {}
                     for sub in subnets_for_step(subnets, sampling, rng):
-                        sub = sub if isinstance(sub, Subnet) else Subnet.of(sub)
                         supernet.set_subnet(sub.width.value, sub.depth.value)
                         s_hidden.clear()
                         logits = supernet(ids_t, types_t)

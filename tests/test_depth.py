@@ -314,3 +314,13 @@ def test_repository_names_each_subnet_and_records_its_depth(depth_export_dir, tm
     shutil.copytree(depth_export_dir, twin)
     with pytest.raises(OfaserveError, match="both export width 0.5, depth 0.5"):
         build_repository([depth_export_dir, twin], tmp_path / "repo2", precision="fp32")
+
+
+def test_sandwich_over_the_grid_keeps_the_extremes():
+    from ofaserve.compress.train import subnets_for_step
+
+    g = grid([1.0, 0.75, 0.5], [1.0, 0.5])
+    rng = np.random.default_rng(0)
+    picks = [subnets_for_step(g, "sandwich", rng) for _ in range(30)]
+    assert all(p[0] == Subnet.of(1.0) and p[1] == Subnet.of(0.5, 0.5) and p[2] in g[1:-1] for p in picks)
+    assert len({p[2] for p in picks}) > 1 and subnets_for_step(g, "all", rng) == g
