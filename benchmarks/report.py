@@ -68,8 +68,9 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _width(report: Mapping[str, Any], model: str) -> str:
-    w = (report.get("models", {}).get(model) or {}).get("width")
-    return "-" if w is None else f"{w:.4g}"
+    info = report.get("models", {}).get(model) or {}
+    w, d = info.get("width"), info.get("depth") or 1.0
+    return "-" if w is None else f"{w:.4g}" + ("" if d == 1.0 else f", depth {d:.4g}")
 
 
 def _speedup_lookup(report: Mapping[str, Any]) -> dict:
@@ -82,7 +83,9 @@ def _speedup_lookup(report: Mapping[str, Any]) -> dict:
 
 def _speedup_cell(report: Mapping[str, Any], spd: dict, model: str, key: tuple) -> str:
     """The "faster than full" cell of a row: the full-width model is the reference."""
-    if model == pick_full({m: (i or {}).get("width") for m, i in report.get("models", {}).items()}):
+    models = report.get("models", {})
+    if model == pick_full({m: (i or {}).get("width") for m, i in models.items()},
+                          {m: (i or {}).get("depth") for m, i in models.items()}):
         return "reference"
     return ratio_cell(spd.get(key, {}), "faster_than_full_x")
 

@@ -113,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "compare, e.g. 'openvino:bf16,onnxruntime'; 'auto' adds every precision candidate that "
                         "`ofaserve repo --precision auto` timed (fp32, bf16, int8 where they passed the export's "
                         "gate and exist on this CPU); the served runtime is always included")
+    h = p.add_argument_group("headline (the tutorial's setting against ofaserve's default, one run)")
+    h.add_argument("--headline", action="store_true",
+                   help="serve side by side the tutorial's setting (--tutorial_repository: the full model at fp32, "
+                        "every batch of --batch_size padded to --seq_len, sent as token ids) and ofaserve's default "
+                        "(--model_repository: the `export --width_mult auto` subnet at `repo --precision auto`, "
+                        "the --task's dev sentences as text, packed), at concurrency 1 in ABBA rounds; both scored "
+                        "on the task's dev and test sentences through their servers. Writes headline.json and "
+                        "headline.md to --output_dir")
+    h.add_argument("--tutorial_repository", default=None,
+                   help="with --headline: the repository of the tutorial's side (`ofaserve repo --export_dir "
+                        "<width 1.0 export> --precision fp32`)")
+    h.add_argument("--tutorial_url", default=None,
+                   help="with --headline and no --start_server: gRPC address of the server of "
+                        "--tutorial_repository (--url serves --model_repository); with --start_server both are "
+                        "started, the tutorial's on free ports")
+    h.add_argument("--tutorial_model", default=None,
+                   help="with --headline: the model of --tutorial_repository [default: its only one]; --models "
+                        "names the default side's")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
     o.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
@@ -207,6 +225,8 @@ def model_info(client, m: str, repo: Path | None, repo_manifest: RepoManifest | 
                "repository manifest": served.width_mult if (served := _repo_model(repo_manifest, m)) else None}
     info["width_source"], width = next(((k, v) for k, v in sources.items() if v not in (None, "")), (None, None))
     info["width"] = float(width) if width is not None else None
+    depth = params.get("depth_mult") or (served.depth_mult if (served := _repo_model(repo_manifest, m)) else None)
+    info["depth"] = float(depth) if depth not in (None, "") else 1.0
     try:
         ens = client.get_model_config(m, as_json=True).get("config", {})
         steps = (ens.get("ensemble_scheduling") or {}).get("step", []) or []
@@ -230,10 +250,12 @@ def _int_or_none(v: Any) -> int | None:
         return None
 
 
-def real_text_encoder(m: str, repo: Path):
+def real_text_encoder(m: str, repo: Path, pad_to: int | None = None):
     """The in-process twin of the server's tokenization (``{m}_tokenizer`` of an ensemble, or
     the fused text model ``{m}``): its tokenizer.json, truncation and padding (to the
-    batch's longest, rounded up to ``pad_to_multiple_of``), as the server does it."""
+    batch's longest, rounded up to ``pad_to_multiple_of``), as the server does it; with
+    ``pad_to``, every batch truncated and padded to that many tokens instead (the tutorial's
+    padding)."""
     tok_dir = repo / f"{m}_tokenizer"
     if not tok_dir.is_dir() and (repo / m / "1" / "tokenizer.json").is_file():
         tok_dir = repo / m
@@ -246,9 +268,12 @@ def real_text_encoder(m: str, repo: Path):
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(path))
     pad_id = int(params.get("pad_token_id", 0) or 0)
-    tok.enable_truncation(max_length=int(params.get("max_seq_length", 128)))
-    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "[PAD]",
-                       pad_to_multiple_of=int(params.get("pad_to_multiple_of", 0) or 0) or None)
+    max_len = int(params.get("max_seq_length", 128))
+    if pad_to is not None and pad_to > max_len:
+        raise OfaserveError(f"{m} reads at most {max_len} tokens: cannot pad to {pad_to}")
+    tok.enable_truncation(max_length=pad_to or max_len)
+    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "[PAD]", length=pad_to,
+                       pad_to_multiple_of=None if pad_to else int(params.get("pad_to_multiple_of", 0) or 0) or None)
 
     def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = tok.encode_batch(list(texts), add_special_tokens=True)
@@ -408,7 +433,8 @@ def discover(client, url: str, plan: Plan) -> tuple[list[str], dict[str, dict[st
         raise OfaserveError(f"--seq_len {args.seq_len} exceeds the max_seq_length of "
                             + ", ".join(f"{m} ({n})" for m, n in too_long.items())
                             + "; pass a --seq_len within it")
-    models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), m))  # full width first in tables and ABBA order
+    # the full model first in tables and ABBA order
+    models.sort(key=lambda m: (-(infos[m]["width"] or 0.0), -infos[m]["depth"], m))
     return models, {m: infos[m] for m in models}
 
 
@@ -647,7 +673,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "results": results,
             "baselines": baselines_out,
             "baseline_notes": baseline_notes,
-            "comparisons": stats.compare(results, baselines_out, {m: infos[m]["width"] for m in models}),
+            "comparisons": stats.compare(results, baselines_out, {m: infos[m]["width"] for m in models},
+                                         depths={m: infos[m]["depth"] for m in models}),
             "warmup_accounting": measurement.warm.to_dict(),
             "totals": _totals(results, measurement.warm),
             "run_wall_s": run_wall,
@@ -722,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.headline:
+            from ofaserve.benchmarks import headline
+            return headline.run(args, argv)
         return run(args, argv)
     except OfaserveError as e:
         return fail(str(e))

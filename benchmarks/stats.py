@@ -195,13 +195,14 @@ def pipeline_totals(summaries: Mapping[str, Mapping[str, Any]], names: Sequence[
 
 
 # --------------------------------------------------------------------------- widths
-def pick_full(widths: Mapping[str, float | None]) -> str | None:
-    """The full-width model of a set: the largest known width (ties: first name)."""
-    known = [(w, n) for n, w in widths.items() if w is not None]
+def pick_full(widths: Mapping[str, float | None], depths: Mapping[str, float | None] | None = None) -> str | None:
+    """The full-width model of a set: the largest known width, of those the deepest
+    (``depths``, 1.0 where not given; ties: first name)."""
+    known = [((w, (depths or {}).get(n) or 1.0), n) for n, w in widths.items() if w is not None]
     if not known:
         return None
-    best = max(w for w, _ in known)
-    return next(n for w, n in known if w == best)
+    best = max(k for k, _ in known)
+    return next(n for k, n in known if k == best)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -274,7 +275,8 @@ def faster(subject: Mapping[str, Any], reference: Mapping[str, Any], key: str, s
 
 
 def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[str, Any]],
-            widths: Mapping[str, float | None], stat: str = STAT) -> dict[str, Any]:
+            widths: Mapping[str, float | None], stat: str = STAT,
+            depths: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """The ratios the report asks for, from measured rows (each with its ``latencies_ms``).
 
     * ``speedup``: ``faster_than_full_x``, each compressed model against the full width,
@@ -287,7 +289,7 @@ def compare(results: Iterable[Mapping[str, Any]], baselines: Iterable[Mapping[st
     """
     results = list(results)
     baselines = list(baselines)
-    full = pick_full(widths)
+    full = pick_full(widths, depths)
     by_key = {(r["model"], r["workload"], r["concurrency"]): r for r in results}
 
     speedup = []

@@ -7,6 +7,7 @@ import sys
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.subnet import Depth
 from ofaserve.core.width import Width
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import run_stage, setup_logging
@@ -15,6 +16,13 @@ from ofaserve.core.stage_cli import run_stage, setup_logging
 def _width(text: str) -> float:
     try:
         return Width.parse(text).value
+    except OfaserveError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _depth(text: str) -> float:
+    try:
+        return Depth.parse(text).value
     except OfaserveError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -58,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "atomically; checked before any work; work in progress in <output_dir>.partial)")
     p.add_argument("--width_mult_list", type=_width, nargs="+", default=DEFAULT_WIDTHS,
                    help="widths of the supernet (fraction of heads and FFN neurons kept); must include 1.0")
+    p.add_argument("--depth_mult_list", type=_depth, nargs="+", default=[1.0],
+                   help="depths of the supernet (fraction of encoder layers kept, DynaBERT's rule: 0.5 keeps layers "
+                        "0, 2, 4 of 6), trained together with every width, e.g. 1.0 0.75 0.5; must include 1.0. "
+                        "1.0 alone trains widths only")
     p.add_argument("--max_seq_length", type=int, default=None,
                    help="truncate sentences to this many WordPiece tokens (batches pad to their longest) "
                         "[default 64, which 99%% of rt-polarity's sentences fit in; GLUE's pair tasks want 128]")
@@ -93,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select_width", type=_width, default=None,
                    help="keep the checkpoint with the best dev accuracy at this width (the one you will deploy) "
                         "[default: best mean dev accuracy over all widths]")
+    p.add_argument("--select_depth", type=_depth, default=None,
+                   help="with --select_width: the depth of the subnet whose dev score picks the checkpoint "
+                        "[default 1.0]")
     p.add_argument("--n_gpu", type=int, default=1, help="data-parallel workers (paddle.distributed; GPUs)")
     p.add_argument("--seed", type=int, default=42, help="random seed (data order, dropout, head)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <output_dir>.partial")
@@ -123,10 +138,11 @@ def options_from_args(args: argparse.Namespace) -> CompressOptions:
         output_dir=args.output_dir, model_type=args.model_type, model_name_or_path=args.model_name_or_path,
         task_name=args.task_name, data_dir=args.data_dir, task_type=args.task_type, train_file=args.train_file,
         dev_file=args.dev_file, test_file=args.test_file,
-        width_mult_list=args.width_mult_list, batch_size=args.batch_size, lambda_hidden=args.lambda_hidden,
+        width_mult_list=args.width_mult_list, depth_mult_list=args.depth_mult_list, batch_size=args.batch_size, lambda_hidden=args.lambda_hidden,
         lambda_logit=args.lambda_logit,
         sampling=args.sampling, logging_steps=args.logging_steps,
         seed=args.seed, teacher_dir=args.teacher_dir, new_head=args.new_head, select_width=args.select_width,
+        select_depth=args.select_depth,
         n_gpu=args.n_gpu, resume=args.resume, overwrite=args.overwrite, profile=args.profile,
         progress=not args.no_progress, eval_runtime=args.eval_runtime, time_budget_s=args.time_budget_s,
         **merged)
@@ -146,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                "; rerun with --resume to continue")
     if code:
         return code
-    print(f"\nMetrics per width ({manifest.task}), compress output: {args.output_dir}\n")
+    per = "subnet (width, depth)" if manifest.depth_mult_list != [1.0] else "width"
+    print(f"\nMetrics per {per} ({manifest.task}), compress output: {args.output_dir}\n")
     print(manifest.results_table())
     if warning := manifest.learning_warning():
         print(warning)

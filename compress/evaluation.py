@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ofaserve.compress.submodel import save_static as _save_static
-from ofaserve.core.width import Width
+from ofaserve.core.subnet import Subnet
 from ofaserve.core.quiet import known_noise_silenced
 
 log = logging.getLogger("ofaserve.compress")
@@ -66,20 +66,21 @@ class Scorer:
 
         return self._get("teacher", version, model_logits_fn(model), build)
 
-    def width(self, supernet, width: float, version: Any = None) -> Logits:
-        """The supernet at ``width`` (its weights as of ``version``), sliced to a plain model."""
+    def width(self, supernet, width: float, version: Any = None, depth: float = 1.0) -> Logits:
+        """The supernet at ``width`` (and ``depth``; its weights as of ``version``), sliced to a
+        plain model."""
         from ofaserve.compress.train import supernet_logits_fn
 
         def build():
             from ofaserve.compress.submodel import build_sub_model
 
-            cfg, state = supernet.slice_width(width)
+            cfg, state = supernet.slice_subnet(width, depth)
             sub = build_sub_model(cfg)
             sub.set_state_dict(state)
             sub.eval()
             return sub
 
-        return self._get(Width(width).key, version, supernet_logits_fn(supernet, width), build)
+        return self._get(Subnet.of(width, depth).key, version, supernet_logits_fn(supernet, width, depth), build)
 
     def record(self) -> dict:
         used = [m for m in self.models.values() if m["runtime"] == RUNTIME]

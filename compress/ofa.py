@@ -1,10 +1,15 @@
-"""The once-for-all supernet around a BERT classifier (PaddleSlim OFA, width only).
+"""The once-for-all supernet around a BERT classifier (PaddleSlim OFA: widths, and depths).
 
 ``OfaSupernet`` wraps PaddleSlim's ``Convert`` + ``OFA`` so callers never touch its
-quirks: configs per width are computed once and deep-copied (``dynabert_config``
+quirks: configs per subnet are computed once and deep-copied (``dynabert_config``
 returns dicts shared with the supernet's own search space, so a config computed
 earlier silently changes when another width is computed later: the "every width
 has the same accuracy" bug), and every forward runs inside the compat patches.
+
+Depths below 1.0 go through PaddleSlim's own depth search space (``RunConfig(
+elastic_depth=...)``: ``dynabert_config`` records the depth, ``OFA.forward`` passes it
+on), and the compat patches run the layers that depth keeps (``core.subnet.Depth``).
+With depth 1.0 alone the supernet is built exactly as a width-only one.
 """
 from __future__ import annotations
 
@@ -16,19 +21,20 @@ import paddle
 
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.subnet import Depth, Subnet, check_depths, grid
 from ofaserve.core.width import Width
 
 
-
 class OfaSupernet:
-    """A BERT classifier converted to an OFA supernet over ``width_mult_list``.
+    """A BERT classifier converted to an OFA supernet over ``width_mult_list`` x
+    ``depth_mult_list``.
 
     ``model`` is a plain PaddleNLP ``BertForSequenceClassification`` whose weights are
     kept (Convert re-creates the layers; we copy the weights back).
     """
 
-    def __init__(self, model, width_mult_list: Iterable[float]):
-        from paddleslim.nas.ofa import OFA
+    def __init__(self, model, width_mult_list: Iterable[float], depth_mult_list: Iterable[float] = (1.0,)):
+        from paddleslim.nas.ofa import OFA, RunConfig
         from paddleslim.nas.ofa import utils as ofa_utils
 
         self.widths = sorted({float(w) for w in width_mult_list}, reverse=True)
@@ -37,36 +43,59 @@ class OfaSupernet:
         if any(not 0.0 < w <= 1.0 for w in self.widths):
             raise OfaserveError(f"widths must be in (0, 1] (got {self.widths})")
         self.config = dict(model.config.to_dict()) if hasattr(model, "config") else {}
+        self.num_layers = int(self.config.get("num_hidden_layers") or len(model.bert.encoder.layers))
+        self.depths = [d.value for d in check_depths(depth_mult_list, self.num_layers)]
         weights = {k: v.numpy() for k, v in model.state_dict().items()}
         self.model = compat.supernet(self.widths)(model)
         ofa_utils.set_state_dict(self.model, weights)
-        self.ofa = OFA(self.model, elastic_order=["width"])
-        self._configs = {w: copy.deepcopy(ofa_utils.dynabert_config(self.ofa, w)) for w in self.widths}
-        self.width = 1.0
+        # depth joins PaddleSlim's search space only when asked for: a width-only supernet is built as before
+        elastic_depth = RunConfig(elastic_depth=self.depths) if self.depths != [1.0] else None
+        self.ofa = OFA(self.model, run_config=elastic_depth, elastic_order=["width"])
+        self.subnets = grid(self.widths, self.depths)
+        self._configs = {(s.width.value, s.depth.value): copy.deepcopy(
+            ofa_utils.dynabert_config(self.ofa, s.width.value, s.depth.value)) for s in self.subnets}
+        self.width, self.depth = 1.0, 1.0
         self.set_width(1.0)
 
-    # -- width selection ------------------------------------------------------------
+    # -- subnet selection -----------------------------------------------------------
     def check_width(self, width: Width | float) -> float:
         """The trained width ``width`` names (within ``Width``'s tolerance)."""
         return Width.parse(width).among(self.widths).value
 
+    def check_depth(self, depth: Depth | float) -> float:
+        """The trained depth ``depth`` names (within the same tolerance)."""
+        return Depth.parse(depth).among(self.depths).value
+
+    def check_subnet(self, width: Width | float, depth: Depth | float = 1.0) -> Subnet:
+        return Subnet.of(self.check_width(width), self.check_depth(depth))
+
+    def kept_layers(self, depth: Depth | float = 1.0) -> list[int]:
+        """The encoder layers a trained depth runs."""
+        return Depth(self.check_depth(depth)).layers(self.num_layers)
+
     def set_width(self, width: float) -> None:
-        self.width = self.check_width(width)
-        cfg = copy.deepcopy(self._configs[self.width])
+        self.set_subnet(width, 1.0)
+
+    def set_subnet(self, width: float, depth: float = 1.0) -> None:
+        sub = self.check_subnet(width, depth)
+        self.width, self.depth = sub.width.value, sub.depth.value
+        cfg = copy.deepcopy(self._configs[(self.width, self.depth)])
         self.ofa.set_net_config(cfg)
         # Blocks read the ofa's current config: keep it right for direct model calls too.
         self.ofa.current_config = cfg
 
-    def net_config(self, width: float) -> dict:
-        return copy.deepcopy(self._configs[self.check_width(width)])
+    def net_config(self, width: float, depth: float = 1.0) -> dict:
+        sub = self.check_subnet(width, depth)
+        return copy.deepcopy(self._configs[(sub.width.value, sub.depth.value)])
 
     # -- forward ----------------------------------------------------------------------
     def __call__(self, input_ids, token_type_ids, head_mask=None):
         with compat.patched():
             return self.ofa(input_ids, token_type_ids, attention_mask=[None, head_mask])
 
-    def logits_numpy(self, input_ids: np.ndarray, token_type_ids: np.ndarray, width: float) -> np.ndarray:
-        self.set_width(width)
+    def logits_numpy(self, input_ids: np.ndarray, token_type_ids: np.ndarray, width: float,
+                     depth: float = 1.0) -> np.ndarray:
+        self.set_subnet(width, depth)
         was_training = self.model.training
         self.model.eval()
         with paddle.no_grad():
@@ -94,15 +123,29 @@ class OfaSupernet:
         from paddleslim.nas.ofa import utils as ofa_utils
         ofa_utils.set_state_dict(self.model, weights)
 
-    # -- one width as a plain model ---------------------------------------------------------
-    def slice_width(self, width: float, config: dict | None = None,
-                    state: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-        """PaddleSlim's ``OFA.export`` of one width -> (sub model config, sliced weights).
+    # -- one subnet as a plain model ---------------------------------------------------------
+    def slice_subnet(self, width: float, depth: float = 1.0, config: dict | None = None,
+                     state: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """One (width, depth) as a plain model -> (sub model config, sliced weights):
+        PaddleSlim's ``OFA.export`` of the width at full depth, then the layers the depth
+        keeps (``submodel.keep_layers``: OFA.export slices widths, not depths).
 
         ``config``/``state``: the full-width classifier to slice (default: this supernet's
-        own config and current weights). The result is cross-checked against the prefix
+        own config and current weights). The width is cross-checked against the prefix
         rule training ran: the first int(width * heads) heads and the leading FFN neurons.
         """
+        from ofaserve.compress.submodel import keep_layers
+
+        cfg, sliced = self.slice_width(width, config, state)
+        depth = self.check_depth(depth)
+        if depth == 1.0:
+            return cfg, sliced
+        return keep_layers(cfg, sliced, self.kept_layers(depth), depth)
+
+    def slice_width(self, width: float, config: dict | None = None,
+                    state: dict[str, np.ndarray] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """PaddleSlim's ``OFA.export`` of one width at full depth -> (sub model config, sliced
+        weights); see ``slice_subnet``."""
         import contextlib
         import io
         import warnings

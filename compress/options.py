@@ -34,6 +34,8 @@ class CompressOptions:
     dev_file: str | None = None
     test_file: str | None = None
     width_mult_list: list[float] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
+    # fractions of the encoder's layers kept (core.subnet.Depth); 1.0 alone: widths only
+    depth_mult_list: list[float] = field(default_factory=lambda: [1.0])
     max_seq_length: int = 64
     batch_size: int = 32
     learning_rate: float = 3e-5
@@ -53,6 +55,7 @@ class CompressOptions:
     teacher_dir: str | None = None
     new_head: bool = False  # a fine-tuned model's own head is dropped and a new one fine-tuned
     select_width: float | None = None
+    select_depth: float | None = None  # with select_width: the subnet whose dev score picks the checkpoint
     n_gpu: int = 1
     resume: bool = False
     overwrite: bool = False

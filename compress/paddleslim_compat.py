@@ -15,6 +15,13 @@ Why each exists:
 - mha_prepare_qkv / encoder_forward / encoder_layer_forward: thread the head mask
   (``attention_mask=[mask, head_mask]``) and the per-width head count through.
 - bert_forward: PaddleNLP 2.8's ``BertModel.forward`` rejects a [mask, head_mask] list.
+- classifier_forward / encoder_forward (depth): PaddleSlim's OFA trains depth only as far
+  as its search space goes: with ``RunConfig(elastic_depth=...)`` ``dynabert_config``
+  records a depth and ``OFA.forward`` passes it on as a ``depth`` keyword, but nothing in
+  PaddleNLP's BERT takes it (``BertForSequenceClassification.forward`` rejects it) or
+  runs fewer layers. These pass it down to the encoder, which runs the layers that depth
+  keeps (``core.subnet.Depth.layers``, DynaBERT's rule); at full depth (or none given)
+  they run exactly the code they replace.
 """
 from __future__ import annotations
 
@@ -25,9 +32,11 @@ from typing import Any, Callable, Iterator
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddlenlp.transformers import BertModel
+from paddlenlp.transformers import BertForSequenceClassification, BertModel
 from paddlenlp.transformers import ofa_utils as nlp_ofa
 from paddleslim.nas.ofa import layers as ofa_layers
+
+from ofaserve.core.subnet import Depth
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,10 @@ def _super_layernorm_forward(self, input):
     return F.layer_norm(input, normalized_shape=[feature_dim], weight=weight, bias=bias, epsilon=self._epsilon)
 
 
-def _bert_ofa_forward(self, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, **unused):
-    """BertModel.forward that accepts ``attention_mask=[mask, head_mask]``.
+def _bert_ofa_forward(self, input_ids, token_type_ids=None, position_ids=None, attention_mask=None, depth=None,
+                      **unused):
+    """BertModel.forward that accepts ``attention_mask=[mask, head_mask]`` (and ``depth``, for
+    the encoder).
 
     The padding mask is built exactly as PaddleNLP builds it (-1e4 on pads), so the
     supernet at a width and the exported sub model compute the same function.
@@ -79,8 +90,52 @@ def _bert_ofa_forward(self, input_ids, token_type_ids=None, position_ids=None, a
         mask = paddle.unsqueeze((input_ids == self.pad_token_id).astype(wtype) * -1e4, axis=[1, 2])
     embedding_output = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                        position_ids=position_ids)
-    sequence_output = self.encoder(embedding_output, [mask, head_mask])
+    if _full_depth(depth):
+        sequence_output = self.encoder(embedding_output, [mask, head_mask])
+    else:
+        sequence_output = self.encoder(embedding_output, [mask, head_mask], depth=depth)
     return sequence_output, self.pooler(sequence_output)
+
+
+def _full_depth(depth) -> bool:
+    return depth is None or float(depth) >= 1.0
+
+
+_PLAIN_CLASSIFIER_FORWARD = BertForSequenceClassification.__dict__["forward"]
+
+
+def _classifier_depth_forward(self, input_ids, token_type_ids=None, position_ids=None, attention_mask=None,
+                              labels=None, output_hidden_states=None, output_attentions=None, return_dict=None,
+                              depth=None):
+    """BertForSequenceClassification.forward that takes the ``depth`` OFA passes (its own
+    forward, unchanged, at full depth). Named arguments only: ``paddle.jit.to_static`` (the
+    scorer's static models, saved while training runs patched) reads this signature."""
+    if _full_depth(depth):
+        return _PLAIN_CLASSIFIER_FORWARD(self, input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                         attention_mask=attention_mask, labels=labels,
+                                         output_hidden_states=output_hidden_states,
+                                         output_attentions=output_attentions, return_dict=return_dict)
+    _, pooled = self.bert(input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                          attention_mask=attention_mask, depth=depth)
+    return self.classifier(self.dropout(pooled))
+
+
+def _encoder_depth_forward(self, src, src_mask=[None, None], cache=None, output_attentions=False,
+                           output_hidden_states=False, return_dict=False, depth=None):
+    """PaddleNLP's OFA encoder forward (head mask threaded to every layer); at a depth < 1
+    only the layers that depth keeps run, in order."""
+    if _full_depth(depth):
+        return nlp_ofa.encoder_ofa_forward(self, src, src_mask, cache, output_attentions, output_hidden_states,
+                                           return_dict)
+    mask, head_mask = src_mask
+    if head_mask is not None:  # importance is scored at full depth only
+        raise NotImplementedError("a head mask at a depth below 1.0")
+    output = src
+    for i in Depth(float(depth)).layers(len(self.layers)):
+        output = self.layers[i](output, src_mask=[mask, None])
+    if self.norm is not None:
+        output = self.norm(output)
+    return output
 
 
 SUPERNET_LAYERS = [
@@ -96,12 +151,14 @@ OFA_FORWARD = [
           "head mask + per-width heads, WITH the 1/sqrt(head_dim) scale paddleslim drops"),
     Patch("mha_prepare_qkv", nn.MultiHeadAttention, "_prepare_qkv", nlp_ofa.prepare_qkv_ofa,
           "per-width head count"),
-    Patch("encoder_forward", nn.TransformerEncoder, "forward", nlp_ofa.encoder_ofa_forward,
-          "threads [mask, head_mask] to every layer"),
+    Patch("encoder_forward", nn.TransformerEncoder, "forward", _encoder_depth_forward,
+          "threads [mask, head_mask] to every layer; at a depth < 1 runs only the layers it keeps"),
     Patch("encoder_layer_forward", nn.TransformerEncoderLayer, "forward", nlp_ofa.encoder_layer_ofa_forward,
           "passes [mask, head_mask] to attention"),
     Patch("bert_forward", BertModel, "forward", _bert_ofa_forward,
-          "PaddleNLP 2.8 BertModel.forward rejects [mask, head_mask]"),
+          "PaddleNLP 2.8 BertModel.forward rejects [mask, head_mask]; passes OFA's depth to the encoder"),
+    Patch("classifier_forward", BertForSequenceClassification, "forward", _classifier_depth_forward,
+          "OFA passes the depth of its config as a keyword BertForSequenceClassification.forward rejects"),
 ]
 ALL = SUPERNET_LAYERS + OFA_FORWARD
 
@@ -109,13 +166,15 @@ _MISSING = object()
 
 
 @contextlib.contextmanager
-def patched(patches: list[Patch] = ALL) -> Iterator[None]:
-    """Apply ``patches``; restore each original (even on error) on exit.
+def patched(patches: list[Patch] | None = None) -> Iterator[None]:
+    """Apply ``patches`` (default: ``ALL``, read when entered); restore each original (even on
+    error) on exit.
 
     Restoring in reverse order makes nesting and re-entry safe: patching
     ``BertModel.forward`` twice cannot stack (the second patch would wrap the first and
     fail on its keyword arguments).
     """
+    patches = ALL if patches is None else patches
     originals: list[tuple[Patch, Any]] = []
     try:
         for p in patches:

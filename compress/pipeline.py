@@ -32,6 +32,7 @@ from ofaserve.compress import distributed as dist
 from ofaserve.compress.options import CompressOptions
 from ofaserve.core.batching import batches, predict
 from ofaserve.core.metrics import paired_bootstrap, score
+from ofaserve.core.subnet import Depth, Subnet, check_depths, grid, store_result
 from ofaserve.core.tasks import Split, TaskData, TaskType, task_name_of
 from ofaserve.core.width import Width
 
@@ -86,9 +87,10 @@ def _load_params(path: Path) -> dict:
         raise OfaserveError(f"cannot load checkpoint {path}: {e} (corrupted? delete it or rerun without --resume)") from e
 
 
-def _check_options(opts: CompressOptions) -> tuple[list[float], str | None]:
-    """(widths, widest first; the width whose dev accuracy picks the kept checkpoint, or
-    None for the mean over widths). Fails before any work on a bad option."""
+def _check_options(opts: CompressOptions) -> tuple[list[float], list[float], str | None]:
+    """(widths, widest first; depths, deepest first; the key of the subnet whose dev score
+    picks the kept checkpoint, or None for the mean over subnets). Fails before any work on a
+    bad option."""
     if opts.model_type != "bert":
         raise OfaserveError(f"--model_type {opts.model_type!r} is not supported (only bert)")
     widths = sorted({float(w) for w in opts.width_mult_list}, reverse=True)
@@ -98,12 +100,25 @@ def _check_options(opts: CompressOptions) -> tuple[list[float], str | None]:
         raise OfaserveError(f"--sampling must be all or sandwich, not {opts.sampling!r}")
     if opts.n_gpu < 1:
         raise OfaserveError(f"--n_gpu must be >= 1 (got {opts.n_gpu})")
-    if opts.select_width is None:
-        return widths, None
     try:
-        return widths, Width.parse(opts.select_width).among(widths).key
+        depths = sorted({Depth.parse(d).value for d in opts.depth_mult_list}, reverse=True)
+    except OfaserveError as e:
+        raise OfaserveError(f"--depth_mult_list: {e}") from None
+    if not depths or depths[0] != 1.0:
+        raise OfaserveError(f"--depth_mult_list must contain 1.0 and values in (0, 1]; got {opts.depth_mult_list}")
+    if opts.select_width is None:
+        if opts.select_depth is not None:
+            raise OfaserveError("--select_depth needs --select_width (the subnet you will deploy)")
+        return widths, depths, None
+    try:
+        width = Width.parse(opts.select_width).among(widths)
     except OfaserveError as e:
         raise OfaserveError(f"--select_width: {e} (--width_mult_list)") from None
+    try:
+        depth = Depth.parse(1.0 if opts.select_depth is None else opts.select_depth).among(depths)
+    except OfaserveError as e:
+        raise OfaserveError(f"--select_depth: {e} (--depth_mult_list)") from None
+    return widths, depths, Subnet(width, depth).key
 
 
 @dataclass
@@ -111,6 +126,7 @@ class _Run:
     """The inputs every phase of one compress run reads, resolved once."""
     opts: CompressOptions
     widths: list[float]
+    depths: list[float]
     select_key: str | None
     main: bool
     out: Path
@@ -125,6 +141,11 @@ class _Run:
     head: dict | None = None  # how the model's own fine-tuned head was matched to the task (it is the teacher)
     scorer: Any = None  # compress.evaluation.Scorer: how whole splits are scored
     timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
+
+    @property
+    def subnets(self) -> list[Subnet]:
+        """Every trained (width, depth), the full model first (just the widths at depth 1.0)."""
+        return grid(self.widths, self.depths)
 
     def evaluate(self, fn, split: Split | None = None) -> dict:
         """The task's metrics of logits function ``fn`` on ``split`` (default: dev)."""
@@ -150,7 +171,7 @@ def compress_model(opts: CompressOptions) -> CompressManifest | None:
 
     The output folder and its ``.partial`` work folder are checked before any work and
     locked for the whole run (by the launching process under data parallelism)."""
-    widths, select_key = _check_options(opts)
+    widths, depths, select_key = _check_options(opts)
     # the teacher is copied into the work folder before the swap: --teacher_dir may be the output
     inputs = [opts.model_name_or_path, opts.train_file, opts.dev_file, opts.test_file,
               *([opts.teacher_dir] if opts.teacher_dir and not _same(opts.teacher_dir, opts.output_dir) else [])]
@@ -159,14 +180,14 @@ def compress_model(opts: CompressOptions) -> CompressManifest | None:
     with contextlib.ExitStack() as held:
         if dist.world_size() == 1:
             held.enter_context(output_lock(out))
-        return _compress(opts, widths, select_key, out)
+        return _compress(opts, widths, depths, select_key, out)
 
 
 def _same(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def _compress(opts: CompressOptions, widths: list[float], select_key: str | None,
+def _compress(opts: CompressOptions, widths: list[float], depths: list[float], select_key: str | None,
               out: Path) -> CompressManifest | None:
     """The phases of ``compress_model``, run once its output is checked and locked."""
     timebox = None
@@ -182,7 +203,7 @@ def _compress(opts: CompressOptions, widths: list[float], select_key: str | None
         log.info("launching %d data-parallel workers (paddle.distributed)", opts.n_gpu)
         dist.launch(compress_model, opts, opts.n_gpu)
         return CompressManifest.read(out)
-    run, teacher, config = _prepare(opts, widths, select_key, out)
+    run, teacher, config = _prepare(opts, widths, depths, select_key, out)
     if timebox is not None:
         run.timebox = timebox
         timebox.attach(run)
@@ -199,7 +220,7 @@ def _compress(opts: CompressOptions, widths: list[float], select_key: str | None
     return _write_output(run, config, importance, phases, results)
 
 
-def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None, out: Path):
+def _prepare(opts: CompressOptions, widths: list[float], depths: list[float], select_key: str | None, out: Path):
     """Load data, tokenizer and the pretrained teacher; set up the ``.partial`` work folder."""
     import paddle
 
@@ -222,6 +243,10 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     head, head_record = (None, None) if source.head is None or opts.new_head else head_for_task(source, data.spec)
     teacher, config = classifier_from(source, data.spec.num_outputs, head, seed=opts.seed)
     check_widths_fit(widths, config)
+    try:  # two depths that keep as many of this model's layers fail here, before anything is written
+        check_depths(depths, int(config["num_hidden_layers"]))
+    except OfaserveError as e:
+        raise OfaserveError(f"--depth_mult_list: {e}") from None
     model_dir = source.folder
     partial = fresh_work_dir(out, stage="compress", resume=opts.resume or not main)
     _seed_everything(opts.seed)
@@ -233,7 +258,7 @@ def _prepare(opts: CompressOptions, widths: list[float], select_key: str | None,
     dev, test = data.split("dev"), data.splits.get("test")
     log.info("task %s: %d train / %d dev / %s test sentences, labels %s", data.name, len(train),
              len(dev), len(test) if test else "no", data.labels)
-    run = _Run(opts, widths, select_key, main, out, partial, model_dir, data, tokenizer, train, dev, test,
+    run = _Run(opts, widths, depths, select_key, main, out, partial, model_dir, data, tokenizer, train, dev, test,
                source=source, head=head_record)
     run.scorer = _scorer(run)
     return run, teacher, config
@@ -318,7 +343,7 @@ def _supernet_phase(run: _Run, teacher):
 
     student, _ = classifier_from(run.source, run.data.spec.num_outputs, seed=run.opts.seed)
     student.set_state_dict(teacher.state_dict())
-    supernet = OfaSupernet(student, run.widths)
+    supernet = OfaSupernet(student, run.widths, run.depths)
     last = run.partial / "ofa" / "last.pdparams"
     if run.opts.resume and last.is_file():
         ck = _load_params(last)
@@ -352,14 +377,16 @@ def _reorder(run: _Run, supernet) -> dict:
     log.info("reordered heads/neurons by importance on %d sentences (full-width logits change %.2e)",
              n_imp, importance["full_width_logits_max_abs_diff_after_reorder"])
     if run.opts.eval_before_ofa:  # what reordering alone keeps, before any OFA training
-        importance["dev_before_ofa"] = {Width(w).key: run.evaluate(run.scorer.width(supernet, w, "before_ofa"))
-                                        for w in run.widths}
+        importance["dev_before_ofa"] = {
+            s.key: run.evaluate(run.scorer.width(supernet, s.width.value, "before_ofa", s.depth.value))
+            for s in run.subnets}
     return importance
 
 
 class _CheckpointKeeper:
     """Evaluates every width on dev at each save and keeps the best checkpoint by the
-    pre-set rule: the task's main metric at ``--select_width``, else its mean over widths."""
+    pre-set rule: the task's main metric at ``--select_width`` (and ``--select_depth``), else
+    its mean over every trained subnet."""
 
     def __init__(self, run: _Run, supernet, history: list[dict]):
         self.run, self.supernet, self.history = run, supernet, history
@@ -369,7 +396,8 @@ class _CheckpointKeeper:
     def on_save(self, step: int, optimizer_state: dict) -> None:
         run = self.run
         self.supernet.eval()
-        dev_res = {Width(w).key: run.evaluate(run.scorer.width(self.supernet, w, version=step)) for w in run.widths}
+        dev_res = {s.key: run.evaluate(run.scorer.width(self.supernet, s.width.value, step, s.depth.value))
+                   for s in run.subnets}
         metric = run.data.spec.main_metric
         value = (dev_res[run.select_key][metric] if run.select_key is not None
                  else float(np.mean([r[metric] for r in dev_res.values()])))
@@ -425,14 +453,17 @@ def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
     for name, split in run.final_splits().items():
         teacher_out[name] = predict(teacher_fn, split, run.tokenizer)
         results["teacher"][name] = score(spec, teacher_out[name], split.labels)
-    for w in run.widths:
-        r = {"dev": best["dev"][Width(w).key]}
+    for sub in run.subnets:
+        r = {"dev": best["dev"][sub.key]}
+        if not sub.depth.full:
+            r["layers"] = supernet.kept_layers(sub.depth.value)
         for name, split in run.final_splits().items():
-            outputs = predict(run.scorer.width(supernet, w, version=best["step"]), split, run.tokenizer)
+            outputs = predict(run.scorer.width(supernet, sub.width.value, best["step"], sub.depth.value), split,
+                              run.tokenizer)
             r[name] = score(spec, outputs, split.labels)
             if name == report:
                 r[name]["vs_teacher"] = paired_bootstrap(spec, outputs, teacher_out[name], split.labels)
-        results["widths"][Width(w).key] = r
+        store_result(results, sub, r)
     splits = {"dev": run.dev, **run.final_splits()}
     results["majority_class"] = {n: _majority_share(s.labels) if spec.type == TaskType.CLASSIFICATION else None
                                  for n, s in splits.items()}
@@ -458,7 +489,8 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
         write_json(tmp / "results.json", results)
         manifest = CompressManifest(
             model_type="bert", task=data.name, task_spec=data.spec, labels=data.labels,
-            model_config=config, width_mult_list=run.widths, max_seq_length=opts.max_seq_length,
+            model_config=config, width_mult_list=run.widths, depth_mult_list=run.depths,
+            max_seq_length=opts.max_seq_length,
             do_lower_case=run.source.lowercase, pad_token_id=int(config["pad_token_id"]),
             checkpoints={"teacher": "teacher/model_state.pdparams", "supernet": "supernet/model_state.pdparams"},
             checkpoint_sha256={"supernet": sha256_file(tmp / "supernet" / "model_state.pdparams"),

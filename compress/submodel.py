@@ -1,7 +1,9 @@
 """The standalone sub model: a plain PaddleNLP BERT classifier with narrower layers.
 
 ``model_config.json`` holds the full PaddleNLP ``BertConfig`` kwargs plus, per layer,
-the number of heads kept, the head size and the FFN size. ``build_sub_model`` builds
+the number of heads kept, the head size and the FFN size; a subnet of depth < 1 has fewer
+layers (its ``base_config`` says how many) and records which layers of the supernet they
+are (``kept_layers``, of ``source_num_hidden_layers``). ``build_sub_model`` builds
 ``BertForSequenceClassification`` from the full config, then replaces each layer's
 q/k/v/out projections and FFN linears with narrower ones AND sets the attention's
 ``num_heads`` (the tutorial's users got garbage logits when the head count was left
@@ -63,6 +65,29 @@ def sub_config_from_state(base_config: dict[str, Any], state: dict[str, Any], wi
     return {"format": FORMAT, "width_mult": float(width_mult), "base_config": dict(base_config), "layers": layers}
 
 
+def keep_layers(cfg: dict[str, Any], state: dict[str, np.ndarray], kept: list[int],
+                depth_mult: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A full-depth sub model (config, weights) cut to the encoder layers ``kept`` (in order,
+    renumbered 0..n-1): a plain BERT with fewer layers, which computes what the supernet
+    computes at that depth (its encoder runs exactly those layers in that order)."""
+    n = int(cfg["base_config"]["num_hidden_layers"])
+    if not kept or sorted(set(kept)) != list(kept) or kept[-1] >= n or kept[0] < 0:
+        raise OfaserveError(f"cannot keep layers {kept} of {n}: they must be increasing indices below {n}")
+    prefix = "bert.encoder.layers."
+    renumber = {old: new for new, old in enumerate(kept)}
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if not name.startswith(prefix):
+            out[name] = value
+            continue
+        index, rest = name[len(prefix):].split(".", 1)
+        if int(index) in renumber:
+            out[f"{prefix}{renumber[int(index)]}.{rest}"] = value
+    base = {**cfg["base_config"], "num_hidden_layers": len(kept)}
+    return ({**cfg, "base_config": base, "layers": [cfg["layers"][i] for i in kept], "depth_mult": float(depth_mult),
+             "kept_layers": list(kept), "source_num_hidden_layers": n}, out)
+
+
 def _check_config(cfg: dict[str, Any], where: str) -> None:
     if cfg.get("format") != FORMAT:
         raise OfaserveError(f"{where} is not an ofaserve sub model config (format {cfg.get('format')!r}, "
@@ -72,6 +97,11 @@ def _check_config(cfg: dict[str, Any], where: str) -> None:
     if len(layers) != int(base.get("num_hidden_layers", -1)):
         raise OfaserveError(f"{where}: {len(layers)} layer entries but num_hidden_layers="
                             f"{base.get('num_hidden_layers')}")
+    kept = cfg.get("kept_layers")
+    if kept is not None and (len(kept) != len(layers) or sorted(set(kept)) != list(kept)
+                             or not 0 <= kept[0] <= kept[-1] < int(cfg.get("source_num_hidden_layers", -1))):
+        raise OfaserveError(f"{where}: kept_layers {kept} do not name {len(layers)} increasing layers of "
+                            f"{cfg.get('source_num_hidden_layers')}")
     hd = int(base["hidden_size"]) // int(base["num_attention_heads"])
     for i, layer in enumerate(layers):
         if int(layer["head_dim"]) != hd:

@@ -22,7 +22,6 @@ import numpy as np
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
 from ofaserve.core.batching import batches, predict
-from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -144,11 +143,11 @@ class CompressTimebox:
         """Seconds of the evaluations the results table needs: teacher and every width on
         dev and the final splits (``_Run.final_splits``), each model first written and loaded as
         a static model by the scorer.
-        Widths cost the teacher's price scaled by the width (their matmuls shrink with it)."""
+        Subnets cost the teacher's price scaled by width x depth (their matmuls shrink with both)."""
         teacher = self.s_per_token["teacher"]
         pass_tokens = sum(self.tokens.values())
-        widths = sum(self.s_per_token.get(Width(w).key, teacher * w) for w in self.run.widths)
-        return pass_tokens * (teacher + widths) + self.setup_s() * (1 + len(self.run.widths))
+        subnets = sum(self.s_per_token.get(s.key, teacher * s.cost) for s in self.run.subnets)
+        return pass_tokens * (teacher + subnets) + self.setup_s() * (1 + len(self.run.subnets))
 
     def setup_s(self) -> float:
         return self.run.scorer.expected_setup_s()
@@ -163,7 +162,7 @@ class CompressTimebox:
         profile_steps = max(1, int(round(run.opts.num_teacher_epochs * steps_per_epoch)))
         epoch_evals = math.ceil(profile_steps / steps_per_epoch)
         ofa_steps = max(1, round(run.opts.num_train_epochs * math.ceil(len(run.train) / run.opts.batch_size)))
-        ratio = ofa_step_ratio(run.widths)
+        ratio = ofa_step_ratio([s.cost for s in run.subnets])  # the widths themselves at depth 1.0 alone
 
         def plan(s_per_step: float, step: int) -> tuple[int, float]:
             reserve = self.eval_reserve_s()

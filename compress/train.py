@@ -1,4 +1,4 @@
-"""Training loops: the teacher fine-tune and OFA width training with distillation."""
+"""Training loops: the teacher fine-tune and OFA training (widths, and depths) with distillation."""
 from __future__ import annotations
 
 import logging
@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from ofaserve.compress import distributed as dist
 from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.compress.ofa import OfaSupernet
-from ofaserve.core.width import Width
 from ofaserve.core.batching import batches
+from ofaserve.core.subnet import Depth, teacher_layers
 from ofaserve.core.tasks import Split, TaskSpec, TaskType
 
 log = logging.getLogger("ofaserve.compress")
@@ -30,9 +30,9 @@ def model_logits_fn(model) -> Callable:
     return fn
 
 
-def supernet_logits_fn(supernet: OfaSupernet, width: float) -> Callable:
+def supernet_logits_fn(supernet: OfaSupernet, width: float, depth: float = 1.0) -> Callable:
     def fn(ids, types):
-        return supernet.logits_numpy(ids, types, width)
+        return supernet.logits_numpy(ids, types, width, depth)
     return fn
 
 
@@ -200,7 +200,8 @@ def finetune_teacher(model, train: Split, dev: Split, tokenizer, *, spec: TaskSp
 
 # ----------------------------------------------------------------------------- OFA
 class HiddenStates:
-    """Forward hooks collecting the outputs of the mapping layers (embeddings + each layer)."""
+    """Forward hooks collecting the outputs of the mapping layers (embeddings + each layer).
+    ``clear`` before a pass: at a depth < 1 the layers it skips keep no stale output."""
 
     def __init__(self, model, names: list[str]):
         self.values: dict[str, paddle.Tensor] = {}
@@ -216,18 +217,36 @@ class HiddenStates:
             self.values[name] = output[0] if isinstance(output, (tuple, list)) else output
         return hook
 
+    def clear(self):
+        self.values.clear()
+
     def remove(self):
         for h in self.handles:
             h.remove()
 
 
-def widths_for_step(widths: list[float], sampling: str, rng: np.random.Generator) -> list[float]:
-    """``all``: every width each step (the tutorial). ``sandwich``: largest, smallest and one
-    random middle width (the sandwich rule: same extremes, ~25% fewer passes with 4 widths)."""
-    if sampling == "all" or len(widths) <= 3:
-        return list(widths)
-    middle = widths[1:-1]
-    return [widths[0], widths[-1], middle[int(rng.integers(len(middle)))]]
+def subnets_for_step(subnets: list, sampling: str, rng: np.random.Generator) -> list:
+    """``all``: every subnet each step (the tutorial; DynaBERT's every width at every depth).
+    ``sandwich``: the largest, the smallest and one random other (the sandwich rule: same
+    extremes, ~25% fewer passes with 4 widths). ``subnets`` go largest first, smallest last
+    (``core.subnet.grid``)."""
+    if sampling == "all" or len(subnets) <= 3:
+        return list(subnets)
+    middle = subnets[1:-1]
+    return [subnets[0], subnets[-1], middle[int(rng.integers(len(middle)))]]
+
+
+MAPPING_EMBEDDINGS = "bert.embeddings"
+
+
+def distillation_pairs(num_layers: int, depth: float = 1.0) -> list[tuple[str, str]]:
+    """(student layer, teacher layer) whose outputs the hidden-state loss compares: the
+    embeddings, then each layer the depth keeps against the teacher layer DynaBERT maps it to
+    (``core.subnet.teacher_layers``); at full depth every layer against itself."""
+    kept = Depth(depth).layers(num_layers)
+    layer = "bert.encoder.layers.{}".format
+    return [(MAPPING_EMBEDDINGS, MAPPING_EMBEDDINGS)] + [
+        (layer(s), layer(t)) for s, t in zip(kept, teacher_layers(kept, num_layers))]
 
 
 def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: TaskSpec, epochs: float,
@@ -235,13 +254,17 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
               logging_steps: int,
               save_steps: int, on_save: Callable[[int], None], start_step: int = 0, opt_state: dict | None = None,
               progress: bool = True, lambda_ce: float = 0.0, sizer=None) -> tuple[dict, PhaseStats]:
-    """OFA width training: every step runs the teacher once (no grad), then each width with
-    hidden-state MSE (x lambda_hidden) + the distillation loss on the outputs (x lambda_logit;
-    ``distillation_loss``) + the loss on the gold labels (x lambda_ce; 0 in the tutorial's
-    recipe; ``gold_loss``)."""
-    n_layers = int(supernet.config["num_hidden_layers"])
-    mapping = ["bert.embeddings"] + [f"bert.encoder.layers.{i}" for i in range(n_layers)]
+    """OFA training: every step runs the teacher once (no grad), then each subnet (width x
+    depth) with hidden-state MSE (x lambda_hidden; at a depth < 1 each kept layer against the
+    teacher layer ``distillation_pairs`` maps it to) + the distillation loss on the outputs
+    (x lambda_logit; ``distillation_loss``) + the loss on the gold labels (x lambda_ce; 0 in
+    the tutorial's recipe; ``gold_loss``). As DynaBERT does, every subnet learns from the
+    fine-tuned teacher; gradients of all subnets of a step add up into one update."""
+    n_layers = supernet.num_layers
+    mapping = [s for s, _ in distillation_pairs(n_layers)]
+    pairs = {d: distillation_pairs(n_layers, d) for d in supernet.depths}
     t_hidden, s_hidden = HiddenStates(teacher, mapping), HiddenStates(supernet.model, mapping)
+    subnets = supernet.subnets  # width-only: the widths in their order, so sampled as before depths existed
     teacher.eval()
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
@@ -264,7 +287,7 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
                         continue
                     if step < start_step:  # resume: replay the data order without training
                         step += 1
-                        widths_for_step(supernet.widths, sampling, rng)  # same random stream
+                        subnets_for_step(subnets, sampling, rng)  # same random stream
                         continue
                     ids, types, y = dist.shard(ids, types, y)
                     t0 = time.perf_counter()
@@ -273,15 +296,16 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
                         t_logits = teacher(ids_t, types_t)
                     t_states = dict(t_hidden.values)
                     losses = {}
-                    for w in widths_for_step(supernet.widths, sampling, rng):
-                        supernet.set_width(w)
+                    for sub in subnets_for_step(subnets, sampling, rng):
+                        supernet.set_subnet(sub.width.value, sub.depth.value)
+                        s_hidden.clear()
                         logits = supernet(ids_t, types_t)
-                        rep = sum(F.mse_loss(s_hidden.values[n], t_states[n]) for n in mapping)
+                        rep = sum(F.mse_loss(s_hidden.values[a], t_states[b]) for a, b in pairs[sub.depth.value])
                         loss = lambda_hidden * rep + lambda_logit * distillation_loss(spec, logits, t_logits)
                         if lambda_ce:
                             loss = loss + lambda_ce * gold_loss(spec, logits, y)
                         loss.backward()
-                        losses[Width(w).key] = float(loss)
+                        losses[sub.key] = float(loss)
                     dist.sync_gradients(supernet.parameters())
                     step += 1
                     _step_done(opt, sched, stats, horizon, bar, t0, len(y), step,

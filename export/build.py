@@ -1,4 +1,5 @@
-"""Slice one width out of the supernet and write its artifacts: sub model, Paddle static, ONNX."""
+"""Slice one subnet (width, depth) out of the supernet and write its artifacts: sub model, Paddle
+static, ONNX."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.subnet import Subnet
 from ofaserve.export import onnx_tools
 from ofaserve.export.source import Source
 from ofaserve.compress.submodel import load_sub_model, save_static, save_sub_model
@@ -28,12 +30,13 @@ def quiet_logs(level: int):
 
 
 def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onnx_model: bool = True,
-                    fuse: bool = True) -> dict[str, Any]:
-    """sub_model/, static/, onnx/ for one width in ``folder``. Returns info for the manifest."""
+                    fuse: bool = True, depth: float = 1.0) -> dict[str, Any]:
+    """sub_model/, static/, onnx/ for one (width, depth) in ``folder``. Returns info for the manifest."""
     import onnx
 
     t0 = time.time()
-    cfg, state = sn.slice_width(width, src.config, src.state)
+    cfg, state = sn.slice_subnet(width, depth, src.config, src.state)
+    name = Subnet.of(width, depth).describe()
     save_sub_model(folder / "sub_model", cfg, state)
     model = load_sub_model(folder / "sub_model")  # what users get: rebuilt from config, no OFA patch
     info: dict[str, Any] = {"sub_config": cfg, "artifacts": {"sub_model": "sub_model"}}
@@ -48,7 +51,7 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
         model_file = static_prefix.with_suffix(".pdmodel")  # paddle 2.6
     info["artifacts"]["paddle_static"] = "static/model"
     info["paddle_static_files"] = [f"static/{model_file.name}", "static/model.pdiparams"]
-    log.info("width %s: sub model + static model written (%.1fs)", width, time.time() - t0)
+    log.info("%s: sub model + static model written (%.1fs)", name, time.time() - t0)
     if not onnx_model:
         return info
 
@@ -104,5 +107,5 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
         except Exception as e:  # the optimizer is best effort; the plain ONNX is the contract
             log.warning("ONNX Runtime BERT fusion failed (%s): shipping only the plain ONNX", e)
             info["onnx"]["ort_fusion"] = {"attention_fused": 0, "error": str(e)}
-    log.info("width %s: ONNX written (%.1fs)", width, time.time() - t0)
+    log.info("%s: ONNX written (%.1fs)", name, time.time() - t0)
     return info

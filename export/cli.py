@@ -7,6 +7,7 @@ import sys
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.vocabulary import Runtime
+from ofaserve.core.subnet import Depth, Subnet
 from ofaserve.core.width import Width, parse_width_choice
 from ofaserve.export.selection import RUNTIMES as LATENCY_RUNTIMES
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
@@ -18,6 +19,13 @@ def _width(value: str) -> Width | str:
         return parse_width_choice(value)
     except OfaserveError as e:
         raise argparse.ArgumentTypeError(f"{e}, or 'auto'") from None
+
+
+def _depth(value: str) -> Depth:
+    try:
+        return Depth.parse(value)
+    except OfaserveError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _names(value: str) -> list[str]:
@@ -41,14 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(new, empty or a previous export: replaced atomically; checked before any work)")
     p.add_argument("--width_mult", type=_width, default=1.0,
                    help="width to export (a trained one, e.g. 0.6667), or `auto` with --max_metric_drop or "
-                        "--latency_budget_ms")
+                        "--latency_budget_ms: then the subnet is chosen over every trained (width, depth)")
+    p.add_argument("--depth_mult", type=_depth, default=None,
+                   help="depth to export with --width_mult (a trained one of the compress run's --depth_mult_list, "
+                        "e.g. 0.5: the sub model keeps those encoder layers) [default 1.0; with --width_mult auto "
+                        "the depth is chosen with the width]")
     p.add_argument("--max_metric_drop", "--max_accuracy_drop", dest="max_metric_drop", type=float, default=None,
-                   help="with --width_mult auto: the narrowest trained width whose dev score in the task's main "
-                        "metric (compress results: accuracy; Matthews corr. for cola, F1 for mrpc, Pearson for "
-                        "sts-b) is within this of the teacher's, e.g. 0.005")
+                   help="with --width_mult auto: the cheapest trained subnet (width x layers kept; the narrowest "
+                        "width when only depth 1.0 was trained) whose dev score in the task's main metric (compress "
+                        "results: accuracy; Matthews corr. for cola, F1 for mrpc, Pearson for sts-b) is within this "
+                        "of the teacher's, e.g. 0.005")
     p.add_argument("--latency_budget_ms", type=float, default=None,
-                   help="with --width_mult auto: measure every trained width on this machine and pick the one with "
-                        "the best dev score (main metric) whose median latency is within this budget")
+                   help="with --width_mult auto: measure every trained subnet (width, depth) on this machine and "
+                        "pick the one with the best dev score (main metric) whose median latency is within this "
+                        "budget")
     p.add_argument("--batch_size", type=int, default=16, help="batch size of the latency measurement")
     p.add_argument("--seq_len", type=int, default=128, help="sequence length of the latency measurement")
     p.add_argument("--runtime", type=Runtime.parse, choices=LATENCY_RUNTIMES, default=Runtime.OPENVINO,
@@ -115,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     p, dev = manifest.params, manifest.dev_score
-    print(f"\nexported width {manifest.width} to {args.output_dir}: {p['total']:,} params "
+    subnet = Subnet.of(manifest.width_mult, manifest.depth_mult)
+    print(f"\nexported {subnet.describe(manifest.sub_config.get('full_num_layers'))} to {args.output_dir}: "
+          f"{p['total']:,} params "
           f"({p['encoder_fraction']:.1%} of the encoder), dev {dev['metric']} {dev['value']:.4f}, "
           f"{manifest.flops_b16_s128 / 1e9:.2f} GFLOP at 16x128")
     for name, r in manifest.precisions.items():

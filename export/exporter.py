@@ -1,4 +1,4 @@
-"""``export_subnet``: slice one trained width out of the OFA supernet and ship it as a
+"""``export_subnet``: slice one trained subnet (width, depth) out of the OFA supernet and ship it as a
 standalone sub model + Paddle static model + ONNX (+ precision variants), parity-checked.
 
 Everything is written into a temp folder next to ``output_dir`` and swapped into place
@@ -25,6 +25,7 @@ from ofaserve.core.machine import machine_info
 from ofaserve.core.files import fsync_path
 from ofaserve.core.manifests import ExportManifest, now_iso, write_manifest
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_output_files, output_lock
+from ofaserve.core.subnet import Depth, Subnet
 from ofaserve.core.width import AUTO, Width, parse_width_choice
 from ofaserve.core.metrics import predictions, score
 from ofaserve.core.tasks import Split, TaskType
@@ -50,6 +51,7 @@ class ExportOptions:
     model_name_or_path: str
     output_dir: str
     width_mult: Width | str = Width(1.0)  # or AUTO: chosen by a rule (see export_subnet)
+    depth_mult: float | None = None  # None: 1.0, or with AUTO chosen with the width
     model_type: str = "bert"
     max_seq_length: int | None = None
     sub_model_output_dir: str | None = None
@@ -75,17 +77,19 @@ class ExportOptions:
 
     def __post_init__(self) -> None:  # the Python API's edge: names parsed once, here
         self.width_mult = parse_width_choice(self.width_mult)
+        self.depth_mult = None if self.depth_mult is None else Depth.parse(self.depth_mult).value
         self.runtime = Runtime.parse(self.runtime)
 
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
                   width_mult: Width | float | str = 1.0, **kwargs: Any) -> ExportManifest:
-    """Export one width of a compress output to ``output_dir``; returns the export manifest.
+    """Export one subnet of a compress output to ``output_dir``; returns the export manifest.
 
-    ``width_mult`` is a trained width (a ``Width``, or a number or string it parses), or
-    ``"auto"`` with ``max_metric_drop`` (narrowest
-    width within that dev accuracy of the teacher) or ``latency_budget_ms`` (most accurate
-    width meeting the budget on ``runtime`` at ``batch_size x seq_len``, measured here).
+    ``width_mult`` is a trained width (a ``Width``, or a number or string it parses) with
+    ``depth_mult`` a trained depth (default 1.0), or ``"auto"`` with ``max_metric_drop``
+    (the cheapest subnet, width x layers kept, within that dev score of the teacher) or
+    ``latency_budget_ms`` (the best scoring subnet meeting the budget on ``runtime`` at
+    ``batch_size x seq_len``, measured here), chosen over every trained (width, depth).
     Other keyword arguments: the fields of ``ExportOptions``.
     """
     opts = ExportOptions(model_name_or_path=str(model_name_or_path), output_dir=str(output_dir),
@@ -101,6 +105,8 @@ def _validate(opts: ExportOptions) -> None:
     if opts.runtime not in RUNTIMES:
         raise OfaserveError(f"--runtime must be one of {', '.join(RUNTIMES)}, not '{opts.runtime}'")
     if opts.width_mult == AUTO:
+        if opts.depth_mult is not None:
+            raise OfaserveError("--width_mult auto chooses the depth too: drop --depth_mult")
         if (opts.max_metric_drop is None) == (opts.latency_budget_ms is None):
             raise OfaserveError("--width_mult auto needs exactly one of --max_metric_drop or --latency_budget_ms")
         if opts.max_metric_drop is not None and opts.max_metric_drop < 0:
@@ -153,25 +159,26 @@ def _export(job: _Job, t_start: float) -> ExportManifest:
 
     opts = job.opts
     sn = build_supernet(job.src)
-    if opts.width_mult != AUTO:
-        sn.check_width(opts.width_mult)  # fail before any work for an untrained width
+    if opts.width_mult != AUTO:  # fail before any work for an untrained width or depth
+        sn.check_subnet(opts.width_mult, opts.depth_mult or 1.0)
     # disable=None: no bar when stderr is not a terminal
     with tqdm(total=5, desc="export", disable=not opts.progress or None) as steps, \
             atomic_output_dir(job.out) as tmp:
-        width, selection, prebuilt = _choose_width(job, sn, tmp)
-        steps.set_postfix_str(f"width {Width(width).key}: slice + static + onnx")
-        info = build_artifacts(sn, job.src, width, tmp, opts.opset, opts.onnx_model, opts.fuse_attention)
+        subnet, selection, prebuilt = _choose_subnet(job, sn, tmp)
+        steps.set_postfix_str(f"{subnet.describe()}: slice + static + onnx")
+        info = build_artifacts(sn, job.src, subnet.width.value, tmp, opts.opset, opts.onnx_model, opts.fuse_attention,
+                               depth=subnet.depth.value)
         if prebuilt is not None:
             shutil.rmtree(tmp / ".select", ignore_errors=True)
         artifacts = {**info["artifacts"], **_stage_tokenizer(job, tmp)}
         steps.update(1)
         steps.set_postfix_str("parity")
         sub = load_sub_model(tmp / "sub_model")  # what users get: rebuilt from its config alone
-        fns = _parity_runners(job, sn, sub, width, tmp, artifacts)
+        fns = _parity_runners(job, sn, sub, subnet, tmp, artifacts)
         parity, table = _check_parity(job, fns)
         steps.update(1)
         steps.set_postfix_str("dev accuracy")
-        dev_m, dev_logits, table = _check_dev(job, fns, width, parity, table)
+        dev_m, dev_logits, table = _check_dev(job, fns, subnet, parity, table)
         steps.update(1)
         steps.set_postfix_str("precision variants")
         precisions: dict[str, Any] = {}
@@ -191,7 +198,7 @@ def _export(job: _Job, t_start: float) -> ExportManifest:
                 precisions["fp32"]["dev_sentences"] = len(later.index)
             artifacts.update(extra)
         steps.update(1)
-        manifest = _write_manifest(job, tmp, width, info, artifacts, parity, dev_m, precisions, selection,
+        manifest = _write_manifest(job, tmp, subnet, info, artifacts, parity, dev_m, precisions, selection,
                                    _params_record(info["sub_config"], job.src.config, sub), time.time() - t_start)
         steps.update(1)
     _extra_copies(opts, job.out)
@@ -230,24 +237,24 @@ def _prepare(opts: ExportOptions, held: contextlib.ExitStack) -> _Job:
                 int(src.config.get("pad_token_id", 0)))
 
 
-def _choose_width(job: _Job, sn, tmp: Path) -> tuple[float, dict | None, Path | None]:
-    """(width, selection record, prebuilt folder): the trained width asked for, or the
-    one ``--width_mult auto`` selects by accuracy drop or by latency measured here."""
+def _choose_subnet(job: _Job, sn, tmp: Path) -> tuple[Subnet, dict | None, Path | None]:
+    """(subnet, selection record, prebuilt folder): the trained width and depth asked for,
+    or the subnet ``--width_mult auto`` selects by accuracy drop or by latency measured here."""
     opts = job.opts
     selection = prebuilt = None
     if opts.width_mult == AUTO and opts.max_metric_drop is not None:
-        width, selection = select_by_metric_drop(job.src, float(opts.max_metric_drop))
+        subnet, selection = select_by_metric_drop(job.src, float(opts.max_metric_drop))
         print(selection_table(selection))
     elif opts.width_mult == AUTO:
-        width, selection, prebuilt = select_by_latency(
+        subnet, selection, prebuilt = select_by_latency(
             sn, job.src, tmp / ".select", float(opts.latency_budget_ms), opts.batch_size, opts.seq_len,
             opts.runtime, opts.opset, opts.progress)
     else:
-        width = opts.width_mult
-    width = sn.check_width(width)
+        subnet = Subnet.of(opts.width_mult, opts.depth_mult or 1.0)
+    subnet = sn.check_subnet(subnet.width, subnet.depth)
     if selection:
-        log.info("auto width: %s", Width(width).key)
-    return width, selection, prebuilt
+        log.info("auto subnet: %s", subnet.describe(sn.num_layers))
+    return subnet, selection, prebuilt
 
 
 def _stage_tokenizer(job: _Job, tmp: Path) -> dict[str, str]:
@@ -261,11 +268,13 @@ def _stage_tokenizer(job: _Job, tmp: Path) -> dict[str, str]:
     return {"tokenizer": "tokenizer/tokenizer.json", "vocab": "tokenizer/vocab.txt"}
 
 
-def _parity_runners(job: _Job, sn, sub, width: float, tmp: Path, artifacts: dict) -> dict[str, artifact_logits.LogitsFn]:
-    """The supernet at ``width`` first (the reference), then every artifact through the
+def _parity_runners(job: _Job, sn, sub, subnet: Subnet, tmp: Path,
+                    artifacts: dict) -> dict[str, artifact_logits.LogitsFn]:
+    """The supernet at ``subnet`` first (the reference), then every artifact through the
     runtime that will run it (only the ``--parity_runtimes`` ones, when given)."""
+    w, d = subnet.width.value, subnet.depth.value
     makers: dict[str, Any] = {
-        "supernet": lambda: (lambda i, t: sn.logits_numpy(i, t, width)),
+        "supernet": lambda: (lambda i, t: sn.logits_numpy(i, t, w, d)),
         "sub_model": lambda: artifact_logits.dygraph(sub),
         "paddle_static": lambda: artifact_logits.paddle_inference(tmp / "static" / "model"),
     }
@@ -297,13 +306,13 @@ def _check_parity(job: _Job, fns: dict) -> tuple[dict, str]:
     return parity, table
 
 
-def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
+def _check_dev(job: _Job, fns: dict, subnet: Subnet, parity: dict, table: str):
     """The dev score (main metric) through the served graph equals compress's; the packed graph
     gives the plain graph's outputs on every dev batch. Raises ParityError (nothing written)
     otherwise."""
     spec = job.src.spec
     metric = spec.main_metric
-    compress_score = job.src.manifest.dev_scores()["widths"].get(width)
+    compress_score = job.src.manifest.dev_scores()["subnets"][subnet]
     eval_name = _eval_runtime(job)
     t0 = time.perf_counter()
     dev_m, dev_logits = dev_eval(fns[eval_name], job.dev, job.tokenizer, spec)
@@ -332,7 +341,7 @@ def _check_dev(job: _Job, fns: dict, width: float, parity: dict, table: str):
     table += (f"\n\ndev {metric} through {eval_name}: {dev_m[metric]:.6f}, compress manifest: "
               f"{compress_score:.6f} ({'ok' if dev_ok else 'FAIL'})")
     if not parity["ok"]:
-        raise ParityError(f"parity check failed for width {Width(width).key}: nothing was written to {job.out}",
+        raise ParityError(f"parity check failed for {subnet.describe()}: nothing was written to {job.out}",
                           table)
     return dev_m, dev_logits, table
 
@@ -371,18 +380,21 @@ def _params_record(sub_cfg: dict, cfg: dict, sub_model) -> dict[str, Any]:
             "total_fraction": p_sub["total"] / p_full["total"]}
 
 
-def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: dict, parity: dict,
+def _write_manifest(job: _Job, tmp: Path, subnet: Subnet, info: dict, artifacts: dict, parity: dict,
                     dev_m: dict, precisions: dict, selection: dict | None, params: dict,
                     wall_s: float) -> ExportManifest:
     src, cfg, sub_cfg = job.src, job.src.config, info["sub_config"]
     layers = sub_cfg["layers"]
     manifest = ExportManifest(
-        width_mult=width, width=Width(width).key, model_type="bert",
+        width_mult=subnet.width.value, width=subnet.width.key,
+        depth_mult=subnet.depth.value, depth=subnet.depth.key, subnet=subnet.key, model_type="bert",
         labels=list(src.manifest.labels), max_seq_length=job.max_seq, do_lower_case=src.manifest.do_lower_case,
         pad_token_id=job.pad_id, vocab_size=int(cfg["vocab_size"]), num_labels=int(cfg["num_labels"]),
         artifacts=artifacts,
         files_sha256=files_sha256(tmp),  # `ofaserve repo` copies only files that still match
         sub_config={"num_layers": len(layers), "hidden_size": int(cfg["hidden_size"]),
+                    "kept_layers": sub_cfg.get("kept_layers", list(range(len(layers)))),
+                    "full_num_layers": int(cfg["num_hidden_layers"]),
                     "num_heads": [l["num_heads"] for l in layers], "head_dim": layers[0]["head_dim"],
                     "intermediate_size": [l["intermediate_size"] for l in layers],
                     "full_num_heads": int(cfg["num_attention_heads"]),
@@ -393,7 +405,7 @@ def _write_manifest(job: _Job, tmp: Path, width: float, info: dict, artifacts: d
         source={"compress_dir": str(src.folder.resolve()), "checkpoint": str(src.ckpt.resolve()),
                 "sha256": src.sha256, "task": src.manifest.task},
         task_spec=src.spec, dev_score={"metric": src.spec.main_metric,
-                                       "value": src.manifest.dev_scores()["widths"].get(width)},
+                                       "value": src.manifest.dev_scores()["subnets"][subnet]},
         dev_metrics_exported=dev_m,
         onnx=info.get("onnx"), parity=parity, precisions=precisions, selection=selection,
         options={k: v for k, v in vars(job.opts).items() if k != "progress"},

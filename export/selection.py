@@ -1,4 +1,4 @@
-"""Choosing the width to export: by dev accuracy drop, or by latency measured here."""
+"""Choosing the subnet (width, depth) to export: by dev score drop, or by latency measured here."""
 from __future__ import annotations
 
 import logging
@@ -12,8 +12,8 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
+from ofaserve.core.subnet import Subnet
 from ofaserve.core.vocabulary import Runtime
-from ofaserve.core.width import Width
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.source import Source
@@ -52,27 +52,46 @@ def measure_interleaved(fns: dict[str, Any], vocab_size: int, batch: int, seq: i
             for k, v in times.items()}
 
 
-def select_by_metric_drop(src: Source, max_drop: float) -> tuple[float, dict]:
-    """The narrowest trained width whose dev score is within ``max_drop`` of the teacher's."""
+def layer_fraction(sub: Subnet, num_layers: int) -> float:
+    """The fraction of the encoder's matmuls a subnet runs: its width times the layers its
+    depth keeps (a layer's matmuls all shrink with the width)."""
+    return sub.width.value * len(sub.depth.layers(num_layers)) / num_layers
+
+
+def _row(sub: Subnet, num_layers: int, dev_score: float) -> dict[str, Any]:
+    row = {"subnet": sub.key, "width": sub.width.key, "width_mult": sub.width.value, "dev_score": dev_score}
+    if not sub.depth.full:
+        row.update(depth_mult=sub.depth.value, layers=sub.depth.layers(num_layers))
+    row["encoder_fraction"] = round(layer_fraction(sub, num_layers), 4)
+    return row
+
+
+def select_by_metric_drop(src: Source, max_drop: float) -> tuple[Subnet, dict]:
+    """The cheapest trained subnet (width x layers kept; the narrowest width when depth 1.0
+    alone was trained) whose dev score is within ``max_drop`` of the teacher's; of equally
+    cheap ones the best scoring."""
     scores = src.manifest.dev_scores()
-    metric = scores["metric"]
-    rows = [{"width": Width(w).key, "width_mult": w, "dev_score": a,
-             "drop_vs_teacher": scores["teacher"] - a, "within": scores["teacher"] - a <= max_drop + 1e-12}
-            for w, a in scores["widths"].items()]
+    metric, n = scores["metric"], int(src.config["num_hidden_layers"])
+    rows = [{**_row(sub, n, a), "drop_vs_teacher": scores["teacher"] - a,
+             "within": scores["teacher"] - a <= max_drop + 1e-12} for sub, a in scores["subnets"].items()]
     ok = [r for r in rows if r["within"]]
     sel = {"mode": "max_metric_drop", "metric": metric, "max_metric_drop": max_drop,
            "teacher_dev_score": scores["teacher"], "table": rows}
     if not ok:
-        raise OfaserveError(f"no trained width is within {max_drop} dev {metric} of the teacher "
-                            f"({scores['teacher']:.4f}): " + ", ".join(f"{r['width']}: {r['dev_score']:.4f}"
+        raise OfaserveError(f"no trained subnet is within {max_drop} dev {metric} of the teacher "
+                            f"({scores['teacher']:.4f}): " + ", ".join(f"{r['subnet']}: {r['dev_score']:.4f}"
                                                                        for r in rows))
-    chosen = min(ok, key=lambda r: r["width_mult"])
-    sel["chosen"] = chosen["width"]
-    return chosen["width_mult"], sel
+    chosen = min(ok, key=lambda r: (r["encoder_fraction"], -r["dev_score"], r["width_mult"]))
+    sel["chosen"] = chosen["subnet"]
+    return _subnet_of(chosen), sel
+
+
+def _subnet_of(row: dict) -> Subnet:
+    return Subnet.of(row["width_mult"], row.get("depth_mult", 1.0))
 
 
 def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: int, seq: int, runtime: str,
-                      opset: int, progress: bool = True) -> tuple[float, dict, Path]:
+                      opset: int, progress: bool = True) -> tuple[Subnet, dict, Path]:
     from tqdm.auto import tqdm
 
     if runtime not in RUNTIMES:
@@ -81,16 +100,18 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
         raise OfaserveError(f"--seq_len {seq} exceeds the model's max_position_embeddings "
                             f"{src.config['max_position_embeddings']}")
     scores = src.manifest.dev_scores()
+    n = int(src.config["num_hidden_layers"])
     fns = {}
-    for w in tqdm(sorted(scores["widths"], reverse=True), desc="build per width", disable=not progress or None):
-        folder = scratch / f"w{Width(w).key}"
-        info = build_artifacts(sn, src, w, folder, opset, onnx_model=runtime != "paddle", fuse=runtime == "onnxruntime")
-        fns[w] = artifact_logits.make(runtime, folder, info["artifacts"])
-    log.info("measuring %s latency of %d widths at %dx%d (round robin)", runtime, len(fns), batch, seq)
+    for sub in tqdm(sorted(scores["subnets"], reverse=True), desc="build per subnet", disable=not progress or None):
+        folder = scratch / selection_folder(sub)
+        info = build_artifacts(sn, src, sub.width.value, folder, opset, onnx_model=runtime != "paddle",
+                               fuse=runtime == "onnxruntime", depth=sub.depth.value)
+        fns[sub] = artifact_logits.make(runtime, folder, info["artifacts"])
+    log.info("measuring %s latency of %d subnets at %dx%d (round robin)", runtime, len(fns), batch, seq)
     lat = measure_interleaved(fns, int(src.config["vocab_size"]), batch, seq)
     rows = []
-    for w, l in lat.items():
-        rows.append({"width": Width(w).key, "width_mult": w, "dev_score": scores["widths"][w],
+    for sub, l in lat.items():
+        rows.append({**_row(sub, n, scores["subnets"][sub]),
                      "latency_ms": round(l["median_ms"], 3), "latency_min_ms": round(l["min_ms"], 3),
                      "runs": l["runs"], "meets_budget": l["median_ms"] <= budget_ms})
     try:
@@ -106,28 +127,41 @@ def select_by_latency(sn, src: Source, scratch: Path, budget_ms: float, batch: i
            "table": rows}
     print(selection_table(sel))
     chosen = choose_within_budget(rows, budget_ms, f"on {runtime} at {batch}x{seq}")
-    sel["chosen"] = chosen["width"]
-    return chosen["width_mult"], sel, scratch / f"w{chosen['width']}"
+    sel["chosen"] = chosen["subnet"]
+    sub = _subnet_of(chosen)
+    return sub, sel, scratch / selection_folder(sub)
+
+
+def selection_folder(sub: Subnet) -> str:
+    """The scratch folder of one subnet's artifacts built for timing (reused by the export)."""
+    return f"w{sub.key}"
 
 
 def choose_within_budget(rows: list[dict], budget_ms: float, where: str = "") -> dict:
-    """The width with the best dev score whose latency meets the budget; ties go to the narrower width."""
+    """The subnet with the best dev score whose latency meets the budget; ties go to the
+    cheaper one (the narrower width at depth 1.0)."""
     ok = [r for r in rows if r["latency_ms"] <= budget_ms]
     if not ok:
-        raise OfaserveError(f"no trained width meets {budget_ms} ms {where} "
+        raise OfaserveError(f"no trained subnet meets {budget_ms} ms {where} "
                             f"(fastest: {min(r['latency_ms'] for r in rows):.1f} ms)")
-    return max(ok, key=lambda r: (r["dev_score"], -r["width_mult"]))
+    return max(ok, key=lambda r: (r["dev_score"], -r.get("encoder_fraction", r["width_mult"]), -r["width_mult"]))
 
 
 def selection_table(sel: dict) -> str:
     metric = sel.get("metric", "accuracy")
+    grid = any("depth_mult" in r for r in sel["table"])
+
+    def name(r: dict) -> str:  # a width-only table reads as it did before depths
+        return f"{r['width']} | {r.get('depth_mult', 1.0):g}" if grid else r["width"]
+
+    first = "width | depth" if grid else "width"
     if sel["mode"] == "latency_budget":
-        head = (f"| width | dev {metric} | {sel['runtime']} ms ({sel['batch_size']}x{sel['seq_len']}) | "
+        head = (f"| {first} | dev {metric} | {sel['runtime']} ms ({sel['batch_size']}x{sel['seq_len']}) | "
                 f"<= {sel['latency_budget_ms']} ms |")
-        rows = [f"| {r['width']} | {r['dev_score']:.4f} | {r['latency_ms']:.1f} | "
+        rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['latency_ms']:.1f} | "
                 f"{'yes' if r['meets_budget'] else 'no'} |" for r in sel["table"]]
     else:
-        head = f"| width | dev {metric} | drop vs teacher | <= {sel['max_metric_drop']} |"
-        rows = [f"| {r['width']} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | "
+        head = f"| {first} | dev {metric} | drop vs teacher | <= {sel['max_metric_drop']} |"
+        rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | "
                 f"{'yes' if r['within'] else 'no'} |" for r in sel["table"]]
-    return "\n".join([head, "|---|---|---|---|"] + rows)
+    return "\n".join([head, "|---" * (5 if grid else 4) + "|"] + rows)

@@ -70,7 +70,7 @@ def build_supernet(src: Source):
     model = build_classifier(src.config)
     model.set_state_dict(src.state)
     model.eval()
-    sn = OfaSupernet(model, src.manifest.width_mult_list)
+    sn = OfaSupernet(model, src.manifest.width_mult_list, src.manifest.depth_mult_list)
     sn.eval()
     return sn
 

@@ -13,8 +13,10 @@ import sys
 TRAINING_STACK = ("paddle", "paddleslim", "paddlenlp", "paddle2onnx", "nncf", "onnx", "safetensors")
 
 COMMANDS = {
-    "compress": ("ofaserve.compress.cli", "main", "fine-tune the teacher, then train the OFA supernet over widths"),
-    "export": ("ofaserve.export.cli", "main", "slice one width into sub model + Paddle static + ONNX, parity-checked"),
+    "compress": ("ofaserve.compress.cli", "main",
+                 "fine-tune the teacher, then train the OFA supernet over widths (and depths)"),
+    "export": ("ofaserve.export.cli", "main",
+               "slice one subnet (width, depth) into sub model + Paddle static + ONNX, parity-checked"),
     "repo": ("ofaserve.serve.cli", "repo_main", "generate a Triton model repository (cpu | xeon | gpu)"),
     "serve": ("ofaserve.serve.cli", "serve_main", "start the bundled Triton server on a model repository"),
     "classify": ("ofaserve.serve.cli", "classify_main", "classify text over gRPC"),

@@ -1,6 +1,7 @@
 """Generate a Triton model repository from one or more `ofaserve export` folders.
 
-Per export (width w), four models named from ``{name}_w{round(w*100)}``:
+Per export (width w, depth d), four models named from ``{name}_w{round(w*100)}`` (at depth 1.0;
+``{name}_w{round(w*100)}_d{round(d*100)}`` at a smaller depth, ``core.subnet.Subnet.model_name``):
   {m}_tokenizer   python: TEXT -> input_ids, token_type_ids (fast WordPiece)
   {m}_encoder     input_ids, token_type_ids -> logits (backend chosen by the target)
   {m}_postprocess python: logits -> LABEL, PROBS
@@ -44,7 +45,6 @@ from ofaserve.core.outputs import atomic_output_dir, check_output_dir, output_lo
 from ofaserve.core.naming import encoder_name
 from ofaserve.core.tasks import TaskSpec, TaskType
 from ofaserve.core.vocabulary import Precision, Runtime, Target, TextPipeline
-from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities, runtimes
 from ofaserve.serve.precision import choice_table, choose_precision, openvino_artifact
 from ofaserve.runtime.runtimes import padded_length, trt_profile_shapes
@@ -422,6 +422,7 @@ def _runtime_params(config: mc.ModelConfig, manifest: ExportManifest, runtime: s
     _param(config, "model_file", model_file)
     _param(config, "vocab_size", manifest.vocab_size)
     _param(config, "width_mult", manifest.width_mult)  # what the bench asks the server, not the name
+    _param(config, "depth_mult", manifest.depth_mult)
     _param(config, "max_seq_length", manifest.max_seq_length)
     _param(config, "pad_token_id", manifest.pad_token_id)
     _param(config, "type_vocab_size", manifest.type_vocab_size)
@@ -626,10 +627,11 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     exports: dict[str, tuple[Path, dict]] = {}
     for export_dir in map(Path, export_dirs):
         manifest = _read_export(export_dir)
-        model = Width.parse(manifest.width_mult).model_name(name)
+        subnet = manifest.trained_subnet
+        model = subnet.model_name(name)
         if model in exports:
-            raise OfaserveError(f"{export_dir} and {exports[model][0]} both export width "
-                                f"{manifest.width_mult}: one repository serves each width once")
+            raise OfaserveError(f"{export_dir} and {exports[model][0]} both export {subnet.describe()}: one "
+                                "repository serves each subnet once")
         exports[model] = (export_dir, manifest)
     limits = {model: text_limits(m, max_batch_size, max_text_bytes, max_request_bytes)
               for model, (_, m) in exports.items()}
@@ -661,14 +663,24 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
                 max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
                 queue_policy=queue.to_dict(), image_packages=image_packages(target, runtime), machine=machine_info(),
                 finished=now_iso(),
-                models={model: RepoModel(width_mult=m.width_mult, labels=m.labels, task_spec=m.spec,
-                                         max_seq_length=m.max_seq_length, encoder_artifact=plans[model]["artifact"],
+                models={model: RepoModel(width_mult=m.width_mult, depth_mult=m.depth_mult, labels=m.labels,
+                                         task_spec=m.spec, max_seq_length=m.max_seq_length,
+                                         encoder_artifact=plans[model]["artifact"],
                                          precision=plans[model]["precision"], precision_choice=plans[model].get("choice"),
                                          text_limits=asdict(limits[model]),
+                                         selection=_selection_summary(m.selection) if m.selection else None,
                                          source_export=os.path.basename(os.path.normpath(d)))
                         for model, (d, m) in exports.items()})
             repo.write(tmp)
             return repo
+
+
+def _selection_summary(selection: dict) -> dict[str, Any]:
+    """How ``--width_mult auto`` chose an export's subnet (its rule and pick), for the people
+    and the benchmarks that read the repository's manifest."""
+    keep = ("mode", "metric", "max_metric_drop", "latency_budget_ms", "runtime", "batch_size", "seq_len",
+            "teacher_dev_score", "chosen")
+    return {k: selection[k] for k in keep if k in selection}
 
 
 def _plan_encoder(model: str, export_dir: Path, manifest: ExportManifest, target: str, runtime: str, precision: str,

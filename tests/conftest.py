@@ -65,6 +65,30 @@ def tiny_export_dir(tiny_compress_dir, tmp_path_factory):
     return out
 
 
+# A tiny supernet over widths and depths: 4 layers, so depth 0.5 keeps layers 0 and 2 (DynaBERT's
+# rule) and a wrong layer choice cannot pass for the right one.
+TINY_DEPTH_LAYERS = 4
+TINY_DEPTH_WIDTHS = [1.0, 0.5]
+TINY_DEPTHS = [1.0, 0.5]
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_compress_dir(tmp_path_factory):
+    """The real `compress_model` on a 4-layer tiny checkpoint, widths 1.0/0.5 x depths 1.0/0.5."""
+    import dataclasses
+
+    from ofaserve.compress.pipeline import compress_model
+    from ofaserve.testing import tiny_compress_options, tiny_task_files, write_tiny_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("depth")
+    train, dev, texts = tiny_task_files(root / "data")
+    ckpt = write_tiny_hf_checkpoint(root / "hf", texts, layers=TINY_DEPTH_LAYERS)
+    opts = dataclasses.replace(tiny_compress_options(ckpt, train, dev, root / "compress"),
+                               width_mult_list=TINY_DEPTH_WIDTHS, depth_mult_list=TINY_DEPTHS)
+    compress_model(opts)
+    return root / "compress"
+
+
 def _tiny_task_compress(tmp_path_factory, kind: str):
     import dataclasses
 

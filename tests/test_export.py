@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.subnet import Subnet
 from ofaserve.core.manifests import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,12 +402,12 @@ def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
 
     src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
-    w, sel = select_by_metric_drop(src, 0.005)
-    assert w == 0.75 and sel["chosen"] == "0.75"
-    assert select_by_metric_drop(src, 0.03)[0] == 0.5
+    sub, sel = select_by_metric_drop(src, 0.005)
+    assert sub == Subnet.of(0.75) and sel["chosen"] == "0.75"
+    assert select_by_metric_drop(src, 0.03)[0] == Subnet.of(0.5)
     src2 = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "d", 0.90,
                                               {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
-    with pytest.raises(OfaserveError, match="no trained width"):
+    with pytest.raises(OfaserveError, match="no trained subnet"):
         select_by_metric_drop(src2, 0.005)
 
 
@@ -418,7 +419,7 @@ def test_choose_within_budget():
             {"width": "0.5", "width_mult": 0.5, "dev_score": 0.80, "latency_ms": 60.0}]
     assert choose_within_budget(rows, 200)["width"] == "1.0"
     assert choose_within_budget(rows, 100)["width"] == "0.5"  # accuracy tie: the narrower width
-    with pytest.raises(OfaserveError, match="no trained width meets"):
+    with pytest.raises(OfaserveError, match="no trained subnet meets"):
         choose_within_budget(rows, 50)
 
 
@@ -436,7 +437,7 @@ def test_auto_width_by_latency_end_to_end(tiny_compress_dir, tmp_path, capsys):
     assert "| width | dev accuracy |" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == ["manifest.json", "onnx", "static",
                                                                      "sub_model", "tokenizer"]
-    with pytest.raises(OfaserveError, match="no trained width meets"):
+    with pytest.raises(OfaserveError, match="no trained subnet meets"):
         export_subnet(str(tiny_compress_dir), str(tmp_path / "auto2"), "auto", latency_budget_ms=1e-6,
                       runtime="openvino", batch_size=2, seq_len=16, progress=False, precisions=False)
     assert not (tmp_path / "auto2").exists()

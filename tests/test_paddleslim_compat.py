@@ -127,3 +127,65 @@ def test_patches_restore_originals_even_on_error():
             raise RuntimeError("boom")
     after = {(id(p.owner), p.attribute): p.owner.__dict__.get(p.attribute) for p in compat.ALL}
     assert before == after
+
+
+def _four_layer_model(seed):
+    paddle.seed(seed)
+    cfg = tiny_config()
+    cfg["num_hidden_layers"] = 4
+    return build_classifier(cfg)
+
+
+def test_classifier_forward_takes_the_depth_ofa_passes():
+    """OFA passes its config's depth as a keyword: PaddleNLP's classifier forward rejects it;
+    ours runs only the layers the depth keeps (0 and 2 of 4 at 0.5), which is the plain model
+    cut to those layers, and at full depth is PaddleNLP's own forward."""
+    from ofaserve.compress.submodel import build_sub_model, keep_layers
+
+    model = _four_layer_model(3)
+    ids, types = _inputs()
+    ref = _plain_logits(model, ids, types)
+    sn = OfaSupernet(model, [1.0, 0.5], [1.0, 0.5])
+    sn.eval()
+    np.testing.assert_allclose(sn.logits_numpy(ids, types, 1.0, 1.0), ref, atol=1e-5)
+    half = sn.logits_numpy(ids, types, 1.0, 0.5)
+    assert np.abs(half - ref).max() > 1e-4  # fewer layers: another function
+
+    def cut(kept):
+        cfg, state = keep_layers(*sn.slice_width(1.0), kept, 0.5)
+        plain = build_sub_model(cfg)
+        plain.set_state_dict(state)
+        return _plain_logits(plain, ids, types)
+
+    np.testing.assert_allclose(half, cut([0, 2]), atol=1e-5)
+    assert np.abs(half - cut([1, 3])).max() > 1e-4  # the layer choice matters
+    plain = _four_layer_model(3)  # OfaSupernet converted ``model`` into its blocks
+    with pytest.raises(TypeError):  # unpatched: the keyword OFA adds is refused
+        with paddle.no_grad():
+            plain(paddle.to_tensor(ids), paddle.to_tensor(types), depth=0.5)
+    with compat.patched(_by_name("classifier_forward")):
+        np.testing.assert_array_equal(_plain_logits(plain, ids, types), ref)
+
+
+def test_encoder_forward_at_full_depth_is_paddlenlps():
+    """Our encoder forward replaces PaddleNLP's OFA one in every run: with no depth (every
+    width-only run) it gives the same outputs and the same gradients, bit for bit."""
+    model = _four_layer_model(4)
+    ids, types = _inputs()
+    sn = OfaSupernet(model, [1.0, 0.5])
+    sn.train()
+    upstream = [p if p.name != "encoder_forward" else
+                compat.Patch(p.name, p.owner, p.attribute, compat.nlp_ofa.encoder_ofa_forward, "upstream")
+                for p in compat.ALL]
+
+    def run(patches):
+        paddle.seed(7)  # same dropout draws
+        with compat.patched(patches):
+            out = sn.ofa(paddle.to_tensor(ids), paddle.to_tensor(types), attention_mask=[None, None])
+        out.sum().backward()
+        grads = [p.grad.numpy().copy() for p in sn.parameters() if p.grad is not None]
+        sn.model.clear_gradients()
+        return out.numpy(), grads
+
+    (a, ga), (b, gb) = run(compat.ALL), run(upstream)
+    assert np.array_equal(a, b) and len(ga) == len(gb) and all(np.array_equal(x, y) for x, y in zip(ga, gb))

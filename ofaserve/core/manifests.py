@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 from ofaserve.core import tables
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import confined_path, write_json
+from ofaserve.core.subnet import Subnet, grid, results_by_subnet
 from ofaserve.core.tasks import Split, TaskSpec, load_task
-from ofaserve.core.width import Width
 
 MANIFEST = "manifest.json"
 VERSION = "0.1.0"
@@ -141,6 +141,7 @@ class CompressManifest(StageManifest):
     labels: list[str] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
     width_mult_list: list[float] = field(default_factory=list)
+    depth_mult_list: list[float] = field(default_factory=lambda: [1.0])  # 1.0 alone: widths only
     max_seq_length: int = 0
     do_lower_case: bool = True
     pad_token_id: int = 0
@@ -201,23 +202,31 @@ class CompressManifest(StageManifest):
             return False
         return True
 
+    def subnets(self) -> list[Subnet]:
+        """Every (width, depth) trained, the full model first."""
+        return grid(self.width_mult_list, self.depth_mult_list)
+
     def dev_scores(self) -> dict[str, Any]:
-        """The dev score in the task's main metric: the teacher's and each trained width's
-        (keyed by width value), what ``--width_mult auto`` and the export's dev check compare."""
+        """The dev score in the task's main metric: the teacher's and each trained subnet's
+        (``subnets``, narrowest and shallowest first; ``widths``: those at depth 1.0, keyed by
+        width value), what ``--width_mult auto`` and the export's dev check compare."""
         metric = self.spec.main_metric
         teacher = ((self.results.get("teacher") or {}).get("dev") or {}).get(metric)
-        widths = {}
-        for w in sorted(float(x) for x in self.width_mult_list):
-            r = ((self.results.get("widths") or {}).get(Width(w).key) or {}).get("dev")
+        found = {(sub.width.key, sub.depth.key): r for sub, r in results_by_subnet(self.results)}
+        subnets = {}
+        for sub in sorted(self.subnets()):
+            r = (found.get((sub.width.key, sub.depth.key)) or {}).get("dev")
             if r is None or metric not in r:
-                raise OfaserveError(f"the compress manifest has no dev {metric} for width {Width(w).key}")
-            widths[w] = r[metric]
+                raise OfaserveError(f"the compress manifest has no dev {metric} for {sub.describe()}")
+            subnets[sub] = r[metric]
         if teacher is None:
             raise OfaserveError(f"the compress manifest has no teacher dev {metric}")
-        return {"metric": metric, "teacher": teacher, "widths": widths}
+        return {"metric": metric, "teacher": teacher, "subnets": subnets,
+                "widths": {sub.width.value: v for sub, v in subnets.items() if sub.depth.full}}
 
     def results_table(self) -> str:
-        return tables.results_table(self.results, self.spec)
+        layers = int(self.model_config.get("num_hidden_layers", 0)) or None
+        return tables.results_table(self.results, self.spec, layers)
 
     def learning_warning(self) -> str | None:
         return tables.learning_warning(self.results, self.spec)
@@ -242,13 +251,16 @@ class CompressManifest(StageManifest):
 
 @dataclass(kw_only=True)
 class ExportManifest(StageManifest):
-    """``ofaserve export``'s output: one width as standalone artifacts, each checked against
-    the supernet, with its precision variants' records."""
+    """``ofaserve export``'s output: one subnet (width, depth) as standalone artifacts, each
+    checked against the supernet, with its precision variants' records."""
     STAGE: ClassVar[str] = "export"
     REQUIRED: ClassVar[tuple[str, ...]] = ("width_mult", "labels", "max_seq_length", "vocab_size", "artifacts")
 
     width_mult: float = 1.0
     width: str = "1.0"
+    depth_mult: float = 1.0
+    depth: str = "1.0"
+    subnet: str = ""  # Subnet.key: the width, or width_d<depth> under a smaller depth
     model_type: str = "bert"
     task_spec: TaskSpec | None = None
     labels: list[str] = field(default_factory=list)
@@ -286,6 +298,11 @@ class ExportManifest(StageManifest):
     def spec(self) -> TaskSpec:
         return self.task_spec
 
+    @property
+    def trained_subnet(self) -> Subnet:
+        """The (width, depth) this export serves."""
+        return Subnet.of(self.width_mult, self.depth_mult)
+
     def artifact(self, folder: str | os.PathLike, key: str) -> Path:
         """The file of artifact ``key`` (e.g. ``onnx``, ``tokenizer``) inside the export folder."""
         rel = self.artifacts.get(key)
@@ -298,7 +315,7 @@ class ExportManifest(StageManifest):
         dev = self.parity["dev_score"]
         checked = sorted({r for shape in (self.parity.get("shapes") or {}).values()
                           for r in shape.get("max_abs_diff", {})})
-        line = (f"export {self.width}: {self.params['total'] / 1e6:.1f}M params; {', '.join(checked)} match the "
+        line = (f"export {self.trained_subnet.describe(self.sub_config.get('full_num_layers'))}: {self.params['total'] / 1e6:.1f}M params; {', '.join(checked)} match the "
                 f"supernet (max diff {self.parity.get('max_abs_diff', float('nan')):.1e}); dev {dev['metric']} "
                 f"{dev['exported']:.4f} through {dev['runtime']}, as compress measured")
         variants = {n: r for n, r in self.precisions.items() if "delta_vs_fp32" in r}
@@ -318,9 +335,11 @@ class RepoModel:
     encoder_artifact: str
     precision: str
     source_export: str
+    depth_mult: float = 1.0
     task_spec: TaskSpec | None = None
     precision_choice: dict[str, Any] | None = None
     text_limits: dict[str, int] | None = None
+    selection: dict[str, Any] | None = None  # how --width_mult auto chose the export's subnet
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -335,7 +354,7 @@ class RepoModel:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["task_spec"] = self.task_spec.to_dict() if self.task_spec else None
-        for optional in ("precision_choice", "text_limits"):
+        for optional in ("precision_choice", "text_limits", "selection"):
             if out[optional] is None:
                 out.pop(optional)
         return {**out, **self.extra}

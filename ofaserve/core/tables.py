@@ -1,16 +1,20 @@
 """Tables printed by several stages, from their manifests."""
 from __future__ import annotations
 
+from ofaserve.core.subnet import results_by_subnet
 from ofaserve.core.tasks import TaskSpec, TaskType
 
 _SHORT = {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 _SPLIT_ORDER = ("dev", "dev_mismatched", "test")
 
 
-def results_table(res: dict, spec: TaskSpec) -> str:
-    """The metrics-per-width table (markdown) of a compress run's ``results``: every metric of
-    the task on every evaluation split, and each width's difference from the teacher in the
-    main metric on the report split with its 95% interval."""
+def results_table(res: dict, spec: TaskSpec, layers: int | None = None) -> str:
+    """The metrics-per-subnet table (markdown) of a compress run's ``results``: every metric of
+    the task on every evaluation split, and each subnet's difference from the teacher in the
+    main metric on the report split with its 95% interval; one row per width (at depth 1.0),
+    then per (width, depth) of each smaller depth, and under a depth grid the same differences
+    as a width x depth grid (``depth_grid``). ``layers``: the model's encoder layers, to say
+    how many each depth keeps."""
     splits = [s for s in _SPLIT_ORDER if s in res["teacher"]]
     splits += [s for s in res["teacher"] if s not in splits]
     report = res.get("report_split", "test")
@@ -24,10 +28,35 @@ def results_table(res: dict, spec: TaskSpec) -> str:
         return " | ".join(f"{r[s][m]:.4f}" if s in r and m in r[s] else "n/a" for s, m in cols)
 
     rows.append(f"| teacher | {cells(res['teacher'])} | |")
-    for w, r in res["widths"].items():
-        vs = (r.get(report) or {}).get("vs_teacher")
-        ci = f"{vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else "n/a"
-        rows.append(f"| width {w} | {cells(r)} | {ci} |")
+    for sub, r in results_by_subnet(res):
+        rows.append(f"| {sub.describe(layers)} | {cells(r)} | {_vs_teacher(r, report)} |")
+    table = "\n".join(rows)
+    grid = depth_grid(res, spec, layers)
+    return table if grid is None else f"{table}\n\n{grid}"
+
+
+def _vs_teacher(r: dict, report: str) -> str:
+    vs = (r.get(report) or {}).get("vs_teacher")
+    return f"{vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else "n/a"
+
+
+def depth_grid(res: dict, spec: TaskSpec, layers: int | None = None) -> str | None:
+    """Each subnet's report-split difference from the teacher (main metric, 95% interval) as a
+    grid: widths down, depths across (with the layers each keeps). None without depths < 1."""
+    entries = {(sub.width.key, sub.depth.key): r for sub, r in results_by_subnet(res)}
+    depths = list(dict.fromkeys(sub.depth for sub, _ in results_by_subnet(res)))
+    if len(depths) < 2:
+        return None
+    widths = list(dict.fromkeys(sub.width.key for sub, _ in results_by_subnet(res)))
+    report = res.get("report_split", "test")
+    metric = _SHORT.get(res.get("metric", spec.main_metric), res.get("metric", spec.main_metric))
+    head = [f"depth {d.key}" + (f" ({len(d.layers(layers))} layers)" if layers else "") for d in depths]
+    rows = [f"{report} {metric} - teacher (95% CI) | " + " | ".join(head) + " |",
+            "|" + "---|" * (len(depths) + 1)]
+    for w in widths:
+        cells = [_vs_teacher(entries[(w, d.key)], report) if (w, d.key) in entries else "n/a" for d in depths]
+        rows.append(f"| width {w} | " + " | ".join(cells) + " |")
+    rows[0] = "| " + rows[0]
     return "\n".join(rows)
 
 
