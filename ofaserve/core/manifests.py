@@ -315,7 +315,8 @@ class ExportManifest(StageManifest):
         dev = self.parity["dev_score"]
         checked = sorted({r for shape in (self.parity.get("shapes") or {}).values()
                           for r in shape.get("max_abs_diff", {})})
-        line = (f"export {self.trained_subnet.describe(self.sub_config.get('full_num_layers'))}: {self.params['total'] / 1e6:.1f}M params; {', '.join(checked)} match the "
+        subnet = self.width if float(self.depth_mult) == 1.0 else f"{self.width}, depth {self.depth}"
+        line = (f"export {subnet}: {self.params['total'] / 1e6:.1f}M params; {', '.join(checked)} match the "
                 f"supernet (max diff {self.parity.get('max_abs_diff', float('nan')):.1e}); dev {dev['metric']} "
                 f"{dev['exported']:.4f} through {dev['runtime']}, as compress measured")
         variants = {n: r for n, r in self.precisions.items() if "delta_vs_fp32" in r}
