@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.benchmarks import inprocess, stats, timebox
+from ofaserve.benchmarks import inprocess, request_budget, stats
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_workload
 from ofaserve.core.errors import OfaserveError
@@ -623,7 +623,7 @@ def baseline_results(baselines: dict, batch_size: int) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    clock = timebox.BenchClock(args.time_budget_s) if args.time_budget_s else None
+    clock = request_budget.BenchClock(args.time_budget_s) if args.time_budget_s else None
     plan = make_plan(args)
     with ExitStack() as stack:
         url, client = open_server(stack, plan)
@@ -636,7 +636,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         baselines, baseline_notes = make_baselines(client, plan, models, infos, wl)
         sizing = None
         if clock is not None:
-            plan, sizing = timebox.fit_plan(plan, clock, url, models, wl, baselines)
+            plan, sizing = request_budget.fit_plan(plan, clock, url, models, wl, baselines)
             if "cut" in sizing:
                 print(f"{PROG}: time budget: {sizing['cut']}", file=sys.stderr)
         measurement = Measurement(client, url, plan, models, wl, baselines)
@@ -646,7 +646,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                                    desc="bench", file=sys.stderr, dynamic_ncols=True,
                                    disable=None)  # None: no bar when stderr is not a terminal
             stack.callback(measurement.bar.close)
-        load_start = _load(sample_s=timebox.CPU_SAMPLE_S)
+        load_start = _load(sample_s=request_budget.CPU_SAMPLE_S)
         run_wall = measurement.run()
         load_end = _load()
         if measurement.bar is not None:

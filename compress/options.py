@@ -9,7 +9,7 @@ DEFAULT_WIDTHS = [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]
 
 PROFILES: dict[str, dict[str, Any]] = {
     # A subset, short sequences, one OFA epoch: the most `ofaserve demo` trains. Under its
-    # time budget (--time_budget_s) the steps are sized to the machine (compress.timebox).
+    # time budget (--time_budget_s) the steps are sized to the machine (compress.step_budget).
     # Its teacher learns at 2e-4: a budget often leaves it a few dozen steps, where 5e-5 still
     # answers the majority class (benchmarks/results/teacher_learning_rate.json).
     "quick": dict(max_train_samples=2000, num_teacher_epochs=2, num_train_epochs=1, max_seq_length=64,
@@ -62,4 +62,4 @@ class CompressOptions:
     profile: str | None = None
     progress: bool = True
     eval_runtime: str = "paddle-inference"  # or "dygraph" (compress.evaluation)
-    time_budget_s: float | None = None  # None: the profile's work as written (compress.timebox)
+    time_budget_s: float | None = None  # None: the profile's work as written (compress.step_budget)

@@ -140,7 +140,7 @@ class _Run:
     source: Any = None  # compress.bert.PretrainedModel: the checkpoint as read from its folder
     head: dict | None = None  # how the model's own fine-tuned head was matched to the task (it is the teacher)
     scorer: Any = None  # compress.evaluation.Scorer: how whole splits are scored
-    timebox: Any = None  # compress.timebox.CompressTimebox under --time_budget_s
+    step_budget: Any = None  # compress.step_budget.CompressStepBudget under --time_budget_s
 
     @property
     def subnets(self) -> list[Subnet]:
@@ -190,10 +190,10 @@ def _same(a, b) -> bool:
 def _compress(opts: CompressOptions, widths: list[float], depths: list[float], select_key: str | None,
               out: Path) -> CompressManifest | None:
     """The phases of ``compress_model``, run once its output is checked and locked."""
-    timebox = None
+    step_budget = None
     if opts.time_budget_s is not None:  # the clock starts before any work
-        from ofaserve.compress.timebox import CompressTimebox
-        timebox = CompressTimebox(opts.time_budget_s, opts.n_gpu)
+        from ofaserve.compress.step_budget import CompressStepBudget
+        step_budget = CompressStepBudget(opts.time_budget_s, opts.n_gpu)
     reused = _reusable_teacher(opts) if opts.teacher_dir else None
     if opts.n_gpu > 1 and dist.world_size() == 1:
         from ofaserve.compress.bert import resolve_model_path
@@ -204,9 +204,9 @@ def _compress(opts: CompressOptions, widths: list[float], depths: list[float], s
         dist.launch(compress_model, opts, opts.n_gpu)
         return CompressManifest.read(out)
     run, teacher, config = _prepare(opts, widths, depths, select_key, out)
-    if timebox is not None:
-        run.timebox = timebox
-        timebox.attach(run)
+    if step_budget is not None:
+        run.step_budget = step_budget
+        step_budget.attach(run)
     phases: dict[str, Any] = {"teacher": _teacher_phase(run, teacher, reused)}
     teacher.eval()
     supernet, importance, resume = _supernet_phase(run, teacher)
@@ -303,7 +303,7 @@ def _teacher_phase(run: _Run, teacher, reused: dict | None) -> dict:
     if run.head is not None:
         return _fine_tuned_teacher(run, teacher, teacher_ckpt, teacher_info)
     t0 = time.time()
-    sizer = run.timebox.teacher_sizer(teacher) if run.timebox is not None else None
+    sizer = run.step_budget.teacher_sizer(teacher) if run.step_budget is not None else None
     info, stats = finetune_teacher(
         teacher, run.train, run.dev, run.tokenizer, spec=run.data.spec, epochs=opts.num_teacher_epochs,
         batch_size=opts.batch_size, lr=opts.teacher_learning_rate, seed=opts.seed,
@@ -425,7 +425,7 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
 
     opts = run.opts
     t0 = time.time()
-    sizer = (run.timebox.ofa_sizer(supernet, teacher, resume["start_step"]) if run.timebox is not None
+    sizer = (run.step_budget.ofa_sizer(supernet, teacher, resume["start_step"]) if run.step_budget is not None
              else None)
     info, stats = train_ofa(
         supernet, teacher, run.train, run.tokenizer, spec=run.data.spec, epochs=opts.num_train_epochs,
@@ -502,7 +502,7 @@ def _write_output(run: _Run, config: dict, importance: dict, phases: dict, resul
                     "train_sentences_used": len(run.train)},
             options={k: v for k, v in asdict(opts).items() if k not in ("progress",)},
             importance=importance, phases=phases, results=results, evaluation=run.scorer.record(),
-            machine=machine_info(), budget=run.timebox.record() if run.timebox is not None else None,
+            machine=machine_info(), budget=run.step_budget.record() if run.step_budget is not None else None,
             finished=now_iso())
         manifest.write(tmp)
     shutil.rmtree(partial, ignore_errors=True)

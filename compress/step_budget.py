@@ -3,7 +3,7 @@
 The results table (teacher and every width on dev and test) is never cut: its
 evaluations are priced first (the scorer's static-model set-up per model, plus the
 teacher's seconds per token on a few dev sentences, scaled by width) and reserved. What is left trains. The teacher fine-tune times its first steps, then
-plans both phases (``ofaserve.core.budget.plan_training``: first the per-epoch dev
+plans both phases (``plan_training``: first the per-epoch dev
 evaluations go, then both phases' steps by one fraction); the OFA phase times its own
 first steps and takes what is left, up to the profile's steps. A guard after every step
 shrinks a phase whose projected end would overrun its share (machine load changes).
@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.budget import Cut, clock_text, fit_count, ofa_step_ratio, plan_training
+from ofaserve.core.time_budget import Cut, clock_text, fit_count
 from ofaserve.core.batching import batches, predict
 
 log = logging.getLogger("ofaserve.compress")
@@ -39,6 +39,55 @@ MIN_OFA_STEPS = 8
 PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
 STEP_CUTS = {"teacher": "teacher steps", "ofa": "OFA steps"}  # each phase's steps cut, by sizer name
+
+
+# --------------------------------------------------------------------------- training arithmetic
+@dataclass
+class TrainingPlan:
+    """Steps of the two compress training phases, and whether the teacher evaluates dev
+    after each epoch to keep its best epoch."""
+    teacher_steps: int
+    ofa_steps: int
+    teacher_epoch_evals: bool
+    fraction: float  # of the profile's training time kept (1.0: nothing cut)
+    needed_s: float  # what the profile as written would take, by the measured rates
+    available_s: float
+    at_floor: bool = False  # even the phases' minimums do not fit: they run, over the budget
+
+
+def plan_training(available_s: float, *, teacher_steps: int, teacher_step_s: float, ofa_steps: int,
+                  ofa_step_s: float, epoch_evals: int, epoch_eval_s: float, min_teacher_steps: int,
+                  min_ofa_steps: int) -> TrainingPlan:
+    """Fit the profile's training into ``available_s`` (the time left after the evaluations
+    the results table needs). Cuts, in order: the teacher's per-epoch dev evaluations
+    (the final evaluation measures the teacher anyway; only the pick of the best epoch is
+    lost), then steps. Each phase first gets its minimum (capped by its profile steps); the
+    time above them goes to the teacher, up to its profile steps, and only then to the OFA
+    phase: the widths are distilled from the teacher, and in the quick profile more teacher
+    steps bought accuracy where more OFA steps past the minimum did not (the records
+    benchmarks/results/teacher_learning_rate.json and ofa_steps.json)."""
+    train_s = teacher_steps * teacher_step_s + ofa_steps * ofa_step_s
+    evals_s = epoch_evals * epoch_eval_s
+    needed = train_s + evals_s
+    if needed <= available_s:
+        return TrainingPlan(teacher_steps, ofa_steps, True, 1.0, needed, available_s)
+    t_min, o_min = min(min_teacher_steps, teacher_steps), min(min_ofa_steps, ofa_steps)
+    spare = available_s - t_min * teacher_step_s - o_min * ofa_step_s
+    t = min(teacher_steps, t_min + fit_count(spare, teacher_step_s, lo=0))
+    spare -= (t - t_min) * teacher_step_s
+    o = min(ofa_steps, o_min + fit_count(spare, ofa_step_s, lo=0))
+    kept = (t * teacher_step_s + o * ofa_step_s) / train_s if train_s > 0 else 1.0
+    return TrainingPlan(t, o, False, kept, needed, available_s, at_floor=available_s < t_min * teacher_step_s
+                        + o_min * ofa_step_s)
+
+
+def ofa_step_ratio(widths: list[float]) -> float:
+    """Cost of one OFA step in teacher fine-tune steps, from the model's arithmetic: the
+    teacher's forward (1 of a train step's ~3 forward-equivalents) plus a forward and
+    backward at each width, whose matmuls scale with the width. Used only to split time
+    between the phases before the OFA phase can be timed; the OFA phase re-plans from its
+    own measured speed."""
+    return (1 + 3 * sum(widths)) / 3
 
 
 class StepSizer:
@@ -93,7 +142,7 @@ def _floor_note(floor: int | None) -> str:
     return f"; kept the minimum of {floor} steps (the speed measured then left time for fewer)" if floor else ""
 
 
-class CompressTimebox:
+class CompressStepBudget:
     """The budget of one compress run; ``attach`` it to the run once the data is loaded."""
 
     def __init__(self, budget_s: float, n_gpu: int = 1):

@@ -86,7 +86,7 @@ class PhaseStats:
 
 
 class Horizon:
-    """A phase's total steps. Fixed unless a ``sizer`` (``compress.timebox.StepSizer``) is
+    """A phase's total steps. Fixed unless a ``sizer`` (``compress.step_budget.StepSizer``) is
     given: it sees every trained step and may change the total (the LR schedule and the
     progress bar follow)."""
 

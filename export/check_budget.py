@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.budget import fit_count
+from ofaserve.core.time_budget import fit_count
 from ofaserve.core.tasks import Split
 
 # Runtimes the parity check can run, besides the supernet it compares them with.
@@ -69,7 +69,7 @@ def spread(n_total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, num=n).round().astype(int))
 
 
-class ExportTimebox:
+class ExportCheckBudget:
     """The clock of one export under ``--time_budget_s``."""
 
     def __init__(self, budget_s: float):

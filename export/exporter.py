@@ -36,7 +36,7 @@ from ofaserve.export.precisions import precision_variants
 from ofaserve.export.selection import RUNTIMES, select_by_latency, select_by_metric_drop, selection_table
 from ofaserve.export.source import build_supernet, load_compress_output, load_dev, load_test, load_tokenizer
 from ofaserve.compress.submodel import count_params_config, flops, full_width_config, load_sub_model
-from ofaserve.export.timebox import (ExportTimebox, LaterDev, check_parity_runtimes, later_passes,
+from ofaserve.export.check_budget import (ExportCheckBudget, LaterDev, check_parity_runtimes, later_passes,
                                      runtimes_to_check)
 
 log = logging.getLogger("ofaserve.export")
@@ -72,7 +72,7 @@ class ExportOptions:
     overwrite: bool = False
     progress: bool = True
     fp16: bool = True
-    parity_runtimes: list[str] | None = None  # None: every runtime (export.timebox)
+    parity_runtimes: list[str] | None = None  # None: every runtime (export.check_budget)
     time_budget_s: float | None = None  # None: every dev pass on the whole dev set
 
     def __post_init__(self) -> None:  # the Python API's edge: names parsed once, here
@@ -137,7 +137,7 @@ class _Job:
     tokenizer: Any
     tok_path: Path
     pad_id: int
-    timebox: ExportTimebox | None = None
+    check_budget: ExportCheckBudget | None = None
     later: LaterDev | None = None  # dev of the passes after the first (set by _check_dev)
     not_checked: tuple = ()  # runtimes left out by --parity_runtimes
 
@@ -146,10 +146,10 @@ def run_export(opts: ExportOptions) -> ExportManifest:
     """Load -> choose width -> build -> validate (parity, dev accuracy) -> precisions -> manifest,
     all inside a temp folder that replaces ``output_dir`` only when every check passed."""
     t_start = time.time()
-    timebox = ExportTimebox(opts.time_budget_s) if opts.time_budget_s else None
+    check_budget = ExportCheckBudget(opts.time_budget_s) if opts.time_budget_s else None
     with contextlib.ExitStack() as held:
         job = _prepare(opts, held)
-        job.timebox = timebox
+        job.check_budget = check_budget
         return _export(job, t_start)
 
 
@@ -348,9 +348,9 @@ def _check_dev(job: _Job, fns: dict, subnet: Subnet, parity: dict, table: str):
 
 def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> LaterDev:
     """The dev set of the passes after the first: all of it, or under ``--time_budget_s``
-    the subset the time left allows at the first pass's measured speed (``export.timebox``)."""
+    the subset the time left allows at the first pass's measured speed (``export.check_budget``)."""
     opts = job.opts
-    if job.timebox is None:
+    if job.check_budget is None:
         return LaterDev(job.dev, None, None)
     from ofaserve.runtime import capabilities
 
@@ -359,7 +359,7 @@ def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> Later
                           bf16=capabilities.current().bf16, int8=opts.int8,
                           precisions=opts.onnx_model and opts.precisions,
                           test_ratio=len(test) / max(1, len(job.dev)) if test else 0.0)
-    later = job.timebox.later_dev(job.dev, first_pass_s, passes)
+    later = job.check_budget.later_dev(job.dev, first_pass_s, passes)
     parity["budget"] = later.record
     if later.index is not None:
         log.info("time budget: %s", later.record["cut"])

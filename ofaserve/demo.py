@@ -33,7 +33,8 @@ import sys
 from pathlib import Path
 
 from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
-from ofaserve.core.budget import Budget, Heartbeat, clock_text, print_above_bars
+from ofaserve.core.status_line import Heartbeat, print_above_bars
+from ofaserve.core.time_budget import Budget, clock_text
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import CompressManifest, ExportManifest
 from ofaserve.core.width import Width
@@ -50,7 +51,7 @@ SENTENCES = [
 DEFAULT_BUDGET_MIN = 6.5
 LOG_NAME = "demo.log"  # in --workdir: the stages' log lines and printed reports
 # Shares of the time left, fixed when each stage starts. Compress is the only stage whose
-# work scales freely above its floors (compress.timebox: the results table, and the fewest
+# work scales freely above its floors (compress.step_budget: the results table, and the fewest
 # training steps that learn); the exports' build and first dev pass, the repository and
 # the server start are fixed costs. Sized from the stages' measured minimums on a 2-core
 # Xeon (benchmarks/results/demo_run.json): a slower CPU overruns the budget at the floors,
@@ -405,10 +406,10 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     that was priced). Priced before any model exists, so each request's latency is
     estimated: the model's FLOPs at the bench's shape (a width's FLOPs scale with it: every
     matmul of a layer is linear in its heads and FFN neurons) over this CPU's measured
-    matmul speed in OpenVINO (``timebox.matmul_gflops``). A real-text request is priced at the longest sequence the exports serve
+    matmul speed in OpenVINO (``request_budget.matmul_gflops``). A real-text request is priced at the longest sequence the exports serve
     (the tokenizer truncates there), which bounds it from above."""
     from ofaserve.benchmarks import run as bench
-    from ofaserve.benchmarks import timebox
+    from ofaserve.benchmarks import request_budget
     from ofaserve.compress.submodel import flops, full_width_config
 
     names = {w: Width.parse(w).model_name("bert") for w in ("1.0", args.width_mult)}
@@ -417,11 +418,11 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     full = full_width_config(config)
     seq = {"fixed": settings.seq_len, "real": max(settings.seq_len, max_seq_length)}  # as _exports serves
     workloads = ([] if settings.no_fixed else ["fixed"]) + (["real"] if settings.real_text else [])
-    gflops, precision = timebox.matmul_gflops()
+    gflops, precision = request_budget.matmul_gflops()
     latency = {(m, wl): float(w) * flops(full, settings.batch_size, seq[wl]) / gflops / 1e6
                for w, m in names.items() for wl in workloads}
-    requests = min(timebox.MIN_REQUESTS, settings.requests)
-    floor = timebox.floor_seconds(latency, requests=requests, concurrency_levels=len(settings.concurrency),
+    requests = min(request_budget.MIN_REQUESTS, settings.requests)
+    floor = request_budget.floor_seconds(latency, requests=requests, concurrency_levels=len(settings.concurrency),
                                   rounds=settings.rounds, warmup=settings.warmup, baselines={k: 1 for k in latency})
     return floor, {"matmul_gflops": round(gflops, 1), "matmul_precision": precision, "requests_at_floor": requests,
                    "floor_s": round(floor, 1),

@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ofaserve.core.budget import Budget, StageRecord, clock_text, fit_count, ofa_step_ratio, plan_training
+from ofaserve.compress.step_budget import ofa_step_ratio, plan_training
+from ofaserve.core.time_budget import Budget, StageRecord, clock_text, fit_count
 
 
 class FakeClock:
@@ -140,7 +141,7 @@ def test_ofa_step_ratio_counts_the_teacher_forward_and_each_width():
 
 
 def test_step_sizer_plans_after_its_probe_and_shrinks_when_behind():
-    from ofaserve.compress import timebox
+    from ofaserve.compress import step_budget
     from ofaserve.compress.train import PhaseStats
 
     seen = []
@@ -149,15 +150,15 @@ def test_step_sizer_plans_after_its_probe_and_shrinks_when_behind():
         seen.append((s_per_step, step))
         return 40, time.monotonic() + 3600
 
-    sizer = timebox.StepSizer("t", plan, min_total=8)
+    sizer = step_budget.StepSizer("t", plan, min_total=8)
     stats = PhaseStats()
     total, step = 100, 0
-    for _ in range(timebox.PROBE_STEPS + 1):
+    for _ in range(step_budget.PROBE_STEPS + 1):
         step += 1
         stats.steps += 1
         stats.seconds += 0.5 if step > 1 else 5.0  # the first step (kernel set-up) is not timed
         total = sizer(step, stats, total)
-    assert total == 40 and seen == [(0.5, timebox.PROBE_STEPS + 1)]
+    assert total == 40 and seen == [(0.5, step_budget.PROBE_STEPS + 1)]
     sizer.deadline = time.monotonic() + 3 * 0.5  # the machine slowed: only ~3 more steps fit
     step += 1
     stats.steps += 1
@@ -170,7 +171,7 @@ def test_step_sizer_projects_from_recent_steps_and_gives_steps_back():
     """First steps slow (new shapes), later ones fast: the plan made from the slow probe is
     too short, and the guard, projecting from the last RATE_WINDOW steps, grows the phase
     back toward what fits, never past the phase's own unbudgeted total."""
-    from ofaserve.compress import timebox
+    from ofaserve.compress import step_budget
     from ofaserve.compress.train import PhaseStats
 
     t0 = time.monotonic()
@@ -178,14 +179,14 @@ def test_step_sizer_projects_from_recent_steps_and_gives_steps_back():
     def plan(s_per_step, step):  # 20 s to the deadline: at the probe's 2 s/step, 10 more steps
         return step + int(20 // s_per_step), t0 + 20
 
-    sizer = timebox.StepSizer("t", plan, min_total=4)
+    sizer = step_budget.StepSizer("t", plan, min_total=4)
     stats, total, step = PhaseStats(), 60, 0
-    for _ in range(timebox.PROBE_STEPS + 1):
+    for _ in range(step_budget.PROBE_STEPS + 1):
         step, stats.steps = step + 1, stats.steps + 1
         stats.seconds += 2.0
         total = sizer(step, stats, total)
     assert total == step + 10 and sizer.planned == total
-    for _ in range(timebox.RATE_WINDOW):  # now 0.5 s/step (the clock is not advanced: no time used)
+    for _ in range(step_budget.RATE_WINDOW):  # now 0.5 s/step (the clock is not advanced: no time used)
         step, stats.steps = step + 1, stats.steps + 1
         stats.seconds += 0.5
         total = sizer(step, stats, total)
@@ -204,14 +205,14 @@ def test_budget_record_reports_the_steps_trained_not_the_first_plan():
     record() can be called again without stacking the notes."""
     from types import SimpleNamespace
 
-    from ofaserve.compress import timebox
-    from ofaserve.core.budget import Cut
+    from ofaserve.compress import step_budget
+    from ofaserve.core.time_budget import Cut
 
-    box = timebox.CompressTimebox(100)
+    box = step_budget.CompressStepBudget(100)
     box.run = SimpleNamespace(scorer=SimpleNamespace(expected_setup_s=lambda: 3.0))
     box.cuts = [Cut("compress", "teacher steps", 126, 50, "the plan")]
     for name, planned, total in (("teacher", 50, 53), ("ofa", 63, 60)):
-        sizer = timebox.StepSizer(name, lambda s, k: (0, 0.0), min_total=8)
+        sizer = step_budget.StepSizer(name, lambda s, k: (0, 0.0), min_total=8)
         sizer.planned, sizer.total, sizer.max_total, sizer.s_per_step = planned, total, 63, 1.5
         box.sizers[name], box.plans[name] = sizer, {}
     for _ in range(2):
@@ -222,54 +223,54 @@ def test_budget_record_reports_the_steps_trained_not_the_first_plan():
 
 
 def test_bench_request_count_fits_the_time_left_down_to_its_floor():
-    from ofaserve.benchmarks import timebox
+    from ofaserve.benchmarks import request_budget
 
     lat = {("m1", "fixed"): 100.0, ("m2", "fixed"): 50.0}  # ms
     per_request = (0.1 + 0.05) * (1 + 1)  # one concurrency level + one baseline runtime per cell
-    fixed = (0.1 + 0.05) * (1 * 3 * 3 + 1 * 3) + timebox.CPU_SAMPLE_S  # warm-up, warm calls, the CPU sample
+    fixed = (0.1 + 0.05) * (1 * 3 * 3 + 1 * 3) + request_budget.CPU_SAMPLE_S  # warm-up, warm calls, the CPU sample
     kw = dict(concurrency_levels=1, rounds=3, warmup=3, baselines={k: 1 for k in lat})
-    n, rec = timebox.fit_requests(timebox.REPORT_RESERVE_S + fixed + 25 * per_request + 0.01, lat, requested=30, **kw)
+    n, rec = request_budget.fit_requests(request_budget.REPORT_RESERVE_S + fixed + 25 * per_request + 0.01, lat, requested=30, **kw)
     assert n == 25 and "cut" in rec and not rec["at_floor"] and "over_budget_s" not in rec
-    n, rec = timebox.fit_requests(timebox.REPORT_RESERVE_S + fixed + 12 * per_request + 0.01, lat, requested=30, **kw)
-    assert n == timebox.MIN_REQUESTS == 20  # room for 12: the ratios need 20, the run overruns
+    n, rec = request_budget.fit_requests(request_budget.REPORT_RESERVE_S + fixed + 12 * per_request + 0.01, lat, requested=30, **kw)
+    assert n == request_budget.MIN_REQUESTS == 20  # room for 12: the ratios need 20, the run overruns
     assert rec["at_floor"] and "kept the minimum of 20" in rec["cut"] and "allowed 12" in rec["cut"]
     assert rec["over_budget_s"] == pytest.approx(8 * per_request, abs=0.1)
-    n, rec = timebox.fit_requests(1000, lat, requested=30, **kw)
+    n, rec = request_budget.fit_requests(1000, lat, requested=30, **kw)
     assert n == 30 and "cut" not in rec
-    n, rec = timebox.fit_requests(0, lat, requested=5, **kw)  # fewer asked for than the floor: that many
+    n, rec = request_budget.fit_requests(0, lat, requested=5, **kw)  # fewer asked for than the floor: that many
     assert n == 5 and "cut" not in rec and rec["at_floor"]
 
 
 def test_bench_floor_seconds_is_what_its_sizing_needs():
     """What the demo sets aside (floor_seconds, before the bench starts) is what the bench's
     own sizing (fit_requests, after its set-up and probe) needs for the floor: no more cut."""
-    from ofaserve.benchmarks import timebox
+    from ofaserve.benchmarks import request_budget
 
     lat = {("m1", "fixed"): 400.0, ("m1", "real"): 90.0, ("m2", "fixed"): 280.0, ("m2", "real"): 65.0}
     kw = dict(concurrency_levels=1, rounds=3, warmup=3, baselines={k: 1 for k in lat})
-    floor = timebox.floor_seconds(lat, requests=timebox.MIN_REQUESTS, **kw)
-    probe_s = sum(lat.values()) / 1000 * (1 + timebox.PROBE_REQUESTS)
-    n, rec = timebox.fit_requests(floor - timebox.SETUP_RESERVE_S - probe_s + 0.01, lat, requested=30, **kw)
-    assert n == timebox.MIN_REQUESTS and not rec["at_floor"] and "over_budget_s" not in rec
-    assert timebox.floor_seconds(lat, requests=30, **kw) - floor == pytest.approx(10 * sum(lat.values()) / 1000 * 2)
-    gflops, precision = timebox.matmul_gflops(seconds=0.05)
+    floor = request_budget.floor_seconds(lat, requests=request_budget.MIN_REQUESTS, **kw)
+    probe_s = sum(lat.values()) / 1000 * (1 + request_budget.PROBE_REQUESTS)
+    n, rec = request_budget.fit_requests(floor - request_budget.SETUP_RESERVE_S - probe_s + 0.01, lat, requested=30, **kw)
+    assert n == request_budget.MIN_REQUESTS and not rec["at_floor"] and "over_budget_s" not in rec
+    assert request_budget.floor_seconds(lat, requests=30, **kw) - floor == pytest.approx(10 * sum(lat.values()) / 1000 * 2)
+    gflops, precision = request_budget.matmul_gflops(seconds=0.05)
     assert 0 < gflops < 1e5 and precision in ("f32", "bf16")  # a speed this CPU can have, as OpenVINO runs it
 
 
 def test_export_dev_subset_is_sized_from_the_first_pass():
-    from ofaserve.export import timebox
+    from ofaserve.export import check_budget
 
     from ofaserve.core.tasks import Split
 
     texts = [f"s{i}" for i in range(1000)]
     dev = Split(texts, np.arange(1000) % 2)
-    box = timebox.ExportTimebox(100)
+    box = check_budget.ExportCheckBudget(100)
     box.t0 = time.monotonic() - 40  # 60 s left
     later = box.later_dev(dev, first_pass_s=10.0, passes=4)  # 10 ms/sentence x 4 passes: 1,500 fit
     assert later.index is None and later.record["dev_sentences"] == 1000
     box.t0 = time.monotonic() - 92  # 8 s left: 8 / (0.01 x 4) = 200, below the floor
     later = box.later_dev(dev, first_pass_s=10.0, passes=4)
-    assert len(later.index) == timebox.MIN_DEV_SENTENCES == len(later.dev)
+    assert len(later.index) == check_budget.MIN_DEV_SENTENCES == len(later.dev)
     assert later.index[0] == 0 and later.index[-1] == 999 and np.all(np.diff(later.index) > 0)
     assert later.dev.texts[1] == texts[later.index[1]] and "kept the minimum of 300" in later.record["cut"]
     assert later.record["at_floor"] is True
@@ -279,21 +280,21 @@ def test_export_dev_subset_is_sized_from_the_first_pass():
     box.t0 = time.monotonic() - 92
     assert later.logits(np.arange(1000)).tolist() == later.index.tolist()
     test = Split([f"t{i}" for i in range(500)], np.arange(500) % 2)  # the variants' test report: the same share
-    assert len(later.same_share(test)) == round(500 * timebox.MIN_DEV_SENTENCES / 1000)
-    assert later.same_share(None) is None and timebox.LaterDev(dev, None, None).same_share(test) is test
-    with_test = timebox.later_passes(packed=True, fp16=False, bf16=True, int8=False, precisions=True, test_ratio=0.5)
+    assert len(later.same_share(test)) == round(500 * check_budget.MIN_DEV_SENTENCES / 1000)
+    assert later.same_share(None) is None and check_budget.LaterDev(dev, None, None).same_share(test) is test
+    with_test = check_budget.later_passes(packed=True, fp16=False, bf16=True, int8=False, precisions=True, test_ratio=0.5)
     assert with_test == 1 + 1 + 0.5 * (1 + 1)  # packed check, bf16 gate, fp32 and bf16 on half-size test
 
 
 def test_parity_runtimes_keep_the_reference_and_the_dev_runtime():
     from ofaserve.core.errors import OfaserveError
-    from ofaserve.export import timebox
+    from ofaserve.export import check_budget
 
     available = ["supernet", "sub_model", "paddle_static", "onnx", "openvino_packed"]
-    assert timebox.runtimes_to_check(available, None, "onnx") == available
-    assert timebox.runtimes_to_check(available, ["openvino_packed"], "onnx") == ["supernet", "onnx", "openvino_packed"]
+    assert check_budget.runtimes_to_check(available, None, "onnx") == available
+    assert check_budget.runtimes_to_check(available, ["openvino_packed"], "onnx") == ["supernet", "onnx", "openvino_packed"]
     with pytest.raises(OfaserveError, match="unknown runtime"):
-        timebox.check_parity_runtimes(["openvino_packd"])
+        check_budget.check_parity_runtimes(["openvino_packd"])
 
 
 # --------------------------------------------------------------------------- warnings
@@ -459,7 +460,8 @@ def test_status_lines_and_a_progress_bar_share_a_terminal_without_interleaving()
     rows = _terminal_rows(textwrap.dedent("""
         import contextlib, os, sys, time
         from tqdm.auto import tqdm
-        from ofaserve.core.budget import Budget, Heartbeat, print_above_bars
+        from ofaserve.core.status_line import Heartbeat, print_above_bars
+        from ofaserve.core.time_budget import Budget
         from ofaserve.core.quiet import known_native_lines_dropped
         screen = sys.stdout
         budget = Budget(60, {"compress": 1})
@@ -571,16 +573,16 @@ def test_compress_budget_that_cuts_nothing_changes_nothing(tmp_path, tiny_checkp
 
 
 def test_compress_tiny_budget_cuts_steps_but_not_the_results_table(tmp_path, tiny_checkpoint, monkeypatch):
-    from ofaserve.compress import timebox
+    from ofaserve.compress import step_budget
     from ofaserve.compress.pipeline import compress_model
 
-    monkeypatch.setattr(timebox, "MIN_TEACHER_STEPS", 10)  # below the tiny profile's 18, so it is a cut
+    monkeypatch.setattr(step_budget, "MIN_TEACHER_STEPS", 10)  # below the tiny profile's 18, so it is a cut
     m = compress_model(_tiny_options(tmp_path / "out", *tiny_checkpoint, time_budget_s=0.5)).to_dict()
     cuts = {c["what"]: c for c in m["budget"]["cuts"]}
     profile_teacher = 3 * math.ceil(96 / 16)
     assert cuts["teacher steps"]["default"] == profile_teacher
-    assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == timebox.MIN_TEACHER_STEPS
-    assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == timebox.MIN_OFA_STEPS
+    assert cuts["teacher steps"]["chosen"] == m["phases"]["teacher"]["steps"] == step_budget.MIN_TEACHER_STEPS
+    assert cuts["OFA steps"]["chosen"] == m["phases"]["ofa"]["steps"] == step_budget.MIN_OFA_STEPS
     assert "kept the minimum of" in cuts["teacher steps"]["why"] and "kept the minimum of" in cuts["OFA steps"]["why"]
     assert cuts["teacher steps"]["at_floor"] and cuts["OFA steps"]["at_floor"]
     assert "teacher per-epoch dev evaluations (best-epoch pick)" in cuts
@@ -613,9 +615,9 @@ def test_lr_schedule_is_the_same_for_a_fixed_and_a_callable_length():
 
 
 def test_export_under_a_budget_checks_the_served_runtimes_on_a_subset(tmp_path, tiny_compress_dir, monkeypatch):
-    from ofaserve.export import export_subnet, timebox
+    from ofaserve.export import check_budget, export_subnet
 
-    monkeypatch.setattr(timebox, "MIN_DEV_SENTENCES", 10)
+    monkeypatch.setattr(check_budget, "MIN_DEV_SENTENCES", 10)
     m = export_subnet(str(tiny_compress_dir), str(tmp_path / "e"), 0.75, progress=False, time_budget_s=0.1,
                       parity_runtimes=["openvino_packed"], fp16=False, fuse_attention=False, int8=False).to_dict()
     p = m["parity"]

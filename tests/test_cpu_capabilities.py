@@ -88,7 +88,7 @@ def test_export_records_bf16_only_where_it_executed(simulated_cpu, tiny_export_d
 
 def test_demo_builds_int8_only_where_it_can_be_fast(simulated_cpu):
     from ofaserve import demo
-    from ofaserve.core.budget import Budget
+    from ofaserve.core.time_budget import Budget
 
     budget = Budget(600, demo.SHARES)
     flags = demo._served_only(budget)

@@ -103,7 +103,7 @@ def test_demo_bench_arguments_and_the_floor_it_reserves(tmp_path, tiny_compress_
     each request priced from the served model's FLOPs at a measured matmul speed."""
     from ofaserve import demo
     from ofaserve.benchmarks import run as bench
-    from ofaserve.benchmarks import timebox
+    from ofaserve.benchmarks import request_budget
     from ofaserve.compress.submodel import flops, full_width_config
     from ofaserve.core.manifests import read_manifest
 
@@ -116,7 +116,7 @@ def test_demo_bench_arguments_and_the_floor_it_reserves(tmp_path, tiny_compress_
     assert (got.requests, got.time_budget_s, got.batch_size, got.seq_len) == (30, 41.0, 16, 32)
     assert "--time_budget_s" not in demo.bench_argv(args, work, "u", work, ["m"], None)
 
-    monkeypatch.setattr(timebox, "matmul_gflops", lambda: (2.0, "f32"))  # a slow CPU: the floor is well above its margins
+    monkeypatch.setattr(request_budget, "matmul_gflops", lambda: (2.0, "f32"))  # a slow CPU: the floor is well above its margins
     floor, priced = demo.bench_floor(args, work, redo=set())
     cm = read_manifest(work / "compress", stage="compress")
     full = full_width_config(cm["model_config"])
@@ -125,8 +125,8 @@ def test_demo_bench_arguments_and_the_floor_it_reserves(tmp_path, tiny_compress_
     expect = {("bert_w100", "fixed"): fixed_ms, ("bert_w100", "real"): real_ms,
               ("bert_w75", "fixed"): 0.75 * fixed_ms, ("bert_w75", "real"): 0.75 * real_ms}
     assert priced["estimated_latency_ms"] == {f"{m}/{w}": round(v, 1) for (m, w), v in expect.items()}
-    assert priced["requests_at_floor"] == timebox.MIN_REQUESTS == 20 and priced["matmul_gflops"] == 2.0
-    assert floor == pytest.approx(timebox.floor_seconds(expect, requests=20, concurrency_levels=1, rounds=3, warmup=3,
+    assert priced["requests_at_floor"] == request_budget.MIN_REQUESTS == 20 and priced["matmul_gflops"] == 2.0
+    assert floor == pytest.approx(request_budget.floor_seconds(expect, requests=20, concurrency_levels=1, rounds=3, warmup=3,
                                                         baselines={k: 1 for k in expect}))
     few = demo.build_parser().parse_args(["--workdir", str(work), "--width_mult", "0.75", "--requests", "8"])
     assert demo.bench_floor(few, work, redo=set())[1]["requests_at_floor"] == 8  # never more than asked for

@@ -1,7 +1,7 @@
 """A wall-clock budget that stages share, and the arithmetic that sizes work to fit it.
 
-The demo promises a time, but machines differ several-fold (a 2-core AVX2 CPU is ~6x
-slower than an AVX-512 one at the same work), so no fixed amount of work can keep the
+The demo promises a time, but the CPUs it runs on differ several-fold in speed at the
+same work (AVX2-only against AVX-512 with bf16), so no fixed amount of work can keep the
 promise. Instead each stage gets a share of the time still left when it starts, measures
 its own speed in its first seconds, and picks how much to do from that. Everything it
 cut, and why, is recorded (``Budget.record``), never silent.
@@ -12,10 +12,9 @@ measured rates passed in, so it is tested with injected numbers.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 
 def clock_text(seconds: float) -> str:
@@ -139,56 +138,6 @@ class Budget:
         return f"[{stage} {clock_text(done)}, {left}] demo {clock_text(self.elapsed())} of {clock_text(self.total_s)}"
 
 
-def print_above_bars(line: str, screen: TextIO) -> None:
-    """``line`` on ``screen``, above any progress bar drawn on the same terminal.
-
-    A bar redraws its line in place; text written to that terminal by anyone else lands in
-    the middle of it. ``tqdm.write`` clears the bars of the stream it writes to and draws
-    them again after the line, but only in order when line and bar go through one stream:
-    under a stage, stdout and stderr each pass through their own filter (core/quiet.py) and
-    the demo's stdout may be its log. So when a bar is on a terminal and ``screen`` is a
-    terminal too, the line goes through the bar's own stream."""
-    from tqdm import tqdm
-
-    with tqdm.get_lock():
-        # every bar shown now (a disabled bar, e.g. one off a terminal, leaves this set)
-        bars = [b for b in list(getattr(tqdm, "_instances", ())) if not getattr(b, "disable", True)]
-        out = next((b.fp for b in bars if _is_terminal(b.fp)), None) if _is_terminal(screen) else None
-        tqdm.write(line, file=out or screen, nolock=True)
-        (out or screen).flush()
-
-
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):  # closed, or no file behind it
-        return False
-
-
-class Heartbeat:
-    """Prints ``budget.progress_line(stage)`` every ``every_s`` seconds while a stage runs
-    (a background thread; ``write`` must be safe to call from it, e.g. ``print_above_bars``)."""
-
-    def __init__(self, budget: Budget, stage: str, every_s: float, write: Callable[[str], None]):
-        self.budget, self.stage, self.every_s, self.write = budget, stage, every_s, write
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{stage}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.write(self.budget.progress_line(self.stage))
-
-    def __enter__(self) -> "Heartbeat":
-        if self.every_s > 0:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-
 # --------------------------------------------------------------------------- sizing arithmetic
 def fit_count(seconds: float, each_s: float, *, fixed_s: float = 0.0, lo: int = 1, hi: int | None = None) -> int:
     """How many units of ``each_s`` seconds fit in ``seconds`` after ``fixed_s``,
@@ -200,51 +149,3 @@ def fit_count(seconds: float, each_s: float, *, fixed_s: float = 0.0, lo: int = 
     if hi is not None:
         n = min(n, hi)
     return max(lo, n)
-
-
-@dataclass
-class TrainingPlan:
-    """Steps of the two compress training phases, and whether the teacher evaluates dev
-    after each epoch to keep its best epoch."""
-    teacher_steps: int
-    ofa_steps: int
-    teacher_epoch_evals: bool
-    fraction: float  # of the profile's training time kept (1.0: nothing cut)
-    needed_s: float  # what the profile as written would take, by the measured rates
-    available_s: float
-    at_floor: bool = False  # even the phases' minimums do not fit: they run, over the budget
-
-
-def plan_training(available_s: float, *, teacher_steps: int, teacher_step_s: float, ofa_steps: int,
-                  ofa_step_s: float, epoch_evals: int, epoch_eval_s: float, min_teacher_steps: int,
-                  min_ofa_steps: int) -> TrainingPlan:
-    """Fit the profile's training into ``available_s`` (the time left after the evaluations
-    the results table needs). Cuts, in order: the teacher's per-epoch dev evaluations
-    (the final evaluation measures the teacher anyway; only the pick of the best epoch is
-    lost), then steps. Each phase first gets its minimum (capped by its profile steps); the
-    time above them goes to the teacher, up to its profile steps, and only then to the OFA
-    phase: the widths are distilled from the teacher, and in the quick profile teacher steps
-    bought accuracy (40 -> 70 steps: +3 points) where OFA steps past 8 did not
-    (benchmarks/results/teacher_learning_rate.json, ofa_steps.json)."""
-    train_s = teacher_steps * teacher_step_s + ofa_steps * ofa_step_s
-    evals_s = epoch_evals * epoch_eval_s
-    needed = train_s + evals_s
-    if needed <= available_s:
-        return TrainingPlan(teacher_steps, ofa_steps, True, 1.0, needed, available_s)
-    t_min, o_min = min(min_teacher_steps, teacher_steps), min(min_ofa_steps, ofa_steps)
-    spare = available_s - t_min * teacher_step_s - o_min * ofa_step_s
-    t = min(teacher_steps, t_min + fit_count(spare, teacher_step_s, lo=0))
-    spare -= (t - t_min) * teacher_step_s
-    o = min(ofa_steps, o_min + fit_count(spare, ofa_step_s, lo=0))
-    kept = (t * teacher_step_s + o * ofa_step_s) / train_s if train_s > 0 else 1.0
-    return TrainingPlan(t, o, False, kept, needed, available_s, at_floor=available_s < t_min * teacher_step_s
-                        + o_min * ofa_step_s)
-
-
-def ofa_step_ratio(widths: list[float]) -> float:
-    """Cost of one OFA step in teacher fine-tune steps, from the model's arithmetic: the
-    teacher's forward (1 of a train step's ~3 forward-equivalents) plus a forward and
-    backward at each width, whose matmuls scale with the width. Used only to split time
-    between the phases before the OFA phase can be timed; the OFA phase re-plans from its
-    own measured speed."""
-    return (1 + 3 * sum(widths)) / 3
