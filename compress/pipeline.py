@@ -225,7 +225,7 @@ def _prepare(opts: CompressOptions, widths: list[float], depths: list[float], se
     import paddle
 
     from ofaserve.compress.bert import classifier_from, head_for_task, read_pretrained
-    from ofaserve.compress.submodel import check_widths_fit
+    from ofaserve.compress.submodel import fit_widths
     from ofaserve.core.tasks import load_task
     from ofaserve.core.tokenizer import make_tokenizer
 
@@ -242,7 +242,7 @@ def _prepare(opts: CompressOptions, widths: list[float], depths: list[float], se
     source = read_pretrained(opts.model_name_or_path)
     head, head_record = (None, None) if source.head is None or opts.new_head else head_for_task(source, data.spec)
     teacher, config = classifier_from(source, data.spec.num_outputs, head, seed=opts.seed)
-    check_widths_fit(widths, config)
+    widths = fit_widths(widths, config)  # exact fractions of the heads: see fit_widths
     try:  # two depths that keep as many of this model's layers fail here, before anything is written
         check_depths(depths, int(config["num_hidden_layers"]))
     except OfaserveError as e:

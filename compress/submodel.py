@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.width import TOLERANCE
 
 FORMAT = "ofaserve-bert-sub-model/1"
 CONFIG_FILE = "model_config.json"
@@ -28,19 +29,27 @@ WEIGHTS_FILE = "model_state.pdparams"
 
 
 # ----------------------------------------------------------------------------- config
-def check_widths_fit(widths: list[float], base_config: dict[str, Any]) -> None:
-    """Each width must keep whole attention heads: PaddleSlim slices the q/k/v projections to
+def fit_widths(widths: list[float], base_config: dict[str, Any]) -> list[float]:
+    """``widths`` as exact fractions of this model's heads (0.6667 of 12 heads: 8/12), or one
+    error naming widths that fit.
+
+    Each width must keep whole attention heads: PaddleSlim slices the q/k/v projections to
     ``int(width * hidden_size)`` outputs, which the attention then splits into heads of the
-    full model's head size."""
+    full model's head size. It must also be the exact fraction: PaddleNLP's OFA attention
+    narrows ``num_heads`` to ``int(num_heads * width)`` and restores it as
+    ``int(num_heads / width)``, which a rounded width (8 / 0.6667 = 11.9994) truncates to one
+    head fewer, and the next narrower width then splits its projection into the wrong heads."""
     hidden, heads = int(base_config["hidden_size"]), int(base_config["num_attention_heads"])
     head_dim = hidden // heads
-    bad = [w for w in widths if int(w * hidden) % head_dim]
+    exact = {w: round(w * heads) / heads for w in widths}
+    bad = [w for w, e in exact.items() if abs(w - e) >= TOLERANCE or e <= 0 or int(e * hidden) % head_dim]
     if bad:
         fitting = " ".join(f"{w:.4g}" for w in (1.0, 5 / 6, 3 / 4, 2 / 3, 1 / 2, 1 / 4) if not int(w * hidden) % head_dim)
         raise OfaserveError(
             f"width(s) {', '.join(f'{w:.4g}' for w in bad)} keep part of an attention head of this model "
             f"({heads} heads of {head_dim} in {hidden}: width x {hidden} must be a multiple of {head_dim}); "
             f"use widths that are multiples of 1/{heads}, e.g. {fitting}")
+    return [exact[w] for w in widths]
 
 
 def sub_config_from_state(base_config: dict[str, Any], state: dict[str, Any], width_mult: float) -> dict[str, Any]:

@@ -162,3 +162,19 @@ def test_widths_that_split_an_attention_head_are_one_error(tmp_path, task_files)
         _compress(tiny_hf := write_tiny_hf_checkpoint(tmp_path / "hf", _texts(task_files[0])), task_files,
                   tmp_path / "c", width_mult_list=[1.0, 0.8333333333333334, 0.5])
     assert tiny_hf.is_dir() and not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def test_widths_typed_rounded_train_as_exact_fractions_of_the_heads(tmp_path, task_files):
+    """0.6667 as a user types it, on a 6-head model: trained as 4/6. PaddleNLP's OFA attention
+    restores its head count as int(4 / 0.6667) = 5, so without the exact fraction the next
+    width (0.5) splits its projection into 2 heads of 12 and the OFA phase fails."""
+    from ofaserve.compress.submodel import fit_widths
+
+    config = {"hidden_size": 48, "num_attention_heads": 6}
+    assert fit_widths([1.0, 0.6667, 0.5], config) == [1.0, 4 / 6, 0.5]
+    with pytest.raises(OfaserveError, match=r"width\(s\) 0.7 keep part of an attention head"):
+        fit_widths([1.0, 0.7], config)
+    model = write_tiny_hf_checkpoint(tmp_path / "hf", _texts(task_files[0]), hidden=48, heads=6)
+    m = _compress(model, task_files, tmp_path / "c", width_mult_list=[1.0, 0.6667, 0.5])
+    assert m["width_mult_list"] == [1.0, 4 / 6, 0.5]
+    assert set(m["results"]["widths"]) == {"1.0", "0.6667", "0.5"}
