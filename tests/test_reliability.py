@@ -329,7 +329,8 @@ def _bytes(q: str | int) -> int:
 
 def _liveness_check(tmp_path) -> Path:
     yaml = pytest.importorskip("yaml")
-    (cm,) = [d for d in yaml.safe_load_all((DEPLOY / "triton.yaml").read_text()) if d and d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in yaml.safe_load_all((DEPLOY / "triton.yaml").read_text())
+             if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ofaserve-probes"]
     check = tmp_path / "check.py"
     check.write_text(cm["data"]["check.py"])
     return check
@@ -381,7 +382,7 @@ def test_liveness_check_counts_a_full_queue_as_live(tiny_export_dir, tmp_path):
     check = _liveness_check(tmp_path)
     path = tmp_path / "repo"
     # a queue of one request of 64 rows: the flood below keeps it full
-    (model,) = build_repository([tiny_export_dir], path, precision="fp32", max_queue_size=1)["models"]
+    (model,) = build_repository([tiny_export_dir], path, precision="fp32", max_queue_size=1).models
     ports = faults.free_ports()
     texts = [("a long and winding film " * 20)[:500]] * 64
     with TritonServer(path, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"]) as srv:
