@@ -152,16 +152,23 @@ def load_safetensors(model_dir: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_paddlenlp_state(model_dir: Path) -> dict[str, np.ndarray]:
+def load_state_dict(path: Path, what: str = "") -> dict[str, Any]:
+    """A Paddle state dict from ``path`` (``what``: how errors name it), or one error saying
+    it is unreadable or not a state dict."""
     import paddle
 
-    path = model_dir / "model_state.pdparams"
+    name = f"{what} {path}" if what else str(path)
     try:
         state = paddle.load(str(path))
     except Exception as e:
-        raise OfaserveError(f"cannot read {path}: {type(e).__name__}: {e} (corrupted?)") from e
+        raise OfaserveError(f"cannot read {name}: {type(e).__name__}: {e} (corrupted?)") from e
     if not isinstance(state, dict) or not state:
         raise OfaserveError(f"{path} does not hold a model state dict")
+    return state
+
+
+def load_paddlenlp_state(model_dir: Path) -> dict[str, np.ndarray]:
+    state = load_state_dict(model_dir / "model_state.pdparams")
     return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in state.items()}
 
 

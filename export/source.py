@@ -27,9 +27,7 @@ class Source:
 
 def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") -> Source:
     """Read and verify a compress output: stage, model type, checkpoint integrity, shapes."""
-    import paddle
-
-    from ofaserve.compress.bert import build_classifier
+    from ofaserve.compress.bert import build_classifier, load_state_dict
 
     folder = Path(folder)
     manifest = CompressManifest.read(folder)  # checks the stage and the fields export needs
@@ -45,12 +43,7 @@ def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") ->
     if want and want != digest:
         raise OfaserveError(f"{ckpt} does not match the sha256 recorded by compress (corrupted or replaced): "
                             f"re-run `ofaserve compress`")
-    try:
-        state = paddle.load(str(ckpt))
-    except Exception as e:
-        raise OfaserveError(f"cannot load the supernet checkpoint {ckpt}: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict) or not state:
-        raise OfaserveError(f"{ckpt} does not hold a model state dict")
+    state = load_state_dict(ckpt, "the supernet checkpoint")
     config = dict(manifest.model_config)
     model = build_classifier(config)
     want_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
