@@ -483,9 +483,8 @@ def encoder_artifact(manifest: ExportManifest, target: str, runtime: str, precis
     ONNX Runtime on CPU gets the export's ORT-fused graph when there is one (attention and
     layer norms fused into com.microsoft ops that only ONNX Runtime reads) and the
     OpenVINO in our python encoder gets the NNCF INT8 IR for int8, else the packed graph
-    (several sentences per row: a batch of short sentences costs its real tokens; real dev
-    batches of 16 through the ensemble, w0.6667: 20.0 ms packed vs 25.9 ms in three length
-    buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged).
+    (several sentences per row: a batch of short sentences costs its real tokens instead of
+    rows x its longest; a batch of full-length rows costs the same either way).
     Everything else reads the plain ONNX graph: Triton's own openvino backend converts it
     itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
     artifacts = manifest.artifacts

@@ -1,7 +1,7 @@
 """A wall-clock budget that stages share, and the arithmetic that sizes work to fit it.
 
-The demo promises a time, but machines differ several-fold (a 2-core AVX2 CPU is ~6x
-slower than an AVX-512 one at the same work), so no fixed amount of work can keep the
+The demo promises a time, but machines differ several-fold (a 2-core AVX2 CPU against an
+AVX-512 one at the same work), so no fixed amount of work can keep the
 promise. Instead each stage gets a share of the time still left when it starts, measures
 its own speed in its first seconds, and picks how much to do from that. Everything it
 cut, and why, is recorded (``Budget.record``), never silent.
