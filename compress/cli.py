@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
                    help="preset: quick (2,000 sentences, 1 OFA epoch) or full (all train sentences, 3 OFA "
                         "epochs with --lambda_ce 0.5, dev eval every 106 steps: the recipe of the recorded "
-                        "accuracy); what each takes on a 2-core CPU is in compress/README.md. Explicit flags "
+                        "accuracy; its recorded time on a 2-core CPU is in compress/README.md). Explicit flags "
                         "override the preset.")
     p.add_argument("--model_type", default="bert", help="model family (only bert)")
     p.add_argument("--model_name_or_path", default="minilm-l6",
