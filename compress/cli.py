@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "distilled from the teacher. Every width is evaluated on dev with the task's metrics (see --task_name).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="preset: quick (~10 min on 2 CPU cores: 2,000 sentences, 1 OFA epoch) or full (all "
-                        "train sentences, 3 OFA epochs with --lambda_ce 0.5, dev eval every 106 steps: the recipe "
-                        "of the recorded accuracy, ~70 min). Explicit flags override the preset.")
+                   help="preset: quick (2,000 sentences, 1 OFA epoch) or full (all train sentences, 3 OFA "
+                        "epochs with --lambda_ce 0.5, dev eval every 106 steps: the recipe of the recorded "
+                        "accuracy; its recorded time on a 2-core CPU is in compress/README.md). Explicit flags "
+                        "override the preset.")
     p.add_argument("--model_type", default="bert", help="model family (only bert)")
     p.add_argument("--model_name_or_path", default="minilm-l6",
                    help="`minilm-l6` (bundled offline all-MiniLM-L6-v2 weights) or your BERT's folder: Hugging Face "

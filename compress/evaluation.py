@@ -146,8 +146,8 @@ class Scorer:
 
 def _threads_kept(runner, threads: int) -> Logits:
     """Paddle Inference leaves this process's OpenMP (the libiomp5 MKL runs on) at one
-    thread after a run; the dygraph training that continues here then ran about 25% slower
-    on 2 cores. The count is put back after every call."""
+    thread after a run, and the dygraph training that continues here would then run on
+    one core. The count is put back after every call."""
     import paddle
 
     def run(input_ids: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:

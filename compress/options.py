@@ -14,7 +14,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # answers the majority class (benchmarks/results/teacher_learning_rate.json).
     "quick": dict(max_train_samples=2000, num_teacher_epochs=2, num_train_epochs=1, max_seq_length=64,
                   importance_samples=256, save_steps=0, eval_before_ofa=False, teacher_learning_rate=2e-4),
-    # all train sentences (~10k); <= 90 min on 2 CPU cores. The recipe behind
+    # all train sentences (its time on a 2-core CPU: compress/README.md). The recipe behind
     # benchmarks/results/accuracy.json: of the recipes tried (results/history/), 3 OFA
     # epochs with a gold-label term kept width 0.6667 closest to the teacher.
     "full": dict(max_train_samples=None, num_teacher_epochs=2, num_train_epochs=3, max_seq_length=64,

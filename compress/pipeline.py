@@ -166,11 +166,29 @@ class _Run:
 
 
 def compress_model(opts: CompressOptions) -> CompressManifest | None:
-    """Run the whole compress stage; returns the manifest written to ``opts.output_dir``
-    (None in a data-parallel worker other than the first).
+    """Run the whole compress stage (what ``ofaserve compress`` runs); returns the manifest
+    it wrote to ``opts.output_dir``.
 
-    The output folder and its ``.partial`` work folder are checked before any work and
-    locked for the whole run (by the launching process under data parallelism)."""
+    Reads: the model ``opts.model_name_or_path`` (``minilm-l6``, a Hugging Face or a PaddleNLP
+    BERT folder), the task's data (``task_name`` with ``data_dir``, or ``train_file`` /
+    ``dev_file`` / ``test_file``) and, with ``teacher_dir``, an earlier compress output.
+    Writes: ``opts.output_dir`` (``manifest.json``, ``teacher/``, ``supernet/``,
+    ``tokenizer/``), built in ``<output_dir>.partial/`` and swapped in whole at the end; the
+    output and its ``.partial`` are checked before any work and locked for the whole run (by
+    the launching process under data parallelism). The CLI's ``--profile`` presets are
+    ``PROFILES``: pass their fields (``CompressOptions(**PROFILES["quick"], ...)``). The CLI
+    also calls ``ofaserve.runtime.paddle_cpu.configure()`` before paddle is imported (threads,
+    MKL's code path on AMD CPUs); an embedding program that wants the same settings calls it
+    before its first ``import paddle``.
+    Returns: the ``CompressManifest`` (results per subnet: ``results_table()``,
+    ``dev_scores()``); None only inside a data-parallel worker other than the first
+    (``n_gpu > 1``; the caller's process gets the manifest).
+    Raises: ``OfaserveError`` (the one error type a user can act on) for a bad option, a
+    model or data that cannot be used, or an output folder it may not replace or that another
+    run holds; ``OSError`` where the machine refuses a write (a full disk, permissions). Either
+    way, and on KeyboardInterrupt, what was at ``output_dir`` before is left as it was
+    (``resume=True`` continues an interrupted run from its last checkpoint).
+    """
     widths, depths, select_key = _check_options(opts)
     # the teacher is copied into the work folder before the swap: --teacher_dir may be the output
     inputs = [opts.model_name_or_path, opts.train_file, opts.dev_file, opts.test_file,

@@ -83,14 +83,29 @@ class ExportOptions:
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
                   width_mult: Width | float | str = 1.0, **kwargs: Any) -> ExportManifest:
-    """Export one subnet of a compress output to ``output_dir``; returns the export manifest.
+    """Export one subnet of a compress output (what ``ofaserve export`` runs); returns the
+    manifest it wrote to ``output_dir``.
 
     ``width_mult`` is a trained width (a ``Width``, or a number or string it parses) with
     ``depth_mult`` a trained depth (default 1.0), or ``"auto"`` with ``max_metric_drop``
     (the cheapest subnet, width x layers kept, within that dev score of the teacher) or
     ``latency_budget_ms`` (the best scoring subnet meeting the budget on ``runtime`` at
     ``batch_size x seq_len``, measured here), chosen over every trained (width, depth).
-    Other keyword arguments: the fields of ``ExportOptions``.
+    Other keyword arguments: the fields of ``ExportOptions`` (e.g. ``max_seq_length``, the
+    longest input the served model accepts; default the compress run's), by name.
+    Reads: the compress output ``model_name_or_path`` (its manifest, its supernet checkpoint,
+    checked against the sha256 the manifest records, and its dev split).
+    Writes: ``output_dir`` (``manifest.json``, ``sub_model/``, ``static/``, ``onnx/`` with the
+    packed graph and the precision variants, ``tokenizer/``), and ``sub_model_output_dir`` /
+    ``static_sub_model`` when given; built in a temp folder and swapped in only when every
+    check passed.
+    Returns: the ``ExportManifest`` (parity figures, dev score, precision records, sha256 of
+    every file written).
+    Raises: ``OfaserveError`` for a bad option or input, an output it may not replace or that
+    another run holds; ``ParityError`` (an ``OfaserveError``, with a ``table`` of the figures)
+    when an artifact disagrees with the supernet; ``OSError`` where the machine refuses a
+    write. Nothing at ``output_dir`` changes then. ``TypeError`` for a keyword that is not a
+    field of ``ExportOptions``.
     """
     opts = ExportOptions(model_name_or_path=str(model_name_or_path), output_dir=str(output_dir),
                          width_mult=width_mult, **kwargs)

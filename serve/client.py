@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+
+if TYPE_CHECKING:
+    from tritonclient.grpc import InferenceServerClient
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "bert_w67"
@@ -93,13 +96,23 @@ def _as_bytes(texts: Iterable[str | bytes]) -> list[bytes]:
 
 def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = DEFAULT_MODEL,
              batch_size: int = 16, labels: list[str] | None = None, timeout: float | None = 60.0,
-             client=None, text_pairs: Iterable[str | bytes] | None = None) -> list[dict]:
+             client: InferenceServerClient | None = None,
+             text_pairs: Iterable[str | bytes] | None = None) -> list[dict]:
     """Send ``texts`` (with ``text_pairs``, one second sentence each, for a sentence-pair model)
     in batches of ``batch_size`` rows (fewer where the model's max_request_bytes needs; a text
-    over its max_text_bytes is refused before anything is sent). A classifier answers
-    ``[{"label": str, "probs": {label: p}}]`` (label names from the model's LABEL output;
-    ``probs`` keyed by ``labels``, default the label list in the model's config); a regression
-    model answers ``[{"score": float}]``.
+    over its max_text_bytes is refused before anything is sent).
+
+    Returns one dict per text, in order: for a classifier ``{"label": str, "probs": {label:
+    p}}`` (the label name from the model's LABEL output; ``probs`` keyed by ``labels``, default
+    the label list in the model's config), for a regression model ``{"score": float}``.
+
+    ``url`` is the server's gRPC address (``TritonServer.grpc_url``), ``model`` a text model
+    it serves (``bert_w67``; the names are the keys of the repository manifest's ``models``);
+    pass ``client`` (a ``tritonclient.grpc.InferenceServerClient``) to reuse a connection.
+    Raises: ``OfaserveError`` when the server cannot be reached or the model is not ready
+    (naming the served models), when pairs are given to a single-sentence model or not given
+    to a pair model, when a text exceeds the model's ``max_text_bytes``, and when the server
+    refuses a request (its message, with the rows it held).
     """
     from tritonclient.grpc import InferInput, InferRequestedOutput
     from tritonclient.utils import InferenceServerException

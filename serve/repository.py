@@ -32,6 +32,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import text_format
@@ -482,9 +483,8 @@ def encoder_artifact(manifest: ExportManifest, target: str, runtime: str, precis
     ONNX Runtime on CPU gets the export's ORT-fused graph when there is one (attention and
     layer norms fused into com.microsoft ops that only ONNX Runtime reads) and the
     OpenVINO in our python encoder gets the NNCF INT8 IR for int8, else the packed graph
-    (several sentences per row: a batch of short sentences costs its real tokens; real dev
-    batches of 16 through the ensemble, w0.6667: 20.0 ms packed vs 25.9 ms in three length
-    buckets, benchmarks/results/latency.md vs latency_r4e_buckets.md; 16x128 unchanged).
+    (several sentences per row: a batch of short sentences costs its real tokens instead of
+    rows x its longest; a batch of full-length rows costs the same either way).
     Everything else reads the plain ONNX graph: Triton's own openvino backend converts it
     itself, and TensorRT wants FP32 ONNX and builds FP16 engines from it."""
     artifacts = manifest.artifacts
@@ -569,7 +569,8 @@ def _check_choices(target: str, runtime: str | None, precision: str | None,
     return target, runtime, precision, text_pipeline
 
 
-def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu", name: str = "bert",
+def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, target: str = "cpu",
+                     name: str = "bert",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
                      precision: str | None = None, threads: int | None = None,
                      text_pipeline: str = "ensemble", auto_budget_s: float = 20.0,
@@ -591,6 +592,18 @@ def build_repository(export_dirs: list[Path], output: Path, target: str = "cpu",
     text models (default per export: ``text_limits``). ``max_queue_size`` (default
     ``max_batch_size``; 0: no limit) and ``queue_timeout_ms`` (default 0: none): the queue
     policy of the tokenizer, the encoder and the fused model (``QueuePolicy``).
+
+    Reads: each export's ``manifest.json`` and the files it names (each copied only if it
+    matches the sha256 the export recorded); for ``precision="auto"`` the compress output's dev
+    split, where it is at hand, to time real sentences (else the fixed 16 x 128 batch only).
+    Writes: ``output``, one model folder per Triton model (``config.pbtxt`` and ``1/``) and a
+    ``manifest.json``; built in a temp folder next to it and renamed into place.
+    Returns: the ``RepoManifest`` (``models``: each served model name, e.g. ``bert_w67``, with
+    its width, depth, labels, precision and text limits).
+    Raises: ``OfaserveError`` for a bad option or combination (one line naming what can
+    run), an export that is missing, incomplete or changed since it was written, two exports of
+    one subnet, or an output it may not replace or that another run holds; ``OSError`` where
+    the machine refuses a write. Nothing at ``output`` changes then.
     """
     target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
     python_encoder = runs_in_python_backend(target, runtime)

@@ -143,7 +143,17 @@ def _error_lines(log: str, limit: int = 8) -> list[str]:
 
 
 class TritonServer:
-    """The bundled Triton server on one model repository, as a managed child process."""
+    """The bundled Triton server on one model repository, as a managed child process (what
+    ``ofaserve serve`` runs).
+
+    ``with TritonServer(repo, grpc_port=...) as server:`` starts it (``start``) and stops it on
+    leaving the block (``stop``); ``server.grpc_url`` is what ``classify`` and tritonclient
+    connect to. It binds ``host`` (default 127.0.0.1) and puts Triton's admin APIs behind a key
+    made for this launch (``admin_headers``, and a key file for this user's own clients).
+    Reads: ``model_repository`` (an ``ofaserve repo`` output, or any repository of models the
+    bundled server can load). Writes: a work folder in the temp folder (the server's binaries
+    and log) and the key file, both removed by ``stop``.
+    """
 
     def __init__(self, model_repository: str | os.PathLike, *, host: str = "127.0.0.1",
                  grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
@@ -249,6 +259,11 @@ class TritonServer:
         return env
 
     def start(self, timeout: float = 120) -> "TritonServer":
+        """Start the server and wait until it and every model of the repository are ready;
+        returns ``self``. Raises ``OfaserveError`` (one line quoting the server's own error
+        lines) when the repository holds no models, a port is in use, the key file cannot be
+        written, the server exits or a model fails to load, or it is not ready within
+        ``timeout`` seconds; nothing is left running then."""
         if self.process is not None:
             raise OfaserveError("server already started")
         if not self.model_repository.is_dir():

@@ -4,6 +4,7 @@ mentions in backticks, every Markdown file it links, and every bare NAME.md it n
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 import subprocess
 from pathlib import Path
@@ -32,6 +33,8 @@ def test_readmes_name_only_files_in_the_repository():
     for md in (t for t in tracked if t.endswith(".md")):
         for m in MENTION.finditer((ROOT / md).read_text()):
             name = next(g for g in m.groups() if g).removeprefix("./")
+            if m.group(2) and name.startswith("../"):  # a relative link: the file it reaches
+                name = posixpath.normpath(posixpath.join(posixpath.dirname(md), name))
             if name in ELSEWHERE or name.startswith(("http:", "https:")):
                 continue
             if not any(fnmatch.fnmatch(t, name) or fnmatch.fnmatch(t, f"*/{name}") for t in tracked):

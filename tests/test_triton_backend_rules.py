@@ -302,7 +302,7 @@ def _dockerfile_runs() -> list[list[str]]:
 
 def _readme_docker_command() -> str:
     text = (ROOT / "serve" / "README.md").read_text()
-    section = text[text.index("### Serving on NVIDIA Triton images"):]
+    section = text[text.index("# Serving on NVIDIA Triton images"):]  # the heading, at any level
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
     command = re.search(r"^docker run .*?(?<!\\)$", block.replace("\\\n", " "), re.M | re.S)

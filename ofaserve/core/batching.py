@@ -27,8 +27,8 @@ def batches(split: Split, batch_size: int, *, tokenizer, shuffle: bool = False, 
     ``length_sorted`` (eval): all inputs sorted by length, least padding.
     ``shuffle`` + ``bucket=k`` (training): shuffle, sort each chunk of k batches by
     length, then shuffle the batch order. Batches pad to ~the median length instead of
-    the longest of 32 random sentences, which cuts training FLOPs by ~1.5x here while
-    keeping the data order random.
+    the longest of 32 random sentences, which cuts the training FLOPs spent on padding
+    while keeping the data order random.
     """
     order = np.arange(len(split))
     rng = np.random.default_rng(seed)

@@ -2,7 +2,7 @@
 
 Paddle's CPU wheel does its GEMMs in Intel MKL (mklml). On AMD CPUs MKL picks a
 generic code path unless told otherwise; ``MKL_DEBUG_CPU_TYPE=5`` selects its AVX2
-kernels (about 1.8x the GFLOP/s on a BERT-shaped matmul on an AMD EPYC). Threads follow
+kernels, which run a BERT-shaped matmul much faster there. Threads follow
 the serving encoder's rule (the cores this process may use): more only oversubscribes.
 """
 from __future__ import annotations

@@ -145,12 +145,12 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
         # One stream using every thread: two single-thread streams running the chunks of a
-        # batch concurrently measured slower on 2 cores (a lone sentence about 2x slower).
+        # batch concurrently measured slower on 2 cores, a lone sentence most of all.
         "NUM_STREAMS": 1,
         # Dynamic padding makes every (rows, seq) a new shape, each cached by the CPU
         # plugin (default: thousands of entries, memory grows with traffic). 256 entries
         # hold the shapes of real sentence traffic: measured as fast as the default on
-        # length-bucketed dev batches, while 16 entries cost 15%.
+        # length-bucketed dev batches, where 16 entries were slower.
         "CPU_RUNTIME_CACHE_CAPACITY": 256,
     })
     executed = openvino_executed(compiled)
@@ -248,8 +248,8 @@ def ort_cpu_options(threads: int):
     opts.inter_op_num_threads = 1
     # ORT's worker threads busy-wait after each run by default; on a small CPU shared with
     # Triton, the tokenizer/postprocess stubs and other runtimes that steals their cores
-    # (measured: a spinning in-process ORT runner slowed later served real-text requests
-    # by 17%, 30.9 vs 26.4 ms).
+    # (a spinning in-process ORT runner slowed the served real-text requests after it:
+    # benchmarks/results/history/latency_r4a_ortspin.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: graph-optimizer notices are not for the server log
@@ -411,7 +411,7 @@ def pack_rows(input_ids: np.ndarray, token_type_ids: np.ndarray, pad_id: int = 0
 
     The row width is the one of ``widths`` that needs the fewest row x width tokens. A few
     widths, not the batch's own longest, keep the set of shapes small: OpenVINO compiles
-    kernels per shape (about 3 ms for each new one) and caches them. The batch's longest
+    kernels for each new shape and caches them. The batch's longest
     is used instead for batches of fewer than ``exact_below`` sentences (one sentence is
     not padded up to 32) or when it saves ``exact_saving`` of the tokens (e.g. rows of 100
     equal-length tokens, which a 128 row would pad by 28%)."""
