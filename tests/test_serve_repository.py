@@ -418,3 +418,11 @@ def test_every_benchmark_tool_explains_its_flags(module, argv, capsys):
         importlib.import_module(module).main(argv)
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+
+
+def test_record_makers_clone_the_checkout():
+    """The install and demo records clone the repository they sit in (benchmarks/records/ is
+    two folders below it)."""
+    from benchmarks.records import install_time
+
+    assert (install_time.REPO / "pyproject.toml").is_file() and (install_time.REPO / ".git").exists()

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # benchmarks/records/ -> the checkout
 TOOLING = {"pip", "setuptools", "wheel", "uv"}  # the installers themselves, not the project's packages
 
 
