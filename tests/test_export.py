@@ -341,7 +341,7 @@ def test_bad_input_one_line_error(case, tiny_compress_dir, tiny_export_dir, tmp_
             ckpt.write_bytes(ckpt.read_bytes()[:200])
             m.pop("checkpoint_sha256")
             mpath.write_text(json.dumps(m))
-            expect = "cannot load"
+            expect = "cannot read the supernet checkpoint"
         elif case == "other_model_type":
             m["model_type"] = "ernie"
             mpath.write_text(json.dumps(m))
