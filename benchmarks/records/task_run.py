@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seq_length", type=int, default=128, help="compress --max_seq_length")
     p.add_argument("--compress_flag", action="append", default=[], metavar="FLAG=VALUE",
                    help="another compress flag, e.g. --compress_flag=--max_train_samples=3000 (repeatable)")
+    p.add_argument("--export_flag", action="append", default=[], metavar="FLAG[=VALUE]",
+                   help="another export flag for every width, e.g. --export_flag=--no_int8 (repeatable)")
     p.add_argument("--widths", nargs="+", default=["1.0", "0.6667"], help="widths to export and serve")
     p.add_argument("--precision", default="fp32", help="ofaserve repo --precision (fp32: the served metric "
                    "is comparable with the export's FP32 dev score)")
@@ -90,7 +92,7 @@ def _export_stage(args, work: Path, exports: dict[str, Path], commands: dict) ->
     for w, out in exports.items():
         _stage(commands, work, f"export {w}",
                [*OFASERVE, "export", "--model_name_or_path", str(work / "compress"), "--width_mult", w,
-                "--output_dir", str(out), "--overwrite"],
+                "--output_dir", str(out), "--overwrite", *_flags(args.export_flag)],
                done=_finished(ExportManifest, out), redo="export" in args.redo)
 
 
