@@ -56,7 +56,10 @@ def test_headline_serves_both_settings_side_by_side(headline_repositories, tmp_p
     sides = record["sides"]
     assert (sides["tutorial"]["subnet"], sides["tutorial"]["precision"]) == ("1.0", "fp32")
     assert sides["default"]["subnet"] == "0.5_d0.5" and sides["default"]["selection"]["chosen"] == "0.5_d0.5"
-    assert sides["default"]["precision"] in ("fp32", "bf16", "int8")
+    from ofaserve.runtime import capabilities
+    # exports without INT8: precision auto picks among what this CPU executes (bf16 only where
+    # OpenVINO reports BF16; the branches under simulated capabilities are test_cpu_capabilities')
+    assert sides["default"]["precision"] in (("fp32", "bf16") if capabilities.detect().bf16 else ("fp32",))
     data = load_task("rt-polarity")
     acc = record["accuracy"]
     for side in ("tutorial", "default"):
