@@ -35,6 +35,11 @@ RATE_WINDOW = 8
 # The teacher's: at the quick profile's learning rate 40 steps are the fewest measured that
 # answer better than the majority class (benchmarks/results/teacher_learning_rate.json).
 MIN_TEACHER_STEPS = 40
+# The guard re-projects after every step, and step times vary with each batch's padded
+# length: its total moves by a step or two most steps. Such moves are logged at DEBUG; a
+# move this large (a fraction of the last total logged, at least LOG_MIN_STEPS) at INFO.
+LOG_FRACTION = 0.1
+LOG_MIN_STEPS = 3
 MIN_OFA_STEPS = 8
 PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
@@ -108,6 +113,7 @@ class StepSizer:
         self.planned: int | None = None
         self.total: int | None = None  # the last total returned: the steps the phase trains
         self.shrunk: list[dict] = []
+        self.logged: int | None = None  # the total the last INFO line announced
         self.epoch_selection = True  # the teacher's per-epoch dev evaluations (plan may drop them)
 
     def __call__(self, step: int, stats, total: int) -> int:
@@ -125,17 +131,27 @@ class StepSizer:
         self.s_per_step = (s1 - s0) / max(1, n1 - n0)
         if self.planned is None:
             self.planned, self.deadline = self.plan(self.s_per_step, step)
+            self.logged = self.planned
             return max(step, self.planned)
         fits = step + math.floor(max(0.0, self.deadline - time.monotonic()) / self.s_per_step)
         new = min(self.max_total, max(step, self.min_total, fits))
         if new < total:
             self.shrunk.append({"at_step": step, "from": total, "to": new, "s_per_step": round(self.s_per_step, 3)})
-            log.info("%s: behind plan (%.2f s/step), %d -> %d steps", self.name, self.s_per_step, total, new)
+            self._log("behind", total, new)
             return new
         if new > total + 1:  # ahead by more than a step's noise
-            log.info("%s: ahead of plan (%.2f s/step), %d -> %d steps", self.name, self.s_per_step, total, new)
+            self._log("ahead of", total, new)
             return new
         return total
+
+    def _log(self, how: str, old: int, new: int) -> None:
+        """INFO when the total moved far from the last total announced (then from that one)."""
+        last = self.logged if self.logged is not None else old
+        big = abs(new - last) >= max(LOG_MIN_STEPS, LOG_FRACTION * last)
+        log.log(logging.INFO if big else logging.DEBUG, "%s: %s plan (%.2f s/step), %d -> %d steps", self.name,
+                how, self.s_per_step, last if big else old, new)
+        if big:
+            self.logged = new
 
 
 def _floor_note(floor: int | None) -> str:

@@ -461,3 +461,14 @@ def test_busy_warning_reads_cpu_in_use_not_the_load_average():
     assert busy is not None and "95% of" in busy
     sampled = bench._load(sample_s=0.2)
     assert 0.0 <= sampled["cpu_busy_percent"] <= 100.0 and "loadavg_1m" in sampled
+
+
+def test_test_time_reads_pytests_closing_line():
+    from benchmarks.records.test_time import pytest_summary
+
+    screen = ("collected 740 items\n....\n"
+              "=========== 2 failed, 362 passed, 4 skipped, 12 warnings in 691.20s (0:11:31) ===========\n"
+              "make: *** [Makefile:80: test] Error 1\n")
+    assert pytest_summary(screen) == {"counts": {"failed": 2, "passed": 362, "skipped": 4}, "pytest_s": 691.2}
+    assert pytest_summary("= 1 error in 3.00s =")["counts"] == {"errors": 1}
+    assert pytest_summary("make: *** No rule to make target 'test'\n") == {}

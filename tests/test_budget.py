@@ -697,3 +697,36 @@ def test_a_regression_model_that_did_not_learn_is_called_out():
 
     assert "did not learn" in manifest(0.02).learning_warning()
     assert manifest(0.6).learning_warning() is None
+
+
+def test_step_sizer_logs_only_large_moves_at_info(caplog, monkeypatch):
+    """Step times that alternate with each batch's padded length move the guard's total by
+    a step or two at most steps: those moves go to DEBUG; a move of LOG_FRACTION of the
+    last announced total (at least LOG_MIN_STEPS) is announced at INFO."""
+    import logging
+
+    from ofaserve.compress import step_budget
+    from ofaserve.compress.train import PhaseStats
+
+    clock = [0.0]
+    monkeypatch.setattr(step_budget.time, "monotonic", lambda: clock[0])
+    sizer = step_budget.StepSizer("t", lambda s, k: (k + int(60 // s), 60 + clock[0]), min_total=4)
+    stats, total, step = PhaseStats(), 500, 0
+    caplog.set_level(logging.DEBUG, logger="ofaserve.compress")
+
+    def train(seconds: float) -> int:
+        nonlocal step, total
+        step, stats.steps = step + 1, stats.steps + 1
+        stats.seconds += seconds
+        clock[0] += seconds
+        total = sizer(step, stats, total)
+        return total
+
+    for i in range(step_budget.PROBE_STEPS + 1 + 3 * step_budget.RATE_WINDOW):
+        train(1.0 + (0.3 if i % 3 == 0 else -0.15))  # noisy around 1 s/step: the total wobbles
+    moves = [r for r in caplog.records if "plan (" in r.getMessage()]
+    assert moves and all(r.levelno == logging.DEBUG for r in moves)
+    for _ in range(step_budget.RATE_WINDOW):  # now twice as fast: many more steps fit, announced
+        train(0.5)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "ahead of plan" in r.getMessage()]
+    assert info and sizer.logged == int(info[-1].split("-> ")[1].split()[0])
