@@ -21,7 +21,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.time_budget import Cut, clock_text, fit_count
-from ofaserve.core.batching import batches, predict
+from ofaserve.core.batching import batches
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -41,7 +41,8 @@ MIN_TEACHER_STEPS = 40
 LOG_FRACTION = 0.1
 LOG_MIN_STEPS = 3
 MIN_OFA_STEPS = 8
-PROBE_SENTENCES = 128  # dev sentences timed per width to price an evaluation pass: two full batches
+PROBE_BATCHES = 3  # dev evaluation batches timed to price an evaluation pass
+EVAL_BATCH = 64  # predict()'s batch size: the evaluations priced are batched so
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
 STEP_CUTS = {"teacher": "teacher steps", "ofa": "OFA steps"}  # each phase's steps cut, by sizer name
 
@@ -182,7 +183,7 @@ class CompressStepBudget:
         # padded tokens of the evaluation passes, batched exactly as predict() batches: dev at
         # every checkpoint save, then the report split and any other evaluation split at the end
         def tokens(split) -> int:
-            return sum(ids.size for ids, *_ in batches(split, 64, length_sorted=True, tokenizer=run.tokenizer))
+            return sum(ids.size for ids, *_ in batches(split, EVAL_BATCH, length_sorted=True, tokenizer=run.tokenizer))
 
         self.tokens["dev"] = tokens(run.dev)
         for name, split in run.final_splits().items():
@@ -193,14 +194,23 @@ class CompressStepBudget:
 
     # ------------------------------------------------------------------ evaluation prices
     def price(self, key: str, logits_fn) -> float:
-        """Seconds per padded token of ``logits_fn`` on a stride sample of dev."""
-        dev = self.run.dev
-        sample = dev.take(np.linspace(0, len(dev) - 1, num=min(PROBE_SENTENCES, len(dev))).astype(int))
-        predict(logits_fn, sample.take(slice(0, 8)), self.run.tokenizer)  # first call sets up kernels: not timed
-        t = time.perf_counter()
-        predict(logits_fn, sample, self.run.tokenizer)
-        seconds = time.perf_counter() - t
-        tokens = sum(ids.size for ids, *_ in batches(sample, 64, length_sorted=True, tokenizer=self.run.tokenizer))
+        """Seconds per padded token of ``logits_fn`` on ``PROBE_BATCHES`` of dev's own
+        evaluation batches, spread over its lengths (a stride sample batched anew pads its
+        short sentences to its longest ones, and attention grows with the square of that
+        length: such a sample priced evaluations well above what they took). One more
+        batch, run first, sets up the kernels and is not timed."""
+        evaluation = list(batches(self.run.dev, EVAL_BATCH, length_sorted=True, tokenizer=self.run.tokenizer))
+        n = min(PROBE_BATCHES, len(evaluation))  # the middle batch of each of n equal runs of lengths
+        picks = np.unique(((np.arange(n) + 0.5) * len(evaluation) / n).astype(int))
+        warm = evaluation[0]
+        logits_fn(warm[0], warm[1])
+        tokens, seconds = 0, 0.0
+        for i in picks:
+            ids, types = evaluation[i][:2]
+            t = time.perf_counter()
+            logits_fn(ids, types)
+            seconds += time.perf_counter() - t
+            tokens += ids.size
         self.s_per_token[key] = seconds / max(1, tokens)
         return self.s_per_token[key]
 

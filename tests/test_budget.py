@@ -730,3 +730,32 @@ def test_step_sizer_logs_only_large_moves_at_info(caplog, monkeypatch):
         train(0.5)
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "ahead of plan" in r.getMessage()]
     assert info and sizer.logged == int(info[-1].split("-> ")[1].split()[0])
+
+
+def test_eval_price_comes_from_deves_own_batches_spread_over_its_lengths(monkeypatch):
+    """The price of an evaluation pass is timed on dev's own length-sorted batches (one
+    untimed first, for kernel set-up), so a cost that grows faster than the padded length
+    (attention) is priced near what the whole pass costs."""
+    from types import SimpleNamespace
+
+    from ofaserve.compress import step_budget
+
+    lengths = np.repeat(np.arange(10, 90, 4), step_budget.EVAL_BATCH)  # 20 batches of rising length
+    evaluation = [(np.zeros((step_budget.EVAL_BATCH, n), np.int64), np.zeros((step_budget.EVAL_BATCH, n), np.int64),
+                   None, None) for n in lengths[::step_budget.EVAL_BATCH]]
+    monkeypatch.setattr(step_budget, "batches", lambda split, size, **kw: iter(evaluation))
+    clock = [0.0]
+    monkeypatch.setattr(step_budget.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def logits_fn(ids, types):  # a row of length L costs L + L^2 / 40 (FFN + attention)
+        calls.append(ids.shape[1])
+        clock[0] += ids.shape[0] * (ids.shape[1] + ids.shape[1] ** 2 / 40) * 1e-6 + (1.0 if len(calls) == 1 else 0)
+
+    box = step_budget.CompressStepBudget(100)
+    box.run = SimpleNamespace(dev=None, tokenizer=None)
+    price = box.price("teacher", logits_fn)
+    assert len(calls) == 1 + step_budget.PROBE_BATCHES and calls[0] == evaluation[0][0].shape[1]
+    whole = sum(b[0].shape[0] * (b[0].shape[1] + b[0].shape[1] ** 2 / 40) * 1e-6 for b in evaluation)
+    tokens = sum(b[0].size for b in evaluation)
+    assert price * tokens == pytest.approx(whole, rel=0.1)  # the set-up second is in no price
