@@ -37,7 +37,8 @@ from ofaserve.benchmarks import stats
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.files import write_json
+from ofaserve.core.files import write_json, write_text
+from ofaserve.core.outputs import check_report_dir
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import RepoManifest, RepoModel, now_iso
 from ofaserve.core.metrics import paired_bootstrap, score
@@ -46,6 +47,7 @@ from ofaserve.core.tasks import TaskData, TaskType, load_task
 
 PROG = "ofaserve bench --headline"
 SIDES = ("tutorial", "default")
+HEADLINE_FILES = ("headline.json", "headline.md")  # what a run writes to --output_dir
 HEADLINE_CONCURRENCY = 1  # the tutorial's setting: one batch of 16 at a time
 
 
@@ -266,8 +268,7 @@ def run(args, argv: list[str]) -> int:
     default.model = pick_model(default.manifest, (args.models or "").strip() or None, "--models", default_repo)
     check_sides(tutorial, default)
     out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("headline-%Y%m%d-%H%M%S"))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OfaserveError(f"--output_dir {out_dir} exists and is not a folder")
+    check_report_dir(out_dir, HEADLINE_FILES, overwrite=args.overwrite)
     with ExitStack() as stack:
         if args.start_server:
             from ofaserve.serve.server import TritonServer, free_port
@@ -327,7 +328,7 @@ def run(args, argv: list[str]) -> int:
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "headline.json", record)
-    (out_dir / "headline.md").write_text(render(record))
+    write_text(out_dir / "headline.md", render(record))
     print(f"{PROG}: wrote {out_dir}/headline.json, headline.md", file=sys.stderr)
     print(render(record))
     errors = {s: rows[s]["accounting"]["errors_by_kind"] for s in SIDES if rows[s]["accounting"]["errors"]}

@@ -5,6 +5,7 @@ holds only measured values and ratios derived from them.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -268,8 +269,13 @@ def render_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"{report.get('machine', {}).get('cpu')} | {report.get('date')}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.partial.png")  # renamed into place: a reader never sees half a plot
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -30,11 +30,13 @@ from ofaserve.benchmarks.workloads import Workload, fixed_workload, real_text_wo
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso
-from ofaserve.core.files import write_json
+from ofaserve.core.files import write_json, write_text
+from ofaserve.core.outputs import check_report_dir
 from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel
 from ofaserve.core.tasks import TaskType, load_task
 
 PROG = "ofaserve bench"
+REPORT_FILES = ("report.json", "report.md", "latency.png")  # what a run writes to --output_dir
 SCHEMA_VERSION = 2  # 2: every ratio reads 'N.NNx faster' (>1: faster) and carries its interval
 
 
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "names the default side's")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="write the report into --output_dir even if it holds other files (never removes them; "
+                        "by default only a new or empty folder, or one holding an earlier report, is written)")
     o.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
     return p
 
@@ -395,8 +400,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise OfaserveError(f"model repository {repo} does not exist or is not a folder")
     extra_specs = inprocess.parse_runtime_specs(args.runtimes)
     out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OfaserveError(f"--output_dir {out_dir} exists and is not a folder")
+    check_report_dir(out_dir, REPORT_FILES, overwrite=args.overwrite)
     n_base = args.baseline_requests if args.baseline_requests is not None else min(requests or 60, 60)
     return Plan(args, workloads, requests, rounds, repo, extra_specs, out_dir, n_base, read_repo_manifest(repo))
 
@@ -691,7 +695,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     render_plot(report, out_dir / "latency.png")
     write_json(out_dir / "report.json", report)
-    (out_dir / "report.md").write_text(render_markdown(report))
+    write_text(out_dir / "report.md", render_markdown(report))
 
 
 def exit_code(report: dict[str, Any], out_dir: Path) -> int:

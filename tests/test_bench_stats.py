@@ -472,3 +472,27 @@ def test_test_time_reads_pytests_closing_line():
     assert pytest_summary(screen) == {"counts": {"failed": 2, "passed": 362, "skipped": 4}, "pytest_s": 691.2}
     assert pytest_summary("= 1 error in 3.00s =")["counts"] == {"errors": 1}
     assert pytest_summary("make: *** No rule to make target 'test'\n") == {}
+
+
+def test_report_goes_only_where_nothing_else_is(capsys, tmp_path):
+    """--output_dir is refused, before any request, when it holds files a report is not made
+    of; a folder with an earlier report (or --overwrite) is written; nothing there is removed."""
+    from ofaserve.core.errors import OfaserveError
+    from ofaserve.core.outputs import check_report_dir
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "todo.txt").write_text("mine")
+    assert main(["--url", "127.0.0.1:1", "--output_dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "holds other content (1 entries: todo.txt)" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in folder.iterdir()) == ["todo.txt"]
+    assert check_report_dir(folder, ("report.json",), overwrite=True) == folder
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "report.json").write_text("{}")
+    assert check_report_dir(earlier, ("report.json", "report.md")) == earlier
+    assert check_report_dir(tmp_path / "new" / "deeper", ("report.json",)) == tmp_path / "new" / "deeper"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OfaserveError, match="exists and is not a folder"):
+        check_report_dir(tmp_path / "file", ("report.json",))

@@ -105,6 +105,24 @@ def _check_writable(path: Path) -> None:
         raise OfaserveError(f"cannot write the output dir {path}: {parent} is not writable ({e.strerror or e})") from e
 
 
+def check_report_dir(path: str | os.PathLike, writes: Iterable[str], *, overwrite: bool = False) -> Path:
+    """``path`` if a report (the files named ``writes``, no manifest) may be written there:
+    a new or empty folder, or one that holds only such files (the same command's earlier
+    report, which the new one replaces); else one clear ``OfaserveError``. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OfaserveError(f"--output_dir {path} exists and is not a folder")
+    if path.is_dir() and not overwrite:
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in set(writes))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OfaserveError(f"--output_dir {path} holds other content ({len(foreign)} entries: {shown}) "
+                                f"besides a report ({', '.join(writes)}): choose an empty or new folder, or pass "
+                                "--overwrite to write the report among them")
+    _check_writable(path)
+    return path
+
+
 def check_output_files(paths: Iterable[Path], *, overwrite: bool = False) -> None:
     """Loose output files (a path prefix's ``.json`` / ``.pdiparams``) carry no manifest,
     so an existing one is replaced only with ``--overwrite``."""
