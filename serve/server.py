@@ -142,6 +142,15 @@ def _error_lines(log: str, limit: int = 8) -> list[str]:
     return [l for l in lines if not any(h in l for h in _HARMLESS)][-limit:]
 
 
+def _first_reason(e: OSError) -> str:
+    """One line for an OSError; shutil.Error carries a list of (src, dst, reason) instead."""
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        first = e.args[0][0]
+        more = len(e.args[0]) - 1
+        return f"{first[-1]}" + (f" (and {more} more files)" if more else "")
+    return e.strerror or str(e)
+
+
 class TritonServer:
     """The bundled Triton server on one model repository, as a managed child process (what
     ``ofaserve serve`` runs).
@@ -279,7 +288,12 @@ class TritonServer:
         except OSError as e:
             raise OfaserveError(f"cannot write the server's key file: {e}") from e
         try:
-            args = self._prepare_workdir()
+            try:
+                args = self._prepare_workdir()
+            except OSError as e:  # shutil.Error too: a full or read-only temp folder
+                raise OfaserveError(f"cannot copy the Triton server into a working folder under "
+                                    f"{tempfile.gettempdir()}: {_first_reason(e)} (free space there, or point "
+                                    "TMPDIR at a folder with room)") from e
             self.log_path = self.workdir / "tritonserver.log"
             with open(self.log_path, "wb") as log:
                 # Own session: stop() can signal the server and every stub it spawned at once.

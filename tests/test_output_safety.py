@@ -272,22 +272,38 @@ def test_classify_unreadable_file_is_one_line(tmp_path, monkeypatch, capsys):
     assert _one_error(capsys) == f"error: Permission denied: {lines}"
 
 
-def test_serve_full_disk_is_one_line(tiny_export_dir, tmp_path, monkeypatch, capsys):
-    """No room for the server's work folder: one line, exit 2, nothing left running."""
+@pytest.mark.parametrize("where", ["mkdtemp", "copytree"])
+def test_serve_full_disk_is_one_line(where, tiny_export_dir, tmp_path, monkeypatch, capsys):
+    """No room for the server's work folder (made, or filled by the copy of the server,
+    whose failure shutil reports as a list of files): one line, exit 2, nothing left
+    running, no work folder left behind."""
+    import shutil
+
     from ofaserve.serve import server
     from ofaserve.serve.cli import serve_main
 
     repo = tmp_path / "repo"
     repository.build_repository([tiny_export_dir], repo, precision="fp32")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(server.tempfile, "tempdir", str(scratch))
+    reason = os.strerror(errno.ENOSPC)
 
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/tmp/ofaserve-triton-x")
+        if where == "mkdtemp":
+            raise OSError(errno.ENOSPC, reason, str(scratch / "ofaserve-triton-x"))
+        raise shutil.Error([(f"src{i}", f"dst{i}", f"[Errno {errno.ENOSPC}] {reason}") for i in range(3)])
 
-    monkeypatch.setattr(server.tempfile, "mkdtemp", full)
+    monkeypatch.setattr(server.tempfile if where == "mkdtemp" else server.shutil, where, full)
     ports = [str(server.free_port()) for _ in range(3)]
     assert serve_main(["--model_repository", str(repo), "--grpc_port", ports[0], "--http_port", ports[1],
                        "--metrics_port", ports[2]]) == 2
-    assert _one_error(capsys) == "error: No space left on device: /tmp/ofaserve-triton-x"
+    line = _one_error(capsys)
+    assert line.startswith(f"error: cannot copy the Triton server into a working folder under {scratch}: ")
+    assert reason in line and "TMPDIR" in line
+    assert ("and 2 more files" in line) == (where == "copytree")
+    assert list(scratch.glob("ofaserve-triton-*")) == []  # (the user's key folder stays: it is shared)
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []  # this launch's key is removed
 
 
 # ============================================================================ export
