@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +40,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
-from ofaserve.core.manifests import CompressManifest, ExportManifest, RepoManifest, RepoModel, now_iso
+from ofaserve.core.manifests import CompressManifest, ExportManifest, RepoManifest, RepoModel, TextLimits, now_iso
 from ofaserve.core.files import sha256_file
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, output_lock
 from ofaserve.core.naming import encoder_name
@@ -158,14 +158,6 @@ class QueuePolicy:
     def to_dict(self) -> dict[str, Any]:
         return {"max_queue_size": self.max_queue_size, "queue_timeout_ms": self.timeout_us / 1000,
                 "timeout_action": "REJECT" if self.active else None, "queued_model_instances": self.instances}
-
-
-@dataclass(frozen=True)
-class TextLimits:
-    """Bytes of text one row, and one request, of a text model may hold (``python_model_io.
-    size_error`` refuses a request over either before it decodes any text)."""
-    max_text_bytes: int
-    max_request_bytes: int
 
 
 def text_limits(manifest: ExportManifest, max_batch_size: int, max_text_bytes: int | None = None,
@@ -680,7 +672,7 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
                                          task_spec=m.spec, max_seq_length=m.max_seq_length,
                                          encoder_artifact=plans[model]["artifact"],
                                          precision=plans[model]["precision"], precision_choice=plans[model].get("choice"),
-                                         text_limits=asdict(limits[model]),
+                                         text_limits=limits[model],
                                          selection=_selection_summary(m.selection) if m.selection else None,
                                          source_export=os.path.basename(os.path.normpath(d)))
                         for model, (d, m) in exports.items()})

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ofaserve.benchmarks.reliability import probes
 from ofaserve.benchmarks.reliability.faults import free_ports
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.manifests import ExportManifest
+from ofaserve.core.manifests import ExportManifest, RepoManifest
 from ofaserve.core.tasks import TaskSpec
 from ofaserve.serve.client import TextModel, classify, request_rows
 from ofaserve.serve.repository import (MIN_TEXT_BYTES, SOURCES, TEXT_BYTES_PER_TOKEN, TextLimits, build_repository,
@@ -76,6 +76,8 @@ def test_limits_are_in_the_text_models_configs_and_the_manifest(tiny_export_dir,
         p = _params(tmp_path / "r", name)
         assert (p["max_text_bytes"], p["max_request_bytes"]) == (str(LIMIT_TEXT), str(LIMIT_REQUEST)), name
     assert "max_text_bytes" not in _params(tmp_path / "r", f"{model}_encoder")  # token ids: no text
+    read = RepoManifest.read(tmp_path / "r").models[model].text_limits  # typed when read back
+    assert read == TextLimits(LIMIT_TEXT, LIMIT_REQUEST)
 
 
 @pytest.mark.parametrize("flag", ["--max_text_bytes", "--max_request_bytes"])

@@ -54,7 +54,7 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
         good_batches = [texts[i:i + 4] for i in range(0, 64, 4)]
         reference = answers(srv.grpc_url, model, good_batches)
         cases = bad_input_cases(manifest.max_batch_size, info.max_seq_length, ExportManifest.read(export).vocab_size,
-                                info.text_limits["max_text_bytes"])
+                                info.text_limits.max_text_bytes)
         case_ref = case_references(srv.grpc_url, model, cases)
         print(f"[{tag}] bad input concurrent with good traffic", flush=True)
         mixed = mixed_traffic(srv.grpc_url, model, good_batches, reference, cases, case_ref,

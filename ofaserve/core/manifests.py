@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -327,6 +327,14 @@ class ExportManifest(StageManifest):
         return line
 
 
+@dataclass(frozen=True)
+class TextLimits:
+    """Bytes of text one row, and one request, of a served text model may hold (its python
+    model refuses a request over either before it decodes any text)."""
+    max_text_bytes: int
+    max_request_bytes: int
+
+
 @dataclass(kw_only=True)
 class RepoModel:
     """One served text model of a repository."""
@@ -339,7 +347,7 @@ class RepoModel:
     depth_mult: float = 1.0
     task_spec: TaskSpec | None = None
     precision_choice: dict[str, Any] | None = None
-    text_limits: dict[str, int] | None = None
+    text_limits: TextLimits | None = None
     selection: dict[str, Any] | None = None  # how --width_mult auto chose the export's subnet
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -350,11 +358,14 @@ class RepoModel:
         spec = known.get("task_spec")
         known["task_spec"] = (TaskSpec.from_dict(spec) if isinstance(spec, dict)
                               else spec or TaskSpec("csv", labels=tuple(known.get("labels") or ())))
+        if isinstance(known.get("text_limits"), dict):
+            known["text_limits"] = TextLimits(**known["text_limits"])
         return cls(**known, extra={k: v for k, v in data.items() if k not in declared})
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["task_spec"] = self.task_spec.to_dict() if self.task_spec else None
+        out["text_limits"] = asdict(self.text_limits) if self.text_limits else None
         for optional in ("precision_choice", "text_limits", "selection"):
             if out[optional] is None:
                 out.pop(optional)
