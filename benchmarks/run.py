@@ -34,6 +34,8 @@ from ofaserve.core.files import write_json, write_text
 from ofaserve.core.outputs import check_report_dir
 from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel
 from ofaserve.core.tasks import TaskType, load_task
+from ofaserve.benchmarks.report import faster_sentence, render_markdown, render_plot
+from ofaserve.serve.server import KEY_ENV, TritonServer, admin_headers
 
 PROG = "ofaserve bench"
 REPORT_FILES = ("report.json", "report.md", "latency.png")  # what a run writes to --output_dir
@@ -172,7 +174,6 @@ def repository_index(client, url: str) -> dict[str, str]:
     """{model: state}. The index is an API `ofaserve serve` restricts: the key comes from
     the key file of a server this user runs here, or from $OFASERVE_TRITON_KEY."""
     from tritonclient.utils import InferenceServerException
-    from ofaserve.serve.server import KEY_ENV, admin_headers
     try:
         idx = client.get_model_repository_index(headers=admin_headers(url), as_json=True).get("models", []) or []
     except InferenceServerException as e:
@@ -409,7 +410,6 @@ def open_server(stack: ExitStack, plan: Plan) -> tuple[str, Any]:
     """(gRPC url, client): the server at --url, or one started on the repository."""
     args, url = plan.args, plan.args.url
     if args.start_server:
-        from ofaserve.serve.server import TritonServer
         server = TritonServer(str(plan.repo), grpc_port=args.grpc_port, http_port=args.http_port,
                               metrics_port=args.metrics_port)
         print(f"{PROG}: starting Triton on {plan.repo} ...", file=sys.stderr)
@@ -690,8 +690,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    from ofaserve.benchmarks.report import render_markdown, render_plot
-
     out_dir.mkdir(parents=True, exist_ok=True)
     render_plot(report, out_dir / "latency.png")
     write_json(out_dir / "report.json", report)
@@ -727,7 +725,6 @@ def _totals(results: list[dict[str, Any]], warm: stats.Accounting) -> dict[str, 
 
 def _print_summary(report: dict[str, Any]) -> None:
     """The run's ratios, one line each, in the report's one convention (N.NNx faster)."""
-    from ofaserve.benchmarks.report import faster_sentence
 
     f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     cmp_ = report["comparisons"]

@@ -24,9 +24,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ofaserve.compress.submodel import save_static as _save_static
+from ofaserve.compress.submodel import build_sub_model, save_static as _save_static
 from ofaserve.core.subnet import Subnet
 from ofaserve.core.quiet import known_noise_silenced
+from ofaserve.compress.bert import build_classifier
+from ofaserve.runtime.runtimes import default_threads, load_runner
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -53,7 +55,6 @@ class Scorer:
     # ------------------------------------------------------------------ public
     def teacher(self, model, version: Any = None) -> Logits:
         """The plain classifier ``model`` (its weights as of ``version``)."""
-        from ofaserve.compress.bert import build_classifier
         from ofaserve.compress.train import model_logits_fn
 
         def build():
@@ -72,8 +73,6 @@ class Scorer:
         from ofaserve.compress.train import supernet_logits_fn
 
         def build():
-            from ofaserve.compress.submodel import build_sub_model
-
             cfg, state = supernet.slice_subnet(width, depth)
             sub = build_sub_model(cfg)
             sub.set_state_dict(state)
@@ -120,8 +119,6 @@ class Scorer:
         return fn
 
     def _static(self, key: str, model, reference: Logits) -> Logits | None:
-        from ofaserve.runtime.runtimes import default_threads, load_runner
-
         folder = self.scratch / key.replace(".", "_")
         shutil.rmtree(folder, ignore_errors=True)
         try:

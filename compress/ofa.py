@@ -23,6 +23,8 @@ from ofaserve.compress import paddleslim_compat as compat
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.subnet import Depth, Subnet, check_depths, grid
 from ofaserve.core.width import Width
+from ofaserve.compress.bert import build_classifier
+from ofaserve.compress.submodel import keep_layers, sub_config_from_state
 
 
 class OfaSupernet:
@@ -134,7 +136,6 @@ class OfaSupernet:
         own config and current weights). The width is cross-checked against the prefix
         rule training ran: the first int(width * heads) heads and the leading FFN neurons.
         """
-        from ofaserve.compress.submodel import keep_layers
 
         cfg, sliced = self.slice_width(width, config, state)
         depth = self.check_depth(depth)
@@ -150,8 +151,6 @@ class OfaSupernet:
         import io
         import warnings
 
-        from ofaserve.compress.bert import build_classifier
-        from ofaserve.compress.submodel import sub_config_from_state
 
         width = self.check_width(width)
         config = dict(config or self.config)

@@ -29,11 +29,16 @@ from ofaserve.core.manifests import CompressManifest, now_iso
 from ofaserve.core.files import sha256_file, write_json
 from ofaserve.core.outputs import atomic_output_dir, check_output_dir, check_work_dir, fresh_work_dir, output_lock
 from ofaserve.compress import distributed as dist
+from ofaserve.compress.bert import classifier_from, head_for_task, read_pretrained, resolve_model_path
+from ofaserve.compress.evaluation import Scorer
+from ofaserve.compress.step_budget import CompressStepBudget
+from ofaserve.compress.submodel import fit_widths
+from ofaserve.core.tokenizer import encode_batch, make_tokenizer
 from ofaserve.compress.options import CompressOptions
 from ofaserve.core.batching import batches, predict
 from ofaserve.core.metrics import paired_bootstrap, score
 from ofaserve.core.subnet import Depth, Subnet, check_depths, grid, store_result
-from ofaserve.core.tasks import Split, TaskData, TaskType, task_name_of
+from ofaserve.core.tasks import Split, TaskData, TaskType, load_task, task_name_of
 from ofaserve.core.width import Width
 
 log = logging.getLogger("ofaserve.compress")
@@ -210,12 +215,9 @@ def _compress(opts: CompressOptions, widths: list[float], depths: list[float], s
     """The phases of ``compress_model``, run once its output is checked and locked."""
     step_budget = None
     if opts.time_budget_s is not None:  # the clock starts before any work
-        from ofaserve.compress.step_budget import CompressStepBudget
         step_budget = CompressStepBudget(opts.time_budget_s, opts.n_gpu)
     reused = _reusable_teacher(opts) if opts.teacher_dir else None
     if opts.n_gpu > 1 and dist.world_size() == 1:
-        from ofaserve.compress.bert import resolve_model_path
-
         # data-parallel: re-enter this function in n_gpu paddle.distributed workers
         resolve_model_path(opts.model_name_or_path)  # fail fast, before spawning
         log.info("launching %d data-parallel workers (paddle.distributed)", opts.n_gpu)
@@ -242,10 +244,6 @@ def _prepare(opts: CompressOptions, widths: list[float], depths: list[float], se
     """Load data, tokenizer and the pretrained teacher; set up the ``.partial`` work folder."""
     import paddle
 
-    from ofaserve.compress.bert import classifier_from, head_for_task, read_pretrained
-    from ofaserve.compress.submodel import fit_widths
-    from ofaserve.core.tasks import load_task
-    from ofaserve.core.tokenizer import make_tokenizer
 
     main = dist.is_main()
     if not main:
@@ -284,8 +282,6 @@ def _prepare(opts: CompressOptions, widths: list[float], depths: list[float], se
 
 def _scorer(run: _Run):
     """Scores whole splits; its probe batch spans dev's short to long sentences."""
-    from ofaserve.compress.evaluation import Scorer
-    from ofaserve.core.tokenizer import encode_batch
 
     pick = np.linspace(0, len(run.dev) - 1, num=min(16, len(run.dev))).astype(int)
     probe = encode_batch(run.tokenizer, run.dev.inputs(pick))
@@ -356,7 +352,6 @@ def _fine_tuned_teacher(run: _Run, teacher, teacher_ckpt: Path, teacher_info: Pa
 def _supernet_phase(run: _Run, teacher):
     """The OFA supernet from the teacher's weights, heads and neurons reordered by importance
     (or the state of a resumed run). Returns (supernet, importance record, resume state)."""
-    from ofaserve.compress.bert import classifier_from
     from ofaserve.compress.ofa import OfaSupernet
 
     student, _ = classifier_from(run.source, run.data.spec.num_outputs, seed=run.opts.seed)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.width import TOLERANCE
+from ofaserve.compress.bert import build_classifier
 
 FORMAT = "ofaserve-bert-sub-model/1"
 CONFIG_FILE = "model_config.json"
@@ -126,7 +127,6 @@ def build_sub_model(cfg: dict[str, Any]):
     """A ``BertForSequenceClassification`` with the narrower layers of ``cfg`` (random weights)."""
     import paddle.nn as nn
 
-    from ofaserve.compress.bert import build_classifier
 
     _check_config(cfg, "sub model config")
     base = cfg["base_config"]

@@ -38,6 +38,8 @@ from ofaserve.export.source import build_supernet, load_compress_output, load_de
 from ofaserve.compress.submodel import count_params_config, flops, full_width_config, load_sub_model
 from ofaserve.export.check_budget import (ExportCheckBudget, LaterDev, check_parity_runtimes, later_passes,
                                      runtimes_to_check)
+from ofaserve.compress.bert import count_params
+from ofaserve.runtime import capabilities
 
 log = logging.getLogger("ofaserve.export")
 # The manifest stage of a --sub_model_output_dir copy: a later export may replace it.
@@ -367,7 +369,6 @@ def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> Later
     opts = job.opts
     if job.check_budget is None:
         return LaterDev(job.dev, None, None)
-    from ofaserve.runtime import capabilities
 
     test = load_test(job.src)
     passes = later_passes(packed=any(n in fns for n in ("onnx_packed", "openvino_packed")), fp16=opts.fp16,
@@ -383,7 +384,6 @@ def _later_dev(job: _Job, fns: dict, first_pass_s: float, parity: dict) -> Later
 
 def _params_record(sub_cfg: dict, cfg: dict, sub_model) -> dict[str, Any]:
     """Parameter counts, analytic and measured on the sub model (they must agree)."""
-    from ofaserve.compress.bert import count_params
 
     p_sub = count_params_config(sub_cfg)
     p_full = count_params_config(full_width_config(cfg))

@@ -12,6 +12,7 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import sha256_file
 from ofaserve.core.manifests import CompressManifest
 from ofaserve.core.tasks import Split, TaskSpec
+from ofaserve.compress.bert import build_classifier, load_state_dict
 
 
 @dataclass
@@ -27,7 +28,6 @@ class Source:
 
 def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") -> Source:
     """Read and verify a compress output: stage, model type, checkpoint integrity, shapes."""
-    from ofaserve.compress.bert import build_classifier, load_state_dict
 
     folder = Path(folder)
     manifest = CompressManifest.read(folder)  # checks the stage and the fields export needs
@@ -57,7 +57,6 @@ def load_compress_output(folder: str | os.PathLike, model_type: str = "bert") ->
 
 
 def build_supernet(src: Source):
-    from ofaserve.compress.bert import build_classifier
     from ofaserve.compress.ofa import OfaSupernet
 
     model = build_classifier(src.config)

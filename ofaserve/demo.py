@@ -33,12 +33,19 @@ import sys
 from pathlib import Path
 
 from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
+from ofaserve.compress.bert import hf_config, paddle_config, resolve_model_path
+from ofaserve.compress.submodel import flops, full_width_config
+from ofaserve.core import quiet
+from ofaserve.core.files import write_json
+from ofaserve.core.interrupts import terminate_like_interrupt
+from ofaserve.core.stage_cli import latest_log_line, log_to_file
 from ofaserve.core.status_line import Heartbeat, print_above_bars
 from ofaserve.core.time_budget import Budget, clock_text
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import CompressManifest, ExportManifest
 from ofaserve.core.width import Width
 from ofaserve.runtime import capabilities
+from ofaserve.runtime.paddle_cpu import configure
 
 STAGES = ["compress", "export", "repo", "bench"]
 SENTENCES = [
@@ -127,13 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --redo: unknown stage(s) {sorted(unknown)}; choose from {STAGES} or all", file=sys.stderr)
         return 2
     budget = Budget(args.budget_min * 60 or None, SHARES)  # the clock starts before paddle is imported
-    from ofaserve.runtime.paddle_cpu import configure
-    from ofaserve.core import quiet
-    from ofaserve.core.stage_cli import log_to_file
     configure()
     log_to_file(work / LOG_NAME)  # the stages' narration; the screen gets the demo's own lines
     _say(f"ofaserve demo: every stage's log goes to {work / LOG_NAME}")
-    from ofaserve.core.interrupts import terminate_like_interrupt
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C, through the server's context manager
     try:
         with quiet.known_noise_silenced():
@@ -179,8 +182,6 @@ def _reports_to_log(work: Path):
 
 def _with_latest(progress: str, width: int = 90) -> None:
     """A progress line, with what the stage logged last (its phase and step) after it."""
-    from ofaserve.core.stage_cli import latest_log_line
-
     latest = latest_log_line()
     if len(latest) > width:
         latest = latest[: width - 3] + "..."
@@ -196,8 +197,6 @@ class _Stage:
         self.reused = False
 
     def __enter__(self) -> "_Stage":
-        from ofaserve.core.stage_cli import latest_log_line
-
         latest_log_line(forget=True)  # the previous stage's last line says nothing of this one
         allot = self.budget.start(self.name)
         share = "" if allot is None else f"  [{clock_text(allot)} of the {clock_text(self.budget.left())} left]"
@@ -393,7 +392,6 @@ def _served_model(args, work: Path, redo: set[str]) -> tuple[dict, int]:
     run's, else what its compress stage will train (the pretrained model, the profile's
     sequence length)."""
     from ofaserve.compress import cli as compress_cli
-    from ofaserve.compress.bert import hf_config, paddle_config, resolve_model_path
 
     if "compress" not in redo and _finished(work / "compress", CompressManifest):
         cm = CompressManifest.read(work / "compress")
@@ -413,7 +411,6 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
     (the tokenizer truncates there), which bounds it from above."""
     from ofaserve.benchmarks import run as bench
     from ofaserve.benchmarks import request_budget
-    from ofaserve.compress.submodel import flops, full_width_config
 
     names = {w: Width.parse(w).model_name("bert") for w in ("1.0", args.width_mult)}
     settings = bench.build_parser().parse_args(bench_argv(args, work, "", work, list(names.values()), None))
@@ -434,8 +431,6 @@ def bench_floor(args, work: Path, redo: set[str]) -> tuple[float, dict]:
 
 # --------------------------------------------------------------------------- the whole run
 def _pipeline(args, work: Path, redo: set[str], budget: Budget) -> int:
-    from ofaserve.core.files import write_json
-
     if budget.total_s is not None:  # set aside before compress sizes itself: its share shrinks instead
         floor, priced = bench_floor(args, work, redo)
         budget.reserve("bench", floor)

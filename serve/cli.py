@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import Target, TextPipeline
 
 
 def _fail(e: OfaserveError) -> int:
@@ -36,7 +37,6 @@ def _choices(per_target: dict[str, tuple[str, ...]]) -> list[str]:
 
 
 def repo_parser() -> argparse.ArgumentParser:
-    from ofaserve.core.vocabulary import Target, TextPipeline
     from ofaserve.serve.repository import (MIN_TEXT_BYTES, PRECISIONS, RUNTIMES, TARGETS, TEXT_BYTES_PER_TOKEN,
                                            TEXT_PIPELINES)
     p = argparse.ArgumentParser(
@@ -163,7 +163,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def serve_main(argv: list[str]) -> int:
     args = serve_parser().parse_args(argv)
-    from ofaserve.serve.server import RESTRICTED_APIS, TritonServer
+    from ofaserve.serve.server import RESTRICTED_APIS, TritonServer  # not at import: `ofaserve <other>` stays light
     server = TritonServer(args.model_repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port, log_verbose=args.log_verbose)
     stop = {"signal": None, "ready": False}

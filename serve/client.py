@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.serve.server import admin_headers
 
 if TYPE_CHECKING:
     from tritonclient.grpc import InferenceServerClient
@@ -33,7 +34,6 @@ def _check_model(client, url: str, model: str) -> None:
     except InferenceServerException as e:
         raise OfaserveError(f"Triton at {url} is not reachable ({e.message()}): is `ofaserve serve` running?") from e
     if not ready:
-        from ofaserve.serve.server import admin_headers
         try:  # the index is a restricted API: the key of a local server is in its key file
             names = sorted({m.name for m in client.get_model_repository_index(headers=admin_headers(url)).models})
         except InferenceServerException:
