@@ -10,16 +10,6 @@ from __future__ import annotations
 
 from ofaserve.core.lazy import lazy_attributes
 
-_EXPORTS = {
-    "build_repository": "ofaserve.serve.repository",
-    "TritonServer": "ofaserve.serve.server",
-    "classify": "ofaserve.serve.client",
-}
-__all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
-
-TYPE_CHECKING = False  # True for type checkers (mypy, pyright), without importing typing
-if TYPE_CHECKING:
-    from ofaserve.serve.client import classify  # noqa: F401
-    from ofaserve.serve.repository import build_repository  # noqa: F401
-    from ofaserve.serve.server import TritonServer  # noqa: F401
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, {
+    "ofaserve.serve.repository": ("build_repository",), "ofaserve.serve.server": ("TritonServer",),
+    "ofaserve.serve.client": ("classify",)})

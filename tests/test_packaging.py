@@ -98,7 +98,8 @@ def test_wheel_has_one_top_level_import_name(wheel):
     # the stages, the runtime copied into repositories and the Triton model sources are all in it
     for path in ("ofaserve/compress/pipeline.py", "ofaserve/export/exporter.py", "ofaserve/serve/repository.py",
                  "ofaserve/benchmarks/run.py", "ofaserve/runtime/runtimes.py", "ofaserve/core/manifests.py",
-                 "ofaserve/serve/triton_models/encoder/model.py", "ofaserve/serve/triton_models/python_model_io.py"):
+                 "ofaserve/serve/triton_models/encoder/model.py", "ofaserve/serve/triton_models/python_model_io.py",
+                 "ofaserve/compress/__init__.pyi", "ofaserve/export/__init__.pyi", "ofaserve/serve/__init__.pyi"):
         assert path in names, path
     assert not [n for n in names if "/results/" in n or n.startswith("ofaserve/tests")]
     # the record-makers behind benchmarks/results/ run from a checkout; the wheel ships the product

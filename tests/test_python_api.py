@@ -81,6 +81,21 @@ def test_each_stage_package_offers_its_entry_functions_and_its_cli_imports_none_
     assert alls == {p: sorted(names) for p, names in API.items()}
 
 
+def test_each_stage_package_stub_types_the_same_names_from_the_same_modules():
+    """The ``__init__.pyi`` a type checker reads names what ``__init__.py`` serves lazily,
+    each from its defining module, and ships in the wheel's package data."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, names in API.items():
+        folder = ROOT / package.split(".")[1]
+        tree = ast.parse((folder / "__init__.pyi").read_text())
+        typed = {a.asname or a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert typed == names, package
+        assert all(a.asname in (None, a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names)
+        assert "__init__.pyi" in data.get(package, []), package
+
+
 def test_an_unknown_name_is_an_attribute_error_and_submodules_still_import():
     import ofaserve.serve
 

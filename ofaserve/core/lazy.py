@@ -13,14 +13,16 @@ from __future__ import annotations
 import importlib
 
 
-def lazy_attributes(package: str, exports: dict[str, str]) -> tuple:
-    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps each public name to the
-    module that defines it. An unknown name raises AttributeError, so ``from package import
-    submodule`` still finds the package's submodules."""
+def lazy_attributes(package: str, exports: dict[str, tuple[str, ...]]) -> tuple:
+    """``(__getattr__, __dir__, __all__)`` for ``package``: ``exports`` maps each module to
+    the public names it defines. An unknown name raises AttributeError, so ``from package
+    import submodule`` still finds the package's submodules. (Type checkers read the names'
+    types from the package's ``__init__.pyi``, which imports them from the same modules.)"""
     namespace = importlib.import_module(package).__dict__
+    where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> object:
-        module = exports.get(name)
+        module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
@@ -28,6 +30,6 @@ def lazy_attributes(package: str, exports: dict[str, str]) -> tuple:
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(exports))
+        return sorted(set(namespace) | set(where))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(where)
