@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 def _accuracy(results: dict) -> dict:
@@ -51,21 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--make_args", default="", help="extra make arguments, e.g. \"INSTALLER=pip\"")
     p.add_argument("--keep", default=None, help="clone into this folder and keep it (default: a temporary one)")
     args = p.parse_args(argv)
-    from benchmarks.records.install_time import clean_clone, head_commit
+    from benchmarks.records.install_time import head_commit, scratch_clone, timed_make
     from ofaserve.core.files import write_json
 
     out = Path(args.output)
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")
     make_args = args.make_args.split()
     commit = head_commit()
-    with tempfile.TemporaryDirectory(prefix="ofaserve-demo-") as scratch:
-        clone = Path(args.keep) if args.keep else Path(scratch) / "clone"
-        env = clean_clone(clone, Path(scratch))
-        t = time.perf_counter()
-        with open(screen, "w") as f:
-            code = subprocess.run(["make", "demo", *make_args], cwd=clone, env=env, stdout=f,
-                                  stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - t
+    with scratch_clone(args.keep, "ofaserve-demo-") as (clone, env):
+        code, wall = timed_make(clone, env, ["demo", *make_args], screen)
         if code:
             sys.exit(f"make demo failed (exit {code}) after {wall:.0f} s: see {screen}")
         record = record_from(clone, commit, wall, make_args)

@@ -9,6 +9,7 @@ not measured. Takes ~4 minutes on 2 cores (pip ~2.5, uv ~1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[2]  # benchmarks/records/ -> the checkout
 TOOLING = {"pip", "setuptools", "wheel", "uv"}  # the installers themselves, not the project's packages
@@ -39,6 +41,23 @@ def clean_clone(clone: Path, scratch: Path) -> dict[str, str]:
     in ``scratch`` (empty), pip's off, as on a machine that never installed these wheels."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     return {**os.environ, "UV_CACHE_DIR": str(scratch / "uv_cache"), "PIP_NO_CACHE_DIR": "1"}
+
+
+@contextlib.contextmanager
+def scratch_clone(keep: str | None, prefix: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(clone, environment) of ``clean_clone`` in a scratch folder removed afterwards; the
+    clone goes to ``keep`` instead when given, and stays."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        clone = Path(keep) if keep else Path(scratch) / "clone"
+        yield clone, clean_clone(clone, Path(scratch))
+
+
+def timed_make(clone: Path, env: dict[str, str], make_args: list[str], screen: Path) -> tuple[int, float]:
+    """(exit code, wall seconds) of ``make <make_args>`` in ``clone``, its output to ``screen``."""
+    t = time.perf_counter()
+    with open(screen, "w") as f:
+        code = subprocess.run(["make", *make_args], cwd=clone, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return code, time.perf_counter() - t
 
 
 def time_install(installer: str, scratch: Path) -> dict:

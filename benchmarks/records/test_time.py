@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 # pytest's last line, e.g. "==== 736 passed, 3 skipped, 12 warnings in 1078.21s (0:17:58) ===="
@@ -42,20 +39,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the run's screen output goes (default: next to --output, .screen.txt)")
     p.add_argument("--keep", default=None, help="clone into this folder and keep it (default: a temporary one)")
     args = p.parse_args(argv)
-    from benchmarks.records.install_time import clean_clone, head_commit
+    from benchmarks.records.install_time import head_commit, scratch_clone, timed_make
     from ofaserve.core.files import write_json
     from ofaserve.core.machine import machine_info
 
     out = Path(args.output)
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")
     commit = head_commit()
-    with tempfile.TemporaryDirectory(prefix="ofaserve-test-") as scratch:
-        clone = Path(args.keep) if args.keep else Path(scratch) / "clone"
-        env = clean_clone(clone, Path(scratch))
-        t = time.perf_counter()
-        with open(screen, "w") as f:
-            code = subprocess.run(["make", "test"], cwd=clone, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - t
+    with scratch_clone(args.keep, "ofaserve-test-") as (clone, env):
+        code, wall = timed_make(clone, env, ["test"], screen)
     summary = pytest_summary(screen.read_text(errors="replace"))
     record = {"what": "make test on a clean clone (commit in 'commit'), empty installer caches, as .ci/run runs it: "
                       "wall time including the install, pytest's outcome counts and duration",
