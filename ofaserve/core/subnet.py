@@ -14,53 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ofaserve.core.errors import OfaserveError
-from ofaserve.core.width import TOLERANCE, Width
+from ofaserve.core.width import Multiplier, Width
 
 
-@dataclass(frozen=True, order=True)
-class Depth:
-    value: float
-
-    def __post_init__(self) -> None:
-        value = float(self.value)
-        if not 0.0 < value <= 1.0:
-            raise OfaserveError(f"a depth must be in (0, 1], not {self.value!r}")
-        object.__setattr__(self, "value", value)
-
-    @classmethod
-    def parse(cls, text: str | float | Depth) -> Depth:
-        if isinstance(text, Depth):
-            return text
-        try:
-            return cls(float(Width.parse(text).value))
-        except OfaserveError:
-            raise OfaserveError(f"a depth must be a number in (0, 1] such as 0.5, not {text!r}") from None
-
-    def __float__(self) -> float:
-        return self.value
+class Depth(Multiplier):
+    """The fraction of the encoder's layers kept (``layers`` says which)."""
+    KIND = "depth"
+    EXAMPLE = "0.5"
 
     @property
     def full(self) -> bool:
         return self.value == 1.0
-
-    @property
-    def key(self) -> str:
-        return Width(self.value).key
-
-    @property
-    def percent(self) -> int:
-        return round(self.value * 100)
-
-    def matches(self, other: Depth | float) -> bool:
-        return abs(self.value - float(other)) < TOLERANCE
-
-    def among(self, trained: Iterable[Depth | float]) -> Depth:
-        """The trained depth this one names; an error listing the trained ones otherwise."""
-        trained = [Depth.parse(d) for d in trained]
-        for d in trained:
-            if self.matches(d):
-                return d
-        raise OfaserveError(f"depth {self.key} was not trained: choose one of {', '.join(d.key for d in trained)}")
 
     def layers(self, num_layers: int) -> list[int]:
         """The encoder layers this depth keeps (0-based), DynaBERT's rule: ``n = L x depth``

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
+from typing import ClassVar, Iterable, Self
 
 from ofaserve.core.errors import OfaserveError
 
@@ -17,23 +17,27 @@ TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, order=True)
-class Width:
+class Multiplier:
+    """A fraction in (0, 1] of the supernet (``Width``; ``core.subnet.Depth``), parsed once:
+    "0.6667", 0.6666666666666666 and "2/3" are one value, which owns its spellings."""
     value: float
+    KIND: ClassVar[str] = "multiplier"
+    EXAMPLE: ClassVar[str] = "0.5"
 
     def __post_init__(self) -> None:
         value = float(self.value)
         if not 0.0 < value <= 1.0:
-            raise OfaserveError(f"a width must be in (0, 1], not {self.value!r}")
+            raise OfaserveError(f"a {self.KIND} must be in (0, 1], not {self.value!r}")
         object.__setattr__(self, "value", value)
 
     @classmethod
-    def parse(cls, text: str | float | Width) -> Width:
-        if isinstance(text, Width):
+    def parse(cls, text: str | float | Multiplier) -> Self:
+        if isinstance(text, cls):
             return text
         try:
             value = float(Fraction(str(text).strip())) if not isinstance(text, (int, float)) else float(text)
         except (ValueError, ZeroDivisionError):
-            raise OfaserveError(f"a width must be a number in (0, 1] such as 0.6667, not {text!r}") from None
+            raise OfaserveError(f"a {cls.KIND} must be a number in (0, 1] such as {cls.EXAMPLE}, not {text!r}") from None
         return cls(value)
 
     def __float__(self) -> float:
@@ -48,23 +52,30 @@ class Width:
     def percent(self) -> int:
         return round(self.value * 100)
 
-    def model_name(self, prefix: str) -> str:
-        """The text model a client calls for this width: ``bert`` at 0.6667 -> ``bert_w67``."""
-        return f"{prefix}_w{self.percent}"
-
-    def matches(self, other: Width | float) -> bool:
+    def matches(self, other: Multiplier | float) -> bool:
         return abs(self.value - float(other)) < TOLERANCE
 
-    def among(self, trained: Iterable[Width | float]) -> Width:
-        """The trained width this one names; an error listing the trained ones otherwise."""
-        trained = [Width.parse(w) for w in trained]
-        for w in trained:
-            if self.matches(w):
-                return w
-        raise OfaserveError(f"width {self.key} was not trained: choose one of {', '.join(w.key for w in trained)}")
+    def among(self, trained: Iterable[Multiplier | float]) -> Self:
+        """The trained value this one names; an error listing the trained ones otherwise."""
+        trained = [type(self).parse(v) for v in trained]
+        for v in trained:
+            if self.matches(v):
+                return v
+        raise OfaserveError(f"{self.KIND} {self.key} was not trained: choose one of "
+                            f"{', '.join(v.key for v in trained)}")
 
     def __str__(self) -> str:
         return self.key
+
+
+class Width(Multiplier):
+    """The fraction of attention heads and FFN neurons kept."""
+    KIND = "width"
+    EXAMPLE = "0.6667"
+
+    def model_name(self, prefix: str) -> str:
+        """The text model a client calls for this width: ``bert`` at 0.6667 -> ``bert_w67``."""
+        return f"{prefix}_w{self.percent}"
 
 
 AUTO = "auto"
