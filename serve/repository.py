@@ -598,26 +598,12 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
     the machine refuses a write. Nothing at ``output`` changes then.
     """
     target, runtime, precision, text_pipeline = _check_choices(target, runtime, precision, text_pipeline)
-    python_encoder = runs_in_python_backend(target, runtime)
-    if not 1 <= max_batch_size <= 4096:
-        raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
+    _check_numbers(name=name, max_batch_size=max_batch_size, instances=instances, threads=threads,
+                   auto_budget_s=auto_budget_s if precision == "auto" else None, max_text_bytes=max_text_bytes,
+                   max_request_bytes=max_request_bytes, max_queue_size=max_queue_size,
+                   queue_timeout_ms=queue_timeout_ms)
     if not export_dirs:
         raise OfaserveError("pass at least one export folder")
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise OfaserveError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
-    if instances is not None and instances < 1:
-        raise OfaserveError(f"instances must be >= 1, got {instances}")
-    if threads is not None and threads < 1:
-        raise OfaserveError(f"threads must be >= 1, got {threads}")
-    if precision == "auto" and not auto_budget_s > 0:
-        raise OfaserveError(f"auto_budget_s must be > 0, got {auto_budget_s}")
-    for flag, value in (("max_text_bytes", max_text_bytes), ("max_request_bytes", max_request_bytes)):
-        if value is not None and value < 1:
-            raise OfaserveError(f"{flag} must be >= 1, got {value}")
-    if max_queue_size is not None and max_queue_size < 0:
-        raise OfaserveError(f"max_queue_size must be >= 0 (0: no limit), got {max_queue_size}")
-    if not queue_timeout_ms >= 0:
-        raise OfaserveError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {queue_timeout_ms}")
     queue = QueuePolicy(max_batch_size if max_queue_size is None else max_queue_size, round(queue_timeout_ms * 1000))
     # Triton's openvino backend loads only without a batch dimension: no batcher, no queue policy.
     encoder_queue = queue if runtime != "openvino-native" else QueuePolicy(0)
@@ -629,7 +615,55 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
     threads = threads or max(1, runtimes.default_threads() // instances)
     output = check_output_dir(output, stage=REPO_STAGE, overwrite=overwrite, inputs=export_dirs, keep=REPO_KEEPS)
 
-    exports: dict[str, tuple[Path, dict]] = {}
+    exports = _read_exports(export_dirs, name)
+    limits = {model: text_limits(m, max_batch_size, max_text_bytes, max_request_bytes)
+              for model, (_, m) in exports.items()}
+
+    with output_lock(output):  # a second run on this output stops here, before any timing
+        plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
+                 for model, (d, m) in exports.items()}
+        with atomic_output_dir(output, keep=REPO_KEEPS) as tmp:
+            layout = _Layout(target, runtime, text_pipeline, max_batch_size, instances, threads, queue)
+            for model, (export_dir, manifest) in exports.items():
+                _write_model(tmp, model, export_dir, manifest, plans[model], limits[model], layout)
+            # Triton only treats folders as models; this file is for people and the benchmarks.
+            repo = RepoManifest(
+                target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
+                max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
+                queue_policy=queue.to_dict(), image_packages=image_packages(target, runtime), machine=machine_info(),
+                finished=now_iso(),
+                models={model: _repo_model(d, m, plans[model], limits[model]) for model, (d, m) in exports.items()})
+            repo.write(tmp)
+            return repo
+
+
+def _check_numbers(*, name: str, max_batch_size: int, instances: int | None, threads: int | None,
+                   auto_budget_s: float | None, max_text_bytes: int | None, max_request_bytes: int | None,
+                   max_queue_size: int | None, queue_timeout_ms: float) -> None:
+    """One ``OfaserveError`` for the first of ``build_repository``'s numbers (and the model
+    name) out of its range; ``auto_budget_s`` None: not timing precisions."""
+    if not 1 <= max_batch_size <= 4096:
+        raise OfaserveError(f"max_batch_size must be in 1..4096, got {max_batch_size}")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise OfaserveError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    if instances is not None and instances < 1:
+        raise OfaserveError(f"instances must be >= 1, got {instances}")
+    if threads is not None and threads < 1:
+        raise OfaserveError(f"threads must be >= 1, got {threads}")
+    if auto_budget_s is not None and not auto_budget_s > 0:
+        raise OfaserveError(f"auto_budget_s must be > 0, got {auto_budget_s}")
+    for flag, value in (("max_text_bytes", max_text_bytes), ("max_request_bytes", max_request_bytes)):
+        if value is not None and value < 1:
+            raise OfaserveError(f"{flag} must be >= 1, got {value}")
+    if max_queue_size is not None and max_queue_size < 0:
+        raise OfaserveError(f"max_queue_size must be >= 0 (0: no limit), got {max_queue_size}")
+    if not queue_timeout_ms >= 0:
+        raise OfaserveError(f"queue_timeout_ms must be >= 0 (0: no timeout), got {queue_timeout_ms}")
+
+
+def _read_exports(export_dirs: Sequence[str | os.PathLike], name: str) -> dict[str, tuple[Path, ExportManifest]]:
+    """{served model name: (export folder, its manifest)}; two exports of one subnet are refused."""
+    exports: dict[str, tuple[Path, ExportManifest]] = {}
     for export_dir in map(Path, export_dirs):
         manifest = _read_export(export_dir)
         subnet = manifest.trained_subnet
@@ -638,46 +672,47 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
             raise OfaserveError(f"{export_dir} and {exports[model][0]} both export {subnet.describe()}: one "
                                 "repository serves each subnet once")
         exports[model] = (export_dir, manifest)
-    limits = {model: text_limits(m, max_batch_size, max_text_bytes, max_request_bytes)
-              for model, (_, m) in exports.items()}
+    return exports
 
-    with output_lock(output):  # a second run on this output stops here, before any timing
-        plans = {model: _plan_encoder(model, d, m, target, runtime, precision, threads, auto_budget_s)
-                 for model, (d, m) in exports.items()}
-        with atomic_output_dir(output, keep=REPO_KEEPS) as tmp:
-            for model, (export_dir, manifest) in exports.items():
-                plan = plans[model]
-                enc = tmp / encoder_name(model)
-                sha = _copy_model_files(export_dir, manifest, enc / "1", plan["artifact"],
-                                        "encoder" if python_encoder else None)
-                for other in plan.get("other_candidates", ()):  # so `ofaserve bench --runtimes auto` can re-time them
-                    _copy_model_files(export_dir, manifest, enc / "1", other, None)
-                _write(enc, encoder_config(enc.name, manifest, max_batch_size, target=target, runtime=runtime,
-                                           precision=plan["precision"], instances=instances, threads=threads,
-                                           queue=queue, artifact=plan["artifact"], model_sha256=sha))
-                if text_pipeline == "fused":
-                    _write_fused(tmp / model, export_dir, manifest, plan, max_batch_size, runtime=runtime,
-                                 instances=instances, threads=threads, gpu=target == "gpu", queue=queue,
-                                 limits=limits[model])
-                else:
-                    _write_ensemble(tmp, model, export_dir, manifest, max_batch_size, _pad_multiple(target, runtime),
-                                    queue=queue, limits=limits[model])
-            # Triton only treats folders as models; this file is for people and the benchmarks.
-            repo = RepoManifest(
-                target=target, runtime=runtime, precision=precision, text_pipeline=text_pipeline,
-                max_batch_size=max_batch_size, encoder_instances=instances, encoder_threads=threads,
-                queue_policy=queue.to_dict(), image_packages=image_packages(target, runtime), machine=machine_info(),
-                finished=now_iso(),
-                models={model: RepoModel(width_mult=m.width_mult, depth_mult=m.depth_mult, labels=m.labels,
-                                         task_spec=m.spec, max_seq_length=m.max_seq_length,
-                                         encoder_artifact=plans[model]["artifact"],
-                                         precision=plans[model]["precision"], precision_choice=plans[model].get("choice"),
-                                         text_limits=limits[model],
-                                         selection=_selection_summary(m.selection) if m.selection else None,
-                                         source_export=os.path.basename(os.path.normpath(d)))
-                        for model, (d, m) in exports.items()})
-            repo.write(tmp)
-            return repo
+
+@dataclass(frozen=True)
+class _Layout:
+    """The repository-wide settings every served model is written with."""
+    target: str
+    runtime: str
+    text_pipeline: str
+    max_batch_size: int
+    instances: int
+    threads: int
+    queue: QueuePolicy
+
+
+def _write_model(tmp: Path, model: str, export_dir: Path, manifest: ExportManifest, plan: dict[str, Any],
+                 limits: TextLimits, layout: _Layout) -> None:
+    """One export's models: its encoder (files copied and checked) and its text pipeline."""
+    enc = tmp / encoder_name(model)
+    python_encoder = runs_in_python_backend(layout.target, layout.runtime)
+    sha = _copy_model_files(export_dir, manifest, enc / "1", plan["artifact"], "encoder" if python_encoder else None)
+    for other in plan.get("other_candidates", ()):  # so `ofaserve bench --runtimes auto` can re-time them
+        _copy_model_files(export_dir, manifest, enc / "1", other, None)
+    _write(enc, encoder_config(enc.name, manifest, layout.max_batch_size, target=layout.target, runtime=layout.runtime,
+                               precision=plan["precision"], instances=layout.instances, threads=layout.threads,
+                               queue=layout.queue, artifact=plan["artifact"], model_sha256=sha))
+    if layout.text_pipeline == "fused":
+        _write_fused(tmp / model, export_dir, manifest, plan, layout.max_batch_size, runtime=layout.runtime,
+                     instances=layout.instances, threads=layout.threads, gpu=layout.target == "gpu",
+                     queue=layout.queue, limits=limits)
+    else:
+        _write_ensemble(tmp, model, export_dir, manifest, layout.max_batch_size,
+                        _pad_multiple(layout.target, layout.runtime), queue=layout.queue, limits=limits)
+
+
+def _repo_model(export_dir: Path, m: ExportManifest, plan: dict[str, Any], limits: TextLimits) -> RepoModel:
+    return RepoModel(width_mult=m.width_mult, depth_mult=m.depth_mult, labels=m.labels, task_spec=m.spec,
+                     max_seq_length=m.max_seq_length, encoder_artifact=plan["artifact"], precision=plan["precision"],
+                     precision_choice=plan.get("choice"), text_limits=limits,
+                     selection=_selection_summary(m.selection) if m.selection else None,
+                     source_export=os.path.basename(os.path.normpath(export_dir)))
 
 
 def _selection_summary(selection: dict) -> dict[str, Any]:
