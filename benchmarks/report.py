@@ -92,6 +92,14 @@ def _speedup_cell(report: Mapping[str, Any], spd: dict, model: str, key: tuple) 
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
+    spd = _speedup_lookup(report)
+    out = [*_md_header(report), *_md_served(report, spd), *_md_in_process(report, spd), *_md_comparisons(report),
+           *_md_notes(report)]
+    return "\n".join(out) + "\n"
+
+
+def _md_header(report: Mapping[str, Any]) -> list[str]:
+    """Title, when, where, what was sent and how ratios read."""
     s = report.get("settings", {})
     m = report.get("machine", {})
     out = [f"# Latency benchmark: {', '.join(report.get('models', {}))}", ""]
@@ -129,7 +137,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                    "nothing; rerun with more --requests (or a larger --time_budget_s)")
     out.append("")
 
-    spd = _speedup_lookup(report)
+    return out
+
+
+def _md_served(report: Mapping[str, Any], spd: dict) -> list[str]:
+    """One table per workload of what Triton served, every concurrency."""
+    s, out = report.get("settings", {}), []
     results = report.get("results", [])
     workloads = list(dict.fromkeys(r["workload"] for r in results))
     for wname in workloads:
@@ -155,6 +168,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                             rows))
         out.append("")
 
+    return out
+
+
+def _md_in_process(report: Mapping[str, Any], spd: dict) -> list[str]:
+    """The same model files and runtimes without the server."""
+    out: list[str] = []
     base = report.get("baselines", [])
     if base:
         out.append("## In-process (same model file and runtime, no server, sequential)")
@@ -170,6 +189,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                              "sent/s", "faster than full (p50, 95% CI)"], rows))
         out.append("")
 
+    return out
+
+
+def _md_comparisons(report: Mapping[str, Any]) -> list[str]:
+    """Serving overhead, real text against fixed, runtimes against the served one."""
+    s, out = report.get("settings", {}), []
     cmp_ = report.get("comparisons", {})
     if cmp_.get("serving_overhead"):
         out.append("## Serving overhead: how much faster in-process is than Triton gRPC (p50, concurrency 1)")
@@ -197,6 +222,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                               _ms(x["served_ms"]), ratio_cell(x, "faster_than_served_x")] for x in cmp_["runtimes"]]))
         out.append("")
     out += _few_note(ratio_entries(cmp_))
+    return out
+
+
+def _md_notes(report: Mapping[str, Any]) -> list[str]:
+    """Notes, errors and where the plot and the raw latencies are."""
+    results, out = report.get("results", []), []
     notes = report.get("baseline_notes") or []
     if notes:
         out.append("Notes: " + "; ".join(notes))
@@ -211,7 +242,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out.append("")
     no_panel = "" if concurrency_panel(results) else " (no latency-vs-concurrency panel: one concurrency level measured)"
     out.append(f"Plot: `{report.get('plot', 'latency.png')}`{no_panel}. Raw per-request latencies are in report.json.")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def concurrency_panel(results: Sequence[Mapping[str, Any]]) -> bool:
