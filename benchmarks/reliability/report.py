@@ -76,19 +76,14 @@ def _faults_lines(f: dict[str, Any]) -> list[str]:
     lines += ["## Faults", ""]
     k = f.get("encoder_stub_killed_triton")
     if k:
-        lines += [f"### Encoder stub SIGKILLed under load, Triton alone ({k['workers']} client threads, client "
-                  f"timeout {k['client_timeout_s']} s, watched {k['observed_s']} s)", "",
-                  *_traffic_around_kill(k, k["traffic"], "after the kill"),
-                  f"- Triton restarted the stub: {k['stub_restarted']}; timeline (s after kill): "
-                  f"`{json.dumps(k['timeline'])}`",
-                  f"- stop(): exit code {k['stop_exit_code']} after {k['stop_s']:.1f} s", ""]
+        lines += _stub_kill_lines(k, "Triton alone", f", watched {k['observed_s']} s", k["traffic"], "after the kill", [
+            f"- Triton restarted the stub: {k['stub_restarted']}; timeline (s after kill): `{json.dumps(k['timeline'])}`",
+            f"- stop(): exit code {k['stop_exit_code']} after {k['stop_s']:.1f} s"])
     k = f["encoder_stub_killed_under_load"]
-    lines += [f"### Encoder stub SIGKILLed under load, `ofaserve serve --poll {k['cli_poll_s']}` "
-              f"({k['workers']} client threads, client timeout {k['client_timeout_s']} s)", "",
-              *_traffic_around_kill(k, k["traffic_until_cli_exit"], "between the kill and the CLI's exit"),
-              f"- `ofaserve serve` exit code {k['cli_exit_code']} {_fmt(k['cli_exit_after_s'])} s after the kill: "
-              f"`{k['cli_stderr'][:300]}`",
-              f"- left behind: {k['leftovers']}", ""]
+    lines += _stub_kill_lines(k, f"`ofaserve serve --poll {k['cli_poll_s']}`", "", k["traffic_until_cli_exit"],
+                              "between the kill and the CLI's exit", [
+        f"- `ofaserve serve` exit code {k['cli_exit_code']} {_fmt(k['cli_exit_after_s'])} s after the kill: "
+        f"`{k['cli_stderr'][:300]}`", f"- left behind: {k['leftovers']}"])
     s = f["tritonserver_killed"]
     lines += ["### tritonserver SIGKILLed under `ofaserve serve`", "",
               f"- exit code {s['cli_exit_code']} after {s['cli_exit_after_s']:.1f} s: `{s['cli_stderr'][:300]}`",
@@ -164,6 +159,12 @@ def _shm_lines(sh: dict[str, Any]) -> list[str]:
 
 def _fmt(v: Any, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _stub_kill_lines(k: dict, under: str, watched: str, traffic: dict, after: str, facts: list[str]) -> list[str]:
+    """One encoder-stub kill: its heading, the client traffic around it, then ``facts``."""
+    return [f"### Encoder stub SIGKILLed under load, {under} ({k['workers']} client threads, client timeout "
+            f"{k['client_timeout_s']} s{watched})", "", *_traffic_around_kill(k, traffic, after), *facts, ""]
 
 
 def _traffic_around_kill(k: dict, t: dict, after: str) -> list[str]:
