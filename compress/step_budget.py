@@ -21,7 +21,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.time_budget import Cut, clock_text, fit_count
-from ofaserve.core.batching import batches
+from ofaserve.core.batching import EVAL_BATCH_SIZE, batches
 
 log = logging.getLogger("ofaserve.compress")
 
@@ -42,7 +42,6 @@ LOG_FRACTION = 0.1
 LOG_MIN_STEPS = 3
 MIN_OFA_STEPS = 8
 PROBE_BATCHES = 3  # dev evaluation batches timed to price an evaluation pass
-EVAL_BATCH = 64  # predict()'s batch size: the evaluations priced are batched so
 RESERVE_FRACTION = 0.03  # of the budget, for checkpoint writes and the output swap
 STEP_CUTS = {"teacher": "teacher steps", "ofa": "OFA steps"}  # each phase's steps cut, by sizer name
 
@@ -177,17 +176,19 @@ class CompressStepBudget:
         self.run = None
         self.tokens: dict[str, int] = {}
         self.s_per_token: dict[str, float] = {}
+        self.dev_batches: list = []  # dev as predict() batches it (attach)
 
     def attach(self, run) -> None:
         self.run = run
         # padded tokens of the evaluation passes, batched exactly as predict() batches: dev at
         # every checkpoint save, then the report split and any other evaluation split at the end
-        def tokens(split) -> int:
-            return sum(ids.size for ids, *_ in batches(split, EVAL_BATCH, length_sorted=True, tokenizer=run.tokenizer))
+        def evaluation(split) -> list:
+            return list(batches(split, EVAL_BATCH_SIZE, length_sorted=True, tokenizer=run.tokenizer))
 
-        self.tokens["dev"] = tokens(run.dev)
+        self.dev_batches = evaluation(run.dev)  # also what price() times: tokenized once
+        self.tokens["dev"] = sum(b[0].size for b in self.dev_batches)
         for name, split in run.final_splits().items():
-            self.tokens[f"final {name}"] = tokens(split)
+            self.tokens[f"final {name}"] = sum(b[0].size for b in evaluation(split))
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -199,7 +200,7 @@ class CompressStepBudget:
         short sentences to its longest ones, and attention grows with the square of that
         length: such a sample priced evaluations well above what they took). One more
         batch, run first, sets up the kernels and is not timed."""
-        evaluation = list(batches(self.run.dev, EVAL_BATCH, length_sorted=True, tokenizer=self.run.tokenizer))
+        evaluation = self.dev_batches
         n = min(PROBE_BATCHES, len(evaluation))  # the middle batch of each of n equal runs of lengths
         picks = np.unique(((np.arange(n) + 0.5) * len(evaluation) / n).astype(int))
         warm = evaluation[0]

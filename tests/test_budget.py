@@ -740,10 +740,9 @@ def test_eval_price_comes_from_deves_own_batches_spread_over_its_lengths(monkeyp
 
     from ofaserve.compress import step_budget
 
-    lengths = np.repeat(np.arange(10, 90, 4), step_budget.EVAL_BATCH)  # 20 batches of rising length
-    evaluation = [(np.zeros((step_budget.EVAL_BATCH, n), np.int64), np.zeros((step_budget.EVAL_BATCH, n), np.int64),
-                   None, None) for n in lengths[::step_budget.EVAL_BATCH]]
-    monkeypatch.setattr(step_budget, "batches", lambda split, size, **kw: iter(evaluation))
+    size = step_budget.EVAL_BATCH_SIZE
+    evaluation = [(np.zeros((size, n), np.int64), np.zeros((size, n), np.int64), None, None)
+                  for n in range(10, 90, 4)]  # 20 batches of rising length
     clock = [0.0]
     monkeypatch.setattr(step_budget.time, "perf_counter", lambda: clock[0])
     calls = []
@@ -753,7 +752,7 @@ def test_eval_price_comes_from_deves_own_batches_spread_over_its_lengths(monkeyp
         clock[0] += ids.shape[0] * (ids.shape[1] + ids.shape[1] ** 2 / 40) * 1e-6 + (1.0 if len(calls) == 1 else 0)
 
     box = step_budget.CompressStepBudget(100)
-    box.run = SimpleNamespace(dev=None, tokenizer=None)
+    box.run, box.dev_batches = SimpleNamespace(dev=None, tokenizer=None), evaluation  # as attach() leaves them
     price = box.price("teacher", logits_fn)
     assert len(calls) == 1 + step_budget.PROBE_BATCHES and calls[0] == evaluation[0][0].shape[1]
     whole = sum(b[0].shape[0] * (b[0].shape[1] + b[0].shape[1] ** 2 / 40) * 1e-6 for b in evaluation)

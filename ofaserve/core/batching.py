@@ -19,6 +19,9 @@ def _lengths(split: Split) -> list[int]:
     return [len(a) + len(b) for a, b in zip(split.texts, split.text_pairs)]
 
 
+EVAL_BATCH_SIZE = 64  # predict()'s batches (what compress.step_budget prices an evaluation pass on)
+
+
 def batches(split: Split, batch_size: int, *, tokenizer, shuffle: bool = False, seed: int = 0,
             length_sorted: bool = False, bucket: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                             np.ndarray]]:
@@ -51,7 +54,7 @@ def batches(split: Split, batch_size: int, *, tokenizer, shuffle: bool = False, 
         yield ids, types, split.labels[idx], idx
 
 
-def predict(logits_fn: Logits, split: Split, tokenizer, batch_size: int = 64) -> np.ndarray:
+def predict(logits_fn: Logits, split: Split, tokenizer, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """The model's outputs for every input of ``split``, in input order (length-sorted
     batches: less padding)."""
     out = None
