@@ -61,12 +61,11 @@ LOG_NAME = "demo.log"  # in --workdir: the stages' log lines and printed reports
 # work scales freely above its floors (compress.step_budget: the results table, and the fewest
 # training steps that learn); the exports' build and first dev pass, the repository and
 # the server start are fixed costs, so their shares are sized to cover what those stages
-# used at their floors on the slowest CPU recorded with AVX-512 (the Intel Xeon's
-# benchmarks/results/demo_run.json: export 128 s with its checks at 300 sentences, repo
-# 27 s, serve 10 s of 390 s); where they finish early, the bench gets the time (the AMD
-# EPYC's benchmarks/results/demo_run_epyc_avx512.json). A slower CPU overruns the budget
-# at the floors, and the final report says by how much. The bench gets its share on top of
-# its reserved minimum (bench_floor).
+# use at their floors on the slowest CPU with AVX-512 that has a demo record (the records
+# benchmarks/results/demo_run*.json, one per CPU); where they finish early, the later
+# stages and the bench get the time. A slower CPU overruns the budget at the floors, and
+# the final report says by how much. The bench gets its share on top of its reserved
+# minimum (bench_floor).
 SHARES = {"compress": 0.5, "export": 0.35, "repo": 0.075, "serve": 0.03, "bench": 0.045}
 # What `ofaserve export` checks that the cpu repository never serves (skipped under a budget)
 SERVED_PARITY_RUNTIMES = ["openvino_packed"]

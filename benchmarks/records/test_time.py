@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-# pytest's last line, e.g. "==== 736 passed, 3 skipped, 12 warnings in 1078.21s (0:17:58) ===="
+# pytest's closing line: "==== <count> <outcome>, ... in <seconds>s (<h:mm:ss>) ===="
 SUMMARY = re.compile(r"^=+ (?P<counts>.*?) in (?P<seconds>[0-9.]+)s\b.*=+$")
 OUTCOMES = ("passed", "failed", "errors", "error", "skipped", "xfailed", "xpassed", "deselected")
 
