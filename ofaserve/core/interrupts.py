@@ -34,17 +34,30 @@ def terminate_like_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM wait (pending, not lost) until the block ends; main thread only."""
+def signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM that arrive inside the block take effect when it ends; main thread only.
+
+    Not a signal mask: a process-directed signal (Ctrl-C, ``kill``) goes to any thread that
+    does not block it, and native threads (BLAS pools) block nothing, so Python would still run
+    its handler in the main thread mid-block. A recording handler catches it wherever it lands;
+    on leaving, the handlers are restored and the first signal is raised again against them.
+    """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def record(signum, frame):
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])

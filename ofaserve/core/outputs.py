@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import fsync_path, write_json
-from ofaserve.core.interrupts import _signals_held, interrupted
+from ofaserve.core.interrupts import interrupted, signals_deferred
 from ofaserve.core.manifests import MANIFEST
 
 log = logging.getLogger("ofaserve.outputs")
@@ -289,25 +289,25 @@ def atomic_output_dir(final: str | os.PathLike, keep: Iterable[str] = ()) -> Ite
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        old, swapped = None, False
-        try:
-            with _signals_held():  # a Ctrl-C between the two renames would leave no ``final`` at all
-                try:
-                    if final.exists():
-                        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-                        os.replace(final, old)
-                    os.replace(tmp, final)
-                    swapped = True
-                    _REPLACED.add(final.resolve())
-                except BaseException:
-                    if old is not None and not final.exists():
-                        os.replace(old, final)  # put the previous output back
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
-            fsync_path(final.parent)
-        finally:  # also when a signal held during the swap is delivered on leaving it
-            if swapped and old is not None:
+        # Signals are deferred from hiding the old output until it is removed: a Ctrl-C between
+        # the two renames would leave no ``final`` at all, and one delivered during the
+        # clean-up (Python runs its handler at the next bytecode) would leave the old copy.
+        with signals_deferred():
+            old = None
+            try:
+                if final.exists():
+                    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+                    os.replace(final, old)
+                os.replace(tmp, final)
+            except BaseException:
+                if old is not None and not final.exists():
+                    os.replace(old, final)  # put the previous output back
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _REPLACED.add(final.resolve())
+            if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+            fsync_path(final.parent)
 
 
 _REPLACED: set[Path] = set()
