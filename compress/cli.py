@@ -6,25 +6,14 @@ import sys
 
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.compress.options import DEFAULT_WIDTHS, PROFILES, CompressOptions
-from ofaserve.core.errors import OfaserveError
 from ofaserve.core.subnet import Depth
 from ofaserve.core.width import Width
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
-from ofaserve.core.stage_cli import run_stage, setup_logging
+from ofaserve.core.stage_cli import argument_type, run_stage, setup_logging
 
 
-def _width(text: str) -> float:
-    try:
-        return Width.parse(text).value
-    except OfaserveError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _depth(text: str) -> float:
-    try:
-        return Depth.parse(text).value
-    except OfaserveError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_width = argument_type(lambda text: Width.parse(text).value, "width")
+_depth = argument_type(lambda text: Depth.parse(text).value, "depth")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,27 +5,16 @@ import argparse
 import sys
 
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
-from ofaserve.core.errors import OfaserveError
 from ofaserve.core.vocabulary import Runtime
 from ofaserve.core.subnet import Depth, Subnet
 from ofaserve.core.width import Width, parse_width_choice
 from ofaserve.export.selection import RUNTIMES as LATENCY_RUNTIMES
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
-from ofaserve.core.stage_cli import run_stage, setup_logging
+from ofaserve.core.stage_cli import argument_type, run_stage, setup_logging
 
 
-def _width(value: str) -> Width | str:
-    try:
-        return parse_width_choice(value)
-    except OfaserveError as e:
-        raise argparse.ArgumentTypeError(f"{e}, or 'auto'") from None
-
-
-def _depth(value: str) -> Depth:
-    try:
-        return Depth.parse(value)
-    except OfaserveError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_width = argument_type(parse_width_choice, "width", or_else=", or 'auto'")
+_depth = argument_type(Depth.parse, "depth")
 
 
 def _names(value: str) -> list[str]:

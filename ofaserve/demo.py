@@ -38,7 +38,7 @@ from ofaserve.compress.submodel import flops, full_width_config
 from ofaserve.core import quiet
 from ofaserve.core.files import write_json
 from ofaserve.core.interrupts import terminate_like_interrupt
-from ofaserve.core.stage_cli import latest_log_line, log_to_file
+from ofaserve.core.stage_cli import argument_type, latest_log_line, log_to_file
 from ofaserve.core.status_line import Heartbeat, print_above_bars
 from ofaserve.core.time_budget import Budget, clock_text
 from ofaserve.core.errors import OfaserveError
@@ -72,12 +72,8 @@ SERVED_PARITY_RUNTIMES = ["openvino_packed"]
 DEFAULT_AUTO_BUDGET_S = 20  # `ofaserve repo --auto_budget_s`'s default
 
 
-def _width_key(text: str) -> str:
-    """A trained width's canonical label ("2/3" and "0.66667" name "0.6667")."""
-    try:
-        return Width.parse(text).key
-    except OfaserveError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+# a trained width's canonical label ("2/3" and "0.66667" name "0.6667")
+_width_key = argument_type(lambda text: Width.parse(text).key, "width")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,3 +103,23 @@ def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path,
     assert cli.main(argv) == 2 and "error: paddle failed" in capsys.readouterr().err
     monkeypatch.setattr(interrupts, "_INTERRUPTED", [15])
     assert cli.main(argv) == 130 and "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, argv, flag, said", [
+    ("ofaserve.compress.cli", ["--output_dir", "x", "--width_mult_list", "1.0", "1.7"], "--width_mult_list", "1.7"),
+    ("ofaserve.compress.cli", ["--output_dir", "x", "--depth_mult_list", "1.0", "0"], "--depth_mult_list", "0"),
+    ("ofaserve.export.cli", ["--model_name_or_path", "x", "--width_mult", "abc"], "--width_mult", "'abc', or 'auto'"),
+    ("ofaserve.export.cli", ["--model_name_or_path", "x", "--depth_mult", "9"], "--depth_mult", "9"),
+    ("ofaserve.demo", ["--width_mult", "2"], "--width_mult", "2"),
+])
+def test_bad_width_or_depth_is_one_usage_error_naming_the_value(module, argv, flag, said, capsys):
+    """Width and depth are parsed once at the CLI edge (core.stage_cli.argument_type): the
+    value type's own message, as argparse's usage error (exit 2)."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: argument {flag}: a " in err and said in err, err

@@ -11,16 +11,33 @@ its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ofaserve.core import interrupts
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.outputs import forget_replaced, interrupted_message, output_state
 from ofaserve.core.quiet import known_native_lines_dropped, known_noise_silenced
+
+
+T = TypeVar("T")
+
+
+def argument_type(parse: Callable[[str], T], name: str, or_else: str = "") -> Callable[[str], T]:
+    """``parse`` (raising ``OfaserveError`` on bad text) as an argparse ``type=``: argparse
+    then prints the error's own words as a usage error. ``or_else``: what else the flag
+    accepts, added to the message (", or 'auto'"). ``name`` is what argparse calls the type."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except OfaserveError as e:
+            raise argparse.ArgumentTypeError(f"{e}{or_else}") from None
+    convert.__name__ = name
+    return convert
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
