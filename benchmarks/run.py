@@ -35,6 +35,7 @@ from ofaserve.core.outputs import check_report_dir
 from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel
 from ofaserve.core.tasks import TaskType, load_task
 from ofaserve.benchmarks.report import faster_sentence, render_markdown, render_plot
+from ofaserve.serve.addresses import DEFAULT_URL, add_port_arguments
 from ofaserve.serve.server import KEY_ENV, TritonServer, admin_headers
 
 PROG = "ofaserve bench"
@@ -60,16 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "side by side, with Triton's server-side statistics and an in-process baseline. "
                     "Writes report.json, report.md and latency.png to --output_dir.")
     g = p.add_argument_group("target")
-    g.add_argument("--url", default="127.0.0.1:8001",
+    g.add_argument("--url", default=DEFAULT_URL,
                    help="gRPC address of a running Triton server (ignored with --start_server)")
     g.add_argument("--start_server", action="store_true",
                    help="start the bundled Triton server on --model_repository for this run and stop it after")
     g.add_argument("--model_repository", default=None,
                    help="the server's model repository folder: needed by --start_server; also enables the "
                         "in-process baselines (they load each {m}_encoder/1/ model file)")
-    g.add_argument("--grpc_port", type=int, default=8001, help="gRPC port for --start_server")
-    g.add_argument("--http_port", type=int, default=8000, help="HTTP port for --start_server")
-    g.add_argument("--metrics_port", type=int, default=8002, help="metrics port for --start_server")
+    add_port_arguments(g, used=" for --start_server")
     g.add_argument("--models", default=None,
                    help="comma-separated export names (bert_w100,bert_w67): each has a {m}_encoder and an {m} "
                         "ensemble; default: every {m} with an {m}_encoder in the server's repository index")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.vocabulary import Target, TextPipeline
+from ofaserve.serve.addresses import DEFAULT_HOST, DEFAULT_URL, add_port_arguments
 
 
 def _fail(e: OfaserveError) -> int:
@@ -150,11 +151,9 @@ def serve_parser() -> argparse.ArgumentParser:
         prog="ofaserve serve", description="Start the Triton server bundled with nvidia-pytriton on a model "
         "repository, wait until every model is ready, then watch it until Ctrl-C / SIGTERM.")
     p.add_argument("--model_repository", required=True, type=Path, help="folder written by `ofaserve repo`")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: 127.0.0.1, loopback only; 0.0.0.0 exposes it)")
-    p.add_argument("--grpc_port", type=int, default=8001, help="gRPC port (default: 8001)")
-    p.add_argument("--http_port", type=int, default=8000, help="HTTP/REST port (default: 8000)")
-    p.add_argument("--metrics_port", type=int, default=8002, help="Prometheus metrics port (default: 8002)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default: {DEFAULT_HOST}, loopback only; 0.0.0.0 exposes it)")
+    add_port_arguments(p)
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait for readiness (default: 120)")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between health checks (default: 2)")
     p.add_argument("--log_verbose", type=int, default=0, help="Triton verbose log level (default: 0)")
@@ -218,7 +217,7 @@ def serve_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------- classify
 def classify_parser() -> argparse.ArgumentParser:
-    from ofaserve.serve.client import DEFAULT_MODEL, DEFAULT_URL
+    from ofaserve.serve.client import DEFAULT_MODEL
     p = argparse.ArgumentParser(prog="ofaserve classify",
                                 description="Send sentences (or sentence pairs) over gRPC to a served text model; "
                                             "print each label and its class probabilities, or each score of a "

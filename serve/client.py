@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.serve.addresses import DEFAULT_URL
 from ofaserve.serve.server import admin_headers
 
 if TYPE_CHECKING:
     from tritonclient.grpc import InferenceServerClient
 
-DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "bert_w67"
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.serve.addresses import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
 # Printed by every start on a machine without a CUDA driver; not an error for us.
 _HARMLESS = ("CudaDriverHelper", "cuda driver", "CUDA driver")
@@ -128,7 +129,7 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = DEFAULT_HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -164,8 +165,9 @@ class TritonServer:
     and log) and the key file, both removed by ``stop``.
     """
 
-    def __init__(self, model_repository: str | os.PathLike, *, host: str = "127.0.0.1",
-                 grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+    def __init__(self, model_repository: str | os.PathLike, *, host: str = DEFAULT_HOST,
+                 grpc_port: int = DEFAULT_GRPC_PORT, http_port: int = DEFAULT_HTTP_PORT,
+                 metrics_port: int = DEFAULT_METRICS_PORT,
                  log_verbose: int = 0, extra_backends: tuple[str | os.PathLike, ...] = ()) -> None:
         """``extra_backends``: folders ``<name>/libtriton_<name>.so`` (plus the libraries it
         loads) served next to the bundled python backend, e.g. a native Triton backend
