@@ -32,6 +32,7 @@ from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso
 from ofaserve.core.files import write_json, write_text
 from ofaserve.core.outputs import check_report_dir
+from ofaserve.core.stage_cli import HelpFormatter
 from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel
 from ofaserve.core.tasks import TaskType, load_task
 from ofaserve.benchmarks.report import faster_sentence, render_markdown, render_plot
@@ -56,7 +57,7 @@ def _int_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description="Batch latency of Triton models over gRPC (closed loop), full width vs compressed "
                     "side by side, with Triton's server-side statistics and an in-process baseline. "
                     "Writes report.json, report.md and latency.png to --output_dir.")

@@ -11,6 +11,7 @@ from typing import Any
 from ofaserve.core.machine import machine_info
 from ofaserve.core.manifests import now_iso
 from ofaserve.core.files import write_json
+from ofaserve.core.stage_cli import HelpFormatter
 
 from ofaserve.benchmarks.reliability.export_faults import REAL_EXPORT_CANDIDATES, find_real_export, tiny_compress, tiny_export
 from ofaserve.benchmarks.reliability.probes import ROOT
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ofaserve.benchmarks import reliability  # the package docstring (imported by now: it imports this module)
     p = argparse.ArgumentParser(prog="python -m ofaserve.benchmarks.reliability",
                                 description=reliability.__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--export_dir", type=Path, default=None,
                    help="a real export to test besides the tiny one [default: the first of "
                         + ", ".join(REAL_EXPORT_CANDIDATES) + " that exists]")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with a leaking control), overload (open loop at --overload_factor x capacity against the "
                         "queue limits; timed: run it on a quiet machine), oversized (memory before/after a flood "
                         "of requests over the text limits, and without the limits)")
-    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "reliability.json",
+                   help="the JSON record to write; the Markdown report goes next to it (same name, .md)")
     return p
 
 

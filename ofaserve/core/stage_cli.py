@@ -40,6 +40,18 @@ def argument_type(parse: Callable[[str], T], name: str, or_else: str = "") -> Ca
     return convert
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help only where it tells something: not for an unset
+    default (None, False) that the help explains, nor when the help already names its default
+    ("[default: ...]", as it does where a profile or another flag decides it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _log_file: Path | None = None  # set when a caller (the demo) keeps the stages' logs in a file
 

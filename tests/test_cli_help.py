@@ -1,0 +1,46 @@
+"""Every flag of every command a user types has help, and the help states each default once:
+a default that a profile or another flag decides is said in the help's own words, never
+contradicted by argparse's "(default: None)"."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+
+import pytest
+
+from ofaserve.core.stage_cli import HelpFormatter
+
+PARSERS = [("ofaserve.compress.cli", "build_parser"), ("ofaserve.export.cli", "build_parser"),
+           ("ofaserve.serve.cli", "repo_parser"), ("ofaserve.serve.cli", "serve_parser"),
+           ("ofaserve.serve.cli", "classify_parser"), ("ofaserve.benchmarks.run", "build_parser"),
+           ("ofaserve.benchmarks.reliability.cli", "build_parser"), ("ofaserve.demo", "build_parser")]
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize("module, builder", PARSERS, ids=[f"{m.rsplit('.', 2)[-2]}.{b}" for m, b in PARSERS])
+def test_every_flag_has_help_that_states_its_default_once(module, builder):
+    parser = getattr(importlib.import_module(module), builder)()
+    for action in _flags(parser):
+        assert action.help and action.help.strip(), f"{action.option_strings[0]} has no help"
+    text = re.sub(r"\s+", " ", parser.format_help())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for action in _flags(parser):
+        if "default" in (action.help or ""):
+            entry = HelpFormatter(parser.prog)._get_help_string(action)
+            assert "%(default)" not in entry or "[default" not in entry, action.option_strings[0]
+
+
+def test_the_formatter_adds_a_default_only_where_it_tells_something():
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--size", type=int, default=16, help="rows per batch")
+    p.add_argument("--name", default=None, help="a name [default: the model's own]")
+    p.add_argument("--flag", action="store_true", help="turn it on")
+    p.add_argument("--rate", type=float, default=0.5, help="a rate (default 0.5 in the full profile)")
+    text = re.sub(r"\s+", " ", p.format_help())
+    assert "rows per batch (default: 16)" in text
+    assert "[default: the model's own] (default" not in text and "turn it on (default" not in text
+    assert "(default 0.5 in the full profile) (default" not in text
