@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Slice one trained subnet (width, and depth where the supernet trained depths) out of the "
                     "OFA supernet written by `ofaserve compress` and save it as a standalone sub model (dygraph), "
                     "a Paddle static model and ONNX, then check that every artifact gives the supernet's logits "
-                    "(max abs diff <= --tolerance) on real dev sentences, and that dev accuracy through ONNX equals the compress result. Nothing is written to "
-                    "--output_dir unless every check passes.",
+                    "(max abs diff <= --tolerance) on real dev sentences, and that dev accuracy through ONNX equals "
+                    "the compress result. Nothing is written to --output_dir unless every check passes.",
         formatter_class=HelpFormatter)
     _subnet_arguments(p.add_argument_group(
         "subnet", "which trained subnet of the supernet to export"))
