@@ -41,14 +41,24 @@ def check_output_dir(path: str | os.PathLike, *, stage: str, overwrite: bool = F
     Creates nothing. ``inputs``: folders and files the stage reads (the output may be
     neither inside one nor hold one). ``keep``: names the swap carries over into the new
     output (a tracked README), which therefore do not make a folder foreign."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OfaserveError(f"output dir {path} exists and is not a folder")
+    path = _folder_or_new(path, "output dir")
     _refuse_overlap(path, inputs)
     if path.is_dir() and not overwrite:
         _refuse_foreign(path, stage, set(keep))
     _check_writable(path)
     return path
+
+
+def _folder_or_new(path: str | os.PathLike, label: str) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OfaserveError(f"{label} {path} exists and is not a folder")
+    return path
+
+
+def _listing(names: list[str]) -> str:
+    """How many entries a folder holds, and the first three, for an error message."""
+    return f"{len(names)} entries: " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def previous_stage(path: Path) -> str | None:
@@ -68,9 +78,8 @@ def _refuse_foreign(path: Path, stage: str, keep: set[str]) -> None:
     if prev == stage:
         return
     if prev is None:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise OfaserveError(
-            f"output dir {path} exists and holds other content ({len(entries)} entries: {shown}) that is not an "
+            f"output dir {path} exists and holds other content ({_listing(entries)}) that is not an "
             f"ofaserve {stage} output (no manifest.json of that stage): choose an empty or new folder, or pass --overwrite to replace it")
     raise OfaserveError(f"output dir {path} holds the output of stage {prev!r}, not {stage!r}: choose another folder, "
                         "or pass --overwrite to replace it")
@@ -109,14 +118,11 @@ def check_report_dir(path: str | os.PathLike, writes: Iterable[str], *, overwrit
     """``path`` if a report (the files named ``writes``, no manifest) may be written there:
     a new or empty folder, or one that holds only such files (the same command's earlier
     report, which the new one replaces); else one clear ``OfaserveError``. Creates nothing."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OfaserveError(f"--output_dir {path} exists and is not a folder")
+    path = _folder_or_new(path, "--output_dir")
     if path.is_dir() and not overwrite:
         foreign = sorted(p.name for p in path.iterdir() if p.name not in set(writes))
         if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OfaserveError(f"--output_dir {path} holds other content ({len(foreign)} entries: {shown}) "
+            raise OfaserveError(f"--output_dir {path} holds other content ({_listing(foreign)}) "
                                 f"besides a report ({', '.join(writes)}): choose an empty or new folder, or pass "
                                 "--overwrite to write the report among them")
     _check_writable(path)
