@@ -61,7 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch latency of Triton models over gRPC (closed loop), full width vs compressed "
                     "side by side, with Triton's server-side statistics and an in-process baseline. "
                     "Writes report.json, report.md and latency.png to --output_dir.")
-    g = p.add_argument_group("target")
+    _target_arguments(p.add_argument_group("target"))
+    _workload_arguments(p.add_argument_group("workload"))
+    _load_arguments(p.add_argument_group("load"))
+    _baseline_arguments(p.add_argument_group("in-process baseline"))
+    _headline_arguments(p.add_argument_group("headline (the tutorial's setting against ofaserve's default, one run)"))
+    _output_arguments(p.add_argument_group("output"))
+    return p
+
+
+def _target_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--url", default=DEFAULT_URL,
                    help="gRPC address of a running Triton server (ignored with --start_server)")
     g.add_argument("--start_server", action="store_true",
@@ -73,75 +82,84 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", default=None,
                    help="comma-separated export names (bert_w100,bert_w67): each has a {m}_encoder and an {m} "
                         "ensemble; default: every {m} with an {m}_encoder in the server's repository index")
-    w = p.add_argument_group("workload")
-    w.add_argument("--batch_size", type=int, default=16, help="sentences per request")
-    w.add_argument("--seq_len", type=int, default=128,
+
+
+def _workload_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--batch_size", type=int, default=16, help="sentences per request")
+    g.add_argument("--seq_len", type=int, default=128,
                    help="token length of the fixed workload (seeded random ids sent to {m}_encoder)")
-    w.add_argument("--real_text", action="store_true",
+    g.add_argument("--real_text", action="store_true",
                    help="also send real dev sentences as text to the {m} ensemble (tokenized server-side, "
                         "padded to the batch's longest); gives the real-text vs fixed-length ratio")
-    w.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
-    w.add_argument("--task", default="rt-polarity",
+    g.add_argument("--no_fixed", action="store_true", help="skip the fixed-length workload (needs --real_text)")
+    g.add_argument("--task", default="rt-polarity",
                    help="bundled task whose dev split supplies the --real_text sentences (see --compress_dir)")
-    w.add_argument("--compress_dir", default=None,
+    g.add_argument("--compress_dir", default=None,
                    help="with --real_text: the dev inputs of the task this `ofaserve compress` output ran on "
                         "(a GLUE task's or your own files, sentence pairs included), instead of --task")
-    w.add_argument("--vocab_size", type=int, default=None,
+    g.add_argument("--vocab_size", type=int, default=None,
                    help="upper bound of the random token ids; unset: the smallest vocab_size in the "
                         "encoders' configs, else 100 (valid for any BERT vocab; ids do not change the cost)")
-    l = p.add_argument_group("load")
-    l.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8],
+
+
+def _load_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8],
                    help="comma-separated concurrency levels (requests kept in flight), e.g. 1,2,4,8")
-    l.add_argument("--requests", type=int, default=None,
+    g.add_argument("--requests", type=int, default=None,
                    help="measured requests per model/workload/concurrency (default 60 unless --duration)")
-    l.add_argument("--duration", type=float, default=None,
+    g.add_argument("--duration", type=float, default=None,
                    help="seconds of measured load per model/workload/concurrency instead of --requests")
-    l.add_argument("--time_budget_s", type=float, default=None,
+    g.add_argument("--time_budget_s", type=float, default=None,
                    help="about this many seconds for the whole run: a few probe requests per model and workload "
                         "price a request, and the measured requests (and in-process calls) per cell are cut to "
                         f"fit, never above --requests nor below {stats.MIN_RATIO_REQUESTS} (fewer give ratios that "
                         "mean nothing: the run overruns instead); report.json's time_budget records the sizing "
                         "[default: no budget]")
-    l.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
-    l.add_argument("--rounds", type=int, default=3,
+    g.add_argument("--warmup", type=int, default=3, help="unmeasured requests sent before each measured chunk")
+    g.add_argument("--rounds", type=int, default=3,
                    help="split each measurement into this many chunks, interleaving models (ABBA) so drift "
                         "on a noisy machine affects all models alike")
-    l.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout in seconds")
-    l.add_argument("--seed", type=int, default=0, help="seed for the random token ids and the sentence order")
-    b = p.add_argument_group("in-process baseline")
-    b.add_argument("--baseline_requests", type=int, default=None,
+    g.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout in seconds")
+    g.add_argument("--seed", type=int, default=0, help="seed for the random token ids and the sentence order")
+
+
+def _baseline_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--baseline_requests", type=int, default=None,
                    help="sequential in-process calls per model/workload/runtime (default: like --requests, "
                         "at most 60; 0 disables the baseline)")
-    b.add_argument("--runtimes", default="",
+    g.add_argument("--runtimes", default="",
                    help="extra in-process runtime[:precision[:threads]] variants of the same model files to "
                         "compare, e.g. 'openvino:bf16,onnxruntime'; 'auto' adds every precision candidate that "
                         "`ofaserve repo --precision auto` timed (fp32, bf16, int8 where they passed the export's "
                         "gate and exist on this CPU); the served runtime is always included")
-    h = p.add_argument_group("headline (the tutorial's setting against ofaserve's default, one run)")
-    h.add_argument("--headline", action="store_true",
+
+
+def _headline_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--headline", action="store_true",
                    help="serve side by side the tutorial's setting (--tutorial_repository: the full model at fp32, "
                         "every batch of --batch_size padded to --seq_len, sent as token ids) and ofaserve's default "
                         "(--model_repository: the `export --width_mult auto` subnet at `repo --precision auto`, "
                         "the --task's dev sentences as text, packed), at concurrency 1 in ABBA rounds; both scored "
                         "on the task's dev and test sentences through their servers. Writes headline.json and "
                         "headline.md to --output_dir")
-    h.add_argument("--tutorial_repository", default=None,
+    g.add_argument("--tutorial_repository", default=None,
                    help="with --headline: the repository of the tutorial's side (`ofaserve repo --export_dir "
                         "<width 1.0 export> --precision fp32`)")
-    h.add_argument("--tutorial_url", default=None,
+    g.add_argument("--tutorial_url", default=None,
                    help="with --headline and no --start_server: gRPC address of the server of "
                         "--tutorial_repository (--url serves --model_repository); with --start_server both are "
                         "started, the tutorial's on free ports")
-    h.add_argument("--tutorial_model", default=None,
+    g.add_argument("--tutorial_model", default=None,
                    help="with --headline: the model of --tutorial_repository [default: its only one]; --models "
                         "names the default side's")
-    o = p.add_argument_group("output")
-    o.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
-    o.add_argument("--overwrite", action="store_true",
+
+
+def _output_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--output_dir", default=None, help="report folder (default runs/bench/<timestamp>)")
+    g.add_argument("--overwrite", action="store_true",
                    help="write the report into --output_dir even if it holds other files (never removes them; "
                         "by default only a new or empty folder, or one holding an earlier report, is written)")
-    o.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
-    return p
+    g.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bar")
 
 
 def fail(msg: str) -> int:
