@@ -103,11 +103,9 @@ def finalize_io(proto) -> None:
 def rewrite_attention(proto, pad_token_id: int) -> dict[str, Any]:
     """Rewrite every paddle attention block into the form ORT's BERT fusion matches.
 
-    Returns {"blocks": n, "mask_rewired": bool}. Raises if the graph is not the
-    expected paddle BERT pattern (then the caller ships the unfused model).
+    Returns {"blocks": n}. Raises if the graph is not the expected paddle BERT pattern
+    (then the caller ships the unfused model).
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     g = proto.graph
     _remove_identities(g)
     producer, consumers = _graph_maps(g)
@@ -116,61 +114,78 @@ def rewrite_attention(proto, pad_token_id: int) -> dict[str, Any]:
     if not softmaxes:
         raise OfaserveError("no Softmax in the graph: not a BERT attention graph")
     mask_tensors: set[str] = set()
-    new_inits = []
-    blocks = 0
-    to_remove: list = []
+    new_inits, to_remove = [], []
     for k, sm in enumerate(softmaxes):
-        add = producer.get(sm.input[0])
-        if add is None or add.op_type != "Add":
-            raise OfaserveError(f"softmax {sm.name}: expected Add(scores, mask) before it")
-        mm = producer.get(add.input[0])
-        mask_name = add.input[1]
-        if mm is None or mm.op_type != "MatMul":
-            mm, mask_name = producer.get(add.input[1]), add.input[0]
-        if mm is None or mm.op_type != "MatMul":
-            raise OfaserveError(f"softmax {sm.name}: expected MatMul(q, k^T) before the mask Add")
-        q_node = producer.get(mm.input[0])
-        bias_node = None
-        if q_node is not None and q_node.op_type == "Add":  # paddle scale op: x * s + 0
-            b = _const_value(g, q_node.input[1])
-            if b is None or np.any(b != 0):
-                raise OfaserveError(f"unexpected non-zero bias after the q scale ({q_node.name})")
-            bias_node, q_node = q_node, producer.get(q_node.input[0])
-        if q_node is None or q_node.op_type != "Mul":
-            raise OfaserveError(f"attention {k}: expected the 1/sqrt(head_dim) Mul on q")
-        scale = _const_value(g, q_node.input[1])
-        q_in = q_node.input[0]
-        if scale is None:
-            scale, q_in = _const_value(g, q_node.input[0]), q_node.input[1]
-        if scale is None or scale.size != 1:
-            raise OfaserveError(f"attention {k}: the q scale is not a constant scalar")
-        # only rewire if the scaled q feeds this MatMul alone
-        scaled = (bias_node or q_node).output[0]
-        if len(consumers.get(scaled, [])) != 1:
-            raise OfaserveError(f"attention {k}: the scaled q has other consumers")
-        s_name = f"ofaserve_attn_scale_{k}"
-        # Div by 1/s (not Mul by s): ORT's mask matcher takes the Add's first Mul parent as the mask
-        new_inits.append(numpy_helper.from_array(np.asarray(1.0 / float(np.asarray(scale).reshape(())),
-                                                            dtype=np.float32).reshape(()), s_name))
-        raw = f"ofaserve_attn_qk_{k}"
-        scaled_scores = f"ofaserve_attn_scores_{k}"
-        mm.input[0] = q_in
-        mm_out = mm.output[0]
-        mm.output[0] = raw
-        mul = helper.make_node("Div", [raw, s_name], [scaled_scores], name=f"ofaserve_attn_scale_div_{k}")
-        g.node.insert(list(g.node).index(mm) + 1, mul)
-        add.input[:] = [scaled_scores if i == mm_out else i for i in add.input]
-        to_remove += [n for n in (q_node, bias_node) if n is not None]
+        mask_name, scale_init, removed = _unscale_query(g, producer, consumers, k, sm)
         mask_tensors.add(mask_name)
-        blocks += 1
+        new_inits.append(scale_init)
+        to_remove += removed
     for n in to_remove:
         g.node.remove(n)
     g.initializer.extend(new_inits)
-
-    # ---------------------------------------------------------------- the mask
     if len(mask_tensors) != 1:
         raise OfaserveError(f"expected one shared attention mask, found {len(mask_tensors)}")
-    mask_name = mask_tensors.pop()
+    _mask_from_input_ids(g, mask_tensors.pop(), pad_token_id)
+    _prune_dead(g)
+    return {"blocks": len(softmaxes)}
+
+
+def _unscale_query(g, producer: dict, consumers: dict, k: int, sm) -> tuple[str, Any, list]:
+    """Attention block ``k`` (its Softmax ``sm``): paddle scales q before q.k^T, ORT's
+    fusion wants the scores divided after it. Rewires the MatMul to the unscaled q and
+    inserts the Div; returns the block's mask tensor, the Div's constant and the scale
+    nodes to remove."""
+    from onnx import helper, numpy_helper
+
+    add = producer.get(sm.input[0])
+    if add is None or add.op_type != "Add":
+        raise OfaserveError(f"softmax {sm.name}: expected Add(scores, mask) before it")
+    mm = producer.get(add.input[0])
+    mask_name = add.input[1]
+    if mm is None or mm.op_type != "MatMul":
+        mm, mask_name = producer.get(add.input[1]), add.input[0]
+    if mm is None or mm.op_type != "MatMul":
+        raise OfaserveError(f"softmax {sm.name}: expected MatMul(q, k^T) before the mask Add")
+    q_node = producer.get(mm.input[0])
+    bias_node = None
+    if q_node is not None and q_node.op_type == "Add":  # paddle scale op: x * s + 0
+        b = _const_value(g, q_node.input[1])
+        if b is None or np.any(b != 0):
+            raise OfaserveError(f"unexpected non-zero bias after the q scale ({q_node.name})")
+        bias_node, q_node = q_node, producer.get(q_node.input[0])
+    if q_node is None or q_node.op_type != "Mul":
+        raise OfaserveError(f"attention {k}: expected the 1/sqrt(head_dim) Mul on q")
+    scale = _const_value(g, q_node.input[1])
+    q_in = q_node.input[0]
+    if scale is None:
+        scale, q_in = _const_value(g, q_node.input[0]), q_node.input[1]
+    if scale is None or scale.size != 1:
+        raise OfaserveError(f"attention {k}: the q scale is not a constant scalar")
+    # only rewire if the scaled q feeds this MatMul alone
+    scaled = (bias_node or q_node).output[0]
+    if len(consumers.get(scaled, [])) != 1:
+        raise OfaserveError(f"attention {k}: the scaled q has other consumers")
+    s_name = f"ofaserve_attn_scale_{k}"
+    # Div by 1/s (not Mul by s): ORT's mask matcher takes the Add's first Mul parent as the mask
+    scale_init = numpy_helper.from_array(np.asarray(1.0 / float(np.asarray(scale).reshape(())),
+                                                    dtype=np.float32).reshape(()), s_name)
+    raw = f"ofaserve_attn_qk_{k}"
+    scaled_scores = f"ofaserve_attn_scores_{k}"
+    mm.input[0] = q_in
+    mm_out = mm.output[0]
+    mm.output[0] = raw
+    div = helper.make_node("Div", [raw, s_name], [scaled_scores], name=f"ofaserve_attn_scale_div_{k}")
+    g.node.insert(list(g.node).index(mm) + 1, div)
+    add.input[:] = [scaled_scores if i == mm_out else i for i in add.input]
+    return mask_name, scale_init, [n for n in (q_node, bias_node) if n is not None]
+
+
+def _mask_from_input_ids(g, mask_name: str, pad_token_id: int) -> None:
+    """The additive mask every attention Add reads (``mask_name``) recomputed from
+    ``input_ids`` at the top of the graph, in the Equal/Cast/Unsqueeze form ORT's fusion
+    recognises as the attention mask."""
+    from onnx import TensorProto, helper, numpy_helper
+
     pad = numpy_helper.from_array(np.array(pad_token_id, dtype=np.int64), "ofaserve_pad_id")
     one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "ofaserve_one")
     neg = numpy_helper.from_array(np.array(-10000.0, dtype=np.float32), "ofaserve_mask_value")
@@ -197,8 +212,6 @@ def rewrite_attention(proto, pad_token_id: int) -> dict[str, Any]:
     for n in g.node:
         if n.op_type == "Add" and mask_name in n.input and consumers_is_softmax(n, g):
             n.input[:] = ["ofaserve_mask_add" if i == mask_name else i for i in n.input]
-    _prune_dead(g)
-    return {"blocks": blocks}
 
 
 def consumers_is_softmax(node, graph) -> bool:
