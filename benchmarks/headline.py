@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ofaserve.benchmarks import stats
+from ofaserve.benchmarks import inprocess, stats
 from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload
 from ofaserve.core.errors import OfaserveError
@@ -204,8 +204,6 @@ def side_row(side: Side) -> dict[str, Any]:
 
 
 def describe_side(side: Side, workload: str, config: dict[str, Any]) -> dict[str, Any]:
-    from ofaserve.benchmarks import inprocess
-
     params = inprocess.config_params_from_json(config)
     entry = side.entry
     return {"model": side.model, "repository": str(side.repo), "subnet": side.subnet.key,
@@ -246,86 +244,16 @@ def render(record: dict[str, Any]) -> str:
 
 
 def run(args, argv: list[str]) -> int:
-    from ofaserve.benchmarks.run import connect, versions
-
-    if args.duration is not None or args.time_budget_s is not None:
-        raise OfaserveError("--headline measures --requests per side: drop --duration / --time_budget_s")
-    if not args.model_repository or not args.tutorial_repository:
-        raise OfaserveError("--headline needs --model_repository (ofaserve's default: an `ofaserve export "
-                            "--width_mult auto` export in an `ofaserve repo --precision auto` repository) and "
-                            "--tutorial_repository (the width 1.0 export at --precision fp32)")
-    requests = args.requests or 60
-    if requests < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 1:
-        raise OfaserveError("--requests, --rounds, --batch_size and --seq_len must be >= 1, --warmup >= 0")
-    rounds = min(args.rounds, requests)
+    requests, rounds = _check_counts(args)
     data = load_task(args.task)
     if data.spec.pair:
         raise OfaserveError(f"--headline sends single sentences; {data.name} is a sentence-pair task")
-    tutorial_repo, default_repo = Path(args.tutorial_repository).resolve(), Path(args.model_repository).resolve()
-    tutorial = Side("tutorial", tutorial_repo, read_repository(tutorial_repo, "--tutorial_repository"), "")
-    default = Side("default", default_repo, read_repository(default_repo, "--model_repository"), "")
-    tutorial.model = pick_model(tutorial.manifest, args.tutorial_model, "--tutorial_model", tutorial_repo)
-    default.model = pick_model(default.manifest, (args.models or "").strip() or None, "--models", default_repo)
-    check_sides(tutorial, default)
+    tutorial, default = _read_sides(args)
     out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("headline-%Y%m%d-%H%M%S"))
     check_report_dir(out_dir, HEADLINE_FILES, overwrite=args.overwrite)
     with ExitStack() as stack:
-        if args.start_server:
-            from ofaserve.serve.server import TritonServer, free_port
-
-            for side, ports in ((default, (args.grpc_port, args.http_port, args.metrics_port)),
-                                (tutorial, (free_port(), free_port(), free_port()))):
-                server = TritonServer(str(side.repo), grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
-                print(f"{PROG}: starting Triton on {side.repo} ({side.name}) ...", file=sys.stderr)
-                server.start(timeout=300)
-                stack.callback(server.stop)
-                side.url = server.grpc_url
-        else:
-            if not args.tutorial_url:
-                raise OfaserveError("--headline without --start_server needs --tutorial_url (the server of "
-                                    "--tutorial_repository) next to --url")
-            default.url, tutorial.url = args.url, args.tutorial_url
-        for side in (tutorial, default):
-            side.client = connect(side.url)
-            stack.callback(side.client.close)
-        for side, name in ((tutorial, f"{tutorial.model}_encoder"), (default, default.model)):
-            if not side.client.is_model_ready(name):
-                raise OfaserveError(f"{name} is not ready on the {side.name} server at {side.url}")
-        t_cfg = tutorial.client.get_model_config(f"{tutorial.model}_encoder", as_json=True).get("config", {})
-        d_cfg = default.client.get_model_config(f"{default.model}_encoder", as_json=True).get("config", {})
-        from ofaserve.benchmarks import inprocess
-
-        vocab = int(inprocess.config_params_from_json(t_cfg).get("vocab_size") or 100)
-        fixed = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
-        real = real_text_workload(data.split("dev"), args.batch_size, args.seed, source=f"{data.name} dev",
-                                  outputs=("SCORE",) if data.spec.type == TaskType.REGRESSION else ("LABEL", "PROBS"))
-        targets = {"tutorial": Target(tutorial.model, fixed, f"{tutorial.model}_encoder"),
-                   "default": Target(default.model, real, default.model)}
-        print(f"{PROG}: scoring both sides on {data.name} dev and test through their servers ...", file=sys.stderr)
-        acc = accuracy(tutorial, default, data, args.batch_size, args.seq_len, args.timeout)
-        print(f"{PROG}: {requests} requests per side in {rounds} rounds ...", file=sys.stderr)
-        measure([tutorial, default], targets, requests, rounds, args.warmup, args.timeout)
-        rows = {side.name: side_row(side) for side in (tutorial, default)}
-        try:
-            server_version = default.client.get_server_metadata(as_json=True).get("version")
-        except Exception:
-            server_version = None
-        record = {
-            "date": now_iso(), "command": " ".join(["ofaserve bench", *(shlex.quote(a) for a in argv)]),
-            "machine": machine_info(), "versions": versions(server_version),
-            "task": data.name,
-            "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "requests": requests,
-                         "rounds": rounds, "warmup": args.warmup, "concurrency": HEADLINE_CONCURRENCY,
-                         "seed": args.seed},
-            "sides": {"tutorial": describe_side(tutorial, f"{args.batch_size} x {args.seq_len} token ids (every "
-                                                          "batch padded to the full length)", t_cfg),
-                      "default": describe_side(default, f"{data.name} dev sentences as text, "
-                                                        f"{args.batch_size} per request", d_cfg)},
-            "workloads": {"tutorial": fixed.info, "default": real.info},
-            "speedup": stats.faster(rows["default"], rows["tutorial"], "speedup_x", ("default", "tutorial")),
-            "accuracy": acc,
-            "latency": rows,
-        }
+        _connect(args, stack, tutorial, default)
+        record, rows = _measure_sides(args, argv, data, tutorial, default, requests, rounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "headline.json", record)
     write_text(out_dir / "headline.md", render(record))
@@ -336,3 +264,98 @@ def run(args, argv: list[str]) -> int:
         print(f"{PROG}: measured requests failed: {errors}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_counts(args) -> tuple[int, int]:
+    """The measured requests per side and the rounds they are spread over, checked."""
+    if args.duration is not None or args.time_budget_s is not None:
+        raise OfaserveError("--headline measures --requests per side: drop --duration / --time_budget_s")
+    if not args.model_repository or not args.tutorial_repository:
+        raise OfaserveError("--headline needs --model_repository (ofaserve's default: an `ofaserve export "
+                            "--width_mult auto` export in an `ofaserve repo --precision auto` repository) and "
+                            "--tutorial_repository (the width 1.0 export at --precision fp32)")
+    requests = args.requests or 60
+    if requests < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 1:
+        raise OfaserveError("--requests, --rounds, --batch_size and --seq_len must be >= 1, --warmup >= 0")
+    return requests, min(args.rounds, requests)
+
+
+def _read_sides(args) -> tuple[Side, Side]:
+    """Both repositories read and their models picked (nothing is served yet)."""
+    tutorial_repo, default_repo = Path(args.tutorial_repository).resolve(), Path(args.model_repository).resolve()
+    tutorial = Side("tutorial", tutorial_repo, read_repository(tutorial_repo, "--tutorial_repository"), "")
+    default = Side("default", default_repo, read_repository(default_repo, "--model_repository"), "")
+    tutorial.model = pick_model(tutorial.manifest, args.tutorial_model, "--tutorial_model", tutorial_repo)
+    default.model = pick_model(default.manifest, (args.models or "").strip() or None, "--models", default_repo)
+    check_sides(tutorial, default)
+    return tutorial, default
+
+
+def _connect(args, stack: ExitStack, tutorial: Side, default: Side) -> None:
+    """Each side's server (started here with --start_server, stopped by ``stack``) and a
+    gRPC client to it whose model is ready."""
+    from ofaserve.benchmarks.run import connect
+
+    if args.start_server:
+        from ofaserve.serve.server import TritonServer, free_port
+
+        for side, ports in ((default, (args.grpc_port, args.http_port, args.metrics_port)),
+                            (tutorial, (free_port(), free_port(), free_port()))):
+            server = TritonServer(str(side.repo), grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
+            print(f"{PROG}: starting Triton on {side.repo} ({side.name}) ...", file=sys.stderr)
+            server.start(timeout=300)
+            stack.callback(server.stop)
+            side.url = server.grpc_url
+    else:
+        if not args.tutorial_url:
+            raise OfaserveError("--headline without --start_server needs --tutorial_url (the server of "
+                                "--tutorial_repository) next to --url")
+        default.url, tutorial.url = args.url, args.tutorial_url
+    for side in (tutorial, default):
+        side.client = connect(side.url)
+        stack.callback(side.client.close)
+    for side, name in ((tutorial, f"{tutorial.model}_encoder"), (default, default.model)):
+        if not side.client.is_model_ready(name):
+            raise OfaserveError(f"{name} is not ready on the {side.name} server at {side.url}")
+
+
+def _measure_sides(args, argv: list[str], data, tutorial: Side, default: Side, requests: int,
+                   rounds: int) -> tuple[dict, dict]:
+    """Both sides' accuracy through their servers, then their latency in interleaved rounds:
+    the record and each side's latency row."""
+    from ofaserve.benchmarks.run import versions
+
+    t_cfg = tutorial.client.get_model_config(f"{tutorial.model}_encoder", as_json=True).get("config", {})
+    d_cfg = default.client.get_model_config(f"{default.model}_encoder", as_json=True).get("config", {})
+    vocab = int(inprocess.config_params_from_json(t_cfg).get("vocab_size") or 100)
+    fixed = fixed_workload(args.batch_size, args.seq_len, vocab, args.seed)
+    real = real_text_workload(data.split("dev"), args.batch_size, args.seed, source=f"{data.name} dev",
+                              outputs=("SCORE",) if data.spec.type == TaskType.REGRESSION else ("LABEL", "PROBS"))
+    targets = {"tutorial": Target(tutorial.model, fixed, f"{tutorial.model}_encoder"),
+               "default": Target(default.model, real, default.model)}
+    print(f"{PROG}: scoring both sides on {data.name} dev and test through their servers ...", file=sys.stderr)
+    acc = accuracy(tutorial, default, data, args.batch_size, args.seq_len, args.timeout)
+    print(f"{PROG}: {requests} requests per side in {rounds} rounds ...", file=sys.stderr)
+    measure([tutorial, default], targets, requests, rounds, args.warmup, args.timeout)
+    rows = {side.name: side_row(side) for side in (tutorial, default)}
+    try:
+        server_version = default.client.get_server_metadata(as_json=True).get("version")
+    except Exception:
+        server_version = None
+    record = {
+        "date": now_iso(), "command": " ".join(["ofaserve bench", *(shlex.quote(a) for a in argv)]),
+        "machine": machine_info(), "versions": versions(server_version),
+        "task": data.name,
+        "settings": {"batch_size": args.batch_size, "seq_len": args.seq_len, "requests": requests,
+                     "rounds": rounds, "warmup": args.warmup, "concurrency": HEADLINE_CONCURRENCY,
+                     "seed": args.seed},
+        "sides": {"tutorial": describe_side(tutorial, f"{args.batch_size} x {args.seq_len} token ids (every "
+                                                      "batch padded to the full length)", t_cfg),
+                  "default": describe_side(default, f"{data.name} dev sentences as text, "
+                                                    f"{args.batch_size} per request", d_cfg)},
+        "workloads": {"tutorial": fixed.info, "default": real.info},
+        "speedup": stats.faster(rows["default"], rows["tutorial"], "speedup_x", ("default", "tutorial")),
+        "accuracy": acc,
+        "latency": rows,
+    }
+    return record, rows
