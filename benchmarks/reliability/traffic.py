@@ -188,7 +188,6 @@ def mixed_traffic(url: str, model: str, good_batches: list[list[str]], reference
     """Good requests (each ``good_rounds`` passes over ``good_batches`` per worker) and
     every bad case (``bad_rounds`` times per worker) at the same time."""
     import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
 
     good = {"sent": 0, "ok": 0, "errors": 0, "mismatches": 0, "max_abs_diff": 0.0, "examples": []}
     bad: dict[str, dict[str, Any]] = {c.name: {"sent": 0, "as_expected": 0, "unexpected": [], "max_latency_s": 0.0}
@@ -232,22 +231,8 @@ def mixed_traffic(url: str, model: str, good_batches: list[list[str]], reference
                 for c in (cases if w % 2 == 0 else list(reversed(cases))):
                     target = model if c.model == "ensemble" else f"{model}_{c.model}"
                     t0 = time.monotonic()
-                    outcome, problem = None, None
-                    try:
-                        result = client.infer(target, c.inputs(), client_timeout=timeout_s)
-                        outcome = "ok"
-                        if c.expect != "ok":
-                            problem = "answered, expected an error"
-                        elif c.name in case_reference:
-                            d = float(np.abs(result.as_numpy("PROBS") - case_reference[c.name]).max())
-                            if d > atol:
-                                problem = f"answer differs from the idle server's by {d:.2e}"
-                    except InferenceServerException as e:
-                        outcome = str(e.message() if hasattr(e, "message") else e)
-                        if c.expect == "ok" or not re.search(c.expect, outcome, re.I):
-                            problem = f"error: {outcome[:200]}"
-                    except Exception as e:  # not even a Triton error
-                        problem = f"{type(e).__name__}: {str(e)[:200]}"
+                    outcome, problem = _case_outcome(client, target, c, case_reference.get(c.name),
+                                                     timeout_s, atol)
                     with lock:
                         b = bad[c.name]
                         b["sent"] += 1
@@ -361,3 +346,27 @@ def summarize_traffic(log: list[dict[str, Any]], t_event: float, t_end: float | 
         "max_latency_s": max((r["t1"] - r["t0"] for r in log), default=None),
         "timeouts": sum(1 for r in log if r["error"] and "deadline" in r["error"].lower()),
     }
+
+
+def _case_outcome(client, target: str, case: Case, reference: np.ndarray | None, timeout_s: float,
+                  atol: float) -> tuple[str | None, str | None]:
+    """One bad-case request: what came back ("ok" or the server's message; None when not
+    even a Triton error) and what was wrong with it (None: as the case expects)."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        result = client.infer(target, case.inputs(), client_timeout=timeout_s)
+    except InferenceServerException as e:
+        outcome = str(e.message() if hasattr(e, "message") else e)
+        if case.expect == "ok" or not re.search(case.expect, outcome, re.I):
+            return outcome, f"error: {outcome[:200]}"
+        return outcome, None
+    except Exception as e:  # not even a Triton error
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+    if case.expect != "ok":
+        return "ok", "answered, expected an error"
+    if reference is not None:
+        d = float(np.abs(result.as_numpy("PROBS") - reference).max())
+        if d > atol:
+            return "ok", f"answer differs from the idle server's by {d:.2e}"
+    return "ok", None
