@@ -54,6 +54,7 @@ def scratch_clone(keep: str | None, prefix: str) -> Iterator[tuple[Path, dict[st
 
 def timed_make(clone: Path, env: dict[str, str], make_args: list[str], screen: Path) -> tuple[int, float]:
     """(exit code, wall seconds) of ``make <make_args>`` in ``clone``, its output to ``screen``."""
+    screen.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with open(screen, "w") as f:
         code = subprocess.run(["make", *make_args], cwd=clone, env=env, stdout=f, stderr=subprocess.STDOUT).returncode

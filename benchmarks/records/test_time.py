@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.output)
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")
-    for folder in {out.parent, screen.parent}:  # before the run, not after 20 minutes of it
-        folder.mkdir(parents=True, exist_ok=True)
     commit = head_commit()
     with scratch_clone(args.keep, "ofaserve-test-") as (clone, env):
         code, wall = timed_make(clone, env, ["test"], screen)
