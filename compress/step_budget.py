@@ -187,8 +187,9 @@ class CompressStepBudget:
 
         self.dev_batches = evaluation(run.dev)  # also what price() times: tokenized once
         self.tokens["dev"] = sum(b[0].size for b in self.dev_batches)
-        for name, split in run.final_splits().items():
-            self.tokens[f"final {name}"] = sum(b[0].size for b in evaluation(split))
+        for name, split in run.final_splits().items():  # the report split is dev when there is no test
+            scored = self.dev_batches if split is run.dev else evaluation(split)
+            self.tokens[f"final {name}"] = sum(b[0].size for b in scored)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
