@@ -66,6 +66,18 @@ def test_paired_bootstrap_of_accuracy_is_the_mean_difference_resampled():
     assert got["ci95"][0] < got["diff"] < got["ci95"][1]
 
 
+def test_resampled_accuracy_at_once_equals_scikit_learn_per_resample():
+    from ofaserve.core.metrics import METRICS, _resampled_differences
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 250)
+    a, b = np.where(rng.random(250) < 0.7, y, (y + 1) % 3), np.where(rng.random(250) < 0.6, y, (y + 2) % 3)
+    rows = rng.integers(0, 250, size=(40, 250))
+    acc = METRICS["accuracy"]  # scikit-learn's accuracy_score
+    want = [acc(y[i], a[i], 3) - acc(y[i], b[i], 3) for i in rows]
+    assert _resampled_differences("accuracy", y, a, b, rows, 3) == want  # exactly: sums of 0/1
+
+
 def test_paired_bootstrap_of_a_correlation_brackets_it():
     spec = TaskSpec("sts", TaskType.REGRESSION, metrics=("pearson", "spearman"))
     rng = np.random.default_rng(4)
