@@ -235,7 +235,7 @@ def _compress(opts: CompressOptions, widths: list[float], depths: list[float], s
     keeper.load_best()
     if not run.main:
         return None
-    results = _final_evaluation(run, supernet, teacher, keeper.best)
+    results = _final_evaluation(run, supernet, teacher, keeper)
     run.scorer.close()
     return _write_output(run, config, importance, phases, results)
 
@@ -405,12 +405,16 @@ class _CheckpointKeeper:
         self.run, self.supernet, self.history = run, supernet, history
         self.best: dict = max(history, key=lambda h: h["score"], default={"score": -1.0})
         self.best_weights: dict | None = None
+        # the kept checkpoint's dev outputs per subnet, for the final evaluation's dev intervals
+        # (not in the history file: a resumed run scores its best checkpoint's dev again)
+        self.best_dev_outputs: dict[str, np.ndarray] = {}
 
     def on_save(self, step: int, optimizer_state: dict) -> None:
         run = self.run
         self.supernet.eval()
-        dev_res = {s.key: run.evaluate(run.scorer.width(self.supernet, s.width.value, step, s.depth.value))
-                   for s in run.subnets}
+        outputs = {s.key: predict(run.scorer.width(self.supernet, s.width.value, step, s.depth.value), run.dev,
+                                  run.tokenizer) for s in run.subnets}
+        dev_res = {k: score(run.data.spec, o, run.dev.labels) for k, o in outputs.items()}
         metric = run.data.spec.main_metric
         value = (dev_res[run.select_key][metric] if run.select_key is not None
                  else float(np.mean([r[metric] for r in dev_res.values()])))
@@ -419,7 +423,7 @@ class _CheckpointKeeper:
         log.info("step %d dev %s %s", step, metric, {k: round(v[metric], 4) for k, v in dev_res.items()})
         weights = self.supernet.plain_state_dict()
         if "step" not in self.best or value > self.best["score"]:
-            self.best, self.best_weights = entry, weights
+            self.best, self.best_weights, self.best_dev_outputs = entry, weights, outputs
             if run.main:
                 _save_params(weights, run.partial / "ofa" / "best.pdparams")
         if run.main:
@@ -453,29 +457,35 @@ def _ofa_phase(run: _Run, supernet, teacher, keeper: _CheckpointKeeper, resume: 
     return info
 
 
-def _final_evaluation(run: _Run, supernet, teacher, best: dict) -> dict:
+def _final_evaluation(run: _Run, supernet, teacher, keeper: _CheckpointKeeper) -> dict:
     """Dev figures of every width come from the evaluation of the kept checkpoint (same
     weights); the report split (test, else dev) and the other evaluation splits are scored
-    here, each width with a paired bootstrap of the main metric against the teacher on the
-    report split."""
-    spec, report = run.data.spec, run.report_split
+    here. Each width gets a paired bootstrap of the main metric against the teacher on the
+    report split and on dev (what ``--width_mult auto`` bounds its drop by)."""
+    spec, report, best = run.data.spec, run.report_split, keeper.best
     teacher_fn = run.scorer.teacher(teacher, version="final")
+    teacher_dev = predict(teacher_fn, run.dev, run.tokenizer)
     results: dict[str, Any] = {"metric": spec.main_metric, "report_split": report,
-                               "teacher": {"dev": run.evaluate(teacher_fn)}, "widths": {}}
+                               "teacher": {"dev": score(spec, teacher_dev, run.dev.labels)}, "widths": {}}
     teacher_out = {}
     for name, split in run.final_splits().items():
         teacher_out[name] = predict(teacher_fn, split, run.tokenizer)
         results["teacher"][name] = score(spec, teacher_out[name], split.labels)
     for sub in run.subnets:
-        r = {"dev": best["dev"][sub.key]}
+        fn = run.scorer.width(supernet, sub.width.value, best["step"], sub.depth.value)
+        r = {"dev": dict(best["dev"][sub.key])}
         if not sub.depth.full:
             r["layers"] = supernet.kept_layers(sub.depth.value)
         for name, split in run.final_splits().items():
-            outputs = predict(run.scorer.width(supernet, sub.width.value, best["step"], sub.depth.value), split,
-                              run.tokenizer)
+            outputs = predict(fn, split, run.tokenizer)
             r[name] = score(spec, outputs, split.labels)
             if name == report:
                 r[name]["vs_teacher"] = paired_bootstrap(spec, outputs, teacher_out[name], split.labels)
+        if report != "dev":
+            dev_out = keeper.best_dev_outputs.get(sub.key)
+            if dev_out is None:  # resumed past the kept checkpoint's evaluation
+                dev_out = predict(fn, run.dev, run.tokenizer)
+            r["dev"]["vs_teacher"] = paired_bootstrap(spec, dev_out, teacher_dev, run.dev.labels)
         store_result(results, sub, r)
     splits = {"dev": run.dev, **run.final_splits()}
     results["majority_class"] = {n: _majority_share(s.labels) if spec.type == TaskType.CLASSIFICATION else None

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
-from ofaserve.core.vocabulary import Runtime
+from ofaserve.core.vocabulary import DropBound, Runtime
 from ofaserve.core.subnet import Depth, Subnet
 from ofaserve.core.width import Width, parse_width_choice
 from ofaserve.export.selection import RUNTIMES as LATENCY_RUNTIMES
@@ -15,6 +15,7 @@ from ofaserve.core.stage_cli import HelpFormatter, argument_type, run_stage, set
 
 _width = argument_type(parse_width_choice, "width", or_else=", or 'auto'")
 _depth = argument_type(Depth.parse, "depth")
+_drop_bound = argument_type(DropBound.parse, "drop bound")
 
 
 def _names(value: str) -> list[str]:
@@ -63,7 +64,12 @@ def _auto_choice_arguments(g: argparse._ArgumentGroup) -> None:
                    help="with --width_mult auto: the cheapest trained subnet (width x layers kept; the narrowest "
                         "width when only depth 1.0 was trained) whose dev score in the task's main metric (compress "
                         "results: accuracy; Matthews corr. for cola, F1 for mrpc, Pearson for sts-b) is within this "
-                        "of the teacher's, e.g. 0.005")
+                        "of the teacher's, e.g. 0.01 (see --drop_bound)")
+    g.add_argument("--drop_bound", type=_drop_bound, choices=DropBound.values(), default=DropBound.CI95_UPPER,
+                   help="what --max_metric_drop holds: `ci95_upper`, the upper end of the drop's 95%% paired-"
+                        "bootstrap interval on dev (a subnet passes only when dev sentences show it loses no more "
+                        "than that), or `point`, the drop itself (it flatters the cheapest subnets: dev is a "
+                        "sample, and compress kept the checkpoint for its dev scores) [default: ci95_upper]")
     g.add_argument("--latency_budget_ms", type=float, default=None,
                    help="with --width_mult auto: measure every trained subnet (width, depth) on this machine and "
                         "pick the one with the best dev score (main metric) whose median latency is within this "

@@ -20,7 +20,7 @@ import numpy as np
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import files_sha256
-from ofaserve.core.vocabulary import Precision, Runtime
+from ofaserve.core.vocabulary import DropBound, Precision, Runtime
 from ofaserve.core.machine import machine_info
 from ofaserve.core.files import fsync_path
 from ofaserve.core.manifests import ExportManifest, now_iso, write_manifest
@@ -65,6 +65,7 @@ class ExportOptions:
     int8: bool = True
     int8_plain: bool = True  # also the plain graph's INT8 IR when a packed graph exists
     max_metric_drop: float | None = None
+    drop_bound: DropBound = DropBound.CI95_UPPER  # what max_metric_drop holds: see DropBound
     latency_budget_ms: float | None = None
     batch_size: int = 16
     seq_len: int = 128
@@ -81,6 +82,7 @@ class ExportOptions:
         self.width_mult = parse_width_choice(self.width_mult)
         self.depth_mult = None if self.depth_mult is None else Depth.parse(self.depth_mult).value
         self.runtime = Runtime.parse(self.runtime)
+        self.drop_bound = DropBound.parse(self.drop_bound)
 
 
 def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.PathLike,
@@ -90,7 +92,8 @@ def export_subnet(model_name_or_path: str | os.PathLike, output_dir: str | os.Pa
 
     ``width_mult`` is a trained width (a ``Width``, or a number or string it parses) with
     ``depth_mult`` a trained depth (default 1.0), or ``"auto"`` with ``max_metric_drop``
-    (the cheapest subnet, width x layers kept, within that dev score of the teacher) or
+    (the cheapest subnet, width x layers kept, whose dev drop from the teacher is within it;
+    ``drop_bound`` says whether the drop's 95% interval's upper end or the drop is held) or
     ``latency_budget_ms`` (the best scoring subnet meeting the budget on ``runtime`` at
     ``batch_size x seq_len``, measured here), chosen over every trained (width, depth).
     Other keyword arguments: the fields of ``ExportOptions`` (e.g. ``max_seq_length``, the
@@ -260,7 +263,7 @@ def _choose_subnet(job: _Job, sn, tmp: Path) -> tuple[Subnet, dict | None, Path 
     opts = job.opts
     selection = prebuilt = None
     if opts.width_mult == AUTO and opts.max_metric_drop is not None:
-        subnet, selection = select_by_metric_drop(job.src, float(opts.max_metric_drop))
+        subnet, selection = select_by_metric_drop(job.src, float(opts.max_metric_drop), opts.drop_bound)
         print(selection_table(selection))
     elif opts.width_mult == AUTO:
         subnet, selection, prebuilt = select_by_latency(

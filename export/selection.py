@@ -13,7 +13,7 @@ import numpy as np
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.machine import machine_info
 from ofaserve.core.subnet import Subnet
-from ofaserve.core.vocabulary import Runtime
+from ofaserve.core.vocabulary import DropBound, Runtime
 from ofaserve.export import artifact_logits
 from ofaserve.export.build import build_artifacts
 from ofaserve.export.source import Source
@@ -66,24 +66,42 @@ def _row(sub: Subnet, num_layers: int, dev_score: float) -> dict[str, Any]:
     return row
 
 
-def select_by_metric_drop(src: Source, max_drop: float) -> tuple[Subnet, dict]:
+def select_by_metric_drop(src: Source, max_drop: float,
+                          bound: DropBound = DropBound.CI95_UPPER) -> tuple[Subnet, dict]:
     """The cheapest trained subnet (width x layers kept; the narrowest width when depth 1.0
-    alone was trained) whose dev score is within ``max_drop`` of the teacher's; of equally
-    cheap ones the best scoring."""
+    alone was trained) whose dev drop from the teacher is within ``max_drop``; of equally
+    cheap ones the best scoring. ``bound``: the drop's 95% interval's upper end (default) or
+    the drop itself."""
     scores = src.manifest.dev_scores()
     metric, n = scores["metric"], int(src.config["num_hidden_layers"])
-    rows = [{**_row(sub, n, a), "drop_vs_teacher": scores["teacher"] - a,
-             "within": scores["teacher"] - a <= max_drop + 1e-12} for sub, a in scores["subnets"].items()]
+    bound = DropBound.parse(bound)
+    if bound == DropBound.CI95_UPPER and len(scores["drop_ci95"]) < len(scores["subnets"]):
+        raise OfaserveError(f"{src.folder} has no dev intervals of the drop from the teacher (written by an "
+                            f"earlier ofaserve compress): re-run `ofaserve compress`, or choose by the drop "
+                            f"itself with --drop_bound {DropBound.POINT}")
+    rows = []
+    for sub, a in scores["subnets"].items():
+        row = {**_row(sub, n, a), "drop_vs_teacher": scores["teacher"] - a}
+        if sub in scores["drop_ci95"]:
+            row["drop_ci95"] = list(scores["drop_ci95"][sub])
+        held = row["drop_ci95"][1] if bound == DropBound.CI95_UPPER else row["drop_vs_teacher"]
+        rows.append({**row, "within": held <= max_drop + 1e-12})
     ok = [r for r in rows if r["within"]]
-    sel = {"mode": "max_metric_drop", "metric": metric, "max_metric_drop": max_drop,
+    sel = {"mode": "max_metric_drop", "metric": metric, "max_metric_drop": max_drop, "drop_bound": bound.value,
            "teacher_dev_score": scores["teacher"], "table": rows}
     if not ok:
-        raise OfaserveError(f"no trained subnet is within {max_drop} dev {metric} of the teacher "
-                            f"({scores['teacher']:.4f}): " + ", ".join(f"{r['subnet']}: {r['dev_score']:.4f}"
-                                                                       for r in rows))
+        what = "the upper end of whose dev drop's 95% interval is" if bound == DropBound.CI95_UPPER else "is"
+        raise OfaserveError(f"no trained subnet {what} within {max_drop} dev {metric} of the teacher "
+                            f"({scores['teacher']:.4f}): " + ", ".join(_drop_text(r) for r in rows))
     chosen = min(ok, key=lambda r: (r["encoder_fraction"], -r["dev_score"], r["width_mult"]))
     sel["chosen"] = chosen["subnet"]
     return _subnet_of(chosen), sel
+
+
+def _drop_text(row: dict) -> str:
+    ci = row.get("drop_ci95")
+    return f"{row['subnet']}: {row['dev_score']:.4f}" + (f" (drop {row['drop_vs_teacher']:+.4f}, 95% CI "
+                                                          f"[{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else "")
 
 
 def _subnet_of(row: dict) -> Subnet:
@@ -161,7 +179,15 @@ def selection_table(sel: dict) -> str:
         rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['latency_ms']:.1f} | "
                 f"{'yes' if r['meets_budget'] else 'no'} |" for r in sel["table"]]
     else:
-        head = f"| {first} | dev {metric} | drop vs teacher | <= {sel['max_metric_drop']} |"
-        rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | "
+        upper = sel.get("drop_bound", DropBound.POINT) == DropBound.CI95_UPPER
+        held = "upper end" if upper else "drop"
+        head = (f"| {first} | dev {metric} | drop vs teacher | 95% CI | {held} <= {sel['max_metric_drop']} |")
+        rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | {_interval(r)} | "
                 f"{'yes' if r['within'] else 'no'} |" for r in sel["table"]]
+        return "\n".join([head, "|---" * (6 if grid else 5) + "|"] + rows)
     return "\n".join([head, "|---" * (5 if grid else 4) + "|"] + rows)
+
+
+def _interval(row: dict) -> str:
+    ci = row.get("drop_ci95")
+    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "n/a"

@@ -718,7 +718,7 @@ def _repo_model(export_dir: Path, m: ExportManifest, plan: dict[str, Any], limit
 def _selection_summary(selection: dict) -> dict[str, Any]:
     """How ``--width_mult auto`` chose an export's subnet (its rule and pick), for the people
     and the benchmarks that read the repository's manifest."""
-    keep = ("mode", "metric", "max_metric_drop", "latency_budget_ms", "runtime", "batch_size", "seq_len",
+    keep = ("mode", "metric", "max_metric_drop", "drop_bound", "latency_budget_ms", "runtime", "batch_size", "seq_len",
             "teacher_dev_score", "chosen")
     return {k: selection[k] for k in keep if k in selection}
 

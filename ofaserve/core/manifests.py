@@ -209,20 +209,26 @@ class CompressManifest(StageManifest):
     def dev_scores(self) -> dict[str, Any]:
         """The dev score in the task's main metric: the teacher's and each trained subnet's
         (``subnets``, narrowest and shallowest first; ``widths``: those at depth 1.0, keyed by
-        width value), what ``--width_mult auto`` and the export's dev check compare."""
+        width value), what ``--width_mult auto`` and the export's dev check compare;
+        ``drop_ci95``: each subnet's 95% interval of the teacher's score minus its own (paired
+        bootstrap on dev; absent from manifests written before compress recorded it)."""
         metric = self.spec.main_metric
         teacher = ((self.results.get("teacher") or {}).get("dev") or {}).get(metric)
         found = {(sub.width.key, sub.depth.key): r for sub, r in results_by_subnet(self.results)}
-        subnets = {}
+        subnets, drop_ci95 = {}, {}
         for sub in sorted(self.subnets()):
             r = (found.get((sub.width.key, sub.depth.key)) or {}).get("dev")
             if r is None or metric not in r:
                 raise OfaserveError(f"the compress manifest has no dev {metric} for {sub.describe()}")
             subnets[sub] = r[metric]
+            if "vs_teacher" in r:  # subnet - teacher: the drop's interval is its negation
+                low, high = r["vs_teacher"]["ci95"]
+                drop_ci95[sub] = (-high, -low)
         if teacher is None:
             raise OfaserveError(f"the compress manifest has no teacher dev {metric}")
         return {"metric": metric, "teacher": teacher, "subnets": subnets,
-                "widths": {sub.width.value: v for sub, v in subnets.items() if sub.depth.full}}
+                "widths": {sub.width.value: v for sub, v in subnets.items() if sub.depth.full},
+                "drop_ci95": drop_ci95}
 
     def results_table(self) -> str:
         layers = int(self.model_config.get("num_hidden_layers", 0)) or None

@@ -90,3 +90,15 @@ class TextPipeline(_Named):
     @classmethod
     def _noun(cls) -> str:
         return "text pipeline"
+
+
+class DropBound(_Named):
+    """What ``--width_mult auto --max_metric_drop`` holds to the tolerance: a subnet's dev
+    drop from the teacher is one figure from a sample of dev sentences, and the checkpoint
+    was kept for its dev scores, so the drop itself flatters the cheapest subnets."""
+    CI95_UPPER = "ci95_upper"  # the upper end of the drop's 95% paired-bootstrap interval on dev
+    POINT = "point"            # the drop as measured on dev
+
+    @classmethod
+    def _noun(cls) -> str:
+        return "drop bound"
