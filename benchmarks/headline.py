@@ -40,10 +40,10 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import write_json, write_text
 from ofaserve.core.outputs import check_report_dir
 from ofaserve.core.machine import machine_info
-from ofaserve.core.manifests import RepoManifest, RepoModel, now_iso
+from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel, now_iso
 from ofaserve.core.metrics import paired_bootstrap, score
 from ofaserve.core.subnet import Subnet
-from ofaserve.core.tasks import TaskData, TaskType, load_task
+from ofaserve.core.tasks import Split, TaskData, TaskType, load_task
 
 PROG = "ofaserve bench --headline"
 SIDES = ("tutorial", "default")
@@ -135,24 +135,25 @@ def in_task_order(names: list[str], outputs: np.ndarray, data: TaskData, model: 
     return outputs[:, [where[n.lower()] for n in data.labels]]
 
 
-def tutorial_outputs(side: Side, texts: list[str], data: TaskData, batch: int, seq_len: int,
+def tutorial_outputs(side: Side, split: Split, data: TaskData, batch: int, seq_len: int,
                      timeout: float) -> np.ndarray:
-    """The full model's answers to ``texts``, each batch padded to ``seq_len`` as the tutorial pads."""
+    """The full model's answers to ``split``'s inputs (sentences, or pairs), tokenized as the
+    server tokenizes and each batch padded to ``seq_len`` as the tutorial pads."""
     from ofaserve.benchmarks.run import real_text_encoder
 
-    encode = real_text_encoder(side.model, side.repo, pad_to=seq_len)
-    rows = [encoder_logits(side.client, side.model, *encode(texts[i:i + batch]), timeout)
-            for i in range(0, len(texts), batch)]
+    encode, inputs = real_text_encoder(side.model, side.repo, pad_to=seq_len), split.inputs()
+    rows = [encoder_logits(side.client, side.model, *encode(inputs[i:i + batch]), timeout)
+            for i in range(0, len(inputs), batch)]
     return in_task_order(list(side.entry.labels), np.concatenate(rows), data, side.model)
 
 
-def default_outputs(side: Side, texts: list[str], data: TaskData, batch: int, timeout: float) -> np.ndarray:
-    """The served text model's answers to ``texts`` (probabilities, or scores)."""
+def default_outputs(side: Side, split: Split, data: TaskData, batch: int, timeout: float) -> np.ndarray:
+    """The served text model's answers to ``split``'s texts (and pairs): probabilities, or scores."""
     from ofaserve.serve.client import classify
 
     labels = list(side.entry.labels)
-    answers = classify(texts, model=side.model, batch_size=batch, labels=labels, timeout=timeout,
-                       client=side.client)
+    answers = classify(list(split.texts), model=side.model, batch_size=batch, labels=labels, timeout=timeout,
+                       client=side.client, text_pairs=split.text_pairs)
     if data.spec.type == TaskType.REGRESSION:
         return np.array([a["score"] for a in answers], dtype=np.float32)
     probs = np.array([[a["probs"][n] for n in labels] for a in answers], dtype=np.float32)
@@ -169,8 +170,8 @@ def accuracy(tutorial: Side, default: Side, data: TaskData, batch: int, seq_len:
         if name not in data.splits:
             continue
         split = data.splits[name]
-        t = tutorial_outputs(tutorial, list(split.texts), data, batch, seq_len, timeout)
-        d = default_outputs(default, list(split.texts), data, batch, timeout)
+        t = tutorial_outputs(tutorial, split, data, batch, seq_len, timeout)
+        d = default_outputs(default, split, data, batch, timeout)
         out["tutorial"][name] = score(spec, t, split.labels)
         out["default"][name] = score(spec, d, split.labels)
         out["default_minus_tutorial"][name] = paired_bootstrap(spec, d, t, split.labels)
@@ -245,9 +246,7 @@ def render(record: dict[str, Any]) -> str:
 
 def run(args, argv: list[str]) -> int:
     requests, rounds = _check_counts(args)
-    data = load_task(args.task)
-    if data.spec.pair:
-        raise OfaserveError(f"--headline sends single sentences; {data.name} is a sentence-pair task")
+    data = _task_data(args)
     tutorial, default = _read_sides(args)
     out_dir = Path(args.output_dir or Path("runs") / "bench" / _dt.datetime.now().strftime("headline-%Y%m%d-%H%M%S"))
     check_report_dir(out_dir, HEADLINE_FILES, overwrite=args.overwrite)
@@ -264,6 +263,15 @@ def run(args, argv: list[str]) -> int:
         print(f"{PROG}: measured requests failed: {errors}", file=sys.stderr)
         return 1
     return 0
+
+
+def _task_data(args) -> TaskData:
+    """The task both sides are scored on and the default side's sentences come from: the
+    compress output's (``--compress_dir``: a GLUE task's or the user's files) or ``--task``."""
+    if not args.compress_dir:
+        return load_task(args.task)
+    data = CompressManifest.read(args.compress_dir).task_data()
+    return TaskData(data.spec, {n: s for n, s in data.splits.items() if n in ("dev", "test")}, source=data.source)
 
 
 def _check_counts(args) -> tuple[int, int]:
@@ -351,8 +359,8 @@ def _measure_sides(args, argv: list[str], data, tutorial: Side, default: Side, r
                      "seed": args.seed},
         "sides": {"tutorial": describe_side(tutorial, f"{args.batch_size} x {args.seq_len} token ids (every "
                                                       "batch padded to the full length)", t_cfg),
-                  "default": describe_side(default, f"{data.name} dev sentences as text, "
-                                                    f"{args.batch_size} per request", d_cfg)},
+                  "default": describe_side(default, f"{data.name} dev {'sentence pairs' if data.spec.pair else 'sentences'}"
+                                                    f" as text, {args.batch_size} per request", d_cfg)},
         "workloads": {"tutorial": fixed.info, "default": real.info},
         "speedup": stats.faster(rows["default"], rows["tutorial"], "speedup_x", ("default", "tutorial")),
         "accuracy": acc,

@@ -95,8 +95,9 @@ def _workload_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--task", default="rt-polarity",
                    help="bundled task whose dev split supplies the --real_text sentences (see --compress_dir)")
     g.add_argument("--compress_dir", default=None,
-                   help="with --real_text: the dev inputs of the task this `ofaserve compress` output ran on "
-                        "(a GLUE task's or your own files, sentence pairs included), instead of --task")
+                   help="with --real_text or --headline: the task this `ofaserve compress` output ran on (a GLUE "
+                        "task's or your own files, sentence pairs included), instead of --task: its dev inputs "
+                        "are sent, and --headline scores both sides on its dev and test")
     g.add_argument("--vocab_size", type=int, default=None,
                    help="upper bound of the random token ids; unset: the smallest vocab_size in the "
                         "encoders' configs, else 100 (valid for any BERT vocab; ids do not change the cost)")
@@ -139,8 +140,9 @@ def _headline_arguments(g: argparse._ArgumentGroup) -> None:
                    help="serve side by side the tutorial's setting (--tutorial_repository: the full model at fp32, "
                         "every batch of --batch_size padded to --seq_len, sent as token ids) and ofaserve's default "
                         "(--model_repository: the `export --width_mult auto` subnet at `repo --precision auto`, "
-                        "the --task's dev sentences as text, packed), at concurrency 1 in ABBA rounds; both scored "
-                        "on the task's dev and test sentences through their servers. Writes headline.json and "
+                        "the task's dev sentences or pairs as text, packed), at concurrency 1 in ABBA rounds; both "
+                        "scored on the task's (--task or --compress_dir) dev and test through their servers. "
+                        "Writes headline.json and "
                         "headline.md to --output_dir")
     g.add_argument("--tutorial_repository", default=None,
                    help="with --headline: the repository of the tutorial's side (`ofaserve repo --export_dir "

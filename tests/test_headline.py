@@ -76,6 +76,37 @@ def test_headline_serves_both_settings_side_by_side(headline_repositories, tmp_p
     assert f"ofaserve's default is {sp['speedup_x']:.2f}x faster than the tutorial's setting (95% CI" in md
 
 
+def test_headline_on_a_sentence_pair_regression_task_from_its_compress_output(tiny_regression_compress_dir,
+                                                                            tmp_path, capsys):
+    """A GLUE-style task given by --compress_dir (pairs, a score): both sides answer the pairs
+    and are scored by the task's own metric."""
+    from ofaserve.benchmarks.run import main
+    from ofaserve.core.manifests import CompressManifest
+    from ofaserve.export import export_subnet
+    from ofaserve.serve.repository import build_repository
+
+    full, auto = tmp_path / "export_full", tmp_path / "export_auto"
+    export_subnet(str(tiny_regression_compress_dir), str(full), 1.0, max_seq_length=TINY_MAX_SEQ_LENGTH,
+                  progress=False, int8=False)
+    export_subnet(str(tiny_regression_compress_dir), str(auto), "auto", max_metric_drop=2.0,
+                  max_seq_length=TINY_MAX_SEQ_LENGTH, progress=False, int8=False)
+    build_repository([full], tmp_path / "tutorial", precision="fp32")
+    build_repository([auto], tmp_path / "default", precision="auto", auto_budget_s=0.3)
+    out = tmp_path / "headline"
+    argv = _headline(tmp_path / "tutorial", tmp_path / "default", out, "--compress_dir",
+                     str(tiny_regression_compress_dir))
+    assert main(argv) == 0, capsys.readouterr().err
+    record = json.loads((out / "headline.json").read_text())
+    dev = CompressManifest.read(tiny_regression_compress_dir).split("dev")
+    assert dev.text_pairs is not None
+    acc = record["accuracy"]
+    assert acc["metric"] == "pearson" and set(acc["tutorial"]) == {"dev"}  # the task has no test split
+    for side in ("tutorial", "default"):
+        assert acc[side]["dev"]["n"] == len(dev) and -1.0 <= acc[side]["dev"]["pearson"] <= 1.0
+    assert "dev sentence pairs as text" in record["sides"]["default"]["workload"]
+    assert record["speedup"]["default_n"] == REQUESTS and record["speedup"]["speedup_x"] > 0
+
+
 def test_headline_refuses_a_tutorial_side_that_is_not_the_full_fp32_model(headline_repositories, tmp_path,
                                                                          capsys):
     from ofaserve.benchmarks.run import main

@@ -19,7 +19,7 @@ from ofaserve.core import tables
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import confined_path, write_json
 from ofaserve.core.subnet import Subnet, grid, results_by_subnet
-from ofaserve.core.tasks import Split, TaskSpec, load_task
+from ofaserve.core.tasks import Split, TaskData, TaskSpec, load_task
 
 MANIFEST = "manifest.json"
 VERSION = "0.1.0"
@@ -182,18 +182,22 @@ class CompressManifest(StageManifest):
         return self.path(folder, self.tokenizer.get("tokenizer_json", "tokenizer/tokenizer.json"),
                          "tokenizer['tokenizer_json']")
 
-    def split(self, name: str = "dev") -> Split:
-        """One split of the task this compress run trained on, reloaded from what it recorded
-        (a bundled task, GLUE's files or the user's CSV files), checked against its labels."""
+    def task_data(self, what: str = "sentences") -> TaskData:
+        """The task this compress run trained on, reloaded from what it recorded (a bundled
+        task, GLUE's files or the user's CSV files), checked against its labels."""
         opts = self.options
         try:
             data = load_task(opts.get("task_name") or self.task, opts.get("train_file"), opts.get("dev_file"),
                              opts.get("test_file"), data_dir=opts.get("data_dir"), task_type=opts.get("task_type"))
         except OfaserveError as e:
-            raise OfaserveError(f"cannot load the {name} sentences the compress stage used: {e}") from e
+            raise OfaserveError(f"cannot load the {what} the compress stage used: {e}") from e
         if list(data.labels) != list(self.labels):
             raise OfaserveError(f"the task's labels {data.labels} differ from the compress manifest's {self.labels}")
-        return data.split(name)
+        return data
+
+    def split(self, name: str = "dev") -> Split:
+        """One split of the task (``task_data``)."""
+        return self.task_data(f"{name} sentences").split(name)
 
     def has_split(self, name: str) -> bool:
         try:
