@@ -252,25 +252,30 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> None:
     sentence's logits equal the plain graph's (export checks this).
     Needs ``rewrite_attention`` to have run (it names the one shared mask).
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     g = proto.graph
     producer, consumers = _graph_maps(g)
     if "ofaserve_mask_add" not in producer:
         raise OfaserveError("packed variant: the graph has no rewritten attention mask")
-    # position embedding lookup: the one Gather whose indices are computed, not an input
+    _positions_from_input(g)
+    _add_packing_constants(g, hidden_size, pad_token_id)
+    _cls_by_index(g, consumers)
+    _block_diagonal_mask(g, producer["ofaserve_mask_add"])
+    _packed_inputs_and_output(g)
+
+
+def _positions_from_input(g) -> None:
+    """The position-embedding lookup reads ``position_ids``: the one Gather whose indices are
+    computed, not an input."""
     tables = {i.name for i in g.initializer if len(i.dims) == 2}
     gathers = [n for n in g.node if n.op_type == "Gather" and n.input[1] not in INPUTS and n.input[0] in tables]
     if len(gathers) != 1:
         raise OfaserveError(f"packed variant: expected one position-embedding Gather, found {len(gathers)}")
     gathers[0].input[1] = "position_ids"
-    # the [CLS] slice feeding the pooler: Slice(hidden, axis 1, 0:1) -> Squeeze
-    slices = [n for n in g.node if n.op_type == "Slice" and any(c.op_type == "Squeeze" for c in consumers.get(n.output[0], []))]
-    if len(slices) != 1:
-        raise OfaserveError(f"packed variant: expected one [CLS] Slice->Squeeze, found {len(slices)}")
-    cls_slice = slices[0]
-    squeeze = next(c for c in consumers[cls_slice.output[0]] if c.op_type == "Squeeze")
-    hidden = cls_slice.input[0]
+
+
+def _add_packing_constants(g, hidden_size: int, pad_token_id: int) -> None:
+    from onnx import numpy_helper
+
     g.initializer.extend([
         numpy_helper.from_array(np.array([-1, int(hidden_size)], dtype=np.int64), "ofaserve_pack_flat"),
         numpy_helper.from_array(np.array(pad_token_id, dtype=np.int64), "ofaserve_pack_pad_id"),
@@ -279,8 +284,21 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> None:
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "ofaserve_pack_one"),
         numpy_helper.from_array(np.array(-10000.0, dtype=np.float32), "ofaserve_pack_neg"),
     ])
+
+
+def _cls_by_index(g, consumers: dict) -> None:
+    """The pooler reads each sentence's [CLS] at ``cls_index`` of the flattened tokens,
+    instead of the [CLS] slice (Slice(hidden, axis 1, 0:1) -> Squeeze) of every row."""
+    from onnx import helper
+
+    slices = [n for n in g.node if n.op_type == "Slice" and any(c.op_type == "Squeeze" for c in consumers.get(n.output[0], []))]
+    if len(slices) != 1:
+        raise OfaserveError(f"packed variant: expected one [CLS] Slice->Squeeze, found {len(slices)}")
+    cls_slice = slices[0]
+    squeeze = next(c for c in consumers[cls_slice.output[0]] if c.op_type == "Squeeze")
     cls_nodes = [
-        helper.make_node("Reshape", [hidden, "ofaserve_pack_flat"], ["ofaserve_pack_tokens"], name="ofaserve_pack_flatten"),
+        helper.make_node("Reshape", [cls_slice.input[0], "ofaserve_pack_flat"], ["ofaserve_pack_tokens"],
+                         name="ofaserve_pack_flatten"),
         helper.make_node("Gather", ["ofaserve_pack_tokens", "cls_index"], [squeeze.output[0]], name="ofaserve_pack_cls",
                          axis=0),
     ]
@@ -289,8 +307,13 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> None:
         g.node.insert(at, n)
     g.node.remove(squeeze)
     g.node.remove(cls_slice)
-    # block-diagonal mask [rows, 1, seq, seq] from segment_ids and the pad ids, same name as the plain one
-    old_mask = producer["ofaserve_mask_add"]
+
+
+def _block_diagonal_mask(g, old_mask) -> None:
+    """The additive mask [rows, 1, seq, seq] from ``segment_ids`` and the pad ids, under the
+    plain mask's name (``old_mask`` produced it), so every attention block reads it."""
+    from onnx import TensorProto, helper
+
     mask_nodes = [
         helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax2"], ["ofaserve_pack_seg_q"], name="ofaserve_pack_q"),
         helper.make_node("Unsqueeze", ["segment_ids", "ofaserve_pack_ax1"], ["ofaserve_pack_seg_k"], name="ofaserve_pack_k"),
@@ -310,6 +333,12 @@ def packed_variant(proto, hidden_size: int, pad_token_id: int = 0) -> None:
     g.node.remove(old_mask)
     for n in reversed(mask_nodes):
         g.node.insert(at, n)
+
+
+def _packed_inputs_and_output(g) -> None:
+    """The new int64 inputs, one logits row per sentence, and the dead plain nodes dropped."""
+    from onnx import TensorProto, helper
+
     for name in PACKED_INPUTS[2:]:
         shape = ["batch", "seq"] if name != "cls_index" else ["sentences"]
         g.input.append(helper.make_tensor_value_info(name, TensorProto.INT64, shape))
