@@ -90,9 +90,12 @@ def select_by_metric_drop(src: Source, max_drop: float,
     sel = {"mode": "max_metric_drop", "metric": metric, "max_metric_drop": max_drop, "drop_bound": bound.value,
            "teacher_dev_score": scores["teacher"], "table": rows}
     if not ok:
-        what = "the upper end of whose dev drop's 95% interval is" if bound == DropBound.CI95_UPPER else "is"
+        upper = bound == DropBound.CI95_UPPER
+        what = "the upper end of whose dev drop's 95% interval is" if upper else "is"
+        instead = (f"allow a larger --max_metric_drop, or hold the drop itself (--drop_bound {DropBound.POINT})"
+                   if upper else "allow a larger --max_metric_drop")
         raise OfaserveError(f"no trained subnet {what} within {max_drop} dev {metric} of the teacher "
-                            f"({scores['teacher']:.4f}): " + ", ".join(_drop_text(r) for r in rows))
+                            f"({scores['teacher']:.4f}): " + ", ".join(_drop_text(r) for r in rows) + f"; {instead}")
     chosen = min(ok, key=lambda r: (r["encoder_fraction"], -r["dev_score"], r["width_mult"]))
     sel["chosen"] = chosen["subnet"]
     return _subnet_of(chosen), sel

@@ -90,8 +90,10 @@ def test_the_upper_end_of_the_drop_interval_is_held_to_the_tolerance(tiny_depth_
     table = selection_table(sel)
     assert "upper end <= 0.01" in table and "| 0.5 | 0.5 | 0.7980 | +0.0020 | [-0.0200, +0.0250] | no |" in table
     assert select_by_metric_drop(src, 0.03)[0] == Subnet.of(0.5, 0.5)
-    with pytest.raises(OfaserveError, match="upper end of whose dev drop's 95% interval is within 0.005"):
+    with pytest.raises(OfaserveError, match="upper end of whose dev drop's 95% interval is within 0.005") as e:
         select_by_metric_drop(src, 0.005)
+    assert "1.0_d0.5: 0.8000 (drop +0.0000, 95% CI [-0.0120, +0.0080])" in str(e.value)
+    assert str(e.value).endswith("allow a larger --max_metric_drop, or hold the drop itself (--drop_bound point)")
 
 
 def test_a_manifest_without_dev_intervals_asks_for_compress_or_the_point_rule(tiny_depth_compress_dir, tmp_path):
