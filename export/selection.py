@@ -102,9 +102,8 @@ def select_by_metric_drop(src: Source, max_drop: float,
 
 
 def _drop_text(row: dict) -> str:
-    ci = row.get("drop_ci95")
-    return f"{row['subnet']}: {row['dev_score']:.4f}" + (f" (drop {row['drop_vs_teacher']:+.4f}, 95% CI "
-                                                          f"[{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else "")
+    interval = f" (drop {row['drop_vs_teacher']:+.4f}, 95% CI {_interval(row)})" if "drop_ci95" in row else ""
+    return f"{row['subnet']}: {row['dev_score']:.4f}{interval}"
 
 
 def _subnet_of(row: dict) -> Subnet:
