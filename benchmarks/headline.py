@@ -270,8 +270,7 @@ def _task_data(args) -> TaskData:
     compress output's (``--compress_dir``: a GLUE task's or the user's files) or ``--task``."""
     if not args.compress_dir:
         return load_task(args.task)
-    data = CompressManifest.read(args.compress_dir).task_data()
-    return TaskData(data.spec, {n: s for n, s in data.splits.items() if n in ("dev", "test")}, source=data.source)
+    return CompressManifest.read(args.compress_dir).task_data()
 
 
 def _check_counts(args) -> tuple[int, int]:
@@ -341,6 +340,7 @@ def _measure_sides(args, argv: list[str], data, tutorial: Side, default: Side, r
                               outputs=("SCORE",) if data.spec.type == TaskType.REGRESSION else ("LABEL", "PROBS"))
     targets = {"tutorial": Target(tutorial.model, fixed, f"{tutorial.model}_encoder"),
                "default": Target(default.model, real, default.model)}
+    inputs = "sentence pairs" if data.spec.pair else "sentences"
     print(f"{PROG}: scoring both sides on {data.name} dev and test through their servers ...", file=sys.stderr)
     acc = accuracy(tutorial, default, data, args.batch_size, args.seq_len, args.timeout)
     print(f"{PROG}: {requests} requests per side in {rounds} rounds ...", file=sys.stderr)
@@ -359,8 +359,8 @@ def _measure_sides(args, argv: list[str], data, tutorial: Side, default: Side, r
                      "seed": args.seed},
         "sides": {"tutorial": describe_side(tutorial, f"{args.batch_size} x {args.seq_len} token ids (every "
                                                       "batch padded to the full length)", t_cfg),
-                  "default": describe_side(default, f"{data.name} dev {'sentence pairs' if data.spec.pair else 'sentences'}"
-                                                    f" as text, {args.batch_size} per request", d_cfg)},
+                  "default": describe_side(default, f"{data.name} dev {inputs} as text, "
+                                                    f"{args.batch_size} per request", d_cfg)},
         "workloads": {"tutorial": fixed.info, "default": real.info},
         "speedup": stats.faster(rows["default"], rows["tutorial"], "speedup_x", ("default", "tutorial")),
         "accuracy": acc,

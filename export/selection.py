@@ -74,7 +74,6 @@ def select_by_metric_drop(src: Source, max_drop: float,
     the drop itself."""
     scores = src.manifest.dev_scores()
     metric, n = scores["metric"], int(src.config["num_hidden_layers"])
-    bound = DropBound.parse(bound)
     if bound == DropBound.CI95_UPPER and len(scores["drop_ci95"]) < len(scores["subnets"]):
         raise OfaserveError(f"{src.folder} has no dev intervals of the drop from the teacher (written by an "
                             f"earlier ofaserve compress): re-run `ofaserve compress`, or choose by the drop "
@@ -183,11 +182,10 @@ def selection_table(sel: dict) -> str:
     else:
         upper = sel.get("drop_bound", DropBound.POINT) == DropBound.CI95_UPPER
         held = "upper end" if upper else "drop"
-        head = (f"| {first} | dev {metric} | drop vs teacher | 95% CI | {held} <= {sel['max_metric_drop']} |")
+        head = f"| {first} | dev {metric} | drop vs teacher | 95% CI | {held} <= {sel['max_metric_drop']} |"
         rows = [f"| {name(r)} | {r['dev_score']:.4f} | {r['drop_vs_teacher']:+.4f} | {_interval(r)} | "
                 f"{'yes' if r['within'] else 'no'} |" for r in sel["table"]]
-        return "\n".join([head, "|---" * (6 if grid else 5) + "|"] + rows)
-    return "\n".join([head, "|---" * (5 if grid else 4) + "|"] + rows)
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1)] + rows)
 
 
 def _interval(row: dict) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import DropBound
 from ofaserve.core.subnet import Depth, Subnet, check_depths, grid, results_by_subnet, store_result, teacher_layers
 
 from tests.conftest import TINY_DEPTH_LAYERS, TINY_MAX_SEQ_LENGTH
@@ -265,10 +266,11 @@ def test_grid_selection_by_metric_drop_picks_the_cheapest_subnet_within(tiny_dep
     src = load_compress_output(_with_dev_scores(tiny_depth_compress_dir, tmp_path / "c", 0.80,
                                                 {"1.0": 0.81, "0.5": 0.79, "1.0_d0.5": 0.798, "0.5_d0.5": 0.70}))
     # the drop itself (tests/test_drop_bound.py: the default holds its interval's upper end)
-    assert select_by_metric_drop(src, 0.005, "point")[0] == Subnet.of(1.0, 0.5)  # half the layers beats full width
-    sub, sel = select_by_metric_drop(src, 0.011, "point")  # 0.5 and 1.0_d0.5 cost the same: the better scoring
+    point = DropBound.POINT
+    assert select_by_metric_drop(src, 0.005, point)[0] == Subnet.of(1.0, 0.5)  # half the layers beats full width
+    sub, sel = select_by_metric_drop(src, 0.011, point)  # 0.5 and 1.0_d0.5 cost the same: the better scoring
     assert sub == Subnet.of(1.0, 0.5) and sel["chosen"] == "1.0_d0.5"
-    assert select_by_metric_drop(src, 0.2, "point")[0] == Subnet.of(0.5, 0.5)
+    assert select_by_metric_drop(src, 0.2, point)[0] == Subnet.of(0.5, 0.5)
     rows = {r["subnet"]: r for r in sel["table"]}
     assert rows["0.5_d0.5"]["encoder_fraction"] == 0.25 and rows["1.0_d0.5"]["layers"] == [0, 2]
 

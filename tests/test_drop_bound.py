@@ -54,7 +54,8 @@ def test_final_evaluation_draws_dev_intervals_from_the_kept_checkpoint_s_outputs
     assert keeper.best["dev"]["1.0"] == {"accuracy": 0.9}  # the history entry is not changed
 
 
-def _with_dev(compress_dir: Path, out: Path, teacher: float, dev: dict[str, tuple[float, float, float] | None]) -> Path:
+def _with_dev(compress_dir: Path, out: Path, teacher: float,
+              dev: dict[str, tuple[float, float | None, float | None]]) -> Path:
     """A copy of a compress output whose dev scores are (score, drop interval low, high), or
     (with None) a score without an interval, as an earlier compress wrote."""
     shutil.copytree(compress_dir, out)
@@ -104,7 +105,7 @@ def test_a_manifest_without_dev_intervals_asks_for_compress_or_the_point_rule(ti
     src = load_compress_output(_with_dev(tiny_depth_compress_dir, tmp_path / "c", 0.80, old))
     with pytest.raises(OfaserveError, match=r"re-run `ofaserve compress`, or .* --drop_bound point"):
         select_by_metric_drop(src, 0.01)
-    assert select_by_metric_drop(src, 0.01, "point")[0] == Subnet.of(0.5, 0.5)
+    assert select_by_metric_drop(src, 0.01, DropBound.POINT)[0] == Subnet.of(0.5, 0.5)
 
 
 def test_export_cli_passes_the_drop_bound_and_refuses_an_unknown_one(tiny_depth_compress_dir, tmp_path, capsys):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ofaserve.core.errors import OfaserveError
+from ofaserve.core.vocabulary import DropBound
 from ofaserve.core.subnet import Subnet
 from ofaserve.core.manifests import read_manifest
 
@@ -402,13 +403,13 @@ def test_auto_width_by_accuracy(tiny_compress_dir, tmp_path):
 
     src = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "c", 0.80,
                                              {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
-    sub, sel = select_by_metric_drop(src, 0.005, "point")  # the drop itself: tests/test_drop_bound.py
+    sub, sel = select_by_metric_drop(src, 0.005, DropBound.POINT)  # the drop itself: tests/test_drop_bound.py
     assert sub == Subnet.of(0.75) and sel["chosen"] == "0.75"
-    assert select_by_metric_drop(src, 0.03, "point")[0] == Subnet.of(0.5)
+    assert select_by_metric_drop(src, 0.03, DropBound.POINT)[0] == Subnet.of(0.5)
     src2 = load_compress_output(_with_results(tiny_compress_dir, tmp_path / "d", 0.90,
                                               {"1.0": 0.81, "0.75": 0.797, "0.5": 0.78}))
     with pytest.raises(OfaserveError, match="no trained subnet"):
-        select_by_metric_drop(src2, 0.005, "point")
+        select_by_metric_drop(src2, 0.005, DropBound.POINT)
 
 
 def test_choose_within_budget():

@@ -75,7 +75,7 @@ def test_resampled_accuracy_at_once_equals_scikit_learn_per_resample():
     rows = rng.integers(0, 250, size=(40, 250))
     acc = METRICS["accuracy"]  # scikit-learn's accuracy_score
     want = [acc(y[i], a[i], 3) - acc(y[i], b[i], 3) for i in rows]
-    assert _resampled_differences("accuracy", y, a, b, rows, 3) == want  # exactly: sums of 0/1
+    assert _resampled_differences("accuracy", y, a, b, 3)(rows) == want  # exactly: sums of 0/1
 
 
 def test_paired_bootstrap_of_a_correlation_brackets_it():

@@ -89,22 +89,22 @@ def paired_bootstrap(spec: TaskSpec, outputs_a: np.ndarray, outputs_b: np.ndarra
     labels = np.asarray(labels)
     pa, pb = predictions(spec, outputs_a), predictions(spec, outputs_b)
     rng = np.random.default_rng(seed)
+    differences = _resampled_differences(spec.main_metric, labels, pa, pb, classes)
     diffs: list[float] = []
     for start in range(0, n, _CHUNK):  # the index rows in chunks: one stream, bounded memory
-        rows = rng.integers(0, len(labels), size=(min(_CHUNK, n - start), len(labels)))
-        diffs.extend(_resampled_differences(spec.main_metric, labels, pa, pb, rows, classes))
+        diffs.extend(differences(rng.integers(0, len(labels), size=(min(_CHUNK, n - start), len(labels)))))
     return {"metric": spec.main_metric, "diff": metric(labels, pa, classes) - metric(labels, pb, classes),
             "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
 
 
-
-def _resampled_differences(name: str, labels: np.ndarray, pa: np.ndarray, pb: np.ndarray, rows: np.ndarray,
-                           classes: int) -> list[float]:
-    """metric(a) - metric(b) on each resample (a row of input indices). Accuracy is the mean
-    of per-input hits, so all rows are scored at once: the figures of ``accuracy_score``
-    (sums of 0/1 are exact), without its per-call cost that made a bootstrap take seconds."""
+def _resampled_differences(name: str, labels: np.ndarray, pa: np.ndarray, pb: np.ndarray,
+                           classes: int) -> Callable[[np.ndarray], list[float]]:
+    """fn(rows): metric(a) - metric(b) on each resample (a row of input indices). Accuracy is
+    the mean of per-input hits, found once here, so every row of a chunk is scored at once:
+    the figures of ``accuracy_score`` (sums of 0/1 are exact) without its per-call cost."""
     if name == "accuracy":
         hits_a, hits_b = (pa == labels).astype(np.float64), (pb == labels).astype(np.float64)
-        return (hits_a[rows].mean(axis=1) - hits_b[rows].mean(axis=1)).tolist()
+        return lambda rows: (hits_a[rows].mean(axis=1) - hits_b[rows].mean(axis=1)).tolist()
     metric = METRICS[name]
-    return [metric(labels[idx], pa[idx], classes) - metric(labels[idx], pb[idx], classes) for idx in rows]
+    return lambda rows: [metric(labels[idx], pa[idx], classes) - metric(labels[idx], pb[idx], classes)
+                         for idx in rows]
