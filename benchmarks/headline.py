@@ -39,7 +39,7 @@ from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import write_json, write_text
 from ofaserve.core.outputs import check_report_dir
-from ofaserve.core.machine import machine_info
+from ofaserve.core.machine import describe as describe_machine, machine_info
 from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel, now_iso
 from ofaserve.core.metrics import paired_bootstrap, score
 from ofaserve.core.subnet import Subnet
@@ -232,11 +232,10 @@ def render(record: dict[str, Any]) -> str:
     diffs = [f"{sp}: {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
              for sp, d in acc["default_minus_tutorial"].items()]
     sp = record["speedup"]
-    m = record["machine"]
     return "\n".join([
         "# Headline: the tutorial's setting against ofaserve's default", "",
         f"- date: {record['date']}; command: `{record['command']}`",
-        f"- machine: {m.get('cpu')} ({m.get('cores')} cores; flags {', '.join(m.get('cpu_flags') or []) or 'none'})",
+        f"- machine: {describe_machine(record['machine'])}",
         f"- {record['settings']['requests']} measured requests per side at concurrency 1, batch "
         f"{record['settings']['batch_size']}, in {record['settings']['rounds']} ABBA rounds", "",
         *rows, "",

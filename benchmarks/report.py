@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS, pick_full, ratio_entries
+from ofaserve.core.machine import describe as describe_machine
 
 
 def _f(v: Any, nd: int = 1, suffix: str = "") -> str:
@@ -104,7 +105,7 @@ def _md_header(report: Mapping[str, Any]) -> list[str]:
     m = report.get("machine", {})
     out = [f"# Latency benchmark: {', '.join(report.get('models', {}))}", ""]
     out.append(f"- date: {report.get('date')}; command: `{report.get('command')}`")
-    out.append(f"- machine: {m.get('cpu')} ({m.get('cores')} cores), {m.get('platform')}")
+    out.append(f"- machine: {describe_machine(m)}, {m.get('platform')}")
     ls, le = m.get("load_start") or {}, m.get("load_end") or {}
     if ls:
         busy = ls.get("cpu_busy_percent")

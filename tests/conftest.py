@@ -26,6 +26,40 @@ settings.register_profile("by_hand", derandomize=False, **_COMMON)
 settings.load_profile("by_hand" if os.environ.get(HYPOTHESIS_EXAMPLES_ENV) else "ci")
 
 
+# By hand, OFASERVE_TEST_CPU=avx2 (or another ``capabilities.PROFILES`` name) runs the whole
+# suite as if this CPU had that profile's capabilities, so every in-process decision takes
+# that CPU's branch in every test, not only in the ``simulated_cpu`` ones. Runners still run
+# on the real CPU, and product subprocesses (CLI runs, servers) detect the real one.
+SIMULATED_CPU_ENV = "OFASERVE_TEST_CPU"
+
+
+def pytest_configure(config):
+    name = os.environ.get(SIMULATED_CPU_ENV)
+    if name:
+        from ofaserve.runtime import capabilities
+
+        if name not in capabilities.PROFILES:
+            raise pytest.UsageError(f"{SIMULATED_CPU_ENV}={name}: not one of {', '.join(capabilities.PROFILES)}")
+
+
+def pytest_report_header(config):
+    name = os.environ.get(SIMULATED_CPU_ENV)
+    return f"in-process CPU capabilities simulated: {name} ({SIMULATED_CPU_ENV})" if name else None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def whole_run_simulated_cpu():
+    name = os.environ.get(SIMULATED_CPU_ENV)
+    if not name:
+        yield None
+        return
+    from ofaserve.runtime import capabilities
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capabilities, "current", lambda: capabilities.PROFILES[name])
+        yield capabilities.PROFILES[name]
+
+
 def examples(ci: int) -> int:
     """How many examples a property test runs: ``ci`` by default, or the count set by hand."""
     return int(os.environ.get(HYPOTHESIS_EXAMPLES_ENV) or ci)

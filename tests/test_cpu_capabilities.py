@@ -116,3 +116,47 @@ def test_serve_warns_when_the_precision_was_timed_on_another_cpu(simulated_cpu, 
         assert warnings == []
     else:
         assert len(warnings) == 1 and simulated_cpu.describe() in warnings[0]
+
+
+def test_a_figure_under_an_isa_cap_says_so(monkeypatch):
+    from ofaserve.core.machine import describe, machine_info
+
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OFASERVE_SIMULATED_CPU"):
+        monkeypatch.delenv(variable, raising=False)
+    plain = machine_info()
+    assert "isa_cap" not in plain and "capped" not in describe(plain)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = machine_info()
+    assert capped["isa_cap"] == "AVX2"
+    assert describe(capped).endswith("; oneDNN capped at AVX2)")
+
+
+def test_current_is_the_whole_run_simulation_or_this_cpu():
+    """``OFASERVE_TEST_CPU`` (conftest) puts the whole run on one profile; unset, ``current``
+    is what this machine reports."""
+    import os
+
+    from tests.conftest import SIMULATED_CPU_ENV
+
+    name = os.environ.get(SIMULATED_CPU_ENV)
+    expected = capabilities.PROFILES[name] if name else capabilities.detect()
+    assert capabilities.current() == expected
+
+
+def test_the_simulated_cpu_record_maker_decides_as_that_cpu(monkeypatch):
+    """``benchmarks.records.simulated_cpu`` takes a profile's capabilities and caps oneDNN to
+    its instruction set, so a figure made with it says so (``machine.isa_cap``)."""
+    from benchmarks.records import simulated_cpu
+    from ofaserve.core.machine import ISA_CAP_VARIABLES, SIMULATED_CPU_VARIABLE, describe, machine_info
+
+    monkeypatch.setattr(capabilities, "current", capabilities.current)  # restored after the test
+    for variable in (*ISA_CAP_VARIABLES, SIMULATED_CPU_VARIABLE):
+        monkeypatch.setenv(variable, "")
+    assert set(simulated_cpu.ISA_CAP) == set(capabilities.PROFILES)
+    simulated_cpu.simulate("avx2")
+    assert capabilities.current() == capabilities.PROFILES["avx2"] and not capabilities.current().bf16
+    assert machine_info()["isa_cap"] == "AVX2" and machine_info()["simulated_cpu"] == "avx2"
+    assert describe(machine_info()).endswith("; oneDNN capped at AVX2; deciding as the simulated avx2 CPU)")
+    with pytest.raises(SystemExit) as e:
+        simulated_cpu.main(["--profile", "avx2"])
+    assert e.value.code == 2

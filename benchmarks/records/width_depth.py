@@ -25,6 +25,7 @@ from typing import Any
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import write_json
+from ofaserve.core.machine import describe as describe_machine
 from ofaserve.core.manifests import CompressManifest, now_iso, read_manifest
 from ofaserve.core.subnet import Subnet, results_by_subnet
 
@@ -152,10 +153,8 @@ def render(record: dict[str, Any]) -> str:
         rows.append(f"| {c['width_mult']:.4g} | {c['depth_mult']:.4g} ({len(c['layers'])}) | {c[f'{split}_{metric}']:.4f} "
                     f"| {vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}] | "
                     f"{c[served]:.1f} | {faster} |")
-    m = record["machine"]
     return "\n".join([f"# Width x depth grid ({record['task']})", "",
-                      f"{record['date']} on {m.get('cpu')} ({m.get('cores')} cores; flags "
-                      f"{', '.join(m.get('cpu_flags') or []) or 'none'})", "", f"`{record['command']}`", "",
+                      f"{record['date']} on {describe_machine(record['machine'])}", "", f"`{record['command']}`", "",
                       f"teacher {split} {metric}: {record[f'teacher_{split}_{metric}']:.4f}", "", *rows, ""])
 
 

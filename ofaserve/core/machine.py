@@ -21,6 +21,28 @@ def cpu_flags() -> list[str]:
     return []
 
 
+# oneDNN's instruction-set cap (OpenVINO and Paddle kernels obey most of it): a figure measured
+# under one is not the CPU's own speed, so the record says so.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+# Set by ``benchmarks.records.simulated_cpu`` to the capability profile a run decided by:
+# a figure made under it names that profile as well as the real CPU.
+SIMULATED_CPU_VARIABLE = "OFASERVE_SIMULATED_CPU"
+
+
+def isa_cap() -> str | None:
+    return next((os.environ[v] for v in ISA_CAP_VARIABLES if os.environ.get(v)), None)
+
+
+def describe(machine: dict[str, Any]) -> str:
+    """One line for a report: CPU, cores, speed flags and any instruction-set cap."""
+    flags = ", ".join(machine.get("cpu_flags") or []) or "none"
+    cap = f"; oneDNN capped at {machine['isa_cap']}" if machine.get("isa_cap") else ""
+    sim = f"; deciding as the simulated {machine['simulated_cpu']} CPU" if machine.get("simulated_cpu") else ""
+    return f"{machine.get('cpu')} ({machine.get('cores')} cores; flags {flags}{cap}{sim})"
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
@@ -31,5 +53,10 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
             "platform": platform.platform()}
+    if isa_cap():
+        info["isa_cap"] = isa_cap()
+    if os.environ.get(SIMULATED_CPU_VARIABLE):
+        info["simulated_cpu"] = os.environ[SIMULATED_CPU_VARIABLE]
+    return info
