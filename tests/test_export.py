@@ -14,6 +14,7 @@ import pytest
 
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.vocabulary import DropBound
+from ofaserve.runtime import capabilities
 from ofaserve.core.subnet import Subnet
 from ofaserve.core.manifests import read_manifest
 
@@ -180,7 +181,7 @@ def test_precision_records_match_the_artifacts_and_gates(tiny_compress_dir, tiny
     fp32, fp32_logits = parity.dev_eval(onnxruntime(tiny_export_dir / arts["onnx"]), dev, tok, src.spec)
     assert pr["fp32"]["accuracy"] == fp32["accuracy"]
     runs = {"onnx_fp16": lambda: onnxruntime(tiny_export_dir / arts["onnx_fp16"])}
-    if _openvino_bf16_capable()[0]:
+    if capabilities.current().bf16:  # what the export decided by
         runs["openvino_bf16"] = lambda: openvino(tiny_export_dir / arts["onnx"], "bf16")
     for name, make in runs.items():
         got, logits = parity.dev_eval(make(), dev, tok, src.spec)

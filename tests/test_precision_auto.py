@@ -9,6 +9,7 @@ import pytest
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.manifests import ExportManifest
 from ofaserve.core.manifests import read_manifest
+from ofaserve.runtime import capabilities
 from ofaserve.runtime.runtimes import RuntimeConfigError, load_runner, openvino_capabilities
 from ofaserve.serve.precision import candidates, choice_table, choose_precision, time_interleaved
 
@@ -62,7 +63,7 @@ def test_bf16_runs_bf16_or_says_what_is_missing(tiny_export_dir):
 def test_export_records_only_precisions_that_executed(tiny_export_dir):
     m = read_manifest(tiny_export_dir, "export")
     bf16 = m["precisions"]["openvino_bf16"]
-    if "BF16" in openvino_capabilities():
+    if capabilities.current().bf16:  # what the export decided by
         assert bf16["executed"]["inference_precision_hint"] == "bf16"
         assert bf16["gate_passed"] == (bf16["delta_vs_fp32"] >= -bf16["max_drop"]
                                        and bf16["agreement_with_fp32"] >= bf16["min_agreement"])
@@ -78,7 +79,7 @@ def test_choose_precision_times_the_real_candidates(tiny_export_dir):
     m = ExportManifest.read(tiny_export_dir)
     choice = choose_precision(tiny_export_dir, m, threads=1, budget_s=0.5)
     names = [r["precision"] for r in choice["candidates"]]
-    expected, _ = candidates(m, openvino_capabilities())
+    expected, _ = candidates(m, list(capabilities.current().openvino))
     assert names == [c.precision for c in expected]
     fastest = min(choice["candidates"], key=lambda r: r["score_ms"])
     assert choice["chosen"] == fastest["precision"] and choice["artifact"] == fastest["artifact"]
@@ -111,7 +112,7 @@ def test_forced_precisions_fail_clearly(tiny_export_dir, tmp_path):
 
     with pytest.raises(OfaserveError, match="runs on runtime openvino"):
         build_repository([tiny_export_dir], tmp_path / "r1", runtime="onnxruntime", precision="int8")
-    if "BF16" not in openvino_capabilities():
+    if not capabilities.current().bf16:
         with pytest.raises(OfaserveError, match="needs a CPU with BF16"):
             build_repository([tiny_export_dir], tmp_path / "r2", precision="bf16")
 

@@ -6,10 +6,12 @@ the INT8 skip), emulated on the machine at hand.
     python -m benchmarks.records.simulated_cpu --profile avx2 -- repo --export_dir E --output R
 
 An emulation, not that CPU: OpenVINO keeps some kernels above the cap (its layer norms stay
-AVX-512 under an AVX2 cap) and the clock, caches and memory are this machine's. A figure made
-this way is recorded as such (``machine.isa_cap`` in every report) and never stands for a
-measurement on the CPU it emulates. Child processes (a server the command starts) inherit the
-cap and the profile's name, not the simulated capabilities.
+AVX-512 under an AVX2 cap), the clock, caches and memory are this machine's, and under an
+AVX2 cap OpenVINO still reports BF16 but cannot compile bf16 (a compile without a precision
+hint included; the product's runners always pin one). A figure made this way is recorded as
+such (``machine.isa_cap`` and ``machine.simulated_cpu`` in every report) and never stands for
+a measurement on the CPU it emulates. Child processes (a server the command starts) inherit
+the cap and the profile's name, not the simulated capabilities.
 """
 from __future__ import annotations
 
