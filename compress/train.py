@@ -249,6 +249,27 @@ def distillation_pairs(num_layers: int, depth: float = 1.0) -> list[tuple[str, s
         (layer(s), layer(t)) for s, t in zip(kept, teacher_layers(kept, num_layers))]
 
 
+def _subnet_losses(supernet: OfaSupernet, chosen, s_hidden: HiddenStates, pairs: dict, inputs: tuple, y,
+                   teacher_out: tuple, spec: TaskSpec, weights: tuple[float, float, float]) -> dict[str, float]:
+    """Forward and backward of each ``chosen`` subnet on one batch (gradients add up); its loss
+    by subnet key. ``teacher_out``: the teacher's logits and hidden states on the batch;
+    ``weights``: lambda_hidden, lambda_logit, lambda_ce (see ``train_ofa``)."""
+    lambda_hidden, lambda_logit, lambda_ce = weights
+    t_logits, t_states = teacher_out
+    losses = {}
+    for sub in chosen:
+        supernet.set_subnet(sub.width.value, sub.depth.value)
+        s_hidden.clear()
+        logits = supernet(*inputs)
+        rep = sum(F.mse_loss(s_hidden.values[a], t_states[b]) for a, b in pairs[sub.depth.value])
+        loss = lambda_hidden * rep + lambda_logit * distillation_loss(spec, logits, t_logits)
+        if lambda_ce:
+            loss = loss + lambda_ce * gold_loss(spec, logits, y)
+        loss.backward()
+        losses[sub.key] = float(loss)
+    return losses
+
+
 def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: TaskSpec, epochs: float,
               batch_size: int, lr: float, seed: int, lambda_hidden: float, lambda_logit: float, sampling: str,
               logging_steps: int,
@@ -294,18 +315,9 @@ def train_ofa(supernet: OfaSupernet, teacher, train: Split, tokenizer, *, spec: 
                     ids_t, types_t = paddle.to_tensor(ids), paddle.to_tensor(types)
                     with paddle.no_grad():
                         t_logits = teacher(ids_t, types_t)
-                    t_states = dict(t_hidden.values)
-                    losses = {}
-                    for sub in subnets_for_step(subnets, sampling, rng):
-                        supernet.set_subnet(sub.width.value, sub.depth.value)
-                        s_hidden.clear()
-                        logits = supernet(ids_t, types_t)
-                        rep = sum(F.mse_loss(s_hidden.values[a], t_states[b]) for a, b in pairs[sub.depth.value])
-                        loss = lambda_hidden * rep + lambda_logit * distillation_loss(spec, logits, t_logits)
-                        if lambda_ce:
-                            loss = loss + lambda_ce * gold_loss(spec, logits, y)
-                        loss.backward()
-                        losses[sub.key] = float(loss)
+                    losses = _subnet_losses(supernet, subnets_for_step(subnets, sampling, rng), s_hidden, pairs,
+                                            (ids_t, types_t), y, (t_logits, dict(t_hidden.values)), spec,
+                                            (lambda_hidden, lambda_logit, lambda_ce))
                     dist.sync_gradients(supernet.parameters())
                     step += 1
                     _step_done(opt, sched, stats, horizon, bar, t0, len(y), step,

@@ -114,7 +114,7 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
     to a pair model, when a text exceeds the model's ``max_text_bytes``, and when the server
     refuses a request (its message, with the rows it held).
     """
-    from tritonclient.grpc import InferInput, InferRequestedOutput
+    from tritonclient.grpc import InferRequestedOutput
     from tritonclient.utils import InferenceServerException
 
     texts = _as_bytes(texts)
@@ -130,47 +130,61 @@ def classify(texts: Iterable[str | bytes], url: str = DEFAULT_URL, model: str = 
     try:
         _check_model(client, url, model)
         info = text_model(client, model)
-        inputs, outputs = info.inputs, info.outputs
-        if "TEXT_PAIR" in inputs and pairs is None:
-            raise OfaserveError(f"{model} reads sentence pairs: pass a second sentence per text (--pair A B, or a "
-                                "file of 'first<TAB>second' lines)")
-        if pairs is not None and "TEXT_PAIR" not in inputs:
-            raise OfaserveError(f"{model} reads single sentences, not pairs: drop the second sentences")
+        _check_pairs(info, model, pairs is not None)
         batches = request_rows(list(zip(texts, pairs)) if pairs is not None else [(t,) for t in texts],
                                batch_size, model, info)
-        regression = "SCORE" in outputs
+        regression = "SCORE" in info.outputs
         labels = None if regression else (labels or model_labels(client, model))
-        results = []
         requested = [InferRequestedOutput(o) for o in (["SCORE"] if regression else ["LABEL", "PROBS"])]
+        results = []
         for span in batches:
-            start = span.start
-            rows = {"TEXT": texts[span.start:span.stop]}
-            if pairs is not None:
-                rows["TEXT_PAIR"] = pairs[span.start:span.stop]
-            request = []
-            for name, values in rows.items():
-                batch = np.array(values, dtype=object).reshape(-1, 1)
-                inp = InferInput(name, list(batch.shape), "BYTES")
-                inp.set_data_from_numpy(batch)
-                request.append(inp)
             try:
-                response = client.infer(model, request, outputs=requested, client_timeout=timeout)
+                response = client.infer(model, _request(texts, pairs, span), outputs=requested,
+                                        client_timeout=timeout)
             except InferenceServerException as e:
-                raise OfaserveError(f"{model} rejected rows {start}..{start + len(rows['TEXT']) - 1}: "
-                                    f"{e.message()}") from e
-            if regression:
-                results += [{"score": float(v)} for v in response.as_numpy("SCORE").reshape(-1)]
-                continue
-            label_out = response.as_numpy("LABEL").reshape(-1)
-            probs = response.as_numpy("PROBS")
-            names = labels or [str(i) for i in range(probs.shape[1])]
-            for lab, row in zip(label_out, probs):
-                results.append({"label": lab.decode("utf-8") if isinstance(lab, bytes) else str(lab),
-                                "probs": {n: float(p) for n, p in zip(names, row)}})
+                raise OfaserveError(f"{model} rejected rows {span.start}..{span.stop - 1}: {e.message()}") from e
+            results += _answers(response, regression, labels)
         return results
     finally:
         if own:
             client.close()
+
+
+def _check_pairs(info: TextModel, model: str, has_pairs: bool) -> None:
+    """Pairs for a pair model, single sentences for the others: refused before anything is sent."""
+    if "TEXT_PAIR" in info.inputs and not has_pairs:
+        raise OfaserveError(f"{model} reads sentence pairs: pass a second sentence per text (--pair A B, or a "
+                            "file of 'first<TAB>second' lines)")
+    if has_pairs and "TEXT_PAIR" not in info.inputs:
+        raise OfaserveError(f"{model} reads single sentences, not pairs: drop the second sentences")
+
+
+def _request(texts: list[bytes], pairs: list[bytes] | None, span: range) -> list:
+    """The BYTES inputs of one request: rows ``span`` of TEXT (and TEXT_PAIR), one per row."""
+    from tritonclient.grpc import InferInput
+
+    rows = {"TEXT": texts[span.start:span.stop]}
+    if pairs is not None:
+        rows["TEXT_PAIR"] = pairs[span.start:span.stop]
+    request = []
+    for name, values in rows.items():
+        batch = np.array(values, dtype=object).reshape(-1, 1)
+        inp = InferInput(name, list(batch.shape), "BYTES")
+        inp.set_data_from_numpy(batch)
+        request.append(inp)
+    return request
+
+
+def _answers(response, regression: bool, labels: list[str] | None) -> list[dict]:
+    """One answer per row of a response: ``{"score"}``, or ``{"label", "probs"}`` keyed by
+    ``labels`` (by class index where the model names none)."""
+    if regression:
+        return [{"score": float(v)} for v in response.as_numpy("SCORE").reshape(-1)]
+    label_out = response.as_numpy("LABEL").reshape(-1)
+    probs = response.as_numpy("PROBS")
+    names = labels or [str(i) for i in range(probs.shape[1])]
+    return [{"label": lab.decode("utf-8") if isinstance(lab, bytes) else str(lab),
+             "probs": {n: float(p) for n, p in zip(names, row)}} for lab, row in zip(label_out, probs)]
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

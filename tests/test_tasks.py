@@ -110,3 +110,18 @@ def test_later_stages_reload_the_split_compress_used(tmp_path):
     manifest = CompressManifest(task="mnli", labels=["contradiction", "entailment", "neutral"],
                                 options={"task_name": "MNLI", "data_dir": str(folder)})
     assert len(manifest.split("dev_mismatched")) == 8 and manifest.split().text_pairs is not None
+
+
+def test_a_manifest_loads_its_task_once_for_all_its_splits(tmp_path, monkeypatch):
+    from ofaserve.core import manifests
+
+    folder = write_glue_task(tmp_path / "mnli", "mnli", n_train=12, n_dev=8)
+    loads = []
+    real = manifests.load_task
+    monkeypatch.setattr(manifests, "load_task", lambda *a, **k: loads.append(a) or real(*a, **k))
+    manifest = CompressManifest(task="mnli", labels=["contradiction", "entailment", "neutral"],
+                                options={"task_name": "MNLI", "data_dir": str(folder)})
+    assert len(manifest.split("train")) == 12 and len(manifest.split("dev")) == 8
+    assert manifest.has_split("dev_mismatched") and not manifest.has_split("no_such_split")
+    assert len(loads) == 1
+    assert "_task_data" not in manifest.to_dict()

@@ -184,7 +184,11 @@ class CompressManifest(StageManifest):
 
     def task_data(self, what: str = "sentences") -> TaskData:
         """The task this compress run trained on, reloaded from what it recorded (a bundled
-        task, GLUE's files or the user's CSV files), checked against its labels."""
+        task, GLUE's files or the user's CSV files), checked against its labels. Loaded once
+        per manifest object: a stage reads several splits, and a large task is slow to parse."""
+        loaded = self.__dict__.get("_task_data")  # not a field: never written to the manifest
+        if loaded is not None:
+            return loaded
         opts = self.options
         try:
             data = load_task(opts.get("task_name") or self.task, opts.get("train_file"), opts.get("dev_file"),
@@ -193,6 +197,7 @@ class CompressManifest(StageManifest):
             raise OfaserveError(f"cannot load the {what} the compress stage used: {e}") from e
         if list(data.labels) != list(self.labels):
             raise OfaserveError(f"the task's labels {data.labels} differ from the compress manifest's {self.labels}")
+        self.__dict__["_task_data"] = data
         return data
 
     def split(self, name: str = "dev") -> Split:
@@ -200,6 +205,7 @@ class CompressManifest(StageManifest):
         return self.task_data(f"{name} sentences").split(name)
 
     def has_split(self, name: str) -> bool:
+        """Whether the task has split ``name`` (False also when the task cannot be loaded)."""
         try:
             self.split(name)
         except OfaserveError:
