@@ -150,6 +150,15 @@ def test_openvino_fp32_runner_runs_f32(tiny_export_dir):
     assert np.abs(out["ov_f32"] - out["ort_f32"]).max() <= F32_MAX_REL * scale
 
 
+def test_openvino_runners_leave_their_threads_unpinned(tiny_export_dir):
+    """Each Triton python-backend instance is a process of its own: pinned OpenVINO runtimes
+    in two of them bind their threads to the same cores (benchmarks/results/cpu_pinning.md)."""
+    from ofaserve.runtime.runtimes import load_runner
+
+    path = tiny_export_dir / read_manifest(tiny_export_dir, stage="export")["artifacts"]["onnx"]
+    assert load_runner("openvino", path, "fp32", threads=1).executed["cpu_pinning"] is False
+
+
 def test_openvino_bf16_runner_runs_bf16(tiny_export_dir):
     """Where the CPU has bf16, the bf16 runner's logits differ from f32 in the same runtime
     by what bf16 rounding gives (not by float noise: then it silently ran f32)."""

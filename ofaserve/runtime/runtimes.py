@@ -120,7 +120,8 @@ def openvino_capabilities() -> list[str]:
 def openvino_executed(compiled) -> dict:
     """What a compiled OpenVINO model really runs: the precision hint it took (on a CPU
     without bf16 a "bf16" request compiles and runs f32) and the runtime precision of its
-    MatMul/FullyConnected layers (u8/i8 only when INT8 kernels execute)."""
+    MatMul/FullyConnected layers (u8/i8 only when INT8 kernels execute); whether its threads
+    are pinned to cores."""
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
@@ -130,7 +131,8 @@ def openvino_executed(compiled) -> dict:
     hint = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "f32", "bf16", ...
     int8 = any(kind in ("u8", "i8") for kind in counts)
     return {"inference_precision_hint": hint, "matmul_precisions": counts,
-            "precision": "int8" if int8 else _PRECISION_ALIASES.get(hint, hint)}
+            "precision": "int8" if int8 else _PRECISION_ALIASES.get(hint, hint),
+            "cpu_pinning": bool(compiled.get_property("ENABLE_CPU_PINNING"))}
 
 
 def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runner:
@@ -147,6 +149,10 @@ def _openvino(path: Path, precision: str, threads: int, pad_id: int = 0) -> Runn
         # One stream using every thread: two single-thread streams running the chunks of a
         # batch concurrently measured slower on 2 cores, a lone sentence most of all.
         "NUM_STREAMS": 1,
+        # Each Triton python-backend instance is its own process with its own OpenVINO, and
+        # pinned runtimes in two processes bind their threads to the same cores: two
+        # one-thread instances measured one core's throughput between them, unpinned two.
+        "ENABLE_CPU_PINNING": False,
         # Dynamic padding makes every (rows, seq) a new shape, each cached by the CPU
         # plugin (default: thousands of entries, memory grows with traffic). 256 entries
         # hold the shapes of real sentence traffic: measured as fast as the default on
