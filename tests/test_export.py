@@ -557,3 +557,17 @@ def test_ctrl_c_inside_paddle_is_reported_as_an_interrupt(monkeypatch, tmp_path,
     assert cli.main(argv) == 2 and "error: paddle.jit.save" in capsys.readouterr().err
     monkeypatch.setattr(interrupts, "_INTERRUPTED", [2])
     assert cli.main(argv) == 130 and "interrupted:" in capsys.readouterr().err
+
+
+def test_the_cpu_pinning_record_times_every_configuration(tiny_export_dir, tmp_path):
+    from benchmarks.records import cpu_pinning
+
+    model = tiny_export_dir / read_manifest(tiny_export_dir, stage="export")["artifacts"]["onnx"]
+    out = tmp_path / "pinning.json"
+    assert cpu_pinning.main(["--model", str(model), "--output", str(out), "--procs", "1,2", "--threads", "1",
+                             "--rounds", "1", "--calls", "2", "--batch", "2x8"]) == 0
+    record = json.loads(out.read_text())
+    assert [(r["processes"], r["cpu_pinning"], r["calls"]) for r in record["rows"]] == [
+        (1, True, 2), (1, False, 2), (2, True, 4), (2, False, 4)]
+    assert all(r["p50_ms"] > 0 and r["batches_per_s"] > 0 for r in record["rows"])
+    assert "| 2 | 1 | off | 4 |" in (tmp_path / "pinning.md").read_text()
