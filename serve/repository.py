@@ -561,6 +561,16 @@ def _check_choices(target: str, runtime: str | None, precision: str | None,
     return target, runtime, precision, text_pipeline
 
 
+def default_encoder_threads(runtime: str, instances: int) -> int:
+    """Threads per encoder instance: every core this process may run on for OpenVINO in the
+    python backend, where each instance is an unpinned process of its own, so a request that
+    finds the other instance idle runs on every core, and two busy ones share them (against
+    cores / instances: benchmarks/results/encoder_threads/); cores / instances for the other
+    runtimes."""
+    cores = runtimes.default_threads()
+    return cores if runtime == "openvino" else max(1, cores // instances)
+
+
 def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, target: str = "cpu",
                      name: str = "bert",
                      max_batch_size: int = 64, instances: int | None = None, runtime: str | None = None,
@@ -573,9 +583,9 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
 
     ``runtime``/``precision`` default per target (cpu and xeon: openvino in the python
     backend at precision ``auto``, the fastest candidate that passed the export's accuracy
-    gate, timed here; gpu: onnxruntime/fp16). ``instances`` x ``threads`` default to
-    ``QueuePolicy.instances`` encoder instances (two under a queue policy, one without) sharing
-    every core this process may run on. ``text_pipeline``: the text model {m} is an
+    gate, timed here; gpu: onnxruntime/fp16). ``instances`` defaults to
+    ``QueuePolicy.instances`` encoder instances (two under a queue policy, one without),
+    ``threads`` to ``default_encoder_threads``. ``text_pipeline``: the text model {m} is an
     ensemble (tokenizer -> encoder -> postprocess) or "fused", one python model doing all
     three (python-backend runtimes only); {m}_encoder is there either way. ``output`` is
     checked (and locked) before any work: a new or empty folder, a previous repository, or
@@ -612,7 +622,7 @@ def build_repository(export_dirs: Sequence[str | os.PathLike], output: str | os.
                             "stalls for 500 ms after each batch of a single instance whose queue is full): pass "
                             f"--instances {queue.instances} or more, or --max_queue_size 0 for an unbounded queue")
     instances = instances or encoder_queue.instances
-    threads = threads or max(1, runtimes.default_threads() // instances)
+    threads = threads or default_encoder_threads(runtime, instances)
     output = check_output_dir(output, stage=REPO_STAGE, overwrite=overwrite, inputs=export_dirs, keep=REPO_KEEPS)
 
     exports = _read_exports(export_dirs, name)

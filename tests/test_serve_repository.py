@@ -432,3 +432,16 @@ def test_record_makers_clone_the_checkout():
     from benchmarks.records import install_time
 
     assert (install_time.REPO / "pyproject.toml").is_file() and (install_time.REPO / ".git").exists()
+
+
+def test_openvino_encoder_instances_get_every_core_the_others_a_share(serve_exports, tmp_path, monkeypatch):
+    from ofaserve.runtime import runtimes
+    from ofaserve.serve.repository import default_encoder_threads
+
+    monkeypatch.setattr(runtimes, "default_threads", lambda: 8)
+    assert default_encoder_threads("openvino", 2) == 8
+    assert default_encoder_threads("onnxruntime", 2) == 4 and default_encoder_threads("paddle", 16) == 1
+    build_repository(serve_exports[:1], tmp_path / "r", target="cpu", precision="fp32")
+    (enc_dir,) = [p for p in (tmp_path / "r").iterdir() if p.name.endswith("_encoder")]
+    assert load_config(enc_dir).parameters["threads"].string_value == "8"
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["encoder_threads"] == 8
