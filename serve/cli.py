@@ -18,6 +18,8 @@ def _fail(e: OfaserveError) -> int:
 
 
 # ---------------------------------------------------------------------------- repo
+THREADS_HELP = ("inference threads per encoder instance (default: every core for --runtime openvino, whose "
+                "instances are unpinned processes of their own; cores / instances for the others)")
 RUNTIME_HELP = ("encoder runtime; cpu: openvino (default) | paddle | onnxruntime; "
                 "xeon: openvino (default, python backend: packing, pinned precision, dynamic batching of "
                 "any lengths) | openvino-native (Triton's openvino backend; it loads a dynamic sequence "
@@ -62,9 +64,7 @@ def repo_parser() -> argparse.ArgumentParser:
                    help="encoder instances (and fused-model instances; default: 2 with a queue limit, at least 2 "
                         "there: Triton's batcher stalls after each batch of a lone instance whose queue is full; 1 "
                         "with --max_queue_size 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="inference threads per encoder instance (default: every core for --runtime openvino, whose "
-                        "instances are unpinned processes of their own; cores / instances for the others)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--runtime", choices=_choices(RUNTIMES), default=None, help=RUNTIME_HELP)
     p.add_argument("--precision", choices=_choices(PRECISIONS), default=None, help=PRECISION_HELP)
     p.add_argument("--auto_budget_s", type=float, default=20.0,
