@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screen", default=None,
                    help="where the run's screen output goes (default: next to --output, .screen.txt)")
     p.add_argument("--keep", default=None, help="clone into this folder and keep it (default: a temporary one)")
+    p.add_argument("--simulated_cpu", default=None,
+                   help="run the suite with OFASERVE_TEST_CPU set to this capabilities profile (e.g. avx2: every "
+                        "in-process decision as on an AVX2-only CPU); recorded as simulated_cpu")
     args = p.parse_args(argv)
     from benchmarks.records.install_time import head_commit, scratch_clone, timed_make
     from ofaserve.core.files import write_json
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     screen = Path(args.screen) if args.screen else out.with_suffix(".screen.txt")
     commit = head_commit()
     with scratch_clone(args.keep, "ofaserve-test-") as (clone, env):
+        if args.simulated_cpu:
+            env = {**env, "OFASERVE_TEST_CPU": args.simulated_cpu}
         code, wall = timed_make(clone, env, ["test"], screen)
     summary = pytest_summary(screen.read_text(errors="replace"))
     record = {"what": "make test on a clean clone (commit in 'commit'), empty installer caches, as .ci/run runs it: "
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python -m benchmarks.records.test_time (git clone <main> && cd <clone> && make test)",
               "commit": commit, "exit_code": code, "wall_s_including_install": round(wall, 1), **summary,
               "install_s": round(wall - summary["pytest_s"], 1) if summary else None, "machine": machine_info()}
+    if args.simulated_cpu:
+        record["simulated_cpu"] = args.simulated_cpu
     write_json(out, record)
     print(f"make test: exit {code}, {wall:.0f} s including the install; {summary.get('counts')}")
     return 0 if code == 0 else 1
