@@ -268,3 +268,40 @@ def test_interrupt_without_an_output(capsys):
 def test_probe_leaves_nothing(tmp_path):
     outputs.check_output_dir(tmp_path / "a" / "out", stage="repo")
     assert list(tmp_path.iterdir()) == []
+
+
+# A module run with `python -m`: a KeyboardInterrupt passes through a C-level PyRun_* call (as
+# one can while a library imports), then the stage handles it and exits 130.
+_INTERRUPT_THROUGH_PYRUN = """
+import ctypes, sys
+from ofaserve.core.stage_cli import run_stage
+
+def work():
+    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # sets CPython's flag
+    raise KeyboardInterrupt
+
+if sys.argv[1] == "stage":
+    sys.exit(run_stage(work, None)[0])
+try:
+    work()
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_a_handled_interrupt_exits_130_under_python_m(tmp_path):
+    """Without ``forget_unhandled_interrupt`` CPython exits such a run by SIGINT (the bare
+    branch shows the flag is real here); the stage's handled interrupt keeps its 130."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "interrupt_through_pyrun.py").write_text(_INTERRUPT_THROUGH_PYRUN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+
+    def run(branch: str) -> int:
+        return subprocess.run([sys.executable, "-m", "interrupt_through_pyrun", branch], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120).returncode
+
+    assert run("bare") == -signal.SIGINT
+    assert run("stage") == 130

@@ -33,6 +33,21 @@ def terminate_like_interrupt() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def forget_unhandled_interrupt() -> None:
+    """Keep a handled interrupt's exit code.
+
+    CPython sets a private flag when a KeyboardInterrupt passes through a C-level
+    ``PyRun_*`` call (libraries run code that way while they import), and under
+    ``python -m`` it then exits by SIGINT whatever code ``main`` returns. The stage has
+    handled the interrupt, so the flag is cleared (where this CPython has it)."""
+    import ctypes
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
+    except (ValueError, AttributeError):  # another interpreter, or a CPython without the flag
+        pass
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT/SIGTERM that arrive inside the block take effect when it ends; main thread only.

@@ -141,6 +141,7 @@ def run_stage(work: Callable[[], Any], output_dir: str | None, resume_hint: str 
             return 0, work()
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, KeyboardInterrupt) or interrupts.interrupted():
+            interrupts.forget_unhandled_interrupt()
             print(interrupted_message(output_dir, resume_hint) if output_dir else "interrupted", file=sys.stderr)
             return 130, None
         if isinstance(e, OfaserveError):
