@@ -55,8 +55,8 @@ def machine_info() -> dict[str, Any]:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
             "platform": platform.platform()}
-    if isa_cap():
-        info["isa_cap"] = isa_cap()
+    if cap := isa_cap():
+        info["isa_cap"] = cap
     if os.environ.get(SIMULATED_CPU_VARIABLE):
         info["simulated_cpu"] = os.environ[SIMULATED_CPU_VARIABLE]
     return info
