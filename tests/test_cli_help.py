@@ -41,7 +41,11 @@ def test_the_formatter_adds_a_default_only_where_it_tells_something():
     p.add_argument("--name", default=None, help="a name [default: the model's own]")
     p.add_argument("--flag", action="store_true", help="turn it on")
     p.add_argument("--rate", type=float, default=0.5, help="a rate (default 0.5 in the full profile)")
+    p.add_argument("--no_skip", dest="skip", action="store_false", help="do not skip it")
+    p.add_argument("--mode", default="safe", help="how to write (by default only into a new folder)")
     text = re.sub(r"\s+", " ", p.format_help())
+    assert "do not skip it (default" not in text  # a switch's stored True is not what a user types
+    assert "(by default only into a new folder) (default: safe)" in text
     assert "rows per batch (default: 16)" in text
     assert "[default: the model's own] (default" not in text and "turn it on (default" not in text
     assert "(default 0.5 in the full profile) (default" not in text

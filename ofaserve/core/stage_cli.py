@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -41,15 +42,20 @@ def argument_type(parse: Callable[[str], T], name: str, or_else: str = "") -> Ca
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" to a flag's help only where it tells something: not for an unset
-    default (None, False) that the help explains, nor when the help already names its default
-    ("[default: ...]", as it does where a profile or another flag decides it)."""
+    """Adds "(default: X)" to a flag's help only where it tells something: not for a switch
+    that takes no value (``--no_x``'s stored True says nothing a user types), nor for an unset
+    default (None, False) that the help explains, nor when the help already states its default
+    ("[default: ...]" or "(default ...)", as it does where a profile or another flag decides
+    it). A help that only mentions defaults in passing ("by default only ...") still gets it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if action.nargs == 0 or action.default in (None, False, argparse.SUPPRESS) or _STATES_DEFAULT.search(text):
             return text
         return super()._get_help_string(action)
+
+
+_STATES_DEFAULT = re.compile(r"[\[(]default\b")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
