@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from ofaserve.benchmarks import inprocess, stats
-from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+from ofaserve.benchmarks.loadgen import Target, round_order, run_closed_loop, split_counts
+from ofaserve.benchmarks.report import faster_sentence
+from ofaserve.benchmarks.server_queries import connect, read_repo_manifest, real_text_encoder, versions
 from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload
 from ofaserve.core.errors import OfaserveError
 from ofaserve.core.files import write_json, write_text
@@ -44,6 +46,8 @@ from ofaserve.core.manifests import CompressManifest, RepoManifest, RepoModel, n
 from ofaserve.core.metrics import paired_bootstrap, score
 from ofaserve.core.subnet import Subnet
 from ofaserve.core.tasks import Split, TaskData, TaskType, load_task
+from ofaserve.serve.client import classify
+from ofaserve.serve.server import TritonServer, free_port
 
 PROG = "ofaserve bench --headline"
 SIDES = ("tutorial", "default")
@@ -73,8 +77,6 @@ class Side:
 
 
 def read_repository(repo: Path, flag: str) -> RepoManifest:
-    from ofaserve.benchmarks.run import read_repo_manifest
-
     if not repo.is_dir():
         raise OfaserveError(f"{flag} {repo} does not exist or is not a folder")
     manifest = read_repo_manifest(repo)
@@ -139,8 +141,6 @@ def tutorial_outputs(side: Side, split: Split, data: TaskData, batch: int, seq_l
                      timeout: float) -> np.ndarray:
     """The full model's answers to ``split``'s inputs (sentences, or pairs), tokenized as the
     server tokenizes and each batch padded to ``seq_len`` as the tutorial pads."""
-    from ofaserve.benchmarks.run import real_text_encoder
-
     encode, inputs = real_text_encoder(side.model, side.repo, pad_to=seq_len), split.inputs()
     rows = [encoder_logits(side.client, side.model, *encode(inputs[i:i + batch]), timeout)
             for i in range(0, len(inputs), batch)]
@@ -149,8 +149,6 @@ def tutorial_outputs(side: Side, split: Split, data: TaskData, batch: int, seq_l
 
 def default_outputs(side: Side, split: Split, data: TaskData, batch: int, timeout: float) -> np.ndarray:
     """The served text model's answers to ``split``'s texts (and pairs): probabilities, or scores."""
-    from ofaserve.serve.client import classify
-
     labels = list(side.entry.labels)
     answers = classify(list(split.texts), model=side.model, batch_size=batch, labels=labels, timeout=timeout,
                        client=side.client, text_pairs=split.text_pairs)
@@ -181,8 +179,6 @@ def accuracy(tutorial: Side, default: Side, data: TaskData, batch: int, seq_len:
 def measure(sides: list[Side], targets: dict[str, Target], requests: int, rounds: int, warmup: int,
             timeout: float, tick=None) -> None:
     """Rounds of one chunk per side, the order alternating (ABBA), at concurrency 1."""
-    from ofaserve.benchmarks.run import round_order, split_counts
-
     per_round = split_counts(requests, rounds)
     for r in range(rounds):
         for side in round_order(sides, r):
@@ -218,8 +214,6 @@ def describe_side(side: Side, workload: str, config: dict[str, Any]) -> dict[str
 
 
 def render(record: dict[str, Any]) -> str:
-    from ofaserve.benchmarks.report import faster_sentence
-
     acc, metric = record["accuracy"], record["accuracy"]["metric"]
     rows = ["| side | model | subnet | precision | workload | p50 ms | "
             + " | ".join(f"{s} {metric}" for s in acc["tutorial"]) + " |",
@@ -300,11 +294,7 @@ def _read_sides(args) -> tuple[Side, Side]:
 def _connect(args, stack: ExitStack, tutorial: Side, default: Side) -> None:
     """Each side's server (started here with --start_server, stopped by ``stack``) and a
     gRPC client to it whose model is ready."""
-    from ofaserve.benchmarks.run import connect
-
     if args.start_server:
-        from ofaserve.serve.server import TritonServer, free_port
-
         for side, ports in ((default, (args.grpc_port, args.http_port, args.metrics_port)),
                             (tutorial, (free_port(), free_port(), free_port()))):
             server = TritonServer(str(side.repo), grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
@@ -329,8 +319,6 @@ def _measure_sides(args, argv: list[str], data, tutorial: Side, default: Side, r
                    rounds: int) -> tuple[dict, dict]:
     """Both sides' accuracy through their servers, then their latency in interleaved rounds:
     the record and each side's latency row."""
-    from ofaserve.benchmarks.run import versions
-
     t_cfg = tutorial.client.get_model_config(f"{tutorial.model}_encoder", as_json=True).get("config", {})
     d_cfg = default.client.get_model_config(f"{default.model}_encoder", as_json=True).get("config", {})
     vocab = int(inprocess.config_params_from_json(t_cfg).get("vocab_size") or 100)

@@ -149,3 +149,14 @@ def run_closed_loop(url: str, target: Target, concurrency: int, *, n_requests: i
             pass
     res.sentences_ok = acc.ok * target.workload.batch_size
     return res
+
+
+def split_counts(total: int, parts: int) -> list[int]:
+    """``total`` items over ``parts`` chunks as evenly as possible (earlier chunks first)."""
+    base, rem = divmod(total, parts)
+    return [base + (1 if i < rem else 0) for i in range(parts)]
+
+
+def round_order(models: list[str], r: int) -> list[str]:
+    """ABBA: forward on even rounds, reversed on odd rounds."""
+    return list(models) if r % 2 == 0 else list(reversed(models))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ofaserve.benchmarks.stats import MIN_RATIO_REQUESTS
+from ofaserve.benchmarks.loadgen import Target, run_closed_loop
 
 PROBE_REQUESTS = 2
 MIN_REQUESTS = MIN_RATIO_REQUESTS  # the fewest per cell whose ratios the report quotes
@@ -33,8 +34,6 @@ SETUP_RESERVE_S = 5.0  # before the probe: the in-process runners' compile and t
 def probe(url: str, targets: dict[tuple[str, str], Any], timeout_s: float) -> dict[tuple[str, str], float]:
     """Mean latency (ms) of ``PROBE_REQUESTS`` requests per (model, workload) at concurrency 1
     (the first one also warms the server and is not counted)."""
-    from ofaserve.benchmarks.loadgen import run_closed_loop
-
     out = {}
     for key, target in targets.items():
         run_closed_loop(url, target, 1, n_requests=1, timeout_s=timeout_s)
@@ -132,8 +131,6 @@ class BenchClock:
 def fit_plan(plan, clock: BenchClock, url: str, models: list[str], workloads: dict, baselines: dict):
     """(``plan`` with its request counts sized to the time left, the sizing record)."""
     from dataclasses import replace
-
-    from ofaserve.benchmarks.loadgen import Target
 
     targets = {(m, w): Target(m, wl, f"{m}_encoder" if w == "fixed" else m) for m in models
                for w, wl in workloads.items()}

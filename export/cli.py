@@ -7,7 +7,7 @@ import sys
 from ofaserve.runtime.paddle_cpu import configure as configure_cpu
 from ofaserve.core.vocabulary import DropBound, Runtime
 from ofaserve.core.subnet import Depth, Subnet
-from ofaserve.core.width import Width, parse_width_choice
+from ofaserve.core.width import parse_width_choice
 from ofaserve.export.selection import RUNTIMES as LATENCY_RUNTIMES
 from ofaserve.core.quiet import known_noise_silenced, known_prints_dropped
 from ofaserve.core.stage_cli import HelpFormatter, argument_type, run_stage, setup_logging

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ofaserve.compress.options import CompressOptions
+from ofaserve.compress.pipeline import compress_model
+from ofaserve.core.tasks import load_rt_polarity
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -141,8 +145,6 @@ def tiny_pair_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48,
     """Real Rotten Tomatoes sentences paired up, as user-style CSV files with a text_pair
     column: label "same"/"different" sentiment, or (``regression``) a 0-5 score of how
     positive the pair is."""
-    from ofaserve.core.tasks import load_rt_polarity
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_rt_polarity()
@@ -164,8 +166,6 @@ def tiny_pair_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48,
 def write_glue_task(folder: str | Path, task: str, n_train: int = 64, n_dev: int = 32) -> Path:
     """GLUE-layout train/dev TSV files for ``task`` in ``folder`` (real Rotten Tomatoes
     sentences standing in for GLUE's), for tests of the GLUE readers."""
-    from ofaserve.core.tasks import load_rt_polarity
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_rt_polarity()
@@ -215,8 +215,6 @@ def _glue_lines(task: str, a: list[str], b: list[str], agree: np.ndarray, y: np.
 
 def tiny_task_files(folder: str | Path, n_train: int = 96, n_dev: int = 48) -> tuple[Path, Path, list[str]]:
     """Real Rotten Tomatoes sentences, few of them, as user-style CSV files."""
-    from ofaserve.core.tasks import load_rt_polarity
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_rt_polarity()
@@ -233,8 +231,6 @@ TINY_WIDTHS = [1.0, 0.75, 0.5]
 
 def tiny_compress_options(checkpoint: str | Path, train: str | Path, dev: str | Path, output_dir: str | Path):
     """Compress settings that train the tiny model in seconds (widths ``TINY_WIDTHS``)."""
-    from ofaserve.compress.options import CompressOptions
-
     return CompressOptions(
         output_dir=str(output_dir), model_name_or_path=str(checkpoint), train_file=str(train), dev_file=str(dev),
         width_mult_list=TINY_WIDTHS, max_seq_length=32, batch_size=16, num_teacher_epochs=1,
@@ -244,8 +240,6 @@ def tiny_compress_options(checkpoint: str | Path, train: str | Path, dev: str | 
 
 def tiny_compress(folder: str | Path) -> Path:
     """The real `compress_model` on a tiny checkpoint and tiny task files in ``folder``."""
-    from ofaserve.compress.pipeline import compress_model
-
     folder = Path(folder)
     train, dev, texts = tiny_task_files(folder / "data")
     ckpt = write_tiny_hf_checkpoint(folder / "hf", texts)

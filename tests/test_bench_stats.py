@@ -10,7 +10,8 @@ import pytest
 
 from ofaserve.benchmarks import inprocess, stats
 from ofaserve.benchmarks.report import render_markdown, render_plot
-from ofaserve.benchmarks.run import build_parser, main, round_order, split_counts
+from ofaserve.benchmarks.loadgen import round_order, split_counts
+from ofaserve.benchmarks.run import build_parser, main
 from ofaserve.benchmarks.workloads import fixed_workload, real_text_workload, text_tensors
 from ofaserve.core.tasks import Split
 from ofaserve.core.errors import OfaserveError

@@ -19,6 +19,9 @@ import psutil
 from ofaserve.benchmarks.reliability.probes import ROOT, live_pids, ofaserve_command, processes_mentioning, shm_usage, stubs_of, wait_until, \
     zombies_of
 from ofaserve.benchmarks.reliability.traffic import Traffic, summarize_traffic
+from ofaserve.core.errors import OfaserveError
+from ofaserve.serve import server as server_mod
+from ofaserve.serve.server import TritonServer, free_port, port_in_use
 
 
 # =============================================================================== ofaserve serve
@@ -117,7 +120,6 @@ class ServeCLI:
 
 
 def free_ports() -> dict[str, int]:
-    from ofaserve.serve.server import free_port
     return {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
 
 
@@ -166,7 +168,6 @@ def stub_kill_triton(repo: Path, model: str, batches: list[list[str]], *, worker
                      warm_s: float = 1.5, observe_s: float = 20) -> dict[str, Any]:
     """What Triton 2.51 itself does when the encoder stub dies under load (no watchdog):
     does it restart the stub, what do its health endpoints say, how do requests end."""
-    from ofaserve.serve.server import TritonServer
     p = free_ports()
     with TritonServer(repo, grpc_port=p["grpc"], http_port=p["http"], metrics_port=p["metrics"]) as srv:
         (enc,) = [s for s in stubs_of(srv.process.pid) if s["model"] == f"{model}_encoder"][:1]
@@ -263,8 +264,6 @@ def port_race(repo: Path) -> dict[str, Any]:
     """A port taken AFTER the launcher's check (a race): what Triton 2.51 itself does.
 
     Bypasses serve.server.port_in_use for the measurement only."""
-    import ofaserve.serve.server as server_mod
-    from ofaserve.core.errors import OfaserveError
     out = {}
     original = server_mod.port_in_use
     server_mod.port_in_use = lambda host, port: False
@@ -311,5 +310,4 @@ def cli_killed(repo: Path, wait_s: float = 5) -> dict[str, Any]:
 
 
 def port_bound(port: int) -> bool:
-    from ofaserve.serve.server import port_in_use
     return port_in_use("127.0.0.1", port)

@@ -27,6 +27,7 @@ from ofaserve.core.errors import OfaserveError
 from ofaserve.benchmarks.reliability.faults import free_ports
 from ofaserve.benchmarks.reliability.probes import MIB
 from ofaserve.benchmarks.reliability.traffic import LOAD_BOUNDS, run_load
+from ofaserve.serve.server import TritonServer
 
 GROWTH_LIMIT_MIB = LOAD_BOUNDS["rss_growth_after_warmup_mib"]
 WARMUP_FRACTION = 0.5
@@ -67,8 +68,6 @@ def growth_run(repo: Path, model: str, texts: list[str], n_requests: int, concur
                batch_size: int) -> dict[str, Any]:
     """One server on ``repo`` under ``n_requests`` closed-loop requests: the load's ledger and
     the growth after the warm-up half."""
-    from ofaserve.serve.server import TritonServer
-
     ports = free_ports()
     with TritonServer(repo, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"]) as srv:
         load = run_load(srv.grpc_url, model, srv.process.pid, texts, n_requests, concurrency, batch_size=batch_size,

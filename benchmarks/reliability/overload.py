@@ -31,6 +31,10 @@ from typing import Any
 import numpy as np
 
 from ofaserve.benchmarks.stats import summarize_latencies
+from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+from ofaserve.benchmarks.workloads import real_text_workload
+from ofaserve.core.tasks import Split
+from ofaserve.benchmarks.reliability.traffic import text_inputs
 
 REFUSALS = {"queue_full": re.compile("Exceeds maximum queue size"),
             "queue_timeout": re.compile("Request timeout expired")}
@@ -131,10 +135,6 @@ def single_request_s(url: str, model: str, inputs: list[Any], n: int = 10, timeo
 def capacity_per_s(url: str, model: str, texts: list[str], batch_size: int, concurrency: int,
                    duration_s: float, timeout_s: float = 60.0) -> dict[str, Any]:
     """Requests per second the model answers closed loop at ``concurrency`` for ``duration_s``."""
-    from ofaserve.benchmarks.loadgen import Target, run_closed_loop
-    from ofaserve.benchmarks.workloads import real_text_workload
-    from ofaserve.core.tasks import Split
-
     workload = real_text_workload(Split(list(texts), np.zeros(len(texts), np.int64)), batch_size, seed=1,
                                   source="capacity")
     res = run_closed_loop(url, Target(model, workload, model), concurrency, duration_s=duration_s, timeout_s=timeout_s)
@@ -182,8 +182,6 @@ def overload_run(url: str, model: str, texts: list[str], *, batch_size: int, max
     for ``duration_s`` on ``model`` (a text model: TEXT in), whose queues are ``max_queue_size``
     long (0: unbounded) and time out after ``queue_timeout_ms`` (0: never). Returns the record,
     with ``checks``."""
-    from ofaserve.benchmarks.reliability.traffic import text_inputs
-
     rows = [texts[i:i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)]
     requests = [text_inputs(b) for b in rows]
     single = single_request_s(url, model, requests[0])

@@ -24,6 +24,8 @@ import numpy as np
 from ofaserve.benchmarks.reliability.faults import free_ports
 from ofaserve.benchmarks.reliability.probes import MIB, rss_by_process, shm_usage, stubs_of
 from ofaserve.benchmarks.reliability.traffic import answers, text_inputs
+from ofaserve.serve.server import TritonServer
+from ofaserve.serve.repository import build_repository
 
 # The control's limits: larger than any gRPC message, so nothing is refused for its size.
 UNLIMITED_BYTES = 1 << 31
@@ -86,8 +88,6 @@ def flood_run(repo: Path, model: str, good: list[list[str]], *, n_requests: int,
               concurrency: int, settle_s: float = 3.0) -> dict[str, Any]:
     """One server on ``repo``: memory idle (after the good batches once), then after the flood
     (``settle_s`` later), and whether the good batches still get the answers they got before."""
-    from ofaserve.serve.server import TritonServer
-
     ports = free_ports()
     with TritonServer(repo, grpc_port=ports["grpc"], http_port=ports["http"], metrics_port=ports["metrics"]) as srv:
         pid = srv.process.pid
@@ -110,8 +110,6 @@ def oversized_check(export: Path, work: Path, texts: list[str], *, n_requests: i
                     rows: int = 64, concurrency: int = 4) -> dict[str, Any]:
     """The flood on a repository of ``export`` with the default limits, then on one built
     without them (the control)."""
-    from ofaserve.serve.repository import build_repository
-
     good = [texts[i:i + 4] for i in range(0, 16, 4)]
     out: dict[str, Any] = {"requests": n_requests, "request_mib": request_mib, "rows": rows,
                            "concurrency": concurrency, "runs": {}}

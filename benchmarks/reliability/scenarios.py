@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any, Iterable
 
-from ofaserve.core.manifests import ExportManifest
+from ofaserve.core.manifests import ExportManifest, read_manifest
 
 from ofaserve.benchmarks.reliability.export_faults import EXPORT_PHASES, export_ok, describe_export, interrupt_export, run_export
 from ofaserve.benchmarks.reliability.faults import (ServeCLI, busy_port_attempts, cli_killed, free_ports, port_race, server_kill_under_cli,
@@ -18,11 +18,11 @@ from ofaserve.benchmarks.reliability.oversized import oversized_check
 from ofaserve.benchmarks.reliability.probes import rss_by_process, shm_usage, stubs_of
 from ofaserve.benchmarks.reliability.traffic import (LOAD_BOUNDS, answers, bad_input_cases, case_references, dev_sentences, load_checks,
                       mixed_traffic, run_load, shm_growth_sweep)
+from ofaserve.serve.repository import build_repository
+from ofaserve.serve.server import TritonServer
 
 
 def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
-    from ofaserve.serve.repository import build_repository
-    from ofaserve.serve.server import TritonServer
     tag = kind.split()[0]  # short name for paths and log lines; ``kind`` describes the model
     repo = work / f"repo_{tag}"
     manifest = build_repository([export], repo, target="cpu")
@@ -69,7 +69,6 @@ def scenario_load_and_bad_input(export: Path, kind: str, work: Path, args) -> di
 
 def scenario_memory_growth(export: Path, kind: str, work: Path, args) -> dict[str, Any]:
     """The memory-growth check and its leaking control (reliability.memory) on one export."""
-    from ofaserve.serve.repository import build_repository
     tag = kind.split()[0]
     repo = work / f"repo_memory_{tag}"
     # fp32 pinned: memory growth does not depend on the precision, and precision auto would
@@ -127,9 +126,6 @@ def _overload_on(export: Path, repo: Path, pipeline: str, args, *, max_queue_siz
                  serve_from: Path | None = None) -> dict[str, Any]:
     """One overload run on a repository of ``export`` built at ``repo`` (or, with
     ``serve_from``, already built there and served from that copy of it)."""
-    from ofaserve.core.manifests import read_manifest
-    from ofaserve.serve.repository import build_repository
-    from ofaserve.serve.server import TritonServer
     if serve_from is None:
         # fp32 pinned: the queues do not depend on the precision, and auto would time candidates first
         build_repository([export], repo, target="cpu", precision="fp32", text_pipeline=pipeline,
@@ -189,7 +185,6 @@ def scenario_oversized(export: Path, kind: str, work: Path, args) -> dict[str, A
 
 
 def scenario_faults(export: Path, work: Path) -> dict[str, Any]:
-    from ofaserve.serve.repository import build_repository
     repo = work / "repo_faults"
     manifest = build_repository([export], repo, target="cpu")
     (model,) = manifest.models
@@ -233,8 +228,6 @@ def scenario_export(compress_dir: Path, work: Path) -> dict[str, Any]:
 
 def scenario_shm_fresh(export: Path, work: Path, sizes_mb: Iterable[float] = (1, 4, 16)) -> list[dict[str, Any]]:
     """Per payload size, on a FRESH server: the regions after one request of that size."""
-    from ofaserve.serve.repository import build_repository
-    from ofaserve.serve.server import TritonServer
     repo = work / "repo_shm"
     (model,) = build_repository([export], repo, target="cpu").models
     rows = []

@@ -11,9 +11,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ofaserve.core.tasks import Split
+from ofaserve.core.tasks import Split, load_rt_polarity
 
 from ofaserve.benchmarks.reliability.probes import MIB, Sampler, memory_summary, shm_usage, stubs_of
+from ofaserve.benchmarks.loadgen import Target, run_closed_loop
+from ofaserve.benchmarks.stats import summarize_latencies
+from ofaserve.benchmarks.workloads import real_text_workload
 
 
 # =============================================================================== requests
@@ -48,7 +51,6 @@ def answers(url: str, model: str, batches: list[list[str]], timeout: float = 30)
 
 def dev_sentences(limit: int = 512) -> list[str]:
     """Real sentences (rt-polarity dev split, bundled with the project)."""
-    from ofaserve.core.tasks import load_rt_polarity
     texts = load_rt_polarity().split("dev").texts
     return list(texts)[:limit]
 
@@ -58,10 +60,6 @@ def run_load(url: str, model: str, server_pid: int, texts: list[str], n_requests
              batch_size: int = 4, timeout_s: float = 30, warmup_fraction: float = 0.1,
              sample_interval: float = 0.25) -> dict[str, Any]:
     """``n_requests`` ensemble requests closed loop; ledger + latency + memory summary."""
-    from ofaserve.benchmarks.loadgen import Target, run_closed_loop
-    from ofaserve.benchmarks.stats import summarize_latencies
-    from ofaserve.benchmarks.workloads import real_text_workload
-
     workload = real_text_workload(Split(list(texts), np.zeros(len(texts), np.int64)), batch_size, seed=0,
                                   source="rt-polarity dev")
     done = [0]
