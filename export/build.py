@@ -33,8 +33,9 @@ def build_artifacts(sn, src: Source, width: float, folder: Path, opset: int, onn
                     fuse: bool = True, depth: float = 1.0) -> dict[str, Any]:
     """sub_model/, static/, onnx/ for one (width, depth) in ``folder``. Returns info for the manifest."""
     t0 = time.time()
-    cfg, state = sn.slice_subnet(width, depth, src.config, src.state)
     name = Subnet.of(width, depth).describe()
+    log.info("%s: slicing the supernet", name)
+    cfg, state = sn.slice_subnet(width, depth, src.config, src.state)
     save_sub_model(folder / "sub_model", cfg, state)
     model = load_sub_model(folder / "sub_model")  # what users get: rebuilt from config, no OFA patch
     info: dict[str, Any] = {"sub_config": cfg, "artifacts": {"sub_model": "sub_model"}}

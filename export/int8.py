@@ -32,6 +32,8 @@ from ofaserve.core.tokenizer import encode_batch
 from ofaserve.core.vocabulary import Precision, Runtime
 from ofaserve.runtime.runtimes import load_runner, pack_rows
 
+log = logging.getLogger("ofaserve.export")
+
 # The gate every precision variant passes (precisions.py reads it from here): <= 0.5 points
 # of the main dev metric and >= 98% of the FP32 predictions unchanged (classification) or no
 # score more than 0.1 from FP32's (regression; STS-B's scores run 0-5).
@@ -197,6 +199,7 @@ def _quantize_graph(graph: _Graph, out_dir: Path, calibration: Sequence[Batch], 
     """Plain PTQ, then accuracy control if that misses the gate; the last try's record."""
     import nncf
 
+    log.info("%s: INT8 post-training quantization of %s", graph.name, graph.onnx_path.name)
     start = time.perf_counter()
     xml = out_dir / graph.rel
     dataset = nncf.Dataset(list(calibration), lambda b: graph.feeds(b[0], b[1]))

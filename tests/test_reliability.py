@@ -253,6 +253,23 @@ def test_interrupted_export_keeps_previous_export(tiny_compress_dir, previous_ex
     assert export_faults.sha256(out / "manifest.json") != original and export_faults.export_ok(out)
 
 
+def test_export_logs_every_phase_the_harness_signals_at(tiny_compress_dir, tmp_path):
+    """The export scenario sends its signals after lines the export logs; a phase whose line
+    is gone (a library's line that the export silences) would end that scenario unrun."""
+    import subprocess
+
+    cmd = export_faults.ofaserve_command() + ["export", "--model_name_or_path", str(tiny_compress_dir),
+                                              "--output_dir", str(tmp_path / "w075"), "--width_mult", "0.75",
+                                              "--no_progress", "--no_int8_plain"]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=export_faults.ROOT,
+                       timeout=600, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-2000:]
+    at = [next((i for i, line in enumerate(r.stdout.splitlines()) if phase in line), None)
+          for phase in export_faults.EXPORT_PHASES]
+    assert None not in at, dict(zip(export_faults.EXPORT_PHASES, at))
+    assert at == sorted(at), dict(zip(export_faults.EXPORT_PHASES, at))
+
+
 # ------------------------------------------------------------------------------ deploy manifests
 def _docs() -> list[dict]:
     yaml = pytest.importorskip("yaml")

@@ -34,8 +34,10 @@ def temp_entries(out: Path) -> list[str]:
                   if p.name.startswith(f".{out.name}.") and p.name != lock_path(out).name)
 
 
-EXPORT_PHASES = ("Start to get pruned model", "sub model + static model written", "ONNX written",
-                 "pre-processing before quantization")
+# Lines `ofaserve export --no_progress` itself logs as each phase starts or ends (the libraries'
+# own lines are silenced), in the order it logs them: where the harness sends its signals.
+EXPORT_PHASES = ("slicing the supernet", "sub model + static model written", "ONNX written",
+                 "INT8 post-training quantization")
 
 
 def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = signal.SIGINT,
