@@ -128,7 +128,9 @@ def test_overload_is_refused_fast_and_accepted_latency_stays_bounded(tiny_export
 
     m = build_repository([tiny_export_dir], tmp_path / "r", precision="fp32", text_pipeline=pipeline,
                          max_batch_size=ROWS, max_queue_size=QUEUE).to_dict()
-    r = _overload(tmp_path / "r", model, m, texts, rate_per_s=control["open_loop"]["rate_per_s"])
+    # at 3x its own capacity: its two encoder instances answer more than the control's one, so the
+    # control's rate can fall short of the 2x its "overloaded" check asks for
+    r = _overload(tmp_path / "r", model, m, texts)
     counts, acc, ref = r["open_loop"]["counts"], r["accepted_latency_ms"], r["refused_latency_ms"]
     assert r["checks"]["overloaded"] and r["checks"]["client_kept_up"], (r["open_loop"], r["capacity"])
     assert counts["unanswered"] == 0 and counts["error"] == 0, r["open_loop"]["error_examples"]
