@@ -1,6 +1,7 @@
 """What ``ofaserve bench`` asks of the Triton server it measures, over gRPC: is it live, which
 models does it serve and how are they configured (with the repository's manifest where one is
-at hand), how many requests has each handled, and the in-process twin of a model's tokenizer."""
+at hand), how many requests has each handled, the in-process twin of a model's tokenizer, and the versions
+of the server and the client stack a report names."""
 from __future__ import annotations
 
 import sys

@@ -258,9 +258,7 @@ def test_export_logs_every_phase_the_harness_signals_at(tiny_compress_dir, tmp_p
     is gone (a library's line that the export silences) would end that scenario unrun."""
     import subprocess
 
-    cmd = export_faults.ofaserve_command() + ["export", "--model_name_or_path", str(tiny_compress_dir),
-                                              "--output_dir", str(tmp_path / "w075"), "--width_mult", "0.75",
-                                              "--no_progress", "--no_int8_plain"]
+    cmd = export_faults.export_command(tiny_compress_dir, tmp_path / "w075", 0.75, ["--no_int8_plain"])
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=export_faults.ROOT,
                        timeout=600, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout[-2000:]

@@ -40,6 +40,12 @@ EXPORT_PHASES = ("slicing the supernet", "sub model + static model written", "ON
                  "INT8 post-training quantization")
 
 
+def export_command(compress_dir: Path, out: Path, width: float, extra: list[str] | None = None) -> list[str]:
+    """`ofaserve export` of ``width`` from ``compress_dir`` into ``out``, as a user runs it without a terminal."""
+    return ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
+                                 "--width_mult", str(width), "--no_progress"] + (extra or [])
+
+
 def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = signal.SIGINT,
                      delay_s: float = 1.0, after_line: str | None = None, timeout_s: float = 300,
                      extra: list[str] | None = None) -> dict[str, Any]:
@@ -48,8 +54,7 @@ def interrupt_export(compress_dir: Path, out: Path, width: float, *, sig: int = 
     ``after_line``); report exit, manifest sha, leftovers and the outcome."""
     before = sha256(out / "manifest.json")
     siblings = set(os.listdir(out.parent))
-    cmd = ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
-                                "--width_mult", str(width), "--no_progress"] + (extra or [])
+    cmd = export_command(compress_dir, out, width, extra)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL)
@@ -126,8 +131,7 @@ def export_ok(out: Path) -> bool:
 
 def run_export(compress_dir: Path, out: Path, width: float, extra: list[str] | None = None,
                timeout_s: float = 600) -> dict[str, Any]:
-    cmd = ofaserve_command() + ["export", "--model_name_or_path", str(compress_dir), "--output_dir", str(out),
-                                "--width_mult", str(width), "--no_progress"] + (extra or [])
+    cmd = export_command(compress_dir, out, width, extra)
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s, stdin=subprocess.DEVNULL)
     return {"exit_code": r.returncode, "wall_s": time.monotonic() - t0,

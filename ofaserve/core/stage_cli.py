@@ -41,6 +41,9 @@ def argument_type(parse: Callable[[str], T], name: str, or_else: str = "") -> Ca
     return convert
 
 
+_STATES_DEFAULT = re.compile(r"[\[(]default\b")  # a help that states its own default
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds "(default: X)" to a flag's help only where it tells something: not for a switch
     that takes no value (``--no_x``'s stored True says nothing a user types), nor for an unset
@@ -53,9 +56,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 or action.default in (None, False, argparse.SUPPRESS) or _STATES_DEFAULT.search(text):
             return text
         return super()._get_help_string(action)
-
-
-_STATES_DEFAULT = re.compile(r"[\[(]default\b")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
